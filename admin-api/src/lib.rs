@@ -1,0 +1,1 @@
+//! EdgeWarden admin API (being built).

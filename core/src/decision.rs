@@ -1,0 +1,1 @@
+//! decision (being built).

@@ -1,0 +1,1 @@
+//! jwks (being built).

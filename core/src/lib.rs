@@ -1,0 +1,23 @@
+//! The EdgeWarden token engine.
+//! It parses and verifies JWS compact tokens, checks claims and time with leeway, matches route rules,
+//! consults revocation state and returns a [`Decision`] with a machine reason and a human description.
+//! It performs no I/O and never reads a clock: callers pass bytes and `now` (Unix seconds) in,
+//! which is what lets the proxy-wasm filter, the admin API's introspection and the dashboard's debugger share it.
+
+pub mod cache;
+pub mod challenge;
+pub mod config;
+pub mod decision;
+pub mod engine;
+pub mod jwks;
+pub mod revocation;
+pub mod rules;
+pub mod token;
+
+
+
+
+
+
+
+

@@ -1,0 +1,1 @@
+//! EdgeWarden proxy-wasm filter (being built).
