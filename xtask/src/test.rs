@@ -1,0 +1,99 @@
+//! `cargo xtask test`: installs what is missing, builds the filter, then runs every test tier
+//! in one `cargo test --workspace` so shared dependencies compile once (one profile, one feature set).
+//! The end-to-end tests read the tool locations from environment variables set here; they fail
+//! (never skip) when those are missing, so a green run always means Envoy really ran.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::{self, bail, Result};
+use crate::{build, install};
+
+/// Where the admin API suite finds PostgreSQL unless the caller overrides it (issue 3 runs its suite on SQLite and on this).
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Runs the whole suite; extra arguments are passed to `cargo test` (e.g. `-p edgewarden-e2e -- rotation`).
+pub fn run(extra: &[String]) -> Result<()> {
+    install::run()?;
+    let wasm = build::run()?;
+    let envoy = install::envoy_bin();
+    let postgres = postgres_url()?;
+
+    util::step("cargo test --workspace (unit, component, end-to-end through Envoy)");
+    println!("    EDGEWARDEN_ENVOY_BIN={}", envoy.display());
+    println!("    EDGEWARDEN_FILTER_WASM={}", wasm.display());
+    println!("    EDGEWARDEN_TEST_POSTGRES_URL={postgres}");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    util::run(
+        Command::new(cargo)
+            .current_dir(util::project_root())
+            .args(["test", "--workspace"])
+            .args(extra)
+            .env("EDGEWARDEN_ENVOY_BIN", &envoy)
+            .env("EDGEWARDEN_FILTER_WASM", &wasm)
+            .env("EDGEWARDEN_TEST_POSTGRES_URL", &postgres),
+    )?;
+    println!("\ntest: every test passed");
+    Ok(())
+}
+
+/// The PostgreSQL server the admin API tests use: `EDGEWARDEN_TEST_POSTGRES_URL` or the local default.
+/// It must answer: a missing database server is a failed run, not a skipped half of the suite.
+fn postgres_url() -> Result<String> {
+    util::step("postgresql for the admin API suite");
+    let url = std::env::var("EDGEWARDEN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_string());
+    let host_port = host_port(&url)?;
+    let addrs: Vec<_> = host_port
+        .to_socket_addrs()
+        .map_err(|e| util::Error::msg(format!("cannot resolve {host_port} from {url}: {e}")))?
+        .collect();
+    let reachable = addrs
+        .iter()
+        .any(|a| TcpStream::connect_timeout(a, Duration::from_secs(3)).is_ok());
+    if !reachable {
+        bail!("postgresql is not reachable at {host_port} ({url}); the admin API tests need it: start it or set EDGEWARDEN_TEST_POSTGRES_URL");
+    }
+    println!("    reachable at {host_port}");
+    Ok(url)
+}
+
+/// Extracts `host:port` from a `postgres://user@host:port/db` URL (default port 5432).
+fn host_port(url: &str) -> Result<String> {
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        bail!("EDGEWARDEN_TEST_POSTGRES_URL must start with postgres://, got `{url}`");
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    if host.is_empty() {
+        bail!("no host in `{url}`");
+    }
+    if host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        Ok(host.to_string())
+    } else {
+        Ok(format!("{host}:5432"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_is_taken_from_postgres_urls() {
+        assert_eq!(host_port(DEFAULT_POSTGRES_URL).unwrap(), "127.0.0.1:5432");
+        assert_eq!(
+            host_port("postgres://u:p@db:6000/x?sslmode=disable").unwrap(),
+            "db:6000"
+        );
+        assert_eq!(host_port("postgresql://db/x").unwrap(), "db:5432");
+        assert!(host_port("mysql://db").is_err());
+    }
+}
