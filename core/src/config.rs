@@ -1,1 +1,677 @@
-//! config (being built).
+//! The whole plugin configuration as one serde tree, parsed strictly (`deny_unknown_fields` everywhere).
+//! Errors name the field path (`issuers[0].remote_jwks.cluster: missing field`) because the filter refuses
+//! to start on a bad configuration and the operator must see at once what to fix.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use crate::decision::Reason;
+use crate::token::Rejection;
+
+/// The whole plugin configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Trusted issuers; at least one.
+    pub issuers: Vec<IssuerConfig>,
+    /// Leeway applied to `exp`, `nbf` and `iat` (seconds).
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_seconds: u64,
+    /// Claims that must be present in every token.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Accepted header `typ` values (case-insensitive, `application/` prefix ignored); empty accepts any.
+    #[serde(default)]
+    pub allowed_typ: Vec<String>,
+    /// Whether a token without `exp` is refused.
+    #[serde(default = "default_true")]
+    pub require_exp: bool,
+    /// Claim holding the roles; a dotted path walks nested objects (`realm_access.roles`).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Tokens longer than this are refused before any decoding.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Route rules; the first match wins, no match requires a valid token.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// Where the credential is read from.
+    #[serde(default)]
+    pub token_source: TokenSource,
+    /// Claims copied into request headers on success.
+    #[serde(default)]
+    pub forward_claims: Vec<ForwardClaim>,
+    /// If set, the base64url JSON payload is forwarded in this header on success.
+    #[serde(default)]
+    pub forward_payload_header: Option<String>,
+    /// Remove the credential before the request reaches the upstream.
+    #[serde(default)]
+    pub strip_token: bool,
+    /// Decide and report, but let every request through.
+    #[serde(default)]
+    pub report_only: bool,
+    /// The `realm` of `WWW-Authenticate` challenges.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// Verified-token cache settings.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Control-plane connection (revocation feed, usage reports).
+    #[serde(default)]
+    pub control_plane: Option<ControlPlaneConfig>,
+    /// Revocation polling settings.
+    #[serde(default)]
+    pub revocation: RevocationConfig,
+    /// Usage reporting settings.
+    #[serde(default)]
+    pub usage: UsageConfig,
+}
+
+/// One trusted issuer and where its keys come from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Exact value of the `iss` claim.
+    pub issuer: String,
+    /// Accepted audiences; empty means no audience check.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Inline JWKS object (`{"keys": [...]}`); the only place symmetric (`kty: oct`) keys are accepted.
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// JWKS fetched through an Envoy cluster.
+    #[serde(default)]
+    pub remote_jwks: Option<RemoteJwksConfig>,
+}
+
+/// A JWKS fetched by the filter through an Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteJwksConfig {
+    /// Envoy cluster name.
+    pub cluster: String,
+    /// HTTP path of the JWKS document.
+    pub path: String,
+    /// `:authority` of the fetch; defaults to the cluster name.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Periodic refresh interval.
+    #[serde(default = "default_refresh_interval")]
+    pub refresh_interval_seconds: u64,
+    /// Fetch timeout.
+    #[serde(default = "default_jwks_timeout")]
+    pub timeout_ms: u64,
+    /// Minimum time between two refetches triggered by unknown `kid`s.
+    #[serde(default = "default_min_refetch")]
+    pub min_refetch_interval_seconds: u64,
+}
+
+impl RemoteJwksConfig {
+    /// The `:authority` to send: the configured one, else the cluster name.
+    pub fn authority(&self) -> &str {
+        self.authority.as_deref().unwrap_or(&self.cluster)
+    }
+}
+
+/// One route rule.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// What requests the rule applies to.
+    #[serde(rename = "match")]
+    pub r#match: RuleMatch,
+    /// Requests without a token pass (a presented but invalid token is still refused).
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    /// All of these scopes are required.
+    #[serde(default)]
+    pub require_scopes: Vec<String>,
+    /// At least one of these scopes is required.
+    #[serde(default)]
+    pub require_any_scopes: Vec<String>,
+    /// At least one of these roles is required.
+    #[serde(default)]
+    pub require_roles: Vec<String>,
+}
+
+/// The request matcher of a rule: exactly one of `prefix` / `path`, optional methods.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleMatch {
+    /// Path prefix, matched on segment boundaries: `/api` matches `/api` and `/api/x`, not `/apix`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Exact path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Upper-case HTTP methods; empty matches any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+/// Where the credential is read from.
+/// JSON: `{"header": "authorization", "prefix": "Bearer "}` (the default), `{"cookie": "session"}` or `{"query": "access_token"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "TokenSourceJson")]
+pub enum TokenSource {
+    /// A request header (lower-case name), with an optional scheme prefix matched case-insensitively.
+    Header {
+        /// Lower-case header name.
+        name: String,
+        /// Scheme prefix such as `"Bearer "`; `None` takes the whole header value.
+        prefix: Option<String>,
+    },
+    /// A cookie.
+    Cookie {
+        /// Cookie name.
+        name: String,
+    },
+    /// A query parameter.
+    Query {
+        /// Parameter name.
+        name: String,
+    },
+}
+
+impl Default for TokenSource {
+    fn default() -> Self {
+        TokenSource::Header {
+            name: "authorization".to_string(),
+            prefix: Some("Bearer ".to_string()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenSourceJson {
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    cookie: Option<String>,
+    #[serde(default)]
+    query: Option<String>,
+}
+
+impl TryFrom<TokenSourceJson> for TokenSource {
+    type Error = String;
+
+    fn try_from(j: TokenSourceJson) -> Result<Self, Self::Error> {
+        let given = [j.header.is_some(), j.cookie.is_some(), j.query.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if given != 1 {
+            return Err("needs exactly one of header, cookie or query".to_string());
+        }
+        if j.prefix.is_some() && j.header.is_none() {
+            return Err("prefix is only valid with header".to_string());
+        }
+        if let Some(name) = j.header {
+            Ok(TokenSource::Header {
+                name: name.to_ascii_lowercase(),
+                prefix: j.prefix,
+            })
+        } else if let Some(name) = j.cookie {
+            Ok(TokenSource::Cookie { name })
+        } else if let Some(name) = j.query {
+            Ok(TokenSource::Query { name })
+        } else {
+            Err("needs exactly one of header, cookie or query".to_string())
+        }
+    }
+}
+
+/// How the filter removes the credential when `strip_token` is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StripAction<'a> {
+    /// Remove this request header.
+    RemoveHeader(&'a str),
+    /// Rewrite the `cookie` header without this cookie (see [`strip_cookie`]).
+    RemoveCookie(&'a str),
+    /// Rewrite `:path` without this query parameter (see [`strip_query_param`]).
+    RemoveQueryParam(&'a str),
+}
+
+impl TokenSource {
+    /// Pulls the credential out of a request. `header` looks a header up by lower-case name; `path` is the `:path` with query.
+    /// `Ok(None)` means no credential was presented; `Err` means one was presented but is unusable
+    /// (`Authorization: Basic ...` when Bearer is expected, an empty bearer token, bad percent-encoding).
+    pub fn extract<'a>(
+        &self,
+        header: &dyn Fn(&str) -> Option<&'a str>,
+        path: &'a str,
+    ) -> Result<Option<Cow<'a, str>>, Rejection> {
+        match self {
+            TokenSource::Header { name, prefix } => {
+                let Some(value) = header(name) else {
+                    return Ok(None);
+                };
+                extract_from_header(name, value, prefix.as_deref()).map(|t| Some(Cow::Borrowed(t)))
+            }
+            TokenSource::Cookie { name } => {
+                let Some(cookies) = header("cookie") else {
+                    return Ok(None);
+                };
+                match find_cookie(cookies, name) {
+                    None => Ok(None),
+                    Some("") => Err(Rejection::new(
+                        Reason::Malformed,
+                        format!("cookie {name:?} is empty"),
+                    )),
+                    Some(v) => Ok(Some(Cow::Borrowed(v))),
+                }
+            }
+            TokenSource::Query { name } => match find_query_param(path, name) {
+                None => Ok(None),
+                Some("") => Err(Rejection::new(
+                    Reason::Malformed,
+                    format!("query parameter {name:?} is empty"),
+                )),
+                Some(raw) => percent_decode(raw).map(Some).ok_or_else(|| {
+                    Rejection::new(
+                        Reason::Malformed,
+                        format!("query parameter {name:?} has bad percent-encoding"),
+                    )
+                }),
+            },
+        }
+    }
+
+    /// What the filter must do to remove the credential for `strip_token`.
+    pub fn strip_action(&self) -> StripAction<'_> {
+        match self {
+            TokenSource::Header { name, .. } => StripAction::RemoveHeader(name),
+            TokenSource::Cookie { name } => StripAction::RemoveCookie(name),
+            TokenSource::Query { name } => StripAction::RemoveQueryParam(name),
+        }
+    }
+
+    /// Header names the filter removes for `strip_token`: the token header, or `cookie` is rewritten instead
+    /// (empty for cookie and query sources, which [`TokenSource::strip_action`] describes).
+    pub fn strip_headers(&self) -> Vec<&str> {
+        match self {
+            TokenSource::Header { name, .. } => vec![name.as_str()],
+            TokenSource::Cookie { .. } | TokenSource::Query { .. } => Vec::new(),
+        }
+    }
+}
+
+fn extract_from_header<'a>(
+    name: &str,
+    value: &'a str,
+    prefix: Option<&str>,
+) -> Result<&'a str, Rejection> {
+    let value = value.trim_matches(|c| c == ' ' || c == '\t');
+    let token = match prefix {
+        None => value,
+        Some(prefix) => {
+            let scheme = prefix.trim_end();
+            let (found, rest) = match value.split_once([' ', '\t']) {
+                Some((found, rest)) => (found, rest),
+                None => (value, ""),
+            };
+            if !found.eq_ignore_ascii_case(scheme) {
+                let shown: String = found.chars().take(16).filter(|c| !c.is_control()).collect();
+                return Err(Rejection::new(
+                    Reason::Malformed,
+                    format!("{name} header uses the {shown:?} scheme, expected {scheme:?}"),
+                ));
+            }
+            rest.trim_start_matches([' ', '\t'])
+        }
+    };
+    if token.is_empty() {
+        return Err(Rejection::new(
+            Reason::Malformed,
+            format!("{name} header carries an empty token"),
+        ));
+    }
+    Ok(token)
+}
+
+fn find_cookie<'a>(cookies: &'a str, name: &str) -> Option<&'a str> {
+    cookies.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        if k.trim() == name {
+            let v = v.trim();
+            Some(
+                v.strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v),
+            )
+        } else {
+            None
+        }
+    })
+}
+
+fn find_query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
+    let (_, query) = path.split_once('?')?;
+    let query = query.split('#').next().unwrap_or(query);
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-decodes a query value (`+` stays `+`: JWTs never contain it unencoded). `None` on bad escapes or non-UTF-8.
+fn percent_decode(raw: &str) -> Option<Cow<'_, str>> {
+    if !raw.contains('%') {
+        return Some(Cow::Borrowed(raw));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hi = hex_value(bytes.next()?)?;
+            let lo = hex_value(bytes.next()?)?;
+            out.push(hi << 4 | lo);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+/// The `cookie` header value without the cookie `name`; `None` when no cookie is left (remove the header).
+pub fn strip_cookie(cookie_header: &str, name: &str) -> Option<String> {
+    let kept: Vec<&str> = cookie_header
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| {
+            !pair.is_empty() && pair.split_once('=').map(|(k, _)| k.trim()) != Some(name)
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
+/// The `:path` without the query parameter `name` (and without a dangling `?`).
+pub fn strip_query_param(path: &str, name: &str) -> String {
+    let Some((base, query)) = path.split_once('?') else {
+        return path.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+        .collect();
+    if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
+}
+
+/// A claim copied into a request header on success.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardClaim {
+    /// Claim name; a dotted path walks nested objects.
+    pub claim: String,
+    /// Lower-case header name.
+    pub header: String,
+}
+
+/// Verified-token cache settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Maximum number of cached tokens; 0 disables the cache.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+    /// Upper bound on how long an entry lives when the token has no `exp`.
+    #[serde(default = "default_cache_max_ttl")]
+    pub max_ttl_seconds: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: default_cache_entries(),
+            max_ttl_seconds: default_cache_max_ttl(),
+        }
+    }
+}
+
+/// Connection to the EdgeWarden control plane (admin API).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// Envoy cluster of the admin API.
+    pub cluster: String,
+    /// API key the edge presents; never logged.
+    pub api_key: String,
+    /// Name of this edge, as registered in the admin API.
+    pub edge_name: String,
+    /// `:authority` of calls; defaults to the cluster name.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Call timeout.
+    #[serde(default = "default_control_plane_timeout")]
+    pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for ControlPlaneConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The API key is a credential: keep it out of logs and panics.
+        f.debug_struct("ControlPlaneConfig")
+            .field("cluster", &self.cluster)
+            .field("api_key", &"<redacted>")
+            .field("edge_name", &self.edge_name)
+            .field("authority", &self.authority)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+/// What to do when the revocation state is older than `max_staleness_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStale {
+    /// Refuse token-bearing requests (fail closed).
+    #[default]
+    Deny,
+    /// Keep accepting tokens (fail open).
+    Allow,
+}
+
+/// Revocation feed polling settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// Poll interval of the feed.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_ms: u64,
+    /// Age after which the revocation state counts as stale.
+    #[serde(default = "default_max_staleness")]
+    pub max_staleness_seconds: u64,
+    /// Fail closed or open on stale state.
+    #[serde(default)]
+    pub on_stale: OnStale,
+    /// Feed path on the control plane.
+    #[serde(default = "default_feed_path")]
+    pub feed_path: String,
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        RevocationConfig {
+            poll_interval_ms: default_poll_interval(),
+            max_staleness_seconds: default_max_staleness(),
+            on_stale: OnStale::Deny,
+            feed_path: default_feed_path(),
+        }
+    }
+}
+
+/// Usage reporting settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageConfig {
+    /// How often buffered usage events are sent.
+    #[serde(default = "default_usage_flush")]
+    pub flush_interval_ms: u64,
+    /// Buffer bound; older events are dropped (and counted) beyond it.
+    #[serde(default = "default_usage_buffer")]
+    pub max_buffered_events: usize,
+    /// Usage path on the control plane.
+    #[serde(default = "default_usage_path")]
+    pub path: String,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig {
+            flush_interval_ms: default_usage_flush(),
+            max_buffered_events: default_usage_buffer(),
+            path: default_usage_path(),
+        }
+    }
+}
+
+fn default_clock_skew() -> u64 {
+    60
+}
+fn default_true() -> bool {
+    true
+}
+fn default_roles_claim() -> String {
+    "roles".to_string()
+}
+fn default_max_token_bytes() -> usize {
+    8192
+}
+fn default_realm() -> String {
+    "edgewarden".to_string()
+}
+fn default_cache_entries() -> usize {
+    10_000
+}
+fn default_cache_max_ttl() -> u64 {
+    300
+}
+fn default_refresh_interval() -> u64 {
+    300
+}
+fn default_jwks_timeout() -> u64 {
+    5000
+}
+fn default_min_refetch() -> u64 {
+    10
+}
+fn default_control_plane_timeout() -> u64 {
+    2000
+}
+fn default_poll_interval() -> u64 {
+    1000
+}
+fn default_max_staleness() -> u64 {
+    300
+}
+fn default_feed_path() -> String {
+    "/api/v1/revocations/feed".to_string()
+}
+fn default_usage_flush() -> u64 {
+    10_000
+}
+fn default_usage_buffer() -> usize {
+    10_000
+}
+fn default_usage_path() -> String {
+    "/api/v1/usage".to_string()
+}
+
+/// A configuration problem, naming the field path and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {field}: {problem}")]
+pub struct ConfigError {
+    /// Field path, e.g. `issuers[0].remote_jwks.cluster`.
+    pub field: String,
+    /// What is wrong, e.g. `missing field`.
+    pub problem: String,
+}
+
+impl ConfigError {
+    /// A configuration error for `field`.
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses plugin-configuration JSON; errors name the field path, e.g. `issuers[0].remote_jwks.cluster: missing field`.
+    /// Only parses: call [`Config::validate`] (or [`crate::Engine::new`], which does) for the semantic checks.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let config: Config = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
+        de.end()
+            .map_err(|e| ConfigError::new("config", strip_position(&e.to_string())))?;
+        Ok(config)
+    }
+
+    /// Semantic checks that serde cannot express (non-empty issuers, exactly one of prefix/path,
+    /// upper-case known methods, header names, ...). Errors name the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::rules::validate_config(self)
+    }
+}
+
+/// Turns a serde path error into a [`ConfigError`] whose field is the full path of the offending key:
+/// for "missing field `x`" and "unknown field `x`" the key itself is appended to the path.
+fn path_error(err: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    let path = err.path().to_string();
+    let message = strip_position(&err.inner().to_string());
+    let base = if path == "." { String::new() } else { path };
+    let join = |key: &str| {
+        if base.is_empty() {
+            key.to_string()
+        } else {
+            format!("{base}.{key}")
+        }
+    };
+    for (marker, problem) in [
+        ("missing field `", "missing field"),
+        ("unknown field `", "unknown field"),
+    ] {
+        if let Some(rest) = message.strip_prefix(marker) {
+            if let Some((key, tail)) = rest.split_once('`') {
+                let field = if problem == "unknown field" && base.ends_with(key) {
+                    base.clone()
+                } else {
+                    join(key)
+                };
+                return ConfigError::new(field, format!("{problem}{tail}"));
+            }
+        }
+    }
+    ConfigError::new(
+        if base.is_empty() {
+            "config".to_string()
+        } else {
+            base
+        },
+        message,
+    )
+}
+
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message.get(..i).unwrap_or(message).to_string(),
+        None => message.to_string(),
+    }
+}

@@ -1,1 +1,495 @@
-//! jwks (being built).
+//! JSON Web Key Sets parsed once into ready-to-verify keys, with RFC 8725 key hygiene.
+//! Every key is bound to exactly one algorithm when it is loaded, weak keys are refused then
+//! (not at verification time), and the hot path only looks a key up by `kid` and calls jwt-compact.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Rsa, RsaPublicKey};
+use jwt_compact::jwk::JsonWebKey;
+use jwt_compact::{Algorithm, AlgorithmSignature};
+use serde_json::Value;
+
+/// The verifying key type jwt-compact uses for ES256 (p256's ECDSA key).
+type EcKey = <Es256 as Algorithm>::VerifyingKey;
+/// The verifying key type jwt-compact uses for EdDSA (ed25519-compact's public key).
+type EdKey = <Ed25519 as Algorithm>::VerifyingKey;
+
+/// Minimum RSA modulus size (RFC 7518 3.3, RFC 8725 3.5).
+pub const MIN_RSA_BITS: usize = 2048;
+/// Minimum HMAC key size for HS256 (RFC 7518 3.2: at least the hash output size).
+pub const MIN_HMAC_BYTES: usize = 32;
+/// Upper bound on keys per set, so a hostile JWKS endpoint cannot make key lookup slow.
+pub const MAX_KEYS: usize = 64;
+
+/// The signature algorithms the engine accepts. Names are case-sensitive, as in RFC 7515.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alg {
+    /// ECDSA with P-256 and SHA-256.
+    Es256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    Rs256,
+    /// RSASSA-PSS with SHA-256.
+    Ps256,
+    /// Ed25519.
+    EdDsa,
+    /// HMAC with SHA-256 (inline symmetric keys only).
+    Hs256,
+}
+
+impl Alg {
+    /// Every accepted algorithm.
+    pub const ALL: &'static [Alg] = &[Alg::Es256, Alg::Rs256, Alg::Ps256, Alg::EdDsa, Alg::Hs256];
+
+    /// Parses a JOSE `alg` value exactly (case-sensitive); `None` for anything outside the allow-list.
+    pub fn parse(name: &str) -> Option<Alg> {
+        match name {
+            "ES256" => Some(Alg::Es256),
+            "RS256" => Some(Alg::Rs256),
+            "PS256" => Some(Alg::Ps256),
+            "EdDSA" => Some(Alg::EdDsa),
+            "HS256" => Some(Alg::Hs256),
+            _ => None,
+        }
+    }
+
+    /// The JOSE name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Alg::Es256 => "ES256",
+            Alg::Rs256 => "RS256",
+            Alg::Ps256 => "PS256",
+            Alg::EdDsa => "EdDSA",
+            Alg::Hs256 => "HS256",
+        }
+    }
+}
+
+/// Prepared key material, one variant per cryptosystem.
+#[derive(Clone)]
+enum Material {
+    Ec(EcKey),
+    Rsa(RsaPublicKey),
+    Ed(EdKey),
+    Hmac(Hs256Key),
+}
+
+/// One ready-to-verify key, usable with exactly one algorithm.
+#[derive(Clone)]
+pub struct Key {
+    kid: Option<String>,
+    alg: Alg,
+    material: Material,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material: an HMAC key is a secret.
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Key {
+    /// The key id, if the JWK has one.
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
+    /// The one algorithm this key verifies.
+    pub fn alg(&self) -> Alg {
+        self.alg
+    }
+
+    /// Verifies `signature` over `signing_input` (the ASCII `header.payload`) with jwt-compact.
+    /// A signature of the wrong length is simply invalid.
+    pub fn verify(&self, signing_input: &[u8], signature: &[u8]) -> bool {
+        match (&self.material, self.alg) {
+            (Material::Ec(key), Alg::Es256) => verify_with(&Es256, key, signing_input, signature),
+            (Material::Rsa(key), Alg::Rs256) => {
+                verify_with(&Rsa::rs256(), key, signing_input, signature)
+            }
+            (Material::Rsa(key), Alg::Ps256) => {
+                verify_with(&Rsa::ps256(), key, signing_input, signature)
+            }
+            (Material::Ed(key), Alg::EdDsa) => verify_with(&Ed25519, key, signing_input, signature),
+            (Material::Hmac(key), Alg::Hs256) => verify_with(&Hs256, key, signing_input, signature),
+            // Loading binds material and alg together; any other pairing cannot exist, and refusing is the safe answer.
+            _ => false,
+        }
+    }
+}
+
+fn verify_with<A: Algorithm>(
+    alg: &A,
+    key: &A::VerifyingKey,
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    // jwt-compact's validator checks the fixed length before `try_from_slice` (which may assume it); do the same.
+    if let Some(len) = <A::Signature as AlgorithmSignature>::LENGTH {
+        if signature.len() != len.get() {
+            return false;
+        }
+    }
+    match <A::Signature as AlgorithmSignature>::try_from_slice(signature) {
+        Ok(sig) => alg.verify_signature(&sig, key, message),
+        Err(_) => false,
+    }
+}
+
+/// A parsed key set: keys bound to one algorithm each, looked up by exact `kid`.
+#[derive(Clone, Default)]
+pub struct KeySet {
+    keys: Arc<[Key]>,
+    /// Hash of every key's kid, alg and public bytes: tells a real key change from a refresh that changed nothing.
+    digest: u64,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySet").field("keys", &self.keys).finish()
+    }
+}
+
+/// Why a JWKS was refused. Messages are lowercase and name the key index and kid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwksError {
+    /// The document is not JSON.
+    #[error("jwks is not valid json: {0}")]
+    Json(String),
+    /// The document is JSON but not `{"keys": [...]}`.
+    #[error("jwks must be an object with a \"keys\" array")]
+    Shape,
+    /// The key set is empty.
+    #[error("jwks has no keys")]
+    Empty,
+    /// More keys than [`MAX_KEYS`].
+    #[error("jwks has {0} keys, maximum {MAX_KEYS}")]
+    TooManyKeys(usize),
+    /// One key is malformed, weak or not allowed.
+    #[error("keys[{index}]{}: {problem}", kid_label(.kid))]
+    Key {
+        /// Position of the key in `keys`.
+        index: usize,
+        /// Its `kid`, if it has one.
+        kid: Option<String>,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The issuer index given to the engine does not exist.
+    #[error("issuer index {0} does not exist")]
+    NoSuchIssuer(usize),
+    /// The issuer has no `remote_jwks` configured.
+    #[error("issuer index {0} has no remote_jwks configured")]
+    NotRemote(usize),
+}
+
+fn kid_label(kid: &Option<String>) -> String {
+    match kid {
+        Some(kid) => format!(" (kid {kid:?})"),
+        None => String::new(),
+    }
+}
+
+impl KeySet {
+    /// Strict RFC 7517 parsing with RFC 8725 key hygiene: RSA >= 2048 bits, Ed25519 not small-order, EC on P-256 only,
+    /// oct keys (HS256, >= 32 bytes, explicit `"alg": "HS256"`) only when `allow_symmetric` (inline config),
+    /// `use` must be "sig" if present, `alg` inferred only where unambiguous (EC P-256 -> ES256, OKP Ed25519 -> EdDSA,
+    /// RSA without alg -> RS256). A bad key fails the whole set: `keys[2] (kid "k1"): rsa modulus is 1024 bits, minimum 2048`.
+    pub fn from_jwks_json(bytes: &[u8], allow_symmetric: bool) -> Result<KeySet, JwksError> {
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| JwksError::Json(e.to_string()))?;
+        KeySet::from_jwks_value(&value, allow_symmetric)
+    }
+
+    /// Like [`KeySet::from_jwks_json`], from an already parsed JSON value.
+    pub fn from_jwks_value(v: &Value, allow_symmetric: bool) -> Result<KeySet, JwksError> {
+        let keys = v
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or(JwksError::Shape)?;
+        if keys.is_empty() {
+            return Err(JwksError::Empty);
+        }
+        if keys.len() > MAX_KEYS {
+            return Err(JwksError::TooManyKeys(keys.len()));
+        }
+        let mut parsed: Vec<Key> = Vec::with_capacity(keys.len());
+        let mut digest = crate::token::fingerprint_bytes(b"jwks");
+        for (index, jwk) in keys.iter().enumerate() {
+            let kid = jwk.get("kid").and_then(Value::as_str).map(str::to_string);
+            let fail = |problem: String| JwksError::Key {
+                index,
+                kid: kid.clone(),
+                problem,
+            };
+            let (key, raw) = parse_key(jwk, allow_symmetric).map_err(fail)?;
+            if let Some(kid) = &key.kid {
+                if let Some(other) = parsed.iter().position(|k| k.kid.as_deref() == Some(kid)) {
+                    return Err(fail(format!("duplicate kid, also used by keys[{other}]")));
+                }
+            }
+            digest = mix(digest, key.kid.as_deref().unwrap_or("").as_bytes());
+            digest = mix(digest, key.alg.as_str().as_bytes());
+            digest = mix(digest, &raw);
+            parsed.push(key);
+        }
+        Ok(KeySet {
+            keys: parsed.into(),
+            digest,
+        })
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the set has no key (only the default, empty set).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The key ids, in JWKS order (keys without a kid are left out).
+    pub fn kids(&self) -> Vec<&str> {
+        self.keys.iter().filter_map(Key::kid).collect()
+    }
+
+    /// Every key.
+    pub fn keys(&self) -> &[Key] {
+        &self.keys
+    }
+
+    /// A hash of the keys' ids, algorithms and public material: equal digests mean the same keys.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    /// The key with exactly this `kid`.
+    pub fn by_kid(&self, kid: &str) -> Option<&Key> {
+        self.keys.iter().find(|k| k.kid.as_deref() == Some(kid))
+    }
+
+    /// Keys usable with `alg`.
+    pub fn for_alg(&self, alg: Alg) -> impl Iterator<Item = &Key> {
+        self.keys.iter().filter(move |k| k.alg == alg)
+    }
+}
+
+fn mix(hash: u64, bytes: &[u8]) -> u64 {
+    // Order-sensitive chaining of fingerprints; collisions only cost a needless cache flush.
+    (hash.rotate_left(17) ^ crate::token::fingerprint_bytes(bytes))
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+fn get_str<'v>(jwk: &'v Value, name: &str) -> Result<Option<&'v str>, String> {
+    match jwk.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("{name} must be a string")),
+    }
+}
+
+fn b64_field(jwk: &Value, name: &str) -> Result<Vec<u8>, String> {
+    let s = get_str(jwk, name)?.ok_or_else(|| format!("missing {name}"))?;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| format!("{name} is not unpadded base64url"))
+}
+
+/// The y-coordinates (sign bit cleared) of the Ed25519 points of small order, plus the non-canonical encodings
+/// of 0 and 1 (p and p+1), as in libsodium's blocklist. A key equal to one of these verifies forged signatures.
+const ED25519_SMALL_ORDER: [[u8; 32]; 7] = [
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
+
+fn ed25519_is_small_order(x: &[u8; 32]) -> bool {
+    let mut y = *x;
+    y[31] &= 0x7f;
+    ED25519_SMALL_ORDER.contains(&y)
+}
+
+/// Parses one JWK into a key bound to one algorithm, returning the public bytes for the set digest.
+fn parse_key(jwk: &Value, allow_symmetric: bool) -> Result<(Key, Vec<u8>), String> {
+    if !jwk.is_object() {
+        return Err("key must be a json object".to_string());
+    }
+    let kty = get_str(jwk, "kty")?.ok_or("missing kty")?;
+    let kid = get_str(jwk, "kid")?.map(str::to_string);
+    if let Some(usage) = get_str(jwk, "use")? {
+        if usage != "sig" {
+            return Err(format!("use is {usage:?}, only \"sig\" keys verify tokens"));
+        }
+    }
+    if let Some(ops) = jwk.get("key_ops") {
+        let ops = ops.as_array().ok_or("key_ops must be an array")?;
+        if !ops.iter().any(|op| op.as_str() == Some("verify")) {
+            return Err("key_ops does not include \"verify\"".to_string());
+        }
+    }
+    let declared = match get_str(jwk, "alg")? {
+        None => None,
+        Some(name) => {
+            Some(Alg::parse(name).ok_or_else(|| format!("alg {name:?} is not supported"))?)
+        }
+    };
+    let mismatch = |alg: Alg| format!("alg {} does not fit kty {kty}", alg.as_str());
+    let (alg, material, raw) = match kty {
+        "EC" => {
+            reject_private(jwk, kty)?;
+            let crv = get_str(jwk, "crv")?.ok_or("missing crv")?;
+            if crv != "P-256" {
+                return Err(format!("ec curve {crv:?} is not supported, only P-256"));
+            }
+            let alg = match declared {
+                None | Some(Alg::Es256) => Alg::Es256,
+                Some(other) => return Err(mismatch(other)),
+            };
+            let x = b64_field(jwk, "x")?;
+            let y = b64_field(jwk, "y")?;
+            if x.len() != 32 || y.len() != 32 {
+                return Err(format!(
+                    "ec coordinates are {} and {} bytes, expected 32",
+                    x.len(),
+                    y.len()
+                ));
+            }
+            let mut sec1 = Vec::with_capacity(65);
+            sec1.push(0x04);
+            sec1.extend_from_slice(&x);
+            sec1.extend_from_slice(&y);
+            let key = <EcKey as jwt_compact::alg::VerifyingKey<Es256>>::from_slice(&sec1)
+                .map_err(|_| "ec point is not on the P-256 curve".to_string())?;
+            (alg, Material::Ec(key), sec1)
+        }
+        "RSA" => {
+            reject_private(jwk, kty)?;
+            let alg = match declared {
+                None | Some(Alg::Rs256) => Alg::Rs256,
+                Some(Alg::Ps256) => Alg::Ps256,
+                Some(other) => return Err(mismatch(other)),
+            };
+            let n = b64_field(jwk, "n")?;
+            let e = b64_field(jwk, "e")?;
+            let leading = n.iter().take_while(|b| **b == 0).count();
+            let significant = n.get(leading..).unwrap_or(&[]);
+            let bits = match significant.first() {
+                Some(top) => significant.len() * 8 - top.leading_zeros() as usize,
+                None => 0,
+            };
+            if bits < MIN_RSA_BITS {
+                return Err(format!(
+                    "rsa modulus is {bits} bits, minimum {MIN_RSA_BITS}"
+                ));
+            }
+            if bits > RsaPublicKey::MAX_SIZE {
+                return Err(format!(
+                    "rsa modulus is {bits} bits, maximum {}",
+                    RsaPublicKey::MAX_SIZE
+                ));
+            }
+            let jwk = JsonWebKey::Rsa {
+                modulus: Cow::Borrowed(significant),
+                public_exponent: Cow::Borrowed(&e),
+                private_parts: None,
+            };
+            let key =
+                RsaPublicKey::try_from(&jwk).map_err(|err| format!("rsa key is invalid: {err}"))?;
+            let mut raw = significant.to_vec();
+            raw.extend_from_slice(&e);
+            (alg, Material::Rsa(key), raw)
+        }
+        "OKP" => {
+            reject_private(jwk, kty)?;
+            let crv = get_str(jwk, "crv")?.ok_or("missing crv")?;
+            if crv != "Ed25519" {
+                return Err(format!("okp curve {crv:?} is not supported, only Ed25519"));
+            }
+            let alg = match declared {
+                None | Some(Alg::EdDsa) => Alg::EdDsa,
+                Some(other) => return Err(mismatch(other)),
+            };
+            let x = b64_field(jwk, "x")?;
+            let point: [u8; 32] = x
+                .as_slice()
+                .try_into()
+                .map_err(|_| format!("ed25519 key is {} bytes, expected 32", x.len()))?;
+            if ed25519_is_small_order(&point) {
+                return Err("ed25519 key is a small-order point".to_string());
+            }
+            let key = <EdKey as jwt_compact::alg::VerifyingKey<Ed25519>>::from_slice(&point)
+                .map_err(|_| "ed25519 key is invalid".to_string())?;
+            // ed25519-compact's own check: canonical encoding of a point on the curve, not of small order.
+            key.validate()
+                .map_err(|_| "ed25519 key is not a canonical point of large order".to_string())?;
+            (alg, Material::Ed(key), x)
+        }
+        "oct" => {
+            if !allow_symmetric {
+                return Err(
+                    "symmetric (oct) keys are only accepted inline in the configuration"
+                        .to_string(),
+                );
+            }
+            match declared {
+                Some(Alg::Hs256) => {}
+                None => return Err("oct key needs an explicit \"alg\": \"HS256\"".to_string()),
+                Some(other) => return Err(mismatch(other)),
+            }
+            let k = b64_field(jwk, "k")?;
+            if k.len() < MIN_HMAC_BYTES {
+                return Err(format!(
+                    "hmac key is {} bytes, minimum {MIN_HMAC_BYTES}",
+                    k.len()
+                ));
+            }
+            let key = Hs256Key::new(&k);
+            // The digest must not be computed over the secret itself: hash it first.
+            let raw = <sha2::Sha256 as sha2::Digest>::digest(&k).to_vec();
+            (Alg::Hs256, Material::Hmac(key), raw)
+        }
+        other => return Err(format!("kty {other:?} is not supported")),
+    };
+    Ok((Key { kid, alg, material }, raw))
+}
+
+/// Public key sets must not carry private parts: that is a leak upstream and a sign of a mix-up.
+fn reject_private(jwk: &Value, kty: &str) -> Result<(), String> {
+    if jwk.get("d").is_some() {
+        return Err(format!("{kty} key contains private material (d)"));
+    }
+    Ok(())
+}

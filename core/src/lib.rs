@@ -3,6 +3,15 @@
 //! consults revocation state and returns a [`Decision`] with a machine reason and a human description.
 //! It performs no I/O and never reads a clock: callers pass bytes and `now` (Unix seconds) in,
 //! which is what lets the proxy-wasm filter, the admin API's introspection and the dashboard's debugger share it.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod cache;
 pub mod challenge;
@@ -14,10 +23,11 @@ pub mod revocation;
 pub mod rules;
 pub mod token;
 
-
-
-
-
-
-
-
+pub use cache::{CacheOutcome, CacheStats, TokenCache};
+pub use challenge::{json_body, www_authenticate};
+pub use config::{Config, ConfigError, TokenSource};
+pub use decision::{Decision, Reason, Verdict};
+pub use engine::{Engine, Request};
+pub use jwks::{Alg, JwksError, KeySet};
+pub use revocation::{NoRevocations, RevocationView};
+pub use token::{fingerprint, Rejection, VerifiedToken};
