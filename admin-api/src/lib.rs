@@ -1,1 +1,231 @@
-//! EdgeWarden admin API (being built).
+//! EdgeWarden's admin API: the control plane that issues, refreshes, revokes and introspects tokens,
+//! keeps the signing keys, and publishes the revocation feed the edges poll.
+//! [`app`] builds the whole axum router from an [`AppState`]; `main.rs` only parses flags and serves it,
+//! and tests drive it with `tower::ServiceExt::oneshot` without a socket.
+
+pub mod anomalies;
+pub mod api_keys;
+pub mod auth;
+pub mod clients;
+pub mod config;
+pub mod db;
+pub mod edges;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod keys;
+pub mod metrics;
+pub mod oauth;
+pub mod openapi;
+pub mod ratelimit;
+pub mod revocations;
+pub mod secrets;
+pub mod session;
+pub mod tokens;
+pub mod usage;
+pub mod webhooks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::auth::{ApiKeyCache, Role};
+use crate::config::Config;
+use crate::db::{Db, DbKind};
+use crate::error::ApiError;
+use crate::keys::KeyManager;
+use crate::ratelimit::RateLimiter;
+use crate::revocations::Feed;
+
+/// Everything a handler can reach; cheap to clone (all shared behind `Arc`s).
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The configuration the process started with.
+    pub config: Arc<Config>,
+    /// The database.
+    pub db: Db,
+    /// Signing keys, JWKS and the introspection engine.
+    pub keys: Arc<KeyManager>,
+    /// The revocation feed's cursor and long-poll signal.
+    pub feed: Arc<Feed>,
+    /// Validated API keys, cached briefly.
+    pub api_keys: Arc<ApiKeyCache>,
+    /// Rate limit of dashboard logins, per address.
+    pub login_limiter: Arc<RateLimiter>,
+    /// Rate limit of the token endpoints, per caller.
+    pub token_limiter: Arc<RateLimiter>,
+    /// An argon2id hash that matches nothing, to make unknown-user logins as slow as known ones.
+    pub dummy_hash: String,
+    /// The event log's live stream and dispatcher wake-up.
+    pub events: Arc<events::EventBus>,
+    /// Webhook secrets, delivery queue and worker wake-up.
+    pub webhooks: Arc<webhooks::Dispatcher>,
+    /// This replica's Prometheus counters.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Background tasks (cursor refresh, LISTEN); aborted when the last clone of the state is dropped.
+    _tasks: Arc<TaskGuard>,
+}
+
+#[derive(Debug)]
+struct TaskGuard(Vec<JoinHandle<()>>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+impl AppState {
+    /// Opens and migrates the database, loads or creates the signing keys, reads the feed cursor and
+    /// starts the background tasks (periodic refresh; LISTEN/NOTIFY with PostgreSQL).
+    pub async fn new(config: Config) -> anyhow::Result<AppState> {
+        let db = Db::connect(&config).await?;
+        let keys = Arc::new(KeyManager::init(&db, &config).await?);
+        let feed = Arc::new(Feed::new(revocations::db_cursor(&db).await?));
+        let mut tasks = vec![tokio::spawn(refresh_loop(db.clone(), keys.clone(), feed.clone(), config.refresh_interval_seconds))];
+        let events = Arc::new(events::EventBus::new());
+        let webhooks = Arc::new(webhooks::Dispatcher::new(keys::load_master_key(&config.master_key)?, config.webhooks.clone())?);
+        tasks.push(events::spawn_dispatcher(db.clone(), events.clone(), webhooks.clone()));
+        tasks.push(webhooks::spawn_worker(db.clone(), webhooks.clone()));
+        tasks.push(usage::spawn_maintenance(db.clone(), feed.clone(), events.clone(), config.usage.clone()));
+        if db.kind == DbKind::Postgres {
+            tasks.push(listen_loop(&db, keys.clone(), feed.clone(), events.clone()).await?);
+        }
+        let argon = config.argon2.clone();
+        let dummy_hash = tokio::task::spawn_blocking(move || secrets::dummy_hash(&argon)).await?;
+        Ok(AppState {
+            api_keys: Arc::new(ApiKeyCache::new(Duration::from_secs(config.api_key_cache_seconds))),
+            login_limiter: Arc::new(RateLimiter::new(config.login_rate_limit)),
+            token_limiter: Arc::new(RateLimiter::new(config.token_rate_limit)),
+            config: Arc::new(config),
+            db,
+            keys,
+            feed,
+            dummy_hash,
+            events,
+            webhooks,
+            metrics: Arc::new(metrics::Metrics::new()),
+            _tasks: Arc::new(TaskGuard(tasks)),
+        })
+    }
+
+    /// When no admin user exists, creates `admin` with a random password and returns the password
+    /// (to be printed once); otherwise `None`.
+    pub async fn bootstrap_admin(&self) -> anyhow::Result<Option<String>> {
+        let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin'").fetch_one(&self.db.pool).await?;
+        if admins > 0 {
+            return Ok(None);
+        }
+        let password = secrets::random_secret("");
+        match auth::create_user(&self.db, &self.config.argon2, "admin", &password, Role::Admin).await {
+            Ok(_) => Ok(Some(password)),
+            // Another replica bootstrapped at the same moment.
+            Err(ApiError::Conflict(_)) => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("cannot create the first admin: {e}")),
+        }
+    }
+}
+
+/// Re-reads the feed cursor and signing keys periodically: the safety net under LISTEN/NOTIFY, and
+/// how retired keys leave the JWKS once their last token has expired.
+async fn refresh_loop(db: Db, keys: Arc<KeyManager>, feed: Arc<Feed>, every: u64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(every.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rounds: u64 = 0;
+    loop {
+        tick.tick().await;
+        rounds += 1;
+        match revocations::db_cursor(&db).await {
+            Ok(cursor) => feed.advance(cursor),
+            Err(e) => tracing::warn!(error = %e, "cannot refresh the feed cursor"),
+        }
+        // Keys change rarely; every 12th round is enough (a minute with the default 5 s).
+        if rounds % 12 == 0 {
+            if let Err(e) = keys.reload(&db).await {
+                tracing::warn!(error = format!("{e:#}"), "cannot reload signing keys");
+            }
+            // Feed entries whose tokens have all expired are gone from snapshots; delete them a day later.
+            let cutoff = db::now() - 86_400;
+            if let Err(e) = sqlx::query("DELETE FROM revocations WHERE expires_at < $1").bind(cutoff).execute(&db.pool).await {
+                tracing::warn!(error = %e, "cannot prune expired revocations");
+            }
+        }
+    }
+}
+
+/// Subscribes to the PostgreSQL channels other replicas notify on, and wakes long-polls at once.
+async fn listen_loop(db: &Db, keys: Arc<KeyManager>, feed: Arc<Feed>, events: Arc<events::EventBus>) -> anyhow::Result<JoinHandle<()>> {
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await?;
+    listener.listen_all([revocations::FEED_CHANNEL, keys::KEYS_CHANNEL, events::EVENTS_CHANNEL]).await?;
+    let db = db.clone();
+    Ok(tokio::spawn(async move {
+        loop {
+            match listener.recv().await {
+                Ok(n) if n.channel() == revocations::FEED_CHANNEL => {
+                    if let Ok(cursor) = n.payload().parse::<i64>() {
+                        feed.advance(cursor);
+                    }
+                }
+                Ok(n) if n.channel() == events::EVENTS_CHANNEL => events.wake(),
+                Ok(_) => {
+                    if let Err(e) = keys.reload(&db).await {
+                        tracing::warn!(error = format!("{e:#}"), "cannot reload signing keys after notification");
+                    }
+                }
+                Err(e) => {
+                    // PgListener reconnects on the next recv; notifications sent meanwhile are caught by refresh_loop.
+                    tracing::warn!(error = %e, "postgres listener error");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if let Ok(cursor) = revocations::db_cursor(&db).await {
+                        feed.advance(cursor);
+                    }
+                }
+            }
+        }
+    }))
+}
+
+/// The complete HTTP API.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(keys::router())
+        .merge(session::router())
+        .merge(api_keys::router())
+        .merge(clients::router())
+        .merge(tokens::router())
+        .merge(revocations::router())
+        .merge(oauth::router())
+        .merge(events::router())
+        .merge(usage::router())
+        .merge(edges::router())
+        .merge(anomalies::router())
+        .merge(webhooks::router())
+        .merge(metrics::router())
+        .merge(openapi::router())
+        .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            (StatusCode::METHOD_NOT_ALLOWED, axum::Json(json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this route"}})))
+        })
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    match sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(&state.db.pool).await {
+        Ok(_) => (StatusCode::OK, axum::Json(json!({"status": "ok", "feed_cursor": state.feed.current()}))),
+        Err(e) => {
+            tracing::error!(error = %e, "health check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "unavailable"})))
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! Anomaly detection over usage reports and lifecycle events, and the API to triage the results.
+//! Detectors run after each usage batch is stored, over a sliding window of stored data; each anomaly
+//! has a kind, a severity, a subject (token, client, subject, address or edge), evidence and a state
+//! (open, acknowledged, resolved). [`raise`] deduplicates: while an anomaly of the same kind and subject
+//! is open or acknowledged, new findings update its evidence and occurrence count instead of adding rows.
+//! Refresh-token reuse is raised by `oauth.rs` at the moment it happens.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::any::AnyRow;
+use sqlx::Row as _;
+
+use crate::auth::{Principal, Role};
+use crate::db::now;
+use crate::error::{ApiError, ApiResult};
+use crate::events::{self, Event};
+use crate::extract::{Json, Query};
+use crate::revocations::{page_params, Page};
+use crate::secrets::random_id;
+use crate::usage::Ingested;
+use crate::AppState;
+
+/// Detector thresholds; every count is over the last `window_seconds`.
+#[derive(Clone, Debug)]
+pub struct AnomalyConfig {
+    /// Sliding window of the count-based detectors.
+    pub window_seconds: i64,
+    /// Failures from one client address.
+    pub address_failures: i64,
+    /// Refused requests for one subject.
+    pub subject_failures: i64,
+    /// Uses of revoked tokens before one token is reported (1: every one).
+    pub revoked_uses: i64,
+    /// Requests with expired tokens from one client that say it is not refreshing.
+    pub expired_uses: i64,
+    /// `insufficient_scope` refusals for one client.
+    pub insufficient_scope: i64,
+    /// Distinct addresses one token was used from.
+    pub token_addresses: i64,
+    /// How far in the future `iat`/`nbf` (or an edge's clock) may be before it is clock skew.
+    pub clock_skew_leeway_seconds: i64,
+    /// How long after a revocation an edge may still allow the token (its poll interval and then some)
+    /// before that is reported as a propagation failure.
+    pub revocation_grace_seconds: i64,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> AnomalyConfig {
+        AnomalyConfig {
+            window_seconds: 300,
+            address_failures: 20,
+            subject_failures: 20,
+            revoked_uses: 1,
+            expired_uses: 50,
+            insufficient_scope: 20,
+            token_addresses: 10,
+            clock_skew_leeway_seconds: 60,
+            revocation_grace_seconds: 10,
+        }
+    }
+}
+
+/// `serve` flags for the anomaly detectors.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AnomalyArgs {
+    /// Sliding window, in seconds, over which the anomaly detectors count.
+    #[arg(long, env = "EDGEWARDEN_ANOMALY_WINDOW", default_value_t = 300)]
+    pub anomaly_window: i64,
+    /// Refused requests from one client address within the window that raise an anomaly.
+    #[arg(long, env = "EDGEWARDEN_ANOMALY_ADDRESS_FAILURES", default_value_t = 20)]
+    pub anomaly_address_failures: i64,
+    /// Refused requests for one subject within the window that raise an anomaly.
+    #[arg(long, env = "EDGEWARDEN_ANOMALY_SUBJECT_FAILURES", default_value_t = 20)]
+    pub anomaly_subject_failures: i64,
+    /// Uses of one revoked token within the window that raise an anomaly.
+    #[arg(long, env = "EDGEWARDEN_ANOMALY_REVOKED_USES", default_value_t = 1)]
+    pub anomaly_revoked_uses: i64,
+    /// Requests with expired tokens from one client within the window that say it is not refreshing.
+    #[arg(long, env = "EDGEWARDEN_ANOMALY_EXPIRED_USES", default_value_t = 50)]
+    pub anomaly_expired_uses: i64,
+    /// insufficient_scope refusals for one client within the window that raise an anomaly.
+    #[arg(long, env = "EDGEWARDEN_ANOMALY_INSUFFICIENT_SCOPE", default_value_t = 20)]
+    pub anomaly_insufficient_scope: i64,
+    /// Distinct client addresses one token may be used from within the window.
+    #[arg(long, env = "EDGEWARDEN_ANOMALY_TOKEN_ADDRESSES", default_value_t = 10)]
+    pub anomaly_token_addresses: i64,
+    /// Seconds iat/nbf (or an edge's clock) may lie in the future before it is reported as clock skew.
+    #[arg(long, env = "EDGEWARDEN_ANOMALY_CLOCK_SKEW", default_value_t = 60)]
+    pub anomaly_clock_skew: i64,
+    /// Seconds after a revocation that an edge may still allow the token before it is a propagation anomaly.
+    #[arg(long, env = "EDGEWARDEN_ANOMALY_REVOCATION_GRACE", default_value_t = 10)]
+    pub anomaly_revocation_grace: i64,
+}
+
+impl AnomalyArgs {
+    /// The configuration these flags describe.
+    pub fn config(&self) -> AnomalyConfig {
+        AnomalyConfig {
+            window_seconds: self.anomaly_window.max(1),
+            address_failures: self.anomaly_address_failures.max(1),
+            subject_failures: self.anomaly_subject_failures.max(1),
+            revoked_uses: self.anomaly_revoked_uses.max(1),
+            expired_uses: self.anomaly_expired_uses.max(1),
+            insufficient_scope: self.anomaly_insufficient_scope.max(1),
+            token_addresses: self.anomaly_token_addresses.max(1),
+            clock_skew_leeway_seconds: self.anomaly_clock_skew.max(0),
+            revocation_grace_seconds: self.anomaly_revocation_grace.max(0),
+        }
+    }
+}
+
+/// Every kind of anomaly.
+pub const KINDS: &[&str] = &[
+    "address_failures",
+    "subject_failures",
+    "revoked_token_use",
+    "revoked_token_allowed",
+    "expired_token_use",
+    "clock_skew",
+    "token_many_addresses",
+    "refresh_token_reuse",
+    "insufficient_scope_burst",
+];
+
+/// Reasons that are refusals (everything but allowed and anonymous).
+fn is_failure(reason: &str) -> bool {
+    !matches!(reason, "allowed" | "anonymous")
+}
+
+/// Raises (or refreshes) an anomaly: updates the open or acknowledged one with the same kind and subject,
+/// else opens a new one and records an `anomaly.opened` event. Returns the anomaly id.
+pub async fn raise(state: &AppState, kind: &str, severity: &str, subject_kind: &str, subject: &str, evidence: Value) -> Result<String, sqlx::Error> {
+    let now = now();
+    let mut tx = state.db.pool.begin().await?;
+    let existing: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM anomalies WHERE kind = $1 AND subject_kind = $2 AND subject = $3 AND state IN ('open', 'acknowledged') \
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(kind)
+    .bind(subject_kind)
+    .bind(subject)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let id = match existing {
+        Some(id) => {
+            sqlx::query("UPDATE anomalies SET evidence = $1, occurrences = occurrences + 1, last_seen = $2, updated_at = $2 WHERE id = $3")
+                .bind(evidence.to_string())
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            id
+        }
+        None => {
+            let id = random_id("anm_");
+            sqlx::query(
+                "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, state, created_at, updated_at, occurrences, last_seen) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7, 1, $7)",
+            )
+            .bind(&id)
+            .bind(kind)
+            .bind(severity)
+            .bind(subject_kind)
+            .bind(subject)
+            .bind(evidence.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let mut event = Event::new("anomaly.opened", "system:anomalies")
+                .details(json!({"anomaly_id": id, "kind": kind, "severity": severity, "subject_kind": subject_kind, "subject": subject}));
+            event = match subject_kind {
+                "subject" => event.subject(subject),
+                "client" => event.client(subject),
+                "token" if !subject.starts_with("fp:") => event.jti(subject),
+                _ => event,
+            };
+            events::record(&state.events, &state.db, &mut tx, event).await?;
+            id
+        }
+    };
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Sums stored usage counts matching `column = value` and `reason` (or every refusal) in the window.
+async fn window_sum(state: &AppState, column: &'static str, value: &str, reason: Option<&str>, since: i64) -> Result<i64, sqlx::Error> {
+    // `column` is one of a few constants below, never input.
+    let reason_clause = match reason {
+        Some(_) => "reason = $3",
+        None => "reason NOT IN ('allowed', 'anonymous') AND $3 = $3",
+    };
+    let sum: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT CAST(SUM(count) AS BIGINT) FROM usage_counts WHERE {column} = $1 AND bucket >= $2 AND {reason_clause}"
+    )))
+    .bind(value)
+    .bind(since)
+    .bind(reason.unwrap_or(""))
+    .fetch_one(&state.db.pool)
+    .await?;
+    Ok(sum.unwrap_or(0))
+}
+
+/// Runs every usage detector over a stored batch.
+pub async fn detect(state: &AppState, batch: &Ingested) -> Result<(), sqlx::Error> {
+    let cfg = &state.config.anomalies;
+    let now = now();
+    // Buckets are whole minutes, so the window starts at the minute containing its start.
+    let since = (now - cfg.window_seconds) - (now - cfg.window_seconds).rem_euclid(60);
+    let edge = batch.edge.as_str();
+
+    // Repeated failures from one address (failure samples carry the address).
+    let addresses: BTreeSet<&str> = batch.failures.iter().map(|f| f.client_address.as_str()).take(200).collect();
+    for address in addresses {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_failures WHERE client_address = $1 AND at >= $2")
+            .bind(address)
+            .bind(now - cfg.window_seconds)
+            .fetch_one(&state.db.pool)
+            .await?;
+        if n >= cfg.address_failures {
+            let reasons: Vec<&str> = batch.failures.iter().filter(|f| f.client_address == address).map(|f| f.reason.as_str()).collect();
+            raise(state, "address_failures", "medium", "address", address,
+                json!({"failures": n, "window_seconds": cfg.window_seconds, "threshold": cfg.address_failures, "edge": edge, "recent_reasons": reasons})).await?;
+        }
+    }
+
+    // Per-key sums of this batch, to pick candidates for the window queries.
+    let mut subjects: BTreeSet<&str> = BTreeSet::new();
+    let mut expired_clients: BTreeSet<&str> = BTreeSet::new();
+    let mut scope_clients: BTreeSet<&str> = BTreeSet::new();
+    let mut revoked_tokens: BTreeMap<&str, (&str, &str, &str)> = BTreeMap::new();
+    let mut allowed_jtis: BTreeMap<&str, &str> = BTreeMap::new();
+    for ((token, subject, client, route, reason), _) in &batch.counts {
+        if is_failure(reason) && !subject.is_empty() {
+            subjects.insert(subject);
+        }
+        let client_or_subject = if client.is_empty() { subject.as_str() } else { client.as_str() };
+        match reason.as_str() {
+            "expired" if !client_or_subject.is_empty() => {
+                expired_clients.insert(client_or_subject);
+            }
+            "insufficient_scope" if !client_or_subject.is_empty() => {
+                scope_clients.insert(client_or_subject);
+            }
+            "revoked" if !token.is_empty() => {
+                revoked_tokens.insert(token, (subject, client, route));
+            }
+            "allowed" if !token.is_empty() && !token.starts_with("fp:") => {
+                allowed_jtis.insert(token, route);
+            }
+            _ => {}
+        }
+    }
+
+    for subject in subjects.into_iter().take(200) {
+        let n = window_sum(state, "subject", subject, None, since).await?;
+        if n >= cfg.subject_failures {
+            raise(state, "subject_failures", "medium", "subject", subject,
+                json!({"failures": n, "window_seconds": cfg.window_seconds, "threshold": cfg.subject_failures, "edge": edge})).await?;
+        }
+    }
+
+    for (token, (subject, client, route)) in revoked_tokens.into_iter().take(500) {
+        let n = window_sum(state, "token", token, Some("revoked"), since).await?;
+        if n >= cfg.revoked_uses {
+            raise(state, "revoked_token_use", "medium", "token", token,
+                json!({"uses": n, "window_seconds": cfg.window_seconds, "subject": subject, "client_id": client, "route": route, "edge": edge, "refused_by_edge": true})).await?;
+        }
+    }
+
+    // An edge allowed a token revoked well before the interval: revocations are not reaching it.
+    let jtis: Vec<(&str, &str)> = allowed_jtis.into_iter().collect();
+    for chunk in jtis.chunks(200) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT jti, subject, client_id, revoked_at FROM tokens WHERE revoked_at IS NOT NULL AND jti IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (jti, _) in chunk {
+            query = query.bind(*jti);
+        }
+        for row in query.fetch_all(&state.db.pool).await? {
+            let jti: String = row.try_get("jti")?;
+            let revoked_at: i64 = row.try_get("revoked_at")?;
+            let late = batch.interval_end - revoked_at;
+            if late > cfg.revocation_grace_seconds {
+                let route = chunk.iter().find(|(j, _)| *j == jti).map(|(_, r)| *r).unwrap_or("");
+                raise(state, "revoked_token_allowed", "high", "token", &jti,
+                    json!({"revoked_at": revoked_at, "allowed_until": batch.interval_end, "seconds_after_revocation": late,
+                           "grace_seconds": cfg.revocation_grace_seconds, "edge": edge, "route": route,
+                           "subject": row.try_get::<String, _>("subject")?, "client_id": row.try_get::<String, _>("client_id")?})).await?;
+            }
+        }
+    }
+
+    for client in expired_clients.into_iter().take(200) {
+        let n = window_sum(state, "client_id", client, Some("expired"), since).await?;
+        let n = if n == 0 { window_sum(state, "subject", client, Some("expired"), since).await? } else { n };
+        if n >= cfg.expired_uses {
+            raise(state, "expired_token_use", "low", "client", client,
+                json!({"expired_uses": n, "window_seconds": cfg.window_seconds, "threshold": cfg.expired_uses, "edge": edge,
+                       "hint": "the client keeps sending expired tokens instead of refreshing them"})).await?;
+        }
+    }
+
+    for client in scope_clients.into_iter().take(200) {
+        let n = window_sum(state, "client_id", client, Some("insufficient_scope"), since).await?;
+        let n = if n == 0 { window_sum(state, "subject", client, Some("insufficient_scope"), since).await? } else { n };
+        if n >= cfg.insufficient_scope {
+            raise(state, "insufficient_scope_burst", "low", "client", client,
+                json!({"refusals": n, "window_seconds": cfg.window_seconds, "threshold": cfg.insufficient_scope, "edge": edge})).await?;
+        }
+    }
+
+    for token in batch.tokens_with_addresses.iter().take(500) {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM token_addresses WHERE token = $1 AND last_seen >= $2")
+            .bind(token)
+            .bind(now - cfg.window_seconds)
+            .fetch_one(&state.db.pool)
+            .await?;
+        if n >= cfg.token_addresses {
+            let sample: Vec<String> = sqlx::query_scalar("SELECT address FROM token_addresses WHERE token = $1 AND last_seen >= $2 ORDER BY address LIMIT 20")
+                .bind(token)
+                .bind(now - cfg.window_seconds)
+                .fetch_all(&state.db.pool)
+                .await?;
+            raise(state, "token_many_addresses", "high", "token", token,
+                json!({"addresses": n, "window_seconds": cfg.window_seconds, "threshold": cfg.token_addresses, "sample": sample, "edge": edge})).await?;
+        }
+    }
+
+    // Clock skew: tokens minted in the future (the issuer's or client's clock), and edges whose clock runs ahead.
+    let mut skewed: BTreeMap<(String, String), Value> = BTreeMap::new();
+    for f in &batch.failures {
+        let ahead = [f.iat, f.nbf].into_iter().flatten().map(|t| t - f.at).max().unwrap_or(0);
+        let future_reason = matches!(f.reason.as_str(), "issued_in_future" | "not_yet_valid");
+        if ahead > cfg.clock_skew_leeway_seconds || (future_reason && ahead > 0) || (future_reason && f.iat.is_none() && f.nbf.is_none()) {
+            let (kind, subject) = match (&f.client_id, &f.subject, &f.jti) {
+                (Some(c), _, _) => ("client", c.clone()),
+                (None, Some(s), _) => ("subject", s.clone()),
+                (None, None, Some(j)) => ("token", j.clone()),
+                _ => ("address", f.client_address.clone()),
+            };
+            skewed.insert((kind.to_owned(), subject), json!({"seconds_ahead": ahead, "iat": f.iat, "nbf": f.nbf, "seen_at": f.at,
+                "reason": f.reason, "leeway_seconds": cfg.clock_skew_leeway_seconds, "edge": edge, "jti": f.jti}));
+        }
+    }
+    for ((kind, subject), evidence) in skewed.into_iter().take(200) {
+        raise(state, "clock_skew", "medium", &kind, &subject, evidence).await?;
+    }
+    let edge_ahead = batch.interval_end - now;
+    if edge_ahead > cfg.clock_skew_leeway_seconds {
+        raise(state, "clock_skew", "medium", "edge", edge,
+            json!({"seconds_ahead": edge_ahead, "interval_end": batch.interval_end, "received_at": now, "leeway_seconds": cfg.clock_skew_leeway_seconds})).await?;
+    }
+    Ok(())
+}
+
+/// An anomaly as the API answers it.
+#[derive(Debug, Serialize)]
+pub struct Anomaly {
+    /// Id (`anm_...`).
+    pub id: String,
+    /// One of [`KINDS`].
+    pub kind: String,
+    /// `low`, `medium` or `high`.
+    pub severity: String,
+    /// `token`, `client`, `subject`, `address` or `edge`.
+    pub subject_kind: String,
+    /// The token id, client id, subject, address or edge name.
+    pub subject: String,
+    /// Latest evidence.
+    pub evidence: Value,
+    /// `open`, `acknowledged` or `resolved`.
+    pub state: String,
+    /// How many times it was raised while open.
+    pub occurrences: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds of the last change.
+    pub updated_at: i64,
+    /// Unix seconds of the last finding.
+    pub last_seen: Option<i64>,
+}
+
+const COLUMNS: &str = "id, kind, severity, subject_kind, subject, evidence, state, occurrences, created_at, updated_at, last_seen";
+
+fn anomaly(row: &AnyRow) -> Result<Anomaly, sqlx::Error> {
+    let evidence: String = row.try_get("evidence")?;
+    Ok(Anomaly {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        severity: row.try_get("severity")?,
+        subject_kind: row.try_get("subject_kind")?,
+        subject: row.try_get("subject")?,
+        evidence: serde_json::from_str(&evidence).unwrap_or(Value::Null),
+        state: row.try_get("state")?,
+        occurrences: row.try_get("occurrences")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        last_seen: row.try_get("last_seen")?,
+    })
+}
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/anomalies", get(list)).route("/api/v1/anomalies/{id}", get(show).patch(update))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    kind: Option<String>,
+    severity: Option<String>,
+    subject: Option<String>,
+    subject_kind: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+fn one_of(field: &str, value: &Option<String>, allowed: &[&str]) -> ApiResult<String> {
+    match value.as_deref() {
+        None | Some("") => Ok(String::new()),
+        Some(v) if allowed.contains(&v) => Ok(v.to_owned()),
+        Some(v) => Err(ApiError::field(field, format!("{field}: {v:?} is not one of {}", allowed.join(", ")))),
+    }
+}
+
+async fn list(State(state): State<AppState>, principal: Principal, Query(q): Query<ListQuery>) -> ApiResult<Json<Page<Anomaly>>> {
+    principal.require(&[Role::Admin, Role::Auditor], "list anomalies")?;
+    let (limit, offset) = page_params(q.limit, q.offset)?;
+    let binds = [
+        one_of("state", &q.state, &["open", "acknowledged", "resolved"])?,
+        one_of("kind", &q.kind, KINDS)?,
+        one_of("severity", &q.severity, &["low", "medium", "high"])?,
+        q.subject.clone().unwrap_or_default(),
+        one_of("subject_kind", &q.subject_kind, &["token", "client", "subject", "address", "edge"])?,
+    ];
+    let filter = "WHERE ($1 = '' OR state = $1) AND ($2 = '' OR kind = $2) AND ($3 = '' OR severity = $3) \
+                  AND ($4 = '' OR subject = $4) AND ($5 = '' OR subject_kind = $5)";
+    let mut count = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM anomalies {filter}")));
+    for b in &binds {
+        count = count.bind(b.clone());
+    }
+    let total = count.fetch_one(&state.db.pool).await?;
+    let mut select = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM anomalies {filter} ORDER BY updated_at DESC, id LIMIT $6 OFFSET $7"
+    )));
+    for b in &binds {
+        select = select.bind(b.clone());
+    }
+    let rows = select.bind(limit).bind(offset).fetch_all(&state.db.pool).await?;
+    Ok(Json(Page { items: rows.iter().map(anomaly).collect::<Result<Vec<_>, _>>()?, total, limit, offset }))
+}
+
+async fn find(state: &AppState, id: &str) -> ApiResult<Anomaly> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM anomalies WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(&state.db.pool)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no anomaly {id:?}")))?;
+    Ok(anomaly(&row)?)
+}
+
+async fn show(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> ApiResult<Json<Anomaly>> {
+    principal.require(&[Role::Admin, Role::Auditor], "read anomalies")?;
+    Ok(Json(find(&state, &id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateRequest {
+    state: String,
+}
+
+async fn update(State(state): State<AppState>, principal: Principal, Path(id): Path<String>, Json(req): Json<UpdateRequest>) -> ApiResult<Json<Anomaly>> {
+    principal.require(&[Role::Admin], "triage anomalies")?;
+    let new_state = one_of("state", &Some(req.state.clone()), &["acknowledged", "resolved", "open"])?;
+    if new_state.is_empty() {
+        return Err(ApiError::field("state", "state: must be acknowledged, resolved or open"));
+    }
+    let before = find(&state, &id).await?;
+    let now = now();
+    let mut tx = state.db.pool.begin().await?;
+    sqlx::query("UPDATE anomalies SET state = $1, updated_at = $2 WHERE id = $3")
+        .bind(&new_state)
+        .bind(now)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    let event = Event::new("anomaly.updated", principal.actor())
+        .details(json!({"anomaly_id": id, "kind": before.kind, "from": before.state, "to": new_state}));
+    events::record(&state.events, &state.db, &mut tx, event).await?;
+    tx.commit().await?;
+    tracing::info!(anomaly = %id, state = %new_state, actor = %principal.actor(), "anomaly triaged");
+    Ok(Json(find(&state, &id).await?))
+}
+
+/// Open anomalies per kind, for `/metrics`.
+pub async fn open_counts(state: &AppState) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT kind, COUNT(*) AS n FROM anomalies WHERE state = 'open' GROUP BY kind ORDER BY kind")
+        .fetch_all(&state.db.pool)
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get("kind")?, r.try_get("n")?))).collect()
+}

@@ -1,0 +1,340 @@
+//! Who is calling and what they may do: API keys (`Authorization: Bearer <key>`, stored as SHA-256)
+//! and dashboard sessions (HttpOnly SameSite=Strict cookie plus a double-submit CSRF header on
+//! mutations), resolved into a [`Principal`] with one of four roles.
+//! Handlers take `Principal` as an extractor and call [`Principal::require`] before doing anything.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method};
+use serde::{Deserialize, Serialize};
+use sqlx::Row as _;
+
+use crate::db::{now, Db};
+use crate::error::ApiError;
+use crate::secrets::{ct_eq, random_id, random_secret, sha256_hex};
+use crate::AppState;
+
+/// Name of the dashboard session cookie (HttpOnly).
+pub const SESSION_COOKIE: &str = "ew_session";
+/// Name of the CSRF cookie the dashboard reads and echoes in [`CSRF_HEADER`].
+pub const CSRF_COOKIE: &str = "ew_csrf";
+/// Header that must repeat the CSRF token on every mutation made with a session cookie.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Prefix of every API key, so leaked keys are recognisable by secret scanners.
+pub const API_KEY_PREFIX: &str = "ewk_";
+
+/// What a caller may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Read-only access to everything.
+    Auditor,
+    /// The revocation feed and usage reports only.
+    Edge,
+    /// Issue, refresh, revoke and introspect tokens of its own client only.
+    Service,
+}
+
+impl Role {
+    /// Every role, for exhaustive tests.
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Auditor, Role::Edge, Role::Service];
+
+    /// The lowercase name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Auditor => "auditor",
+            Role::Edge => "edge",
+            Role::Service => "service",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "auditor" => Ok(Role::Auditor),
+            "edge" => Ok(Role::Edge),
+            "service" => Ok(Role::Service),
+            other => Err(format!("unknown role {other:?}, expected admin, auditor, edge or service")),
+        }
+    }
+}
+
+/// How the principal authenticated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// An API key, by its id.
+    ApiKey {
+        /// The key's public id (`key_...`).
+        id: String,
+    },
+    /// A dashboard session of a user.
+    Session {
+        /// The user's id.
+        user_id: String,
+    },
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// What they may do.
+    pub role: Role,
+    /// For service (and optionally edge) keys: the client they act for.
+    pub client_id: Option<String>,
+    /// Human name of the key or username, for audit records.
+    pub name: String,
+    /// How they authenticated.
+    pub credential: Credential,
+}
+
+impl Principal {
+    /// 403 unless the principal has one of `roles`; `action` completes "role edge may not ...".
+    pub fn require(&self, roles: &[Role], action: &str) -> Result<(), ApiError> {
+        if roles.contains(&self.role) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!("role {} may not {action}", self.role)))
+        }
+    }
+
+    /// 403 unless the principal is an admin, or a service acting for `client_id`.
+    pub fn require_client(&self, client_id: &str, action: &str) -> Result<(), ApiError> {
+        match self.role {
+            Role::Admin => Ok(()),
+            Role::Service if self.client_id.as_deref() == Some(client_id) => Ok(()),
+            Role::Service => Err(ApiError::Forbidden(format!(
+                "service key for client {:?} may not {action} for client {client_id:?}",
+                self.client_id.as_deref().unwrap_or("")
+            ))),
+            role => Err(ApiError::Forbidden(format!("role {role} may not {action}"))),
+        }
+    }
+
+    /// The string recorded as the actor of an action: `api_key:key_0123 (deploy bot)` or `user:alice`.
+    pub fn actor(&self) -> String {
+        match &self.credential {
+            Credential::ApiKey { id } => format!("api_key:{id} ({})", self.name),
+            Credential::Session { .. } => format!("user:{}", self.name),
+        }
+    }
+}
+
+/// Recently validated API keys, so thousands of edges polling every second cost no database read.
+/// A key deleted on this replica is evicted at once; on other replicas within `ttl`.
+#[derive(Debug)]
+pub struct ApiKeyCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (Principal, Instant)>>,
+}
+
+impl ApiKeyCache {
+    /// A cache keeping entries for `ttl`.
+    pub fn new(ttl: Duration) -> ApiKeyCache {
+        ApiKeyCache { ttl, entries: Mutex::new(HashMap::new()) }
+    }
+
+    fn get(&self, hash: &str) -> Option<Principal> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(hash).filter(|(_, at)| at.elapsed() < self.ttl).map(|(p, _)| p.clone())
+    }
+
+    fn put(&self, hash: String, principal: Principal) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() > 50_000 {
+            entries.clear();
+        }
+        entries.insert(hash, (principal, Instant::now()));
+    }
+
+    /// Forgets every cached key with this id (after it is deleted).
+    pub fn evict_id(&self, id: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|_, (p, _)| p.credential != Credential::ApiKey { id: id.to_owned() });
+    }
+}
+
+/// A freshly created API key: the secret is shown once and never stored.
+#[derive(Debug, Serialize)]
+pub struct NewApiKey {
+    /// Public id of the key.
+    pub id: String,
+    /// The key itself (`ewk_...`).
+    pub key: String,
+    /// Role granted.
+    pub role: Role,
+    /// Name given.
+    pub name: String,
+    /// Client it is bound to.
+    pub client_id: Option<String>,
+}
+
+/// Creates an API key with `role` (service keys must name a client) and returns the secret once.
+pub async fn create_api_key(db: &Db, role: Role, name: &str, client_id: Option<&str>) -> Result<NewApiKey, ApiError> {
+    if role == Role::Service && client_id.is_none() {
+        return Err(ApiError::field("client_id", "client_id: a service key must be bound to a client"));
+    }
+    let id = random_id("key_");
+    let key = random_secret(API_KEY_PREFIX);
+    sqlx::query("INSERT INTO api_keys (id, name, role, client_id, key_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(&id)
+        .bind(name)
+        .bind(role.as_str())
+        .bind(client_id)
+        .bind(sha256_hex(&key))
+        .bind(now())
+        .execute(&db.pool)
+        .await?;
+    Ok(NewApiKey { id, key, role, name: name.to_owned(), client_id: client_id.map(str::to_owned) })
+}
+
+/// Resolves an API key to its principal, or `None` when it is unknown or deleted.
+pub async fn lookup_api_key(state: &AppState, key: &str) -> Result<Option<Principal>, ApiError> {
+    let hash = sha256_hex(key);
+    if let Some(p) = state.api_keys.get(&hash) {
+        return Ok(Some(p));
+    }
+    let row = sqlx::query("SELECT id, name, role, client_id, key_hash FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+        .bind(&hash)
+        .fetch_optional(&state.db.pool)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let stored: String = row.try_get("key_hash")?;
+    if !ct_eq(stored.as_bytes(), hash.as_bytes()) {
+        return Ok(None);
+    }
+    let role: String = row.try_get("role")?;
+    let principal = Principal {
+        role: role.parse().map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?,
+        client_id: row.try_get("client_id")?,
+        name: row.try_get("name")?,
+        credential: Credential::ApiKey { id: row.try_get("id")? },
+    };
+    state.api_keys.put(hash, principal.clone());
+    Ok(Some(principal))
+}
+
+/// Reads one cookie from the request headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The bearer credential of an `Authorization` header, if that header is a Bearer one.
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let value = value.to_str().map_err(|_| ApiError::Unauthorized("authorization header is not valid ascii".into()))?;
+    match value.split_once(' ') {
+        Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty() => Ok(Some(key.trim())),
+        _ => Err(ApiError::Unauthorized("authorization header must be `Bearer <api key>`".into())),
+    }
+}
+
+/// The caller's network address (when served through a socket) for rate limiting and records.
+pub fn client_address(parts_extensions: &axum::http::Extensions) -> String {
+    parts_extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string())
+        .unwrap_or_else(|| "local".to_owned())
+}
+
+/// The caller's address as an extractor (`local` when the app is called without a socket, as in tests).
+#[derive(Clone, Debug)]
+pub struct ClientAddr(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(client_address(&parts.extensions)))
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(key) = bearer(&parts.headers)? {
+            return lookup_api_key(state, key)
+                .await?
+                .ok_or_else(|| ApiError::Unauthorized("unknown or deleted api key".into()));
+        }
+        if let Some(session) = cookie(&parts.headers, SESSION_COOKIE) {
+            let (principal, csrf_hash) = crate::session::lookup(state, session)
+                .await?
+                .ok_or_else(|| ApiError::Unauthorized("session expired or unknown, log in again".into()))?;
+            let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+            if !safe {
+                let presented = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+                if presented.is_empty() || !ct_eq(sha256_hex(presented).as_bytes(), csrf_hash.as_bytes()) {
+                    return Err(ApiError::Forbidden(format!(
+                        "missing or wrong {CSRF_HEADER} header: mutations with a session cookie must repeat the csrf token"
+                    )));
+                }
+            }
+            return Ok(principal);
+        }
+        Err(ApiError::Unauthorized(
+            "missing credentials: send `Authorization: Bearer <api key>` or a session cookie".into(),
+        ))
+    }
+}
+
+/// Creates a dashboard user; `password` is hashed with argon2id.
+pub async fn create_user(state_db: &Db, argon: &crate::config::Argon2Params, username: &str, password: &str, role: Role) -> Result<String, ApiError> {
+    if username.trim().is_empty() {
+        return Err(ApiError::field("username", "username: must not be empty"));
+    }
+    if password.len() < 12 {
+        return Err(ApiError::field("password", format!("password: {} characters, minimum 12", password.len())));
+    }
+    let hash = crate::secrets::hash_password(password, argon)?;
+    let id = random_id("usr_");
+    let result = sqlx::query("INSERT INTO users (id, username, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(&id)
+        .bind(username)
+        .bind(hash)
+        .bind(role.as_str())
+        .bind(now())
+        .execute(&state_db.pool)
+        .await;
+    match result {
+        Ok(_) => Ok(id),
+        Err(e) if is_unique_violation(&e) => Err(ApiError::Conflict(format!("user {username:?} already exists"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// True when a database error is a uniqueness violation (both engines).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            d.is_unique_violation() || d.message().contains("UNIQUE constraint failed") || d.code().as_deref() == Some("23505")
+        }
+        _ => false,
+    }
+}

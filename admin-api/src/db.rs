@@ -1,0 +1,129 @@
+//! The database: one `sqlx::AnyPool` over SQLite (default, a WAL-mode file in the data directory)
+//! or PostgreSQL (`DATABASE_URL=postgres://...`), so every query is written once.
+//! Portability rules for queries: `$1`-style placeholders, only BIGINT (i64), TEXT (String) and
+//! BLOB/BYTEA (`Vec<u8>`) columns, timestamps as Unix seconds, no booleans, no SUM without a cast.
+//! Migrations are embedded from `migrations/sqlite` and `migrations/postgres` and run at start.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::{AnyPool, SqlSafeStr as _};
+
+use crate::config::Config;
+
+/// Which engine is behind the pool; almost nothing needs to know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbKind {
+    /// SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// A connected, migrated database.
+#[derive(Clone, Debug)]
+pub struct Db {
+    /// The pool every query runs on.
+    pub pool: AnyPool,
+    /// The engine behind it.
+    pub kind: DbKind,
+    /// The URL it was opened with (PostgreSQL LISTEN needs it for its own connection).
+    pub url: String,
+}
+
+/// Current time in Unix seconds.
+pub fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// (version, name, sql) of each SQLite migration; the file is `NNNN_name.sql`.
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
+    (2, "observability", include_str!("../migrations/sqlite/0002_observability.sql")),
+];
+/// (version, name, sql) of each PostgreSQL migration.
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
+    &[
+        (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
+        (2, "observability", include_str!("../migrations/postgres/0002_observability.sql")),
+    ];
+
+/// Migrations compiled into the binary, so it runs from any directory.
+#[derive(Debug)]
+struct Embedded(&'static [(i64, &'static str, &'static str)]);
+
+impl<'s> MigrationSource<'s> for Embedded {
+    fn resolve(self) -> futures_core::future::BoxFuture<'s, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|(version, name, sql)| {
+                    Migration::new(*version, Cow::Borrowed(*name), MigrationType::Simple, sql.into_sql_str(), false)
+                })
+                .collect())
+        })
+    }
+}
+
+impl Db {
+    /// Opens the database the configuration names (creating the SQLite file and data directory if
+    /// missing) and runs the migrations.
+    pub async fn connect(config: &Config) -> anyhow::Result<Db> {
+        sqlx::any::install_default_drivers();
+        let (url, kind) = if config.is_postgres() {
+            (config.database_url.clone().unwrap_or_default(), DbKind::Postgres)
+        } else if let Some(url) = config.database_url.as_deref().filter(|u| u.starts_with("sqlite:")) {
+            (url.to_owned(), DbKind::Sqlite)
+        } else {
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+            let path = config.data_dir.join("edgewarden.db");
+            (format!("sqlite://{}?mode=rwc", path.display()), DbKind::Sqlite)
+        };
+        if let Some(other) = config.database_url.as_deref() {
+            if kind == DbKind::Sqlite && !other.starts_with("sqlite:") {
+                anyhow::bail!("DATABASE_URL must start with postgres:// or sqlite:, got {}", redact(other));
+            }
+        }
+        let options = AnyPoolOptions::new()
+            .max_connections(if kind == DbKind::Sqlite { 8 } else { 16 })
+            .acquire_timeout(Duration::from_secs(10));
+        let pool = options
+            .connect(&url)
+            .await
+            .with_context(|| format!("cannot open database {}", redact(&url)))?;
+        if kind == DbKind::Sqlite {
+            // WAL lets feed reads proceed while a revocation is written; the mode is stored in the file.
+            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await.context("cannot enable WAL mode")?;
+        }
+        let db = Db { pool, kind, url };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Applies the embedded migrations for this engine.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let source = match self.kind {
+            DbKind::Sqlite => Embedded(SQLITE_MIGRATIONS),
+            DbKind::Postgres => Embedded(POSTGRES_MIGRATIONS),
+        };
+        let migrator = Migrator::new(source).await.context("cannot load migrations")?;
+        migrator.run(&self.pool).await.context("cannot run migrations")?;
+        Ok(())
+    }
+}
+
+/// Removes a password from a database URL before it is shown in an error.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,120 @@
+//! `GET /api/v1/edges`: every edge known by name, with its last feed poll, the cursor it polled with,
+//! staleness and its last usage report. Polls are tracked in each replica's memory (cheap enough for
+//! thousands of edges polling every second) and flushed to the `edges` table periodically and with each
+//! usage report; this view merges the table with this replica's memory, so it is right on any replica.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use sqlx::Row as _;
+
+use crate::auth::{Principal, Role};
+use crate::db::now;
+use crate::error::ApiResult;
+use crate::extract::{Json, Query};
+use crate::revocations::{page_params, Page};
+use crate::AppState;
+
+/// One edge as the dashboard shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Edge {
+    /// Name from `x-edgewarden-edge` / the usage batch.
+    pub name: String,
+    /// Address of the last poll or report.
+    pub address: Option<String>,
+    /// Unix seconds of the last feed poll.
+    pub last_poll: Option<i64>,
+    /// Cursor the edge sent on its last poll (what it has applied).
+    pub feed_cursor: Option<i64>,
+    /// How many feed changes it is behind the current cursor.
+    pub cursor_lag: Option<i64>,
+    /// Seconds since the last poll.
+    pub staleness_seconds: Option<i64>,
+    /// Unix seconds of the last usage report.
+    pub last_report: Option<i64>,
+    /// Usage reports received.
+    pub reports: i64,
+    /// Decisions reported in total.
+    pub usage_events: i64,
+    /// First time seen.
+    pub first_seen: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EdgeQuery {
+    /// Only edges whose last poll is older than this many seconds (or that never polled).
+    stale_after: Option<i64>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/edges", get(list))
+}
+
+/// Every edge, merged from the database and this replica's memory, sorted by name.
+pub async fn all(state: &AppState) -> Result<Vec<Edge>, sqlx::Error> {
+    let now = now();
+    let current = state.feed.current();
+    let rows = sqlx::query("SELECT name, address, last_poll, feed_cursor, last_report, reports, events, first_seen FROM edges")
+        .fetch_all(&state.db.pool)
+        .await?;
+    let mut edges: std::collections::BTreeMap<String, Edge> = std::collections::BTreeMap::new();
+    for r in rows {
+        let edge = Edge {
+            name: r.try_get("name")?,
+            address: r.try_get("address")?,
+            last_poll: r.try_get("last_poll")?,
+            feed_cursor: r.try_get("feed_cursor")?,
+            cursor_lag: None,
+            staleness_seconds: None,
+            last_report: r.try_get("last_report")?,
+            reports: r.try_get("reports")?,
+            usage_events: r.try_get("events")?,
+            first_seen: r.try_get("first_seen")?,
+        };
+        edges.insert(edge.name.clone(), edge);
+    }
+    for poll in state.feed.edges() {
+        let edge = edges.entry(poll.name.clone()).or_insert_with(|| Edge {
+            name: poll.name.clone(),
+            address: None,
+            last_poll: None,
+            feed_cursor: None,
+            cursor_lag: None,
+            staleness_seconds: None,
+            last_report: None,
+            reports: 0,
+            usage_events: 0,
+            first_seen: poll.last_poll,
+        });
+        if edge.last_poll.is_none_or(|at| poll.last_poll >= at) {
+            edge.last_poll = Some(poll.last_poll);
+            edge.feed_cursor = Some(poll.cursor);
+            edge.address = Some(poll.address.clone());
+        }
+    }
+    Ok(edges
+        .into_values()
+        .map(|mut e| {
+            e.staleness_seconds = e.last_poll.map(|at| (now - at).max(0));
+            e.cursor_lag = e.feed_cursor.map(|c| (current - c).max(0));
+            e
+        })
+        .collect())
+}
+
+async fn list(State(state): State<AppState>, principal: Principal, Query(q): Query<EdgeQuery>) -> ApiResult<Json<Page<Edge>>> {
+    principal.require(&[Role::Admin, Role::Auditor], "list edges")?;
+    let (limit, offset) = page_params(q.limit, q.offset)?;
+    let mut edges = all(&state).await?;
+    if let Some(after) = q.stale_after {
+        edges.retain(|e| e.staleness_seconds.is_none_or(|s| s > after));
+    }
+    let total = edges.len() as i64;
+    let items = edges.into_iter().skip(offset as usize).take(limit as usize).collect();
+    Ok(Json(Page { items, total, limit, offset }))
+}

@@ -1,0 +1,429 @@
+//! The event log: every token lifecycle event (issued, refreshed, revoked, first and last use) and
+//! every admin action, written with [`record`] inside the caller's transaction so an event exists
+//! exactly when its change committed. `GET /api/v1/events` queries it; `GET /api/v1/events/stream`
+//! streams new events as server-sent events. A dispatcher task tails the table (woken locally and, with
+//! PostgreSQL, by NOTIFY from other replicas) and fans events out to SSE subscribers and webhooks.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::routing::get;
+use axum::Router;
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row as _};
+use tokio::sync::{broadcast, Notify};
+use tokio::task::JoinHandle;
+
+use crate::auth::{Principal, Role};
+use crate::db::{now, Db, DbKind};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Json, Query};
+use crate::revocations::{page_params, Page};
+use crate::AppState;
+
+/// PostgreSQL NOTIFY channel that tells other replicas' dispatchers a new event committed.
+pub const EVENTS_CHANNEL: &str = "edgewarden_events";
+
+/// Every event kind the service records; webhooks subscribe to these names.
+pub const KINDS: &[&str] = &[
+    "token.issued",
+    "token.refreshed",
+    "token.revoked",
+    "token.first_use",
+    "token.last_use",
+    "revocation.created",
+    "refresh_family.revoked",
+    "client.created",
+    "client.updated",
+    "client.deleted",
+    "api_key.created",
+    "api_key.deleted",
+    "signing_key.rotated",
+    "anomaly.opened",
+    "anomaly.updated",
+    "webhook.created",
+    "webhook.updated",
+    "webhook.deleted",
+];
+
+/// An event about to be recorded.
+#[derive(Clone, Debug)]
+pub struct Event {
+    kind: &'static str,
+    actor: String,
+    subject: Option<String>,
+    client_id: Option<String>,
+    jti: Option<String>,
+    details: Value,
+}
+
+impl Event {
+    /// An event of `kind` (one of [`KINDS`]) done by `actor` (`Principal::actor()`, `client:<id>` or `system:<what>`).
+    pub fn new(kind: &'static str, actor: impl Into<String>) -> Event {
+        debug_assert!(KINDS.contains(&kind), "unknown event kind {kind}");
+        Event { kind, actor: actor.into(), subject: None, client_id: None, jti: None, details: Value::Object(Default::default()) }
+    }
+
+    /// The token subject (`sub`) the event concerns.
+    pub fn subject(mut self, subject: impl Into<String>) -> Event {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// The client the event concerns.
+    pub fn client(mut self, client_id: impl Into<String>) -> Event {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// The token (`jti`) the event concerns.
+    pub fn jti(mut self, jti: impl Into<String>) -> Event {
+        self.jti = Some(jti.into());
+        self
+    }
+
+    /// Free-form details (a JSON object); never a token or secret.
+    pub fn details(mut self, details: Value) -> Event {
+        self.details = details;
+        self
+    }
+}
+
+/// A recorded event, as the API answers it and webhooks deliver it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StoredEvent {
+    /// Time-ordered id (`evt_...`).
+    pub id: String,
+    /// Unix seconds.
+    pub at: i64,
+    /// One of [`KINDS`].
+    pub kind: String,
+    /// Who did it.
+    pub actor: String,
+    /// Token subject concerned, if any.
+    pub subject: Option<String>,
+    /// Client concerned, if any.
+    pub client_id: Option<String>,
+    /// Token concerned, if any.
+    pub jti: Option<String>,
+    /// Kind-specific details.
+    pub details: Value,
+}
+
+/// Shared state of the event machinery: the live broadcast for SSE, the dispatcher's wake-up, and
+/// per-kind counters for `/metrics`.
+#[derive(Debug)]
+pub struct EventBus {
+    live: broadcast::Sender<Arc<StoredEvent>>,
+    wake: Notify,
+    recorded: std::sync::Mutex<HashMap<&'static str, u64>>,
+    dispatched: AtomicU64,
+}
+
+impl Default for EventBus {
+    fn default() -> EventBus {
+        EventBus::new()
+    }
+}
+
+impl EventBus {
+    /// A bus with room for 1,024 undelivered events per SSE subscriber.
+    pub fn new() -> EventBus {
+        EventBus {
+            live: broadcast::channel(1024).0,
+            wake: Notify::new(),
+            recorded: std::sync::Mutex::new(HashMap::new()),
+            dispatched: AtomicU64::new(0),
+        }
+    }
+
+    /// A receiver of every event committed from now on (on any replica).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
+        self.live.subscribe()
+    }
+
+    /// Wakes the dispatcher: a new event may have committed.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Events recorded by this replica, per kind (for `/metrics`).
+    pub fn recorded_counts(&self) -> Vec<(&'static str, u64)> {
+        let map = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = map.iter().map(|(k, v)| (*k, *v)).collect();
+        out.sort();
+        out
+    }
+
+    /// Events this replica's dispatcher has fanned out.
+    pub fn dispatched(&self) -> u64 {
+        self.dispatched.load(Ordering::Relaxed)
+    }
+}
+
+/// A new time-ordered event id: 14 hex digits of Unix microseconds, then 8 random hex digits.
+pub fn new_event_id() -> String {
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+    format!("evt_{micros:014x}{:08x}", rand::rngs::OsRng.next_u32())
+}
+
+/// The smallest id an event recorded at Unix second `at` can have.
+fn id_floor(at: i64) -> String {
+    format!("evt_{:014x}", (at.max(0) as u64).saturating_mul(1_000_000))
+}
+
+/// Records `event` on `conn` (a transaction, `&mut *tx`, or a pooled connection): it becomes visible,
+/// streamed and delivered to webhooks only if that transaction commits. Returns the event id.
+pub async fn record(bus: &EventBus, db: &Db, conn: &mut AnyConnection, event: Event) -> Result<String, sqlx::Error> {
+    let id = new_event_id();
+    sqlx::query("INSERT INTO events (id, at, kind, actor, subject, client_id, jti, details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        .bind(&id)
+        .bind(now())
+        .bind(event.kind)
+        .bind(&event.actor)
+        .bind(&event.subject)
+        .bind(&event.client_id)
+        .bind(&event.jti)
+        .bind(event.details.to_string())
+        .execute(&mut *conn)
+        .await?;
+    if db.kind == DbKind::Postgres {
+        sqlx::query("SELECT pg_notify($1, '')").bind(EVENTS_CHANNEL).execute(&mut *conn).await?;
+    }
+    *bus.recorded.lock().unwrap_or_else(|p| p.into_inner()).entry(event.kind).or_default() += 1;
+    bus.wake();
+    Ok(id)
+}
+
+/// [`record`] on its own connection from the pool, for actions that have no transaction.
+pub async fn record_now(state: &AppState, event: Event) -> Result<String, sqlx::Error> {
+    let mut conn = state.db.pool.acquire().await?;
+    record(&state.events, &state.db, &mut conn, event).await
+}
+
+/// [`record_now`] for call sites where a failure to log must not fail the action: logs and moves on.
+pub async fn record_or_log(state: &AppState, event: Event) {
+    let kind = event.kind;
+    if let Err(e) = record_now(state, event).await {
+        tracing::error!(error = %e, kind, "cannot record event");
+    }
+}
+
+fn stored(row: &AnyRow) -> Result<StoredEvent, sqlx::Error> {
+    let details: String = row.try_get("details")?;
+    Ok(StoredEvent {
+        id: row.try_get("id")?,
+        at: row.try_get("at")?,
+        kind: row.try_get("kind")?,
+        actor: row.try_get("actor")?,
+        subject: row.try_get("subject")?,
+        client_id: row.try_get("client_id")?,
+        jti: row.try_get("jti")?,
+        details: serde_json::from_str(&details).unwrap_or(Value::Null),
+    })
+}
+
+const COLUMNS: &str = "id, at, kind, actor, subject, client_id, jti, details";
+
+/// Events a late-committing transaction may still add behind the newest id seen: the dispatcher
+/// re-reads this many seconds back and skips ids it already delivered.
+const LOOKBACK_SECONDS: i64 = 10;
+
+/// Starts the dispatcher: tails the events table and hands each new event, once, to `sink`
+/// (SSE broadcast plus the webhook queue). Woken by [`EventBus::wake`], by NOTIFY through
+/// [`EventBus::wake`] from the listen loop, and at least once a second.
+pub fn spawn_dispatcher(db: Db, bus: Arc<EventBus>, webhooks: Arc<crate::webhooks::Dispatcher>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // Only events recorded after start are streamed; older ones are in GET /api/v1/events.
+        let mut floor = id_floor(now() - 1);
+        let mut seen: VecDeque<String> = VecDeque::new();
+        let mut seen_set: std::collections::HashSet<String> = std::collections::HashSet::new();
+        loop {
+            let _ = tokio::time::timeout(Duration::from_secs(1), bus.wake.notified()).await;
+            // Let a transaction that just recorded an event commit before we look.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM events WHERE id >= $1 ORDER BY id LIMIT 2000")))
+                .bind(&floor)
+                .fetch_all(&db.pool)
+                .await;
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event dispatcher cannot read events");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut newest: Option<String> = None;
+            for row in &rows {
+                let Ok(event) = stored(row) else { continue };
+                newest = Some(event.id.clone());
+                if !seen_set.insert(event.id.clone()) {
+                    continue;
+                }
+                seen.push_back(event.id.clone());
+                let event = Arc::new(event);
+                webhooks.enqueue(&db, &event).await;
+                let _ = bus.live.send(event);
+                bus.dispatched.fetch_add(1, Ordering::Relaxed);
+            }
+            // Move the floor to LOOKBACK_SECONDS behind the newest event (never past it), and forget
+            // ids below the floor: they can no longer be returned.
+            if let Some(newest) = newest {
+                let micros = u64::from_str_radix(newest.get(4..18).unwrap_or("0"), 16).unwrap_or(0);
+                let candidate = id_floor((micros / 1_000_000) as i64 - LOOKBACK_SECONDS);
+                let candidate = if rows.len() == 2000 { newest.clone() } else { candidate };
+                if candidate > floor {
+                    floor = candidate;
+                }
+            } else {
+                let candidate = id_floor(now() - LOOKBACK_SECONDS);
+                if candidate > floor {
+                    floor = candidate;
+                }
+            }
+            while seen.front().is_some_and(|id| *id < floor) {
+                if let Some(id) = seen.pop_front() {
+                    seen_set.remove(&id);
+                }
+            }
+        }
+    })
+}
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/events", get(list)).route("/api/v1/events/stream", get(stream))
+}
+
+/// Filters of `GET /api/v1/events` (all optional, combined with AND).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    /// Exact kind, or a prefix ending in `.*` (`token.*`).
+    pub kind: Option<String>,
+    /// Token subject.
+    pub subject: Option<String>,
+    /// Client id.
+    pub client_id: Option<String>,
+    /// Token id.
+    pub jti: Option<String>,
+    /// Exact actor string.
+    pub actor: Option<String>,
+    /// Only events at or after this Unix second.
+    pub since: Option<i64>,
+    /// Only events before this Unix second.
+    pub until: Option<i64>,
+    /// Page size (1..=500, default 50).
+    pub limit: Option<i64>,
+    /// Items to skip.
+    pub offset: Option<i64>,
+}
+
+/// Validates an event kind filter: a known kind or `<prefix>.*`.
+fn kind_filter(kind: &str) -> ApiResult<(String, String)> {
+    if let Some(prefix) = kind.strip_suffix(".*") {
+        if KINDS.iter().any(|k| k.starts_with(&format!("{prefix}."))) {
+            return Ok((String::new(), format!("{prefix}.")));
+        }
+    } else if KINDS.contains(&kind) {
+        return Ok((kind.to_owned(), String::new()));
+    }
+    Err(ApiError::field("kind", format!("kind: {kind:?} is not a known event kind or prefix like token.*")))
+}
+
+/// Reads a page of events matching `q`, newest first.
+pub async fn query_events(db: &Db, q: &EventQuery) -> ApiResult<Page<StoredEvent>> {
+    let (limit, offset) = page_params(q.limit, q.offset)?;
+    let (kind, prefix) = match q.kind.as_deref() {
+        None | Some("") => (String::new(), String::new()),
+        Some(k) => kind_filter(k)?,
+    };
+    if let (Some(since), Some(until)) = (q.since, q.until) {
+        if until < since {
+            return Err(ApiError::field("until", format!("until: {until} is before since {since}")));
+        }
+    }
+    let since = q.since.map(id_floor).unwrap_or_default();
+    let until = q.until.map(id_floor).unwrap_or_else(|| "evt_~".to_owned());
+    // Unused filters compare a placeholder with '' so one statement serves every combination.
+    let filter = "WHERE ($1 = '' OR kind = $1) AND ($2 = '' OR kind LIKE $2 || '%') AND ($3 = '' OR subject = $3) \
+                  AND ($4 = '' OR client_id = $4) AND ($5 = '' OR jti = $5) AND ($6 = '' OR actor = $6) AND id >= $7 AND id < $8";
+    let binds = [
+        kind,
+        prefix,
+        q.subject.clone().unwrap_or_default(),
+        q.client_id.clone().unwrap_or_default(),
+        q.jti.clone().unwrap_or_default(),
+        q.actor.clone().unwrap_or_default(),
+        since,
+        until,
+    ];
+    let mut count = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM events {filter}")));
+    for b in &binds {
+        count = count.bind(b.clone());
+    }
+    let total = count.fetch_one(&db.pool).await?;
+    let mut select = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM events {filter} ORDER BY id DESC LIMIT $9 OFFSET $10")));
+    for b in &binds {
+        select = select.bind(b.clone());
+    }
+    let rows = select.bind(limit).bind(offset).fetch_all(&db.pool).await?;
+    let items = rows.iter().map(stored).collect::<Result<Vec<_>, _>>()?;
+    Ok(Page { items, total, limit, offset })
+}
+
+async fn list(State(state): State<AppState>, principal: Principal, Query(q): Query<EventQuery>) -> ApiResult<Json<Page<StoredEvent>>> {
+    principal.require(&[Role::Admin, Role::Auditor], "read events")?;
+    Ok(Json(query_events(&state.db, &q).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    kind: Option<String>,
+}
+
+/// `GET /api/v1/events/stream`: `event: <kind>`, `id: <event id>`, `data: <StoredEvent JSON>` for every
+/// event committed from now on; `event: lagged` when this subscriber fell more than 1,024 events behind.
+async fn stream(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<StreamQuery>,
+) -> ApiResult<Sse<impl futures_core::Stream<Item = Result<SseEvent, Infallible>>>> {
+    principal.require(&[Role::Admin, Role::Auditor], "stream events")?;
+    let (kind, prefix) = match q.kind.as_deref() {
+        None | Some("") => (String::new(), String::new()),
+        Some(k) => kind_filter(k)?,
+    };
+    let rx = state.events.subscribe();
+    let matches = move |e: &StoredEvent| (kind.is_empty() || e.kind == kind) && (prefix.is_empty() || e.kind.starts_with(&prefix));
+    let stream = futures_util::stream::unfold((rx, matches), |(mut rx, matches)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(event) if matches(&event) => {
+                    let sse = SseEvent::default()
+                        .event(event.kind.clone())
+                        .id(event.id.clone())
+                        .data(serde_json::to_string(&*event).unwrap_or_default());
+                    return Some((Ok(sse), (rx, matches)));
+                }
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let sse = SseEvent::default().event("lagged").data(format!("{{\"missed\":{n}}}"));
+                    return Some((Ok(sse), (rx, matches)));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,224 @@
+//! `edgewarden-admin`: the admin API binary. Parses flags and environment, then either serves the API
+//! (`serve`) or performs one administrative action (`api-key create`, `user create`) on the same
+//! database and exits. All behaviour lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use edgewarden_admin::auth::{create_api_key, create_user, Role};
+use edgewarden_admin::config::{Config, MasterKeySource, RateLimit};
+use edgewarden_admin::db::Db;
+use edgewarden_admin::keys::SigningAlg;
+use edgewarden_admin::{app, AppState};
+
+/// EdgeWarden admin API: issues, refreshes, revokes and introspects tokens and publishes the
+/// revocation feed that EdgeWarden edges poll.
+#[derive(Parser, Debug)]
+#[command(name = "edgewarden-admin", version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every subcommand honours.
+#[derive(Args, Debug)]
+struct Common {
+    /// Directory for the SQLite database and the default master key file (created if missing).
+    #[arg(long, env = "EDGEWARDEN_DATA_DIR", default_value = "./edgewarden-data", global = true)]
+    data_dir: PathBuf,
+    /// Database to use instead of the SQLite file in the data directory: `postgres://user@host/db`
+    /// (shared by replicas) or `sqlite:///path/file.db`.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    database_url: Option<String>,
+    /// Log filter, e.g. `info` or `edgewarden_admin=debug`.
+    #[arg(long, env = "EDGEWARDEN_LOG", default_value = "info", global = true)]
+    log: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the HTTP API.
+    Serve(Box<ServeArgs>),
+    /// Manage API keys.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
+    /// Manage dashboard users.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "EDGEWARDEN_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The `iss` of issued tokens and base URL of the discovery documents; defaults to `http://<listen>`.
+    #[arg(long, env = "EDGEWARDEN_ISSUER")]
+    issuer: Option<String>,
+    /// Master key that encrypts signing keys at rest: 64 hex characters or base64 of 32 bytes.
+    /// Replicas sharing a database must share it. Takes precedence over --master-key-file.
+    #[arg(long, env = "EDGEWARDEN_MASTER_KEY", hide_env_values = true)]
+    master_key: Option<String>,
+    /// File holding the master key; created with mode 0600 (and a warning) if missing.
+    /// Defaults to `<data-dir>/master.key`.
+    #[arg(long, env = "EDGEWARDEN_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+    /// Algorithm of generated signing keys: ES256, EdDSA or RS256.
+    #[arg(long, env = "EDGEWARDEN_SIGNING_ALG", default_value = "ES256")]
+    signing_alg: SigningAlg,
+    /// Audience of tokens whose client registers none.
+    #[arg(long, env = "EDGEWARDEN_DEFAULT_AUDIENCE", default_value = "edgewarden")]
+    default_audience: String,
+    /// Upper bound on any access token's lifetime, in seconds.
+    #[arg(long, env = "EDGEWARDEN_MAX_TOKEN_LIFETIME", default_value_t = 86_400)]
+    max_token_lifetime: u64,
+    /// Lifetime of a refresh-token family, in seconds (rotation keeps the family's expiry).
+    #[arg(long, env = "EDGEWARDEN_REFRESH_TOKEN_LIFETIME", default_value_t = 30 * 86_400)]
+    refresh_token_lifetime: u64,
+    /// Lifetime of dashboard sessions, in seconds.
+    #[arg(long, env = "EDGEWARDEN_SESSION_LIFETIME", default_value_t = 8 * 3600)]
+    session_lifetime: u64,
+    /// Mark the session cookie `Secure` (set when the API is served over HTTPS).
+    #[arg(long, env = "EDGEWARDEN_COOKIE_SECURE")]
+    cookie_secure: bool,
+    /// Longest long-poll (`wait=`) a feed request may hold, in seconds.
+    #[arg(long, env = "EDGEWARDEN_FEED_MAX_WAIT", default_value_t = 30)]
+    feed_max_wait: u64,
+    /// Token-endpoint requests per second allowed per caller (burst twice that).
+    #[arg(long, env = "EDGEWARDEN_TOKEN_RATE", default_value_t = 50.0)]
+    token_rate: f64,
+    /// Failed-or-not login attempts allowed per address per minute.
+    #[arg(long, env = "EDGEWARDEN_LOGIN_RATE", default_value_t = 5)]
+    login_per_minute: u32,
+    /// Do not create a first admin user when none exists.
+    #[arg(long, env = "EDGEWARDEN_NO_BOOTSTRAP_ADMIN")]
+    no_bootstrap_admin: bool,
+    #[command(flatten)]
+    usage: edgewarden_admin::usage::UsageArgs,
+    #[command(flatten)]
+    anomalies: edgewarden_admin::anomalies::AnomalyArgs,
+    #[command(flatten)]
+    webhooks: edgewarden_admin::webhooks::WebhookArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum ApiKeyCommand {
+    /// Create an API key and print it (the key is shown only this once).
+    Create {
+        /// What the key may do: admin (everything), auditor (read only), edge (revocation feed and
+        /// usage reports), service (issue, refresh, revoke and introspect for its own client).
+        #[arg(long)]
+        role: Role,
+        /// A name to recognise the key by in audit records.
+        #[arg(long)]
+        name: Option<String>,
+        /// The client a service key acts for (required for --role service).
+        #[arg(long)]
+        client_id: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Create a dashboard admin user.
+    Create {
+        /// Login name.
+        #[arg(long)]
+        username: String,
+        /// Password (at least 12 characters); when omitted a random one is generated and printed.
+        #[arg(long, env = "EDGEWARDEN_USER_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// Role of the user: admin or auditor.
+        #[arg(long, default_value = "admin")]
+        role: Role,
+    },
+}
+
+fn base_config(common: &Common) -> Config {
+    let mut config = Config::new(&common.data_dir);
+    config.database_url = common.database_url.clone().filter(|u| !u.is_empty());
+    config
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.common.log).context("bad --log filter")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = base_config(&cli.common);
+    match cli.command {
+        Command::Serve(args) => {
+            config.issuer = args.issuer.clone().unwrap_or_else(|| format!("http://{}", args.listen));
+            config.master_key = match (&args.master_key, &args.master_key_file) {
+                (Some(key), _) => MasterKeySource::Inline(key.clone()),
+                (None, Some(file)) => MasterKeySource::File(file.clone()),
+                (None, None) => MasterKeySource::File(config.data_dir.join("master.key")),
+            };
+            config.signing_alg = args.signing_alg;
+            config.default_audience = args.default_audience.clone();
+            config.max_token_lifetime_seconds = args.max_token_lifetime;
+            config.refresh_token_lifetime_seconds = args.refresh_token_lifetime;
+            config.session_lifetime_seconds = args.session_lifetime;
+            config.cookie_secure = args.cookie_secure;
+            config.feed_max_wait_seconds = args.feed_max_wait;
+            config.token_rate_limit = RateLimit { burst: (args.token_rate * 2.0).ceil() as u32, per_second: args.token_rate };
+            config.login_rate_limit = RateLimit { burst: args.login_per_minute, per_second: f64::from(args.login_per_minute) / 60.0 };
+            config.bootstrap_admin = !args.no_bootstrap_admin;
+            config.usage = args.usage.config();
+            config.anomalies = args.anomalies.config();
+            config.webhooks = args.webhooks.config();
+            serve(config, args.listen).await
+        }
+        Command::ApiKey(ApiKeyCommand::Create { role, name, client_id }) => {
+            let db = Db::connect(&config).await?;
+            let name = name.unwrap_or_else(|| format!("{role} key"));
+            let key = create_api_key(&db, role, &name, client_id.as_deref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!("created {} api key {} ({}); it is shown only once:", key.role, key.id, key.name);
+            println!("{}", key.key);
+            Ok(())
+        }
+        Command::User(UserCommand::Create { username, password, role }) => {
+            if !matches!(role, Role::Admin | Role::Auditor) {
+                anyhow::bail!("dashboard users are admin or auditor, not {role}");
+            }
+            let db = Db::connect(&config).await?;
+            let (password, generated) = match password {
+                Some(p) => (p, false),
+                None => (edgewarden_admin::secrets::random_secret(""), true),
+            };
+            create_user(&db, &config.argon2, &username, &password, role).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!("created {role} user {username:?}");
+            if generated {
+                println!("{password}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config, listen: SocketAddr) -> anyhow::Result<()> {
+    let bootstrap = config.bootstrap_admin;
+    let state = AppState::new(config).await?;
+    if bootstrap {
+        if let Some(password) = state.bootstrap_admin().await? {
+            // Printed once, to the terminal only; it is stored as an argon2id hash.
+            println!("created the first admin user: username admin, password {password}");
+            println!("log in to the dashboard with it and keep it safe; it will not be shown again");
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(listen = %listener.local_addr()?, kid = %state.keys.active_kid(), "edgewarden admin api serving");
+    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

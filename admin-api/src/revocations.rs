@@ -1,0 +1,643 @@
+//! Revocation: `POST /api/v1/revocations` (one token by `jti`, every token of a `subject`, or every
+//! token of a `client_id`), `GET /api/v1/revocations` (the active list), and the feed edges poll.
+//!
+//! # The feed: `GET /api/v1/revocations/feed?since=<cursor>&wait=<seconds>`
+//! Roles admin, auditor and edge. Edges should identify themselves with an `x-edgewarden-edge: <name>` header.
+//! The answer is one JSON object:
+//! ```json
+//! {
+//!   "cursor": 42,
+//!   "full": false,
+//!   "now": 1767000000,
+//!   "revoked_jtis": [{"jti": "q9L...", "exp": 1767003600}],
+//!   "revoked_subjects": [{"subject": "alice", "revoked_at": 1767000000, "expires_at": 1767003600}],
+//!   "revoked_clients": [{"client_id": "billing", "revoked_at": 1767000000, "expires_at": 1767003600}]
+//! }
+//! ```
+//! - `cursor` is what to send as `since` next time; it only grows. `since=0` (or a cursor this
+//!   database never produced) yields `"full": true`: a complete snapshot that replaces the edge's state.
+//!   Otherwise `"full": false` and the lists hold only entries added or changed after `since`, to merge in
+//!   (a later entry for the same subject or client replaces the earlier one).
+//! - A token is revoked when its `jti` is listed, or when its `sub` (or `client_id`) is listed with
+//!   `revoked_at >= iat` (tokens issued in the same second as the revocation are refused too).
+//! - Entries are never removed by a delta: each carries the time after which everything it covers has
+//!   expired (`exp` / `expires_at`), and the edge drops it then. Snapshots omit expired entries.
+//! - `ETag: "c<cursor>"`. With `If-None-Match` equal to the current tag and `since` equal to the current
+//!   cursor, the answer is `304 Not Modified`, decided from memory without touching the database.
+//! - `wait=<seconds>` (at most `--feed-max-wait`, 30 s by default) long-polls: when nothing is newer
+//!   than `since`, the request is held until a revocation arrives (on any replica, through PostgreSQL
+//!   LISTEN/NOTIFY) or the wait ends, then answered as above.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use sqlx::{Any, Row as _, Transaction};
+use tokio::sync::watch;
+
+use crate::auth::{ClientAddr, Principal, Role};
+use crate::db::{now, Db, DbKind};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Json, Query};
+use crate::AppState;
+
+/// PostgreSQL NOTIFY channel carrying new feed cursors between replicas.
+pub const FEED_CHANNEL: &str = "edgewarden_feed";
+/// Header edges name themselves with.
+pub const EDGE_HEADER: &str = "x-edgewarden-edge";
+
+/// This replica's view of the feed cursor, and the wake-up signal for long-polls.
+#[derive(Debug)]
+pub struct Feed {
+    cursor: watch::Sender<i64>,
+    edges: Mutex<HashMap<String, EdgePoll>>,
+}
+
+/// The last poll seen from one edge (kept in memory; cheap enough for every poll).
+#[derive(Clone, Debug, Serialize)]
+pub struct EdgePoll {
+    /// Edge name from the `x-edgewarden-edge` header.
+    pub name: String,
+    /// Unix seconds of the last poll.
+    pub last_poll: i64,
+    /// Cursor the edge sent as `since`.
+    pub cursor: i64,
+    /// Address the poll came from.
+    pub address: String,
+}
+
+impl Feed {
+    /// A feed starting at `cursor`.
+    pub fn new(cursor: i64) -> Feed {
+        Feed { cursor: watch::channel(cursor).0, edges: Mutex::new(HashMap::new()) }
+    }
+
+    /// The newest cursor this replica knows of.
+    pub fn current(&self) -> i64 {
+        *self.cursor.borrow()
+    }
+
+    /// Moves the cursor forward (never back) and wakes long-polls if it moved.
+    pub fn advance(&self, cursor: i64) {
+        self.cursor.send_if_modified(|current| {
+            if cursor > *current {
+                *current = cursor;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// A receiver that wakes when the cursor moves.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.cursor.subscribe()
+    }
+
+    /// Records a poll from a named edge.
+    pub fn record_poll(&self, poll: EdgePoll) {
+        let mut edges = self.edges.lock().unwrap_or_else(|p| p.into_inner());
+        if edges.len() < 100_000 || edges.contains_key(&poll.name) {
+            edges.insert(poll.name.clone(), poll);
+        }
+    }
+
+    /// Every edge seen polling by this replica since it started.
+    pub fn edges(&self) -> Vec<EdgePoll> {
+        let edges = self.edges.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<EdgePoll> = edges.values().cloned().collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+/// Reads the committed feed cursor from the database.
+pub async fn db_cursor(db: &Db) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT current_cursor FROM feed_state WHERE id = 1").fetch_one(&db.pool).await
+}
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/revocations", post(create).get(list))
+        .route("/api/v1/revocations/feed", get(feed))
+}
+
+/// What a revocation targets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One access token.
+    Jti(String),
+    /// Every token of a subject issued up to now.
+    Subject(String),
+    /// Every token of a client issued up to now.
+    Client(String),
+}
+
+impl Target {
+    fn kind(&self) -> &'static str {
+        match self {
+            Target::Jti(_) => "jti",
+            Target::Subject(_) => "subject",
+            Target::Client(_) => "client",
+        }
+    }
+
+    fn value(&self) -> &str {
+        match self {
+            Target::Jti(v) | Target::Subject(v) | Target::Client(v) => v,
+        }
+    }
+}
+
+/// A stored revocation, as answered by the API.
+#[derive(Clone, Debug, Serialize)]
+pub struct Revocation {
+    /// `jti`, `subject` or `client`.
+    pub kind: String,
+    /// The revoked jti, subject or client id.
+    pub value: String,
+    /// Why.
+    pub reason: String,
+    /// Who.
+    pub actor: String,
+    /// When (Unix seconds).
+    pub revoked_at: i64,
+    /// When every token it covers has expired.
+    pub expires_at: i64,
+    /// Feed cursor of the change.
+    pub cursor: i64,
+}
+
+/// Opens a feed change: bumps the cursor inside `tx`, which serialises writers so cursors commit in order.
+pub async fn begin_change(tx: &mut Transaction<'static, Any>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("UPDATE feed_state SET current_cursor = current_cursor + 1 WHERE id = 1 RETURNING current_cursor")
+        .fetch_one(&mut **tx)
+        .await
+}
+
+/// Finishes a feed change inside `tx`: PostgreSQL delivers the NOTIFY only if the transaction commits.
+pub async fn notify_change(db: &Db, tx: &mut Transaction<'static, Any>, cursor: i64) -> Result<(), sqlx::Error> {
+    if db.kind == DbKind::Postgres {
+        sqlx::query("SELECT pg_notify($1, $2)").bind(FEED_CHANNEL).bind(cursor.to_string()).execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Upserts one feed entry; a repeated revocation of the same target moves it to the new cursor.
+async fn upsert_entry(
+    tx: &mut Transaction<'static, Any>,
+    kind: &str,
+    value: &str,
+    seq: i64,
+    reason: &str,
+    actor: &str,
+    revoked_at: i64,
+    expires_at: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO revocations (kind, value, seq, reason, actor, revoked_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (kind, value) DO UPDATE SET seq = excluded.seq, reason = excluded.reason, actor = excluded.actor, \
+         revoked_at = excluded.revoked_at, \
+         expires_at = CASE WHEN excluded.expires_at > revocations.expires_at THEN excluded.expires_at ELSE revocations.expires_at END",
+    )
+    .bind(kind)
+    .bind(value)
+    .bind(seq)
+    .bind(reason)
+    .bind(actor)
+    .bind(revoked_at)
+    .bind(expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Revokes every token of a refresh family inside `tx`: its refresh tokens and the access tokens they
+/// produced (each listed by jti in the feed). Returns how many access tokens were revoked.
+pub async fn revoke_family_in(
+    tx: &mut Transaction<'static, Any>,
+    family_id: &str,
+    seq: i64,
+    reason: &str,
+    actor: &str,
+) -> Result<u64, sqlx::Error> {
+    let now = now();
+    sqlx::query("UPDATE refresh_tokens SET state = 'revoked' WHERE family_id = $1 AND state <> 'revoked'")
+        .bind(family_id)
+        .execute(&mut **tx)
+        .await?;
+    let rows = sqlx::query("SELECT jti, expires_at FROM tokens WHERE family_id = $1 AND revoked_at IS NULL AND expires_at > $2")
+        .bind(family_id)
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await?;
+    for row in &rows {
+        let jti: String = row.try_get("jti")?;
+        let exp: i64 = row.try_get("expires_at")?;
+        upsert_entry(tx, "jti", &jti, seq, reason, actor, now, exp).await?;
+    }
+    sqlx::query("UPDATE tokens SET revoked_at = $1, revoke_reason = $2 WHERE family_id = $3 AND revoked_at IS NULL")
+        .bind(now)
+        .bind(reason)
+        .bind(family_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(rows.len() as u64)
+}
+
+/// Revokes `target`, records `reason` and `actor`, publishes the change to the feed and returns it.
+/// Unknown jtis and clients are 404s; subjects need not exist (a subject is just a string in tokens).
+pub async fn revoke(state: &AppState, target: &Target, reason: &str, actor: &str) -> ApiResult<Revocation> {
+    let now = now();
+    let mut tx = state.db.pool.begin().await?;
+    let seq = begin_change(&mut tx).await?;
+    let value = target.value();
+    let expires_at = match target {
+        Target::Jti(jti) => {
+            let exp: Option<i64> = sqlx::query_scalar("SELECT expires_at FROM tokens WHERE jti = $1")
+                .bind(jti)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let exp = exp.ok_or_else(|| ApiError::NotFound(format!("no token with jti {jti:?}")))?;
+            sqlx::query("UPDATE tokens SET revoked_at = $1, revoke_reason = $2 WHERE jti = $3 AND revoked_at IS NULL")
+                .bind(now)
+                .bind(reason)
+                .bind(jti)
+                .execute(&mut *tx)
+                .await?;
+            exp
+        }
+        Target::Subject(_) | Target::Client(_) => {
+            let column = if matches!(target, Target::Subject(_)) { "subject" } else { "client_id" };
+            if let Target::Client(id) = target {
+                let exists: Option<String> = sqlx::query_scalar("SELECT client_id FROM clients WHERE client_id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if exists.is_none() {
+                    return Err(ApiError::NotFound(format!("no client {id:?}")));
+                }
+            }
+            // The column name comes from the match above, never from input.
+            let max_exp: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT MAX(expires_at) FROM tokens WHERE {column} = $1 AND issued_at <= $2"
+            )))
+            .bind(value)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE tokens SET revoked_at = $1, revoke_reason = $2 WHERE {column} = $3 AND revoked_at IS NULL AND issued_at <= $1"
+            )))
+            .bind(now)
+            .bind(reason)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+            // Refresh tokens would mint fresh access tokens after the revocation: they go too.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE refresh_tokens SET state = 'revoked' WHERE {column} = $1 AND state <> 'revoked'"
+            )))
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+            // A token signed in this very second on another replica is covered too (iat <= revoked_at):
+            // keep the entry for at least the longest lifetime any such token may have.
+            max_exp.unwrap_or(0).max(now + state.config.max_token_lifetime_seconds as i64)
+        }
+    };
+    upsert_entry(&mut tx, target.kind(), value, seq, reason, actor, now, expires_at).await?;
+    let event = match target { Target::Jti(j) => crate::events::Event::new("token.revoked", actor).jti(j), Target::Subject(s) => crate::events::Event::new("revocation.created", actor).subject(s), Target::Client(c) => crate::events::Event::new("revocation.created", actor).client(c) };
+    crate::events::record(&state.events, &state.db, &mut tx, event.details(serde_json::json!({"kind": target.kind(), "value": value, "reason": reason, "cursor": seq}))).await?;
+    notify_change(&state.db, &mut tx, seq).await?;
+    tx.commit().await?;
+    state.feed.advance(seq);
+    tracing::info!(kind = target.kind(), cursor = seq, actor = %actor, "revocation recorded");
+    Ok(Revocation {
+        kind: target.kind().to_owned(),
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+        actor: actor.to_owned(),
+        revoked_at: now,
+        expires_at,
+        cursor: seq,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    jti: Option<String>,
+    subject: Option<String>,
+    client_id: Option<String>,
+    reason: Option<String>,
+}
+
+async fn create(State(state): State<AppState>, principal: Principal, Json(req): Json<CreateRequest>) -> ApiResult<Response> {
+    principal.require(&[Role::Admin, Role::Service], "revoke tokens")?;
+    let target = match (req.jti, req.subject, req.client_id) {
+        (Some(jti), None, None) => Target::Jti(jti),
+        (None, Some(subject), None) => Target::Subject(subject),
+        (None, None, Some(client)) => Target::Client(client),
+        _ => return Err(ApiError::bad_request("exactly one of jti, subject or client_id is required")),
+    };
+    if target.value().is_empty() || target.value().len() > 512 {
+        return Err(ApiError::field(target.kind_field(), format!("{}: must be 1 to 512 characters", target.kind_field())));
+    }
+    let reason = req.reason.unwrap_or_default();
+    if reason.trim().is_empty() {
+        return Err(ApiError::field("reason", "reason: required, say why the token is revoked"));
+    }
+    if reason.len() > 1000 {
+        return Err(ApiError::field("reason", format!("reason: {} characters, maximum 1000", reason.len())));
+    }
+    if principal.role == Role::Service {
+        // A service may revoke only what belongs to its own client.
+        let own = principal.client_id.clone().unwrap_or_default();
+        match &target {
+            Target::Client(id) => principal.require_client(id, "revoke tokens")?,
+            Target::Jti(jti) => {
+                let client: Option<String> = sqlx::query_scalar("SELECT client_id FROM tokens WHERE jti = $1")
+                    .bind(jti)
+                    .fetch_optional(&state.db.pool)
+                    .await?;
+                match client {
+                    Some(c) if c == own => {}
+                    Some(_) => return Err(ApiError::Forbidden("token belongs to another client".into())),
+                    None => return Err(ApiError::NotFound(format!("no token with jti {jti:?}"))),
+                }
+            }
+            Target::Subject(_) => {
+                return Err(ApiError::Forbidden("a service key may not revoke a subject across clients".into()))
+            }
+        }
+    }
+    let revocation = revoke(&state, &target, reason.trim(), &principal.actor()).await?;
+    Ok((StatusCode::CREATED, Json(revocation)).into_response())
+}
+
+impl Target {
+    fn kind_field(&self) -> &'static str {
+        match self {
+            Target::Jti(_) => "jti",
+            Target::Subject(_) => "subject",
+            Target::Client(_) => "client_id",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    kind: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+/// A page of results with the total count.
+#[derive(Serialize)]
+pub struct Page<T> {
+    /// The items on this page.
+    pub items: Vec<T>,
+    /// Total number of matching items.
+    pub total: i64,
+    /// Page size used.
+    pub limit: i64,
+    /// Offset used.
+    pub offset: i64,
+}
+
+/// Clamps pagination parameters: limit 1..=500 (default 50), offset >= 0.
+pub fn page_params(limit: Option<i64>, offset: Option<i64>) -> ApiResult<(i64, i64)> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::field("limit", format!("limit: {limit} is out of range 1..=500")));
+    }
+    let offset = offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::field("offset", format!("offset: {offset} is negative")));
+    }
+    Ok((limit, offset))
+}
+
+async fn list(State(state): State<AppState>, principal: Principal, Query(q): Query<ListQuery>) -> ApiResult<Json<Page<Revocation>>> {
+    principal.require(&[Role::Admin, Role::Auditor], "list revocations")?;
+    let (limit, offset) = page_params(q.limit, q.offset)?;
+    let kind = q.kind.unwrap_or_default();
+    if !["", "jti", "subject", "client"].contains(&kind.as_str()) {
+        return Err(ApiError::field("kind", format!("kind: {kind:?} is not one of jti, subject, client")));
+    }
+    let now = now();
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM revocations WHERE expires_at > $1 AND ($2 = '' OR kind = $2)")
+        .bind(now)
+        .bind(&kind)
+        .fetch_one(&state.db.pool)
+        .await?;
+    let rows = sqlx::query(
+        "SELECT kind, value, reason, actor, revoked_at, expires_at, seq FROM revocations \
+         WHERE expires_at > $1 AND ($2 = '' OR kind = $2) ORDER BY seq DESC, kind, value LIMIT $3 OFFSET $4",
+    )
+    .bind(now)
+    .bind(&kind)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&state.db.pool)
+    .await?;
+    let items = rows
+        .iter()
+        .map(|r| {
+            Ok(Revocation {
+                kind: r.try_get("kind")?,
+                value: r.try_get("value")?,
+                reason: r.try_get("reason")?,
+                actor: r.try_get("actor")?,
+                revoked_at: r.try_get("revoked_at")?,
+                expires_at: r.try_get("expires_at")?,
+                cursor: r.try_get("seq")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Json(Page { items, total, limit, offset }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    since: Option<i64>,
+    wait: Option<u64>,
+}
+
+/// A revoked token in the feed.
+#[derive(Serialize)]
+pub struct FeedJti {
+    /// Token id.
+    pub jti: String,
+    /// The token's own expiry; drop the entry after it.
+    pub exp: i64,
+}
+
+/// A revoked subject in the feed.
+#[derive(Serialize)]
+pub struct FeedSubject {
+    /// The `sub` claim.
+    pub subject: String,
+    /// Tokens with `iat <= revoked_at` are revoked.
+    pub revoked_at: i64,
+    /// Drop the entry after this time.
+    pub expires_at: i64,
+}
+
+/// A revoked client in the feed.
+#[derive(Serialize)]
+pub struct FeedClient {
+    /// The `client_id` claim.
+    pub client_id: String,
+    /// Tokens with `iat <= revoked_at` are revoked.
+    pub revoked_at: i64,
+    /// Drop the entry after this time.
+    pub expires_at: i64,
+}
+
+/// The feed document (see the module docs).
+#[derive(Serialize)]
+pub struct FeedBody {
+    /// Send this as `since` next time.
+    pub cursor: i64,
+    /// True for a complete snapshot that replaces the edge's state.
+    pub full: bool,
+    /// Server time (Unix seconds).
+    pub now: i64,
+    /// Revoked tokens.
+    pub revoked_jtis: Vec<FeedJti>,
+    /// Revoked subjects.
+    pub revoked_subjects: Vec<FeedSubject>,
+    /// Revoked clients.
+    pub revoked_clients: Vec<FeedClient>,
+}
+
+fn etag(cursor: i64) -> String {
+    format!("\"c{cursor}\"")
+}
+
+fn if_none_match(headers: &HeaderMap, tag: &str) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"))
+}
+
+async fn feed(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    Query(q): Query<FeedQuery>,
+    ClientAddr(address): ClientAddr,
+) -> ApiResult<Response> {
+    principal.require(&[Role::Admin, Role::Auditor, Role::Edge], "read the revocation feed")?;
+    let since = q.since.unwrap_or(0);
+    if since < 0 {
+        return Err(ApiError::field("since", format!("since: {since} is negative")));
+    }
+    if let Some(name) = headers.get(EDGE_HEADER).and_then(|v| v.to_str().ok()).filter(|n| !n.is_empty() && n.len() <= 200) {
+        state.feed.record_poll(EdgePoll { name: name.to_owned(), last_poll: now(), cursor: since, address });
+    }
+    let mut current = state.feed.current();
+    if since > current {
+        // Another replica may have acknowledged a change whose NOTIFY has not reached us yet.
+        state.feed.advance(db_cursor(&state.db).await?);
+        current = state.feed.current();
+    }
+    let wait = q.wait.unwrap_or(0).min(state.config.feed_max_wait_seconds);
+    if since == current && wait > 0 {
+        let mut rx = state.feed.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+        while *rx.borrow_and_update() <= since {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+        current = state.feed.current();
+    }
+    let tag = etag(current);
+    if since == current {
+        if if_none_match(&headers, &tag) {
+            let mut response = StatusCode::NOT_MODIFIED.into_response();
+            set_feed_headers(response.headers_mut(), &tag);
+            return Ok(response);
+        }
+        if since != 0 {
+            let body = FeedBody { cursor: current, full: false, now: now(), revoked_jtis: vec![], revoked_subjects: vec![], revoked_clients: vec![] };
+            let mut response = Json(body).into_response();
+            set_feed_headers(response.headers_mut(), &tag);
+            return Ok(response);
+        }
+    }
+    let body = load_feed(&state.db, since).await?;
+    let tag = etag(body.cursor);
+    state.feed.advance(body.cursor);
+    let mut response = Json(body).into_response();
+    set_feed_headers(response.headers_mut(), &tag);
+    Ok(response)
+}
+
+fn set_feed_headers(headers: &mut HeaderMap, tag: &str) {
+    if let Ok(v) = HeaderValue::from_str(tag) {
+        headers.insert(header::ETAG, v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+}
+
+/// Reads the feed from the database: a snapshot when `since` is 0 or unknown, else the delta after it.
+pub async fn load_feed(db: &Db, since: i64) -> Result<FeedBody, sqlx::Error> {
+    let now = now();
+    // Read the committed cursor first: every seq up to it is committed (writers are serialised), and
+    // rows committed after this read are left for the next poll.
+    let cursor = db_cursor(db).await?;
+    let full = since == 0 || since > cursor;
+    let from = if full { 0 } else { since };
+    let rows = sqlx::query(
+        "SELECT kind, value, revoked_at, expires_at FROM revocations WHERE seq > $1 AND seq <= $2 AND expires_at > $3 ORDER BY seq, kind, value",
+    )
+    .bind(from)
+    .bind(cursor)
+    .bind(now)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut body = FeedBody { cursor, full, now, revoked_jtis: vec![], revoked_subjects: vec![], revoked_clients: vec![] };
+    for row in rows {
+        let kind: String = row.try_get("kind")?;
+        let value: String = row.try_get("value")?;
+        let revoked_at: i64 = row.try_get("revoked_at")?;
+        let expires_at: i64 = row.try_get("expires_at")?;
+        match kind.as_str() {
+            "jti" => body.revoked_jtis.push(FeedJti { jti: value, exp: expires_at }),
+            "subject" => body.revoked_subjects.push(FeedSubject { subject: value, revoked_at, expires_at }),
+            _ => body.revoked_clients.push(FeedClient { client_id: value, revoked_at, expires_at }),
+        }
+    }
+    Ok(body)
+}
+
+/// Checks the database revocation state for a verified token: by jti, subject or client.
+pub async fn is_revoked(db: &Db, jti: Option<&str>, sub: Option<&str>, client_id: Option<&str>, iat: i64) -> Result<bool, sqlx::Error> {
+    let row: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM revocations WHERE (kind = 'jti' AND value = $1) \
+         OR (kind = 'subject' AND value = $2 AND revoked_at >= $4) \
+         OR (kind = 'client' AND value = $3 AND revoked_at >= $4) LIMIT 1",
+    )
+    .bind(jti)
+    .bind(sub)
+    .bind(client_id)
+    .bind(iat)
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(row.is_some())
+}
