@@ -1,0 +1,257 @@
+//! The per-request logic: read the request through [`Host`], ask the engine, and turn its [`Decision`] into
+//! header edits, a local 401/403, a report-only mark, or a pause while a key set is fetched.
+//! It is host-agnostic so the unit tests below drive it with a recording double instead of Envoy.
+
+use edgewarden_core::cache::CacheOutcome;
+use edgewarden_core::challenge;
+use edgewarden_core::config::{strip_cookie, strip_query_param, StripAction};
+use edgewarden_core::decision::{Decision, Reason, Verdict};
+use edgewarden_core::engine::Request;
+use proxy_wasm::types::LogLevel;
+
+use crate::host::Host;
+use crate::jwks_fetch::{self, Permit};
+use crate::metrics::Stat;
+use crate::state::{Settings, VmState, REPORT_ONLY_HEADER};
+
+/// What became of a request after one pass through the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Let it through to the upstream (allowed, or report-only).
+    Continue,
+    /// Answered locally with 401/403 (or 500 when unconfigured).
+    Denied,
+    /// Paused: this request dispatched a JWKS fetch for `issuer` and resumes when it answers.
+    FetchingJwks {
+        /// Issuer index.
+        issuer: usize,
+    },
+    /// Paused: another context's JWKS fetch for `issuer` is in flight; that context resumes this one.
+    WaitingForJwks {
+        /// Issuer index.
+        issuer: usize,
+    },
+}
+
+/// Looks a header up in a fetched header list (names compared case-insensitively).
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The `:path` without query string or fragment: what rules match on and what logs may show.
+pub fn path_without_query(path: &str) -> &str {
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    path.get(..end).unwrap_or(path)
+}
+
+/// Runs the engine on the request described by `headers`.
+fn evaluate(host: &dyn Host, vm: &VmState, headers: &[(String, String)], now: u64) -> Decision {
+    let full_path = header(headers, ":path").unwrap_or("/");
+    let method = header(headers, ":method").unwrap_or("GET");
+    let lookup = |name: &str| header(headers, name);
+    let extracted = vm.settings.token_source.extract(&lookup, full_path);
+    let mut req = Request {
+        method,
+        path: path_without_query(full_path),
+        token: None,
+    };
+    let decision = {
+        // Borrows end with this block: evaluation makes no host calls.
+        let engine = vm.engine.borrow();
+        match &extracted {
+            Ok(token) => {
+                req.token = token.as_deref();
+                let mut cache = vm.cache.borrow_mut();
+                let revocations = vm.revocations.borrow();
+                engine.evaluate(&req, Some(&mut cache), revocations.as_ref(), now)
+            }
+            // A credential presented but unusable (`Authorization: Basic ...` where a bearer token is expected)
+            // is refused on every route: the engine never downgrades a bad credential to anonymous access.
+            Err(rejection) => engine.rejected(&req, rejection.clone()),
+        }
+    };
+    match decision.cache {
+        CacheOutcome::Hit => host.count(Stat::CacheHit),
+        CacheOutcome::Miss => host.count(Stat::CacheMiss),
+        CacheOutcome::Bypass => {}
+    }
+    decision
+}
+
+/// One full pass over the request of the effective context `ctx`. With `allow_fetch`, a token naming an unknown
+/// `kid` of a remote issuer may pause the request while the key set is (re)fetched.
+pub fn process(host: &mut dyn Host, vm: &VmState, ctx: u32, allow_fetch: bool) -> Outcome {
+    let headers = host.request_headers();
+    let now = host.now();
+    let mut decision = evaluate(host, vm, &headers, now);
+    if allow_fetch && decision.verdict == Verdict::Deny && decision.reason == Reason::UnknownKid {
+        if let Some(issuer) = decision.refetch_jwks {
+            // Another worker may already have fetched the rotated keys.
+            if jwks_fetch::sync_from_shared(host, vm, issuer, now) {
+                decision = evaluate(host, vm, &headers, now);
+            }
+            if decision.reason == Reason::UnknownKid {
+                if let Some(outcome) = refetch(host, vm, ctx, issuer, now) {
+                    return outcome;
+                }
+            }
+        }
+    }
+    apply(host, &vm.settings, &headers, &decision)
+}
+
+/// Decides what to do about an unknown `kid`: fetch, wait for a fetch, or give up (None: deny as decided).
+fn refetch(
+    host: &mut dyn Host,
+    vm: &VmState,
+    ctx: u32,
+    issuer: usize,
+    now: u64,
+) -> Option<Outcome> {
+    let permit = vm.jwks.borrow().refetch_permit(issuer, now);
+    match permit {
+        Permit::Wait => {
+            vm.jwks.borrow_mut().add_waiter(issuer, ctx);
+            Some(Outcome::WaitingForJwks { issuer })
+        }
+        Permit::Dispatch => {
+            if jwks_fetch::start_fetch(host, vm, issuer, ctx, now) {
+                host.count(Stat::JwksRefetch);
+                Some(Outcome::FetchingJwks { issuer })
+            } else {
+                None
+            }
+        }
+        Permit::RateLimited => {
+            host.count(Stat::JwksRefetchRateLimited);
+            None
+        }
+        Permit::NotRemote => None,
+    }
+}
+
+/// Applies a decision to the request: header hygiene always, then pass, mark or deny.
+pub fn apply(
+    host: &mut dyn Host,
+    settings: &Settings,
+    headers: &[(String, String)],
+    decision: &Decision,
+) -> Outcome {
+    // Client-sent copies of headers the filter owns are removed on every request, whatever the decision,
+    // so the upstream can trust them. Only headers actually present cost a host call.
+    for name in settings
+        .forward_headers
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once(REPORT_ONLY_HEADER))
+    {
+        if header(headers, name).is_some() {
+            host.remove_request_header(name);
+        }
+    }
+    match decision.verdict {
+        Verdict::Allow => {
+            for (name, value) in &decision.headers_to_set {
+                host.set_request_header(name, value);
+            }
+            strip_credential(host, settings, headers);
+            host.count(Stat::Allowed);
+            Outcome::Continue
+        }
+        Verdict::Deny if settings.report_only => {
+            let reason = decision.reason.as_str();
+            host.count(Stat::ReportOnlyWouldDeny);
+            host.count(Stat::ReportOnlyWouldDenyReason(decision.reason));
+            host.set_request_header(REPORT_ONLY_HEADER, &format!("{reason} {}", decision.status));
+            let method = header(headers, ":method").unwrap_or("-");
+            let path = path_without_query(header(headers, ":path").unwrap_or("-"));
+            host.log(
+                LogLevel::Info,
+                &format!(
+                    "edgewarden: report-only: would deny {method} {path} with {} {reason}: {}",
+                    decision.status, decision.description
+                ),
+            );
+            strip_credential(host, settings, headers);
+            Outcome::Continue
+        }
+        Verdict::Deny => {
+            deny(host, settings, decision);
+            Outcome::Denied
+        }
+    }
+}
+
+/// Answers 401/403 per RFC 6750 with the JSON error body; never echoes the token.
+fn deny(host: &mut dyn Host, settings: &Settings, decision: &Decision) {
+    host.count(Stat::Denied(decision.reason));
+    let challenge = challenge::www_authenticate(&settings.realm, decision);
+    let body = challenge::json_body(decision);
+    host.send_response(
+        decision.status,
+        &[
+            ("www-authenticate", challenge.as_str()),
+            ("content-type", "application/json"),
+            ("cache-control", "no-store"),
+        ],
+        &body,
+    );
+}
+
+/// Removes the credential before the request goes upstream, when `strip_token` is on:
+/// the header for a header source, the one cookie for a cookie source, the one parameter for a query source.
+fn strip_credential(host: &mut dyn Host, settings: &Settings, headers: &[(String, String)]) {
+    if !settings.strip_token {
+        return;
+    }
+    match settings.token_source.strip_action() {
+        StripAction::RemoveHeader(name) => {
+            if header(headers, name).is_some() {
+                host.remove_request_header(name);
+            }
+        }
+        StripAction::RemoveCookie(name) => {
+            let cookies: Vec<&str> = headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+                .map(|(_, v)| v.as_str())
+                .collect();
+            if cookies.is_empty() {
+                return;
+            }
+            match strip_cookie(&cookies.join("; "), name) {
+                Some(kept) => host.set_request_header("cookie", &kept),
+                None => host.remove_request_header("cookie"),
+            }
+        }
+        StripAction::RemoveQueryParam(name) => {
+            if let Some(path) = header(headers, ":path") {
+                let stripped = strip_query_param(path, name);
+                if stripped != path {
+                    host.set_request_header(":path", &stripped);
+                }
+            }
+        }
+    }
+}
+
+/// After a fetch completes, settles the requests that waited for it: each waiter's context is made effective,
+/// its request re-evaluated with the new keys and resumed or denied; finally `own_ctx` is made effective again.
+pub fn resolve_waiters(host: &mut dyn Host, vm: &VmState, waiters: &[u32], own_ctx: u32) {
+    if waiters.is_empty() {
+        return;
+    }
+    for &w in waiters {
+        // A waiter whose stream already ended is gone from the host: skip it.
+        if host.set_effective_context(w) && process(host, vm, w, false) == Outcome::Continue {
+            host.resume_request();
+        }
+    }
+    host.set_effective_context(own_ctx);
+}
+
+#[cfg(test)]
+mod tests;

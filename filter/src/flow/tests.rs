@@ -1,0 +1,658 @@
+//! Unit tests of the request flow against a recording host double: response shapes, header hygiene,
+//! report-only marking and the pause/resume state machine around unknown-`kid` key-set fetches.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use ed25519_compact::{KeyPair, Seed};
+use edgewarden_core::decision::Reason;
+use edgewarden_core::engine::Engine;
+use proxy_wasm::types::LogLevel;
+use serde_json::{json, Value};
+
+use super::{process, resolve_waiters, Outcome};
+use crate::host::{CallResponse, Host};
+use crate::jwks_fetch::on_fetch_response;
+use crate::metrics::{Metrics, Stat};
+use crate::state::VmState;
+
+const NOW: u64 = 1_800_000_000;
+const ISS: &str = "https://issuer.test";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    Set(u32, String, String),
+    Remove(u32, String),
+    Respond {
+        ctx: u32,
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    Resume(u32),
+    Dispatch {
+        cluster: String,
+        authority: String,
+        path: String,
+    },
+}
+
+/// A recorded local response: context, status, headers, body.
+type Response = (u32, u16, Vec<(String, String)>, String);
+
+#[derive(Default)]
+struct FakeHost {
+    now: u64,
+    requests: HashMap<u32, Vec<(String, String)>>,
+    effective: u32,
+    ops: Vec<Op>,
+    counts: RefCell<Vec<Stat>>,
+    logs: RefCell<Vec<(LogLevel, String)>>,
+    next_token: u32,
+    refuse_dispatch: bool,
+    shared: HashMap<String, (Vec<u8>, u32)>,
+}
+
+impl FakeHost {
+    fn new() -> Self {
+        FakeHost {
+            now: NOW,
+            next_token: 100,
+            ..FakeHost::default()
+        }
+    }
+
+    /// Registers request `ctx` and makes it the effective context.
+    fn request(&mut self, ctx: u32, path: &str, extra: &[(&str, &str)]) {
+        let mut h = vec![
+            (":method".to_string(), "GET".to_string()),
+            (":path".to_string(), path.to_string()),
+            (":authority".to_string(), "api.test".to_string()),
+        ];
+        h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.requests.insert(ctx, h);
+        self.effective = ctx;
+    }
+
+    fn header(&self, ctx: u32, name: &str) -> Option<String> {
+        self.requests[&ctx]
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn counted(&self, stat: Stat) -> usize {
+        self.counts.borrow().iter().filter(|s| **s == stat).count()
+    }
+
+    fn responses(&self) -> Vec<Response> {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Respond {
+                    ctx,
+                    status,
+                    headers,
+                    body,
+                } => Some((*ctx, *status, headers.clone(), body.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn dispatches(&self) -> usize {
+        self.ops
+            .iter()
+            .filter(|op| matches!(op, Op::Dispatch { .. }))
+            .count()
+    }
+}
+
+impl Host for FakeHost {
+    fn now(&self) -> u64 {
+        self.now
+    }
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.requests
+            .get(&self.effective)
+            .cloned()
+            .unwrap_or_default()
+    }
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        let ctx = self.effective;
+        let h = self.requests.entry(ctx).or_default();
+        h.retain(|(k, _)| k != name);
+        h.push((name.to_string(), value.to_string()));
+        self.ops
+            .push(Op::Set(ctx, name.to_string(), value.to_string()));
+    }
+    fn remove_request_header(&mut self, name: &str) {
+        let ctx = self.effective;
+        self.requests
+            .entry(ctx)
+            .or_default()
+            .retain(|(k, _)| k != name);
+        self.ops.push(Op::Remove(ctx, name.to_string()));
+    }
+    fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &str) {
+        self.ops.push(Op::Respond {
+            ctx: self.effective,
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.to_string(),
+        });
+    }
+    fn resume_request(&mut self) {
+        self.ops.push(Op::Resume(self.effective));
+    }
+    fn dispatch_get(
+        &mut self,
+        cluster: &str,
+        authority: &str,
+        path: &str,
+        _timeout: Duration,
+    ) -> Result<u32, String> {
+        if self.refuse_dispatch {
+            return Err("BadArgument".to_string());
+        }
+        self.ops.push(Op::Dispatch {
+            cluster: cluster.into(),
+            authority: authority.into(),
+            path: path.into(),
+        });
+        self.next_token += 1;
+        Ok(self.next_token)
+    }
+    fn set_effective_context(&mut self, context_id: u32) -> bool {
+        if self.requests.contains_key(&context_id) || context_id == 1 {
+            self.effective = context_id;
+            true
+        } else {
+            false
+        }
+    }
+    fn get_shared(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.shared.get(key).cloned()
+    }
+    fn set_shared(&mut self, key: &str, value: &[u8]) {
+        let cas = self.shared.get(key).map_or(1, |(_, c)| c + 1);
+        self.shared.insert(key.to_string(), (value.to_vec(), cas));
+    }
+    fn log(&self, level: LogLevel, message: &str) {
+        self.logs.borrow_mut().push((level, message.to_string()));
+    }
+    fn count(&self, stat: Stat) {
+        self.counts.borrow_mut().push(stat);
+    }
+}
+
+fn keypair(seed: u8) -> KeyPair {
+    KeyPair::from_seed(Seed::new([seed; 32]))
+}
+
+fn jwk(kp: &KeyPair, kid: &str) -> Value {
+    json!({"kty": "OKP", "crv": "Ed25519", "x": B64.encode(kp.pk.as_ref()), "kid": kid, "alg": "EdDSA", "use": "sig"})
+}
+
+fn mint(kp: &KeyPair, kid: &str, claims: Value) -> String {
+    let header = json!({"alg": "EdDSA", "kid": kid, "typ": "JWT"});
+    let input = format!(
+        "{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(claims.to_string())
+    );
+    let sig = kp.sk.sign(input.as_bytes(), None);
+    format!("{input}.{}", B64.encode(sig.as_ref()))
+}
+
+fn claims(sub: &str, exp: u64) -> Value {
+    json!({"iss": ISS, "sub": sub, "aud": "api", "iat": NOW - 10, "exp": exp, "scope": "read"})
+}
+
+fn vm(extra: Value) -> VmState {
+    let mut config = json!({
+        "issuers": [{
+            "issuer": ISS,
+            "audiences": ["api"],
+            "jwks": {"keys": [jwk(&keypair(1), "k1")]},
+            "remote_jwks": {"cluster": "idp", "path": "/jwks.json", "min_refetch_interval_seconds": 10}
+        }],
+        "forward_claims": [{"claim": "sub", "header": "x-jwt-sub"}],
+        "rules": [
+            {"match": {"prefix": "/public"}, "allow_anonymous": true},
+            {"match": {"prefix": "/admin"}, "require_scopes": ["admin"]}
+        ]
+    });
+    if let (Some(base), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    let engine = Engine::from_json(config.to_string().as_bytes()).expect("test config is valid");
+    VmState::new(engine, Metrics::default())
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+#[test]
+fn request_without_token_is_answered_401_with_bare_bearer_challenge() {
+    let vm = vm(json!({}));
+    let mut host = FakeHost::new();
+    host.request(2, "/api/orders?x=1", &[]);
+    assert_eq!(process(&mut host, &vm, 2, true), Outcome::Denied);
+    let responses = host.responses();
+    assert_eq!(responses.len(), 1);
+    let (_, status, headers, body) = &responses[0];
+    assert_eq!(*status, 401);
+    assert_eq!(
+        header_of(headers, "www-authenticate"),
+        r#"Bearer realm="edgewarden""#
+    );
+    assert_eq!(header_of(headers, "content-type"), "application/json");
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert!(body.get("error").is_some(), "body {body}");
+    assert_eq!(host.counted(Stat::Denied(Reason::MissingToken)), 1);
+}
+
+#[test]
+fn expired_token_is_answered_401_invalid_token_without_echoing_the_token() {
+    let vm = vm(json!({}));
+    let token = mint(&keypair(1), "k1", claims("alice", NOW - 3600));
+    let mut host = FakeHost::new();
+    host.request(2, "/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(process(&mut host, &vm, 2, true), Outcome::Denied);
+    let (_, status, headers, body) = host.responses().remove(0);
+    assert_eq!(status, 401);
+    let challenge = header_of(&headers, "www-authenticate");
+    assert!(
+        challenge.contains(r#"error="invalid_token""#),
+        "{challenge}"
+    );
+    assert!(challenge.contains("token expired"), "{challenge}");
+    assert!(!body.contains(&token) && !challenge.contains(&token));
+    let sig = token.rsplit('.').next().unwrap();
+    assert!(!body.contains(sig));
+    assert_eq!(host.counted(Stat::Denied(Reason::Expired)), 1);
+}
+
+#[test]
+fn missing_scope_is_answered_403_insufficient_scope_with_scope() {
+    let vm = vm(json!({}));
+    let token = mint(&keypair(1), "k1", claims("alice", NOW + 3600));
+    let mut host = FakeHost::new();
+    host.request(2, "/admin/users", &[("authorization", &bearer(&token))]);
+    assert_eq!(process(&mut host, &vm, 2, true), Outcome::Denied);
+    let (_, status, headers, _) = host.responses().remove(0);
+    assert_eq!(status, 403);
+    let challenge = header_of(&headers, "www-authenticate");
+    assert!(
+        challenge.contains(r#"error="insufficient_scope""#),
+        "{challenge}"
+    );
+    assert!(challenge.contains(r#"scope="admin""#), "{challenge}");
+}
+
+#[test]
+fn valid_token_forwards_claims_after_removing_spoofed_copies() {
+    let vm = vm(json!({}));
+    let token = mint(&keypair(1), "k1", claims("alice", NOW + 3600));
+    let mut host = FakeHost::new();
+    host.request(
+        2,
+        "/api",
+        &[("authorization", &bearer(&token)), ("x-jwt-sub", "mallory")],
+    );
+    assert_eq!(process(&mut host, &vm, 2, true), Outcome::Continue);
+    let remove = host
+        .ops
+        .iter()
+        .position(|op| *op == Op::Remove(2, "x-jwt-sub".into()))
+        .expect("removed");
+    let set = host
+        .ops
+        .iter()
+        .position(|op| *op == Op::Set(2, "x-jwt-sub".into(), "alice".into()))
+        .expect("set");
+    assert!(remove < set);
+    assert_eq!(host.header(2, "x-jwt-sub").as_deref(), Some("alice"));
+    assert!(
+        host.header(2, "authorization").is_some(),
+        "token kept without strip_token"
+    );
+    assert!(host.responses().is_empty());
+    assert_eq!(host.counted(Stat::Allowed), 1);
+    assert_eq!(host.counted(Stat::CacheMiss), 1);
+
+    // The same token again is a cache hit.
+    host.request(3, "/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(process(&mut host, &vm, 3, true), Outcome::Continue);
+    assert_eq!(host.counted(Stat::CacheHit), 1);
+}
+
+#[test]
+fn spoofed_claim_headers_are_removed_on_anonymous_routes_too() {
+    let vm = vm(json!({}));
+    let mut host = FakeHost::new();
+    host.request(
+        2,
+        "/public/health",
+        &[
+            ("x-jwt-sub", "mallory"),
+            ("x-edgewarden-report-only", "fake"),
+        ],
+    );
+    assert_eq!(process(&mut host, &vm, 2, true), Outcome::Continue);
+    assert_eq!(host.header(2, "x-jwt-sub"), None);
+    assert_eq!(host.header(2, "x-edgewarden-report-only"), None);
+    assert_eq!(host.counted(Stat::Allowed), 1);
+}
+
+#[test]
+fn strip_token_removes_the_authorization_header() {
+    let vm = vm(json!({"strip_token": true}));
+    let token = mint(&keypair(1), "k1", claims("alice", NOW + 3600));
+    let mut host = FakeHost::new();
+    host.request(2, "/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(process(&mut host, &vm, 2, true), Outcome::Continue);
+    assert_eq!(host.header(2, "authorization"), None);
+}
+
+#[test]
+fn strip_token_removes_only_the_token_cookie_and_query_parameter() {
+    let token = mint(&keypair(1), "k1", claims("alice", NOW + 3600));
+
+    let vm_cookie = vm(json!({"strip_token": true, "token_source": {"cookie": "session"}}));
+    let mut host = FakeHost::new();
+    host.request(
+        2,
+        "/api",
+        &[("cookie", &format!("theme=dark; session={token}; lang=en"))],
+    );
+    assert_eq!(process(&mut host, &vm_cookie, 2, true), Outcome::Continue);
+    assert_eq!(
+        host.header(2, "cookie").as_deref(),
+        Some("theme=dark; lang=en")
+    );
+
+    let vm_query = vm(json!({"strip_token": true, "token_source": {"query": "access_token"}}));
+    let mut host = FakeHost::new();
+    host.request(2, &format!("/api/items?page=2&access_token={token}"), &[]);
+    assert_eq!(process(&mut host, &vm_query, 2, true), Outcome::Continue);
+    assert_eq!(
+        host.header(2, ":path").as_deref(),
+        Some("/api/items?page=2")
+    );
+}
+
+#[test]
+fn basic_credentials_where_bearer_is_expected_are_refused_as_malformed() {
+    let vm = vm(json!({}));
+    let mut host = FakeHost::new();
+    host.request(2, "/api", &[("authorization", "Basic YWxpY2U6c2VjcmV0")]);
+    assert_eq!(process(&mut host, &vm, 2, true), Outcome::Denied);
+    let (_, status, headers, body) = host.responses().remove(0);
+    assert_eq!(status, 401);
+    assert!(header_of(&headers, "www-authenticate").contains("invalid_token"));
+    assert!(!body.contains("YWxpY2U6c2VjcmV0"));
+    assert_eq!(host.counted(Stat::Denied(Reason::Malformed)), 1);
+}
+
+#[test]
+fn report_only_lets_a_denied_request_through_with_reason_and_status_header() {
+    let vm = vm(json!({"report_only": true}));
+    let token = mint(&keypair(1), "k1", claims("alice", NOW - 3600));
+    let mut host = FakeHost::new();
+    host.request(
+        2,
+        "/api?secret=1",
+        &[("authorization", &bearer(&token)), ("x-jwt-sub", "mallory")],
+    );
+    assert_eq!(process(&mut host, &vm, 2, true), Outcome::Continue);
+    assert!(host.responses().is_empty());
+    assert_eq!(
+        host.header(2, "x-edgewarden-report-only").as_deref(),
+        Some("expired 401")
+    );
+    assert_eq!(host.header(2, "x-jwt-sub"), None);
+    assert_eq!(host.counted(Stat::ReportOnlyWouldDeny), 1);
+    assert_eq!(
+        host.counted(Stat::ReportOnlyWouldDenyReason(Reason::Expired)),
+        1
+    );
+    assert_eq!(host.counted(Stat::Denied(Reason::Expired)), 0);
+    let logs = host.logs.borrow();
+    let (level, line) = logs
+        .iter()
+        .find(|(_, l)| l.contains("report-only"))
+        .expect("logged");
+    assert_eq!(*level, LogLevel::Info);
+    assert!(line.contains("GET /api with 401 expired"), "{line}");
+    assert!(!line.contains("secret") && !line.contains(&token), "{line}");
+}
+
+#[test]
+fn unknown_kid_pauses_fetches_jwks_and_resumes_every_waiting_request() {
+    let vm = vm(json!({}));
+    let rotated = keypair(2);
+    let token = mint(&rotated, "k2", claims("bob", NOW + 3600));
+    let mut host = FakeHost::new();
+
+    host.request(2, "/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(
+        process(&mut host, &vm, 2, true),
+        Outcome::FetchingJwks { issuer: 0 }
+    );
+    assert_eq!(
+        host.ops.last(),
+        Some(&Op::Dispatch {
+            cluster: "idp".into(),
+            authority: "idp".into(),
+            path: "/jwks.json".into()
+        })
+    );
+    // A second request meeting the same rotation waits for the fetch in flight instead of fetching again.
+    host.request(3, "/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(
+        process(&mut host, &vm, 3, true),
+        Outcome::WaitingForJwks { issuer: 0 }
+    );
+    assert_eq!(host.dispatches(), 1);
+    assert!(host.responses().is_empty());
+
+    // The JWKS answers in context 2.
+    host.effective = 2;
+    let body = json!({"keys": [jwk(&rotated, "k2")]})
+        .to_string()
+        .into_bytes();
+    let resp = CallResponse {
+        status: Some(200),
+        body_size: body.len(),
+        body: Some(body),
+    };
+    let (issuer, waiters) = on_fetch_response(&mut host, &vm, 101, &resp, NOW).expect("our fetch");
+    assert_eq!((issuer, waiters.clone()), (0, vec![3]));
+    assert_eq!(host.counted(Stat::JwksFetch), 1);
+    assert_eq!(process(&mut host, &vm, 2, false), Outcome::Continue);
+    resolve_waiters(&mut host, &vm, &waiters, 2);
+    assert_eq!(host.effective, 2, "own context effective again");
+    assert!(
+        host.responses().is_empty(),
+        "no request failed: {:?}",
+        host.responses()
+    );
+    assert_eq!(host.header(2, "x-jwt-sub").as_deref(), Some("bob"));
+    assert_eq!(host.header(3, "x-jwt-sub").as_deref(), Some("bob"));
+    assert!(host.ops.contains(&Op::Resume(3)));
+    // The fetched key set is published for the other worker VMs.
+    assert_eq!(host.shared.len(), 1);
+}
+
+#[test]
+fn unknown_kid_within_min_refetch_interval_is_denied_unknown_kid() {
+    let vm = vm(json!({}));
+    let token = mint(&keypair(3), "k3", claims("carol", NOW + 3600));
+    let mut host = FakeHost::new();
+    host.request(2, "/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(
+        process(&mut host, &vm, 2, true),
+        Outcome::FetchingJwks { issuer: 0 }
+    );
+    // The IdP answers without k3.
+    let body = json!({"keys": [jwk(&keypair(4), "k4")]})
+        .to_string()
+        .into_bytes();
+    let resp = CallResponse {
+        status: Some(200),
+        body_size: body.len(),
+        body: Some(body),
+    };
+    on_fetch_response(&mut host, &vm, 101, &resp, NOW).expect("our fetch");
+    assert_eq!(process(&mut host, &vm, 2, false), Outcome::Denied);
+
+    host.now = NOW + 5;
+    host.request(3, "/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(process(&mut host, &vm, 3, true), Outcome::Denied);
+    assert_eq!(host.dispatches(), 1);
+    assert_eq!(host.counted(Stat::JwksRefetchRateLimited), 1);
+    let statuses: Vec<u16> = host.responses().iter().map(|r| r.1).collect();
+    assert_eq!(statuses, vec![401, 401]);
+    assert_eq!(host.counted(Stat::Denied(Reason::UnknownKid)), 2);
+
+    host.now = NOW + 10;
+    host.request(4, "/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(
+        process(&mut host, &vm, 4, true),
+        Outcome::FetchingJwks { issuer: 0 }
+    );
+}
+
+#[test]
+fn malformed_or_failed_jwks_response_keeps_old_keys_and_counts_a_failure() {
+    let vm = vm(json!({}));
+    let k1_token = mint(&keypair(1), "k1", claims("alice", NOW + 3600));
+    let unknown = mint(&keypair(5), "k5", claims("dave", NOW + 3600));
+    let mut host = FakeHost::new();
+    for (ctx, resp) in [
+        (
+            2,
+            CallResponse {
+                status: Some(200),
+                body_size: 8,
+                body: Some(b"not json".to_vec()),
+            },
+        ),
+        (
+            3,
+            CallResponse {
+                status: Some(503),
+                body_size: 0,
+                body: None,
+            },
+        ),
+        (
+            4,
+            CallResponse {
+                status: None,
+                body_size: 0,
+                body: None,
+            },
+        ),
+    ] {
+        host.now += 60;
+        host.request(ctx, "/api", &[("authorization", &bearer(&unknown))]);
+        assert_eq!(
+            process(&mut host, &vm, ctx, true),
+            Outcome::FetchingJwks { issuer: 0 }
+        );
+        let (token, now) = (host.next_token, host.now);
+        assert!(on_fetch_response(&mut host, &vm, token, &resp, now).is_some());
+        assert_eq!(process(&mut host, &vm, ctx, false), Outcome::Denied);
+    }
+    assert_eq!(host.counted(Stat::JwksFetchFailure), 3);
+    assert!(host
+        .logs
+        .borrow()
+        .iter()
+        .any(|(l, m)| *l == LogLevel::Warn && m.contains("keeping previous keys")));
+    host.request(9, "/api", &[("authorization", &bearer(&k1_token))]);
+    assert_eq!(process(&mut host, &vm, 9, true), Outcome::Continue);
+}
+
+#[test]
+fn refused_dispatch_denies_at_once_without_starting_the_rate_limit() {
+    let vm = vm(json!({}));
+    let token = mint(&keypair(6), "k6", claims("erin", NOW + 3600));
+    let mut host = FakeHost::new();
+    host.refuse_dispatch = true;
+    host.request(2, "/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(process(&mut host, &vm, 2, true), Outcome::Denied);
+    assert_eq!(host.counted(Stat::JwksFetchFailure), 1);
+    host.refuse_dispatch = false;
+    host.request(3, "/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(
+        process(&mut host, &vm, 3, true),
+        Outcome::FetchingJwks { issuer: 0 }
+    );
+}
+
+#[test]
+fn waiter_whose_stream_ended_is_skipped() {
+    let vm = vm(json!({}));
+    let mut host = FakeHost::new();
+    host.effective = 1;
+    resolve_waiters(&mut host, &vm, &[77], 1);
+    assert!(host.ops.is_empty());
+    assert_eq!(host.effective, 1);
+}
+
+#[test]
+fn key_set_published_by_another_worker_is_picked_up_before_fetching() {
+    let vm_a = vm(json!({}));
+    let vm_b = vm(json!({}));
+    let rotated = keypair(7);
+    let token = mint(&rotated, "k7", claims("frank", NOW + 3600));
+    let mut host = FakeHost::new();
+    host.request(2, "/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(
+        process(&mut host, &vm_a, 2, true),
+        Outcome::FetchingJwks { issuer: 0 }
+    );
+    let body = json!({"keys": [jwk(&rotated, "k7")]})
+        .to_string()
+        .into_bytes();
+    let resp = CallResponse {
+        status: Some(200),
+        body_size: body.len(),
+        body: Some(body),
+    };
+    on_fetch_response(&mut host, &vm_a, 101, &resp, NOW).expect("our fetch");
+
+    // Worker B shares the host's shared data and sees the rotated key without a fetch of its own.
+    host.request(3, "/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(process(&mut host, &vm_b, 3, true), Outcome::Continue);
+    assert_eq!(host.dispatches(), 1);
+    assert_eq!(host.counted(Stat::JwksShared), 1);
+}

@@ -1,0 +1,209 @@
+//! The thin host adapter: every call the filter's logic makes into Envoy goes through [`Host`].
+//! The proxy-wasm SDK's trait methods `unwrap` host statuses and its hostcalls cannot run natively,
+//! so the logic in `flow` and `jwks_fetch` talks to this small trait instead: [`ProxyHost`] forwards to
+//! `proxy_wasm::hostcalls` and turns failures into logged no-ops, and the unit tests use a recording double.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType};
+
+use crate::metrics::{Metrics, Stat};
+
+/// Everything the filter's decision logic needs from the proxy, for the context that is currently effective.
+pub trait Host {
+    /// Current time as Unix seconds; fails closed to 0 (every token then looks issued in the future) if the host cannot tell.
+    fn now(&self) -> u64;
+    /// All request headers (lower-case names, as Envoy stores them, pseudo-headers included).
+    fn request_headers(&self) -> Vec<(String, String)>;
+    /// Replaces every value of a request header with one value.
+    fn set_request_header(&mut self, name: &str, value: &str);
+    /// Removes every value of a request header.
+    fn remove_request_header(&mut self, name: &str);
+    /// Answers the request locally; the request never reaches the upstream.
+    fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &str);
+    /// Resumes a request paused by an earlier callback.
+    fn resume_request(&mut self);
+    /// Starts an HTTP GET through an Envoy cluster; returns the callout token.
+    fn dispatch_get(
+        &mut self,
+        cluster: &str,
+        authority: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<u32, String>;
+    /// Makes later host calls act on another context of this VM; false if that context is gone.
+    fn set_effective_context(&mut self, context_id: u32) -> bool;
+    /// Reads a value shared by all VMs of this plugin, with its compare-and-swap version.
+    fn get_shared(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Publishes a value to all VMs of this plugin (last writer wins).
+    fn set_shared(&mut self, key: &str, value: &[u8]);
+    /// Writes a log line through Envoy's logger.
+    fn log(&self, level: LogLevel, message: &str);
+    /// Increments a counter.
+    fn count(&self, stat: Stat);
+}
+
+/// The real adapter over `proxy_wasm::hostcalls`; host failures are logged at debug level and otherwise ignored.
+pub struct ProxyHost<'a> {
+    metrics: &'a Metrics,
+}
+
+impl<'a> ProxyHost<'a> {
+    /// An adapter that counts into `metrics` (defined once per VM by the root context).
+    pub fn new(metrics: &'a Metrics) -> Self {
+        ProxyHost { metrics }
+    }
+}
+
+/// Logs through the host; usable before any metrics exist (configuration errors).
+pub fn host_log(level: LogLevel, message: &str) {
+    // If even logging fails there is nowhere left to report it.
+    let _ = hostcalls::log(level, message);
+}
+
+/// Current Unix time in seconds from the host clock, 0 if the host cannot tell.
+pub fn host_now() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Reads the `:status` and body of the HTTP call response being delivered; a body larger than `max_body`
+/// bytes is not read at all (`body: None`, `body_size` tells the caller why).
+pub fn http_call_response(body_size: usize, max_body: usize) -> CallResponse {
+    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| s.trim().parse::<u16>().ok());
+    if body_size > max_body {
+        return CallResponse {
+            status,
+            body: None,
+            body_size,
+        };
+    }
+    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten();
+    CallResponse {
+        status,
+        body,
+        body_size,
+    }
+}
+
+/// What came back from a dispatched HTTP call: no status means the call failed (reset, timeout, no healthy host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallResponse {
+    /// The `:status` pseudo-header, if any.
+    pub status: Option<u16>,
+    /// The body, if it was read (absent when empty or larger than the cap).
+    pub body: Option<Vec<u8>>,
+    /// The body size the host announced.
+    pub body_size: usize,
+}
+
+impl Host for ProxyHost<'_> {
+    fn now(&self) -> u64 {
+        host_now()
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        if let Err(s) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)) {
+            self.log(
+                LogLevel::Debug,
+                &format!("edgewarden: set header {name} failed: {s:?}"),
+            );
+        }
+    }
+
+    fn remove_request_header(&mut self, name: &str) {
+        if let Err(s) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
+            self.log(
+                LogLevel::Debug,
+                &format!("edgewarden: remove header {name} failed: {s:?}"),
+            );
+        }
+    }
+
+    fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &str) {
+        if let Err(s) = hostcalls::send_http_response(
+            u32::from(status),
+            headers.to_vec(),
+            Some(body.as_bytes()),
+        ) {
+            self.log(
+                LogLevel::Error,
+                &format!("edgewarden: local response failed: {s:?}"),
+            );
+        }
+    }
+
+    fn resume_request(&mut self) {
+        if let Err(s) = hostcalls::resume_http_request() {
+            self.log(
+                LogLevel::Debug,
+                &format!("edgewarden: resume failed: {s:?}"),
+            );
+        }
+    }
+
+    fn dispatch_get(
+        &mut self,
+        cluster: &str,
+        authority: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<u32, String> {
+        hostcalls::dispatch_http_call(
+            cluster,
+            vec![
+                (":method", "GET"),
+                (":path", path),
+                (":authority", authority),
+                ("accept", "application/json, application/jwk-set+json"),
+            ],
+            None,
+            vec![],
+            timeout,
+        )
+        .map_err(|s| format!("{s:?}"))
+    }
+
+    fn set_effective_context(&mut self, context_id: u32) -> bool {
+        hostcalls::set_effective_context(context_id).is_ok()
+    }
+
+    fn get_shared(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(v), Some(cas))) => Some((v, cas)),
+            _ => None,
+        }
+    }
+
+    fn set_shared(&mut self, key: &str, value: &[u8]) {
+        if let Err(s) = hostcalls::set_shared_data(key, Some(value), None) {
+            self.log(
+                LogLevel::Debug,
+                &format!("edgewarden: shared data {key} not set: {s:?}"),
+            );
+        }
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        host_log(level, message);
+    }
+
+    fn count(&self, stat: Stat) {
+        if let Some(id) = self.metrics.id(stat) {
+            // A failed increment only loses a sample; never worth failing a request for.
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Envoy stats for the filter, defined once per VM through proxy-wasm metrics.
+//! Names are an interface (dashboards and tests read them): `edgewarden.<name>` as defined here;
+//! Envoy exposes plugin-defined metrics under the `wasmcustom.` prefix (`wasmcustom.edgewarden.requests_allowed`).
+
+use edgewarden_core::decision::Reason;
+
+/// One countable event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stat {
+    /// A request let through because the decision allowed it (valid token or anonymous route).
+    Allowed,
+    /// A request answered 401/403, by reason.
+    Denied(Reason),
+    /// A request let through only because `report_only` is on.
+    ReportOnlyWouldDeny,
+    /// Report-only pass-through, by the reason it would have been denied for.
+    ReportOnlyWouldDenyReason(Reason),
+    /// A token served from the verified-token cache.
+    CacheHit,
+    /// A token verified in full (and cached if valid).
+    CacheMiss,
+    /// A JWKS fetch that installed (or confirmed) a key set.
+    JwksFetch,
+    /// A JWKS fetch that failed (dispatch error, timeout, non-200, unusable body); the old keys stay.
+    JwksFetchFailure,
+    /// A key-set refetch triggered by a token naming an unknown `kid`.
+    JwksRefetch,
+    /// An unknown-`kid` refetch refused by `min_refetch_interval_seconds`.
+    JwksRefetchRateLimited,
+    /// A key set picked up from another worker's fetch through shared data.
+    JwksShared,
+}
+
+/// Counter names without the per-reason families, in definition order.
+const FIXED: &[(Stat, &str)] = &[
+    (Stat::Allowed, "edgewarden.requests_allowed"),
+    (
+        Stat::ReportOnlyWouldDeny,
+        "edgewarden.report_only_would_deny",
+    ),
+    (Stat::CacheHit, "edgewarden.cache_hits"),
+    (Stat::CacheMiss, "edgewarden.cache_misses"),
+    (Stat::JwksFetch, "edgewarden.jwks_fetches"),
+    (Stat::JwksFetchFailure, "edgewarden.jwks_fetch_failures"),
+    (Stat::JwksRefetch, "edgewarden.jwks_refetches"),
+    (
+        Stat::JwksRefetchRateLimited,
+        "edgewarden.jwks_refetch_rate_limited",
+    ),
+    (Stat::JwksShared, "edgewarden.jwks_shared_updates"),
+];
+
+/// Reasons that can deny a request (everything in `Reason::ALL` except the two allowing ones).
+pub fn denial_reasons() -> impl Iterator<Item = Reason> {
+    Reason::ALL
+        .iter()
+        .copied()
+        .filter(|r| !matches!(r, Reason::Allowed | Reason::Anonymous))
+}
+
+/// Every metric name the filter defines, in definition order (documentation and tests use this).
+pub fn all_names() -> Vec<String> {
+    let mut names: Vec<String> = FIXED.iter().map(|(_, n)| (*n).to_string()).collect();
+    names.extend(denial_reasons().map(|r| format!("edgewarden.requests_denied.{}", r.as_str())));
+    names.extend(
+        denial_reasons().map(|r| format!("edgewarden.report_only_would_deny.{}", r.as_str())),
+    );
+    names
+}
+
+/// Host metric ids, one per [`Stat`]; a metric the host refused to define is simply not counted.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    fixed: Vec<(Stat, u32)>,
+    denied: Vec<(Reason, u32)>,
+    report_only: Vec<(Reason, u32)>,
+}
+
+impl Metrics {
+    /// Defines every counter through `define` (proxy-wasm `define_metric` in the filter).
+    pub fn define(mut define: impl FnMut(&str) -> Option<u32>) -> Metrics {
+        let mut m = Metrics::default();
+        for (stat, name) in FIXED {
+            if let Some(id) = define(name) {
+                m.fixed.push((*stat, id));
+            }
+        }
+        for r in denial_reasons() {
+            if let Some(id) = define(&format!("edgewarden.requests_denied.{}", r.as_str())) {
+                m.denied.push((r, id));
+            }
+            if let Some(id) = define(&format!("edgewarden.report_only_would_deny.{}", r.as_str())) {
+                m.report_only.push((r, id));
+            }
+        }
+        m
+    }
+
+    /// The host id of a counter, if it was defined.
+    pub fn id(&self, stat: Stat) -> Option<u32> {
+        let find = |list: &[(Reason, u32)], reason: Reason| {
+            list.iter().find(|(r, _)| *r == reason).map(|(_, id)| *id)
+        };
+        match stat {
+            Stat::Denied(r) => find(&self.denied, r),
+            Stat::ReportOnlyWouldDenyReason(r) => find(&self.report_only, r),
+            other => self
+                .fixed
+                .iter()
+                .find(|(s, _)| *s == other)
+                .map(|(_, id)| *id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_denial_reason_gets_its_own_counter() {
+        let mut next = 0u32;
+        let m = Metrics::define(|_| {
+            next += 1;
+            Some(next)
+        });
+        let mut ids: Vec<u32> = denial_reasons()
+            .filter_map(|r| m.id(Stat::Denied(r)))
+            .collect();
+        let count = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), count);
+        assert_eq!(count, Reason::ALL.len() - 2);
+        assert!(m.id(Stat::Denied(Reason::Allowed)).is_none());
+        assert!(all_names().contains(&"edgewarden.requests_denied.expired".to_string()));
+        assert!(all_names().contains(&"edgewarden.cache_hits".to_string()));
+    }
+
+    #[test]
+    fn readme_documents_every_counter_and_reason() {
+        let readme = include_str!("../README.md");
+        for (_, name) in FIXED {
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "README.md lacks {name}"
+            );
+        }
+        for r in denial_reasons() {
+            assert!(
+                readme.contains(&format!("`{}`", r.as_str())),
+                "README.md lacks reason {}",
+                r.as_str()
+            );
+        }
+    }
+}
