@@ -232,3 +232,109 @@ impl TokenCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(fp: u64, exp: Option<u64>) -> Arc<VerifiedToken> {
+        Arc::new(VerifiedToken {
+            issuer_index: 0,
+            iss: "i".into(),
+            sub: None,
+            aud: vec![],
+            exp,
+            nbf: None,
+            iat: None,
+            jti: None,
+            client_id: None,
+            scopes: vec![],
+            roles: vec![],
+            alg: "ES256".into(),
+            kid: None,
+            typ: None,
+            claims: serde_json::Map::new(),
+            fingerprint: fp,
+        })
+    }
+
+    #[test]
+    fn hit_requires_the_same_text_not_just_the_same_fingerprint() {
+        let mut cache = TokenCache::new(4);
+        cache.insert("token-a", token(42, Some(100)), 100, 1, 0);
+        assert!(cache.lookup("token-a", 42, 1, 10).is_some());
+        assert!(
+            cache.lookup("token-b", 42, 1, 10).is_none(),
+            "a colliding fingerprint must not hit"
+        );
+        assert_eq!(
+            cache.stats(),
+            CacheStats {
+                hits: 1,
+                misses: 1,
+                evictions: 0,
+                len: 1
+            }
+        );
+    }
+
+    #[test]
+    fn entries_die_at_their_expiry() {
+        let mut cache = TokenCache::new(4);
+        cache.insert("t", token(1, Some(50)), 50, 1, 0);
+        assert!(cache.lookup("t", 1, 1, 49).is_some());
+        assert!(cache.lookup("t", 1, 1, 50).is_none());
+        assert!(cache.is_empty(), "an expired entry is dropped on lookup");
+        cache.insert("t", token(1, Some(50)), 50, 1, 50);
+        assert!(cache.is_empty(), "an already dead entry is not inserted");
+    }
+
+    #[test]
+    fn generation_change_drops_everything() {
+        let mut cache = TokenCache::new(4);
+        cache.insert("t", token(1, None), 100, 1, 0);
+        assert!(cache.lookup("t", 1, 2, 0).is_none());
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn eviction_prefers_expired_entries_then_the_oldest() {
+        let mut cache = TokenCache::new(3);
+        cache.insert("a", token(1, None), 1000, 1, 0);
+        cache.insert("b", token(2, None), 5, 1, 0);
+        cache.insert("c", token(3, None), 1000, 1, 0);
+        // At t=10 "b" is expired: it goes, "a" (oldest) stays.
+        cache.insert("d", token(4, None), 1000, 1, 10);
+        assert_eq!(cache.len(), 3);
+        assert!(cache.lookup("a", 1, 1, 10).is_some());
+        assert_eq!(cache.stats().evictions, 0);
+        // Nothing expired now (and the sweep ran this second): the oldest insertion, "a", goes.
+        cache.insert("e", token(5, None), 1000, 1, 10);
+        assert!(cache.lookup("a", 1, 1, 10).is_none());
+        assert!(cache.lookup("e", 5, 1, 10).is_some());
+        assert_eq!(cache.stats().evictions, 1);
+    }
+
+    #[test]
+    fn queue_stays_bounded_under_churn() {
+        let mut cache = TokenCache::new(8);
+        for i in 0..10_000u64 {
+            let text = i.to_string();
+            cache.insert(&text, token(i % 20, None), 1_000_000, 1, i / 100);
+            assert!(cache.len() <= 8);
+            assert!(cache.order.len() <= 16 + 1);
+        }
+    }
+
+    #[test]
+    fn zero_capacity_disables_the_cache() {
+        let mut cache = TokenCache::new(0);
+        cache.insert("t", token(1, None), 100, 1, 0);
+        assert!(cache.is_empty());
+        assert_eq!(cache.max_entries(), 0);
+        let mut full = TokenCache::new(2);
+        full.insert("t", token(1, None), 100, 1, 0);
+        full.clear();
+        assert!(full.is_empty());
+    }
+}

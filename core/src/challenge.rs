@@ -67,3 +67,105 @@ pub fn json_body(d: &Decision) -> String {
     }
     serde_json::Value::Object(body).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheOutcome;
+    use crate::token::Rejection;
+
+    fn decision(reason: Reason, description: &str, scope: Option<&str>) -> Decision {
+        let mut d = Decision::from_rejection(
+            Rejection::new(reason, description),
+            None,
+            CacheOutcome::Bypass,
+        );
+        d.required_scope = scope.map(str::to_string);
+        d
+    }
+
+    #[test]
+    fn challenges_follow_rfc_6750() {
+        let cases = vec![
+            (
+                decision(Reason::MissingToken, "no token presented", None),
+                r#"Bearer realm="edgewarden""#,
+            ),
+            (
+                decision(Reason::Expired, "token expired 42s ago (leeway 60s)", None),
+                r#"Bearer realm="edgewarden", error="invalid_token", error_description="token expired""#,
+            ),
+            (
+                decision(Reason::Revoked, "token revoked by jti", None),
+                r#"Bearer realm="edgewarden", error="invalid_token", error_description="token revoked""#,
+            ),
+            (
+                decision(Reason::BadSignature, "x", None),
+                r#"Bearer realm="edgewarden", error="invalid_token", error_description="token signature invalid""#,
+            ),
+            (
+                decision(
+                    Reason::InsufficientScope,
+                    "missing scope \"write\"",
+                    Some("read write"),
+                ),
+                r#"Bearer realm="edgewarden", error="insufficient_scope", error_description="token lacks a required scope", scope="read write""#,
+            ),
+            (
+                decision(Reason::InsufficientRole, "requires one of roles", None),
+                r#"Bearer realm="edgewarden", error="insufficient_scope", error_description="token lacks a required role""#,
+            ),
+        ];
+        for (d, expected) in cases {
+            assert_eq!(www_authenticate("edgewarden", &d), expected);
+        }
+    }
+
+    #[test]
+    fn every_reason_phrase_is_quoted_string_safe() {
+        for reason in Reason::ALL {
+            let phrase = reason.phrase();
+            assert_eq!(quoted_string_safe(phrase), phrase, "{reason}");
+            assert!(!phrase.is_empty());
+        }
+    }
+
+    #[test]
+    fn quoted_strings_escape_quotes_and_backslashes_and_drop_controls() {
+        assert_eq!(quoted_string_safe("a\"b\\c\r\nd\te"), "a\\\"b\\\\cde");
+        let d = decision(Reason::InsufficientScope, "x", Some("a\"b"));
+        assert!(www_authenticate("r\"e\nalm", &d).starts_with(r#"Bearer realm="r\"ealm""#));
+        assert!(www_authenticate("r", &d).ends_with(r#"scope="a\"b""#));
+    }
+
+    #[test]
+    fn json_body_carries_code_description_and_reason() {
+        let body: serde_json::Value = serde_json::from_str(&json_body(&decision(
+            Reason::Expired,
+            "token expired 42s ago (leeway 60s)",
+            None,
+        )))
+        .unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "invalid_token", "error_description": "token expired 42s ago (leeway 60s)", "reason": "expired"})
+        );
+        let missing: serde_json::Value = serde_json::from_str(&json_body(&decision(
+            Reason::MissingToken,
+            "no token presented",
+            None,
+        )))
+        .unwrap();
+        assert_eq!(missing["error"], "missing_token");
+        let scope: serde_json::Value = serde_json::from_str(&json_body(&decision(
+            Reason::InsufficientScope,
+            "missing",
+            Some("read"),
+        )))
+        .unwrap();
+        assert_eq!(
+            (scope["error"].as_str(), scope["scope"].as_str()),
+            (Some("insufficient_scope"), Some("read"))
+        );
+    }
+}

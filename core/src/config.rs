@@ -675,3 +675,416 @@ fn strip_position(message: &str) -> String {
         None => message.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::test_support::config_json;
+
+    fn parse_err(v: serde_json::Value) -> ConfigError {
+        Config::from_json(v.to_string().as_bytes())
+            .and_then(|c| c.validate().map(|_| c))
+            .unwrap_err()
+    }
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let c =
+            Config::from_json(br#"{"issuers": [{"issuer": "i", "jwks": {"keys": []}}]}"#).unwrap();
+        assert_eq!(c.clock_skew_seconds, 60);
+        assert!(c.require_exp);
+        assert_eq!(c.roles_claim, "roles");
+        assert_eq!(c.max_token_bytes, 8192);
+        assert_eq!(
+            c.token_source,
+            TokenSource::Header {
+                name: "authorization".into(),
+                prefix: Some("Bearer ".into())
+            }
+        );
+        assert_eq!(c.realm, "edgewarden");
+        assert_eq!(c.cache.max_entries, 10_000);
+        assert_eq!(c.revocation.on_stale, OnStale::Deny);
+        assert_eq!(c.revocation.feed_path, "/api/v1/revocations/feed");
+        assert_eq!(c.usage.path, "/api/v1/usage");
+        assert!(!c.report_only && !c.strip_token);
+    }
+
+    #[test]
+    fn parse_errors_name_the_field_path() {
+        let mut missing_cluster = config_json(json!({}));
+        missing_cluster["issuers"][1]["remote_jwks"] = json!({"path": "/jwks"});
+        let mut unknown_in_issuer = config_json(json!({}));
+        unknown_in_issuer["issuers"][0]["audience"] = json!("api");
+        let mut wrong_type = config_json(json!({}));
+        wrong_type["rules"] = json!([{"match": {"prefix": "/", "methods": "GET"}}]);
+        let cases = vec![
+            (
+                missing_cluster,
+                "issuers[1].remote_jwks.cluster",
+                "missing field",
+            ),
+            (
+                unknown_in_issuer,
+                "issuers[0].audience",
+                "unknown field, expected one of `issuer`, `audiences`, `jwks`, `remote_jwks`",
+            ),
+            (
+                wrong_type,
+                "rules[0].match.methods",
+                "invalid type: string \"GET\", expected a sequence",
+            ),
+            (json!({}), "issuers", "missing field"),
+            (
+                config_json(json!({"clock_skew_seconds": -1})),
+                "clock_skew_seconds",
+                "invalid value: integer `-1`, expected u64",
+            ),
+            (
+                config_json(json!({"token_source": {"cookie": "a", "query": "b"}})),
+                "token_source",
+                "needs exactly one of header, cookie or query",
+            ),
+            (
+                config_json(json!({"token_source": {"cookie": "a", "prefix": "x"}})),
+                "token_source",
+                "prefix is only valid with header",
+            ),
+            (
+                config_json(json!({"revocation": {"on_stale": "maybe"}})),
+                "revocation.on_stale",
+                "unknown variant `maybe`, expected `deny` or `allow`",
+            ),
+            (
+                config_json(json!({"bogus": 1})),
+                "bogus",
+                "unknown field, expected one of `issuers`, `clock_skew_seconds`",
+            ),
+        ];
+        for (value, field, problem) in cases {
+            let err = Config::from_json(value.to_string().as_bytes()).unwrap_err();
+            assert_eq!(err.field, field, "{value}");
+            assert!(err.problem.starts_with(problem), "{value}: {}", err.problem);
+        }
+        let err = Config::from_json(b"{\"issuers\": [] } trailing").unwrap_err();
+        assert_eq!(err.field, "config");
+        assert_eq!(
+            Config::from_json(b"{}").unwrap_err().to_string(),
+            "invalid configuration: issuers: missing field"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field() {
+        let cases = vec![
+            (
+                json!({"issuers": []}),
+                "issuers",
+                "at least one issuer is required",
+            ),
+            (
+                json!({"issuers": [{"issuer": "i"}]}),
+                "issuers[0]",
+                "needs jwks or remote_jwks",
+            ),
+            (
+                json!({"issuers": [{"issuer": "", "jwks": {}}]}),
+                "issuers[0].issuer",
+                "must not be empty",
+            ),
+            (
+                json!({"issuers": [{"issuer": "i", "jwks": {}}, {"issuer": "i", "jwks": {}}]}),
+                "issuers[1].issuer",
+                "duplicate issuer, also issuers[0]",
+            ),
+            (
+                json!({"issuers": [{"issuer": "i", "remote_jwks": {"cluster": "c", "path": "jwks"}}]}),
+                "issuers[0].remote_jwks.path",
+                "must start with /",
+            ),
+            (
+                json!({"issuers": [{"issuer": "i", "remote_jwks": {"cluster": " ", "path": "/jwks"}}]}),
+                "issuers[0].remote_jwks.cluster",
+                "must not be empty",
+            ),
+        ];
+        for (value, field, problem) in cases {
+            let err = parse_err(value.clone());
+            assert_eq!(
+                (err.field.as_str(), err.problem.as_str()),
+                (field, problem),
+                "{value}"
+            );
+        }
+        let rule_cases = vec![
+            (
+                json!({"match": {}}),
+                "rules[0].match",
+                "set exactly one of prefix or path",
+            ),
+            (
+                json!({"match": {"prefix": "/a", "path": "/a"}}),
+                "rules[0].match",
+                "set exactly one of prefix or path, not both",
+            ),
+            (
+                json!({"match": {"prefix": "a"}}),
+                "rules[0].match.prefix",
+                "",
+            ),
+            (
+                json!({"match": {"path": "/a/../b"}}),
+                "rules[0].match.path",
+                "",
+            ),
+            (
+                json!({"match": {"path": "/a?x=1"}}),
+                "rules[0].match.path",
+                "",
+            ),
+            (
+                json!({"match": {"prefix": "/", "methods": ["get"]}}),
+                "rules[0].match.methods[0]",
+                "",
+            ),
+            (
+                json!({"match": {"prefix": "/", "methods": ["GET", "FETCH"]}}),
+                "rules[0].match.methods[1]",
+                "",
+            ),
+            (
+                json!({"match": {"prefix": "/"}, "allow_anonymous": true, "require_scopes": ["a"]}),
+                "rules[0].allow_anonymous",
+                "an anonymous rule cannot also require scopes or roles",
+            ),
+            (
+                json!({"match": {"prefix": "/"}, "require_scopes": ["a b"]}),
+                "rules[0].require_scopes[0]",
+                "",
+            ),
+            (
+                json!({"match": {"prefix": "/"}, "require_any_scopes": [""]}),
+                "rules[0].require_any_scopes[0]",
+                "",
+            ),
+        ];
+        for (rule, field, problem) in rule_cases {
+            let err = parse_err(config_json(json!({"rules": [rule.clone()]})));
+            assert_eq!(err.field, field, "{rule}: {}", err.problem);
+            if !problem.is_empty() {
+                assert_eq!(err.problem, problem);
+            }
+        }
+        let top_cases = vec![
+            (json!({"max_token_bytes": 10}), "max_token_bytes"),
+            (json!({"clock_skew_seconds": 100_000}), "clock_skew_seconds"),
+            (json!({"roles_claim": "a..b"}), "roles_claim"),
+            (json!({"realm": "a\"b"}), "realm"),
+            (
+                json!({"forward_claims": [{"claim": "sub", "header": "X-Sub"}]}),
+                "forward_claims[0].header",
+            ),
+            (
+                json!({"forward_payload_header": "bad header"}),
+                "forward_payload_header",
+            ),
+            (
+                json!({"token_source": {"header": "bad header"}}),
+                "token_source.header",
+            ),
+            (
+                json!({"cache": {"max_entries": 2_000_000}}),
+                "cache.max_entries",
+            ),
+            (
+                json!({"control_plane": {"cluster": "c", "api_key": "", "edge_name": "e"}}),
+                "control_plane.api_key",
+            ),
+            (
+                json!({"revocation": {"feed_path": "feed"}}),
+                "revocation.feed_path",
+            ),
+            (json!({"required_claims": [""]}), "required_claims[0]"),
+        ];
+        for (extra, field) in top_cases {
+            assert_eq!(
+                parse_err(config_json(extra.clone())).field,
+                field,
+                "{extra}"
+            );
+        }
+        assert!(config_json(json!({})).is_object());
+        let full = config_json(json!({
+            "control_plane": {"cluster": "admin", "api_key": "k", "edge_name": "edge-1"},
+            "token_source": {"cookie": "session"},
+            "forward_claims": [{"claim": "sub", "header": "x-jwt-sub"}],
+            "rules": [{"match": {"prefix": "/api/", "methods": ["GET"]}, "require_any_scopes": ["read"]}]
+        }));
+        Config::from_json(full.to_string().as_bytes())
+            .unwrap()
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn control_plane_api_key_is_redacted_in_debug_output() {
+        let c: ControlPlaneConfig = serde_json::from_value(
+            json!({"cluster": "c", "api_key": "secret-key-123", "edge_name": "e"}),
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("secret-key-123"));
+    }
+
+    fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a str> + 'a {
+        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+    }
+
+    #[test]
+    fn bearer_extraction_from_the_authorization_header() {
+        let source = TokenSource::default();
+        let cases: Vec<(&str, Result<Option<&str>, &str>)> = vec![
+            ("Bearer abc.def.ghi", Ok(Some("abc.def.ghi"))),
+            ("bearer abc", Ok(Some("abc"))),
+            ("BEARER   abc", Ok(Some("abc"))),
+            ("  Bearer abc  ", Ok(Some("abc"))),
+            (
+                "Basic dXNlcjpwYXNz",
+                Err(r#"authorization header uses the "Basic" scheme, expected "Bearer""#),
+            ),
+            ("Bearer", Err("authorization header carries an empty token")),
+            (
+                "Bearer    ",
+                Err("authorization header carries an empty token"),
+            ),
+            (
+                "Bearerabc",
+                Err(r#"authorization header uses the "Bearerabc" scheme, expected "Bearer""#),
+            ),
+            (
+                "abc.def.ghi",
+                Err(r#"authorization header uses the "abc.def.ghi" scheme, expected "Bearer""#),
+            ),
+        ];
+        for (value, expected) in cases {
+            let pairs = [("authorization", value)];
+            let got = source.extract(&headers(&pairs), "/");
+            match expected {
+                Ok(token) => assert_eq!(got.unwrap().as_deref(), token, "{value:?}"),
+                Err(description) => {
+                    let err = got.unwrap_err();
+                    assert_eq!(
+                        (err.reason, err.description.as_str()),
+                        (Reason::Malformed, description),
+                        "{value:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(source.extract(&headers(&[]), "/").unwrap(), None);
+        assert_eq!(source.strip_headers(), vec!["authorization"]);
+        assert_eq!(
+            source.strip_action(),
+            StripAction::RemoveHeader("authorization")
+        );
+    }
+
+    #[test]
+    fn custom_header_without_prefix_takes_the_whole_value() {
+        let source = TokenSource::Header {
+            name: "x-token".into(),
+            prefix: None,
+        };
+        let pairs = [("x-token", " abc.def.ghi ")];
+        assert_eq!(
+            source.extract(&headers(&pairs), "/").unwrap().as_deref(),
+            Some("abc.def.ghi")
+        );
+        let empty = [("x-token", "  ")];
+        assert!(source.extract(&headers(&empty), "/").is_err());
+    }
+
+    #[test]
+    fn cookie_extraction() {
+        let source = TokenSource::Cookie {
+            name: "session".into(),
+        };
+        let cases: Vec<(&str, Option<&str>)> = vec![
+            ("session=abc.def.ghi", Some("abc.def.ghi")),
+            ("a=1; session=abc; b=2", Some("abc")),
+            ("a=1;session=\"abc\"", Some("abc")),
+            ("sessionx=abc; xsession=def", None),
+            ("a=1", None),
+        ];
+        for (cookie, expected) in cases {
+            let pairs = [("cookie", cookie)];
+            assert_eq!(
+                source.extract(&headers(&pairs), "/").unwrap().as_deref(),
+                expected,
+                "{cookie}"
+            );
+        }
+        assert!(source
+            .extract(&headers(&[("cookie", "session=")]), "/")
+            .is_err());
+        assert_eq!(source.extract(&headers(&[]), "/").unwrap(), None);
+        assert_eq!(
+            strip_cookie("a=1; session=abc; b=2", "session").as_deref(),
+            Some("a=1; b=2")
+        );
+        assert_eq!(strip_cookie("session=abc", "session"), None);
+    }
+
+    #[test]
+    fn query_extraction() {
+        let source = TokenSource::Query {
+            name: "access_token".into(),
+        };
+        let cases: Vec<(&str, Result<Option<&str>, ()>)> = vec![
+            ("/a?access_token=abc.def.ghi", Ok(Some("abc.def.ghi"))),
+            ("/a?x=1&access_token=abc&y=2", Ok(Some("abc"))),
+            ("/a?access_token=a%2Eb", Ok(Some("a.b"))),
+            ("/a?access_tokenx=abc", Ok(None)),
+            ("/a", Ok(None)),
+            ("/a?access_token=", Err(())),
+            ("/a?access_token=%zz", Err(())),
+        ];
+        for (path, expected) in cases {
+            let got = source.extract(&headers(&[]), path);
+            match expected {
+                Ok(token) => assert_eq!(got.unwrap().as_deref(), token, "{path}"),
+                Err(()) => assert_eq!(got.unwrap_err().reason, Reason::Malformed, "{path}"),
+            }
+        }
+        assert_eq!(
+            strip_query_param("/a?x=1&access_token=abc&y=2", "access_token"),
+            "/a?x=1&y=2"
+        );
+        assert_eq!(
+            strip_query_param("/a?access_token=abc", "access_token"),
+            "/a"
+        );
+        assert_eq!(strip_query_param("/a", "access_token"), "/a");
+    }
+
+    #[test]
+    fn token_source_json_spellings() {
+        let parse = |v: serde_json::Value| serde_json::from_value::<TokenSource>(v).unwrap();
+        assert_eq!(
+            parse(json!({"header": "X-Api-Token"})),
+            TokenSource::Header {
+                name: "x-api-token".into(),
+                prefix: None
+            }
+        );
+        assert_eq!(
+            parse(json!({"cookie": "s"})),
+            TokenSource::Cookie { name: "s".into() }
+        );
+        assert_eq!(
+            parse(json!({"query": "t"})),
+            TokenSource::Query { name: "t".into() }
+        );
+    }
+}

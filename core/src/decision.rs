@@ -222,3 +222,29 @@ impl Decision {
         self.verdict == Verdict::Allow
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_have_unique_snake_case_codes_and_statuses() {
+        let mut seen = std::collections::HashSet::new();
+        for reason in Reason::ALL {
+            let code = reason.as_str();
+            assert!(seen.insert(code), "duplicate {code}");
+            assert!(code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::json!(code)
+            );
+            let expected = match reason {
+                Reason::Allowed | Reason::Anonymous => 200,
+                Reason::InsufficientScope | Reason::InsufficientRole => 403,
+                _ => 401,
+            };
+            assert_eq!(reason.status(), expected, "{code}");
+        }
+        assert_eq!(Reason::ALL.len(), 21);
+    }
+}

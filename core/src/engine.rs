@@ -548,3 +548,6 @@ impl Engine {
         headers
     }
 }
+
+#[cfg(test)]
+mod tests;

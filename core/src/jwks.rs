@@ -493,3 +493,202 @@ fn reject_private(jwk: &Value, kty: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::test_support::{b64, hmac_jwk, public_jwk};
+
+    fn load(keys: Vec<Value>, allow_symmetric: bool) -> Result<KeySet, JwksError> {
+        KeySet::from_jwks_value(&json!({ "keys": keys }), allow_symmetric)
+    }
+
+    fn problem(keys: Vec<Value>, allow_symmetric: bool) -> String {
+        load(keys, allow_symmetric).unwrap_err().to_string()
+    }
+
+    fn with(mut jwk: Value, field: &str, value: Value) -> Value {
+        jwk[field] = value;
+        jwk
+    }
+
+    #[test]
+    fn good_keys_load_with_their_algorithms() {
+        let set = load(
+            vec![
+                public_jwk("rsa2048", None),
+                public_jwk("rsa2048_b", Some("PS256")),
+                public_jwk("ec", None),
+                public_jwk("ed25519", None),
+                hmac_jwk(),
+                with(public_jwk("ec_b", None), "use", json!("sig")),
+            ],
+            true,
+        )
+        .unwrap();
+        let algs: Vec<&str> = set.keys().iter().map(|k| k.alg().as_str()).collect();
+        assert_eq!(
+            algs,
+            vec!["RS256", "PS256", "ES256", "EdDSA", "HS256", "ES256"]
+        );
+        assert_eq!(
+            set.kids(),
+            vec!["rsa-1", "rsa-2", "ec-1", "ed-1", "hs-1", "ec-2"]
+        );
+        assert_eq!(set.len(), 6);
+        assert!(set.by_kid("ec-1").is_some() && set.by_kid("EC-1").is_none());
+    }
+
+    #[test]
+    fn weak_and_disallowed_keys_are_refused_naming_index_and_kid() {
+        let small_order_points: Vec<[u8; 32]> = {
+            let mut v = ED25519_SMALL_ORDER.to_vec();
+            // The same points with the sign bit set.
+            let mut signed = ED25519_SMALL_ORDER[2];
+            signed[31] |= 0x80;
+            v.push(signed);
+            v
+        };
+        let mut cases: Vec<(Value, bool, String)> = vec![
+            (public_jwk("rsa1024_public", None), false, r#"keys[0] (kid "rsa-weak"): rsa modulus is 1024 bits, minimum 2048"#.into()),
+            (public_jwk("ec384_public", None), false, r#"keys[0] (kid "ec-384"): ec curve "P-384" is not supported, only P-256"#.into()),
+            (
+                json!({"kty": "oct", "kid": "short", "alg": "HS256", "k": b64(&[7u8; 31])}),
+                true,
+                r#"keys[0] (kid "short"): hmac key is 31 bytes, minimum 32"#.into(),
+            ),
+            (hmac_jwk(), false, r#"keys[0] (kid "hs-1"): symmetric (oct) keys are only accepted inline in the configuration"#.into()),
+            (
+                json!({"kty": "oct", "kid": "noalg", "k": b64(&[7u8; 32])}),
+                true,
+                r#"keys[0] (kid "noalg"): oct key needs an explicit "alg": "HS256""#.into(),
+            ),
+            (with(public_jwk("ec", None), "use", json!("enc")), false, r#"keys[0] (kid "ec-1"): use is "enc", only "sig" keys verify tokens"#.into()),
+            (with(public_jwk("ec", None), "alg", json!("RS256")), false, r#"keys[0] (kid "ec-1"): alg RS256 does not fit kty EC"#.into()),
+            (with(public_jwk("rsa2048", None), "alg", json!("ES256")), false, r#"keys[0] (kid "rsa-1"): alg ES256 does not fit kty RSA"#.into()),
+            (with(public_jwk("ed25519", None), "alg", json!("ES256")), false, r#"keys[0] (kid "ed-1"): alg ES256 does not fit kty OKP"#.into()),
+            (with(hmac_jwk(), "alg", json!("RS256")), true, r#"keys[0] (kid "hs-1"): alg RS256 does not fit kty oct"#.into()),
+            (with(public_jwk("rsa2048", None), "alg", json!("RS512")), false, r#"keys[0] (kid "rsa-1"): alg "RS512" is not supported"#.into()),
+            (with(public_jwk("ec", None), "key_ops", json!(["encrypt"])), false, r#"keys[0] (kid "ec-1"): key_ops does not include "verify""#.into()),
+            (crate::test_support::private_jwk("ec"), false, r#"keys[0] (kid "ec-1"): EC key contains private material (d)"#.into()),
+            (json!({"kty": "OKP", "crv": "X25519", "x": b64(&[9u8; 32])}), false, r#"keys[0]: okp curve "X25519" is not supported, only Ed25519"#.into()),
+            (json!({"kty": "EC", "crv": "P-256", "kid": "off", "x": b64(&[1u8; 32]), "y": b64(&[2u8; 32])}), false, r#"keys[0] (kid "off"): ec point is not on the P-256 curve"#.into()),
+            (json!({"kid": "k"}), false, r#"keys[0] (kid "k"): missing kty"#.into()),
+            (json!({"kty": "foo", "kid": "k"}), false, r#"keys[0] (kid "k"): kty "foo" is not supported"#.into()),
+            (with(public_jwk("ec", None), "x", json!("AAAA=")), false, r#"keys[0] (kid "ec-1"): x is not unpadded base64url"#.into()),
+            ("not an object".into(), false, "keys[0]: key must be a json object".into()),
+        ];
+        for point in small_order_points {
+            cases.push((
+                json!({"kty": "OKP", "crv": "Ed25519", "kid": "weak", "x": b64(&point)}),
+                false,
+                r#"keys[0] (kid "weak"): ed25519 key is a small-order point"#.into(),
+            ));
+        }
+        for (jwk, symmetric, expected) in cases {
+            assert_eq!(problem(vec![jwk.clone()], symmetric), expected, "{jwk}");
+        }
+    }
+
+    #[test]
+    fn non_canonical_ed25519_encoding_is_refused() {
+        // y = p + 2 (non-canonical encoding of y = 2).
+        let mut x = [0xffu8; 32];
+        x[0] = 0xef;
+        x[31] = 0x7f;
+        let err = problem(
+            vec![json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&x)})],
+            false,
+        );
+        assert_eq!(
+            err,
+            "keys[0]: ed25519 key is not a canonical point of large order"
+        );
+    }
+
+    #[test]
+    fn bad_key_later_in_the_set_names_its_index() {
+        let err = problem(
+            vec![public_jwk("ec", None), public_jwk("rsa1024_public", None)],
+            false,
+        );
+        assert!(err.starts_with(r#"keys[1] (kid "rsa-weak")"#), "{err}");
+        let dup = problem(
+            vec![
+                public_jwk("ec", None),
+                with(public_jwk("ec_b", None), "kid", json!("ec-1")),
+            ],
+            false,
+        );
+        assert_eq!(
+            dup,
+            r#"keys[1] (kid "ec-1"): duplicate kid, also used by keys[0]"#
+        );
+    }
+
+    #[test]
+    fn document_shape_errors() {
+        assert_eq!(
+            KeySet::from_jwks_json(b"nope", false)
+                .unwrap_err()
+                .to_string()
+                .split(':')
+                .next(),
+            Some("jwks is not valid json")
+        );
+        assert_eq!(
+            KeySet::from_jwks_json(b"[]", false).unwrap_err(),
+            JwksError::Shape
+        );
+        assert_eq!(
+            KeySet::from_jwks_json(br#"{"keys": {}}"#, false).unwrap_err(),
+            JwksError::Shape
+        );
+        assert_eq!(
+            KeySet::from_jwks_json(br#"{"keys": []}"#, false).unwrap_err(),
+            JwksError::Empty
+        );
+        let many: Vec<Value> = (0..=MAX_KEYS)
+            .map(|i| with(public_jwk("ec", None), "kid", json!(i.to_string())))
+            .collect();
+        assert_eq!(
+            load(many, false).unwrap_err(),
+            JwksError::TooManyKeys(MAX_KEYS + 1)
+        );
+    }
+
+    #[test]
+    fn digest_changes_with_keys_only() {
+        let a = load(vec![public_jwk("ec", None)], false).unwrap();
+        let a_again = load(vec![public_jwk("ec", None)], false).unwrap();
+        let b = load(vec![public_jwk("ec_b", None)], false).unwrap();
+        let renamed = load(
+            vec![with(public_jwk("ec", None), "kid", json!("other"))],
+            false,
+        )
+        .unwrap();
+        assert_eq!(a.digest(), a_again.digest());
+        assert_ne!(a.digest(), b.digest());
+        assert_ne!(a.digest(), renamed.digest());
+    }
+
+    #[test]
+    fn debug_output_never_shows_key_material() {
+        let set = load(vec![hmac_jwk()], true).unwrap();
+        let shown = format!("{set:?}");
+        assert!(shown.contains("hs-1"));
+        assert!(!shown.contains(&b64(crate::test_support::HMAC_SECRET)));
+        assert!(!shown.contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn alg_names_round_trip_case_sensitively() {
+        for alg in Alg::ALL {
+            assert_eq!(Alg::parse(alg.as_str()), Some(*alg));
+        }
+        assert_eq!(Alg::parse("es256"), None);
+        assert_eq!(Alg::parse("none"), None);
+    }
+}

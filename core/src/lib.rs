@@ -23,6 +23,9 @@ pub mod revocation;
 pub mod rules;
 pub mod token;
 
+#[cfg(test)]
+mod test_support;
+
 pub use cache::{CacheOutcome, CacheStats, TokenCache};
 pub use challenge::{json_body, www_authenticate};
 pub use config::{Config, ConfigError, TokenSource};

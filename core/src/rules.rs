@@ -480,3 +480,97 @@ pub(crate) fn validate_config(c: &Config) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_matches_on_segment_boundaries() {
+        let cases = [
+            ("/api", "/api", true),
+            ("/api", "/api/", true),
+            ("/api", "/api/x/y", true),
+            ("/api", "/apix", false),
+            ("/api", "/ap", false),
+            ("/api/", "/api/x", true),
+            ("/api/", "/api", false),
+            ("/", "/anything", true),
+            ("/", "/", true),
+        ];
+        for (prefix, path, expected) in cases {
+            assert_eq!(prefix_matches(prefix, path), expected, "{prefix} vs {path}");
+        }
+    }
+
+    #[test]
+    fn paths_are_normalised_before_matching() {
+        let cases = [
+            ("/a/b", "/a/b"),
+            ("/a/b?x=1", "/a/b"),
+            ("/a/b#frag", "/a/b"),
+            ("/a//b", "/a/b"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/../../b", "/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/%2e%2e/b", "/b"),
+            ("/a/%2E%2E/b", "/b"),
+            ("/a%2fb", "/a/b"),
+            ("/a%2F..%2Fadmin", "/admin"),
+            ("/a\\..\\admin", "/admin"),
+            ("/%61dmin", "/admin"),
+            ("/a%20b", "/a%20b"),
+            ("/a/", "/a/"),
+            ("", "/"),
+            ("a/b", "/a/b"),
+            ("/.well-known/x", "/.well-known/x"),
+            ("/%", "/%"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(normalize_path(input), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn methods_match_case_insensitively_and_empty_means_any() {
+        let rules = compile(&[
+            crate::config::RuleConfig {
+                r#match: crate::config::RuleMatch {
+                    prefix: Some("/w".into()),
+                    path: None,
+                    methods: vec!["POST".into()],
+                },
+                allow_anonymous: false,
+                require_scopes: vec![],
+                require_any_scopes: vec![],
+                require_roles: vec![],
+            },
+            crate::config::RuleConfig {
+                r#match: crate::config::RuleMatch {
+                    prefix: None,
+                    path: Some("/w".into()),
+                    methods: vec![],
+                },
+                allow_anonymous: true,
+                require_scopes: vec![],
+                require_any_scopes: vec![],
+                require_roles: vec![],
+            },
+        ]);
+        assert_eq!(find(&rules, "POST", "/w/x"), Some(0));
+        assert_eq!(find(&rules, "post", "/w"), Some(0));
+        assert_eq!(find(&rules, "GET", "/w"), Some(1));
+        assert_eq!(find(&rules, "GET", "/w/x"), None);
+        assert_eq!(find(&[], "GET", "/"), None);
+    }
+
+    #[test]
+    fn show_list_bounds_untrusted_lists() {
+        let many: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+        assert_eq!(show_list(&[]), "none");
+        assert!(show_list(&many).ends_with("\"9\", and 2 more"));
+        let long = vec!["x".repeat(100)];
+        assert_eq!(show_list(&long).len(), 64 + 2 + 3);
+    }
+}

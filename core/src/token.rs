@@ -518,3 +518,70 @@ pub(crate) fn extract(
         roles,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_is_stable_and_spreads_small_changes() {
+        assert_eq!(fingerprint("abc"), fingerprint("abc"));
+        let inputs = [
+            "",
+            "a",
+            "b",
+            "ab",
+            "ba",
+            "abcdefgh",
+            "abcdefgi",
+            "abcdefghi",
+            "abcdefgh\0",
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for i in inputs {
+            assert!(seen.insert(fingerprint(i)), "collision on {i:?}");
+        }
+        // A one-bit change flips roughly half the output bits.
+        let flipped = (fingerprint("token-0") ^ fingerprint("token-1")).count_ones();
+        assert!((16..=48).contains(&flipped), "{flipped}");
+    }
+
+    #[test]
+    fn show_quotes_escapes_and_truncates() {
+        assert_eq!(show("a\"b"), r#""a\"b""#);
+        assert_eq!(show("a\nb"), r#""a\nb""#);
+        let long = "é".repeat(100);
+        assert_eq!(show(&long), format!("{:?}...", "é".repeat(64)));
+    }
+
+    #[test]
+    fn strip_application_only_strips_the_prefix() {
+        assert_eq!(strip_application("application/at+jwt"), "at+jwt");
+        assert_eq!(strip_application("APPLICATION/jwt"), "jwt");
+        assert_eq!(strip_application("at+jwt"), "at+jwt");
+        assert_eq!(strip_application("app"), "app");
+    }
+
+    #[test]
+    fn lookup_prefers_exact_names_then_walks_dotted_paths() {
+        let claims: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "https://example.com/roles": ["a"],
+            "realm_access": {"roles": ["b"]},
+            "realm_access.roles": ["c"]
+        }))
+        .unwrap();
+        assert_eq!(
+            lookup(&claims, "https://example.com/roles"),
+            Some(&serde_json::json!(["a"]))
+        );
+        assert_eq!(
+            lookup(&claims, "realm_access.roles"),
+            Some(&serde_json::json!(["c"]))
+        );
+        let nested: Map<String, Value> =
+            serde_json::from_value(serde_json::json!({"a": {"b": {"c": 1}}})).unwrap();
+        assert_eq!(lookup(&nested, "a.b.c"), Some(&serde_json::json!(1)));
+        assert_eq!(lookup(&nested, "a.x.c"), None);
+        assert_eq!(lookup(&nested, "a.b.c.d"), None);
+    }
+}
