@@ -274,10 +274,57 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     }
 }
 
+/// Route-level access control, applied to every route before its handler runs (so a forbidden caller
+/// learns nothing from input validation): the roles allowed on each method and path come from
+/// [`crate::openapi::OPERATIONS`], which is also what the OpenAPI document publishes. Routes marked
+/// `public` or `client` (OAuth client authentication) authenticate inside their handlers; a route
+/// missing from the table is refused (fail closed). The resolved principal is stored in the request
+/// extensions so the handler's `Principal` extractor does not authenticate twice.
+pub async fn enforce_roles(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let path = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
+    let method = request.method().as_str().to_ascii_lowercase();
+    let Some(path) = path else { return next.run(request).await };
+    let op = crate::openapi::OPERATIONS.iter().find(|op| op.path == path && op.method == method);
+    let Some(op) = op else {
+        tracing::error!(method = %method, path = %path, "route missing from openapi::OPERATIONS, refusing it");
+        return ApiError::Forbidden(format!("{method} {path} has no access rule")).into_response();
+    };
+    let roles: Vec<&str> = op.roles.split(' ').collect();
+    if roles.contains(&"public") || roles.contains(&"client") {
+        return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    let principal = match Principal::authenticate(&mut parts, &state).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    if !roles.contains(&principal.role.as_str()) {
+        let action = op.summary.split(" (").next().unwrap_or(op.summary).to_lowercase();
+        return ApiError::Forbidden(format!("role {} may not {action}", principal.role)).into_response();
+    }
+    parts.extensions.insert(principal);
+    next.run(axum::extract::Request::from_parts(parts, body)).await
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(principal.clone());
+        }
+        Principal::authenticate(parts, state).await
+    }
+}
+
+impl Principal {
+    /// Resolves the request's API key or session cookie (checking CSRF on mutations).
+    pub async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, ApiError> {
         if let Some(key) = bearer(&parts.headers)? {
             return lookup_api_key(state, key)
                 .await?

@@ -208,11 +208,7 @@ async fn list(State(state): State<AppState>, principal: Principal, Query(q): Que
 }
 
 async fn show(State(state): State<AppState>, principal: Principal, Path(client_id): Path<String>) -> ApiResult<Json<Client>> {
-    if principal.role == Role::Service {
-        principal.require_client(&client_id, "read clients")?;
-    } else {
-        principal.require(&[Role::Admin, Role::Auditor], "read clients")?;
-    }
+    principal.require(&[Role::Admin, Role::Auditor], "read clients")?;
     find(&state.db, &client_id).await?.map(Json).ok_or_else(|| ApiError::NotFound(format!("no client {client_id:?}")))
 }
 

@@ -212,6 +212,7 @@ pub fn app(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(metrics::router())
         .merge(openapi::router())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::enforce_roles))
         .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
