@@ -52,6 +52,7 @@ impl RemoteSource {
 struct SourceState {
     remote: RemoteSource,
     last_attempt: Option<u64>,
+    last_refused: Option<u64>,
     last_success: Option<u64>,
     installed_hash: Option<u64>,
     shared_cas: Option<u32>,
@@ -93,6 +94,7 @@ impl JwksState {
                 .map(|remote| SourceState {
                     remote,
                     last_attempt: None,
+                    last_refused: None,
                     last_success: None,
                     installed_hash: None,
                     shared_cas: None,
@@ -143,14 +145,15 @@ impl JwksState {
 
     /// Issuers whose periodic fetch is due at `now`: never fetched, refresh interval elapsed, a failed fetch
     /// ready for retry, or requests left waiting by a fetch whose owner went away.
+    /// A dispatch the host refused (unknown cluster) is retried after `min_refetch_interval_seconds` too.
     pub fn due(&self, now: u64) -> Vec<usize> {
         self.sources
             .iter()
             .filter(|s| s.inflight.is_none())
             .filter(|s| {
-                let retry_ok = s
-                    .last_attempt
-                    .is_none_or(|t| now.saturating_sub(t) >= s.remote.min_refetch_interval_seconds);
+                let min = s.remote.min_refetch_interval_seconds;
+                let retry_ok = s.last_attempt.is_none_or(|t| now.saturating_sub(t) >= min)
+                    && s.last_refused.is_none_or(|t| now.saturating_sub(t) >= min);
                 let stale = s
                     .last_success
                     .is_none_or(|t| now.saturating_sub(t) >= s.remote.refresh_interval_seconds);
@@ -165,6 +168,13 @@ impl JwksState {
         if let Some(s) = self.source_mut(issuer) {
             s.inflight = Some(Inflight { token, owner });
             s.last_attempt = Some(now);
+        }
+    }
+
+    /// Records a dispatch the host refused; only the periodic schedule backs off, requests may still try.
+    pub fn refused(&mut self, issuer: usize, now: u64) {
+        if let Some(s) = self.source_mut(issuer) {
+            s.last_refused = Some(now);
         }
     }
 
@@ -236,11 +246,18 @@ fn hash_bytes(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// Starts a fetch of `issuer`'s key set owned by context `owner`; false if the host refused to dispatch
-/// (unknown cluster, no callout slot). A refused dispatch is not an attempt for rate limiting: nothing went out.
-pub fn start_fetch(host: &mut dyn Host, vm: &VmState, issuer: usize, owner: u32, now: u64) -> bool {
+/// Starts a fetch of `issuer`'s key set owned by context `owner`. A dispatch the host refuses (unknown cluster,
+/// no callout slot) is counted as a failure and returned as an error naming issuer and cluster; it is not an
+/// attempt for rate limiting, because nothing went out.
+pub fn start_fetch(
+    host: &mut dyn Host,
+    vm: &VmState,
+    issuer: usize,
+    owner: u32,
+    now: u64,
+) -> Result<(), String> {
     let Some(remote) = vm.jwks.borrow().remote(issuer) else {
-        return false;
+        return Err(format!("issuer index {issuer} has no remote_jwks"));
     };
     match host.dispatch_get(
         &remote.cluster,
@@ -250,18 +267,15 @@ pub fn start_fetch(host: &mut dyn Host, vm: &VmState, issuer: usize, owner: u32,
     ) {
         Ok(token) => {
             vm.jwks.borrow_mut().started(issuer, token, owner, now);
-            true
+            Ok(())
         }
         Err(e) => {
             host.count(Stat::JwksFetchFailure);
-            host.log(
-                LogLevel::Warn,
-                &format!(
-                    "edgewarden: jwks fetch for issuer {} via cluster {} not dispatched: {e}",
-                    remote.issuer, remote.cluster
-                ),
-            );
-            false
+            vm.jwks.borrow_mut().refused(issuer, now);
+            Err(format!(
+                "edgewarden: jwks fetch for issuer {} via cluster {} not dispatched: {e}",
+                remote.issuer, remote.cluster
+            ))
         }
     }
 }
@@ -423,6 +437,15 @@ mod tests {
         assert_eq!(s.due(1301), vec![0]);
         s.remove_waiter(10);
         assert_eq!(s.waiting(0), 0);
+    }
+
+    #[test]
+    fn refused_dispatch_backs_off_the_periodic_schedule_only() {
+        let mut s = JwksState::new(vec![source(0)]);
+        s.refused(0, 1000);
+        assert!(s.due(1001).is_empty());
+        assert_eq!(s.due(1010), vec![0]);
+        assert_eq!(s.refetch_permit(0, 1001), Permit::Dispatch);
     }
 
     #[test]

@@ -49,7 +49,9 @@ impl EdgeWardenRoot {
         }
         let due = vm.jwks.borrow().due(now);
         for issuer in due {
-            jwks_fetch::start_fetch(&mut host, vm, issuer, self.context_id, now);
+            if let Err(e) = jwks_fetch::start_fetch(&mut host, vm, issuer, self.context_id, now) {
+                host.log(LogLevel::Warn, &e);
+            }
         }
     }
 }
