@@ -122,45 +122,6 @@ pub(crate) struct Parsed<'t> {
     pub(crate) signature: Vec<u8>,
 }
 
-/// Header parameters the engine reads or refuses. Derived deserialisation rejects a duplicated known
-/// parameter (`duplicate field`), which is the cheap part of duplicate-key detection.
-#[derive(Deserialize)]
-struct RawHeader {
-    #[serde(default)]
-    alg: Option<Value>,
-    #[serde(default)]
-    kid: Option<Value>,
-    #[serde(default)]
-    typ: Option<Value>,
-    #[serde(default)]
-    cty: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    crit: bool,
-    #[serde(default, deserialize_with = "present")]
-    b64: bool,
-    #[serde(default, deserialize_with = "present")]
-    enc: bool,
-    #[serde(default, deserialize_with = "present")]
-    zip: bool,
-    #[serde(default, deserialize_with = "present")]
-    jwk: bool,
-    #[serde(default, deserialize_with = "present")]
-    jku: bool,
-    #[serde(default, deserialize_with = "present")]
-    x5u: bool,
-    #[serde(default, deserialize_with = "present")]
-    x5c: bool,
-    #[serde(default, deserialize_with = "present")]
-    x5t: bool,
-    #[serde(rename = "x5t#S256", default, deserialize_with = "present")]
-    x5t_s256: bool,
-}
-
-/// Deserialises any value (null included) as "the parameter is present".
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    de::IgnoredAny::deserialize(d).map(|_| true)
-}
-
 /// A JSON object whose top-level keys must be unique (serde_json would silently keep the last one,
 /// which lets two parsers disagree about the same token).
 struct UniqueMap(Map<String, Value>);
@@ -178,7 +139,7 @@ impl<'de> Deserialize<'de> for UniqueMap {
                 while let Some(key) = access.next_key::<String>()? {
                     let value: Value = access.next_value()?;
                     if map.contains_key(&key) {
-                        return Err(de::Error::custom(format!("duplicate claim {}", show(&key))));
+                        return Err(de::Error::custom(format!("duplicate key {}", show(&key))));
                     }
                     map.insert(key, value);
                 }
@@ -272,14 +233,16 @@ pub(crate) fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, Rejecti
     if first_non_space(&header_json) != Some(b'{') {
         return Err(malformed("token header is not a json object"));
     }
-    let header: RawHeader = serde_json::from_slice(&header_json).map_err(|e| {
+    // Parsed as a map with unique keys: a repeated parameter (`"alg":"ES256","alg":"none"`) is refused
+    // because two parsers could pick different ones.
+    let UniqueMap(mut header) = serde_json::from_slice(&header_json).map_err(|e| {
         malformed(format!(
             "token header is not valid json: {}",
             strip_position(&e)
         ))
     })?;
 
-    let alg_name = match header.alg {
+    let alg_name = match header.remove("alg") {
         Some(Value::String(alg)) => alg,
         Some(_) => return Err(malformed("header alg is not a string")),
         None => return Err(malformed("header has no alg")),
@@ -299,35 +262,28 @@ pub(crate) fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, Rejecti
             ),
         )
     })?;
-    if header.crit {
+    if header.contains_key("crit") {
         return Err(unsupported("crit header is not supported"));
     }
-    if header.b64 {
+    if header.contains_key("b64") {
         return Err(unsupported(
             "b64 header (unencoded payload) is not supported",
         ));
     }
-    if header.enc {
+    if header.contains_key("enc") {
         return Err(unsupported("enc header (jwe) is not accepted"));
     }
-    if header.zip {
+    if header.contains_key("zip") {
         return Err(unsupported("zip header is not supported"));
     }
-    for (present, name) in [
-        (header.jwk, "jwk"),
-        (header.jku, "jku"),
-        (header.x5u, "x5u"),
-        (header.x5c, "x5c"),
-        (header.x5t, "x5t"),
-        (header.x5t_s256, "x5t#S256"),
-    ] {
-        if present {
+    for name in ["jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256"] {
+        if header.contains_key(name) {
             return Err(unsupported(format!(
                 "{name} header is not accepted: keys come from configuration only"
             )));
         }
     }
-    if let Some(cty) = optional_string(header.cty, "cty")? {
+    if let Some(cty) = optional_string(header.remove("cty"), "cty")? {
         let bare = strip_application(&cty);
         if bare.eq_ignore_ascii_case("jwt") {
             return Err(unsupported("nested jwt (cty JWT) is not accepted"));
@@ -339,8 +295,8 @@ pub(crate) fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, Rejecti
             )));
         }
     }
-    let kid = optional_string(header.kid, "kid")?;
-    let typ = optional_string(header.typ, "typ")?;
+    let kid = optional_string(header.remove("kid"), "kid")?;
+    let typ = optional_string(header.remove("typ"), "typ")?;
 
     let payload_json = decode_segment(payload_b64, "payload")?;
     if first_non_space(&payload_json) != Some(b'{') {

@@ -304,6 +304,11 @@ fn malformed_and_hardened_header_classes_are_rejected_with_their_reason() {
             Reason::Malformed,
         ),
         (
+            "duplicate unknown header parameter",
+            sign_raw(r#"{"alg":"ES256","kid":"ec-1","x":1,"x":2}"#, &payload, es),
+            Reason::Malformed,
+        ),
+        (
             "duplicate claim",
             sign_raw(
                 r#"{"alg":"ES256","kid":"ec-1"}"#,
@@ -1552,4 +1557,70 @@ fn engine_new_names_the_bad_inline_key() {
         err.problem,
         r#"keys[2] (kid "rsa-weak"): rsa modulus is 1024 bits, minimum 2048"#
     );
+}
+
+/// Prints per-operation costs (native, test profile: crypto crates at opt-level 2).
+/// Run: `cargo test -p edgewarden-core --lib -- --ignored --nocapture measure_`.
+#[test]
+#[ignore]
+fn measure_verification_and_cache_hit_costs() {
+    use std::time::Instant;
+    let engine = engine(json!({}));
+    let cases = [
+        (
+            "ES256",
+            sign(&header("ES256", "ec-1"), &claims(), Signer::Es256("ec")),
+        ),
+        (
+            "RS256",
+            sign(
+                &header("RS256", "rsa-1"),
+                &claims(),
+                Signer::Rs256("rsa2048"),
+            ),
+        ),
+        (
+            "PS256",
+            sign(
+                &header("PS256", "rsa-2"),
+                &claims(),
+                Signer::Ps256("rsa2048_b"),
+            ),
+        ),
+        (
+            "EdDSA",
+            sign(&header("EdDSA", "ed-1"), &claims(), Signer::EdDsa),
+        ),
+        (
+            "HS256",
+            sign(
+                &header("HS256", "hs-1"),
+                &claims(),
+                Signer::Hs256(HMAC_SECRET),
+            ),
+        ),
+    ];
+    for (alg, token) in &cases {
+        let n = 200;
+        let start = Instant::now();
+        for _ in 0..n {
+            assert!(engine.verify(token, NOW).is_ok());
+        }
+        let verify_us = start.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+        let mut cache = TokenCache::new(16);
+        let req = Request {
+            method: "GET",
+            path: "/api/orders",
+            token: Some(token),
+        };
+        engine.evaluate(&req, Some(&mut cache), &NoRevocations, NOW);
+        let hits = 100_000;
+        let start = Instant::now();
+        for _ in 0..hits {
+            let d = engine.evaluate(&req, Some(&mut cache), &NoRevocations, NOW);
+            assert_eq!(d.cache, CacheOutcome::Hit);
+        }
+        let hit_ns = start.elapsed().as_secs_f64() * 1e9 / f64::from(hits);
+        println!("{alg}: full verify {verify_us:.1} us, cached evaluate {hit_ns:.0} ns");
+    }
 }
