@@ -10,7 +10,7 @@ use edgewarden_core::engine::Request;
 use proxy_wasm::types::LogLevel;
 
 use crate::host::Host;
-use crate::jwks_fetch::{self, Permit};
+use crate::jwks_fetch::{self, Permit, Trigger};
 use crate::metrics::Stat;
 use crate::state::{Settings, VmState, REPORT_ONLY_HEADER};
 
@@ -19,7 +19,7 @@ use crate::state::{Settings, VmState, REPORT_ONLY_HEADER};
 pub enum Outcome {
     /// Let it through to the upstream (allowed, or report-only).
     Continue,
-    /// Answered locally with 401/403 (or 500 when unconfigured).
+    /// Answered locally with 401 or 403.
     Denied,
     /// Paused: this request dispatched a JWKS fetch for `issuer` and resumes when it answers.
     FetchingJwks {
@@ -118,7 +118,7 @@ fn refetch(
             Some(Outcome::WaitingForJwks { issuer })
         }
         Permit::Dispatch => {
-            match jwks_fetch::start_fetch(host, vm, issuer, ctx, now) {
+            match jwks_fetch::start_fetch(host, vm, issuer, ctx, Trigger::UnknownKid, now) {
                 Ok(()) => {
                     host.count(Stat::JwksRefetch);
                     Some(Outcome::FetchingJwks { issuer })

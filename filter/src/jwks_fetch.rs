@@ -52,6 +52,7 @@ impl RemoteSource {
 struct SourceState {
     remote: RemoteSource,
     last_attempt: Option<u64>,
+    last_refetch: Option<u64>,
     last_refused: Option<u64>,
     last_success: Option<u64>,
     installed_hash: Option<u64>,
@@ -64,6 +65,15 @@ struct SourceState {
 struct Inflight {
     token: u32,
     owner: u32,
+}
+
+/// Why a fetch starts: the unknown-`kid` rate limit counts only the fetches requests started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// Start-up, periodic refresh, retry after a failure, or waiters left by a request that went away.
+    Schedule,
+    /// A token named a `kid` the key set does not have.
+    UnknownKid,
 }
 
 /// What a request with an unknown `kid` may do about it.
@@ -94,6 +104,7 @@ impl JwksState {
                 .map(|remote| SourceState {
                     remote,
                     last_attempt: None,
+                    last_refetch: None,
                     last_refused: None,
                     last_success: None,
                     installed_hash: None,
@@ -135,7 +146,8 @@ impl JwksState {
         if s.inflight.is_some() {
             return Permit::Wait;
         }
-        match s.last_attempt {
+        // Only refetches started by unknown `kid`s count: a periodic fetch a second ago may predate the rotation.
+        match s.last_refetch {
             Some(t) if now.saturating_sub(t) < s.remote.min_refetch_interval_seconds => {
                 Permit::RateLimited
             }
@@ -164,10 +176,13 @@ impl JwksState {
     }
 
     /// Records a dispatched fetch owned by context `owner`.
-    pub fn started(&mut self, issuer: usize, token: u32, owner: u32, now: u64) {
+    pub fn started(&mut self, issuer: usize, token: u32, owner: u32, trigger: Trigger, now: u64) {
         if let Some(s) = self.source_mut(issuer) {
             s.inflight = Some(Inflight { token, owner });
             s.last_attempt = Some(now);
+            if trigger == Trigger::UnknownKid {
+                s.last_refetch = Some(now);
+            }
         }
     }
 
@@ -254,6 +269,7 @@ pub fn start_fetch(
     vm: &VmState,
     issuer: usize,
     owner: u32,
+    trigger: Trigger,
     now: u64,
 ) -> Result<(), String> {
     let Some(remote) = vm.jwks.borrow().remote(issuer) else {
@@ -266,7 +282,9 @@ pub fn start_fetch(
         remote.timeout,
     ) {
         Ok(token) => {
-            vm.jwks.borrow_mut().started(issuer, token, owner, now);
+            vm.jwks
+                .borrow_mut()
+                .started(issuer, token, owner, trigger, now);
             Ok(())
         }
         Err(e) => {
@@ -409,7 +427,7 @@ mod tests {
         let mut s = JwksState::new(vec![source(0), source(2)]);
         assert_eq!(s.refetch_permit(0, 1000), Permit::Dispatch);
         assert_eq!(s.refetch_permit(1, 1000), Permit::NotRemote);
-        s.started(0, 7, 42, 1000);
+        s.started(0, 7, 42, Trigger::UnknownKid, 1000);
         assert_eq!(s.refetch_permit(0, 1001), Permit::Wait);
         assert_eq!(s.issuer_of_token(7), Some(0));
         s.add_waiter(0, 43);
@@ -424,19 +442,27 @@ mod tests {
     fn periodic_fetch_is_due_at_start_after_refresh_interval_and_for_orphaned_waiters() {
         let mut s = JwksState::new(vec![source(0)]);
         assert_eq!(s.due(1000), vec![0]);
-        s.started(0, 1, 1, 1000);
+        s.started(0, 1, 1, Trigger::Schedule, 1000);
         assert!(s.due(1000).is_empty());
         s.finished(0);
         s.record_success(0, 1000, 5);
         assert!(s.due(1299).is_empty());
         assert_eq!(s.due(1300), vec![0]);
         // a fetch owned by a request that went away leaves its waiters to the root context
-        s.started(0, 2, 9, 1300);
+        s.started(0, 2, 9, Trigger::UnknownKid, 1300);
         s.add_waiter(0, 10);
         s.orphan(9);
         assert_eq!(s.due(1301), vec![0]);
         s.remove_waiter(10);
         assert_eq!(s.waiting(0), 0);
+    }
+
+    #[test]
+    fn periodic_fetch_does_not_rate_limit_an_unknown_kid_refetch() {
+        let mut s = JwksState::new(vec![source(0)]);
+        s.started(0, 1, 1, Trigger::Schedule, 1000);
+        s.finished(0);
+        assert_eq!(s.refetch_permit(0, 1001), Permit::Dispatch);
     }
 
     #[test]
@@ -451,7 +477,7 @@ mod tests {
     #[test]
     fn failed_first_fetch_is_retried_after_min_refetch_interval() {
         let mut s = JwksState::new(vec![source(0)]);
-        s.started(0, 1, 1, 1000);
+        s.started(0, 1, 1, Trigger::Schedule, 1000);
         s.finished(0);
         assert!(s.due(1005).is_empty());
         assert_eq!(s.due(1010), vec![0]);

@@ -14,7 +14,7 @@ use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType};
 use crate::flow;
 use crate::host::{host_log, http_call_response, Host, ProxyHost};
 use crate::http::EdgeWarden;
-use crate::jwks_fetch::{self, MAX_JWKS_BYTES};
+use crate::jwks_fetch::{self, Trigger, MAX_JWKS_BYTES};
 use crate::metrics::Metrics;
 use crate::state::VmState;
 
@@ -49,7 +49,14 @@ impl EdgeWardenRoot {
         }
         let due = vm.jwks.borrow().due(now);
         for issuer in due {
-            if let Err(e) = jwks_fetch::start_fetch(&mut host, vm, issuer, self.context_id, now) {
+            if let Err(e) = jwks_fetch::start_fetch(
+                &mut host,
+                vm,
+                issuer,
+                self.context_id,
+                Trigger::Schedule,
+                now,
+            ) {
                 host.log(LogLevel::Warn, &e);
             }
         }
