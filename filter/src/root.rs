@@ -77,6 +77,8 @@ impl Context for EdgeWardenRoot {
         let mut host = ProxyHost::new(&vm.metrics);
         let resp = http_call_response(body_size, MAX_JWKS_BYTES);
         let now = host.now();
+        // `None`: not a JWKS fetch. Other root-owned callouts (the revocation feed and usage reports of
+        // issue 4) are matched by their own token here, and their state lives beside `jwks` in `VmState`.
         if let Some((_, waiters)) =
             jwks_fetch::on_fetch_response(&mut host, &vm, token_id, &resp, now)
         {
