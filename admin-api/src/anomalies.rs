@@ -72,10 +72,18 @@ pub struct AnomalyArgs {
     #[arg(long, env = "EDGEWARDEN_ANOMALY_WINDOW", default_value_t = 300)]
     pub anomaly_window: i64,
     /// Refused requests from one client address within the window that raise an anomaly.
-    #[arg(long, env = "EDGEWARDEN_ANOMALY_ADDRESS_FAILURES", default_value_t = 20)]
+    #[arg(
+        long,
+        env = "EDGEWARDEN_ANOMALY_ADDRESS_FAILURES",
+        default_value_t = 20
+    )]
     pub anomaly_address_failures: i64,
     /// Refused requests for one subject within the window that raise an anomaly.
-    #[arg(long, env = "EDGEWARDEN_ANOMALY_SUBJECT_FAILURES", default_value_t = 20)]
+    #[arg(
+        long,
+        env = "EDGEWARDEN_ANOMALY_SUBJECT_FAILURES",
+        default_value_t = 20
+    )]
     pub anomaly_subject_failures: i64,
     /// Uses of one revoked token within the window that raise an anomaly.
     #[arg(long, env = "EDGEWARDEN_ANOMALY_REVOKED_USES", default_value_t = 1)]
@@ -84,7 +92,11 @@ pub struct AnomalyArgs {
     #[arg(long, env = "EDGEWARDEN_ANOMALY_EXPIRED_USES", default_value_t = 50)]
     pub anomaly_expired_uses: i64,
     /// insufficient_scope refusals for one client within the window that raise an anomaly.
-    #[arg(long, env = "EDGEWARDEN_ANOMALY_INSUFFICIENT_SCOPE", default_value_t = 20)]
+    #[arg(
+        long,
+        env = "EDGEWARDEN_ANOMALY_INSUFFICIENT_SCOPE",
+        default_value_t = 20
+    )]
     pub anomaly_insufficient_scope: i64,
     /// Distinct client addresses one token may be used from within the window.
     #[arg(long, env = "EDGEWARDEN_ANOMALY_TOKEN_ADDRESSES", default_value_t = 10)]
@@ -93,7 +105,11 @@ pub struct AnomalyArgs {
     #[arg(long, env = "EDGEWARDEN_ANOMALY_CLOCK_SKEW", default_value_t = 60)]
     pub anomaly_clock_skew: i64,
     /// Seconds after a revocation that an edge may still allow the token before it is a propagation anomaly.
-    #[arg(long, env = "EDGEWARDEN_ANOMALY_REVOCATION_GRACE", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "EDGEWARDEN_ANOMALY_REVOCATION_GRACE",
+        default_value_t = 10
+    )]
     pub anomaly_revocation_grace: i64,
 }
 
@@ -134,7 +150,14 @@ fn is_failure(reason: &str) -> bool {
 
 /// Raises (or refreshes) an anomaly: updates the open or acknowledged one with the same kind and subject,
 /// else opens a new one and records an `anomaly.opened` event. Returns the anomaly id.
-pub async fn raise(state: &AppState, kind: &str, severity: &str, subject_kind: &str, subject: &str, evidence: Value) -> Result<String, sqlx::Error> {
+pub async fn raise(
+    state: &AppState,
+    kind: &str,
+    severity: &str,
+    subject_kind: &str,
+    subject: &str,
+    evidence: Value,
+) -> Result<String, sqlx::Error> {
     let now = now();
     let mut tx = state.db.pool.begin().await?;
     let existing: Option<String> = sqlx::query_scalar(
@@ -188,7 +211,13 @@ pub async fn raise(state: &AppState, kind: &str, severity: &str, subject_kind: &
 }
 
 /// Sums stored usage counts matching `column = value` and `reason` (or every refusal) in the window.
-async fn window_sum(state: &AppState, column: &'static str, value: &str, reason: Option<&str>, since: i64) -> Result<i64, sqlx::Error> {
+async fn window_sum(
+    state: &AppState,
+    column: &'static str,
+    value: &str,
+    reason: Option<&str>,
+    since: i64,
+) -> Result<i64, sqlx::Error> {
     // `column` is one of a few constants below, never input.
     let reason_clause = match reason {
         Some(_) => "reason = $3",
@@ -214,15 +243,27 @@ pub async fn detect(state: &AppState, batch: &Ingested) -> Result<(), sqlx::Erro
     let edge = batch.edge.as_str();
 
     // Repeated failures from one address (failure samples carry the address).
-    let addresses: BTreeSet<&str> = batch.failures.iter().map(|f| f.client_address.as_str()).take(200).collect();
+    let addresses: BTreeSet<&str> = batch
+        .failures
+        .iter()
+        .map(|f| f.client_address.as_str())
+        .take(200)
+        .collect();
     for address in addresses {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_failures WHERE client_address = $1 AND at >= $2")
-            .bind(address)
-            .bind(now - cfg.window_seconds)
-            .fetch_one(&state.db.pool)
-            .await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM usage_failures WHERE client_address = $1 AND at >= $2",
+        )
+        .bind(address)
+        .bind(now - cfg.window_seconds)
+        .fetch_one(&state.db.pool)
+        .await?;
         if n >= cfg.address_failures {
-            let reasons: Vec<&str> = batch.failures.iter().filter(|f| f.client_address == address).map(|f| f.reason.as_str()).collect();
+            let reasons: Vec<&str> = batch
+                .failures
+                .iter()
+                .filter(|f| f.client_address == address)
+                .map(|f| f.reason.as_str())
+                .collect();
             raise(state, "address_failures", "medium", "address", address,
                 json!({"failures": n, "window_seconds": cfg.window_seconds, "threshold": cfg.address_failures, "edge": edge, "recent_reasons": reasons})).await?;
         }
@@ -234,11 +275,15 @@ pub async fn detect(state: &AppState, batch: &Ingested) -> Result<(), sqlx::Erro
     let mut scope_clients: BTreeSet<&str> = BTreeSet::new();
     let mut revoked_tokens: BTreeMap<&str, (&str, &str, &str)> = BTreeMap::new();
     let mut allowed_jtis: BTreeMap<&str, &str> = BTreeMap::new();
-    for ((token, subject, client, route, reason), _) in &batch.counts {
+    for (token, subject, client, route, reason) in batch.counts.keys() {
         if is_failure(reason) && !subject.is_empty() {
             subjects.insert(subject);
         }
-        let client_or_subject = if client.is_empty() { subject.as_str() } else { client.as_str() };
+        let client_or_subject = if client.is_empty() {
+            subject.as_str()
+        } else {
+            client.as_str()
+        };
         match reason.as_str() {
             "expired" if !client_or_subject.is_empty() => {
                 expired_clients.insert(client_or_subject);
@@ -289,7 +334,11 @@ pub async fn detect(state: &AppState, batch: &Ingested) -> Result<(), sqlx::Erro
             let revoked_at: i64 = row.try_get("revoked_at")?;
             let late = batch.interval_end - revoked_at;
             if late > cfg.revocation_grace_seconds {
-                let route = chunk.iter().find(|(j, _)| *j == jti).map(|(_, r)| *r).unwrap_or("");
+                let route = chunk
+                    .iter()
+                    .find(|(j, _)| *j == jti)
+                    .map(|(_, r)| *r)
+                    .unwrap_or("");
                 raise(state, "revoked_token_allowed", "high", "token", &jti,
                     json!({"revoked_at": revoked_at, "allowed_until": batch.interval_end, "seconds_after_revocation": late,
                            "grace_seconds": cfg.revocation_grace_seconds, "edge": edge, "route": route,
@@ -300,7 +349,11 @@ pub async fn detect(state: &AppState, batch: &Ingested) -> Result<(), sqlx::Erro
 
     for client in expired_clients.into_iter().take(200) {
         let n = window_sum(state, "client_id", client, Some("expired"), since).await?;
-        let n = if n == 0 { window_sum(state, "subject", client, Some("expired"), since).await? } else { n };
+        let n = if n == 0 {
+            window_sum(state, "subject", client, Some("expired"), since).await?
+        } else {
+            n
+        };
         if n >= cfg.expired_uses {
             raise(state, "expired_token_use", "low", "client", client,
                 json!({"expired_uses": n, "window_seconds": cfg.window_seconds, "threshold": cfg.expired_uses, "edge": edge,
@@ -309,8 +362,19 @@ pub async fn detect(state: &AppState, batch: &Ingested) -> Result<(), sqlx::Erro
     }
 
     for client in scope_clients.into_iter().take(200) {
-        let n = window_sum(state, "client_id", client, Some("insufficient_scope"), since).await?;
-        let n = if n == 0 { window_sum(state, "subject", client, Some("insufficient_scope"), since).await? } else { n };
+        let n = window_sum(
+            state,
+            "client_id",
+            client,
+            Some("insufficient_scope"),
+            since,
+        )
+        .await?;
+        let n = if n == 0 {
+            window_sum(state, "subject", client, Some("insufficient_scope"), since).await?
+        } else {
+            n
+        };
         if n >= cfg.insufficient_scope {
             raise(state, "insufficient_scope_burst", "low", "client", client,
                 json!({"refusals": n, "window_seconds": cfg.window_seconds, "threshold": cfg.insufficient_scope, "edge": edge})).await?;
@@ -318,11 +382,13 @@ pub async fn detect(state: &AppState, batch: &Ingested) -> Result<(), sqlx::Erro
     }
 
     for token in batch.tokens_with_addresses.iter().take(500) {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM token_addresses WHERE token = $1 AND last_seen >= $2")
-            .bind(token)
-            .bind(now - cfg.window_seconds)
-            .fetch_one(&state.db.pool)
-            .await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM token_addresses WHERE token = $1 AND last_seen >= $2",
+        )
+        .bind(token)
+        .bind(now - cfg.window_seconds)
+        .fetch_one(&state.db.pool)
+        .await?;
         if n >= cfg.token_addresses {
             let sample: Vec<String> = sqlx::query_scalar("SELECT address FROM token_addresses WHERE token = $1 AND last_seen >= $2 ORDER BY address LIMIT 20")
                 .bind(token)
@@ -337,9 +403,17 @@ pub async fn detect(state: &AppState, batch: &Ingested) -> Result<(), sqlx::Erro
     // Clock skew: tokens minted in the future (the issuer's or client's clock), and edges whose clock runs ahead.
     let mut skewed: BTreeMap<(String, String), Value> = BTreeMap::new();
     for f in &batch.failures {
-        let ahead = [f.iat, f.nbf].into_iter().flatten().map(|t| t - f.at).max().unwrap_or(0);
+        let ahead = [f.iat, f.nbf]
+            .into_iter()
+            .flatten()
+            .map(|t| t - f.at)
+            .max()
+            .unwrap_or(0);
         let future_reason = matches!(f.reason.as_str(), "issued_in_future" | "not_yet_valid");
-        if ahead > cfg.clock_skew_leeway_seconds || (future_reason && ahead > 0) || (future_reason && f.iat.is_none() && f.nbf.is_none()) {
+        if ahead > cfg.clock_skew_leeway_seconds
+            || (future_reason && ahead > 0)
+            || (future_reason && f.iat.is_none() && f.nbf.is_none())
+        {
             let (kind, subject) = match (&f.client_id, &f.subject, &f.jti) {
                 (Some(c), _, _) => ("client", c.clone()),
                 (None, Some(s), _) => ("subject", s.clone()),
@@ -409,7 +483,9 @@ fn anomaly(row: &AnyRow) -> Result<Anomaly, sqlx::Error> {
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/anomalies", get(list)).route("/api/v1/anomalies/{id}", get(show).patch(update))
+    Router::new()
+        .route("/api/v1/anomalies", get(list))
+        .route("/api/v1/anomalies/{id}", get(show).patch(update))
 }
 
 #[derive(Deserialize)]
@@ -428,11 +504,18 @@ fn one_of(field: &str, value: &Option<String>, allowed: &[&str]) -> ApiResult<St
     match value.as_deref() {
         None | Some("") => Ok(String::new()),
         Some(v) if allowed.contains(&v) => Ok(v.to_owned()),
-        Some(v) => Err(ApiError::field(field, format!("{field}: {v:?} is not one of {}", allowed.join(", ")))),
+        Some(v) => Err(ApiError::field(
+            field,
+            format!("{field}: {v:?} is not one of {}", allowed.join(", ")),
+        )),
     }
 }
 
-async fn list(State(state): State<AppState>, principal: Principal, Query(q): Query<ListQuery>) -> ApiResult<Json<Page<Anomaly>>> {
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Page<Anomaly>>> {
     principal.require(&[Role::Admin, Role::Auditor], "list anomalies")?;
     let (limit, offset) = page_params(q.limit, q.offset)?;
     let binds = [
@@ -440,11 +523,18 @@ async fn list(State(state): State<AppState>, principal: Principal, Query(q): Que
         one_of("kind", &q.kind, KINDS)?,
         one_of("severity", &q.severity, &["low", "medium", "high"])?,
         q.subject.clone().unwrap_or_default(),
-        one_of("subject_kind", &q.subject_kind, &["token", "client", "subject", "address", "edge"])?,
+        one_of(
+            "subject_kind",
+            &q.subject_kind,
+            &["token", "client", "subject", "address", "edge"],
+        )?,
     ];
-    let filter = "WHERE ($1 = '' OR state = $1) AND ($2 = '' OR kind = $2) AND ($3 = '' OR severity = $3) \
+    let filter =
+        "WHERE ($1 = '' OR state = $1) AND ($2 = '' OR kind = $2) AND ($3 = '' OR severity = $3) \
                   AND ($4 = '' OR subject = $4) AND ($5 = '' OR subject_kind = $5)";
-    let mut count = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM anomalies {filter}")));
+    let mut count = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM anomalies {filter}"
+    )));
     for b in &binds {
         count = count.bind(b.clone());
     }
@@ -455,20 +545,35 @@ async fn list(State(state): State<AppState>, principal: Principal, Query(q): Que
     for b in &binds {
         select = select.bind(b.clone());
     }
-    let rows = select.bind(limit).bind(offset).fetch_all(&state.db.pool).await?;
-    Ok(Json(Page { items: rows.iter().map(anomaly).collect::<Result<Vec<_>, _>>()?, total, limit, offset }))
+    let rows = select
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&state.db.pool)
+        .await?;
+    Ok(Json(Page {
+        items: rows.iter().map(anomaly).collect::<Result<Vec<_>, _>>()?,
+        total,
+        limit,
+        offset,
+    }))
 }
 
 async fn find(state: &AppState, id: &str) -> ApiResult<Anomaly> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM anomalies WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(&state.db.pool)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no anomaly {id:?}")))?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM anomalies WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&state.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("no anomaly {id:?}")))?;
     Ok(anomaly(&row)?)
 }
 
-async fn show(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> ApiResult<Json<Anomaly>> {
+async fn show(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Anomaly>> {
     principal.require(&[Role::Admin, Role::Auditor], "read anomalies")?;
     Ok(Json(find(&state, &id).await?))
 }
@@ -479,11 +584,23 @@ struct UpdateRequest {
     state: String,
 }
 
-async fn update(State(state): State<AppState>, principal: Principal, Path(id): Path<String>, Json(req): Json<UpdateRequest>) -> ApiResult<Json<Anomaly>> {
+async fn update(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Json(req): Json<UpdateRequest>,
+) -> ApiResult<Json<Anomaly>> {
     principal.require(&[Role::Admin], "triage anomalies")?;
-    let new_state = one_of("state", &Some(req.state.clone()), &["acknowledged", "resolved", "open"])?;
+    let new_state = one_of(
+        "state",
+        &Some(req.state.clone()),
+        &["acknowledged", "resolved", "open"],
+    )?;
     if new_state.is_empty() {
-        return Err(ApiError::field("state", "state: must be acknowledged, resolved or open"));
+        return Err(ApiError::field(
+            "state",
+            "state: must be acknowledged, resolved or open",
+        ));
     }
     let before = find(&state, &id).await?;
     let now = now();
@@ -494,8 +611,9 @@ async fn update(State(state): State<AppState>, principal: Principal, Path(id): P
         .bind(&id)
         .execute(&mut *tx)
         .await?;
-    let event = Event::new("anomaly.updated", principal.actor())
-        .details(json!({"anomaly_id": id, "kind": before.kind, "from": before.state, "to": new_state}));
+    let event = Event::new("anomaly.updated", principal.actor()).details(
+        json!({"anomaly_id": id, "kind": before.kind, "from": before.state, "to": new_state}),
+    );
     events::record(&state.events, &state.db, &mut tx, event).await?;
     tx.commit().await?;
     tracing::info!(anomaly = %id, state = %new_state, actor = %principal.actor(), "anomaly triaged");
@@ -507,5 +625,7 @@ pub async fn open_counts(state: &AppState) -> Result<Vec<(String, i64)>, sqlx::E
     let rows = sqlx::query("SELECT kind, COUNT(*) AS n FROM anomalies WHERE state = 'open' GROUP BY kind ORDER BY kind")
         .fetch_all(&state.db.pool)
         .await?;
-    rows.iter().map(|r| Ok((r.try_get("kind")?, r.try_get("n")?))).collect()
+    rows.iter()
+        .map(|r| Ok((r.try_get("kind")?, r.try_get("n")?)))
+        .collect()
 }

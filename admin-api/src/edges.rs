@@ -107,7 +107,11 @@ pub async fn all(state: &AppState) -> Result<Vec<Edge>, sqlx::Error> {
         .collect())
 }
 
-async fn list(State(state): State<AppState>, principal: Principal, Query(q): Query<EdgeQuery>) -> ApiResult<Json<Page<Edge>>> {
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<EdgeQuery>,
+) -> ApiResult<Json<Page<Edge>>> {
     principal.require(&[Role::Admin, Role::Auditor], "list edges")?;
     let (limit, offset) = page_params(q.limit, q.offset)?;
     let mut edges = all(&state).await?;
@@ -115,6 +119,15 @@ async fn list(State(state): State<AppState>, principal: Principal, Query(q): Que
         edges.retain(|e| e.staleness_seconds.is_none_or(|s| s > after));
     }
     let total = edges.len() as i64;
-    let items = edges.into_iter().skip(offset as usize).take(limit as usize).collect();
-    Ok(Json(Page { items, total, limit, offset }))
+    let items = edges
+        .into_iter()
+        .skip(offset as usize)
+        .take(limit as usize)
+        .collect();
+    Ok(Json(Page {
+        items,
+        total,
+        limit,
+        offset,
+    }))
 }

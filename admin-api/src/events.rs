@@ -69,7 +69,14 @@ impl Event {
     /// An event of `kind` (one of [`KINDS`]) done by `actor` (`Principal::actor()`, `client:<id>` or `system:<what>`).
     pub fn new(kind: &'static str, actor: impl Into<String>) -> Event {
         debug_assert!(KINDS.contains(&kind), "unknown event kind {kind}");
-        Event { kind, actor: actor.into(), subject: None, client_id: None, jti: None, details: Value::Object(Default::default()) }
+        Event {
+            kind,
+            actor: actor.into(),
+            subject: None,
+            client_id: None,
+            jti: None,
+            details: Value::Object(Default::default()),
+        }
     }
 
     /// The token subject (`sub`) the event concerns.
@@ -171,7 +178,10 @@ impl EventBus {
 
 /// A new time-ordered event id: 14 hex digits of Unix microseconds, then 8 random hex digits.
 pub fn new_event_id() -> String {
-    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
     format!("evt_{micros:014x}{:08x}", rand::rngs::OsRng.next_u32())
 }
 
@@ -182,7 +192,12 @@ fn id_floor(at: i64) -> String {
 
 /// Records `event` on `conn` (a transaction, `&mut *tx`, or a pooled connection): it becomes visible,
 /// streamed and delivered to webhooks only if that transaction commits. Returns the event id.
-pub async fn record(bus: &EventBus, db: &Db, conn: &mut AnyConnection, event: Event) -> Result<String, sqlx::Error> {
+pub async fn record(
+    bus: &EventBus,
+    db: &Db,
+    conn: &mut AnyConnection,
+    event: Event,
+) -> Result<String, sqlx::Error> {
     let id = new_event_id();
     sqlx::query("INSERT INTO events (id, at, kind, actor, subject, client_id, jti, details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
         .bind(&id)
@@ -196,9 +211,16 @@ pub async fn record(bus: &EventBus, db: &Db, conn: &mut AnyConnection, event: Ev
         .execute(&mut *conn)
         .await?;
     if db.kind == DbKind::Postgres {
-        sqlx::query("SELECT pg_notify($1, '')").bind(EVENTS_CHANNEL).execute(&mut *conn).await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(EVENTS_CHANNEL)
+            .execute(&mut *conn)
+            .await?;
     }
-    *bus.recorded.lock().unwrap_or_else(|p| p.into_inner()).entry(event.kind).or_default() += 1;
+    *bus.recorded
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(event.kind)
+        .or_default() += 1;
     bus.wake();
     Ok(id)
 }
@@ -240,7 +262,11 @@ const LOOKBACK_SECONDS: i64 = 10;
 /// Starts the dispatcher: tails the events table and hands each new event, once, to `sink`
 /// (SSE broadcast plus the webhook queue). Woken by [`EventBus::wake`], by NOTIFY through
 /// [`EventBus::wake`] from the listen loop, and at least once a second.
-pub fn spawn_dispatcher(db: Db, bus: Arc<EventBus>, webhooks: Arc<crate::webhooks::Dispatcher>) -> JoinHandle<()> {
+pub fn spawn_dispatcher(
+    db: Db,
+    bus: Arc<EventBus>,
+    webhooks: Arc<crate::webhooks::Dispatcher>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         // Only events recorded after start are streamed; older ones are in GET /api/v1/events.
         let mut floor = id_floor(now() - 1);
@@ -250,10 +276,12 @@ pub fn spawn_dispatcher(db: Db, bus: Arc<EventBus>, webhooks: Arc<crate::webhook
             let _ = tokio::time::timeout(Duration::from_secs(1), bus.wake.notified()).await;
             // Let a transaction that just recorded an event commit before we look.
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM events WHERE id >= $1 ORDER BY id LIMIT 2000")))
-                .bind(&floor)
-                .fetch_all(&db.pool)
-                .await;
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM events WHERE id >= $1 ORDER BY id LIMIT 2000"
+            )))
+            .bind(&floor)
+            .fetch_all(&db.pool)
+            .await;
             let rows = match rows {
                 Ok(rows) => rows,
                 Err(e) => {
@@ -280,7 +308,11 @@ pub fn spawn_dispatcher(db: Db, bus: Arc<EventBus>, webhooks: Arc<crate::webhook
             if let Some(newest) = newest {
                 let micros = u64::from_str_radix(newest.get(4..18).unwrap_or("0"), 16).unwrap_or(0);
                 let candidate = id_floor((micros / 1_000_000) as i64 - LOOKBACK_SECONDS);
-                let candidate = if rows.len() == 2000 { newest.clone() } else { candidate };
+                let candidate = if rows.len() == 2000 {
+                    newest.clone()
+                } else {
+                    candidate
+                };
                 if candidate > floor {
                     floor = candidate;
                 }
@@ -301,7 +333,9 @@ pub fn spawn_dispatcher(db: Db, bus: Arc<EventBus>, webhooks: Arc<crate::webhook
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/events", get(list)).route("/api/v1/events/stream", get(stream))
+    Router::new()
+        .route("/api/v1/events", get(list))
+        .route("/api/v1/events/stream", get(stream))
 }
 
 /// Filters of `GET /api/v1/events` (all optional, combined with AND).
@@ -337,7 +371,10 @@ fn kind_filter(kind: &str) -> ApiResult<(String, String)> {
     } else if KINDS.contains(&kind) {
         return Ok((kind.to_owned(), String::new()));
     }
-    Err(ApiError::field("kind", format!("kind: {kind:?} is not a known event kind or prefix like token.*")))
+    Err(ApiError::field(
+        "kind",
+        format!("kind: {kind:?} is not a known event kind or prefix like token.*"),
+    ))
 }
 
 /// Reads a page of events matching `q`, newest first.
@@ -349,7 +386,10 @@ pub async fn query_events(db: &Db, q: &EventQuery) -> ApiResult<Page<StoredEvent
     };
     if let (Some(since), Some(until)) = (q.since, q.until) {
         if until < since {
-            return Err(ApiError::field("until", format!("until: {until} is before since {since}")));
+            return Err(ApiError::field(
+                "until",
+                format!("until: {until} is before since {since}"),
+            ));
         }
     }
     let since = q.since.map(id_floor).unwrap_or_default();
@@ -367,21 +407,34 @@ pub async fn query_events(db: &Db, q: &EventQuery) -> ApiResult<Page<StoredEvent
         since,
         until,
     ];
-    let mut count = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM events {filter}")));
+    let mut count = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM events {filter}"
+    )));
     for b in &binds {
         count = count.bind(b.clone());
     }
     let total = count.fetch_one(&db.pool).await?;
-    let mut select = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM events {filter} ORDER BY id DESC LIMIT $9 OFFSET $10")));
+    let mut select = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM events {filter} ORDER BY id DESC LIMIT $9 OFFSET $10"
+    )));
     for b in &binds {
         select = select.bind(b.clone());
     }
     let rows = select.bind(limit).bind(offset).fetch_all(&db.pool).await?;
     let items = rows.iter().map(stored).collect::<Result<Vec<_>, _>>()?;
-    Ok(Page { items, total, limit, offset })
+    Ok(Page {
+        items,
+        total,
+        limit,
+        offset,
+    })
 }
 
-async fn list(State(state): State<AppState>, principal: Principal, Query(q): Query<EventQuery>) -> ApiResult<Json<Page<StoredEvent>>> {
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<Json<Page<StoredEvent>>> {
     principal.require(&[Role::Admin, Role::Auditor], "read events")?;
     Ok(Json(query_events(&state.db, &q).await?))
 }
@@ -405,7 +458,9 @@ async fn stream(
         Some(k) => kind_filter(k)?,
     };
     let rx = state.events.subscribe();
-    let matches = move |e: &StoredEvent| (kind.is_empty() || e.kind == kind) && (prefix.is_empty() || e.kind.starts_with(&prefix));
+    let matches = move |e: &StoredEvent| {
+        (kind.is_empty() || e.kind == kind) && (prefix.is_empty() || e.kind.starts_with(&prefix))
+    };
     let stream = futures_util::stream::unfold((rx, matches), |(mut rx, matches)| async move {
         loop {
             match rx.recv().await {
@@ -418,7 +473,9 @@ async fn stream(
                 }
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    let sse = SseEvent::default().event("lagged").data(format!("{{\"missed\":{n}}}"));
+                    let sse = SseEvent::default()
+                        .event("lagged")
+                        .data(format!("{{\"missed\":{n}}}"));
                     return Some((Ok(sse), (rx, matches)));
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,

@@ -32,6 +32,8 @@ pub struct Operation {
     pub ok: u16,
 }
 
+// A positional constructor keeps the table below one readable row per operation.
+#[allow(clippy::too_many_arguments)]
 const fn op(
     method: &'static str,
     path: &'static str,
@@ -42,7 +44,16 @@ const fn op(
     body: Option<&'static str>,
     ok: u16,
 ) -> Operation {
-    Operation { method, path, tag, summary, roles, query, body, ok }
+    Operation {
+        method,
+        path,
+        tag,
+        summary,
+        roles,
+        query,
+        body,
+        ok,
+    }
 }
 
 const JSON: Option<&str> = Some("application/json");
@@ -51,57 +62,493 @@ const PAGE: &[&str] = &["limit", "offset"];
 
 /// Every operation the router serves.
 pub const OPERATIONS: &[Operation] = &[
-    op("get", "/healthz", "discovery", "Liveness and database reachability", "public", &[], None, 200),
-    op("get", "/.well-known/jwks.json", "discovery", "Public signing keys (RFC 7517)", "public", &[], None, 200),
-    op("get", "/.well-known/oauth-authorization-server", "discovery", "Authorization server metadata (RFC 8414)", "public", &[], None, 200),
-    op("get", "/api/v1/openapi.json", "discovery", "This document", "public", &[], None, 200),
-    op("get", "/metrics", "observability", "Prometheus metrics", "admin auditor", &[], None, 200),
-    op("post", "/api/v1/session", "session", "Log in to the dashboard (sets the session and CSRF cookies)", "public", &[], JSON, 200),
-    op("get", "/api/v1/session", "session", "Who is logged in", "admin auditor", &[], None, 200),
-    op("delete", "/api/v1/session", "session", "Log out", "admin auditor", &[], None, 204),
-    op("post", "/api/v1/api-keys", "api keys", "Create an API key (shown once)", "admin", &[], JSON, 201),
-    op("get", "/api/v1/api-keys", "api keys", "List API keys", "admin auditor", &[], None, 200),
-    op("delete", "/api/v1/api-keys/{id}", "api keys", "Delete an API key", "admin", &[], None, 204),
-    op("get", "/api/v1/keys", "keys", "List signing keys", "admin auditor", &[], None, 200),
-    op("post", "/api/v1/keys/rotate", "keys", "Rotate the signing key", "admin", &[], JSON, 200),
-    op("post", "/api/v1/clients", "clients", "Register a client (secret shown once)", "admin", &[], JSON, 201),
-    op("get", "/api/v1/clients", "clients", "List clients", "admin auditor", PAGE, None, 200),
-    op("get", "/api/v1/clients/{client_id}", "clients", "Show a client", "admin auditor", &[], None, 200),
-    op("patch", "/api/v1/clients/{client_id}", "clients", "Change a client", "admin", &[], JSON, 200),
-    op("delete", "/api/v1/clients/{client_id}", "clients", "Delete a client", "admin", &[], None, 204),
-    op("post", "/api/v1/clients/{client_id}/secret", "clients", "Rotate a client's secret", "admin", &[], None, 200),
-    op("post", "/api/v1/tokens", "tokens", "Issue an access token (and optionally a refresh token)", "admin service", &[], JSON, 200),
-    op("get", "/api/v1/tokens", "tokens", "List token records", "admin auditor", &["status", "subject", "client_id", "limit", "offset"], None, 200),
-    op("get", "/api/v1/tokens/{jti}", "tokens", "Show a token record", "admin auditor", &[], None, 200),
-    op("get", "/api/v1/tokens/{jti}/timeline", "tokens", "One token's events, usage and failures", "admin auditor", &[], None, 200),
-    op("post", "/api/v1/revocations", "revocations", "Revoke a token, subject or client", "admin service", &[], JSON, 201),
-    op("get", "/api/v1/revocations", "revocations", "List active revocations", "admin auditor", &["kind", "limit", "offset"], None, 200),
-    op("get", "/api/v1/revocations/feed", "revocations", "Revocation feed for edges (delta or snapshot, long-poll)", "admin auditor edge", &["since", "wait"], None, 200),
-    op("post", "/oauth/token", "oauth", "Token endpoint: client_credentials and refresh_token grants", "client", &[], FORM, 200),
-    op("post", "/oauth/revoke", "oauth", "Token revocation (RFC 7009)", "client admin service", &[], FORM, 200),
-    op("post", "/oauth/introspect", "oauth", "Token introspection (RFC 7662)", "client admin auditor service", &[], FORM, 200),
-    op("post", "/api/v1/usage", "usage", "Report a batch of edge decisions and failure samples", "admin edge", &[], JSON, 202),
-    op("get", "/api/v1/usage/timeseries", "usage", "Decisions over time in minute or hour buckets", "admin auditor",
-       &["bucket", "since", "until", "subject", "client_id", "jti", "route", "reason", "edge"], None, 200),
-    op("get", "/api/v1/usage/failures", "usage", "Failure samples reported by edges", "admin auditor",
-       &["client_address", "subject", "client_id", "jti", "reason", "edge", "since", "limit", "offset"], None, 200),
-    op("get", "/api/v1/edges", "edges", "Edges with last poll, cursor, staleness and last report", "admin auditor", &["stale_after", "limit", "offset"], None, 200),
-    op("get", "/api/v1/anomalies", "anomalies", "List anomalies", "admin auditor", &["state", "kind", "severity", "subject", "subject_kind", "limit", "offset"], None, 200),
-    op("get", "/api/v1/anomalies/{id}", "anomalies", "Show an anomaly", "admin auditor", &[], None, 200),
-    op("patch", "/api/v1/anomalies/{id}", "anomalies", "Acknowledge, resolve or reopen an anomaly", "admin", &[], JSON, 200),
-    op("get", "/api/v1/events", "events", "Query the event log", "admin auditor", &["kind", "subject", "client_id", "jti", "actor", "since", "until", "limit", "offset"], None, 200),
-    op("get", "/api/v1/events/stream", "events", "Live event stream (server-sent events)", "admin auditor", &["kind"], None, 200),
-    op("post", "/api/v1/webhooks", "webhooks", "Create a webhook (secret shown once)", "admin", &[], JSON, 201),
-    op("get", "/api/v1/webhooks", "webhooks", "List webhooks", "admin auditor", &[], None, 200),
-    op("get", "/api/v1/webhooks/{id}", "webhooks", "Show a webhook", "admin auditor", &[], None, 200),
-    op("patch", "/api/v1/webhooks/{id}", "webhooks", "Change a webhook", "admin", &[], JSON, 200),
-    op("delete", "/api/v1/webhooks/{id}", "webhooks", "Delete a webhook", "admin", &[], None, 204),
-    op("get", "/api/v1/webhooks/{id}/deliveries", "webhooks", "A webhook's deliveries", "admin auditor", &["state", "limit", "offset"], None, 200),
+    op(
+        "get",
+        "/healthz",
+        "discovery",
+        "Liveness and database reachability",
+        "public",
+        &[],
+        None,
+        200,
+    ),
+    op(
+        "get",
+        "/.well-known/jwks.json",
+        "discovery",
+        "Public signing keys (RFC 7517)",
+        "public",
+        &[],
+        None,
+        200,
+    ),
+    op(
+        "get",
+        "/.well-known/oauth-authorization-server",
+        "discovery",
+        "Authorization server metadata (RFC 8414)",
+        "public",
+        &[],
+        None,
+        200,
+    ),
+    op(
+        "get",
+        "/api/v1/openapi.json",
+        "discovery",
+        "This document",
+        "public",
+        &[],
+        None,
+        200,
+    ),
+    op(
+        "get",
+        "/metrics",
+        "observability",
+        "Prometheus metrics",
+        "admin auditor",
+        &[],
+        None,
+        200,
+    ),
+    op(
+        "post",
+        "/api/v1/session",
+        "session",
+        "Log in to the dashboard (sets the session and CSRF cookies)",
+        "public",
+        &[],
+        JSON,
+        200,
+    ),
+    op(
+        "get",
+        "/api/v1/session",
+        "session",
+        "Who is logged in",
+        "admin auditor",
+        &[],
+        None,
+        200,
+    ),
+    op(
+        "delete",
+        "/api/v1/session",
+        "session",
+        "Log out",
+        "admin auditor",
+        &[],
+        None,
+        204,
+    ),
+    op(
+        "post",
+        "/api/v1/api-keys",
+        "api keys",
+        "Create an API key (shown once)",
+        "admin",
+        &[],
+        JSON,
+        201,
+    ),
+    op(
+        "get",
+        "/api/v1/api-keys",
+        "api keys",
+        "List API keys",
+        "admin auditor",
+        &[],
+        None,
+        200,
+    ),
+    op(
+        "delete",
+        "/api/v1/api-keys/{id}",
+        "api keys",
+        "Delete an API key",
+        "admin",
+        &[],
+        None,
+        204,
+    ),
+    op(
+        "get",
+        "/api/v1/keys",
+        "keys",
+        "List signing keys",
+        "admin auditor",
+        &[],
+        None,
+        200,
+    ),
+    op(
+        "post",
+        "/api/v1/keys/rotate",
+        "keys",
+        "Rotate the signing key",
+        "admin",
+        &[],
+        JSON,
+        200,
+    ),
+    op(
+        "post",
+        "/api/v1/clients",
+        "clients",
+        "Register a client (secret shown once)",
+        "admin",
+        &[],
+        JSON,
+        201,
+    ),
+    op(
+        "get",
+        "/api/v1/clients",
+        "clients",
+        "List clients",
+        "admin auditor",
+        PAGE,
+        None,
+        200,
+    ),
+    op(
+        "get",
+        "/api/v1/clients/{client_id}",
+        "clients",
+        "Show a client",
+        "admin auditor",
+        &[],
+        None,
+        200,
+    ),
+    op(
+        "patch",
+        "/api/v1/clients/{client_id}",
+        "clients",
+        "Change a client",
+        "admin",
+        &[],
+        JSON,
+        200,
+    ),
+    op(
+        "delete",
+        "/api/v1/clients/{client_id}",
+        "clients",
+        "Delete a client",
+        "admin",
+        &[],
+        None,
+        204,
+    ),
+    op(
+        "post",
+        "/api/v1/clients/{client_id}/secret",
+        "clients",
+        "Rotate a client's secret",
+        "admin",
+        &[],
+        None,
+        200,
+    ),
+    op(
+        "post",
+        "/api/v1/tokens",
+        "tokens",
+        "Issue an access token (and optionally a refresh token)",
+        "admin service",
+        &[],
+        JSON,
+        200,
+    ),
+    op(
+        "get",
+        "/api/v1/tokens",
+        "tokens",
+        "List token records",
+        "admin auditor",
+        &["status", "subject", "client_id", "limit", "offset"],
+        None,
+        200,
+    ),
+    op(
+        "get",
+        "/api/v1/tokens/{jti}",
+        "tokens",
+        "Show a token record",
+        "admin auditor",
+        &[],
+        None,
+        200,
+    ),
+    op(
+        "get",
+        "/api/v1/tokens/{jti}/timeline",
+        "tokens",
+        "One token's events, usage and failures",
+        "admin auditor",
+        &[],
+        None,
+        200,
+    ),
+    op(
+        "post",
+        "/api/v1/revocations",
+        "revocations",
+        "Revoke a token, subject or client",
+        "admin service",
+        &[],
+        JSON,
+        201,
+    ),
+    op(
+        "get",
+        "/api/v1/revocations",
+        "revocations",
+        "List active revocations",
+        "admin auditor",
+        &["kind", "limit", "offset"],
+        None,
+        200,
+    ),
+    op(
+        "get",
+        "/api/v1/revocations/feed",
+        "revocations",
+        "Revocation feed for edges (delta or snapshot, long-poll)",
+        "admin auditor edge",
+        &["since", "wait"],
+        None,
+        200,
+    ),
+    op(
+        "post",
+        "/oauth/token",
+        "oauth",
+        "Token endpoint: client_credentials and refresh_token grants",
+        "client",
+        &[],
+        FORM,
+        200,
+    ),
+    op(
+        "post",
+        "/oauth/revoke",
+        "oauth",
+        "Token revocation (RFC 7009)",
+        "client admin service",
+        &[],
+        FORM,
+        200,
+    ),
+    op(
+        "post",
+        "/oauth/introspect",
+        "oauth",
+        "Token introspection (RFC 7662)",
+        "client admin auditor service",
+        &[],
+        FORM,
+        200,
+    ),
+    op(
+        "post",
+        "/api/v1/usage",
+        "usage",
+        "Report a batch of edge decisions and failure samples",
+        "admin edge",
+        &[],
+        JSON,
+        202,
+    ),
+    op(
+        "get",
+        "/api/v1/usage/timeseries",
+        "usage",
+        "Decisions over time in minute or hour buckets",
+        "admin auditor",
+        &[
+            "bucket",
+            "since",
+            "until",
+            "subject",
+            "client_id",
+            "jti",
+            "route",
+            "reason",
+            "edge",
+        ],
+        None,
+        200,
+    ),
+    op(
+        "get",
+        "/api/v1/usage/failures",
+        "usage",
+        "Failure samples reported by edges",
+        "admin auditor",
+        &[
+            "client_address",
+            "subject",
+            "client_id",
+            "jti",
+            "reason",
+            "edge",
+            "since",
+            "limit",
+            "offset",
+        ],
+        None,
+        200,
+    ),
+    op(
+        "get",
+        "/api/v1/edges",
+        "edges",
+        "Edges with last poll, cursor, staleness and last report",
+        "admin auditor",
+        &["stale_after", "limit", "offset"],
+        None,
+        200,
+    ),
+    op(
+        "get",
+        "/api/v1/anomalies",
+        "anomalies",
+        "List anomalies",
+        "admin auditor",
+        &[
+            "state",
+            "kind",
+            "severity",
+            "subject",
+            "subject_kind",
+            "limit",
+            "offset",
+        ],
+        None,
+        200,
+    ),
+    op(
+        "get",
+        "/api/v1/anomalies/{id}",
+        "anomalies",
+        "Show an anomaly",
+        "admin auditor",
+        &[],
+        None,
+        200,
+    ),
+    op(
+        "patch",
+        "/api/v1/anomalies/{id}",
+        "anomalies",
+        "Acknowledge, resolve or reopen an anomaly",
+        "admin",
+        &[],
+        JSON,
+        200,
+    ),
+    op(
+        "get",
+        "/api/v1/events",
+        "events",
+        "Query the event log",
+        "admin auditor",
+        &[
+            "kind",
+            "subject",
+            "client_id",
+            "jti",
+            "actor",
+            "since",
+            "until",
+            "limit",
+            "offset",
+        ],
+        None,
+        200,
+    ),
+    op(
+        "get",
+        "/api/v1/events/stream",
+        "events",
+        "Live event stream (server-sent events)",
+        "admin auditor",
+        &["kind"],
+        None,
+        200,
+    ),
+    op(
+        "post",
+        "/api/v1/webhooks",
+        "webhooks",
+        "Create a webhook (secret shown once)",
+        "admin",
+        &[],
+        JSON,
+        201,
+    ),
+    op(
+        "get",
+        "/api/v1/webhooks",
+        "webhooks",
+        "List webhooks",
+        "admin auditor",
+        &[],
+        None,
+        200,
+    ),
+    op(
+        "get",
+        "/api/v1/webhooks/{id}",
+        "webhooks",
+        "Show a webhook",
+        "admin auditor",
+        &[],
+        None,
+        200,
+    ),
+    op(
+        "patch",
+        "/api/v1/webhooks/{id}",
+        "webhooks",
+        "Change a webhook",
+        "admin",
+        &[],
+        JSON,
+        200,
+    ),
+    op(
+        "delete",
+        "/api/v1/webhooks/{id}",
+        "webhooks",
+        "Delete a webhook",
+        "admin",
+        &[],
+        None,
+        204,
+    ),
+    op(
+        "get",
+        "/api/v1/webhooks/{id}/deliveries",
+        "webhooks",
+        "A webhook's deliveries",
+        "admin auditor",
+        &["state", "limit", "offset"],
+        None,
+        200,
+    ),
 ];
 
 fn operation_id(op: &Operation) -> String {
     let mut id = op.method.to_owned();
-    for segment in op.path.split(['/', '.', '-']).filter(|s| !s.is_empty() && *s != "api" && *s != "v1") {
+    for segment in op
+        .path
+        .split(['/', '.', '-'])
+        .filter(|s| !s.is_empty() && *s != "api" && *s != "v1")
+    {
         let segment = segment.trim_matches(|c| c == '{' || c == '}');
         let mut chars = segment.chars();
         if let Some(first) = chars.next() {
@@ -132,7 +579,8 @@ pub fn document() -> Value {
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
         for q in op.query {
-            let schema = if ["limit", "offset", "since", "until", "wait", "stale_after"].contains(q) {
+            let schema = if ["limit", "offset", "since", "until", "wait", "stale_after"].contains(q)
+            {
                 json!({"type": "integer"})
             } else {
                 json!({"type": "string"})
@@ -142,7 +590,9 @@ pub fn document() -> Value {
         let ok_content = match (op.ok, op.path) {
             (204, _) => None,
             (_, "/metrics") => Some(json!({"text/plain": {"schema": {"type": "string"}}})),
-            (_, "/api/v1/events/stream") => Some(json!({"text/event-stream": {"schema": {"type": "string"}}})),
+            (_, "/api/v1/events/stream") => {
+                Some(json!({"text/event-stream": {"schema": {"type": "string"}}}))
+            }
             _ => Some(json!({"application/json": {"schema": {"type": "object"}}})),
         };
         let mut ok = json!({"description": description(op, op.ok)});
@@ -152,13 +602,21 @@ pub fn document() -> Value {
         let mut responses = Map::new();
         responses.insert(op.ok.to_string(), ok);
         if op.path == "/api/v1/revocations/feed" {
-            responses.insert("304".into(), json!({"description": "nothing changed since the cursor (If-None-Match)"}));
+            responses.insert(
+                "304".into(),
+                json!({"description": "nothing changed since the cursor (If-None-Match)"}),
+            );
         }
         if op.path == "/api/v1/usage" {
             responses.insert("413".into(), json!({"description": "batch too large", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}));
         }
         let error = json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-        for (status, what) in [("400", "invalid input; the error names the field"), ("401", "missing or unknown credentials"), ("403", "role not allowed"), ("404", "not found")] {
+        for (status, what) in [
+            ("400", "invalid input; the error names the field"),
+            ("401", "missing or unknown credentials"),
+            ("403", "role not allowed"),
+            ("404", "not found"),
+        ] {
             if op.roles == "public" && (status == "401" || status == "403") {
                 continue;
             }
@@ -183,7 +641,9 @@ pub fn document() -> Value {
         if let Some(content_type) = op.body {
             operation["requestBody"] = json!({"required": true, "content": {content_type: {"schema": {"type": "object"}}}});
         }
-        let item = paths.entry(op.path.to_owned()).or_insert_with(|| Value::Object(Map::new()));
+        let item = paths
+            .entry(op.path.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
         item[op.method] = operation;
     }
     json!({
@@ -219,6 +679,9 @@ pub fn router() -> Router<AppState> {
 
 async fn openapi() -> Response {
     let mut response = axum::Json(document()).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
     response
 }

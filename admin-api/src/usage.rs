@@ -204,14 +204,23 @@ pub struct FailureEntry {
 
 fn opt_str(field: String, value: &Option<String>, max: usize) -> ApiResult<()> {
     match value {
-        Some(v) if v.is_empty() || v.len() > max => Err(ApiError::field(field.clone(), format!("{field}: must be 1 to {max} characters"))),
+        Some(v) if v.is_empty() || v.len() > max => Err(ApiError::field(
+            field.clone(),
+            format!("{field}: must be 1 to {max} characters"),
+        )),
         _ => Ok(()),
     }
 }
 
 fn req_str(field: String, value: &str, max: usize) -> ApiResult<()> {
     if value.is_empty() || value.len() > max {
-        return Err(ApiError::field(field.clone(), format!("{field}: must be 1 to {max} characters, got {}", value.len())));
+        return Err(ApiError::field(
+            field.clone(),
+            format!(
+                "{field}: must be 1 to {max} characters, got {}",
+                value.len()
+            ),
+        ));
     }
     Ok(())
 }
@@ -220,53 +229,98 @@ fn check_reason(field: String, reason: &str) -> ApiResult<()> {
     if Reason::ALL.iter().any(|r| r.as_str() == reason) {
         Ok(())
     } else {
-        Err(ApiError::field(field.clone(), format!("{field}: unknown reason {reason:?}")))
+        Err(ApiError::field(
+            field.clone(),
+            format!("{field}: unknown reason {reason:?}"),
+        ))
     }
 }
 
 fn too_large(message: String) -> Response {
-    (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(json!({"error": {"code": "payload_too_large", "message": message}}))).into_response()
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        axum::Json(json!({"error": {"code": "payload_too_large", "message": message}})),
+    )
+        .into_response()
 }
 
-/// Validates a batch; `Err(Ok(response))` is a 413, `Err(Err(e))` a 400.
-fn validate(batch: &UsageBatch, config: &UsageConfig) -> Result<(), Result<Response, ApiError>> {
+/// Why a batch is too large to take (a 413), if it is.
+fn oversized(batch: &UsageBatch, config: &UsageConfig) -> Option<String> {
     if batch.counts.len() > config.max_counts {
-        return Err(Ok(too_large(format!("counts: {} entries, maximum {}", batch.counts.len(), config.max_counts))));
+        return Some(format!(
+            "counts: {} entries, maximum {}",
+            batch.counts.len(),
+            config.max_counts
+        ));
     }
     if batch.failures.len() > config.max_failures {
-        return Err(Ok(too_large(format!("failures: {} entries, maximum {}", batch.failures.len(), config.max_failures))));
+        return Some(format!(
+            "failures: {} entries, maximum {}",
+            batch.failures.len(),
+            config.max_failures
+        ));
     }
-    let check = || -> ApiResult<()> {
+    None
+}
+
+/// Checks every field of a batch; the error names the first bad one.
+fn validate(batch: &UsageBatch) -> ApiResult<()> {
+    {
         req_str("edge".into(), &batch.edge, 200)?;
         if batch.interval_start <= 0 {
-            return Err(ApiError::field("interval_start", format!("interval_start: {} is not a unix time", batch.interval_start)));
+            return Err(ApiError::field(
+                "interval_start",
+                format!(
+                    "interval_start: {} is not a unix time",
+                    batch.interval_start
+                ),
+            ));
         }
         if batch.interval_end < batch.interval_start {
             return Err(ApiError::field(
                 "interval_end",
-                format!("interval_end: {} is before interval_start {}", batch.interval_end, batch.interval_start),
+                format!(
+                    "interval_end: {} is before interval_start {}",
+                    batch.interval_end, batch.interval_start
+                ),
             ));
         }
         if batch.interval_end - batch.interval_start > 3600 {
             return Err(ApiError::field(
                 "interval_end",
-                format!("interval_end: interval is {}s long, maximum 3600s", batch.interval_end - batch.interval_start),
+                format!(
+                    "interval_end: interval is {}s long, maximum 3600s",
+                    batch.interval_end - batch.interval_start
+                ),
             ));
         }
         for (i, c) in batch.counts.iter().enumerate() {
             opt_str(format!("counts[{i}].jti"), &c.jti, 512)?;
-            opt_str(format!("counts[{i}].token_fingerprint"), &c.token_fingerprint, 128)?;
+            opt_str(
+                format!("counts[{i}].token_fingerprint"),
+                &c.token_fingerprint,
+                128,
+            )?;
             opt_str(format!("counts[{i}].subject"), &c.subject, 512)?;
             opt_str(format!("counts[{i}].client_id"), &c.client_id, 512)?;
             req_str(format!("counts[{i}].route"), &c.route, 1024)?;
             check_reason(format!("counts[{i}].reason"), &c.reason)?;
             if !(1..=1_000_000_000).contains(&c.count) {
-                return Err(ApiError::field(format!("counts[{i}].count"), format!("counts[{i}].count: {} is out of range 1..=1000000000", c.count)));
+                return Err(ApiError::field(
+                    format!("counts[{i}].count"),
+                    format!(
+                        "counts[{i}].count: {} is out of range 1..=1000000000",
+                        c.count
+                    ),
+                ));
             }
             if c.addresses.len() > MAX_ADDRESSES {
                 return Err(ApiError::field(
                     format!("counts[{i}].addresses"),
-                    format!("counts[{i}].addresses: {} entries, maximum {MAX_ADDRESSES}", c.addresses.len()),
+                    format!(
+                        "counts[{i}].addresses: {} entries, maximum {MAX_ADDRESSES}",
+                        c.addresses.len()
+                    ),
                 ));
             }
             for (j, a) in c.addresses.iter().enumerate() {
@@ -279,14 +333,20 @@ fn validate(batch: &UsageBatch, config: &UsageConfig) -> Result<(), Result<Respo
             opt_str(format!("failures[{i}].client_id"), &f.client_id, 512)?;
             opt_str(format!("failures[{i}].route"), &f.route, 1024)?;
             check_reason(format!("failures[{i}].reason"), &f.reason)?;
-            req_str(format!("failures[{i}].client_address"), &f.client_address, 100)?;
+            req_str(
+                format!("failures[{i}].client_address"),
+                &f.client_address,
+                100,
+            )?;
             if f.at <= 0 {
-                return Err(ApiError::field(format!("failures[{i}].at"), format!("failures[{i}].at: {} is not a unix time", f.at)));
+                return Err(ApiError::field(
+                    format!("failures[{i}].at"),
+                    format!("failures[{i}].at: {} is not a unix time", f.at),
+                ));
             }
         }
         Ok(())
-    };
-    check().map_err(Err)
+    }
 }
 
 /// The key a count is summed under: (token, subject, client, route, reason).
@@ -320,28 +380,42 @@ fn token_key(jti: &Option<String>, fingerprint: &Option<String>) -> String {
 /// Rows per multi-row upsert (8 parameters each, well under both engines' limits).
 const CHUNK: usize = 100;
 
-async fn ingest(State(state): State<AppState>, principal: Principal, ClientAddr(address): ClientAddr, req: Request) -> ApiResult<Response> {
+async fn ingest(
+    State(state): State<AppState>,
+    principal: Principal,
+    ClientAddr(address): ClientAddr,
+    req: Request,
+) -> ApiResult<Response> {
     principal.require(&[Role::Admin, Role::Edge], "report usage")?;
-    if let Some(ct) = req.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+    if let Some(ct) = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
         if !ct.starts_with("application/json") {
-            return Err(ApiError::bad_request(format!("content-type must be application/json, got {ct}")));
+            return Err(ApiError::bad_request(format!(
+                "content-type must be application/json, got {ct}"
+            )));
         }
     }
     let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_BATCH_BYTES).await else {
-        return Ok(too_large(format!("usage batch is larger than {MAX_BATCH_BYTES} bytes")));
+        return Ok(too_large(format!(
+            "usage batch is larger than {MAX_BATCH_BYTES} bytes"
+        )));
     };
     let batch: UsageBatch = parse_json(&body)?;
-    match validate(&batch, &state.config.usage) {
-        Ok(()) => {}
-        Err(Ok(response)) => return Ok(response),
-        Err(Err(e)) => return Err(e),
+    if let Some(message) = oversized(&batch, &state.config.usage) {
+        return Ok(too_large(message));
     }
+    validate(&batch)?;
     let accepted_counts = batch.counts.len();
     let accepted_failures = batch.failures.len();
     let bucket = batch.interval_start - batch.interval_start.rem_euclid(60);
     let ingested = store(&state, batch, &address).await?;
     let total: i64 = ingested.counts.values().sum();
-    state.metrics.usage_ingested(total as u64, accepted_failures as u64);
+    state
+        .metrics
+        .usage_ingested(total as u64, accepted_failures as u64);
     if let Err(e) = crate::anomalies::detect(&state, &ingested).await {
         // The batch is stored; a detector failure must not make the edge resend it.
         tracing::error!(error = %e, edge = %ingested.edge, "anomaly detection failed for a usage batch");
@@ -353,7 +427,12 @@ async fn ingest(State(state): State<AppState>, principal: Principal, ClientAddr(
 async fn store(state: &AppState, batch: UsageBatch, address: &str) -> ApiResult<Ingested> {
     let now = now();
     let bucket = batch.interval_start - batch.interval_start.rem_euclid(60);
-    let mut ingested = Ingested { edge: batch.edge.clone(), interval_start: batch.interval_start, interval_end: batch.interval_end, ..Ingested::default() };
+    let mut ingested = Ingested {
+        edge: batch.edge.clone(),
+        interval_start: batch.interval_start,
+        interval_end: batch.interval_end,
+        ..Ingested::default()
+    };
     let mut addresses: BTreeSet<(String, String)> = BTreeSet::new();
     let mut used: BTreeMap<String, i64> = BTreeMap::new();
     for c in &batch.counts {
@@ -387,7 +466,17 @@ async fn store(state: &AppState, batch: UsageBatch, address: &str) -> ApiResult<
         let values: Vec<String> = (0..chunk.len())
             .map(|i| {
                 let b = i * 8;
-                format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8)
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8
+                )
             })
             .collect();
         // Only placeholders are interpolated; every value is bound.
@@ -398,7 +487,15 @@ async fn store(state: &AppState, batch: UsageBatch, address: &str) -> ApiResult<
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for ((token, subject, client, route, reason), count) in chunk {
-            query = query.bind(bucket).bind(&batch.edge).bind(token).bind(subject).bind(client).bind(route).bind(reason).bind(**count);
+            query = query
+                .bind(bucket)
+                .bind(&batch.edge)
+                .bind(token)
+                .bind(subject)
+                .bind(client)
+                .bind(route)
+                .bind(reason)
+                .bind(**count);
         }
         query.execute(&mut *tx).await?;
     }
@@ -435,11 +532,13 @@ async fn store(state: &AppState, batch: UsageBatch, address: &str) -> ApiResult<
         ingested.tokens_with_addresses.insert(token.clone());
     }
     for (jti, uses) in &used {
-        let first = sqlx::query("UPDATE tokens SET first_used_at = $1 WHERE jti = $2 AND first_used_at IS NULL")
-            .bind(batch.interval_start)
-            .bind(jti)
-            .execute(&mut *tx)
-            .await?;
+        let first = sqlx::query(
+            "UPDATE tokens SET first_used_at = $1 WHERE jti = $2 AND first_used_at IS NULL",
+        )
+        .bind(batch.interval_start)
+        .bind(jti)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "UPDATE tokens SET use_count = use_count + $1, \
              last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 THEN $2 ELSE last_used_at END WHERE jti = $3",
@@ -450,7 +549,10 @@ async fn store(state: &AppState, batch: UsageBatch, address: &str) -> ApiResult<
         .execute(&mut *tx)
         .await?;
         if first.rows_affected() == 1 {
-            let row = sqlx::query("SELECT subject, client_id FROM tokens WHERE jti = $1").bind(jti).fetch_one(&mut *tx).await?;
+            let row = sqlx::query("SELECT subject, client_id FROM tokens WHERE jti = $1")
+                .bind(jti)
+                .fetch_one(&mut *tx)
+                .await?;
             let event = Event::new("token.first_use", format!("edge:{}", batch.edge))
                 .jti(jti.clone())
                 .subject(row.try_get::<String, _>("subject")?)
@@ -460,7 +562,11 @@ async fn store(state: &AppState, batch: UsageBatch, address: &str) -> ApiResult<
         }
     }
     // The edge's poll as this replica saw it rides along, so a report also refreshes the poll columns.
-    let poll = state.feed.edges().into_iter().find(|e| e.name == batch.edge);
+    let poll = state
+        .feed
+        .edges()
+        .into_iter()
+        .find(|e| e.name == batch.edge);
     sqlx::query(
         "INSERT INTO edges (name, address, last_poll, feed_cursor, last_report, reports, events, first_seen) VALUES ($1, $2, $3, $4, $5, 1, $6, $5) \
          ON CONFLICT (name) DO UPDATE SET address = excluded.address, last_report = excluded.last_report, \
@@ -485,9 +591,16 @@ async fn store(state: &AppState, batch: UsageBatch, address: &str) -> ApiResult<
 }
 
 /// Writes the edges' polls this replica saw (newer than what it last wrote) to the `edges` table.
-pub async fn flush_edges(db: &Db, feed: &Feed, written: &mut BTreeMap<String, i64>) -> Result<(), sqlx::Error> {
+pub async fn flush_edges(
+    db: &Db,
+    feed: &Feed,
+    written: &mut BTreeMap<String, i64>,
+) -> Result<(), sqlx::Error> {
     for poll in feed.edges() {
-        if written.get(&poll.name).is_some_and(|at| *at >= poll.last_poll) {
+        if written
+            .get(&poll.name)
+            .is_some_and(|at| *at >= poll.last_poll)
+        {
             continue;
         }
         sqlx::query(
@@ -523,10 +636,12 @@ pub async fn record_last_uses(db: &Db, bus: &EventBus, grace: i64) -> Result<usi
     for row in rows {
         let jti: String = row.try_get("jti")?;
         let mut tx = db.pool.begin().await?;
-        let claimed = sqlx::query("UPDATE tokens SET last_use_recorded = 1 WHERE jti = $1 AND last_use_recorded = 0")
-            .bind(&jti)
-            .execute(&mut *tx)
-            .await?;
+        let claimed = sqlx::query(
+            "UPDATE tokens SET last_use_recorded = 1 WHERE jti = $1 AND last_use_recorded = 0",
+        )
+        .bind(&jti)
+        .execute(&mut *tx)
+        .await?;
         if claimed.rows_affected() == 1 {
             let last: Option<i64> = row.try_get("last_used_at")?;
             let event = Event::new("token.last_use", "system:usage")
@@ -545,21 +660,39 @@ pub async fn record_last_uses(db: &Db, bus: &EventBus, grace: i64) -> Result<usi
 /// Deletes usage data past its retention.
 pub async fn prune(db: &Db, config: &UsageConfig) -> Result<(), sqlx::Error> {
     let now = now();
-    sqlx::query("DELETE FROM usage_counts WHERE bucket < $1").bind(now - config.count_retention_seconds).execute(&db.pool).await?;
-    sqlx::query("DELETE FROM usage_failures WHERE at < $1").bind(now - config.failure_retention_seconds).execute(&db.pool).await?;
-    let cut: Option<i64> = sqlx::query_scalar("SELECT at FROM usage_failures ORDER BY at DESC LIMIT 1 OFFSET $1")
-        .bind(config.failure_max_rows)
-        .fetch_optional(&db.pool)
+    sqlx::query("DELETE FROM usage_counts WHERE bucket < $1")
+        .bind(now - config.count_retention_seconds)
+        .execute(&db.pool)
         .await?;
+    sqlx::query("DELETE FROM usage_failures WHERE at < $1")
+        .bind(now - config.failure_retention_seconds)
+        .execute(&db.pool)
+        .await?;
+    let cut: Option<i64> =
+        sqlx::query_scalar("SELECT at FROM usage_failures ORDER BY at DESC LIMIT 1 OFFSET $1")
+            .bind(config.failure_max_rows)
+            .fetch_optional(&db.pool)
+            .await?;
     if let Some(cut) = cut {
-        sqlx::query("DELETE FROM usage_failures WHERE at <= $1").bind(cut).execute(&db.pool).await?;
+        sqlx::query("DELETE FROM usage_failures WHERE at <= $1")
+            .bind(cut)
+            .execute(&db.pool)
+            .await?;
     }
-    sqlx::query("DELETE FROM token_addresses WHERE last_seen < $1").bind(now - 7 * 86_400).execute(&db.pool).await?;
+    sqlx::query("DELETE FROM token_addresses WHERE last_seen < $1")
+        .bind(now - 7 * 86_400)
+        .execute(&db.pool)
+        .await?;
     Ok(())
 }
 
 /// Starts the usage housekeeping task: edge poll flushes, last-use events, retention.
-pub fn spawn_maintenance(db: Db, feed: Arc<Feed>, bus: Arc<EventBus>, config: UsageConfig) -> JoinHandle<()> {
+pub fn spawn_maintenance(
+    db: Db,
+    feed: Arc<Feed>,
+    bus: Arc<EventBus>,
+    config: UsageConfig,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(config.edge_flush_seconds.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -617,21 +750,39 @@ pub struct Point {
     pub by_reason: BTreeMap<String, i64>,
 }
 
-async fn timeseries(State(state): State<AppState>, principal: Principal, Query(q): Query<SeriesQuery>) -> ApiResult<Json<Value>> {
+async fn timeseries(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<SeriesQuery>,
+) -> ApiResult<Json<Value>> {
     principal.require(&[Role::Admin, Role::Auditor], "read usage")?;
     let (width, max_points): (i64, i64) = match q.bucket.as_deref().unwrap_or("minute") {
         "minute" => (60, 1440),
         "hour" => (3600, 24 * 62),
-        other => return Err(ApiError::field("bucket", format!("bucket: {other:?} is not one of minute, hour"))),
+        other => {
+            return Err(ApiError::field(
+                "bucket",
+                format!("bucket: {other:?} is not one of minute, hour"),
+            ))
+        }
     };
     let now = now();
     let until = q.until.unwrap_or(now + 1);
     let since = q.since.unwrap_or(until - width * 60);
     if until <= since {
-        return Err(ApiError::field("until", format!("until: {until} is not after since {since}")));
+        return Err(ApiError::field(
+            "until",
+            format!("until: {until} is not after since {since}"),
+        ));
     }
     if (until - since) / width > max_points {
-        return Err(ApiError::field("since", format!("since: range covers {} buckets, maximum {max_points}", (until - since) / width)));
+        return Err(ApiError::field(
+            "since",
+            format!(
+                "since: range covers {} buckets, maximum {max_points}",
+                (until - since) / width
+            ),
+        ));
     }
     if let Some(reason) = &q.reason {
         check_reason("reason".into(), reason)?;
@@ -658,12 +809,18 @@ async fn timeseries(State(state): State<AppState>, principal: Principal, Query(q
     for row in rows {
         let t: i64 = row.try_get("t")?;
         let n: i64 = row.try_get("n")?;
-        let point = points.entry(t).or_insert_with(|| Point { t, total: 0, by_reason: BTreeMap::new() });
+        let point = points.entry(t).or_insert_with(|| Point {
+            t,
+            total: 0,
+            by_reason: BTreeMap::new(),
+        });
         point.total += n;
         *point.by_reason.entry(row.try_get("reason")?).or_default() += n;
     }
     let bucket = if width == 60 { "minute" } else { "hour" };
-    Ok(Json(json!({"bucket": bucket, "since": since, "until": until, "points": points.into_values().collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"bucket": bucket, "since": since, "until": until, "points": points.into_values().collect::<Vec<_>>()}),
+    ))
 }
 
 /// A stored failure sample.
@@ -707,7 +864,8 @@ struct FailureQuery {
     offset: Option<i64>,
 }
 
-const FAILURE_COLUMNS: &str = "id, edge, at, jti, subject, client_id, route, reason, client_address, iat, nbf";
+const FAILURE_COLUMNS: &str =
+    "id, edge, at, jti, subject, client_id, route, reason, client_address, iat, nbf";
 
 fn failure(row: &sqlx::any::AnyRow) -> Result<Failure, sqlx::Error> {
     Ok(Failure {
@@ -725,7 +883,11 @@ fn failure(row: &sqlx::any::AnyRow) -> Result<Failure, sqlx::Error> {
     })
 }
 
-async fn failures(State(state): State<AppState>, principal: Principal, Query(q): Query<FailureQuery>) -> ApiResult<Json<Page<Failure>>> {
+async fn failures(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<FailureQuery>,
+) -> ApiResult<Json<Page<Failure>>> {
     principal.require(&[Role::Admin, Role::Auditor], "read usage")?;
     let (limit, offset) = page_params(q.limit, q.offset)?;
     let filter = "WHERE ($1 = '' OR client_address = $1) AND ($2 = '' OR subject = $2) AND ($3 = '' OR client_id = $3) \
@@ -739,7 +901,9 @@ async fn failures(State(state): State<AppState>, principal: Principal, Query(q):
         q.edge.unwrap_or_default(),
     ];
     let since = q.since.unwrap_or(0);
-    let mut count = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM usage_failures {filter}")));
+    let mut count = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM usage_failures {filter}"
+    )));
     for b in &binds {
         count = count.bind(b.clone());
     }
@@ -750,13 +914,27 @@ async fn failures(State(state): State<AppState>, principal: Principal, Query(q):
     for b in &binds {
         select = select.bind(b.clone());
     }
-    let rows = select.bind(since).bind(limit).bind(offset).fetch_all(&state.db.pool).await?;
+    let rows = select
+        .bind(since)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&state.db.pool)
+        .await?;
     let items = rows.iter().map(failure).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(Page { items, total, limit, offset }))
+    Ok(Json(Page {
+        items,
+        total,
+        limit,
+        offset,
+    }))
 }
 
 /// One token's history: lifecycle events, usage per minute and failure samples, oldest first.
-async fn timeline(State(state): State<AppState>, principal: Principal, Path(jti): Path<String>) -> ApiResult<Json<Value>> {
+async fn timeline(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(jti): Path<String>,
+) -> ApiResult<Json<Value>> {
     principal.require(&[Role::Admin, Role::Auditor], "read tokens")?;
     let token = sqlx::query(
         "SELECT subject, client_id, issued_at, expires_at, revoked_at, first_used_at, last_used_at, use_count FROM tokens WHERE jti = $1",
@@ -764,7 +942,11 @@ async fn timeline(State(state): State<AppState>, principal: Principal, Path(jti)
     .bind(&jti)
     .fetch_optional(&state.db.pool)
     .await?;
-    let q = events::EventQuery { jti: Some(jti.clone()), limit: Some(500), ..Default::default() };
+    let q = events::EventQuery {
+        jti: Some(jti.clone()),
+        limit: Some(500),
+        ..Default::default()
+    };
     let mut events: Vec<StoredEvent> = events::query_events(&state.db, &q).await?.items;
     events.reverse();
     let usage = sqlx::query(
@@ -781,18 +963,22 @@ async fn timeline(State(state): State<AppState>, principal: Principal, Path(jti)
                       "reason": r.try_get::<String, _>("reason")?, "count": r.try_get::<i64, _>("n")?}))
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let failures = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {FAILURE_COLUMNS} FROM usage_failures WHERE jti = $1 ORDER BY at LIMIT 500")))
-        .bind(&jti)
-        .fetch_all(&state.db.pool)
-        .await?
-        .iter()
-        .map(failure)
-        .collect::<Result<Vec<_>, _>>()?;
+    let failures = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {FAILURE_COLUMNS} FROM usage_failures WHERE jti = $1 ORDER BY at LIMIT 500"
+    )))
+    .bind(&jti)
+    .fetch_all(&state.db.pool)
+    .await?
+    .iter()
+    .map(failure)
+    .collect::<Result<Vec<_>, _>>()?;
     let Some(token) = token else {
         if events.is_empty() && usage.is_empty() && failures.is_empty() {
             return Err(ApiError::NotFound(format!("no token with jti {jti:?}")));
         }
-        return Ok(Json(json!({"jti": jti, "token": null, "events": events, "usage": usage, "failures": failures})));
+        return Ok(Json(
+            json!({"jti": jti, "token": null, "events": events, "usage": usage, "failures": failures}),
+        ));
     };
     let summary = json!({
         "subject": token.try_get::<String, _>("subject")?,
@@ -804,5 +990,7 @@ async fn timeline(State(state): State<AppState>, principal: Principal, Path(jti)
         "last_used_at": token.try_get::<Option<i64>, _>("last_used_at")?,
         "use_count": token.try_get::<i64, _>("use_count")?,
     });
-    Ok(Json(json!({"jti": jti, "token": summary, "events": events, "usage": usage, "failures": failures})))
+    Ok(Json(
+        json!({"jti": jti, "token": summary, "events": events, "usage": usage, "failures": failures}),
+    ))
 }

@@ -54,7 +54,12 @@ pub struct WebhookConfig {
 
 impl Default for WebhookConfig {
     fn default() -> WebhookConfig {
-        WebhookConfig { max_attempts: 8, backoff_base_seconds: 5, timeout_seconds: 10, concurrency: 8 }
+        WebhookConfig {
+            max_attempts: 8,
+            backoff_base_seconds: 5,
+            timeout_seconds: 10,
+            concurrency: 8,
+        }
     }
 }
 
@@ -93,19 +98,23 @@ pub fn backoff_seconds(base: i64, attempts: i64) -> i64 {
 /// `t=<unix>,v1=<hex>` for `body` signed at `t` with `secret`.
 pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
     // HMAC takes keys of any length, so this cannot fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("hmac accepts keys of any length");
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .expect("hmac accepts keys of any length");
     mac.update(t.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// Active webhooks as (id, subscribed kinds).
+type HookList = Arc<Vec<(String, Vec<String>)>>;
+
 /// Enqueues deliveries for committed events and sends them; shared by the event dispatcher and the worker.
 pub struct Dispatcher {
     cipher: Aes256Gcm,
     config: WebhookConfig,
     /// (loaded at, [(webhook id, kinds)]) of active webhooks, re-read every few seconds.
-    hooks: Mutex<Option<(Instant, Arc<Vec<(String, Vec<String>)>>)>>,
+    hooks: Mutex<Option<(Instant, HookList)>>,
     wake: Notify,
     client: reqwest::Client,
 }
@@ -113,12 +122,19 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher encrypting secrets under `master_key`.
     pub fn new(master_key: [u8; 32], config: WebhookConfig) -> anyhow::Result<Dispatcher> {
-        let cipher = Aes256Gcm::new_from_slice(&master_key).map_err(|_| anyhow::anyhow!("master key must be 32 bytes"))?;
+        let cipher = Aes256Gcm::new_from_slice(&master_key)
+            .map_err(|_| anyhow::anyhow!("master key must be 32 bytes"))?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.timeout_seconds))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Dispatcher { cipher, config, hooks: Mutex::new(None), wake: Notify::new(), client })
+        Ok(Dispatcher {
+            cipher,
+            config,
+            hooks: Mutex::new(None),
+            wake: Notify::new(),
+            client,
+        })
     }
 
     fn encrypt(&self, id: &str, secret: &str) -> anyhow::Result<Vec<u8>> {
@@ -126,18 +142,36 @@ impl Dispatcher {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ct = self
             .cipher
-            .encrypt(&Nonce::from(nonce), Payload { msg: secret.as_bytes(), aad: id.as_bytes() })
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: secret.as_bytes(),
+                    aad: id.as_bytes(),
+                },
+            )
             .map_err(|_| anyhow::anyhow!("encryption of webhook {id} secret failed"))?;
         Ok([nonce.as_slice(), &ct].concat())
     }
 
     fn decrypt(&self, id: &str, blob: &[u8]) -> anyhow::Result<String> {
-        let (nonce, ct) = blob.split_at_checked(12).ok_or_else(|| anyhow::anyhow!("webhook {id} secret blob too short"))?;
+        let (nonce, ct) = blob
+            .split_at_checked(12)
+            .ok_or_else(|| anyhow::anyhow!("webhook {id} secret blob too short"))?;
         let nonce: [u8; 12] = nonce.try_into()?;
         let plain = self
             .cipher
-            .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad: id.as_bytes() })
-            .map_err(|_| anyhow::anyhow!("cannot decrypt webhook {id} secret: wrong master key or corrupted row"))?;
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: ct,
+                    aad: id.as_bytes(),
+                },
+            )
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "cannot decrypt webhook {id} secret: wrong master key or corrupted row"
+                )
+            })?;
         Ok(String::from_utf8(plain)?)
     }
 
@@ -146,19 +180,27 @@ impl Dispatcher {
         *self.hooks.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    async fn active_hooks(&self, db: &Db) -> Result<Arc<Vec<(String, Vec<String>)>>, sqlx::Error> {
-        if let Some((at, hooks)) = self.hooks.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+    async fn active_hooks(&self, db: &Db) -> Result<HookList, sqlx::Error> {
+        if let Some((at, hooks)) = self
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             if at.elapsed() < Duration::from_secs(5) {
                 return Ok(hooks.clone());
             }
         }
-        let rows = sqlx::query("SELECT id, kinds FROM webhooks WHERE active = 1").fetch_all(&db.pool).await?;
+        let rows = sqlx::query("SELECT id, kinds FROM webhooks WHERE active = 1")
+            .fetch_all(&db.pool)
+            .await?;
         let hooks = rows
             .iter()
             .map(|r| Ok((r.try_get::<String, _>("id")?, split(r.try_get("kinds")?))))
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let hooks = Arc::new(hooks);
-        *self.hooks.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), hooks.clone()));
+        *self.hooks.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), hooks.clone()));
         Ok(hooks)
     }
 
@@ -173,7 +215,10 @@ impl Dispatcher {
         };
         let now = now();
         let mut any = false;
-        for (id, _) in hooks.iter().filter(|(_, kinds)| kinds.iter().any(|k| k == &event.kind || k == "*")) {
+        for (id, _) in hooks
+            .iter()
+            .filter(|(_, kinds)| kinds.iter().any(|k| k == &event.kind || k == "*"))
+        {
             let delivery = format!("dlv_{}", &sha256_hex(&format!("{id}/{}", event.id))[..24]);
             let result = sqlx::query(
                 "INSERT INTO webhook_deliveries (id, webhook_id, event_id, state, attempts, next_attempt_at, locked_until, created_at) \
@@ -187,7 +232,9 @@ impl Dispatcher {
             .await;
             match result {
                 Ok(_) => any = true,
-                Err(e) => tracing::warn!(error = %e, webhook = %id, "cannot enqueue webhook delivery"),
+                Err(e) => {
+                    tracing::warn!(error = %e, webhook = %id, "cannot enqueue webhook delivery")
+                }
             }
         }
         if any {
@@ -199,12 +246,17 @@ impl Dispatcher {
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the cipher (it holds the master key).
-        f.debug_struct("Dispatcher").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Dispatcher")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 fn split(s: String) -> Vec<String> {
-    s.split(' ').filter(|p| !p.is_empty()).map(str::to_owned).collect()
+    s.split(' ')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Starts the delivery worker: sends due deliveries, at most `concurrency` at once.
@@ -240,7 +292,9 @@ pub fn spawn_worker(db: Db, dispatcher: Arc<Dispatcher>) -> JoinHandle<()> {
                 if !matches!(claimed, Ok(r) if r.rows_affected() == 1) {
                     continue;
                 }
-                let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
                 let (db, dispatcher) = (db.clone(), dispatcher.clone());
                 tokio::spawn(async move {
                     if let Err(e) = attempt(&db, &dispatcher, &id).await {
@@ -268,12 +322,22 @@ async fn attempt(db: &Db, dispatcher: &Dispatcher, id: &str) -> anyhow::Result<(
     let webhook_id: String = row.try_get("webhook_id")?;
     let url: String = row.try_get("url")?;
     let secret = dispatcher.decrypt(&webhook_id, &row.try_get::<Vec<u8>, _>("secret_enc")?)?;
-    let event = sqlx::query("SELECT id, at, kind, actor, subject, client_id, jti, details FROM events WHERE id = $1")
-        .bind(&event_id)
-        .fetch_optional(&db.pool)
-        .await?;
+    let event = sqlx::query(
+        "SELECT id, at, kind, actor, subject, client_id, jti, details FROM events WHERE id = $1",
+    )
+    .bind(&event_id)
+    .fetch_optional(&db.pool)
+    .await?;
     let Some(event) = event else {
-        finish(db, id, "failed", attempts, None, Some("event no longer exists")).await?;
+        finish(
+            db,
+            id,
+            "failed",
+            attempts,
+            None,
+            Some("event no longer exists"),
+        )
+        .await?;
         return Ok(());
     };
     let details: String = event.try_get("details")?;
@@ -302,17 +366,29 @@ async fn attempt(db: &Db, dispatcher: &Dispatcher, id: &str) -> anyhow::Result<(
         .await;
     match outcome {
         Ok(response) if response.status().is_success() => {
-            finish(db, id, "delivered", attempts, Some(i64::from(response.status().as_u16())), None).await?;
+            finish(
+                db,
+                id,
+                "delivered",
+                attempts,
+                Some(i64::from(response.status().as_u16())),
+                None,
+            )
+            .await?;
         }
         other => {
             let (status, error) = match other {
-                Ok(r) => (Some(i64::from(r.status().as_u16())), format!("endpoint answered {}", r.status())),
+                Ok(r) => (
+                    Some(i64::from(r.status().as_u16())),
+                    format!("endpoint answered {}", r.status()),
+                ),
                 Err(e) => (None, format!("request failed: {e}")),
             };
             if attempts >= dispatcher.config.max_attempts {
                 finish(db, id, "failed", attempts, status, Some(&error)).await?;
             } else {
-                let next = now() + backoff_seconds(dispatcher.config.backoff_base_seconds, attempts);
+                let next =
+                    now() + backoff_seconds(dispatcher.config.backoff_base_seconds, attempts);
                 sqlx::query(
                     "UPDATE webhook_deliveries SET attempts = $1, next_attempt_at = $2, locked_until = 0, last_status = $3, last_error = $4 WHERE id = $5",
                 )
@@ -329,7 +405,14 @@ async fn attempt(db: &Db, dispatcher: &Dispatcher, id: &str) -> anyhow::Result<(
     Ok(())
 }
 
-async fn finish(db: &Db, id: &str, state: &str, attempts: i64, status: Option<i64>, error: Option<&str>) -> Result<(), sqlx::Error> {
+async fn finish(
+    db: &Db,
+    id: &str,
+    state: &str,
+    attempts: i64,
+    status: Option<i64>,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
     let delivered_at = (state == "delivered").then(now);
     sqlx::query(
         "UPDATE webhook_deliveries SET state = $1, attempts = $2, last_status = $3, last_error = $4, delivered_at = $5, locked_until = 0 WHERE id = $6",
@@ -349,7 +432,10 @@ async fn finish(db: &Db, id: &str, state: &str, attempts: i64, status: Option<i6
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/webhooks", get(list).post(create))
-        .route("/api/v1/webhooks/{id}", get(show).patch(update).delete(delete))
+        .route(
+            "/api/v1/webhooks/{id}",
+            get(show).patch(update).delete(delete),
+        )
         .route("/api/v1/webhooks/{id}/deliveries", get(deliveries))
 }
 
@@ -393,21 +479,33 @@ const COLUMNS: &str = "id, url, kinds, description, active, created_at, created_
 fn check_url(url: &str) -> ApiResult<()> {
     let parsed = url::Url::parse(url).map_err(|e| ApiError::field("url", format!("url: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(ApiError::field("url", format!("url: {url:?} must be an http or https url with a host")));
+        return Err(ApiError::field(
+            "url",
+            format!("url: {url:?} must be an http or https url with a host"),
+        ));
     }
     if url.len() > 2000 {
-        return Err(ApiError::field("url", format!("url: {} characters, maximum 2000", url.len())));
+        return Err(ApiError::field(
+            "url",
+            format!("url: {} characters, maximum 2000", url.len()),
+        ));
     }
     Ok(())
 }
 
 fn check_kinds(kinds: &[String]) -> ApiResult<()> {
     if kinds.is_empty() {
-        return Err(ApiError::field("kinds", "kinds: name at least one event kind, or \"*\""));
+        return Err(ApiError::field(
+            "kinds",
+            "kinds: name at least one event kind, or \"*\"",
+        ));
     }
     for (i, kind) in kinds.iter().enumerate() {
         if kind != "*" && !KINDS.contains(&kind.as_str()) {
-            return Err(ApiError::field(format!("kinds[{i}]"), format!("kinds[{i}]: unknown event kind {kind:?}")));
+            return Err(ApiError::field(
+                format!("kinds[{i}]"),
+                format!("kinds[{i}]: unknown event kind {kind:?}"),
+            ));
         }
     }
     Ok(())
@@ -422,12 +520,22 @@ struct CreateRequest {
     description: String,
 }
 
-async fn create(State(state): State<AppState>, principal: Principal, Json(req): Json<CreateRequest>) -> ApiResult<Response> {
+async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(req): Json<CreateRequest>,
+) -> ApiResult<Response> {
     principal.require(&[Role::Admin], "manage webhooks")?;
     check_url(&req.url)?;
     check_kinds(&req.kinds)?;
     if req.description.len() > 1000 {
-        return Err(ApiError::field("description", format!("description: {} characters, maximum 1000", req.description.len())));
+        return Err(ApiError::field(
+            "description",
+            format!(
+                "description: {} characters, maximum 1000",
+                req.description.len()
+            ),
+        ));
     }
     let id = random_id("whk_");
     let secret = random_secret(SECRET_PREFIX);
@@ -446,7 +554,8 @@ async fn create(State(state): State<AppState>, principal: Principal, Json(req): 
     .bind(principal.actor())
     .execute(&mut *tx)
     .await?;
-    let event = Event::new("webhook.created", principal.actor()).details(json!({"webhook_id": id, "url": req.url, "kinds": req.kinds}));
+    let event = Event::new("webhook.created", principal.actor())
+        .details(json!({"webhook_id": id, "url": req.url, "kinds": req.kinds}));
     events::record(&state.events, &state.db, &mut tx, event).await?;
     tx.commit().await?;
     state.webhooks.invalidate();
@@ -464,23 +573,36 @@ async fn create(State(state): State<AppState>, principal: Principal, Json(req): 
 }
 
 async fn find(state: &AppState, id: &str) -> ApiResult<Webhook> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM webhooks WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(&state.db.pool)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no webhook {id:?}")))?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM webhooks WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&state.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("no webhook {id:?}")))?;
     Ok(webhook(&row)?)
 }
 
-async fn list(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<Vec<Webhook>>> {
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<Vec<Webhook>>> {
     principal.require(&[Role::Admin, Role::Auditor], "list webhooks")?;
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM webhooks ORDER BY created_at, id")))
-        .fetch_all(&state.db.pool)
-        .await?;
-    Ok(Json(rows.iter().map(webhook).collect::<Result<Vec<_>, _>>()?))
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM webhooks ORDER BY created_at, id"
+    )))
+    .fetch_all(&state.db.pool)
+    .await?;
+    Ok(Json(
+        rows.iter().map(webhook).collect::<Result<Vec<_>, _>>()?,
+    ))
 }
 
-async fn show(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> ApiResult<Json<Webhook>> {
+async fn show(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Webhook>> {
     principal.require(&[Role::Admin, Role::Auditor], "read webhooks")?;
     Ok(Json(find(&state, &id).await?))
 }
@@ -494,7 +616,12 @@ struct UpdateRequest {
     active: Option<bool>,
 }
 
-async fn update(State(state): State<AppState>, principal: Principal, Path(id): Path<String>, Json(req): Json<UpdateRequest>) -> ApiResult<Json<Webhook>> {
+async fn update(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Json(req): Json<UpdateRequest>,
+) -> ApiResult<Json<Webhook>> {
     principal.require(&[Role::Admin], "manage webhooks")?;
     let mut hook = find(&state, &id).await?;
     if let Some(url) = req.url {
@@ -507,7 +634,13 @@ async fn update(State(state): State<AppState>, principal: Principal, Path(id): P
     }
     if let Some(description) = req.description {
         if description.len() > 1000 {
-            return Err(ApiError::field("description", format!("description: {} characters, maximum 1000", description.len())));
+            return Err(ApiError::field(
+                "description",
+                format!(
+                    "description: {} characters, maximum 1000",
+                    description.len()
+                ),
+            ));
         }
         hook.description = description;
     }
@@ -515,33 +648,51 @@ async fn update(State(state): State<AppState>, principal: Principal, Path(id): P
         hook.active = active;
     }
     let mut tx = state.db.pool.begin().await?;
-    sqlx::query("UPDATE webhooks SET url = $1, kinds = $2, description = $3, active = $4 WHERE id = $5")
-        .bind(&hook.url)
-        .bind(hook.kinds.join(" "))
-        .bind(&hook.description)
-        .bind(i64::from(hook.active))
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-    let event = Event::new("webhook.updated", principal.actor())
-        .details(json!({"webhook_id": id, "url": hook.url, "kinds": hook.kinds, "active": hook.active}));
+    sqlx::query(
+        "UPDATE webhooks SET url = $1, kinds = $2, description = $3, active = $4 WHERE id = $5",
+    )
+    .bind(&hook.url)
+    .bind(hook.kinds.join(" "))
+    .bind(&hook.description)
+    .bind(i64::from(hook.active))
+    .bind(&id)
+    .execute(&mut *tx)
+    .await?;
+    let event = Event::new("webhook.updated", principal.actor()).details(
+        json!({"webhook_id": id, "url": hook.url, "kinds": hook.kinds, "active": hook.active}),
+    );
     events::record(&state.events, &state.db, &mut tx, event).await?;
     tx.commit().await?;
     state.webhooks.invalidate();
     Ok(Json(hook))
 }
 
-async fn delete(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     principal.require(&[Role::Admin], "manage webhooks")?;
     let mut tx = state.db.pool.begin().await?;
     // Deliveries first: SQLite enforces the foreign key only with a pragma, PostgreSQL always.
-    sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1").bind(&id).execute(&mut *tx).await?;
-    let gone = sqlx::query("DELETE FROM webhooks WHERE id = $1").bind(&id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    let gone = sqlx::query("DELETE FROM webhooks WHERE id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
     if gone.rows_affected() == 0 {
         return Err(ApiError::NotFound(format!("no webhook {id:?}")));
     }
-    events::record(&state.events, &state.db, &mut tx, Event::new("webhook.deleted", principal.actor()).details(json!({"webhook_id": id})))
-        .await?;
+    events::record(
+        &state.events,
+        &state.db,
+        &mut tx,
+        Event::new("webhook.deleted", principal.actor()).details(json!({"webhook_id": id})),
+    )
+    .await?;
     tx.commit().await?;
     state.webhooks.invalidate();
     Ok(StatusCode::NO_CONTENT)
@@ -589,13 +740,18 @@ async fn deliveries(
     let (limit, offset) = page_params(q.limit, q.offset)?;
     let filter = q.state.unwrap_or_default();
     if !["", "pending", "delivered", "failed"].contains(&filter.as_str()) {
-        return Err(ApiError::field("state", format!("state: {filter:?} is not one of pending, delivered, failed")));
+        return Err(ApiError::field(
+            "state",
+            format!("state: {filter:?} is not one of pending, delivered, failed"),
+        ));
     }
-    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE webhook_id = $1 AND ($2 = '' OR state = $2)")
-        .bind(&id)
-        .bind(&filter)
-        .fetch_one(&state.db.pool)
-        .await?;
+    let total: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM webhook_deliveries WHERE webhook_id = $1 AND ($2 = '' OR state = $2)",
+    )
+    .bind(&id)
+    .bind(&filter)
+    .fetch_one(&state.db.pool)
+    .await?;
     let rows = sqlx::query(
         "SELECT id, event_id, state, attempts, next_attempt_at, last_status, last_error, created_at, delivered_at FROM webhook_deliveries \
          WHERE webhook_id = $1 AND ($2 = '' OR state = $2) ORDER BY created_at DESC, id LIMIT $3 OFFSET $4",
@@ -622,7 +778,12 @@ async fn deliveries(
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Json(Page { items, total, limit, offset }))
+    Ok(Json(Page {
+        items,
+        total,
+        limit,
+        offset,
+    }))
 }
 
 #[cfg(test)]
@@ -633,7 +794,10 @@ mod tests {
     fn signature_is_hmac_sha256_over_timestamp_dot_body() {
         // Expected value computed with Python's hmac module.
         let sig = signature("whsec_k", 10, b"{}");
-        assert_eq!(sig, "t=10,v1=6a7eb2c28543f292244ff91a693e6f95e17a251b2b9a7beeca38f07a4271d81a");
+        assert_eq!(
+            sig,
+            "t=10,v1=6a7eb2c28543f292244ff91a693e6f95e17a251b2b9a7beeca38f07a4271d81a"
+        );
         assert_ne!(sig, signature("whsec_other", 10, b"{}"));
         assert_ne!(sig, signature("whsec_k", 11, b"{}"));
     }
@@ -650,7 +814,10 @@ mod tests {
     fn secrets_round_trip_through_encryption_bound_to_the_webhook_id() {
         let d = Dispatcher::new([7; 32], WebhookConfig::default()).unwrap();
         let blob = d.encrypt("whk_1", "whsec_abc").unwrap();
-        assert!(!blob.windows(9).any(|w| w == b"whsec_abc"), "secret must not be stored in the clear");
+        assert!(
+            !blob.windows(9).any(|w| w == b"whsec_abc"),
+            "secret must not be stored in the clear"
+        );
         assert_eq!(d.decrypt("whk_1", &blob).unwrap(), "whsec_abc");
         assert!(d.decrypt("whk_2", &blob).is_err());
     }

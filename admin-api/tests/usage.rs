@@ -46,14 +46,21 @@ fn batch(edge: &str, counts: Value, failures: Value) -> Value {
 }
 
 async fn anomalies(app: &TestApp, query: &str) -> Vec<Value> {
-    let page = app.get(&format!("/api/v1/anomalies?{query}"), Some(&app.admin_key)).await.expect(StatusCode::OK).body;
+    let page = app
+        .get(&format!("/api/v1/anomalies?{query}"), Some(&app.admin_key))
+        .await
+        .expect(StatusCode::OK)
+        .body;
     page["items"].as_array().unwrap().clone()
 }
 
 async fn usage_batch_counts_first_use_and_edge_report_are_stored(backend: Backend) {
     let app = TestApp::start(backend).await;
     app.client("billing", &["read"], &[]).await;
-    let jti = app.issue("alice", "billing", &["read"], false).await["jti"].as_str().unwrap().to_owned();
+    let jti = app.issue("alice", "billing", &["read"], false).await["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let edge = app.api_key(Role::Edge, None).await;
     let counts = json!([
         {"jti": jti, "subject": "alice", "client_id": "billing", "route": "/orders", "reason": "allowed", "count": 7, "addresses": ["10.0.0.1"]},
@@ -61,31 +68,85 @@ async fn usage_batch_counts_first_use_and_edge_report_are_stored(backend: Backen
         {"route": "/orders", "reason": "missing_token", "count": 2},
     ]);
     let failures = json!([{"reason": "missing_token", "client_address": "10.0.0.9", "at": now() - 5, "route": "/orders"}]);
-    let answer = app.post("/api/v1/usage", Some(&edge), batch("edge-a", counts, failures)).await.expect(StatusCode::ACCEPTED).body;
+    let answer = app
+        .post(
+            "/api/v1/usage",
+            Some(&edge),
+            batch("edge-a", counts, failures),
+        )
+        .await
+        .expect(StatusCode::ACCEPTED)
+        .body;
     assert_eq!(answer["accepted_counts"], 3);
     assert_eq!(answer["accepted_failures"], 1);
 
-    let series = app.get("/api/v1/usage/timeseries?bucket=minute", Some(&app.admin_key)).await.expect(StatusCode::OK).body;
-    let total: i64 = series["points"].as_array().unwrap().iter().map(|p| p["total"].as_i64().unwrap()).sum();
+    let series = app
+        .get(
+            "/api/v1/usage/timeseries?bucket=minute",
+            Some(&app.admin_key),
+        )
+        .await
+        .expect(StatusCode::OK)
+        .body;
+    let total: i64 = series["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["total"].as_i64().unwrap())
+        .sum();
     assert_eq!(total, 12, "{series}");
-    let allowed: i64 = series["points"].as_array().unwrap().iter().filter_map(|p| p["by_reason"]["allowed"].as_i64()).sum();
+    let allowed: i64 = series["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["by_reason"]["allowed"].as_i64())
+        .sum();
     assert_eq!(allowed, 10);
 
-    let timeline = app.get(&format!("/api/v1/tokens/{jti}/timeline"), Some(&app.admin_key)).await.expect(StatusCode::OK).body;
+    let timeline = app
+        .get(
+            &format!("/api/v1/tokens/{jti}/timeline"),
+            Some(&app.admin_key),
+        )
+        .await
+        .expect(StatusCode::OK)
+        .body;
     assert_eq!(timeline["token"]["use_count"], 10);
     assert!(timeline["token"]["first_used_at"].is_i64());
-    let kinds: Vec<&str> = timeline["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["token.issued", "token.first_use"], "oldest first");
     assert_eq!(timeline["usage"][0]["count"], 10);
     assert_eq!(timeline["usage"][0]["edge"], "edge-a");
 
     // A second report does not record a second first use.
     let again = json!([{"jti": jti, "route": "/orders", "reason": "allowed", "count": 1}]);
-    app.post("/api/v1/usage", Some(&edge), batch("edge-a", again, json!([]))).await.expect(StatusCode::ACCEPTED);
-    let events = app.get(&format!("/api/v1/events?jti={jti}&kind=token.first_use"), Some(&app.admin_key)).await.expect(StatusCode::OK).body;
+    app.post(
+        "/api/v1/usage",
+        Some(&edge),
+        batch("edge-a", again, json!([])),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
+    let events = app
+        .get(
+            &format!("/api/v1/events?jti={jti}&kind=token.first_use"),
+            Some(&app.admin_key),
+        )
+        .await
+        .expect(StatusCode::OK)
+        .body;
     assert_eq!(events["total"], 1);
 
-    let edges = app.get("/api/v1/edges", Some(&app.admin_key)).await.expect(StatusCode::OK).body;
+    let edges = app
+        .get("/api/v1/edges", Some(&app.admin_key))
+        .await
+        .expect(StatusCode::OK)
+        .body;
     assert_eq!(edges["total"], 1);
     let e = &edges["items"][0];
     assert_eq!(e["name"], "edge-a");
@@ -93,40 +154,106 @@ async fn usage_batch_counts_first_use_and_edge_report_are_stored(backend: Backen
     assert_eq!(e["usage_events"], 13);
     assert!(e["last_report"].as_i64().unwrap() >= now() - 5);
 
-    let samples = app.get("/api/v1/usage/failures?client_address=10.0.0.9", Some(&app.admin_key)).await.expect(StatusCode::OK).body;
+    let samples = app
+        .get(
+            "/api/v1/usage/failures?client_address=10.0.0.9",
+            Some(&app.admin_key),
+        )
+        .await
+        .expect(StatusCode::OK)
+        .body;
     assert_eq!(samples["total"], 1);
     assert_eq!(samples["items"][0]["reason"], "missing_token");
-    app.get("/api/v1/tokens/nope/timeline", Some(&app.admin_key)).await.expect(StatusCode::NOT_FOUND);
+    app.get("/api/v1/tokens/nope/timeline", Some(&app.admin_key))
+        .await
+        .expect(StatusCode::NOT_FOUND);
 }
 
 async fn bad_usage_batch_is_400_naming_the_field(backend: Backend) {
     let app = TestApp::start(backend).await;
     let edge = app.api_key(Role::Edge, None).await;
     let cases = [
-        (batch("e", json!([{"route": "/a", "reason": "allowed", "count": 1}, {"route": "/a", "reason": "nonsense", "count": 1}]), json!([])), "counts[1].reason"),
-        (batch("e", json!([{"route": "/a", "reason": "allowed", "count": 0}]), json!([])), "counts[0].count"),
-        (batch("e", json!([{"route": "", "reason": "allowed", "count": 1}]), json!([])), "counts[0].route"),
-        (batch("e", json!([]), json!([{"reason": "expired", "client_address": "", "at": 5}])), "failures[0].client_address"),
+        (
+            batch(
+                "e",
+                json!([{"route": "/a", "reason": "allowed", "count": 1}, {"route": "/a", "reason": "nonsense", "count": 1}]),
+                json!([]),
+            ),
+            "counts[1].reason",
+        ),
+        (
+            batch(
+                "e",
+                json!([{"route": "/a", "reason": "allowed", "count": 0}]),
+                json!([]),
+            ),
+            "counts[0].count",
+        ),
+        (
+            batch(
+                "e",
+                json!([{"route": "", "reason": "allowed", "count": 1}]),
+                json!([]),
+            ),
+            "counts[0].route",
+        ),
+        (
+            batch(
+                "e",
+                json!([]),
+                json!([{"reason": "expired", "client_address": "", "at": 5}]),
+            ),
+            "failures[0].client_address",
+        ),
         (batch("", json!([]), json!([])), "edge"),
-        (json!({"edge": "e", "interval_start": 100, "interval_end": 50}), "interval_end"),
+        (
+            json!({"edge": "e", "interval_start": 100, "interval_end": 50}),
+            "interval_end",
+        ),
         (json!({"interval_start": 100, "interval_end": 150}), "edge"),
-        (batch("e", json!([{"route": "/a", "reason": "allowed", "count": 1, "colour": "red"}]), json!([])), "counts[0]"),
+        (
+            batch(
+                "e",
+                json!([{"route": "/a", "reason": "allowed", "count": 1, "colour": "red"}]),
+                json!([]),
+            ),
+            "counts[0]",
+        ),
     ];
     for (body, field) in &cases {
-        let answer = app.post("/api/v1/usage", Some(&edge), body.clone()).await.expect(StatusCode::BAD_REQUEST);
+        let answer = app
+            .post("/api/v1/usage", Some(&edge), body.clone())
+            .await
+            .expect(StatusCode::BAD_REQUEST);
         assert_eq!(answer.code(), "invalid_request");
         let named = answer.body["error"]["field"].as_str().unwrap_or("");
-        assert!(named.starts_with(field), "expected field {field}, got {} for {body}", answer.body);
+        assert!(
+            named.starts_with(field),
+            "expected field {field}, got {} for {body}",
+            answer.body
+        );
     }
 }
 
 async fn oversized_usage_batch_is_413(backend: Backend) {
     let app = sensitive(backend).await;
     let edge = app.api_key(Role::Edge, None).await;
-    let many: Vec<Value> = (0..51).map(|i| json!({"route": format!("/r{i}"), "reason": "allowed", "count": 1})).collect();
-    let answer = app.post("/api/v1/usage", Some(&edge), batch("e", json!(many), json!([]))).await.expect(StatusCode::PAYLOAD_TOO_LARGE);
+    let many: Vec<Value> = (0..51)
+        .map(|i| json!({"route": format!("/r{i}"), "reason": "allowed", "count": 1}))
+        .collect();
+    let answer = app
+        .post(
+            "/api/v1/usage",
+            Some(&edge),
+            batch("e", json!(many), json!([])),
+        )
+        .await
+        .expect(StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(answer.code(), "payload_too_large");
-    assert!(answer.body["error"]["message"].as_str().unwrap().contains("counts: 51 entries, maximum 50"));
+    assert!(answer.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("counts: 51 entries, maximum 50"));
     let huge = format!("{{\"edge\": \"e\", \"interval_start\": 1, \"interval_end\": 1, \"counts\": [], \"pad\": \"{}\"}}", "x".repeat(5 * 1024 * 1024));
     let request = Request::builder()
         .method(Method::POST)
@@ -135,38 +262,82 @@ async fn oversized_usage_batch_is_413(backend: Backend) {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(huge))
         .unwrap();
-    app.call(request).await.expect(StatusCode::PAYLOAD_TOO_LARGE);
+    app.call(request)
+        .await
+        .expect(StatusCode::PAYLOAD_TOO_LARGE);
 }
 
 async fn only_edge_and_admin_keys_report_usage_and_edges_cannot_read_it(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let body = batch("e", json!([{"route": "/a", "reason": "allowed", "count": 1}]), json!([]));
-    for (role, status) in [(Role::Edge, StatusCode::ACCEPTED), (Role::Auditor, StatusCode::FORBIDDEN), (Role::Admin, StatusCode::ACCEPTED)] {
+    let body = batch(
+        "e",
+        json!([{"route": "/a", "reason": "allowed", "count": 1}]),
+        json!([]),
+    );
+    for (role, status) in [
+        (Role::Edge, StatusCode::ACCEPTED),
+        (Role::Auditor, StatusCode::FORBIDDEN),
+        (Role::Admin, StatusCode::ACCEPTED),
+    ] {
         let key = app.api_key(role, None).await;
-        app.post("/api/v1/usage", Some(&key), body.clone()).await.expect(status);
+        app.post("/api/v1/usage", Some(&key), body.clone())
+            .await
+            .expect(status);
     }
     app.client("billing", &["read"], &[]).await;
     let service = app.api_key(Role::Service, Some("billing")).await;
-    app.post("/api/v1/usage", Some(&service), body.clone()).await.expect(StatusCode::FORBIDDEN);
-    app.post("/api/v1/usage", None, body).await.expect(StatusCode::UNAUTHORIZED);
+    app.post("/api/v1/usage", Some(&service), body.clone())
+        .await
+        .expect(StatusCode::FORBIDDEN);
+    app.post("/api/v1/usage", None, body)
+        .await
+        .expect(StatusCode::UNAUTHORIZED);
     let edge = app.api_key(Role::Edge, None).await;
-    for uri in ["/api/v1/usage/timeseries", "/api/v1/usage/failures", "/api/v1/edges", "/api/v1/anomalies", "/api/v1/events"] {
-        app.get(uri, Some(&edge)).await.expect(StatusCode::FORBIDDEN);
+    for uri in [
+        "/api/v1/usage/timeseries",
+        "/api/v1/usage/failures",
+        "/api/v1/edges",
+        "/api/v1/anomalies",
+        "/api/v1/events",
+    ] {
+        app.get(uri, Some(&edge))
+            .await
+            .expect(StatusCode::FORBIDDEN);
     }
     let auditor = app.api_key(Role::Auditor, None).await;
-    app.get("/api/v1/usage/timeseries", Some(&auditor)).await.expect(StatusCode::OK);
+    app.get("/api/v1/usage/timeseries", Some(&auditor))
+        .await
+        .expect(StatusCode::OK);
 }
 
 async fn repeated_failures_from_one_address_raise_one_deduplicated_anomaly(backend: Backend) {
     let app = sensitive(backend).await;
     let edge = app.api_key(Role::Edge, None).await;
     let at = now() - 3;
-    let failure = |reason: &str| json!({"reason": reason, "client_address": "203.0.113.5", "at": at});
+    let failure =
+        |reason: &str| json!({"reason": reason, "client_address": "203.0.113.5", "at": at});
     let two = json!([failure("bad_signature"), failure("malformed")]);
-    app.post("/api/v1/usage", Some(&edge), batch("e", json!([]), two.clone())).await.expect(StatusCode::ACCEPTED);
-    assert!(anomalies(&app, "kind=address_failures").await.is_empty(), "2 failures stay under the threshold of 3");
-    app.post("/api/v1/usage", Some(&edge), batch("e", json!([]), two.clone())).await.expect(StatusCode::ACCEPTED);
-    app.post("/api/v1/usage", Some(&edge), batch("e", json!([]), two)).await.expect(StatusCode::ACCEPTED);
+    app.post(
+        "/api/v1/usage",
+        Some(&edge),
+        batch("e", json!([]), two.clone()),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
+    assert!(
+        anomalies(&app, "kind=address_failures").await.is_empty(),
+        "2 failures stay under the threshold of 3"
+    );
+    app.post(
+        "/api/v1/usage",
+        Some(&edge),
+        batch("e", json!([]), two.clone()),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
+    app.post("/api/v1/usage", Some(&edge), batch("e", json!([]), two))
+        .await
+        .expect(StatusCode::ACCEPTED);
     let found = anomalies(&app, "kind=address_failures").await;
     assert_eq!(found.len(), 1, "deduplicated: {found:?}");
     let a = &found[0];
@@ -176,7 +347,11 @@ async fn repeated_failures_from_one_address_raise_one_deduplicated_anomaly(backe
     assert_eq!(a["state"], "open");
     assert_eq!(a["occurrences"], 2);
     assert_eq!(a["evidence"]["failures"], 6);
-    let opened = app.get("/api/v1/events?kind=anomaly.opened", Some(&app.admin_key)).await.expect(StatusCode::OK).body;
+    let opened = app
+        .get("/api/v1/events?kind=anomaly.opened", Some(&app.admin_key))
+        .await
+        .expect(StatusCode::OK)
+        .body;
     assert_eq!(opened["total"], 1);
 }
 
@@ -189,32 +364,52 @@ async fn repeated_failures_for_one_subject_raise_an_anomaly(backend: Backend) {
         {"subject": "mallory", "route": "/b", "reason": "allowed", "count": 50},
         {"subject": "carol", "route": "/b", "reason": "expired", "count": 1},
     ]);
-    app.post("/api/v1/usage", Some(&edge), batch("e", counts, json!([]))).await.expect(StatusCode::ACCEPTED);
+    app.post("/api/v1/usage", Some(&edge), batch("e", counts, json!([])))
+        .await
+        .expect(StatusCode::ACCEPTED);
     let found = anomalies(&app, "kind=subject_failures").await;
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0]["subject"], "mallory");
-    assert_eq!(found[0]["evidence"]["failures"], 4, "allowed requests are not failures");
+    assert_eq!(
+        found[0]["evidence"]["failures"], 4,
+        "allowed requests are not failures"
+    );
 }
 
 async fn revoked_token_use_and_a_revoked_token_still_allowed_raise_anomalies(backend: Backend) {
     let app = sensitive(backend).await;
     app.client("billing", &["read"], &[]).await;
-    let jti = app.issue("alice", "billing", &["read"], false).await["jti"].as_str().unwrap().to_owned();
-    app.post("/api/v1/revocations", Some(&app.admin_key), json!({"jti": jti, "reason": "stolen"})).await.expect(StatusCode::CREATED);
+    let jti = app.issue("alice", "billing", &["read"], false).await["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(
+        "/api/v1/revocations",
+        Some(&app.admin_key),
+        json!({"jti": jti, "reason": "stolen"}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
     let edge = app.api_key(Role::Edge, None).await;
     let refused = json!([{"jti": jti, "subject": "alice", "client_id": "billing", "route": "/a", "reason": "revoked", "count": 1}]);
-    app.post("/api/v1/usage", Some(&edge), batch("e", refused, json!([]))).await.expect(StatusCode::ACCEPTED);
+    app.post("/api/v1/usage", Some(&edge), batch("e", refused, json!([])))
+        .await
+        .expect(StatusCode::ACCEPTED);
     let found = anomalies(&app, "kind=revoked_token_use").await;
     assert_eq!(found.len(), 1);
     assert_eq!(found[0]["subject_kind"], "token");
     assert_eq!(found[0]["subject"], jti.as_str());
-    assert!(anomalies(&app, "kind=revoked_token_allowed").await.is_empty());
+    assert!(anomalies(&app, "kind=revoked_token_allowed")
+        .await
+        .is_empty());
 
     // An edge that still allows the token a minute after the revocation is not getting the feed.
     let t = now();
     let late = json!({"edge": "stale-edge", "interval_start": t + 50, "interval_end": t + 59,
                       "counts": [{"jti": jti, "route": "/a", "reason": "allowed", "count": 3}]});
-    app.post("/api/v1/usage", Some(&edge), late).await.expect(StatusCode::ACCEPTED);
+    app.post("/api/v1/usage", Some(&edge), late)
+        .await
+        .expect(StatusCode::ACCEPTED);
     let found = anomalies(&app, "kind=revoked_token_allowed&severity=high").await;
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0]["evidence"]["edge"], "stale-edge");
@@ -228,9 +423,20 @@ async fn expired_tokens_and_insufficient_scope_bursts_raise_client_anomalies(bac
         {"jti": "j1", "subject": "svc", "client_id": "lazy-client", "route": "/a", "reason": "expired", "count": 4},
         {"jti": "j2", "subject": "svc", "client_id": "greedy-client", "route": "/admin", "reason": "insufficient_scope", "count": 4},
     ]);
-    app.post("/api/v1/usage", Some(&edge), batch("e", counts.clone(), json!([]))).await.expect(StatusCode::ACCEPTED);
-    assert!(anomalies(&app, "subject_kind=client").await.is_empty(), "4 < 5");
-    app.post("/api/v1/usage", Some(&edge), batch("e", counts, json!([]))).await.expect(StatusCode::ACCEPTED);
+    app.post(
+        "/api/v1/usage",
+        Some(&edge),
+        batch("e", counts.clone(), json!([])),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
+    assert!(
+        anomalies(&app, "subject_kind=client").await.is_empty(),
+        "4 < 5"
+    );
+    app.post("/api/v1/usage", Some(&edge), batch("e", counts, json!([])))
+        .await
+        .expect(StatusCode::ACCEPTED);
     let expired = anomalies(&app, "kind=expired_token_use").await;
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0]["subject"], "lazy-client");
@@ -244,15 +450,24 @@ async fn one_token_from_many_addresses_raises_a_high_anomaly(backend: Backend) {
     let app = sensitive(backend).await;
     let edge = app.api_key(Role::Edge, None).await;
     let counts = json!([{"jti": "shared", "route": "/a", "reason": "allowed", "count": 2, "addresses": ["10.0.0.1", "10.0.0.2"]}]);
-    app.post("/api/v1/usage", Some(&edge), batch("e", counts, json!([]))).await.expect(StatusCode::ACCEPTED);
-    assert!(anomalies(&app, "kind=token_many_addresses").await.is_empty());
+    app.post("/api/v1/usage", Some(&edge), batch("e", counts, json!([])))
+        .await
+        .expect(StatusCode::ACCEPTED);
+    assert!(anomalies(&app, "kind=token_many_addresses")
+        .await
+        .is_empty());
     let counts = json!([{"jti": "shared", "route": "/a", "reason": "allowed", "count": 1, "addresses": ["10.0.0.2", "192.0.2.7"]}]);
-    app.post("/api/v1/usage", Some(&edge), batch("e2", counts, json!([]))).await.expect(StatusCode::ACCEPTED);
+    app.post("/api/v1/usage", Some(&edge), batch("e2", counts, json!([])))
+        .await
+        .expect(StatusCode::ACCEPTED);
     let found = anomalies(&app, "kind=token_many_addresses").await;
     assert_eq!(found.len(), 1);
     assert_eq!(found[0]["severity"], "high");
     assert_eq!(found[0]["evidence"]["addresses"], 3);
-    assert_eq!(found[0]["evidence"]["sample"], json!(["10.0.0.1", "10.0.0.2", "192.0.2.7"]));
+    assert_eq!(
+        found[0]["evidence"]["sample"],
+        json!(["10.0.0.1", "10.0.0.2", "192.0.2.7"])
+    );
 }
 
 async fn tokens_issued_in_the_future_and_edges_ahead_raise_clock_skew(backend: Backend) {
@@ -263,14 +478,23 @@ async fn tokens_issued_in_the_future_and_edges_ahead_raise_clock_skew(backend: B
         {"client_id": "skewed-client", "reason": "issued_in_future", "client_address": "10.1.1.1", "at": at, "iat": at + 600},
         {"client_id": "fine-client", "reason": "expired", "client_address": "10.1.1.2", "at": at, "iat": at - 600},
     ]);
-    app.post("/api/v1/usage", Some(&edge), batch("e", json!([]), failures)).await.expect(StatusCode::ACCEPTED);
+    app.post(
+        "/api/v1/usage",
+        Some(&edge),
+        batch("e", json!([]), failures),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
     let found = anomalies(&app, "kind=clock_skew").await;
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0]["subject_kind"], "client");
     assert_eq!(found[0]["subject"], "skewed-client");
     assert_eq!(found[0]["evidence"]["seconds_ahead"], 600);
-    let ahead = json!({"edge": "fast-clock", "interval_start": at + 3600, "interval_end": at + 3610});
-    app.post("/api/v1/usage", Some(&edge), ahead).await.expect(StatusCode::ACCEPTED);
+    let ahead =
+        json!({"edge": "fast-clock", "interval_start": at + 3600, "interval_end": at + 3610});
+    app.post("/api/v1/usage", Some(&edge), ahead)
+        .await
+        .expect(StatusCode::ACCEPTED);
     let found = anomalies(&app, "kind=clock_skew&subject_kind=edge").await;
     assert_eq!(found.len(), 1);
     assert_eq!(found[0]["subject"], "fast-clock");
@@ -280,34 +504,104 @@ async fn anomalies_are_triaged_by_admins_and_a_resolved_one_reopens_as_new(backe
     let app = sensitive(backend).await;
     let edge = app.api_key(Role::Edge, None).await;
     let counts = json!([{"jti": "gone", "route": "/a", "reason": "revoked", "count": 1}]);
-    app.post("/api/v1/usage", Some(&edge), batch("e", counts.clone(), json!([]))).await.expect(StatusCode::ACCEPTED);
-    let id = anomalies(&app, "kind=revoked_token_use").await[0]["id"].as_str().unwrap().to_owned();
+    app.post(
+        "/api/v1/usage",
+        Some(&edge),
+        batch("e", counts.clone(), json!([])),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
+    let id = anomalies(&app, "kind=revoked_token_use").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let uri = format!("/api/v1/anomalies/{id}");
     let auditor = app.api_key(Role::Auditor, None).await;
     app.get(&uri, Some(&auditor)).await.expect(StatusCode::OK);
-    app.json(Method::PATCH, &uri, Some(&auditor), Some(json!({"state": "resolved"}))).await.expect(StatusCode::FORBIDDEN);
-    let bad = app.json(Method::PATCH, &uri, Some(&app.admin_key), Some(json!({"state": "gone"}))).await.expect(StatusCode::BAD_REQUEST);
-    assert_eq!(bad.body["error"]["field"], "state");
-    app.json(Method::PATCH, "/api/v1/anomalies/anm_nope", Some(&app.admin_key), Some(json!({"state": "resolved"})))
+    app.json(
+        Method::PATCH,
+        &uri,
+        Some(&auditor),
+        Some(json!({"state": "resolved"})),
+    )
+    .await
+    .expect(StatusCode::FORBIDDEN);
+    let bad = app
+        .json(
+            Method::PATCH,
+            &uri,
+            Some(&app.admin_key),
+            Some(json!({"state": "gone"})),
+        )
         .await
-        .expect(StatusCode::NOT_FOUND);
-    let acked = app.json(Method::PATCH, &uri, Some(&app.admin_key), Some(json!({"state": "acknowledged"}))).await.expect(StatusCode::OK).body;
+        .expect(StatusCode::BAD_REQUEST);
+    assert_eq!(bad.body["error"]["field"], "state");
+    app.json(
+        Method::PATCH,
+        "/api/v1/anomalies/anm_nope",
+        Some(&app.admin_key),
+        Some(json!({"state": "resolved"})),
+    )
+    .await
+    .expect(StatusCode::NOT_FOUND);
+    let acked = app
+        .json(
+            Method::PATCH,
+            &uri,
+            Some(&app.admin_key),
+            Some(json!({"state": "acknowledged"})),
+        )
+        .await
+        .expect(StatusCode::OK)
+        .body;
     assert_eq!(acked["state"], "acknowledged");
     // Acknowledged anomalies keep collecting evidence instead of opening a duplicate.
-    app.post("/api/v1/usage", Some(&edge), batch("e", counts.clone(), json!([]))).await.expect(StatusCode::ACCEPTED);
+    app.post(
+        "/api/v1/usage",
+        Some(&edge),
+        batch("e", counts.clone(), json!([])),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
     assert_eq!(anomalies(&app, "kind=revoked_token_use").await.len(), 1);
-    assert_eq!(app.get(&uri, Some(&app.admin_key)).await.body["occurrences"], 2);
-    app.json(Method::PATCH, &uri, Some(&app.admin_key), Some(json!({"state": "resolved"}))).await.expect(StatusCode::OK);
-    app.post("/api/v1/usage", Some(&edge), batch("e", counts, json!([]))).await.expect(StatusCode::ACCEPTED);
+    assert_eq!(
+        app.get(&uri, Some(&app.admin_key)).await.body["occurrences"],
+        2
+    );
+    app.json(
+        Method::PATCH,
+        &uri,
+        Some(&app.admin_key),
+        Some(json!({"state": "resolved"})),
+    )
+    .await
+    .expect(StatusCode::OK);
+    app.post("/api/v1/usage", Some(&edge), batch("e", counts, json!([])))
+        .await
+        .expect(StatusCode::ACCEPTED);
     let open = anomalies(&app, "kind=revoked_token_use&state=open").await;
     assert_eq!(open.len(), 1);
-    assert_ne!(open[0]["id"], id.as_str(), "a resolved anomaly is not reopened silently");
+    assert_ne!(
+        open[0]["id"],
+        id.as_str(),
+        "a resolved anomaly is not reopened silently"
+    );
     assert_eq!(anomalies(&app, "state=resolved").await.len(), 1);
-    let page = app.get("/api/v1/anomalies?limit=1&offset=1", Some(&app.admin_key)).await.expect(StatusCode::OK).body;
+    let page = app
+        .get("/api/v1/anomalies?limit=1&offset=1", Some(&app.admin_key))
+        .await
+        .expect(StatusCode::OK)
+        .body;
     assert_eq!(page["total"], 2);
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
-    app.get("/api/v1/anomalies?severity=extreme", Some(&app.admin_key)).await.expect(StatusCode::BAD_REQUEST);
-    let triage = app.get("/api/v1/events?kind=anomaly.updated", Some(&app.admin_key)).await.expect(StatusCode::OK).body;
+    app.get("/api/v1/anomalies?severity=extreme", Some(&app.admin_key))
+        .await
+        .expect(StatusCode::BAD_REQUEST);
+    let triage = app
+        .get("/api/v1/events?kind=anomaly.updated", Some(&app.admin_key))
+        .await
+        .expect(StatusCode::OK)
+        .body;
     assert_eq!(triage["total"], 2);
     assert_eq!(triage["items"][0]["details"]["to"], "resolved");
 }
@@ -323,9 +617,22 @@ async fn edges_show_polls_from_memory_and_reports_from_the_database(backend: Bac
         .body(Body::empty())
         .unwrap();
     app.call(request).await.expect(StatusCode::OK);
-    let jti = app.issue("alice", "billing", &["read"], false).await["jti"].as_str().unwrap().to_owned();
-    app.post("/api/v1/revocations", Some(&app.admin_key), json!({"jti": jti, "reason": "test"})).await.expect(StatusCode::CREATED);
-    let listed = app.get("/api/v1/edges", Some(&app.admin_key)).await.expect(StatusCode::OK).body;
+    let jti = app.issue("alice", "billing", &["read"], false).await["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(
+        "/api/v1/revocations",
+        Some(&app.admin_key),
+        json!({"jti": jti, "reason": "test"}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let listed = app
+        .get("/api/v1/edges", Some(&app.admin_key))
+        .await
+        .expect(StatusCode::OK)
+        .body;
     let e = &listed["items"][0];
     assert_eq!(e["name"], "poller-1");
     assert_eq!(e["feed_cursor"], 0);
@@ -333,7 +640,13 @@ async fn edges_show_polls_from_memory_and_reports_from_the_database(backend: Bac
     assert!(e["staleness_seconds"].as_i64().unwrap() <= 2);
     assert!(e["last_report"].is_null());
     // A report persists the poll too, so another replica (a fresh state on the same database) sees it.
-    app.post("/api/v1/usage", Some(&edge), batch("poller-1", json!([]), json!([]))).await.expect(StatusCode::ACCEPTED);
+    app.post(
+        "/api/v1/usage",
+        Some(&edge),
+        batch("poller-1", json!([]), json!([])),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
     let rows: Vec<(String, Option<i64>, Option<i64>)> = {
         use sqlx::Row as _;
         sqlx::query("SELECT name, last_poll, last_report FROM edges")
@@ -347,29 +660,67 @@ async fn edges_show_polls_from_memory_and_reports_from_the_database(backend: Bac
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].0, "poller-1");
     assert!(rows[0].1.is_some() && rows[0].2.is_some(), "{rows:?}");
-    let stale = app.get("/api/v1/edges?stale_after=3600", Some(&app.admin_key)).await.expect(StatusCode::OK).body;
+    let stale = app
+        .get("/api/v1/edges?stale_after=3600", Some(&app.admin_key))
+        .await
+        .expect(StatusCode::OK)
+        .body;
     assert_eq!(stale["total"], 0);
 }
 
 async fn last_use_is_recorded_once_after_the_token_expires(backend: Backend) {
     let app = TestApp::start(backend).await;
     app.client("billing", &["read"], &[]).await;
-    let jti = app.issue("alice", "billing", &["read"], false).await["jti"].as_str().unwrap().to_owned();
-    let unused = app.issue("bob", "billing", &["read"], false).await["jti"].as_str().unwrap().to_owned();
+    let jti = app.issue("alice", "billing", &["read"], false).await["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let unused = app.issue("bob", "billing", &["read"], false).await["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let edge = app.api_key(Role::Edge, None).await;
     let counts = json!([{"jti": jti, "route": "/a", "reason": "allowed", "count": 2}]);
-    app.post("/api/v1/usage", Some(&edge), batch("e", counts, json!([]))).await.expect(StatusCode::ACCEPTED);
+    app.post("/api/v1/usage", Some(&edge), batch("e", counts, json!([])))
+        .await
+        .expect(StatusCode::ACCEPTED);
     let db = &app.state.db;
     // While the token lives, its last use is not final.
-    assert_eq!(edgewarden_admin::usage::record_last_uses(db, &app.state.events, 120).await.unwrap(), 0);
+    assert_eq!(
+        edgewarden_admin::usage::record_last_uses(db, &app.state.events, 120)
+            .await
+            .unwrap(),
+        0
+    );
     // A negative grace puts the cut-off in the future, as if the token had expired long ago.
-    assert_eq!(edgewarden_admin::usage::record_last_uses(db, &app.state.events, -100_000).await.unwrap(), 1);
-    assert_eq!(edgewarden_admin::usage::record_last_uses(db, &app.state.events, -100_000).await.unwrap(), 0, "once only");
-    let events = app.get("/api/v1/events?kind=token.last_use", Some(&app.admin_key)).await.expect(StatusCode::OK).body;
+    assert_eq!(
+        edgewarden_admin::usage::record_last_uses(db, &app.state.events, -100_000)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        edgewarden_admin::usage::record_last_uses(db, &app.state.events, -100_000)
+            .await
+            .unwrap(),
+        0,
+        "once only"
+    );
+    let events = app
+        .get("/api/v1/events?kind=token.last_use", Some(&app.admin_key))
+        .await
+        .expect(StatusCode::OK)
+        .body;
     assert_eq!(events["total"], 1);
     assert_eq!(events["items"][0]["jti"], jti.as_str());
     assert_eq!(events["items"][0]["details"]["uses"], 2);
-    let none = app.get(&format!("/api/v1/events?kind=token.last_use&jti={unused}"), Some(&app.admin_key)).await.body;
+    let none = app
+        .get(
+            &format!("/api/v1/events?kind=token.last_use&jti={unused}"),
+            Some(&app.admin_key),
+        )
+        .await
+        .body;
     assert_eq!(none["total"], 0, "an unused token has no last use");
 }
 
@@ -377,21 +728,67 @@ async fn usage_timeseries_buckets_by_minute_and_hour_with_filters(backend: Backe
     let app = TestApp::start(backend).await;
     let edge = app.api_key(Role::Edge, None).await;
     let hour = now() - now().rem_euclid(3600) - 3600;
-    for (offset, subject, count) in [(0, "alice", 1), (60, "alice", 2), (120, "bob", 4), (3600, "alice", 8)] {
+    for (offset, subject, count) in [
+        (0, "alice", 1),
+        (60, "alice", 2),
+        (120, "bob", 4),
+        (3600, "alice", 8),
+    ] {
         let start = hour + offset;
         let body = json!({"edge": "e", "interval_start": start, "interval_end": start + 10,
                           "counts": [{"subject": subject, "client_id": "billing", "route": "/a", "reason": "allowed", "count": count}]});
-        app.post("/api/v1/usage", Some(&edge), body).await.expect(StatusCode::ACCEPTED);
+        app.post("/api/v1/usage", Some(&edge), body)
+            .await
+            .expect(StatusCode::ACCEPTED);
     }
     let key = Some(app.admin_key.as_str());
-    let minutes = app.get(&format!("/api/v1/usage/timeseries?bucket=minute&since={hour}&until={}", hour + 3600), key).await.expect(StatusCode::OK).body;
-    let points: Vec<(i64, i64)> = minutes["points"].as_array().unwrap().iter().map(|p| (p["t"].as_i64().unwrap(), p["total"].as_i64().unwrap())).collect();
+    let minutes = app
+        .get(
+            &format!(
+                "/api/v1/usage/timeseries?bucket=minute&since={hour}&until={}",
+                hour + 3600
+            ),
+            key,
+        )
+        .await
+        .expect(StatusCode::OK)
+        .body;
+    let points: Vec<(i64, i64)> = minutes["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["t"].as_i64().unwrap(), p["total"].as_i64().unwrap()))
+        .collect();
     assert_eq!(points, [(hour, 1), (hour + 60, 2), (hour + 120, 4)]);
-    let hours = app.get(&format!("/api/v1/usage/timeseries?bucket=hour&since={hour}&until={}&subject=alice", hour + 7200), key).await.expect(StatusCode::OK).body;
-    let points: Vec<(i64, i64)> = hours["points"].as_array().unwrap().iter().map(|p| (p["t"].as_i64().unwrap(), p["total"].as_i64().unwrap())).collect();
+    let hours = app
+        .get(
+            &format!(
+                "/api/v1/usage/timeseries?bucket=hour&since={hour}&until={}&subject=alice",
+                hour + 7200
+            ),
+            key,
+        )
+        .await
+        .expect(StatusCode::OK)
+        .body;
+    let points: Vec<(i64, i64)> = hours["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["t"].as_i64().unwrap(), p["total"].as_i64().unwrap()))
+        .collect();
     assert_eq!(points, [(hour, 3), (hour + 3600, 8)]);
-    let bad = app.get("/api/v1/usage/timeseries?bucket=week", key).await.expect(StatusCode::BAD_REQUEST);
+    let bad = app
+        .get("/api/v1/usage/timeseries?bucket=week", key)
+        .await
+        .expect(StatusCode::BAD_REQUEST);
     assert_eq!(bad.body["error"]["field"], "bucket");
-    let bad = app.get("/api/v1/usage/timeseries?bucket=minute&since=0&until=100000000", key).await.expect(StatusCode::BAD_REQUEST);
+    let bad = app
+        .get(
+            "/api/v1/usage/timeseries?bucket=minute&since=0&until=100000000",
+            key,
+        )
+        .await
+        .expect(StatusCode::BAD_REQUEST);
     assert_eq!(bad.body["error"]["field"], "since");
 }
