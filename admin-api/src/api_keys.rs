@@ -18,7 +18,9 @@ use crate::AppState;
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/api-keys", post(create).get(list)).route("/api/v1/api-keys/{id}", delete(remove))
+    Router::new()
+        .route("/api/v1/api-keys", post(create).get(list))
+        .route("/api/v1/api-keys/{id}", delete(remove))
 }
 
 #[derive(Deserialize)]
@@ -29,11 +31,18 @@ struct CreateRequest {
     client_id: Option<String>,
 }
 
-async fn create(State(state): State<AppState>, principal: Principal, Json(req): Json<CreateRequest>) -> ApiResult<Response> {
+async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(req): Json<CreateRequest>,
+) -> ApiResult<Response> {
     principal.require(&[Role::Admin], "create api keys")?;
     if let Some(client_id) = &req.client_id {
         if crate::clients::find(&state.db, client_id).await?.is_none() {
-            return Err(ApiError::field("client_id", format!("client_id: no client {client_id:?}")));
+            return Err(ApiError::field(
+                "client_id",
+                format!("client_id: no client {client_id:?}"),
+            ));
         }
     }
     let name = req.name.unwrap_or_else(|| format!("{} key", req.role));
@@ -60,10 +69,16 @@ struct ListQuery {
     offset: Option<i64>,
 }
 
-async fn list(State(state): State<AppState>, principal: Principal, Query(q): Query<ListQuery>) -> ApiResult<Json<Page<KeySummary>>> {
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Page<KeySummary>>> {
     principal.require(&[Role::Admin, Role::Auditor], "list api keys")?;
     let (limit, offset) = page_params(q.limit, q.offset)?;
-    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL").fetch_one(&state.db.pool).await?;
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")
+        .fetch_one(&state.db.pool)
+        .await?;
     let rows = sqlx::query(
         "SELECT id, name, role, client_id, created_at FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, id LIMIT $1 OFFSET $2",
     )
@@ -83,21 +98,36 @@ async fn list(State(state): State<AppState>, principal: Principal, Query(q): Que
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Json(Page { items, total, limit, offset }))
+    Ok(Json(Page {
+        items,
+        total,
+        limit,
+        offset,
+    }))
 }
 
-async fn remove(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn remove(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     principal.require(&[Role::Admin], "delete api keys")?;
-    let result = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-        .bind(now())
-        .bind(&id)
-        .execute(&state.db.pool)
-        .await?;
+    let result =
+        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(now())
+            .bind(&id)
+            .execute(&state.db.pool)
+            .await?;
     if result.rows_affected() == 0 {
         return Err(ApiError::NotFound(format!("no api key {id:?}")));
     }
     state.api_keys.evict_id(&id);
     tracing::info!(id = %id, actor = %principal.actor(), "api key deleted");
-    crate::events::record_or_log(&state, crate::events::Event::new("api_key.deleted", principal.actor()).details(serde_json::json!({"id": id}))).await;
+    crate::events::record_or_log(
+        &state,
+        crate::events::Event::new("api_key.deleted", principal.actor())
+            .details(serde_json::json!({"id": id})),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }

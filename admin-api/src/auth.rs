@@ -73,7 +73,9 @@ impl FromStr for Role {
             "auditor" => Ok(Role::Auditor),
             "edge" => Ok(Role::Edge),
             "service" => Ok(Role::Service),
-            other => Err(format!("unknown role {other:?}, expected admin, auditor, edge or service")),
+            other => Err(format!(
+                "unknown role {other:?}, expected admin, auditor, edge or service"
+            )),
         }
     }
 }
@@ -112,7 +114,10 @@ impl Principal {
         if roles.contains(&self.role) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!("role {} may not {action}", self.role)))
+            Err(ApiError::Forbidden(format!(
+                "role {} may not {action}",
+                self.role
+            )))
         }
     }
 
@@ -149,12 +154,18 @@ pub struct ApiKeyCache {
 impl ApiKeyCache {
     /// A cache keeping entries for `ttl`.
     pub fn new(ttl: Duration) -> ApiKeyCache {
-        ApiKeyCache { ttl, entries: Mutex::new(HashMap::new()) }
+        ApiKeyCache {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     fn get(&self, hash: &str) -> Option<Principal> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(hash).filter(|(_, at)| at.elapsed() < self.ttl).map(|(p, _)| p.clone())
+        entries
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(p, _)| p.clone())
     }
 
     fn put(&self, hash: String, principal: Principal) {
@@ -188,9 +199,17 @@ pub struct NewApiKey {
 }
 
 /// Creates an API key with `role` (service keys must name a client) and returns the secret once.
-pub async fn create_api_key(db: &Db, role: Role, name: &str, client_id: Option<&str>) -> Result<NewApiKey, ApiError> {
+pub async fn create_api_key(
+    db: &Db,
+    role: Role,
+    name: &str,
+    client_id: Option<&str>,
+) -> Result<NewApiKey, ApiError> {
     if role == Role::Service && client_id.is_none() {
-        return Err(ApiError::field("client_id", "client_id: a service key must be bound to a client"));
+        return Err(ApiError::field(
+            "client_id",
+            "client_id: a service key must be bound to a client",
+        ));
     }
     let id = random_id("key_");
     let key = random_secret(API_KEY_PREFIX);
@@ -203,7 +222,13 @@ pub async fn create_api_key(db: &Db, role: Role, name: &str, client_id: Option<&
         .bind(now())
         .execute(&db.pool)
         .await?;
-    Ok(NewApiKey { id, key, role, name: name.to_owned(), client_id: client_id.map(str::to_owned) })
+    Ok(NewApiKey {
+        id,
+        key,
+        role,
+        name: name.to_owned(),
+        client_id: client_id.map(str::to_owned),
+    })
 }
 
 /// Resolves an API key to its principal, or `None` when it is unknown or deleted.
@@ -223,10 +248,14 @@ pub async fn lookup_api_key(state: &AppState, key: &str) -> Result<Option<Princi
     }
     let role: String = row.try_get("role")?;
     let principal = Principal {
-        role: role.parse().map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?,
+        role: role
+            .parse()
+            .map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?,
         client_id: row.try_get("client_id")?,
         name: row.try_get("name")?,
-        credential: Credential::ApiKey { id: row.try_get("id")? },
+        credential: Credential::ApiKey {
+            id: row.try_get("id")?,
+        },
     };
     state.api_keys.put(hash, principal.clone());
     Ok(Some(principal))
@@ -246,11 +275,19 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// The bearer credential of an `Authorization` header, if that header is a Bearer one.
 pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
-    let value = value.to_str().map_err(|_| ApiError::Unauthorized("authorization header is not valid ascii".into()))?;
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("authorization header is not valid ascii".into()))?;
     match value.split_once(' ') {
-        Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty() => Ok(Some(key.trim())),
-        _ => Err(ApiError::Unauthorized("authorization header must be `Bearer <api key>`".into())),
+        Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty() => {
+            Ok(Some(key.trim()))
+        }
+        _ => Err(ApiError::Unauthorized(
+            "authorization header must be `Bearer <api key>`".into(),
+        )),
     }
 }
 
@@ -286,10 +323,17 @@ pub async fn enforce_roles(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    let path = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
+    let path = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
     let method = request.method().as_str().to_ascii_lowercase();
-    let Some(path) = path else { return next.run(request).await };
-    let op = crate::openapi::OPERATIONS.iter().find(|op| op.path == path && op.method == method);
+    let Some(path) = path else {
+        return next.run(request).await;
+    };
+    let op = crate::openapi::OPERATIONS
+        .iter()
+        .find(|op| op.path == path && op.method == method);
     let Some(op) = op else {
         tracing::error!(method = %method, path = %path, "route missing from openapi::OPERATIONS, refusing it");
         return ApiError::Forbidden(format!("{method} {path} has no access rule")).into_response();
@@ -304,17 +348,27 @@ pub async fn enforce_roles(
         Err(e) => return e.into_response(),
     };
     if !roles.contains(&principal.role.as_str()) {
-        let action = op.summary.split(" (").next().unwrap_or(op.summary).to_lowercase();
-        return ApiError::Forbidden(format!("role {} may not {action}", principal.role)).into_response();
+        let action = op
+            .summary
+            .split(" (")
+            .next()
+            .unwrap_or(op.summary)
+            .to_lowercase();
+        return ApiError::Forbidden(format!("role {} may not {action}", principal.role))
+            .into_response();
     }
     parts.extensions.insert(principal);
-    next.run(axum::extract::Request::from_parts(parts, body)).await
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
 }
 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         if let Some(principal) = parts.extensions.get::<Principal>() {
             return Ok(principal.clone());
         }
@@ -331,13 +385,22 @@ impl Principal {
                 .ok_or_else(|| ApiError::Unauthorized("unknown or deleted api key".into()));
         }
         if let Some(session) = cookie(&parts.headers, SESSION_COOKIE) {
-            let (principal, csrf_hash) = crate::session::lookup(state, session)
-                .await?
-                .ok_or_else(|| ApiError::Unauthorized("session expired or unknown, log in again".into()))?;
+            let (principal, csrf_hash) =
+                crate::session::lookup(state, session)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::Unauthorized("session expired or unknown, log in again".into())
+                    })?;
             let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
             if !safe {
-                let presented = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-                if presented.is_empty() || !ct_eq(sha256_hex(presented).as_bytes(), csrf_hash.as_bytes()) {
+                let presented = parts
+                    .headers
+                    .get(CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if presented.is_empty()
+                    || !ct_eq(sha256_hex(presented).as_bytes(), csrf_hash.as_bytes())
+                {
                     return Err(ApiError::Forbidden(format!(
                         "missing or wrong {CSRF_HEADER} header: mutations with a session cookie must repeat the csrf token"
                     )));
@@ -346,18 +409,28 @@ impl Principal {
             return Ok(principal);
         }
         Err(ApiError::Unauthorized(
-            "missing credentials: send `Authorization: Bearer <api key>` or a session cookie".into(),
+            "missing credentials: send `Authorization: Bearer <api key>` or a session cookie"
+                .into(),
         ))
     }
 }
 
 /// Creates a dashboard user; `password` is hashed with argon2id.
-pub async fn create_user(state_db: &Db, argon: &crate::config::Argon2Params, username: &str, password: &str, role: Role) -> Result<String, ApiError> {
+pub async fn create_user(
+    state_db: &Db,
+    argon: &crate::config::Argon2Params,
+    username: &str,
+    password: &str,
+    role: Role,
+) -> Result<String, ApiError> {
     if username.trim().is_empty() {
         return Err(ApiError::field("username", "username: must not be empty"));
     }
     if password.len() < 12 {
-        return Err(ApiError::field("password", format!("password: {} characters, minimum 12", password.len())));
+        return Err(ApiError::field(
+            "password",
+            format!("password: {} characters, minimum 12", password.len()),
+        ));
     }
     let hash = crate::secrets::hash_password(password, argon)?;
     let id = random_id("usr_");
@@ -371,7 +444,9 @@ pub async fn create_user(state_db: &Db, argon: &crate::config::Argon2Params, use
         .await;
     match result {
         Ok(_) => Ok(id),
-        Err(e) if is_unique_violation(&e) => Err(ApiError::Conflict(format!("user {username:?} already exists"))),
+        Err(e) if is_unique_violation(&e) => Err(ApiError::Conflict(format!(
+            "user {username:?} already exists"
+        ))),
         Err(e) => Err(e.into()),
     }
 }
@@ -380,7 +455,9 @@ pub async fn create_user(state_db: &Db, argon: &crate::config::Argon2Params, use
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(d) => {
-            d.is_unique_violation() || d.message().contains("UNIQUE constraint failed") || d.code().as_deref() == Some("23505")
+            d.is_unique_violation()
+                || d.message().contains("UNIQUE constraint failed")
+                || d.code().as_deref() == Some("23505")
         }
         _ => false,
     }

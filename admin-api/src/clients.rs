@@ -47,7 +47,10 @@ pub struct Client {
 }
 
 fn split(s: String) -> Vec<String> {
-    s.split(' ').filter(|p| !p.is_empty()).map(str::to_owned).collect()
+    s.split(' ')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn from_row(row: &AnyRow) -> Result<Client, sqlx::Error> {
@@ -69,20 +72,28 @@ const COLUMNS: &str =
 
 /// Loads a client by id.
 pub async fn find(db: &Db, client_id: &str) -> Result<Option<Client>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM clients WHERE client_id = $1")))
-        .bind(client_id)
-        .fetch_optional(&db.pool)
-        .await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM clients WHERE client_id = $1"
+    )))
+    .bind(client_id)
+    .fetch_optional(&db.pool)
+    .await?;
     row.as_ref().map(from_row).transpose()
 }
 
 /// Checks a client's secret in constant time; `None` for unknown clients, clients without a secret,
 /// and wrong secrets alike.
-pub async fn authenticate(db: &Db, client_id: &str, secret: &str) -> Result<Option<Client>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM clients WHERE client_id = $1")))
-        .bind(client_id)
-        .fetch_optional(&db.pool)
-        .await?;
+pub async fn authenticate(
+    db: &Db,
+    client_id: &str,
+    secret: &str,
+) -> Result<Option<Client>, sqlx::Error> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM clients WHERE client_id = $1"
+    )))
+    .bind(client_id)
+    .fetch_optional(&db.pool)
+    .await?;
     let Some(row) = row else { return Ok(None) };
     let stored: Option<String> = row.try_get("secret_hash")?;
     let presented = sha256_hex(secret);
@@ -94,7 +105,10 @@ pub async fn authenticate(db: &Db, client_id: &str, secret: &str) -> Result<Opti
 
 /// Checks one RFC 6749 scope token (printable ASCII without space, `"` or `\`).
 pub fn valid_scope_token(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+    !s.is_empty()
+        && s.len() <= 200
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
 fn check_list(field: &str, items: &[String]) -> ApiResult<()> {
@@ -113,7 +127,10 @@ fn check_list(field: &str, items: &[String]) -> ApiResult<()> {
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/clients", post(create).get(list))
-        .route("/api/v1/clients/{client_id}", get(show).patch(update).delete(remove))
+        .route(
+            "/api/v1/clients/{client_id}",
+            get(show).patch(update).delete(remove),
+        )
         .route("/api/v1/clients/{client_id}/secret", post(rotate_secret))
 }
 
@@ -150,10 +167,17 @@ fn check_lifetime(state: &AppState, value: i64) -> ApiResult<()> {
     Ok(())
 }
 
-async fn create(State(state): State<AppState>, principal: Principal, Json(req): Json<CreateRequest>) -> ApiResult<Response> {
+async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(req): Json<CreateRequest>,
+) -> ApiResult<Response> {
     principal.require(&[Role::Admin], "register clients")?;
     if !valid_scope_token(&req.client_id) {
-        return Err(ApiError::field("client_id", "client_id: must be 1 to 200 printable ascii characters without spaces"));
+        return Err(ApiError::field(
+            "client_id",
+            "client_id: must be 1 to 200 printable ascii characters without spaces",
+        ));
     }
     check_list("allowed_scopes", &req.allowed_scopes)?;
     check_list("allowed_roles", &req.allowed_roles)?;
@@ -178,13 +202,31 @@ async fn create(State(state): State<AppState>, principal: Principal, Json(req): 
     .await;
     match result {
         Ok(_) => {}
-        Err(e) if is_unique_violation(&e) => return Err(ApiError::Conflict(format!("client {:?} already exists", req.client_id))),
+        Err(e) if is_unique_violation(&e) => {
+            return Err(ApiError::Conflict(format!(
+                "client {:?} already exists",
+                req.client_id
+            )))
+        }
         Err(e) => return Err(e.into()),
     }
-    let client = find(&state.db, &req.client_id).await?.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("client vanished")))?;
+    let client = find(&state.db, &req.client_id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("client vanished")))?;
     tracing::info!(client_id = %client.client_id, actor = %principal.actor(), "client registered");
-    crate::events::record_or_log(&state, crate::events::Event::new("client.created", principal.actor()).client(&client.client_id)).await;
-    Ok((StatusCode::CREATED, Json(WithSecret { client, client_secret: secret })).into_response())
+    crate::events::record_or_log(
+        &state,
+        crate::events::Event::new("client.created", principal.actor()).client(&client.client_id),
+    )
+    .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(WithSecret {
+            client,
+            client_secret: secret,
+        }),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -194,22 +236,42 @@ struct ListQuery {
     offset: Option<i64>,
 }
 
-async fn list(State(state): State<AppState>, principal: Principal, Query(q): Query<ListQuery>) -> ApiResult<Json<Page<Client>>> {
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Page<Client>>> {
     principal.require(&[Role::Admin, Role::Auditor], "list clients")?;
     let (limit, offset) = page_params(q.limit, q.offset)?;
-    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM clients").fetch_one(&state.db.pool).await?;
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM clients ORDER BY client_id LIMIT $1 OFFSET $2")))
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&state.db.pool)
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM clients")
+        .fetch_one(&state.db.pool)
         .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM clients ORDER BY client_id LIMIT $1 OFFSET $2"
+    )))
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&state.db.pool)
+    .await?;
     let items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(Page { items, total, limit, offset }))
+    Ok(Json(Page {
+        items,
+        total,
+        limit,
+        offset,
+    }))
 }
 
-async fn show(State(state): State<AppState>, principal: Principal, Path(client_id): Path<String>) -> ApiResult<Json<Client>> {
+async fn show(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(client_id): Path<String>,
+) -> ApiResult<Json<Client>> {
     principal.require(&[Role::Admin, Role::Auditor], "read clients")?;
-    find(&state.db, &client_id).await?.map(Json).ok_or_else(|| ApiError::NotFound(format!("no client {client_id:?}")))
+    find(&state.db, &client_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no client {client_id:?}")))
 }
 
 #[derive(Deserialize)]
@@ -229,14 +291,18 @@ async fn update(
     Json(req): Json<UpdateRequest>,
 ) -> ApiResult<Json<Client>> {
     principal.require(&[Role::Admin], "change clients")?;
-    let current = find(&state.db, &client_id).await?.ok_or_else(|| ApiError::NotFound(format!("no client {client_id:?}")))?;
+    let current = find(&state.db, &client_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no client {client_id:?}")))?;
     let scopes = req.allowed_scopes.unwrap_or(current.allowed_scopes);
     let roles = req.allowed_roles.unwrap_or(current.allowed_roles);
     let audiences = req.audiences.unwrap_or(current.audiences);
     check_list("allowed_scopes", &scopes)?;
     check_list("allowed_roles", &roles)?;
     check_list("audiences", &audiences)?;
-    let lifetime = req.max_lifetime_seconds.unwrap_or(current.max_lifetime_seconds);
+    let lifetime = req
+        .max_lifetime_seconds
+        .unwrap_or(current.max_lifetime_seconds);
     check_lifetime(&state, lifetime)?;
     sqlx::query(
         "UPDATE clients SET name = $1, allowed_scopes = $2, allowed_roles = $3, audiences = $4, max_lifetime_seconds = $5, updated_at = $6 \
@@ -251,36 +317,77 @@ async fn update(
     .bind(&client_id)
     .execute(&state.db.pool)
     .await?;
-    crate::events::record_or_log(&state, crate::events::Event::new("client.updated", principal.actor()).client(&client_id)).await;
-    find(&state.db, &client_id).await?.map(Json).ok_or_else(|| ApiError::NotFound(format!("no client {client_id:?}")))
+    crate::events::record_or_log(
+        &state,
+        crate::events::Event::new("client.updated", principal.actor()).client(&client_id),
+    )
+    .await;
+    find(&state.db, &client_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no client {client_id:?}")))
 }
 
-async fn remove(State(state): State<AppState>, principal: Principal, Path(client_id): Path<String>) -> ApiResult<StatusCode> {
+async fn remove(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(client_id): Path<String>,
+) -> ApiResult<StatusCode> {
     principal.require(&[Role::Admin], "delete clients")?;
     if find(&state.db, &client_id).await?.is_none() {
         return Err(ApiError::NotFound(format!("no client {client_id:?}")));
     }
     // Its tokens must stop working with it.
-    revoke(&state, &Target::Client(client_id.clone()), "client deleted", &principal.actor()).await?;
-    sqlx::query("DELETE FROM clients WHERE client_id = $1").bind(&client_id).execute(&state.db.pool).await?;
-    tracing::info!(client_id = %client_id, actor = %principal.actor(), "client deleted");
-    crate::events::record_or_log(&state, crate::events::Event::new("client.deleted", principal.actor()).client(&client_id)).await;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn rotate_secret(State(state): State<AppState>, principal: Principal, Path(client_id): Path<String>) -> ApiResult<Response> {
-    principal.require(&[Role::Admin], "rotate client secrets")?;
-    let secret = random_secret(CLIENT_SECRET_PREFIX);
-    let result = sqlx::query("UPDATE clients SET secret_hash = $1, updated_at = $2 WHERE client_id = $3")
-        .bind(sha256_hex(&secret))
-        .bind(now())
+    revoke(
+        &state,
+        &Target::Client(client_id.clone()),
+        "client deleted",
+        &principal.actor(),
+    )
+    .await?;
+    sqlx::query("DELETE FROM clients WHERE client_id = $1")
         .bind(&client_id)
         .execute(&state.db.pool)
         .await?;
+    tracing::info!(client_id = %client_id, actor = %principal.actor(), "client deleted");
+    crate::events::record_or_log(
+        &state,
+        crate::events::Event::new("client.deleted", principal.actor()).client(&client_id),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn rotate_secret(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(client_id): Path<String>,
+) -> ApiResult<Response> {
+    principal.require(&[Role::Admin], "rotate client secrets")?;
+    let secret = random_secret(CLIENT_SECRET_PREFIX);
+    let result =
+        sqlx::query("UPDATE clients SET secret_hash = $1, updated_at = $2 WHERE client_id = $3")
+            .bind(sha256_hex(&secret))
+            .bind(now())
+            .bind(&client_id)
+            .execute(&state.db.pool)
+            .await?;
     if result.rows_affected() == 0 {
         return Err(ApiError::NotFound(format!("no client {client_id:?}")));
     }
-    let client = find(&state.db, &client_id).await?.ok_or_else(|| ApiError::NotFound(format!("no client {client_id:?}")))?;
-    crate::events::record_or_log(&state, crate::events::Event::new("client.updated", principal.actor()).client(&client_id).details(serde_json::json!({"secret_rotated": true}))).await;
-    Ok(Json(WithSecret { client, client_secret: secret }).into_response())
+    let client = find(&state.db, &client_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no client {client_id:?}")))?;
+    crate::events::record_or_log(
+        &state,
+        crate::events::Event::new("client.updated", principal.actor())
+            .client(&client_id)
+            .details(serde_json::json!({"secret_rotated": true})),
+    )
+    .await;
+    Ok(Json(WithSecret {
+        client,
+        client_secret: secret,
+    })
+    .into_response())
 }

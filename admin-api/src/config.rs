@@ -19,9 +19,17 @@ pub struct Argon2Params {
 
 impl Argon2Params {
     /// OWASP's recommended floor for argon2id (19 MiB, 2 passes, 1 lane): the production default.
-    pub const PRODUCTION: Argon2Params = Argon2Params { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 };
+    pub const PRODUCTION: Argon2Params = Argon2Params {
+        memory_kib: 19 * 1024,
+        iterations: 2,
+        parallelism: 1,
+    };
     /// The cheapest parameters argon2 accepts; only for test suites, which hash hundreds of secrets.
-    pub const INSECURE_FAST_FOR_TESTS: Argon2Params = Argon2Params { memory_kib: 8, iterations: 1, parallelism: 1 };
+    pub const INSECURE_FAST_FOR_TESTS: Argon2Params = Argon2Params {
+        memory_kib: 8,
+        iterations: 1,
+        parallelism: 1,
+    };
 }
 
 /// A token bucket's shape: `burst` requests at once, refilled at `per_second`.
@@ -106,8 +114,14 @@ impl Config {
             feed_max_wait_seconds: 30,
             refresh_interval_seconds: 5,
             api_key_cache_seconds: 10,
-            login_rate_limit: RateLimit { burst: 5, per_second: 5.0 / 60.0 },
-            token_rate_limit: RateLimit { burst: 100, per_second: 50.0 },
+            login_rate_limit: RateLimit {
+                burst: 5,
+                per_second: 5.0 / 60.0,
+            },
+            token_rate_limit: RateLimit {
+                burst: 100,
+                per_second: 50.0,
+            },
             argon2: Argon2Params::PRODUCTION,
             bootstrap_admin: true,
             usage: crate::usage::UsageConfig::default(),

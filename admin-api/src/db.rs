@@ -36,33 +36,59 @@ pub struct Db {
 
 /// Current time in Unix seconds.
 pub fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// (version, name, sql) of each SQLite migration; the file is `NNNN_name.sql`.
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
-    (2, "observability", include_str!("../migrations/sqlite/0002_observability.sql")),
+    (
+        1,
+        "initial",
+        include_str!("../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "observability",
+        include_str!("../migrations/sqlite/0002_observability.sql"),
+    ),
 ];
 /// (version, name, sql) of each PostgreSQL migration.
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
-    &[
-        (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
-        (2, "observability", include_str!("../migrations/postgres/0002_observability.sql")),
-    ];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "observability",
+        include_str!("../migrations/postgres/0002_observability.sql"),
+    ),
+];
 
 /// Migrations compiled into the binary, so it runs from any directory.
 #[derive(Debug)]
 struct Embedded(&'static [(i64, &'static str, &'static str)]);
 
 impl<'s> MigrationSource<'s> for Embedded {
-    fn resolve(self) -> futures_core::future::BoxFuture<'s, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+    fn resolve(
+        self,
+    ) -> futures_core::future::BoxFuture<'s, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
         Box::pin(async move {
             Ok(self
                 .0
                 .iter()
                 .map(|(version, name, sql)| {
-                    Migration::new(*version, Cow::Borrowed(*name), MigrationType::Simple, sql.into_sql_str(), false)
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*name),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
                 })
                 .collect())
         })
@@ -75,18 +101,32 @@ impl Db {
     pub async fn connect(config: &Config) -> anyhow::Result<Db> {
         sqlx::any::install_default_drivers();
         let (url, kind) = if config.is_postgres() {
-            (config.database_url.clone().unwrap_or_default(), DbKind::Postgres)
-        } else if let Some(url) = config.database_url.as_deref().filter(|u| u.starts_with("sqlite:")) {
+            (
+                config.database_url.clone().unwrap_or_default(),
+                DbKind::Postgres,
+            )
+        } else if let Some(url) = config
+            .database_url
+            .as_deref()
+            .filter(|u| u.starts_with("sqlite:"))
+        {
             (url.to_owned(), DbKind::Sqlite)
         } else {
-            std::fs::create_dir_all(&config.data_dir)
-                .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!("cannot create data directory {}", config.data_dir.display())
+            })?;
             let path = config.data_dir.join("edgewarden.db");
-            (format!("sqlite://{}?mode=rwc", path.display()), DbKind::Sqlite)
+            (
+                format!("sqlite://{}?mode=rwc", path.display()),
+                DbKind::Sqlite,
+            )
         };
         if let Some(other) = config.database_url.as_deref() {
             if kind == DbKind::Sqlite && !other.starts_with("sqlite:") {
-                anyhow::bail!("DATABASE_URL must start with postgres:// or sqlite:, got {}", redact(other));
+                anyhow::bail!(
+                    "DATABASE_URL must start with postgres:// or sqlite:, got {}",
+                    redact(other)
+                );
             }
         }
         let options = AnyPoolOptions::new()
@@ -98,7 +138,10 @@ impl Db {
             .with_context(|| format!("cannot open database {}", redact(&url)))?;
         if kind == DbKind::Sqlite {
             // WAL lets feed reads proceed while a revocation is written; the mode is stored in the file.
-            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await.context("cannot enable WAL mode")?;
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await
+                .context("cannot enable WAL mode")?;
         }
         let db = Db { pool, kind, url };
         db.migrate().await?;
@@ -111,8 +154,13 @@ impl Db {
             DbKind::Sqlite => Embedded(SQLITE_MIGRATIONS),
             DbKind::Postgres => Embedded(POSTGRES_MIGRATIONS),
         };
-        let migrator = Migrator::new(source).await.context("cannot load migrations")?;
-        migrator.run(&self.pool).await.context("cannot run migrations")?;
+        let migrator = Migrator::new(source)
+            .await
+            .context("cannot load migrations")?;
+        migrator
+            .run(&self.pool)
+            .await
+            .context("cannot run migrations")?;
         Ok(())
     }
 }

@@ -57,18 +57,32 @@ pub enum ApiError {
 impl ApiError {
     /// A 400 naming `field`.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError::BadRequest { field: Some(field.into()), message: message.into() }
+        ApiError::BadRequest {
+            field: Some(field.into()),
+            message: message.into(),
+        }
     }
 
     /// A 400 without a specific field.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::BadRequest { field: None, message: message.into() }
+        ApiError::BadRequest {
+            field: None,
+            message: message.into(),
+        }
     }
 
     /// An OAuth `invalid_request` (400).
     pub fn oauth(error: &'static str, description: impl Into<String>) -> ApiError {
-        let status = if error == "invalid_client" { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST };
-        ApiError::OAuth { status, error, description: description.into() }
+        let status = if error == "invalid_client" {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::OAuth {
+            status,
+            error,
+            description: description.into(),
+        }
     }
 
     /// The HTTP status this error is answered with.
@@ -111,10 +125,15 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = format!("{e:#}"), "internal error");
                 json!({"error": {"code": "internal", "message": "internal error"}})
             }
-            ApiError::OAuth { error, description, .. } => {
+            ApiError::OAuth {
+                error, description, ..
+            } => {
                 json!({"error": error, "error_description": description})
             }
-            ApiError::BadRequest { field: Some(field), message } => {
+            ApiError::BadRequest {
+                field: Some(field),
+                message,
+            } => {
                 json!({"error": {"code": self.code(), "message": message, "field": field}})
             }
             other => json!({"error": {"code": other.code(), "message": other.to_string()}}),
@@ -126,10 +145,19 @@ impl IntoResponse for ApiError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             ApiError::Unauthorized(_) => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"edgewarden-admin\""));
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"edgewarden-admin\""),
+                );
             }
-            ApiError::OAuth { error: "invalid_client", .. } => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"edgewarden\""));
+            ApiError::OAuth {
+                error: "invalid_client",
+                ..
+            } => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"edgewarden\""),
+                );
             }
             _ => {}
         }

@@ -4,8 +4,8 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::request::Parts;
 use axum::http::header;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -64,12 +64,18 @@ where
         if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
             let ct = ct.to_str().unwrap_or("");
             if !ct.starts_with("application/json") && !ct.contains("+json") {
-                return Err(ApiError::bad_request(format!("content-type must be application/json, got {ct}")));
+                return Err(ApiError::bad_request(format!(
+                    "content-type must be application/json, got {ct}"
+                )));
             }
         }
         let body = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
             .await
-            .map_err(|_| ApiError::bad_request(format!("body is unreadable or larger than {MAX_BODY_BYTES} bytes")))?;
+            .map_err(|_| {
+                ApiError::bad_request(format!(
+                    "body is unreadable or larger than {MAX_BODY_BYTES} bytes"
+                ))
+            })?;
         let _ = state;
         parse_json(&body).map(Json)
     }
@@ -105,7 +111,11 @@ pub fn parse_form<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 pub async fn body_bytes(req: Request) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
         .await
-        .map_err(|_| ApiError::bad_request(format!("body is unreadable or larger than {MAX_BODY_BYTES} bytes")))
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "body is unreadable or larger than {MAX_BODY_BYTES} bytes"
+            ))
+        })
 }
 
 impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {

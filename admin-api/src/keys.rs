@@ -79,7 +79,9 @@ impl FromStr for SigningAlg {
             "ES256" => Ok(SigningAlg::Es256),
             "EDDSA" | "ED25519" => Ok(SigningAlg::EdDsa),
             "RS256" => Ok(SigningAlg::Rs256),
-            _ => Err(format!("unknown signing algorithm {s:?}, expected ES256, EdDSA or RS256")),
+            _ => Err(format!(
+                "unknown signing algorithm {s:?}, expected ES256, EdDSA or RS256"
+            )),
         }
     }
 }
@@ -88,7 +90,8 @@ impl FromStr for SigningAlg {
 enum Material {
     Es256(p256::ecdsa::SigningKey),
     EdDsa(ed25519_compact::SecretKey),
-    Rs256(rsa::RsaPrivateKey),
+    // Boxed: an RSA key is three times the size of the others.
+    Rs256(Box<rsa::RsaPrivateKey>),
 }
 
 impl Material {
@@ -97,8 +100,9 @@ impl Material {
             SigningAlg::Es256 => Material::Es256(p256::ecdsa::SigningKey::random(&mut OsRng)),
             SigningAlg::EdDsa => Material::EdDsa(Ed25519::generate(&mut OsRng).0),
             SigningAlg::Rs256 => {
-                let (private, _) = Rsa::generate(&mut OsRng, ModulusBits::TwoKibibytes).context("rsa key generation failed")?;
-                Material::Rs256(private.into_inner())
+                let (private, _) = Rsa::generate(&mut OsRng, ModulusBits::TwoKibibytes)
+                    .context("rsa key generation failed")?;
+                Material::Rs256(Box::new(private.into_inner()))
             }
         })
     }
@@ -107,14 +111,17 @@ impl Material {
         match self {
             Material::Es256(k) => JsonWebKey::from(k),
             Material::EdDsa(k) => JsonWebKey::from(k),
-            Material::Rs256(k) => JsonWebKey::from(k),
+            Material::Rs256(k) => JsonWebKey::from(k.as_ref()),
         }
     }
 
     /// The public JWK as JSON and its RFC 7638 thumbprint (base64url SHA-256), used as `kid`.
     fn public_jwk(&self) -> anyhow::Result<(Value, String)> {
         fn describe(jwk: &JsonWebKey<'_>) -> anyhow::Result<(Value, String)> {
-            Ok((serde_json::to_value(jwk)?, URL_SAFE_NO_PAD.encode(jwk.thumbprint::<Sha256>())))
+            Ok((
+                serde_json::to_value(jwk)?,
+                URL_SAFE_NO_PAD.encode(jwk.thumbprint::<Sha256>()),
+            ))
         }
         match self {
             Material::Es256(k) => describe(&JsonWebKey::from(k.verifying_key())),
@@ -124,11 +131,18 @@ impl Material {
     }
 
     fn from_private_jwk(alg: SigningAlg, json: &[u8]) -> anyhow::Result<Material> {
-        let jwk: JsonWebKey<'_> = serde_json::from_slice(json).context("stored private key is not a jwk")?;
+        let jwk: JsonWebKey<'_> =
+            serde_json::from_slice(json).context("stored private key is not a jwk")?;
         Ok(match alg {
-            SigningAlg::Es256 => Material::Es256(p256::ecdsa::SigningKey::try_from(&jwk).context("bad es256 key")?),
-            SigningAlg::EdDsa => Material::EdDsa(ed25519_compact::SecretKey::try_from(&jwk).context("bad ed25519 key")?),
-            SigningAlg::Rs256 => Material::Rs256(rsa::RsaPrivateKey::try_from(&jwk).context("bad rsa key")?),
+            SigningAlg::Es256 => {
+                Material::Es256(p256::ecdsa::SigningKey::try_from(&jwk).context("bad es256 key")?)
+            }
+            SigningAlg::EdDsa => Material::EdDsa(
+                ed25519_compact::SecretKey::try_from(&jwk).context("bad ed25519 key")?,
+            ),
+            SigningAlg::Rs256 => Material::Rs256(Box::new(
+                rsa::RsaPrivateKey::try_from(&jwk).context("bad rsa key")?,
+            )),
         })
     }
 
@@ -136,7 +150,7 @@ impl Material {
         let token = match self {
             Material::Es256(k) => Es256.token(header, claims, k),
             Material::EdDsa(k) => Ed25519.token(header, claims, k),
-            Material::Rs256(k) => Rsa::rs256().token(header, claims, k),
+            Material::Rs256(k) => Rsa::rs256().token(header, claims, k.as_ref()),
         };
         token.map_err(|e| anyhow::anyhow!("token signing failed: {e}"))
     }
@@ -167,7 +181,10 @@ pub struct KeyManager {
 
 impl fmt::Debug for KeyManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyManager").field("issuer", &self.issuer).field("alg", &self.alg).finish_non_exhaustive()
+        f.debug_struct("KeyManager")
+            .field("issuer", &self.issuer)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -180,7 +197,8 @@ pub fn load_master_key(source: &MasterKeySource) -> anyhow::Result<[u8; 32]> {
                 create_master_key_file(path)?;
             }
             check_permissions(path);
-            std::fs::read_to_string(path).with_context(|| format!("cannot read master key file {}", path.display()))?
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read master key file {}", path.display()))?
         }
     };
     parse_master_key(text.trim())
@@ -193,7 +211,9 @@ fn parse_master_key(text: &str) -> anyhow::Result<[u8; 32]> {
         STANDARD
             .decode(text)
             .or_else(|_| URL_SAFE_NO_PAD.decode(text))
-            .map_err(|_| anyhow::anyhow!("master key must be 64 hex characters or base64 of 32 bytes"))?
+            .map_err(|_| {
+                anyhow::anyhow!("master key must be 64 hex characters or base64 of 32 bytes")
+            })?
     };
     bytes
         .try_into()
@@ -210,7 +230,9 @@ fn create_master_key_file(path: &Path) -> anyhow::Result<()> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).with_context(|| format!("cannot create master key file {}", path.display()))?;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create master key file {}", path.display()))?;
     writeln!(file, "{}", hex::encode(key))?;
     tracing::warn!(
         path = %path.display(),
@@ -253,7 +275,8 @@ impl KeyManager {
     /// Loads the keys (generating the first one when there is none) and builds the JWKS.
     pub async fn init(db: &Db, config: &Config) -> anyhow::Result<KeyManager> {
         let master = load_master_key(&config.master_key)?;
-        let cipher = Aes256Gcm::new_from_slice(&master).map_err(|_| anyhow::anyhow!("master key must be 32 bytes"))?;
+        let cipher = Aes256Gcm::new_from_slice(&master)
+            .map_err(|_| anyhow::anyhow!("master key must be 32 bytes"))?;
         let manager = KeyManager {
             cipher,
             issuer: config.issuer.clone(),
@@ -261,9 +284,10 @@ impl KeyManager {
             grace_seconds: (config.refresh_interval_seconds as i64 * 2).max(60),
             snapshot: RwLock::new(None),
         };
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM signing_keys WHERE status = 'active'")
-            .fetch_one(&db.pool)
-            .await?;
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM signing_keys WHERE status = 'active'")
+                .fetch_one(&db.pool)
+                .await?;
         if count == 0 {
             manager.insert_new_key(db, config.signing_alg).await?;
         }
@@ -285,17 +309,35 @@ impl KeyManager {
         OsRng.fill_bytes(&mut nonce);
         let ct = self
             .cipher
-            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: kid.as_bytes() })
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: kid.as_bytes(),
+                },
+            )
             .map_err(|_| anyhow::anyhow!("encryption of key {kid} failed"))?;
         Ok([nonce.as_slice(), &ct].concat())
     }
 
     fn decrypt(&self, kid: &str, blob: &[u8]) -> anyhow::Result<Vec<u8>> {
-        let (nonce, ct) = blob.split_at_checked(12).context("encrypted key blob too short")?;
+        let (nonce, ct) = blob
+            .split_at_checked(12)
+            .context("encrypted key blob too short")?;
         let nonce: [u8; 12] = nonce.try_into().context("encrypted key blob too short")?;
         self.cipher
-            .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad: kid.as_bytes() })
-            .map_err(|_| anyhow::anyhow!("cannot decrypt signing key {kid}: wrong master key or corrupted row"))
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: ct,
+                    aad: kid.as_bytes(),
+                },
+            )
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "cannot decrypt signing key {kid}: wrong master key or corrupted row"
+                )
+            })
     }
 
     async fn insert_new_key(&self, db: &Db, alg: SigningAlg) -> anyhow::Result<String> {
@@ -310,10 +352,12 @@ impl KeyManager {
         let encrypted = self.encrypt(&kid, &private)?;
         let now = now();
         let mut tx = db.pool.begin().await?;
-        sqlx::query("UPDATE signing_keys SET status = 'retired', retired_at = $1 WHERE status = 'active'")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE signing_keys SET status = 'retired', retired_at = $1 WHERE status = 'active'",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO signing_keys (kid, alg, public_jwk, private_key_enc, status, created_at) VALUES ($1, $2, $3, $4, 'active', $5)",
         )
@@ -353,24 +397,37 @@ impl KeyManager {
             }
         }
         let (kid, alg) = newest_active.context("no active signing key in the database")?;
-        let current = self.snapshot.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let active = if let Some(active) = current.as_ref().map(|c| &c.active).filter(|a| a.kid == kid) {
-            active.clone()
-        } else {
-            let blob: Vec<u8> = sqlx::query_scalar("SELECT private_key_enc FROM signing_keys WHERE kid = $1")
-                .bind(&kid)
-                .fetch_one(&db.pool)
-                .await?;
-            let plain = self.decrypt(&kid, &blob)?;
-            let alg: SigningAlg = alg.parse().map_err(anyhow::Error::msg)?;
-            Arc::new(ActiveKey { material: Material::from_private_jwk(alg, &plain)?, kid })
-        };
+        let current = self
+            .snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let active =
+            if let Some(active) = current.as_ref().map(|c| &c.active).filter(|a| a.kid == kid) {
+                active.clone()
+            } else {
+                let blob: Vec<u8> =
+                    sqlx::query_scalar("SELECT private_key_enc FROM signing_keys WHERE kid = $1")
+                        .bind(&kid)
+                        .fetch_one(&db.pool)
+                        .await?;
+                let plain = self.decrypt(&kid, &blob)?;
+                let alg: SigningAlg = alg.parse().map_err(anyhow::Error::msg)?;
+                Arc::new(ActiveKey {
+                    material: Material::from_private_jwk(alg, &plain)?,
+                    kid,
+                })
+            };
         let jwks = json!({"keys": keys});
         let engine = match current.as_ref().filter(|c| *c.jwks == jwks) {
             Some(c) => c.engine.clone(),
             None => Arc::new(Self::engine_for(&self.issuer, &jwks)?),
         };
-        let snapshot = Arc::new(Snapshot { active, jwks: Arc::new(jwks), engine });
+        let snapshot = Arc::new(Snapshot {
+            active,
+            jwks: Arc::new(jwks),
+            engine,
+        });
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Some(snapshot);
         Ok(())
     }
@@ -391,7 +448,11 @@ impl KeyManager {
         let kid = self.insert_new_key(db, alg.unwrap_or(self.alg)).await?;
         self.reload(db).await?;
         if db.kind == DbKind::Postgres {
-            sqlx::query("SELECT pg_notify($1, $2)").bind(KEYS_CHANNEL).bind(&kid).execute(&db.pool).await?;
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(KEYS_CHANNEL)
+                .bind(&kid)
+                .execute(&db.pool)
+                .await?;
         }
         Ok(kid)
     }
@@ -399,8 +460,13 @@ impl KeyManager {
     /// Signs RFC 9068 access-token claims with the active key; returns the token and the key id.
     pub fn sign<T: Serialize>(&self, claims: T) -> anyhow::Result<(String, String)> {
         let snapshot = self.current();
-        let header = Header::empty().with_key_id(snapshot.active.kid.clone()).with_token_type("at+jwt");
-        let token = snapshot.active.material.sign(&header, &Claims::new(claims))?;
+        let header = Header::empty()
+            .with_key_id(snapshot.active.kid.clone())
+            .with_token_type("at+jwt");
+        let token = snapshot
+            .active
+            .material
+            .sign(&header, &Claims::new(claims))?;
         Ok((token, snapshot.active.kid.clone()))
     }
 
@@ -436,7 +502,10 @@ pub fn router() -> Router<AppState> {
 
 async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     let body = state.keys.jwks();
-    ([(header::CACHE_CONTROL, "public, max-age=60")], axum::Json((*body).clone()))
+    (
+        [(header::CACHE_CONTROL, "public, max-age=60")],
+        axum::Json((*body).clone()),
+    )
 }
 
 async fn metadata(State(state): State<AppState>) -> impl IntoResponse {
@@ -462,21 +531,28 @@ async fn metadata(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn list_keys(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<Vec<KeyInfo>>> {
+async fn list_keys(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<Vec<KeyInfo>>> {
     principal.require(&[Role::Admin, Role::Auditor], "list signing keys")?;
     let published: Vec<String> = state
         .keys
         .jwks()
         .get("keys")
         .and_then(Value::as_array)
-        .map(|keys| keys.iter().filter_map(|k| k.get("kid").and_then(Value::as_str).map(str::to_owned)).collect())
+        .map(|keys| {
+            keys.iter()
+                .filter_map(|k| k.get("kid").and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     let rows = sqlx::query(
         "SELECT kid, alg, status, created_at, retired_at FROM signing_keys \
          ORDER BY CASE WHEN status = 'active' THEN 0 ELSE 1 END, created_at DESC, kid",
     )
-        .fetch_all(&state.db.pool)
-        .await?;
+    .fetch_all(&state.db.pool)
+    .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let kid: String = row.try_get("kid")?;
@@ -498,11 +574,30 @@ struct RotateRequest {
     alg: Option<SigningAlg>,
 }
 
-async fn rotate(State(state): State<AppState>, principal: Principal, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
+async fn rotate(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
     principal.require(&[Role::Admin], "rotate signing keys")?;
-    let request: RotateRequest = if body.is_empty() { RotateRequest::default() } else { crate::extract::parse_json(&body)? };
-    let kid = state.keys.rotate(&state.db, request.alg).await.map_err(ApiError::Internal)?;
+    let request: RotateRequest = if body.is_empty() {
+        RotateRequest::default()
+    } else {
+        crate::extract::parse_json(&body)?
+    };
+    let kid = state
+        .keys
+        .rotate(&state.db, request.alg)
+        .await
+        .map_err(ApiError::Internal)?;
     tracing::info!(kid = %kid, actor = %principal.actor(), "signing key rotated");
-    crate::events::record_or_log(&state, crate::events::Event::new("signing_key.rotated", principal.actor()).details(json!({"kid": kid}))).await;
-    Ok(Json(json!({"kid": kid, "alg": request.alg.unwrap_or(state.config.signing_alg)})))
+    crate::events::record_or_log(
+        &state,
+        crate::events::Event::new("signing_key.rotated", principal.actor())
+            .details(json!({"kid": kid})),
+    )
+    .await;
+    Ok(Json(
+        json!({"kid": kid, "alg": request.alg.unwrap_or(state.config.signing_alg)}),
+    ))
 }

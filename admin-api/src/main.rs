@@ -28,7 +28,12 @@ struct Cli {
 #[derive(Args, Debug)]
 struct Common {
     /// Directory for the SQLite database and the default master key file (created if missing).
-    #[arg(long, env = "EDGEWARDEN_DATA_DIR", default_value = "./edgewarden-data", global = true)]
+    #[arg(
+        long,
+        env = "EDGEWARDEN_DATA_DIR",
+        default_value = "./edgewarden-data",
+        global = true
+    )]
     data_dir: PathBuf,
     /// Database to use instead of the SQLite file in the data directory: `postgres://user@host/db`
     /// (shared by replicas) or `sqlite:///path/file.db`.
@@ -71,7 +76,11 @@ struct ServeArgs {
     #[arg(long, env = "EDGEWARDEN_SIGNING_ALG", default_value = "ES256")]
     signing_alg: SigningAlg,
     /// Audience of tokens whose client registers none.
-    #[arg(long, env = "EDGEWARDEN_DEFAULT_AUDIENCE", default_value = "edgewarden")]
+    #[arg(
+        long,
+        env = "EDGEWARDEN_DEFAULT_AUDIENCE",
+        default_value = "edgewarden"
+    )]
     default_audience: String,
     /// Upper bound on any access token's lifetime, in seconds.
     #[arg(long, env = "EDGEWARDEN_MAX_TOKEN_LIFETIME", default_value_t = 86_400)]
@@ -148,13 +157,18 @@ fn base_config(common: &Common) -> Config {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.common.log).context("bad --log filter")?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.common.log).context("bad --log filter")?,
+        )
         .with_writer(std::io::stderr)
         .init();
     let mut config = base_config(&cli.common);
     match cli.command {
         Command::Serve(args) => {
-            config.issuer = args.issuer.clone().unwrap_or_else(|| format!("http://{}", args.listen));
+            config.issuer = args
+                .issuer
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", args.listen));
             config.master_key = match (&args.master_key, &args.master_key_file) {
                 (Some(key), _) => MasterKeySource::Inline(key.clone()),
                 (None, Some(file)) => MasterKeySource::File(file.clone()),
@@ -167,23 +181,42 @@ async fn main() -> anyhow::Result<()> {
             config.session_lifetime_seconds = args.session_lifetime;
             config.cookie_secure = args.cookie_secure;
             config.feed_max_wait_seconds = args.feed_max_wait;
-            config.token_rate_limit = RateLimit { burst: (args.token_rate * 2.0).ceil() as u32, per_second: args.token_rate };
-            config.login_rate_limit = RateLimit { burst: args.login_per_minute, per_second: f64::from(args.login_per_minute) / 60.0 };
+            config.token_rate_limit = RateLimit {
+                burst: (args.token_rate * 2.0).ceil() as u32,
+                per_second: args.token_rate,
+            };
+            config.login_rate_limit = RateLimit {
+                burst: args.login_per_minute,
+                per_second: f64::from(args.login_per_minute) / 60.0,
+            };
             config.bootstrap_admin = !args.no_bootstrap_admin;
             config.usage = args.usage.config();
             config.anomalies = args.anomalies.config();
             config.webhooks = args.webhooks.config();
             serve(config, args.listen).await
         }
-        Command::ApiKey(ApiKeyCommand::Create { role, name, client_id }) => {
+        Command::ApiKey(ApiKeyCommand::Create {
+            role,
+            name,
+            client_id,
+        }) => {
             let db = Db::connect(&config).await?;
             let name = name.unwrap_or_else(|| format!("{role} key"));
-            let key = create_api_key(&db, role, &name, client_id.as_deref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            eprintln!("created {} api key {} ({}); it is shown only once:", key.role, key.id, key.name);
+            let key = create_api_key(&db, role, &name, client_id.as_deref())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!(
+                "created {} api key {} ({}); it is shown only once:",
+                key.role, key.id, key.name
+            );
             println!("{}", key.key);
             Ok(())
         }
-        Command::User(UserCommand::Create { username, password, role }) => {
+        Command::User(UserCommand::Create {
+            username,
+            password,
+            role,
+        }) => {
             if !matches!(role, Role::Admin | Role::Auditor) {
                 anyhow::bail!("dashboard users are admin or auditor, not {role}");
             }
@@ -192,7 +225,9 @@ async fn main() -> anyhow::Result<()> {
                 Some(p) => (p, false),
                 None => (edgewarden_admin::secrets::random_secret(""), true),
             };
-            create_user(&db, &config.argon2, &username, &password, role).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            create_user(&db, &config.argon2, &username, &password, role)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             eprintln!("created {role} user {username:?}");
             if generated {
                 println!("{password}");
@@ -209,10 +244,14 @@ async fn serve(config: Config, listen: SocketAddr) -> anyhow::Result<()> {
         if let Some(password) = state.bootstrap_admin().await? {
             // Printed once, to the terminal only; it is stored as an argon2id hash.
             println!("created the first admin user: username admin, password {password}");
-            println!("log in to the dashboard with it and keep it safe; it will not be shown again");
+            println!(
+                "log in to the dashboard with it and keep it safe; it will not be shown again"
+            );
         }
     }
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, kid = %state.keys.active_kid(), "edgewarden admin api serving");
     let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, service)

@@ -39,16 +39,27 @@ pub fn router() -> Router<AppState> {
 async fn form(req: Request) -> ApiResult<(HeaderMap, String, HashMap<String, String>)> {
     let headers = req.headers().clone();
     let address = client_address(req.extensions());
-    if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+    if let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
         if !ct.starts_with("application/x-www-form-urlencoded") {
-            return Err(ApiError::oauth("invalid_request", format!("content-type must be application/x-www-form-urlencoded, got {ct}")));
+            return Err(ApiError::oauth(
+                "invalid_request",
+                format!("content-type must be application/x-www-form-urlencoded, got {ct}"),
+            ));
         }
     }
-    let body = crate::extract::body_bytes(req).await.map_err(|e| ApiError::oauth("invalid_request", e.to_string()))?;
+    let body = crate::extract::body_bytes(req)
+        .await
+        .map_err(|e| ApiError::oauth("invalid_request", e.to_string()))?;
     let mut params = HashMap::new();
     for (k, v) in form_urlencoded::parse(&body) {
         if params.insert(k.to_string(), v.to_string()).is_some() {
-            return Err(ApiError::oauth("invalid_request", format!("parameter {k} is repeated")));
+            return Err(ApiError::oauth(
+                "invalid_request",
+                format!("parameter {k} is repeated"),
+            ));
         }
     }
     Ok((headers, address, params))
@@ -62,35 +73,66 @@ enum Caller {
 
 /// Authenticates the client by HTTP Basic (RFC 6749 2.3.1, form-urlencoded id and secret) or by
 /// `client_id` + `client_secret` in the body; for revoke/introspect also accepts an API key.
-async fn authenticate(state: &AppState, headers: &HeaderMap, params: &HashMap<String, String>, allow_api_key: bool) -> ApiResult<Caller> {
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let basic = auth.and_then(|a| a.split_once(' ')).filter(|(s, _)| s.eq_ignore_ascii_case("basic")).map(|(_, v)| v.trim());
-    let bearer = auth.and_then(|a| a.split_once(' ')).filter(|(s, _)| s.eq_ignore_ascii_case("bearer")).map(|(_, v)| v.trim());
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    allow_api_key: bool,
+) -> ApiResult<Caller> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let basic = auth
+        .and_then(|a| a.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("basic"))
+        .map(|(_, v)| v.trim());
+    let bearer = auth
+        .and_then(|a| a.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+        .map(|(_, v)| v.trim());
     let (id, secret) = match (basic, params.get("client_secret")) {
-        (Some(_), Some(_)) => return Err(ApiError::oauth("invalid_request", "use one client authentication method, not two")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::oauth(
+                "invalid_request",
+                "use one client authentication method, not two",
+            ))
+        }
         (Some(b64), None) => {
             let decoded = STANDARD
                 .decode(b64)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| ApiError::oauth("invalid_client", "basic credentials are not valid base64"))?;
-            let (id, secret) =
-                decoded.split_once(':').ok_or_else(|| ApiError::oauth("invalid_client", "basic credentials lack a colon"))?;
-            let unescape = |s: &str| form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default();
+                .ok_or_else(|| {
+                    ApiError::oauth("invalid_client", "basic credentials are not valid base64")
+                })?;
+            let (id, secret) = decoded.split_once(':').ok_or_else(|| {
+                ApiError::oauth("invalid_client", "basic credentials lack a colon")
+            })?;
+            let unescape = |s: &str| {
+                form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
             (unescape(id), unescape(secret))
         }
         (None, Some(secret)) => {
-            let id = params.get("client_id").ok_or_else(|| ApiError::oauth("invalid_request", "client_secret without client_id"))?;
+            let id = params.get("client_id").ok_or_else(|| {
+                ApiError::oauth("invalid_request", "client_secret without client_id")
+            })?;
             (id.clone(), secret.clone())
         }
         (None, None) => {
             if let (true, Some(key)) = (allow_api_key, bearer) {
-                let principal = lookup_api_key(state, key)
-                    .await?
-                    .ok_or_else(|| ApiError::oauth("invalid_client", "unknown or deleted api key"))?;
+                let principal = lookup_api_key(state, key).await?.ok_or_else(|| {
+                    ApiError::oauth("invalid_client", "unknown or deleted api key")
+                })?;
                 return Ok(Caller::Key(principal));
             }
-            return Err(ApiError::oauth("invalid_client", "client authentication required (http basic or client_secret_post)"));
+            return Err(ApiError::oauth(
+                "invalid_client",
+                "client authentication required (http basic or client_secret_post)",
+            ));
         }
     };
     clients::authenticate(&state.db, &id, &secret)
@@ -101,19 +143,31 @@ async fn authenticate(state: &AppState, headers: &HeaderMap, params: &HashMap<St
 
 fn no_store(body: Value) -> Response {
     let mut response = axum::Json(body).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     response
 }
 
 fn scopes_param(params: &HashMap<String, String>) -> Option<Vec<String>> {
-    params.get("scope").map(|s| s.split(' ').filter(|p| !p.is_empty()).map(str::to_owned).collect())
+    params.get("scope").map(|s| {
+        s.split(' ')
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
 }
 
 /// Maps a validation failure of a requested grant into OAuth's vocabulary.
 fn grant_error(e: ApiError) -> ApiError {
     match e {
-        ApiError::BadRequest { field: Some(f), message } if f.starts_with("scopes") => ApiError::oauth("invalid_scope", message),
+        ApiError::BadRequest {
+            field: Some(f),
+            message,
+        } if f.starts_with("scopes") => ApiError::oauth("invalid_scope", message),
         ApiError::BadRequest { message, .. } => ApiError::oauth("invalid_request", message),
         other => other,
     }
@@ -123,7 +177,10 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
     let (headers, address, params) = form(req).await?;
     state.token_limiter.check(&format!("oauth:{address}"))?;
     let Caller::Client(client) = authenticate(&state, &headers, &params, false).await? else {
-        return Err(ApiError::oauth("invalid_client", "client authentication required"));
+        return Err(ApiError::oauth(
+            "invalid_client",
+            "client authentication required",
+        ));
     };
     let grant_type = params.get("grant_type").map(String::as_str).unwrap_or("");
     let actor = format!("client:{}", client.client_id);
@@ -131,8 +188,22 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
         "client_credentials" => {
             // Default to everything the client may have (RFC 6749 3.3 lets the server pick).
             let scopes = scopes_param(&params).unwrap_or_else(|| client.allowed_scopes.clone());
-            let audience = params.get("audience").or_else(|| params.get("resource")).cloned().into_iter().collect();
-            let grant = check_grant(&state, &client, &client.client_id, scopes, vec![], audience, None).map_err(grant_error)?;
+            let audience = params
+                .get("audience")
+                .or_else(|| params.get("resource"))
+                .cloned()
+                .into_iter()
+                .collect();
+            let grant = check_grant(
+                &state,
+                &client,
+                &client.client_id,
+                scopes,
+                vec![],
+                audience,
+                None,
+            )
+            .map_err(grant_error)?;
             let mut tx = state.db.pool.begin().await?;
             // RFC 6749 4.4.3: no refresh token for client credentials.
             let issued = issue_in(&state, &mut tx, &client.client_id, &grant, None, &actor).await?;
@@ -146,12 +217,25 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
         }
         "refresh_token" => refresh(&state, &client, &params, &address, &actor).await,
         "" => Err(ApiError::oauth("invalid_request", "grant_type is required")),
-        other => Err(ApiError::oauth("unsupported_grant_type", format!("grant_type {other:?} is not supported, use client_credentials or refresh_token"))),
+        other => Err(ApiError::oauth(
+            "unsupported_grant_type",
+            format!(
+                "grant_type {other:?} is not supported, use client_credentials or refresh_token"
+            ),
+        )),
     }
 }
 
-async fn refresh(state: &AppState, client: &Client, params: &HashMap<String, String>, address: &str, actor: &str) -> ApiResult<Response> {
-    let presented = params.get("refresh_token").ok_or_else(|| ApiError::oauth("invalid_request", "refresh_token is required"))?;
+async fn refresh(
+    state: &AppState,
+    client: &Client,
+    params: &HashMap<String, String>,
+    address: &str,
+    actor: &str,
+) -> ApiResult<Response> {
+    let presented = params
+        .get("refresh_token")
+        .ok_or_else(|| ApiError::oauth("invalid_request", "refresh_token is required"))?;
     let hash = sha256_hex(presented);
     let row = sqlx::query(
         "SELECT family_id, client_id, subject, scopes, roles, audience, expires_at, state, used_at FROM refresh_tokens WHERE token_hash = $1",
@@ -166,7 +250,10 @@ async fn refresh(state: &AppState, client: &Client, params: &HashMap<String, Str
     let owner: String = row.try_get("client_id")?;
     let subject: String = row.try_get("subject")?;
     if owner != client.client_id {
-        return Err(ApiError::oauth("invalid_grant", "refresh token was issued to another client"));
+        return Err(ApiError::oauth(
+            "invalid_grant",
+            "refresh token was issued to another client",
+        ));
     }
     let token_state: String = row.try_get("state")?;
     let expires_at: i64 = row.try_get("expires_at")?;
@@ -175,22 +262,36 @@ async fn refresh(state: &AppState, client: &Client, params: &HashMap<String, Str
         "used" => {
             let used_at: Option<i64> = row.try_get("used_at")?;
             reuse_detected(state, &family_id, &subject, client, address, used_at).await?;
-            return Err(ApiError::oauth("invalid_grant", "refresh token was already used; its whole family is now revoked"));
+            return Err(ApiError::oauth(
+                "invalid_grant",
+                "refresh token was already used; its whole family is now revoked",
+            ));
         }
         "revoked" => return Err(ApiError::oauth("invalid_grant", "refresh token is revoked")),
         _ if expires_at <= now => {
-            return Err(ApiError::oauth("invalid_grant", format!("refresh token expired {}s ago", now - expires_at)));
+            return Err(ApiError::oauth(
+                "invalid_grant",
+                format!("refresh token expired {}s ago", now - expires_at),
+            ));
         }
         _ => {}
     }
-    let split = |s: String| -> Vec<String> { s.split(' ').filter(|p| !p.is_empty()).map(str::to_owned).collect() };
+    let split = |s: String| -> Vec<String> {
+        s.split(' ')
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
     let granted_scopes = split(row.try_get("scopes")?);
     let scopes = match scopes_param(params) {
         None => granted_scopes,
         Some(asked) => {
             // RFC 6749 6: a refresh may narrow the scope, never widen it.
             if let Some(extra) = asked.iter().find(|s| !granted_scopes.contains(s)) {
-                return Err(ApiError::oauth("invalid_scope", format!("scope {extra:?} was not granted originally")));
+                return Err(ApiError::oauth(
+                    "invalid_scope",
+                    format!("scope {extra:?} was not granted originally"),
+                ));
             }
             asked
         }
@@ -198,7 +299,8 @@ async fn refresh(state: &AppState, client: &Client, params: &HashMap<String, Str
     let roles = split(row.try_get("roles")?);
     let audience = split(row.try_get("audience")?);
     // Re-check against the client's current registration: a narrowed client narrows its refreshes.
-    let grant = check_grant(state, client, &subject, scopes, roles, audience, None).map_err(grant_error)?;
+    let grant =
+        check_grant(state, client, &subject, scopes, roles, audience, None).map_err(grant_error)?;
     let mut tx = state.db.pool.begin().await?;
     let spent = sqlx::query("UPDATE refresh_tokens SET state = 'used', used_at = $1 WHERE token_hash = $2 AND state = 'active'")
         .bind(now)
@@ -209,11 +311,27 @@ async fn refresh(state: &AppState, client: &Client, params: &HashMap<String, Str
         // Lost a race with a concurrent use of the same token: that is reuse too.
         tx.rollback().await?;
         reuse_detected(state, &family_id, &subject, client, address, Some(now)).await?;
-        return Err(ApiError::oauth("invalid_grant", "refresh token was already used; its whole family is now revoked"));
+        return Err(ApiError::oauth(
+            "invalid_grant",
+            "refresh token was already used; its whole family is now revoked",
+        ));
     }
-    let plan = RefreshPlan { family_id, expires_at: Some(expires_at) };
+    let plan = RefreshPlan {
+        family_id,
+        expires_at: Some(expires_at),
+    };
     let issued = issue_in(state, &mut tx, &client.client_id, &grant, Some(plan), actor).await?;
-    crate::events::record(&state.events, &state.db, &mut tx, crate::events::Event::new("token.refreshed", actor).jti(&issued.jti).subject(&subject).client(&client.client_id).details(json!({"address": address}))).await?;
+    crate::events::record(
+        &state.events,
+        &state.db,
+        &mut tx,
+        crate::events::Event::new("token.refreshed", actor)
+            .jti(&issued.jti)
+            .subject(&subject)
+            .client(&client.client_id)
+            .details(json!({"address": address})),
+    )
+    .await?;
     tx.commit().await?;
     Ok(no_store(json!({
         "access_token": issued.access_token,
@@ -226,7 +344,14 @@ async fn refresh(state: &AppState, client: &Client, params: &HashMap<String, Str
 
 /// RFC 9700 4.14.2: a spent refresh token came back, so either the client or an attacker holds a
 /// stolen copy. Revoke every token of the family and record an anomaly.
-async fn reuse_detected(state: &AppState, family_id: &str, subject: &str, client: &Client, address: &str, first_used_at: Option<i64>) -> ApiResult<()> {
+async fn reuse_detected(
+    state: &AppState,
+    family_id: &str,
+    subject: &str,
+    client: &Client,
+    address: &str,
+    first_used_at: Option<i64>,
+) -> ApiResult<()> {
     let reason = "refresh token reuse detected";
     let mut tx = state.db.pool.begin().await?;
     let seq = begin_change(&mut tx).await?;
@@ -251,7 +376,16 @@ async fn reuse_detected(state: &AppState, family_id: &str, subject: &str, client
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    crate::events::record(&state.events, &state.db, &mut tx, crate::events::Event::new("refresh_family.revoked", "system:refresh-reuse").subject(subject).client(&client.client_id).details(evidence)).await?;
+    crate::events::record(
+        &state.events,
+        &state.db,
+        &mut tx,
+        crate::events::Event::new("refresh_family.revoked", "system:refresh-reuse")
+            .subject(subject)
+            .client(&client.client_id)
+            .details(evidence),
+    )
+    .await?;
     tx.commit().await?;
     state.feed.advance(seq);
     tracing::warn!(client_id = %client.client_id, family_id = %family_id, "refresh token reuse: family revoked");
@@ -263,9 +397,14 @@ fn caller_client(caller: &Caller, action: &str) -> ApiResult<Option<String>> {
     match caller {
         Caller::Client(c) => Ok(Some(c.client_id.clone())),
         Caller::Key(p) if p.role == Role::Admin => Ok(None),
-        Caller::Key(p) if p.role == Role::Service => Ok(Some(p.client_id.clone().unwrap_or_default())),
+        Caller::Key(p) if p.role == Role::Service => {
+            Ok(Some(p.client_id.clone().unwrap_or_default()))
+        }
         Caller::Key(p) if p.role == Role::Auditor && action == "introspect" => Ok(None),
-        Caller::Key(p) => Err(ApiError::Forbidden(format!("role {} may not {action} tokens", p.role))),
+        Caller::Key(p) => Err(ApiError::Forbidden(format!(
+            "role {} may not {action} tokens",
+            p.role
+        ))),
     }
 }
 
@@ -278,21 +417,41 @@ async fn revoke_endpoint(State(state): State<AppState>, req: Request) -> ApiResu
         Caller::Client(c) => format!("client:{}", c.client_id),
         Caller::Key(p) => p.actor(),
     };
-    let token = params.get("token").ok_or_else(|| ApiError::oauth("invalid_request", "token is required"))?;
+    let token = params
+        .get("token")
+        .ok_or_else(|| ApiError::oauth("invalid_request", "token is required"))?;
     // RFC 7009 2.2: invalid, unknown or foreign tokens get the same 200 as revoked ones.
     if token.starts_with(REFRESH_PREFIX) {
-        let row = sqlx::query("SELECT family_id, client_id FROM refresh_tokens WHERE token_hash = $1")
-            .bind(sha256_hex(token))
-            .fetch_optional(&state.db.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT family_id, client_id FROM refresh_tokens WHERE token_hash = $1")
+                .bind(sha256_hex(token))
+                .fetch_optional(&state.db.pool)
+                .await?;
         if let Some(row) = row {
             let family_id: String = row.try_get("family_id")?;
             let owner: String = row.try_get("client_id")?;
             if only_client.as_deref().is_none_or(|c| c == owner) {
                 let mut tx = state.db.pool.begin().await?;
                 let seq = begin_change(&mut tx).await?;
-                revoke_family_in(&mut tx, &family_id, seq, "revoked via /oauth/revoke", &actor).await?;
-                crate::events::record(&state.events, &state.db, &mut tx, crate::events::Event::new("refresh_family.revoked", &actor).client(&owner).details(json!({"family_id": family_id, "reason": "revoked via /oauth/revoke"}))).await?;
+                revoke_family_in(
+                    &mut tx,
+                    &family_id,
+                    seq,
+                    "revoked via /oauth/revoke",
+                    &actor,
+                )
+                .await?;
+                crate::events::record(
+                    &state.events,
+                    &state.db,
+                    &mut tx,
+                    crate::events::Event::new("refresh_family.revoked", &actor)
+                        .client(&owner)
+                        .details(
+                            json!({"family_id": family_id, "reason": "revoked via /oauth/revoke"}),
+                        ),
+                )
+                .await?;
                 notify_change(&state.db, &mut tx, seq).await?;
                 tx.commit().await?;
                 state.feed.advance(seq);
@@ -300,8 +459,18 @@ async fn revoke_endpoint(State(state): State<AppState>, req: Request) -> ApiResu
         }
     } else if let Ok(verified) = state.keys.engine().verify(token, now() as u64) {
         let owner = verified.client_id.clone().unwrap_or_default();
-        if let (Some(jti), true) = (verified.jti.clone(), only_client.as_deref().is_none_or(|c| c == owner)) {
-            match revoke(&state, &Target::Jti(jti), "revoked via /oauth/revoke", &actor).await {
+        if let (Some(jti), true) = (
+            verified.jti.clone(),
+            only_client.as_deref().is_none_or(|c| c == owner),
+        ) {
+            match revoke(
+                &state,
+                &Target::Jti(jti),
+                "revoked via /oauth/revoke",
+                &actor,
+            )
+            .await
+            {
                 Ok(_) | Err(ApiError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -315,7 +484,9 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
     state.token_limiter.check(&format!("oauth:{address}"))?;
     let caller = authenticate(&state, &headers, &params, true).await?;
     let only_client = caller_client(&caller, "introspect")?;
-    let token = params.get("token").ok_or_else(|| ApiError::oauth("invalid_request", "token is required"))?;
+    let token = params
+        .get("token")
+        .ok_or_else(|| ApiError::oauth("invalid_request", "token is required"))?;
     let inactive = || no_store(json!({"active": false}));
     let now = now();
     if token.starts_with(REFRESH_PREFIX) {
@@ -323,11 +494,16 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
             .bind(sha256_hex(token))
             .fetch_optional(&state.db.pool)
             .await?;
-        let Some(row) = row else { return Ok(inactive()) };
+        let Some(row) = row else {
+            return Ok(inactive());
+        };
         let owner: String = row.try_get("client_id")?;
         let token_state: String = row.try_get("state")?;
         let exp: i64 = row.try_get("expires_at")?;
-        if token_state != "active" || exp <= now || only_client.as_deref().is_some_and(|c| c != owner) {
+        if token_state != "active"
+            || exp <= now
+            || only_client.as_deref().is_some_and(|c| c != owner)
+        {
             return Ok(inactive());
         }
         return Ok(no_store(json!({
@@ -341,15 +517,32 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
             "iss": state.keys.issuer(),
         })));
     }
-    let Ok(verified) = state.keys.engine().verify(token, now as u64) else { return Ok(inactive()) };
-    if only_client.as_deref().is_some_and(|c| Some(c) != verified.client_id.as_deref()) {
+    let Ok(verified) = state.keys.engine().verify(token, now as u64) else {
+        return Ok(inactive());
+    };
+    if only_client
+        .as_deref()
+        .is_some_and(|c| Some(c) != verified.client_id.as_deref())
+    {
         return Ok(inactive());
     }
     let iat = verified.iat.map(|i| i as i64).unwrap_or(0);
-    let revoked = crate::revocations::is_revoked(&state.db, verified.jti.as_deref(), verified.sub.as_deref(), verified.client_id.as_deref(), iat).await?;
+    let revoked = crate::revocations::is_revoked(
+        &state.db,
+        verified.jti.as_deref(),
+        verified.sub.as_deref(),
+        verified.client_id.as_deref(),
+        iat,
+    )
+    .await?;
     // Only tokens this service issued and still knows about are active.
     let known: Option<String> = match verified.jti.as_deref() {
-        Some(jti) => sqlx::query_scalar("SELECT jti FROM tokens WHERE jti = $1").bind(jti).fetch_optional(&state.db.pool).await?,
+        Some(jti) => {
+            sqlx::query_scalar("SELECT jti FROM tokens WHERE jti = $1")
+                .bind(jti)
+                .fetch_optional(&state.db.pool)
+                .await?
+        }
         None => None,
     };
     if revoked || known.is_none() {
@@ -359,12 +552,21 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
     body.insert("active".into(), Value::Bool(true));
     body.insert("token_type".into(), Value::String("Bearer".into()));
     body.insert("scope".into(), Value::String(verified.scopes.join(" ")));
-    for (name, value) in [("client_id", verified.client_id.clone()), ("sub", verified.sub.clone()), ("iss", Some(verified.iss.clone())), ("jti", verified.jti.clone())] {
+    for (name, value) in [
+        ("client_id", verified.client_id.clone()),
+        ("sub", verified.sub.clone()),
+        ("iss", Some(verified.iss.clone())),
+        ("jti", verified.jti.clone()),
+    ] {
         if let Some(v) = value {
             body.insert(name.into(), Value::String(v));
         }
     }
-    for (name, value) in [("exp", verified.exp), ("iat", verified.iat), ("nbf", verified.nbf)] {
+    for (name, value) in [
+        ("exp", verified.exp),
+        ("iat", verified.iat),
+        ("nbf", verified.nbf),
+    ] {
         if let Some(v) = value {
             body.insert(name.into(), Value::from(v));
         }
@@ -377,7 +579,10 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
         },
     );
     if !verified.roles.is_empty() {
-        body.insert("roles".into(), Value::Array(verified.roles.iter().cloned().map(Value::String).collect()));
+        body.insert(
+            "roles".into(),
+            Value::Array(verified.roles.iter().cloned().map(Value::String).collect()),
+        );
     }
     Ok(no_store(Value::Object(body)))
 }

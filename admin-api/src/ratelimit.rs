@@ -21,7 +21,10 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter where each key gets `limit.burst` requests at once, refilled at `limit.per_second`.
     pub fn new(limit: RateLimit) -> RateLimiter {
-        RateLimiter { limit, buckets: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            limit,
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Takes one token for `key`, or answers 429 with the seconds until one is available.
@@ -32,22 +35,31 @@ impl RateLimiter {
             let burst = f64::from(self.limit.burst);
             let per_second = self.limit.per_second;
             // Forget buckets that have refilled completely: they carry no information.
-            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * per_second < burst);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * per_second < burst
+            });
             if buckets.len() >= MAX_KEYS {
                 buckets.clear();
             }
         }
         let burst = f64::from(self.limit.burst);
         let (tokens, at) = buckets.entry(key.to_owned()).or_insert((burst, now));
-        let refilled = (*tokens + now.duration_since(*at).as_secs_f64() * self.limit.per_second).min(burst);
+        let refilled =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.limit.per_second).min(burst);
         *at = now;
         if refilled >= 1.0 {
             *tokens = refilled - 1.0;
             Ok(())
         } else {
             *tokens = refilled;
-            let wait = if self.limit.per_second > 0.0 { (1.0 - refilled) / self.limit.per_second } else { 3600.0 };
-            Err(ApiError::RateLimited { retry_after: wait.ceil().max(1.0) as u64 })
+            let wait = if self.limit.per_second > 0.0 {
+                (1.0 - refilled) / self.limit.per_second
+            } else {
+                3600.0
+            };
+            Err(ApiError::RateLimited {
+                retry_after: wait.ceil().max(1.0) as u64,
+            })
         }
     }
 }
@@ -58,7 +70,10 @@ mod tests {
 
     #[test]
     fn bucket_allows_burst_then_refuses_with_retry_after() {
-        let limiter = RateLimiter::new(RateLimit { burst: 3, per_second: 0.5 });
+        let limiter = RateLimiter::new(RateLimit {
+            burst: 3,
+            per_second: 0.5,
+        });
         for _ in 0..3 {
             limiter.check("a").unwrap();
         }

@@ -75,7 +75,10 @@ pub struct EdgePoll {
 impl Feed {
     /// A feed starting at `cursor`.
     pub fn new(cursor: i64) -> Feed {
-        Feed { cursor: watch::channel(cursor).0, edges: Mutex::new(HashMap::new()) }
+        Feed {
+            cursor: watch::channel(cursor).0,
+            edges: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The newest cursor this replica knows of.
@@ -119,7 +122,9 @@ impl Feed {
 
 /// Reads the committed feed cursor from the database.
 pub async fn db_cursor(db: &Db) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT current_cursor FROM feed_state WHERE id = 1").fetch_one(&db.pool).await
+    sqlx::query_scalar("SELECT current_cursor FROM feed_state WHERE id = 1")
+        .fetch_one(&db.pool)
+        .await
 }
 
 /// Routes of this module.
@@ -183,37 +188,47 @@ pub async fn begin_change(tx: &mut Transaction<'static, Any>) -> Result<i64, sql
 }
 
 /// Finishes a feed change inside `tx`: PostgreSQL delivers the NOTIFY only if the transaction commits.
-pub async fn notify_change(db: &Db, tx: &mut Transaction<'static, Any>, cursor: i64) -> Result<(), sqlx::Error> {
+pub async fn notify_change(
+    db: &Db,
+    tx: &mut Transaction<'static, Any>,
+    cursor: i64,
+) -> Result<(), sqlx::Error> {
     if db.kind == DbKind::Postgres {
-        sqlx::query("SELECT pg_notify($1, $2)").bind(FEED_CHANNEL).bind(cursor.to_string()).execute(&mut **tx).await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(FEED_CHANNEL)
+            .bind(cursor.to_string())
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }
 
-/// Upserts one feed entry; a repeated revocation of the same target moves it to the new cursor.
-async fn upsert_entry(
-    tx: &mut Transaction<'static, Any>,
-    kind: &str,
-    value: &str,
+/// One row of the `revocations` table.
+struct Entry<'a> {
+    kind: &'a str,
+    value: &'a str,
     seq: i64,
-    reason: &str,
-    actor: &str,
+    reason: &'a str,
+    actor: &'a str,
     revoked_at: i64,
     expires_at: i64,
-) -> Result<(), sqlx::Error> {
+}
+
+/// Upserts one feed entry; a repeated revocation of the same target moves it to the new cursor.
+async fn upsert_entry(tx: &mut Transaction<'static, Any>, e: Entry<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO revocations (kind, value, seq, reason, actor, revoked_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (kind, value) DO UPDATE SET seq = excluded.seq, reason = excluded.reason, actor = excluded.actor, \
          revoked_at = excluded.revoked_at, \
          expires_at = CASE WHEN excluded.expires_at > revocations.expires_at THEN excluded.expires_at ELSE revocations.expires_at END",
     )
-    .bind(kind)
-    .bind(value)
-    .bind(seq)
-    .bind(reason)
-    .bind(actor)
-    .bind(revoked_at)
-    .bind(expires_at)
+    .bind(e.kind)
+    .bind(e.value)
+    .bind(e.seq)
+    .bind(e.reason)
+    .bind(e.actor)
+    .bind(e.revoked_at)
+    .bind(e.expires_at)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -229,10 +244,12 @@ pub async fn revoke_family_in(
     actor: &str,
 ) -> Result<u64, sqlx::Error> {
     let now = now();
-    sqlx::query("UPDATE refresh_tokens SET state = 'revoked' WHERE family_id = $1 AND state <> 'revoked'")
-        .bind(family_id)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE refresh_tokens SET state = 'revoked' WHERE family_id = $1 AND state <> 'revoked'",
+    )
+    .bind(family_id)
+    .execute(&mut **tx)
+    .await?;
     let rows = sqlx::query("SELECT jti, expires_at FROM tokens WHERE family_id = $1 AND revoked_at IS NULL AND expires_at > $2")
         .bind(family_id)
         .bind(now)
@@ -241,7 +258,19 @@ pub async fn revoke_family_in(
     for row in &rows {
         let jti: String = row.try_get("jti")?;
         let exp: i64 = row.try_get("expires_at")?;
-        upsert_entry(tx, "jti", &jti, seq, reason, actor, now, exp).await?;
+        upsert_entry(
+            tx,
+            Entry {
+                kind: "jti",
+                value: &jti,
+                seq,
+                reason,
+                actor,
+                revoked_at: now,
+                expires_at: exp,
+            },
+        )
+        .await?;
     }
     sqlx::query("UPDATE tokens SET revoked_at = $1, revoke_reason = $2 WHERE family_id = $3 AND revoked_at IS NULL")
         .bind(now)
@@ -254,18 +283,25 @@ pub async fn revoke_family_in(
 
 /// Revokes `target`, records `reason` and `actor`, publishes the change to the feed and returns it.
 /// Unknown jtis and clients are 404s; subjects need not exist (a subject is just a string in tokens).
-pub async fn revoke(state: &AppState, target: &Target, reason: &str, actor: &str) -> ApiResult<Revocation> {
+pub async fn revoke(
+    state: &AppState,
+    target: &Target,
+    reason: &str,
+    actor: &str,
+) -> ApiResult<Revocation> {
     let now = now();
     let mut tx = state.db.pool.begin().await?;
     let seq = begin_change(&mut tx).await?;
     let value = target.value();
     let expires_at = match target {
         Target::Jti(jti) => {
-            let exp: Option<i64> = sqlx::query_scalar("SELECT expires_at FROM tokens WHERE jti = $1")
-                .bind(jti)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let exp = exp.ok_or_else(|| ApiError::NotFound(format!("no token with jti {jti:?}")))?;
+            let exp: Option<i64> =
+                sqlx::query_scalar("SELECT expires_at FROM tokens WHERE jti = $1")
+                    .bind(jti)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let exp =
+                exp.ok_or_else(|| ApiError::NotFound(format!("no token with jti {jti:?}")))?;
             sqlx::query("UPDATE tokens SET revoked_at = $1, revoke_reason = $2 WHERE jti = $3 AND revoked_at IS NULL")
                 .bind(now)
                 .bind(reason)
@@ -275,12 +311,17 @@ pub async fn revoke(state: &AppState, target: &Target, reason: &str, actor: &str
             exp
         }
         Target::Subject(_) | Target::Client(_) => {
-            let column = if matches!(target, Target::Subject(_)) { "subject" } else { "client_id" };
+            let column = if matches!(target, Target::Subject(_)) {
+                "subject"
+            } else {
+                "client_id"
+            };
             if let Target::Client(id) = target {
-                let exists: Option<String> = sqlx::query_scalar("SELECT client_id FROM clients WHERE client_id = $1")
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                let exists: Option<String> =
+                    sqlx::query_scalar("SELECT client_id FROM clients WHERE client_id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
                 if exists.is_none() {
                     return Err(ApiError::NotFound(format!("no client {id:?}")));
                 }
@@ -310,11 +351,29 @@ pub async fn revoke(state: &AppState, target: &Target, reason: &str, actor: &str
             .await?;
             // A token signed in this very second on another replica is covered too (iat <= revoked_at):
             // keep the entry for at least the longest lifetime any such token may have.
-            max_exp.unwrap_or(0).max(now + state.config.max_token_lifetime_seconds as i64)
+            max_exp
+                .unwrap_or(0)
+                .max(now + state.config.max_token_lifetime_seconds as i64)
         }
     };
-    upsert_entry(&mut tx, target.kind(), value, seq, reason, actor, now, expires_at).await?;
-    let event = match target { Target::Jti(j) => crate::events::Event::new("token.revoked", actor).jti(j), Target::Subject(s) => crate::events::Event::new("revocation.created", actor).subject(s), Target::Client(c) => crate::events::Event::new("revocation.created", actor).client(c) };
+    upsert_entry(
+        &mut tx,
+        Entry {
+            kind: target.kind(),
+            value,
+            seq,
+            reason,
+            actor,
+            revoked_at: now,
+            expires_at,
+        },
+    )
+    .await?;
+    let event = match target {
+        Target::Jti(j) => crate::events::Event::new("token.revoked", actor).jti(j),
+        Target::Subject(s) => crate::events::Event::new("revocation.created", actor).subject(s),
+        Target::Client(c) => crate::events::Event::new("revocation.created", actor).client(c),
+    };
     crate::events::record(&state.events, &state.db, &mut tx, event.details(serde_json::json!({"kind": target.kind(), "value": value, "reason": reason, "cursor": seq}))).await?;
     notify_change(&state.db, &mut tx, seq).await?;
     tx.commit().await?;
@@ -340,23 +399,40 @@ struct CreateRequest {
     reason: Option<String>,
 }
 
-async fn create(State(state): State<AppState>, principal: Principal, Json(req): Json<CreateRequest>) -> ApiResult<Response> {
+async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(req): Json<CreateRequest>,
+) -> ApiResult<Response> {
     principal.require(&[Role::Admin, Role::Service], "revoke tokens")?;
     let target = match (req.jti, req.subject, req.client_id) {
         (Some(jti), None, None) => Target::Jti(jti),
         (None, Some(subject), None) => Target::Subject(subject),
         (None, None, Some(client)) => Target::Client(client),
-        _ => return Err(ApiError::bad_request("exactly one of jti, subject or client_id is required")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "exactly one of jti, subject or client_id is required",
+            ))
+        }
     };
     if target.value().is_empty() || target.value().len() > 512 {
-        return Err(ApiError::field(target.kind_field(), format!("{}: must be 1 to 512 characters", target.kind_field())));
+        return Err(ApiError::field(
+            target.kind_field(),
+            format!("{}: must be 1 to 512 characters", target.kind_field()),
+        ));
     }
     let reason = req.reason.unwrap_or_default();
     if reason.trim().is_empty() {
-        return Err(ApiError::field("reason", "reason: required, say why the token is revoked"));
+        return Err(ApiError::field(
+            "reason",
+            "reason: required, say why the token is revoked",
+        ));
     }
     if reason.len() > 1000 {
-        return Err(ApiError::field("reason", format!("reason: {} characters, maximum 1000", reason.len())));
+        return Err(ApiError::field(
+            "reason",
+            format!("reason: {} characters, maximum 1000", reason.len()),
+        ));
     }
     if principal.role == Role::Service {
         // A service may revoke only what belongs to its own client.
@@ -364,18 +440,25 @@ async fn create(State(state): State<AppState>, principal: Principal, Json(req): 
         match &target {
             Target::Client(id) => principal.require_client(id, "revoke tokens")?,
             Target::Jti(jti) => {
-                let client: Option<String> = sqlx::query_scalar("SELECT client_id FROM tokens WHERE jti = $1")
-                    .bind(jti)
-                    .fetch_optional(&state.db.pool)
-                    .await?;
+                let client: Option<String> =
+                    sqlx::query_scalar("SELECT client_id FROM tokens WHERE jti = $1")
+                        .bind(jti)
+                        .fetch_optional(&state.db.pool)
+                        .await?;
                 match client {
                     Some(c) if c == own => {}
-                    Some(_) => return Err(ApiError::Forbidden("token belongs to another client".into())),
+                    Some(_) => {
+                        return Err(ApiError::Forbidden(
+                            "token belongs to another client".into(),
+                        ))
+                    }
                     None => return Err(ApiError::NotFound(format!("no token with jti {jti:?}"))),
                 }
             }
             Target::Subject(_) => {
-                return Err(ApiError::Forbidden("a service key may not revoke a subject across clients".into()))
+                return Err(ApiError::Forbidden(
+                    "a service key may not revoke a subject across clients".into(),
+                ))
             }
         }
     }
@@ -418,28 +501,43 @@ pub struct Page<T> {
 pub fn page_params(limit: Option<i64>, offset: Option<i64>) -> ApiResult<(i64, i64)> {
     let limit = limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
-        return Err(ApiError::field("limit", format!("limit: {limit} is out of range 1..=500")));
+        return Err(ApiError::field(
+            "limit",
+            format!("limit: {limit} is out of range 1..=500"),
+        ));
     }
     let offset = offset.unwrap_or(0);
     if offset < 0 {
-        return Err(ApiError::field("offset", format!("offset: {offset} is negative")));
+        return Err(ApiError::field(
+            "offset",
+            format!("offset: {offset} is negative"),
+        ));
     }
     Ok((limit, offset))
 }
 
-async fn list(State(state): State<AppState>, principal: Principal, Query(q): Query<ListQuery>) -> ApiResult<Json<Page<Revocation>>> {
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Page<Revocation>>> {
     principal.require(&[Role::Admin, Role::Auditor], "list revocations")?;
     let (limit, offset) = page_params(q.limit, q.offset)?;
     let kind = q.kind.unwrap_or_default();
     if !["", "jti", "subject", "client"].contains(&kind.as_str()) {
-        return Err(ApiError::field("kind", format!("kind: {kind:?} is not one of jti, subject, client")));
+        return Err(ApiError::field(
+            "kind",
+            format!("kind: {kind:?} is not one of jti, subject, client"),
+        ));
     }
     let now = now();
-    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM revocations WHERE expires_at > $1 AND ($2 = '' OR kind = $2)")
-        .bind(now)
-        .bind(&kind)
-        .fetch_one(&state.db.pool)
-        .await?;
+    let total: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM revocations WHERE expires_at > $1 AND ($2 = '' OR kind = $2)",
+    )
+    .bind(now)
+    .bind(&kind)
+    .fetch_one(&state.db.pool)
+    .await?;
     let rows = sqlx::query(
         "SELECT kind, value, reason, actor, revoked_at, expires_at, seq FROM revocations \
          WHERE expires_at > $1 AND ($2 = '' OR kind = $2) ORDER BY seq DESC, kind, value LIMIT $3 OFFSET $4",
@@ -464,7 +562,12 @@ async fn list(State(state): State<AppState>, principal: Principal, Query(q): Que
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Json(Page { items, total, limit, offset }))
+    Ok(Json(Page {
+        items,
+        total,
+        limit,
+        offset,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -540,13 +643,28 @@ async fn feed(
     Query(q): Query<FeedQuery>,
     ClientAddr(address): ClientAddr,
 ) -> ApiResult<Response> {
-    principal.require(&[Role::Admin, Role::Auditor, Role::Edge], "read the revocation feed")?;
+    principal.require(
+        &[Role::Admin, Role::Auditor, Role::Edge],
+        "read the revocation feed",
+    )?;
     let since = q.since.unwrap_or(0);
     if since < 0 {
-        return Err(ApiError::field("since", format!("since: {since} is negative")));
+        return Err(ApiError::field(
+            "since",
+            format!("since: {since} is negative"),
+        ));
     }
-    if let Some(name) = headers.get(EDGE_HEADER).and_then(|v| v.to_str().ok()).filter(|n| !n.is_empty() && n.len() <= 200) {
-        state.feed.record_poll(EdgePoll { name: name.to_owned(), last_poll: now(), cursor: since, address });
+    if let Some(name) = headers
+        .get(EDGE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|n| !n.is_empty() && n.len() <= 200)
+    {
+        state.feed.record_poll(EdgePoll {
+            name: name.to_owned(),
+            last_poll: now(),
+            cursor: since,
+            address,
+        });
     }
     let mut current = state.feed.current();
     if since > current {
@@ -574,7 +692,14 @@ async fn feed(
             return Ok(response);
         }
         if since != 0 {
-            let body = FeedBody { cursor: current, full: false, now: now(), revoked_jtis: vec![], revoked_subjects: vec![], revoked_clients: vec![] };
+            let body = FeedBody {
+                cursor: current,
+                full: false,
+                now: now(),
+                revoked_jtis: vec![],
+                revoked_subjects: vec![],
+                revoked_clients: vec![],
+            };
             let mut response = Json(body).into_response();
             set_feed_headers(response.headers_mut(), &tag);
             return Ok(response);
@@ -611,23 +736,47 @@ pub async fn load_feed(db: &Db, since: i64) -> Result<FeedBody, sqlx::Error> {
     .bind(now)
     .fetch_all(&db.pool)
     .await?;
-    let mut body = FeedBody { cursor, full, now, revoked_jtis: vec![], revoked_subjects: vec![], revoked_clients: vec![] };
+    let mut body = FeedBody {
+        cursor,
+        full,
+        now,
+        revoked_jtis: vec![],
+        revoked_subjects: vec![],
+        revoked_clients: vec![],
+    };
     for row in rows {
         let kind: String = row.try_get("kind")?;
         let value: String = row.try_get("value")?;
         let revoked_at: i64 = row.try_get("revoked_at")?;
         let expires_at: i64 = row.try_get("expires_at")?;
         match kind.as_str() {
-            "jti" => body.revoked_jtis.push(FeedJti { jti: value, exp: expires_at }),
-            "subject" => body.revoked_subjects.push(FeedSubject { subject: value, revoked_at, expires_at }),
-            _ => body.revoked_clients.push(FeedClient { client_id: value, revoked_at, expires_at }),
+            "jti" => body.revoked_jtis.push(FeedJti {
+                jti: value,
+                exp: expires_at,
+            }),
+            "subject" => body.revoked_subjects.push(FeedSubject {
+                subject: value,
+                revoked_at,
+                expires_at,
+            }),
+            _ => body.revoked_clients.push(FeedClient {
+                client_id: value,
+                revoked_at,
+                expires_at,
+            }),
         }
     }
     Ok(body)
 }
 
 /// Checks the database revocation state for a verified token: by jti, subject or client.
-pub async fn is_revoked(db: &Db, jti: Option<&str>, sub: Option<&str>, client_id: Option<&str>, iat: i64) -> Result<bool, sqlx::Error> {
+pub async fn is_revoked(
+    db: &Db,
+    jti: Option<&str>,
+    sub: Option<&str>,
+    client_id: Option<&str>,
+    iat: i64,
+) -> Result<bool, sqlx::Error> {
     let row: Option<i64> = sqlx::query_scalar(
         "SELECT 1 FROM revocations WHERE (kind = 'jti' AND value = $1) \
          OR (kind = 'subject' AND value = $2 AND revoked_at >= $4) \

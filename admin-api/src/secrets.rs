@@ -45,8 +45,13 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn argon2(params: &Argon2Params) -> Argon2<'static> {
-    let params = Params::new(params.memory_kib, params.iterations, params.parallelism, None)
-        .unwrap_or_else(|_| Params::default());
+    let params = Params::new(
+        params.memory_kib,
+        params.iterations,
+        params.parallelism,
+        None,
+    )
+    .unwrap_or_else(|_| Params::default());
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
@@ -63,7 +68,9 @@ pub fn hash_password(password: &str, params: &Argon2Params) -> anyhow::Result<St
 pub fn verify_password(password: &str, phc: &str) -> bool {
     match PasswordHash::new(phc) {
         // Parameters come from the PHC string, so hashes made with other costs still verify.
-        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }

@@ -54,10 +54,14 @@ pub async fn lookup(state: &AppState, session: &str) -> ApiResult<Option<(Princi
     let Some(row) = row else { return Ok(None) };
     let role: String = row.try_get("role")?;
     let principal = Principal {
-        role: role.parse().map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?,
+        role: role
+            .parse()
+            .map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?,
         client_id: None,
         name: row.try_get("username")?,
-        credential: Credential::Session { user_id: row.try_get("id")? },
+        credential: Credential::Session {
+            user_id: row.try_get("id")?,
+        },
     };
     Ok(Some((principal, row.try_get("csrf_hash")?)))
 }
@@ -72,7 +76,11 @@ async fn login(State(state): State<AppState>, req: axum::extract::Request) -> Ap
         .await?;
     // Verify against a dummy hash for unknown users so both paths cost the same.
     let (user_id, hash, role) = match row {
-        Some(r) => (Some(r.try_get::<String, _>("id")?), r.try_get::<String, _>("password_hash")?, r.try_get::<String, _>("role")?),
+        Some(r) => (
+            Some(r.try_get::<String, _>("id")?),
+            r.try_get::<String, _>("password_hash")?,
+            r.try_get::<String, _>("role")?,
+        ),
         None => (None, state.dummy_hash.clone(), String::new()),
     };
     let password = body.password;
@@ -94,19 +102,31 @@ async fn login(State(state): State<AppState>, req: axum::extract::Request) -> Ap
         .execute(&state.db.pool)
         .await?;
     // Expired sessions are swept on login, which is rare enough to be free.
-    sqlx::query("DELETE FROM sessions WHERE expires_at <= $1").bind(now()).execute(&state.db.pool).await?;
-    let secure = if state.config.cookie_secure { "; Secure" } else { "" };
+    sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
+        .bind(now())
+        .execute(&state.db.pool)
+        .await?;
+    let secure = if state.config.cookie_secure {
+        "; Secure"
+    } else {
+        ""
+    };
     let max_age = state.config.session_lifetime_seconds;
     let info = SessionInfo {
         username: body.username,
-        role: role.parse().map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?,
+        role: role
+            .parse()
+            .map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?,
         csrf_token: Some(csrf.clone()),
         expires_at: Some(expires_at),
     };
     let mut response = (StatusCode::OK, Json(info)).into_response();
     let headers = response.headers_mut();
     append_cookie(headers, format!("{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"))?;
-    append_cookie(headers, format!("{CSRF_COOKIE}={csrf}; Path=/; SameSite=Strict; Max-Age={max_age}{secure}"))?;
+    append_cookie(
+        headers,
+        format!("{CSRF_COOKIE}={csrf}; Path=/; SameSite=Strict; Max-Age={max_age}{secure}"),
+    )?;
     Ok(response)
 }
 
@@ -117,20 +137,40 @@ fn append_cookie(headers: &mut HeaderMap, cookie: String) -> ApiResult<()> {
 }
 
 async fn whoami(principal: Principal) -> ApiResult<Json<SessionInfo>> {
-    Ok(Json(SessionInfo { username: principal.name, role: principal.role, csrf_token: None, expires_at: None }))
+    Ok(Json(SessionInfo {
+        username: principal.name,
+        role: principal.role,
+        csrf_token: None,
+        expires_at: None,
+    }))
 }
 
-async fn logout(State(state): State<AppState>, headers: HeaderMap, principal: Principal) -> ApiResult<Response> {
+async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    principal: Principal,
+) -> ApiResult<Response> {
     if !matches!(principal.credential, Credential::Session { .. }) {
-        return Err(ApiError::bad_request("no session to end: this request was authenticated with an api key"));
+        return Err(ApiError::bad_request(
+            "no session to end: this request was authenticated with an api key",
+        ));
     }
     if let Some(session) = cookie(&headers, SESSION_COOKIE) {
-        sqlx::query("DELETE FROM sessions WHERE id_hash = $1").bind(sha256_hex(session)).execute(&state.db.pool).await?;
+        sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
+            .bind(sha256_hex(session))
+            .execute(&state.db.pool)
+            .await?;
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     let headers = response.headers_mut();
-    append_cookie(headers, format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"))?;
-    append_cookie(headers, format!("{CSRF_COOKIE}=; Path=/; SameSite=Strict; Max-Age=0"))?;
+    append_cookie(
+        headers,
+        format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    )?;
+    append_cookie(
+        headers,
+        format!("{CSRF_COOKIE}=; Path=/; SameSite=Strict; Max-Age=0"),
+    )?;
     Ok(response)
 }
 

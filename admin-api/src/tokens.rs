@@ -82,16 +82,25 @@ pub fn check_grant(
     ttl_seconds: Option<i64>,
 ) -> ApiResult<Grant> {
     if subject.is_empty() || subject.len() > 512 {
-        return Err(ApiError::field("subject", "subject: must be 1 to 512 characters"));
+        return Err(ApiError::field(
+            "subject",
+            "subject: must be 1 to 512 characters",
+        ));
     }
     for (i, scope) in scopes.iter().enumerate() {
         if !valid_scope_token(scope) {
-            return Err(ApiError::field(format!("scopes[{i}]"), format!("scopes[{i}]: {scope:?} is not a valid scope token")));
+            return Err(ApiError::field(
+                format!("scopes[{i}]"),
+                format!("scopes[{i}]: {scope:?} is not a valid scope token"),
+            ));
         }
         if !client.allowed_scopes.contains(scope) {
             return Err(ApiError::field(
                 format!("scopes[{i}]"),
-                format!("scopes[{i}]: scope {scope:?} is not allowed for client {:?}", client.client_id),
+                format!(
+                    "scopes[{i}]: scope {scope:?} is not allowed for client {:?}",
+                    client.client_id
+                ),
             ));
         }
     }
@@ -99,30 +108,49 @@ pub fn check_grant(
         if !client.allowed_roles.contains(role) {
             return Err(ApiError::field(
                 format!("roles[{i}]"),
-                format!("roles[{i}]: role {role:?} is not allowed for client {:?}", client.client_id),
+                format!(
+                    "roles[{i}]: role {role:?} is not allowed for client {:?}",
+                    client.client_id
+                ),
             ));
         }
     }
     let audience = if audience.is_empty() {
-        vec![client.audiences.first().cloned().unwrap_or_else(|| state.config.default_audience.clone())]
+        vec![client
+            .audiences
+            .first()
+            .cloned()
+            .unwrap_or_else(|| state.config.default_audience.clone())]
     } else {
         for (i, aud) in audience.iter().enumerate() {
-            let allowed = if client.audiences.is_empty() { aud == &state.config.default_audience } else { client.audiences.contains(aud) };
+            let allowed = if client.audiences.is_empty() {
+                aud == &state.config.default_audience
+            } else {
+                client.audiences.contains(aud)
+            };
             if !allowed {
                 return Err(ApiError::field(
                     "audience",
-                    format!("audience: {aud:?} (index {i}) is not registered for client {:?}", client.client_id),
+                    format!(
+                        "audience: {aud:?} (index {i}) is not registered for client {:?}",
+                        client.client_id
+                    ),
                 ));
             }
         }
         audience
     };
-    let max = client.max_lifetime_seconds.min(state.config.max_token_lifetime_seconds as i64);
+    let max = client
+        .max_lifetime_seconds
+        .min(state.config.max_token_lifetime_seconds as i64);
     let ttl = ttl_seconds.unwrap_or(max.min(3600));
     if ttl < 1 || ttl > max {
         return Err(ApiError::field(
             "ttl_seconds",
-            format!("ttl_seconds: {ttl} is out of range 1..={max} (client {:?} maximum)", client.client_id),
+            format!(
+                "ttl_seconds: {ttl} is out of range 1..={max} (client {:?} maximum)",
+                client.client_id
+            ),
         ));
     }
     let dedup = |v: Vec<String>| {
@@ -134,7 +162,13 @@ pub fn check_grant(
         }
         out
     };
-    Ok(Grant { subject: subject.to_owned(), scopes: dedup(scopes), roles: dedup(roles), audience: dedup(audience), ttl_seconds: ttl })
+    Ok(Grant {
+        subject: subject.to_owned(),
+        scopes: dedup(scopes),
+        roles: dedup(roles),
+        audience: dedup(audience),
+        ttl_seconds: ttl,
+    })
 }
 
 /// Signs an access token for `grant` and records it (and a refresh token when `refresh` is
@@ -209,7 +243,13 @@ pub async fn issue_in(
         }
     };
     crate::events::record(&state.events, &state.db, tx, crate::events::Event::new("token.issued", issued_by).jti(&jti).subject(&grant.subject).client(client_id).details(serde_json::json!({"scopes": grant.scopes, "expires_at": exp, "refresh": refresh_token.is_some()}))).await?;
-    Ok(Issued { access_token, token_type: "Bearer", expires_in: grant.ttl_seconds, refresh_token, jti })
+    Ok(Issued {
+        access_token,
+        token_type: "Bearer",
+        expires_in: grant.ttl_seconds,
+        refresh_token,
+        jti,
+    })
 }
 
 /// Where a new refresh token goes.
@@ -224,13 +264,18 @@ pub struct RefreshPlan {
 impl RefreshPlan {
     /// A new family.
     pub fn new_family() -> RefreshPlan {
-        RefreshPlan { family_id: random_jti(), expires_at: None }
+        RefreshPlan {
+            family_id: random_jti(),
+            expires_at: None,
+        }
     }
 }
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/tokens", post(create).get(list)).route("/api/v1/tokens/{jti}", get(show))
+    Router::new()
+        .route("/api/v1/tokens", post(create).get(list))
+        .route("/api/v1/tokens/{jti}", get(show))
 }
 
 /// `audience` may be one string or a list.
@@ -264,19 +309,42 @@ async fn create(
 ) -> ApiResult<Json<Issued>> {
     principal.require(&[Role::Admin, Role::Service], "issue tokens")?;
     principal.require_client(&req.client_id, "issue tokens")?;
-    state.token_limiter.check(&format!("issue:{}", principal.actor()))?;
+    state
+        .token_limiter
+        .check(&format!("issue:{}", principal.actor()))?;
     let client = clients::find(&state.db, &req.client_id)
         .await?
-        .ok_or_else(|| ApiError::field("client_id", format!("client_id: no client {:?}", req.client_id)))?;
+        .ok_or_else(|| {
+            ApiError::field(
+                "client_id",
+                format!("client_id: no client {:?}", req.client_id),
+            )
+        })?;
     let audience = match req.audience {
         None => vec![],
         Some(Audience::One(a)) => vec![a],
         Some(Audience::Many(v)) => v,
     };
-    let grant = check_grant(&state, &client, &req.subject, req.scopes, req.roles, audience, req.ttl_seconds)?;
+    let grant = check_grant(
+        &state,
+        &client,
+        &req.subject,
+        req.scopes,
+        req.roles,
+        audience,
+        req.ttl_seconds,
+    )?;
     let mut tx = state.db.pool.begin().await?;
     let refresh = req.refresh.then(RefreshPlan::new_family);
-    let issued = issue_in(&state, &mut tx, &client.client_id, &grant, refresh, &principal.actor()).await?;
+    let issued = issue_in(
+        &state,
+        &mut tx,
+        &client.client_id,
+        &grant,
+        refresh,
+        &principal.actor(),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(jti = %issued.jti, client_id = %client.client_id, actor = %principal.actor(), "token issued");
     Ok(Json(issued))
@@ -316,7 +384,10 @@ pub struct TokenRecord {
 }
 
 fn split(s: String) -> Vec<String> {
-    s.split(' ').filter(|p| !p.is_empty()).map(str::to_owned).collect()
+    s.split(' ')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn record(row: &AnyRow, now: i64) -> Result<TokenRecord, sqlx::Error> {
@@ -359,7 +430,11 @@ struct ListQuery {
     offset: Option<i64>,
 }
 
-async fn list(State(state): State<AppState>, principal: Principal, Query(q): Query<ListQuery>) -> ApiResult<Json<Page<TokenRecord>>> {
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Page<TokenRecord>>> {
     principal.require(&[Role::Admin, Role::Auditor], "list tokens")?;
     let (limit, offset) = page_params(q.limit, q.offset)?;
     let status_clause = match q.status.as_deref() {
@@ -368,7 +443,10 @@ async fn list(State(state): State<AppState>, principal: Principal, Query(q): Que
         Some("expired") => "revoked_at IS NULL AND expires_at <= $1",
         Some("revoked") => "revoked_at IS NOT NULL",
         Some(other) => {
-            return Err(ApiError::field("status", format!("status: {other:?} is not one of active, expired, revoked")));
+            return Err(ApiError::field(
+                "status",
+                format!("status: {other:?} is not one of active, expired, revoked"),
+            ));
         }
     };
     // Placeholders are numbered the same in both queries; unused ones are compared to themselves.
@@ -378,12 +456,14 @@ async fn list(State(state): State<AppState>, principal: Principal, Query(q): Que
     let now = now();
     let subject = q.subject.unwrap_or_default();
     let client_id = q.client_id.unwrap_or_default();
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM tokens {filter}")))
-        .bind(now)
-        .bind(&subject)
-        .bind(&client_id)
-        .fetch_one(&state.db.pool)
-        .await?;
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM tokens {filter}"
+    )))
+    .bind(now)
+    .bind(&subject)
+    .bind(&client_id)
+    .fetch_one(&state.db.pool)
+    .await?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM tokens {filter} ORDER BY issued_at DESC, jti LIMIT $4 OFFSET $5"
     )))
@@ -394,16 +474,30 @@ async fn list(State(state): State<AppState>, principal: Principal, Query(q): Que
     .bind(offset)
     .fetch_all(&state.db.pool)
     .await?;
-    let items = rows.iter().map(|r| record(r, now)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(Page { items, total, limit, offset }))
+    let items = rows
+        .iter()
+        .map(|r| record(r, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(Page {
+        items,
+        total,
+        limit,
+        offset,
+    }))
 }
 
-async fn show(State(state): State<AppState>, principal: Principal, Path(jti): Path<String>) -> ApiResult<Json<TokenRecord>> {
+async fn show(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(jti): Path<String>,
+) -> ApiResult<Json<TokenRecord>> {
     principal.require(&[Role::Admin, Role::Auditor], "read tokens")?;
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM tokens WHERE jti = $1")))
-        .bind(&jti)
-        .fetch_optional(&state.db.pool)
-        .await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM tokens WHERE jti = $1"
+    )))
+    .bind(&jti)
+    .fetch_optional(&state.db.pool)
+    .await?;
     let row = row.ok_or_else(|| ApiError::NotFound(format!("no token with jti {jti:?}")))?;
     Ok(Json(record(&row, now())?))
 }

@@ -19,12 +19,16 @@ both_backends!(every_route_under_every_role_gets_the_expected_status);
 
 /// Sends one request and returns its status; bodies of event streams are not awaited.
 async fn status_of(app: &TestApp, request: Request<Body>) -> StatusCode {
-    let response = tokio::time::timeout(Duration::from_secs(20), app.router.clone().oneshot(request))
-        .await
-        .expect("route answered within 20s")
-        .expect("infallible");
+    let response =
+        tokio::time::timeout(Duration::from_secs(20), app.router.clone().oneshot(request))
+            .await
+            .expect("route answered within 20s")
+            .expect("infallible");
     let status = response.status();
-    let streaming = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let streaming = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if !streaming {
         let _ = response.into_body().collect().await;
     }
@@ -42,7 +46,10 @@ async fn every_route_under_every_role_gets_the_expected_status(backend: Backend)
         ("admin", Some(app.admin_key.clone())),
         ("auditor", Some(app.api_key(Role::Auditor, None).await)),
         ("edge", Some(app.api_key(Role::Edge, None).await)),
-        ("service", Some(app.api_key(Role::Service, Some("billing")).await)),
+        (
+            "service",
+            Some(app.api_key(Role::Service, Some("billing")).await),
+        ),
     ];
     let mut failures = Vec::new();
     let mut checked = 0;
@@ -60,7 +67,9 @@ async fn every_route_under_every_role_gets_the_expected_status(backend: Backend)
                 builder = builder.header(header::AUTHORIZATION, format!("Bearer {key}"));
             }
             let request = match op.body {
-                Some(ct) if ct.contains("json") => builder.header(header::CONTENT_TYPE, "application/json").body(Body::from("{}")),
+                Some(ct) if ct.contains("json") => builder
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from("{}")),
                 Some(ct) => builder.header(header::CONTENT_TYPE, ct).body(Body::empty()),
                 None => builder.body(Body::empty()),
             }
@@ -80,15 +89,26 @@ async fn every_route_under_every_role_gets_the_expected_status(backend: Backend)
                 "403"
             };
             let ok = match expected {
-                "open" | "allowed" => status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN && !status.is_server_error(),
+                "open" | "allowed" => {
+                    status != StatusCode::UNAUTHORIZED
+                        && status != StatusCode::FORBIDDEN
+                        && !status.is_server_error()
+                }
                 "401" => status == StatusCode::UNAUTHORIZED,
                 _ => status == StatusCode::FORBIDDEN,
             };
             if !ok {
-                failures.push(format!("{} {} as {caller}: got {status}, expected {expected}", op.method, op.path));
+                failures.push(format!(
+                    "{} {} as {caller}: got {status}, expected {expected}",
+                    op.method, op.path
+                ));
             }
         }
     }
     assert!(checked >= OPERATIONS.len() * 5);
-    assert!(failures.is_empty(), "authorization matrix mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "authorization matrix mismatches:\n{}",
+        failures.join("\n")
+    );
 }

@@ -26,12 +26,24 @@ fn command(db: &TestDb) -> Command {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
+// The caller kills and waits for the returned child; the failure path here does the same.
+#[allow(clippy::zombie_processes)]
 async fn start(db: &TestDb, port: u16) -> Child {
-    let child = command(db)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--issuer", "https://issuer.test"])
+    let mut child = command(db)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--issuer",
+            "https://issuer.test",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -39,20 +51,37 @@ async fn start(db: &TestDb, port: u16) -> Child {
     let deadline = Instant::now() + Duration::from_secs(30);
     let client = reqwest::Client::new();
     loop {
-        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/healthz")).send().await {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+        {
             if r.status().is_success() {
                 return child;
             }
         }
-        assert!(Instant::now() < deadline, "admin api did not become healthy on port {port} within 30s");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("admin api did not become healthy on port {port} within 30s");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn send(method: reqwest::Method, url: String, key: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request = reqwest::Client::new().request(method, url).header("authorization", format!("Bearer {key}"));
+async fn send(
+    method: reqwest::Method,
+    url: String,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, url)
+        .header("authorization", format!("Bearer {key}"));
     if let Some(body) = body {
-        request = request.header("content-type", "application/json").body(body.to_string());
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
     }
     let response = request.send().await.expect("request");
     let status = response.status().as_u16();
@@ -62,15 +91,35 @@ async fn send(method: reqwest::Method, url: String, key: &str, body: Option<Valu
 
 async fn revocation_acknowledged_before_sigkill_survives_restart(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let output = command(&db).args(["api-key", "create", "--role", "admin", "--name", "durability"]).output().expect("cli");
-    assert!(output.status.success(), "api-key create failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = command(&db)
+        .args([
+            "api-key",
+            "create",
+            "--role",
+            "admin",
+            "--name",
+            "durability",
+        ])
+        .output()
+        .expect("cli");
+    assert!(
+        output.status.success(),
+        "api-key create failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let key = String::from_utf8(output.stdout).unwrap().trim().to_owned();
     assert!(key.starts_with("ewk_"), "cli prints the key: {key:?}");
 
     let port = free_port();
     let mut server = start(&db, port).await;
     let base = format!("http://127.0.0.1:{port}");
-    let (status, _) = send(reqwest::Method::POST, format!("{base}/api/v1/clients"), &key, Some(json!({"client_id": "billing"}))).await;
+    let (status, _) = send(
+        reqwest::Method::POST,
+        format!("{base}/api/v1/clients"),
+        &key,
+        Some(json!({"client_id": "billing"})),
+    )
+    .await;
     assert_eq!(status, 201);
     let (status, issued) = send(
         reqwest::Method::POST,
@@ -81,8 +130,13 @@ async fn revocation_acknowledged_before_sigkill_survives_restart(backend: Backen
     .await;
     assert_eq!(status, 200);
     let jti = issued["jti"].as_str().unwrap().to_owned();
-    let (status, _) =
-        send(reqwest::Method::POST, format!("{base}/api/v1/revocations"), &key, Some(json!({"jti": jti, "reason": "durability"}))).await;
+    let (status, _) = send(
+        reqwest::Method::POST,
+        format!("{base}/api/v1/revocations"),
+        &key,
+        Some(json!({"jti": jti, "reason": "durability"})),
+    )
+    .await;
     assert_eq!(status, 201, "revocation acknowledged");
     // SIGKILL right after the acknowledgement: no shutdown hook, no flush.
     server.kill().expect("sigkill");
@@ -91,9 +145,19 @@ async fn revocation_acknowledged_before_sigkill_survives_restart(backend: Backen
     let port = free_port();
     let mut server = start(&db, port).await;
     let base = format!("http://127.0.0.1:{port}");
-    let (status, feed) = send(reqwest::Method::GET, format!("{base}/api/v1/revocations/feed?since=0"), &key, None).await;
+    let (status, feed) = send(
+        reqwest::Method::GET,
+        format!("{base}/api/v1/revocations/feed?since=0"),
+        &key,
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
-    assert_eq!(feed["revoked_jtis"][0]["jti"], jti.as_str(), "revocation survived the kill: {feed}");
+    assert_eq!(
+        feed["revoked_jtis"][0]["jti"],
+        jti.as_str(),
+        "revocation survived the kill: {feed}"
+    );
     let body = format!("token={}", issued["access_token"].as_str().unwrap());
     let response = reqwest::Client::new()
         .post(format!("{base}/oauth/introspect"))

@@ -17,7 +17,9 @@ async fn revocation_on_one_replica_wakes_long_polls_on_another() {
     let db = TestDb::new(Backend::Postgres).await;
     let config = db.config();
     let a = TestApp::with_config(config.clone(), db).await;
-    let b_state = edgewarden_admin::AppState::new(config).await.expect("second replica");
+    let b_state = edgewarden_admin::AppState::new(config)
+        .await
+        .expect("second replica");
     let b = edgewarden_admin::app(b_state);
 
     a.client("billing", &[], &[]).await;
@@ -31,12 +33,21 @@ async fn revocation_on_one_replica_wakes_long_polls_on_another() {
             axum::http::Request::post("/oauth/introspect")
                 .header(header::AUTHORIZATION, format!("Bearer {}", a.admin_key))
                 .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(axum::body::Body::from(format!("token={}", issued["access_token"].as_str().unwrap())))
+                .body(axum::body::Body::from(format!(
+                    "token={}",
+                    issued["access_token"].as_str().unwrap()
+                )))
                 .unwrap(),
         )
         .await
         .unwrap();
-    let intro: Value = serde_json::from_slice(&http_body_util::BodyExt::collect(intro.into_body()).await.unwrap().to_bytes()).unwrap();
+    let intro: Value = serde_json::from_slice(
+        &http_body_util::BodyExt::collect(intro.into_body())
+            .await
+            .unwrap()
+            .to_bytes(),
+    )
+    .unwrap();
     assert_eq!(intro["active"], true);
 
     let waiting = tokio::spawn({
@@ -48,19 +59,38 @@ async fn revocation_on_one_replica_wakes_long_polls_on_another() {
                 .unwrap();
             let response = b.oneshot(request).await.unwrap();
             assert_eq!(response.status(), StatusCode::OK);
-            let bytes = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
-            (Instant::now(), serde_json::from_slice::<Value>(&bytes).unwrap())
+            let bytes = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (
+                Instant::now(),
+                serde_json::from_slice::<Value>(&bytes).unwrap(),
+            )
         }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!waiting.is_finished(), "the long-poll on replica B waits while nothing changed");
-    a.post("/api/v1/revocations", Some(&a.admin_key), json!({"jti": issued["jti"], "reason": "replicas"}))
-        .await
-        .expect(StatusCode::CREATED);
+    assert!(
+        !waiting.is_finished(),
+        "the long-poll on replica B waits while nothing changed"
+    );
+    a.post(
+        "/api/v1/revocations",
+        Some(&a.admin_key),
+        json!({"jti": issued["jti"], "reason": "replicas"}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
     let acknowledged = Instant::now();
-    let (answered, feed) = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("woken by notify").unwrap();
+    let (answered, feed) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("woken by notify")
+        .unwrap();
     let latency = answered.saturating_duration_since(acknowledged);
     assert_eq!(feed["revoked_jtis"][0]["jti"], issued["jti"]);
-    assert!(latency < Duration::from_secs(1), "replica B answered {latency:?} after replica A acknowledged");
+    assert!(
+        latency < Duration::from_secs(1),
+        "replica B answered {latency:?} after replica A acknowledged"
+    );
     println!("cross-replica propagation: {latency:?}");
 }

@@ -41,7 +41,8 @@ macro_rules! both_backends {
 }
 
 pub fn postgres_admin_url() -> String {
-    std::env::var("EDGEWARDEN_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("EDGEWARDEN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// A database that exists for one test: a temp dir (SQLite) or a fresh PostgreSQL database.
@@ -55,7 +56,11 @@ impl TestDb {
     pub async fn new(backend: Backend) -> TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
         match backend {
-            Backend::Sqlite => TestDb { dir, database_url: None, pg_name: None },
+            Backend::Sqlite => TestDb {
+                dir,
+                database_url: None,
+                pg_name: None,
+            },
             Backend::Postgres => {
                 let admin = postgres_admin_url();
                 let mut conn = sqlx::postgres::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
@@ -63,14 +68,21 @@ impl TestDb {
                         "postgresql is unreachable at {admin} ({e}); start it or set EDGEWARDEN_TEST_POSTGRES_URL: these tests never skip"
                     )
                 });
-                let name = format!("ew_test_{}", edgewarden_admin::secrets::random_id("").to_lowercase());
+                let name = format!(
+                    "ew_test_{}",
+                    edgewarden_admin::secrets::random_id("").to_lowercase()
+                );
                 sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                     .execute(&mut conn)
                     .await
                     .expect("create test database");
                 let mut url = url::Url::parse(&admin).expect("postgres url");
                 url.set_path(&name);
-                TestDb { dir, database_url: Some(url.to_string()), pg_name: Some(name) }
+                TestDb {
+                    dir,
+                    database_url: Some(url.to_string()),
+                    pg_name: Some(name),
+                }
             }
         }
     }
@@ -80,25 +92,39 @@ impl TestDb {
         let mut config = Config::new(self.dir.path());
         config.database_url = self.database_url.clone();
         config.argon2 = Argon2Params::INSECURE_FAST_FOR_TESTS;
-        config.master_key = MasterKeySource::Inline("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".into());
+        config.master_key = MasterKeySource::Inline(
+            "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".into(),
+        );
         config.issuer = "https://issuer.test".into();
         // Tests that need cross-replica propagation must get it from LISTEN/NOTIFY, not from polling.
         config.refresh_interval_seconds = 3600;
-        config.token_rate_limit = RateLimit { burst: 10_000, per_second: 10_000.0 };
+        config.token_rate_limit = RateLimit {
+            burst: 10_000,
+            per_second: 10_000.0,
+        };
         config
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some(name) = self.pg_name.take() else { return };
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
         let admin = postgres_admin_url();
         // Drop runs inside a tokio runtime: use a separate thread with its own runtime.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
                 if let Ok(mut conn) = sqlx::postgres::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
                 }
             });
         })
@@ -126,7 +152,11 @@ impl Answer {
     /// Asserts the status, printing the body when it differs.
     #[track_caller]
     pub fn expect(self, status: StatusCode) -> Answer {
-        assert_eq!(self.status, status, "unexpected status; body: {}", self.body);
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.body
+        );
         self
     }
 
@@ -144,31 +174,62 @@ impl TestApp {
 
     pub async fn with_config(config: Config, db: TestDb) -> TestApp {
         let state = AppState::new(config).await.expect("app state");
-        let admin_key = create_api_key(&state.db, Role::Admin, "test admin", None).await.expect("admin key").key;
-        TestApp { router: app(state.clone()), state, admin_key, db }
+        let admin_key = create_api_key(&state.db, Role::Admin, "test admin", None)
+            .await
+            .expect("admin key")
+            .key;
+        TestApp {
+            router: app(state.clone()),
+            state,
+            admin_key,
+            db,
+        }
     }
 
     pub async fn call(&self, request: Request<Body>) -> Answer {
-        let response = self.router.clone().oneshot(request).await.expect("infallible");
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible");
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
         let body = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
-        Answer { status, headers, body }
+        Answer {
+            status,
+            headers,
+            body,
+        }
     }
 
     /// A JSON request with an optional bearer key.
-    pub async fn json(&self, method: Method, uri: &str, key: Option<&str>, body: Option<Value>) -> Answer {
+    pub async fn json(
+        &self,
+        method: Method,
+        uri: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
         let mut builder = Request::builder().method(method).uri(uri);
         if let Some(key) = key {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {key}"));
         }
         let request = match body {
-            Some(b) => builder.header(header::CONTENT_TYPE, "application/json").body(Body::from(b.to_string())),
+            Some(b) => builder
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
             None => builder.body(Body::empty()),
         };
         self.call(request.expect("request")).await
@@ -183,8 +244,15 @@ impl TestApp {
     }
 
     /// A form-encoded POST with an optional raw `Authorization` header value.
-    pub async fn form(&self, uri: &str, authorization: Option<&str>, params: &[(&str, &str)]) -> Answer {
-        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+    pub async fn form(
+        &self,
+        uri: &str,
+        authorization: Option<&str>,
+        params: &[(&str, &str)],
+    ) -> Answer {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
         let mut builder = Request::builder()
             .method(Method::POST)
             .uri(uri)
@@ -192,11 +260,15 @@ impl TestApp {
         if let Some(auth) = authorization {
             builder = builder.header(header::AUTHORIZATION, auth);
         }
-        self.call(builder.body(Body::from(body)).expect("request")).await
+        self.call(builder.body(Body::from(body)).expect("request"))
+            .await
     }
 
     pub async fn api_key(&self, role: Role, client_id: Option<&str>) -> String {
-        create_api_key(&self.state.db, role, &format!("test {role}"), client_id).await.expect("api key").key
+        create_api_key(&self.state.db, role, &format!("test {role}"), client_id)
+            .await
+            .expect("api key")
+            .key
     }
 
     /// Registers a client and returns its secret.
@@ -209,11 +281,20 @@ impl TestApp {
             )
             .await
             .expect(StatusCode::CREATED);
-        answer.body["client_secret"].as_str().expect("secret").to_owned()
+        answer.body["client_secret"]
+            .as_str()
+            .expect("secret")
+            .to_owned()
     }
 
     /// Issues a token through `POST /api/v1/tokens` with the admin key.
-    pub async fn issue(&self, subject: &str, client_id: &str, scopes: &[&str], refresh: bool) -> Value {
+    pub async fn issue(
+        &self,
+        subject: &str,
+        client_id: &str,
+        scopes: &[&str],
+        refresh: bool,
+    ) -> Value {
         self.post(
             "/api/v1/tokens",
             Some(&self.admin_key),
@@ -226,17 +307,24 @@ impl TestApp {
 
     /// Introspects with the admin key.
     pub async fn introspect(&self, token: &str) -> Value {
-        self.form("/oauth/introspect", Some(&format!("Bearer {}", self.admin_key)), &[("token", token)])
-            .await
-            .expect(StatusCode::OK)
-            .body
+        self.form(
+            "/oauth/introspect",
+            Some(&format!("Bearer {}", self.admin_key)),
+            &[("token", token)],
+        )
+        .await
+        .expect(StatusCode::OK)
+        .body
     }
 }
 
 /// HTTP Basic credentials for a client.
 pub fn basic(client_id: &str, secret: &str) -> String {
     use base64::Engine as _;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{secret}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{secret}"))
+    )
 }
 
 /// Decodes a JWT's header and claims without verifying (test inspection only).
@@ -245,7 +333,12 @@ pub fn decode_jwt(token: &str) -> (Value, Value) {
     let mut parts = token.split('.');
     let mut next = || {
         let part = parts.next().expect("jwt part");
-        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).expect("base64url")).expect("json")
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .expect("base64url"),
+        )
+        .expect("json")
     };
     (next(), next())
 }
