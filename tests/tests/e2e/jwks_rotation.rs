@@ -90,7 +90,7 @@ async fn key_rotation_mid_traffic_fails_no_request() {
         w.await.unwrap();
     }
     let total = sent.load(Ordering::SeqCst);
-    let failures = failures.lock().unwrap();
+    let failures = failures.lock().unwrap().clone();
     assert!(
         failures.is_empty(),
         "{} of {total} requests failed around the rotation, first: {:?}",

@@ -6,6 +6,7 @@ mod claims;
 mod config;
 mod jwks_rotation;
 mod report_only;
+mod shipped_configs;
 mod sources;
 mod stats;
 
