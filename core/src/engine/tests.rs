@@ -473,6 +473,20 @@ fn tampered_or_foreign_signatures_are_bad_signatures() {
     let ed = sign(&header("EdDSA", "ed-1"), &claims(), Signer::EdDsa);
     let short_ed = format!("{}.{}", ed.rsplit_once('.').unwrap().0, b64(&[1u8; 63]));
     assert_eq!(reason_of(&engine, &short_ed), Reason::BadSignature);
+    let hs = sign(
+        &header("HS256", "hs-1"),
+        &claims(),
+        Signer::Hs256(HMAC_SECRET),
+    );
+    let long_hs = format!("{}.{}", hs.rsplit_once('.').unwrap().0, b64(&[1u8; 33]));
+    assert_eq!(reason_of(&engine, &long_hs), Reason::BadSignature);
+    let rs = sign(
+        &header("RS256", "rsa-1"),
+        &claims(),
+        Signer::Rs256("rsa2048"),
+    );
+    let short_rs = format!("{}.{}", rs.rsplit_once('.').unwrap().0, b64(&[1u8; 255]));
+    assert_eq!(reason_of(&engine, &short_rs), Reason::BadSignature);
     // An all-zero ES256 signature (r = s = 0) is refused, not a panic.
     let zero = format!("{}.{}", token.rsplit_once('.').unwrap().0, b64(&[0u8; 64]));
     assert_eq!(reason_of(&engine, &zero), Reason::BadSignature);
