@@ -69,7 +69,7 @@ pub struct Config {
 }
 
 /// One trusted issuer and where its keys come from.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     /// Exact value of the `iss` claim.
@@ -83,6 +83,25 @@ pub struct IssuerConfig {
     /// JWKS fetched through an Envoy cluster.
     #[serde(default)]
     pub remote_jwks: Option<RemoteJwksConfig>,
+}
+
+impl std::fmt::Debug for IssuerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Inline JWKS may hold HMAC secrets (`k`): show only how many keys there are.
+        let keys = self.jwks.as_ref().map(|j| {
+            let n = j
+                .get("keys")
+                .and_then(serde_json::Value::as_array)
+                .map_or(0, Vec::len);
+            format!("<{n} inline keys>")
+        });
+        f.debug_struct("IssuerConfig")
+            .field("issuer", &self.issuer)
+            .field("audiences", &self.audiences)
+            .field("jwks", &keys)
+            .field("remote_jwks", &self.remote_jwks)
+            .finish()
+    }
 }
 
 /// A JWKS fetched by the filter through an Envoy cluster.
@@ -926,6 +945,14 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap();
+    }
+
+    #[test]
+    fn inline_hmac_secrets_stay_out_of_debug_output() {
+        let c = crate::test_support::config(json!({}));
+        let shown = format!("{c:?}");
+        assert!(shown.contains("<5 inline keys>"), "{shown}");
+        assert!(!shown.contains(&crate::test_support::b64(crate::test_support::HMAC_SECRET)));
     }
 
     #[test]
