@@ -176,14 +176,27 @@ fn grant_error(e: ApiError) -> ApiError {
 async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
     let (headers, address, params) = form(req).await?;
     state.token_limiter.check(&format!("oauth:{address}"))?;
-    let Caller::Client(client) = authenticate(&state, &headers, &params, false).await? else {
-        return Err(ApiError::oauth(
-            "invalid_client",
-            "client authentication required",
-        ));
+    // A service API key acts as the client it is bound to; other API keys are not clients.
+    let (client, actor) = match authenticate(&state, &headers, &params, true).await? {
+        Caller::Client(client) => {
+            let actor = format!("client:{}", client.client_id);
+            (client, actor)
+        }
+        Caller::Key(p) if p.role == Role::Service => {
+            let id = p.client_id.clone().unwrap_or_default();
+            let client = clients::find(&state.db, &id)
+                .await?
+                .ok_or_else(|| ApiError::oauth("invalid_client", format!("the service key's client {id:?} no longer exists")))?;
+            (client, p.actor())
+        }
+        Caller::Key(p) => {
+            return Err(ApiError::Forbidden(format!(
+                "role {} may not use the token endpoint: authenticate as a client or with a service key",
+                p.role
+            )))
+        }
     };
     let grant_type = params.get("grant_type").map(String::as_str).unwrap_or("");
-    let actor = format!("client:{}", client.client_id);
     match grant_type {
         "client_credentials" => {
             // Default to everything the client may have (RFC 6749 3.3 lets the server pick).

@@ -327,7 +327,7 @@ pub const OPERATIONS: &[Operation] = &[
         "/oauth/token",
         "oauth",
         "Token endpoint: client_credentials and refresh_token grants",
-        "client",
+        "client service",
         &[],
         FORM,
         200,

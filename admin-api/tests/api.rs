@@ -24,6 +24,7 @@ both_backends!(
     client_credentials_grant_works_with_basic_and_post_authentication,
     wrong_client_secret_is_invalid_client_401,
     refresh_token_rotates_on_every_use,
+    service_key_refreshes_for_its_own_client_only,
     refresh_token_reuse_revokes_the_family_and_raises_an_anomaly,
     oauth_revoke_of_a_refresh_token_revokes_the_access_tokens_it_produced,
     introspection_reveals_nothing_about_inactive_or_foreign_tokens,
@@ -1191,4 +1192,51 @@ async fn eddsa_and_rs256_keys_sign_verifiable_tokens(backend: Backend) {
         .await
         .expect(StatusCode::BAD_REQUEST);
     assert_eq!(bad.body["error"]["field"], "alg");
+}
+
+async fn service_key_refreshes_for_its_own_client_only(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    app.client("billing", &["read"], &[]).await;
+    app.client("shipping", &["read"], &[]).await;
+    let service = format!(
+        "Bearer {}",
+        app.api_key(Role::Service, Some("billing")).await
+    );
+    let own = app.issue("alice", "billing", &["read"], true).await;
+    let foreign = app.issue("bob", "shipping", &["read"], true).await;
+    let answer = app
+        .form(
+            "/oauth/token",
+            Some(&service),
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", own["refresh_token"].as_str().unwrap()),
+            ],
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(
+        decode_jwt(answer.body["access_token"].as_str().unwrap()).1["client_id"],
+        "billing"
+    );
+    let answer = app
+        .form(
+            "/oauth/token",
+            Some(&service),
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", foreign["refresh_token"].as_str().unwrap()),
+            ],
+        )
+        .await
+        .expect(StatusCode::BAD_REQUEST);
+    assert_eq!(answer.body["error"], "invalid_grant");
+    let admin = format!("Bearer {}", app.admin_key);
+    app.form(
+        "/oauth/token",
+        Some(&admin),
+        &[("grant_type", "client_credentials")],
+    )
+    .await
+    .expect(StatusCode::FORBIDDEN);
 }
