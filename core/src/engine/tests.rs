@@ -1638,3 +1638,37 @@ fn measure_verification_and_cache_hit_costs() {
         println!("{alg}: full verify {verify_us:.1} us, cached evaluate {hit_ns:.0} ns");
     }
 }
+
+#[test]
+fn mutated_and_truncated_tokens_never_pass_and_never_panic() {
+    // HS256 keeps the loop cheap; the parsing and claim paths are shared by every algorithm.
+    let engine = engine(json!({}));
+    let token = sign(
+        &header("HS256", "hs-1"),
+        &claims(),
+        Signer::Hs256(HMAC_SECRET),
+    );
+    assert!(verify(&engine, &token).is_ok());
+    let bytes = token.as_bytes();
+    for i in 0..bytes.len() {
+        for replacement in [b'A', b'_', b'-', b'.', b'=', b'{', b' ', 0u8] {
+            if bytes[i] == replacement {
+                continue;
+            }
+            let mut mutated = bytes.to_vec();
+            mutated[i] = replacement;
+            let mutated = String::from_utf8(mutated).unwrap();
+            assert!(
+                verify(&engine, &mutated).is_err(),
+                "mutation at {i} to {replacement} passed"
+            );
+        }
+        let truncated = token.get(..i).unwrap();
+        assert!(
+            verify(&engine, truncated).is_err(),
+            "truncation to {i} passed"
+        );
+    }
+    let multibyte = format!("{token}é");
+    assert!(verify(&engine, &multibyte).is_err());
+}
