@@ -255,13 +255,19 @@ fn stored(row: &AnyRow) -> Result<StoredEvent, sqlx::Error> {
 
 const COLUMNS: &str = "id, at, kind, actor, subject, client_id, jti, details";
 
-/// Events a late-committing transaction may still add behind the newest id seen: the dispatcher
-/// re-reads this many seconds back and skips ids it already delivered.
+/// Events a late-committing transaction may still add behind the newest id seen: every
+/// [`SWEEP_EVERY`] the dispatcher re-reads this many seconds back and skips ids it already delivered.
 const LOOKBACK_SECONDS: i64 = 10;
+/// How often the dispatcher sweeps the lookback window; between sweeps it reads only newer ids.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// Most events read per query.
+const BATCH: usize = 2000;
 
-/// Starts the dispatcher: tails the events table and hands each new event, once, to `sink`
-/// (SSE broadcast plus the webhook queue). Woken by [`EventBus::wake`], by NOTIFY through
-/// [`EventBus::wake`] from the listen loop, and at least once a second.
+/// Starts the dispatcher: tails the events table and hands each new event, once, to the SSE
+/// broadcast and the webhook queue. Woken by [`EventBus::wake`] (called by [`record`] on this replica
+/// and by the listen loop on a NOTIFY from another), and at least once a second.
+/// Ids are generated before commit, so an event can become visible behind newer ones; the periodic
+/// sweep of the last [`LOOKBACK_SECONDS`] catches those, and a set of delivered ids prevents repeats.
 pub fn spawn_dispatcher(
     db: Db,
     bus: Arc<EventBus>,
@@ -269,31 +275,44 @@ pub fn spawn_dispatcher(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         // Only events recorded after start are streamed; older ones are in GET /api/v1/events.
-        let mut floor = id_floor(now() - 1);
+        let mut newest = id_floor(now() - 1);
         let mut seen: VecDeque<String> = VecDeque::new();
         let mut seen_set: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut last_sweep = tokio::time::Instant::now();
+        let mut more = false;
         loop {
-            let _ = tokio::time::timeout(Duration::from_secs(1), bus.wake.notified()).await;
-            // Let a transaction that just recorded an event commit before we look.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if !more {
+                let _ = tokio::time::timeout(Duration::from_secs(1), bus.wake.notified()).await;
+                // Let a transaction that just recorded an event commit before we look.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let sweep = last_sweep.elapsed() >= SWEEP_EVERY;
+            let from = if sweep {
+                id_floor(now() - LOOKBACK_SECONDS).min(newest.clone())
+            } else {
+                newest.clone()
+            };
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM events WHERE id >= $1 ORDER BY id LIMIT 2000"
+                "SELECT {COLUMNS} FROM events WHERE id > $1 ORDER BY id LIMIT {BATCH}"
             )))
-            .bind(&floor)
+            .bind(&from)
             .fetch_all(&db.pool)
             .await;
             let rows = match rows {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(error = %e, "event dispatcher cannot read events");
+                    more = false;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
-            let mut newest: Option<String> = None;
+            more = rows.len() == BATCH;
             for row in &rows {
                 let Ok(event) = stored(row) else { continue };
-                newest = Some(event.id.clone());
+                if event.id > newest {
+                    newest = event.id.clone();
+                }
                 if !seen_set.insert(event.id.clone()) {
                     continue;
                 }
@@ -303,28 +322,14 @@ pub fn spawn_dispatcher(
                 let _ = bus.live.send(event);
                 bus.dispatched.fetch_add(1, Ordering::Relaxed);
             }
-            // Move the floor to LOOKBACK_SECONDS behind the newest event (never past it), and forget
-            // ids below the floor: they can no longer be returned.
-            if let Some(newest) = newest {
-                let micros = u64::from_str_radix(newest.get(4..18).unwrap_or("0"), 16).unwrap_or(0);
-                let candidate = id_floor((micros / 1_000_000) as i64 - LOOKBACK_SECONDS);
-                let candidate = if rows.len() == 2000 {
-                    newest.clone()
-                } else {
-                    candidate
-                };
-                if candidate > floor {
-                    floor = candidate;
-                }
-            } else {
-                let candidate = id_floor(now() - LOOKBACK_SECONDS);
-                if candidate > floor {
-                    floor = candidate;
-                }
-            }
-            while seen.front().is_some_and(|id| *id < floor) {
-                if let Some(id) = seen.pop_front() {
-                    seen_set.remove(&id);
+            if sweep && !more {
+                last_sweep = tokio::time::Instant::now();
+                // Ids older than the lookback (plus a margin) can no longer be returned by a sweep.
+                let forget_below = id_floor(now() - LOOKBACK_SECONDS - 5);
+                while seen.front().is_some_and(|id| *id < forget_below) {
+                    if let Some(id) = seen.pop_front() {
+                        seen_set.remove(&id);
+                    }
                 }
             }
         }
@@ -393,7 +398,9 @@ pub async fn query_events(db: &Db, q: &EventQuery) -> ApiResult<Page<StoredEvent
         }
     }
     let since = q.since.map(id_floor).unwrap_or_default();
-    let until = q.until.map(id_floor).unwrap_or_else(|| "evt_~".to_owned());
+    // Ids hold only hex digits after the prefix, so comparisons agree under any collation; an
+    // open end is a time far in the future rather than a punctuation sentinel.
+    let until = id_floor(q.until.unwrap_or(now() + 100 * 365 * 86_400));
     // Unused filters compare a placeholder with '' so one statement serves every combination.
     let filter = "WHERE ($1 = '' OR kind = $1) AND ($2 = '' OR kind LIKE $2 || '%') AND ($3 = '' OR subject = $3) \
                   AND ($4 = '' OR client_id = $4) AND ($5 = '' OR jti = $5) AND ($6 = '' OR actor = $6) AND id >= $7 AND id < $8";

@@ -523,7 +523,9 @@ fn routes_in_source() -> Vec<(String, String)> {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
         for piece in text.split(".route(").skip(1) {
             // rustfmt may put the path on the next line.
-            let Some(piece) = piece.trim_start().strip_prefix('"') else { continue };
+            let Some(piece) = piece.trim_start().strip_prefix('"') else {
+                continue;
+            };
             let (path, rest) = piece.split_once('"').unwrap();
             // The handler chain runs to the closing parenthesis of `.route(`.
             let mut depth = 1;
@@ -732,4 +734,53 @@ async fn new_routes_enforce_their_roles(backend: Backend) {
     app.json(Method::DELETE, &uri, Some(&app.admin_key), None)
         .await
         .expect(StatusCode::NO_CONTENT);
+}
+
+/// Two replicas on one PostgreSQL database: an event recorded by one reaches the other's stream
+/// (NOTIFY wakes its dispatcher), and a webhook is delivered once, not once per replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_streams_and_webhooks_once_across_postgres_replicas() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let config = db.config();
+    let a = TestApp::with_config(config.clone(), db).await;
+    let b = edgewarden_admin::app(
+        edgewarden_admin::AppState::new(config)
+            .await
+            .expect("second replica"),
+    );
+    let (url, seen) = receiver(0).await;
+    a.post(
+        "/api/v1/webhooks",
+        Some(&a.admin_key),
+        json!({"url": url, "kinds": ["token.issued"]}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let request = Request::builder()
+        .uri("/api/v1/events/stream?kind=token.issued")
+        .header(header::AUTHORIZATION, format!("Bearer {}", a.admin_key))
+        .body(Body::empty())
+        .unwrap();
+    let mut stream_b = b.clone().oneshot(request).await.unwrap().into_body();
+    a.client("billing", &["read"], &[]).await;
+    let started = std::time::Instant::now();
+    let jti = a.issue("alice", "billing", &["read"], false).await["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let got = read_sse(&mut stream_b, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "replica b streamed the event recorded on replica a"
+    );
+    assert_eq!(got[0].1["jti"], jti.as_str());
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "woken by NOTIFY, took {:?}",
+        started.elapsed()
+    );
+    // Both dispatchers saw the event; the delivery row is keyed by (webhook, event), so it is sent once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(seen.lock().unwrap().len(), 1);
 }
