@@ -18,6 +18,7 @@ pub mod challenge;
 pub mod config;
 pub mod decision;
 pub mod engine;
+pub mod feed;
 pub mod jwks;
 pub mod revocation;
 pub mod rules;
@@ -31,6 +32,9 @@ pub use challenge::{json_body, www_authenticate};
 pub use config::{Config, ConfigError, TokenSource};
 pub use decision::{Decision, Reason, Verdict};
 pub use engine::{Engine, Request};
+pub use feed::{DecodeError, FeedError, FeedUpdate, SyncMark};
 pub use jwks::{Alg, JwksError, KeySet};
-pub use revocation::{NoRevocations, RevocationView};
+pub use revocation::{
+    EdgeRevocationState, NoRevocations, RevocationKey, RevocationSet, RevocationView,
+};
 pub use token::{fingerprint, Rejection, VerifiedToken};

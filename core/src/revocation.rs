@@ -1,8 +1,14 @@
-//! The seam through which the engine asks whether a verified token has been revoked.
-//! The engine consults it on every request, cache hit or miss, after signature and time checks,
-//! because revocation can change while a token sits in the cache. Issue 4 supplies the real view
-//! (fed by the control plane); [`NoRevocations`] is the view when no control plane is configured.
+//! Revocation state at the edge and the seam through which the engine consults it.
+//! The engine asks [`RevocationView`] on every request, cache hit or miss, after signature and time checks,
+//! because revocation can change while a token sits in the cache. [`RevocationSet`] is the state the control
+//! plane's feed fills (see [`crate::feed`]); [`EdgeRevocationState`] adds sync age and the `on_stale` policy.
+//! Revoked `jti`s are kept as 128-bit hashes in a compact Robin Hood table (20 bytes a slot) so that a million
+//! of them fit in about 29 MB per worker and a lookup costs one hash and a few adjacent slots.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::config::{Config, OnStale, RevocationConfig};
 use crate::token::VerifiedToken;
 
 /// Read-only view of the current revocation state.
@@ -25,5 +31,672 @@ pub struct NoRevocations;
 impl RevocationView for NoRevocations {
     fn check(&self, _token: &VerifiedToken) -> Option<String> {
         None
+    }
+}
+
+/// The 128-bit identity under which a revoked `jti`, subject or client id is stored.
+///
+/// It is MurmurHash3 x64-128 (seed 0) of the UTF-8 bytes: fixed rather than randomly keyed, because every
+/// worker VM must derive the same key from the same string and the keys travel between VMs in
+/// [`RevocationSet::to_bytes`]. A collision can only make an unrevoked token look revoked (never the reverse),
+/// and an accidental one among a million entries has probability about 2^-88; an attacker cannot exploit a
+/// crafted collision without being able to mint signed tokens in the first place. Murmur3 is about ten lines of
+/// arithmetic, fast in Wasm (no 128-bit multiplies) and has published test vectors; no crate is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RevocationKey(pub u128);
+
+impl RevocationKey {
+    /// The key of a `jti`, subject or client id.
+    pub fn of(value: &str) -> RevocationKey {
+        RevocationKey(murmur3_x64_128(value.as_bytes()))
+    }
+
+    /// The key as four little-endian 32-bit words (the table's slot layout).
+    fn words(self) -> [u32; 4] {
+        [
+            self.0 as u32,
+            (self.0 >> 32) as u32,
+            (self.0 >> 64) as u32,
+            (self.0 >> 96) as u32,
+        ]
+    }
+
+    fn from_words(words: [u32; 4]) -> RevocationKey {
+        let [a, b, c, d] = words;
+        RevocationKey(
+            u128::from(a) | u128::from(b) << 32 | u128::from(c) << 64 | u128::from(d) << 96,
+        )
+    }
+}
+
+/// MurmurHash3 x64-128 with seed 0; `h1` in the low 64 bits, `h2` in the high ones (the byte order of the
+/// reference implementation's output).
+pub(crate) fn murmur3_x64_128(bytes: &[u8]) -> u128 {
+    const C1: u64 = 0x87c3_7b91_1142_53d5;
+    const C2: u64 = 0x4cf5_ad43_2745_937f;
+    let mut h1: u64 = 0;
+    let mut h2: u64 = 0;
+    let mut blocks = bytes.chunks_exact(16);
+    for block in &mut blocks {
+        let (k1, k2) = block.split_at(8);
+        let k1 = u64::from_le_bytes(word8(k1));
+        let k2 = u64::from_le_bytes(word8(k2));
+        h1 ^= k1.wrapping_mul(C1).rotate_left(31).wrapping_mul(C2);
+        h1 = h1
+            .rotate_left(27)
+            .wrapping_add(h2)
+            .wrapping_mul(5)
+            .wrapping_add(0x52dc_e729);
+        h2 ^= k2.wrapping_mul(C2).rotate_left(33).wrapping_mul(C1);
+        h2 = h2
+            .rotate_left(31)
+            .wrapping_add(h1)
+            .wrapping_mul(5)
+            .wrapping_add(0x3849_5ab5);
+    }
+    let tail = blocks.remainder();
+    let (t1, t2) = tail.split_at(tail.len().min(8));
+    if !t2.is_empty() {
+        let k2 = u64::from_le_bytes(word8(t2));
+        h2 ^= k2.wrapping_mul(C2).rotate_left(33).wrapping_mul(C1);
+    }
+    if !t1.is_empty() {
+        let k1 = u64::from_le_bytes(word8(t1));
+        h1 ^= k1.wrapping_mul(C1).rotate_left(31).wrapping_mul(C2);
+    }
+    let len = bytes.len() as u64;
+    h1 ^= len;
+    h2 ^= len;
+    h1 = h1.wrapping_add(h2);
+    h2 = h2.wrapping_add(h1);
+    h1 = fmix64(h1);
+    h2 = fmix64(h2);
+    h1 = h1.wrapping_add(h2);
+    h2 = h2.wrapping_add(h1);
+    u128::from(h1) | u128::from(h2) << 64
+}
+
+/// Up to 8 bytes, zero-padded, as a little-endian word.
+fn word8(bytes: &[u8]) -> [u8; 8] {
+    let mut word = [0u8; 8];
+    for (slot, byte) in word.iter_mut().zip(bytes) {
+        *slot = *byte;
+    }
+    word
+}
+
+fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^= k >> 33;
+    k
+}
+
+/// Clamps a Unix-seconds expiry into a table slot: at least 1 (0 marks an empty slot), at most `u32::MAX`
+/// (year 2106; a later expiry is kept until then, which only errs on the side of refusing).
+pub(crate) fn slot_expiry(exp: u64) -> u32 {
+    u32::try_from(exp).unwrap_or(u32::MAX).max(1)
+}
+
+/// One slot of the jti table: the key as four words and the expiry; `exp == 0` marks an empty slot.
+/// Plain `u32`s keep the slot at 20 bytes with 4-byte alignment (a `u128` field would pad it to 32).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Slot {
+    key: [u32; 4],
+    exp: u32,
+}
+
+/// Bytes one slot of the jti table occupies.
+pub const JTI_SLOT_BYTES: usize = std::mem::size_of::<[u32; 5]>();
+
+/// Load (in percent) the jti table is rebuilt to after growth, a snapshot or a shrinking prune.
+const TARGET_LOAD_PERCENT: usize = 70;
+/// Load above which an insert grows the table.
+const MAX_LOAD_PERCENT: usize = 85;
+/// Load below which a prune shrinks the table: keeps every table above 62.5 % full, so a slot costs
+/// at most 20 / 0.625 = 32 bytes per stored entry (the issue's 32 MB for a million).
+const MIN_LOAD_PERCENT_X10: usize = 625;
+/// Smallest table allocated once anything is stored.
+const MIN_CAPACITY: usize = 16;
+
+/// Open-addressing table of revoked jti keys and their expiries: linear probing with Robin Hood ordering,
+/// so a lookup for an absent key (the common case: most tokens are not revoked) stops as soon as it meets
+/// an entry closer to its home slot than the probe is, and deletions shift back instead of leaving tombstones.
+/// The home slot is `(key bits 96..128) * capacity >> 32`, so the capacity need not be a power of two and
+/// can track the entry count closely.
+#[derive(Debug, Clone, Default)]
+struct JtiTable {
+    slots: Vec<Slot>,
+    len: usize,
+}
+
+impl JtiTable {
+    /// A table sized for `entries` at the target load.
+    fn with_entries(entries: usize) -> JtiTable {
+        JtiTable {
+            slots: vec![Slot::default(); capacity_for(entries)],
+            len: 0,
+        }
+    }
+
+    fn home(&self, key: &[u32; 4]) -> usize {
+        ((u64::from(key[3]) * self.slots.len() as u64) >> 32) as usize
+    }
+
+    fn next(&self, index: usize) -> usize {
+        if index + 1 >= self.slots.len() {
+            0
+        } else {
+            index + 1
+        }
+    }
+
+    /// How far the entry at `index` sits from its home slot.
+    fn distance(&self, index: usize, key: &[u32; 4]) -> usize {
+        let home = self.home(key);
+        if index >= home {
+            index - home
+        } else {
+            index + self.slots.len() - home
+        }
+    }
+
+    fn get(&self, key: RevocationKey) -> Option<u32> {
+        if self.len == 0 {
+            return None;
+        }
+        let key = key.words();
+        let mut index = self.home(&key);
+        let mut probe = 0;
+        loop {
+            let slot = self.slots.get(index)?;
+            if slot.exp == 0 {
+                return None;
+            }
+            if slot.key == key {
+                return Some(slot.exp);
+            }
+            // Robin Hood invariant: had the key been here, it would sit before any entry nearer its home.
+            if self.distance(index, &slot.key) < probe {
+                return None;
+            }
+            index = self.next(index);
+            probe += 1;
+        }
+    }
+
+    /// Inserts or replaces; returns whether the key was new.
+    fn insert(&mut self, key: RevocationKey, exp: u32) -> bool {
+        if (self.len + 1) * 100 > self.slots.len() * MAX_LOAD_PERCENT {
+            self.rebuild(self.len + 1);
+        }
+        let mut carried = Slot {
+            key: key.words(),
+            exp: exp.max(1),
+        };
+        let mut index = self.home(&carried.key);
+        let mut probe = 0;
+        let mut original = true;
+        // Bounded by the capacity: the load check above guarantees an empty slot exists.
+        for _ in 0..self.slots.len() {
+            let resident_distance = match self.slots.get(index) {
+                Some(slot) if slot.exp == 0 => None,
+                Some(slot) if original && slot.key == carried.key => {
+                    if let Some(slot) = self.slots.get_mut(index) {
+                        slot.exp = carried.exp;
+                    }
+                    return false;
+                }
+                Some(slot) => Some(self.distance(index, &slot.key)),
+                None => return false,
+            };
+            let Some(slot) = self.slots.get_mut(index) else {
+                return false;
+            };
+            match resident_distance {
+                None => {
+                    *slot = carried;
+                    self.len += 1;
+                    return true;
+                }
+                Some(distance) if distance < probe => {
+                    std::mem::swap(slot, &mut carried);
+                    probe = distance;
+                    original = false;
+                }
+                Some(_) => {}
+            }
+            index = self.next(index);
+            probe += 1;
+        }
+        false
+    }
+
+    /// Empties the slot at `index` and shifts the following cluster back by one.
+    fn remove_at(&mut self, mut index: usize) {
+        loop {
+            let next = self.next(index);
+            let moved = match self.slots.get(next) {
+                Some(slot) if slot.exp != 0 && self.distance(next, &slot.key) > 0 => *slot,
+                _ => Slot::default(),
+            };
+            if let Some(slot) = self.slots.get_mut(index) {
+                *slot = moved;
+            }
+            if moved.exp == 0 {
+                self.len -= 1;
+                return;
+            }
+            index = next;
+        }
+    }
+
+    /// Drops every entry whose expiry is at or before `cutoff`; returns how many went.
+    fn prune(&mut self, cutoff: u64) -> usize {
+        let before = self.len;
+        let mut index = 0;
+        // An entry shifted back into `index` has not been looked at yet (or is looked at again, harmlessly,
+        // when it wrapped around from the front), so `index` only advances past a kept or empty slot.
+        while index < self.slots.len() {
+            match self.slots.get(index) {
+                Some(slot) if slot.exp != 0 && u64::from(slot.exp) <= cutoff => {
+                    self.remove_at(index)
+                }
+                _ => index += 1,
+            }
+        }
+        if self.len * 1000 < self.slots.len() * MIN_LOAD_PERCENT_X10
+            && self.slots.len() > MIN_CAPACITY
+        {
+            self.rebuild(self.len);
+        }
+        before - self.len
+    }
+
+    /// Reallocates for `entries` at the target load and reinserts everything.
+    fn rebuild(&mut self, entries: usize) {
+        let old = std::mem::replace(self, JtiTable::with_entries(entries));
+        for slot in old.slots.into_iter().filter(|slot| slot.exp != 0) {
+            self.insert(RevocationKey::from_words(slot.key), slot.exp);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (RevocationKey, u32)> + '_ {
+        self.slots
+            .iter()
+            .filter(|slot| slot.exp != 0)
+            .map(|slot| (RevocationKey::from_words(slot.key), slot.exp))
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+    }
+}
+
+/// Slots for `entries` at the target load: 0 for an empty table.
+fn capacity_for(entries: usize) -> usize {
+    if entries == 0 {
+        return 0;
+    }
+    (entries.saturating_mul(100) / TARGET_LOAD_PERCENT + 1).max(MIN_CAPACITY)
+}
+
+/// A subject or client revocation: tokens issued at or before `revoked_at` are revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrincipalRevocation {
+    /// Unix seconds of the revocation.
+    pub revoked_at: u64,
+    /// Unix seconds after which every token it covers has expired.
+    pub expires_at: u64,
+}
+
+/// Hasher for maps keyed by [`RevocationKey`]: the key already is a well-mixed hash, so fold it.
+#[derive(Debug, Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if something other than a u128 is hashed; still mix every byte in.
+        for byte in bytes {
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(*byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.0 ^= (value as u64) ^ (value >> 64) as u64;
+    }
+}
+
+type PrincipalMap = HashMap<RevocationKey, PrincipalRevocation, BuildHasherDefault<KeyHasher>>;
+
+/// Everything the edge knows is revoked: `jti`s with their expiry, and subjects and clients with the time of
+/// their revocation and the expiry of the last token it covers.
+///
+/// A token is revoked when its `jti` is listed, or its `sub` (or `client_id`, which falls back to `azp`) is listed
+/// with `revoked_at >= iat`. A token without `iat` whose subject or client is listed counts as revoked: nothing
+/// shows it was issued after the revocation, so the edge fails closed. Strings are never stored, only their
+/// [`RevocationKey`]s.
+#[derive(Debug, Clone, Default)]
+pub struct RevocationSet {
+    jtis: JtiTable,
+    subjects: PrincipalMap,
+    clients: PrincipalMap,
+    cursor: u64,
+    feed_now: u64,
+}
+
+impl RevocationSet {
+    /// An empty set at cursor 0 (ask the feed for a full snapshot).
+    pub fn new() -> RevocationSet {
+        RevocationSet::default()
+    }
+
+    /// The feed cursor this state reflects: what to send as `since` next.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// The control plane's clock (`now` of the last feed answer applied), for skew reporting.
+    pub fn feed_now(&self) -> u64 {
+        self.feed_now
+    }
+
+    /// Entries of all three kinds.
+    pub fn len(&self) -> usize {
+        self.jtis.len + self.subjects.len() + self.clients.len()
+    }
+
+    /// Whether nothing is revoked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Revoked `jti`s held.
+    pub fn jti_count(&self) -> usize {
+        self.jtis.len
+    }
+
+    /// Revoked subjects held.
+    pub fn subject_count(&self) -> usize {
+        self.subjects.len()
+    }
+
+    /// Revoked clients held.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Heap bytes the state holds: exact for the jti table (slot capacity times 20), an estimate from the
+    /// capacity for the subject and client maps (hashbrown's buckets, each 32 bytes plus a control byte).
+    pub fn memory_bytes(&self) -> usize {
+        let map_bytes = |map: &PrincipalMap| {
+            let buckets = if map.capacity() == 0 {
+                0
+            } else {
+                (map.capacity() * 8 / 7).next_power_of_two()
+            };
+            buckets * (std::mem::size_of::<(RevocationKey, PrincipalRevocation)>() + 1)
+        };
+        self.jtis.memory_bytes() + map_bytes(&self.subjects) + map_bytes(&self.clients)
+    }
+
+    /// Slots allocated in the jti table (for the memory budget arithmetic).
+    pub fn jti_capacity(&self) -> usize {
+        self.jtis.slots.len()
+    }
+
+    /// The expiry stored for a revoked `jti`, if it is listed.
+    pub fn jti_expiry(&self, jti: &str) -> Option<u64> {
+        self.jtis.get(RevocationKey::of(jti)).map(u64::from)
+    }
+
+    /// The revocation of a subject, if listed.
+    pub fn subject(&self, subject: &str) -> Option<PrincipalRevocation> {
+        self.subjects.get(&RevocationKey::of(subject)).copied()
+    }
+
+    /// The revocation of a client, if listed.
+    pub fn client(&self, client_id: &str) -> Option<PrincipalRevocation> {
+        self.clients.get(&RevocationKey::of(client_id)).copied()
+    }
+
+    /// Adds (or replaces) a revoked `jti` key with its expiry.
+    pub fn insert_jti(&mut self, key: RevocationKey, exp: u64) {
+        self.jtis.insert(key, slot_expiry(exp));
+    }
+
+    /// Adds a subject revocation; a later entry for the same subject replaces the earlier one.
+    pub fn insert_subject(&mut self, key: RevocationKey, revocation: PrincipalRevocation) {
+        self.subjects.insert(key, revocation);
+    }
+
+    /// Adds a client revocation; a later entry for the same client replaces the earlier one.
+    pub fn insert_client(&mut self, key: RevocationKey, revocation: PrincipalRevocation) {
+        self.clients.insert(key, revocation);
+    }
+
+    /// Sets the cursor and the control plane's clock (used when rebuilding from a snapshot).
+    pub(crate) fn set_position(&mut self, cursor: u64, feed_now: u64) {
+        self.cursor = cursor;
+        self.feed_now = feed_now;
+    }
+
+    /// A set sized for the given entry counts, at cursor 0.
+    pub(crate) fn with_capacity(jtis: usize, subjects: usize, clients: usize) -> RevocationSet {
+        RevocationSet {
+            jtis: JtiTable::with_entries(jtis),
+            subjects: PrincipalMap::with_capacity_and_hasher(subjects, Default::default()),
+            clients: PrincipalMap::with_capacity_and_hasher(clients, Default::default()),
+            cursor: 0,
+            feed_now: 0,
+        }
+    }
+
+    /// Revoked jti keys and their stored expiries, in table order.
+    pub fn jtis(&self) -> impl Iterator<Item = (RevocationKey, u64)> + '_ {
+        self.jtis.iter().map(|(key, exp)| (key, u64::from(exp)))
+    }
+
+    /// Subject revocations, in no particular order.
+    pub fn subjects(&self) -> impl Iterator<Item = (RevocationKey, PrincipalRevocation)> + '_ {
+        self.subjects.iter().map(|(key, value)| (*key, *value))
+    }
+
+    /// Client revocations, in no particular order.
+    pub fn clients(&self) -> impl Iterator<Item = (RevocationKey, PrincipalRevocation)> + '_ {
+        self.clients.iter().map(|(key, value)| (*key, *value))
+    }
+
+    /// Merges a feed answer: a full snapshot replaces the whole state (sized to it), a delta adds or replaces
+    /// entries. Either way the cursor and the control plane's clock become the answer's. Cannot fail: the
+    /// update was validated when it was parsed or decoded.
+    pub fn apply(&mut self, update: &crate::feed::FeedUpdate) {
+        if update.full {
+            *self = RevocationSet::with_capacity(
+                update.revoked_jtis.len(),
+                update.revoked_subjects.len(),
+                update.revoked_clients.len(),
+            );
+        }
+        for entry in &update.revoked_jtis {
+            self.insert_jti(entry.key, entry.exp);
+        }
+        for entry in &update.revoked_subjects {
+            self.insert_subject(entry.key, entry.revocation);
+        }
+        for entry in &update.revoked_clients {
+            self.insert_client(entry.key, entry.revocation);
+        }
+        self.cursor = update.cursor;
+        self.feed_now = update.now;
+    }
+
+    /// Drops every entry whose expiry is at or before `cutoff` (Unix seconds) and returns how many went.
+    /// Pass `now - leeway`, not `now`: the engine accepts a token until `exp + leeway`, so its revocation must
+    /// stay that long ([`EdgeRevocationState::prune`] does this).
+    pub fn prune(&mut self, cutoff: u64) -> usize {
+        let subjects = self.subjects.len();
+        self.subjects.retain(|_, r| r.expires_at > cutoff);
+        let clients = self.clients.len();
+        self.clients.retain(|_, r| r.expires_at > cutoff);
+        let dropped = subjects - self.subjects.len() + clients - self.clients.len();
+        dropped + self.jtis.prune(cutoff)
+    }
+}
+
+/// Describes why a principal revocation covers a token issued at `iat`, if it does.
+fn principal_revokes(
+    kind: &str,
+    revocation: PrincipalRevocation,
+    iat: Option<u64>,
+) -> Option<String> {
+    match iat {
+        None => Some(format!(
+            "token revoked: {kind} revoked at {} and the token has no iat",
+            revocation.revoked_at
+        )),
+        Some(iat) if iat <= revocation.revoked_at => Some(format!(
+            "token revoked: {kind} revoked at {}, token issued at {iat}",
+            revocation.revoked_at
+        )),
+        Some(_) => None,
+    }
+}
+
+impl RevocationView for RevocationSet {
+    fn check(&self, token: &VerifiedToken) -> Option<String> {
+        if let Some(jti) = token.jti.as_deref() {
+            if self.jtis.get(RevocationKey::of(jti)).is_some() {
+                return Some("token revoked by jti".to_string());
+            }
+        }
+        if !self.subjects.is_empty() {
+            if let Some(revocation) = token.sub.as_deref().and_then(|sub| self.subject(sub)) {
+                if let Some(description) = principal_revokes("subject", revocation, token.iat) {
+                    return Some(description);
+                }
+            }
+        }
+        if !self.clients.is_empty() {
+            if let Some(revocation) = token.client_id.as_deref().and_then(|id| self.client(id)) {
+                return principal_revokes("client", revocation, token.iat);
+            }
+        }
+        None
+    }
+}
+
+/// A [`RevocationSet`] plus what the edge needs to judge it: when it last synced with the control plane,
+/// how old it may get (`revocation.max_staleness_seconds`), what to do beyond that (`revocation.on_stale`),
+/// and the clock leeway that decides how long an expired entry must be kept.
+#[derive(Debug, Clone)]
+pub struct EdgeRevocationState {
+    set: RevocationSet,
+    last_sync: Option<u64>,
+    max_staleness_seconds: u64,
+    on_stale: OnStale,
+    leeway: u64,
+}
+
+impl EdgeRevocationState {
+    /// An empty, never-synced state under `config`, keeping expired entries `leeway` seconds (the engine's
+    /// `clock_skew_seconds`) so a revoked token is refused for as long as the time checks would still accept it.
+    pub fn new(config: &RevocationConfig, leeway: u64) -> EdgeRevocationState {
+        EdgeRevocationState {
+            set: RevocationSet::new(),
+            last_sync: None,
+            max_staleness_seconds: config.max_staleness_seconds,
+            on_stale: config.on_stale,
+            leeway,
+        }
+    }
+
+    /// [`EdgeRevocationState::new`] with the revocation settings and clock leeway of a plugin configuration.
+    pub fn from_config(config: &Config) -> EdgeRevocationState {
+        EdgeRevocationState::new(&config.revocation, config.clock_skew_seconds)
+    }
+
+    /// The revocation entries.
+    pub fn set(&self) -> &RevocationSet {
+        &self.set
+    }
+
+    /// Replaces the entries (a worker loading a snapshot another VM published); sync time is unchanged.
+    pub fn replace_set(&mut self, set: RevocationSet) {
+        self.set = set;
+    }
+
+    /// Mutable access to the entries (to apply published deltas).
+    pub fn set_mut(&mut self) -> &mut RevocationSet {
+        &mut self.set
+    }
+
+    /// Applies a feed answer received at `now`, drops what has expired, and records a successful sync.
+    pub fn sync(&mut self, update: &crate::feed::FeedUpdate, now: u64) {
+        self.set.apply(update);
+        self.prune(now);
+        self.last_sync = Some(now);
+    }
+
+    /// Records a successful poll that brought nothing new (`304 Not Modified`, an empty delta).
+    pub fn record_sync(&mut self, now: u64) {
+        self.last_sync = Some(now);
+    }
+
+    /// Sets the last successful sync time (a worker copying the poller's, as published in shared data).
+    pub fn set_last_sync(&mut self, last_sync: Option<u64>) {
+        self.last_sync = last_sync;
+    }
+
+    /// Unix seconds of the last successful sync; `None` until the first.
+    pub fn last_sync(&self) -> Option<u64> {
+        self.last_sync
+    }
+
+    /// Drops entries whose tokens the time checks refuse by now (expiry plus leeway at or before `now`).
+    pub fn prune(&mut self, now: u64) -> usize {
+        self.set.prune(now.saturating_sub(self.leeway))
+    }
+
+    /// Seconds since the last successful sync (0 if the clock went back); `None` until the first sync.
+    /// This is the staleness gauge, whatever `on_stale` says.
+    pub fn staleness(&self, now: u64) -> Option<u64> {
+        self.last_sync.map(|at| now.saturating_sub(at))
+    }
+
+    /// Whether the state is older than `max_staleness_seconds` or was never synced, whatever `on_stale` says
+    /// (with `on_stale: allow` the filter counts requests let through in this state).
+    pub fn is_stale(&self, now: u64) -> bool {
+        self.staleness(now)
+            .is_none_or(|age| age > self.max_staleness_seconds)
+    }
+}
+
+impl RevocationView for EdgeRevocationState {
+    fn check(&self, token: &VerifiedToken) -> Option<String> {
+        self.set.check(token)
+    }
+
+    /// With `on_stale: deny`: "revocation state not yet synced" before the first sync, and
+    /// "revocation state is 312s old (max 300s)" once it is older than the maximum. Never with `allow`.
+    fn stale(&self, now: u64) -> Option<String> {
+        if self.on_stale != OnStale::Deny {
+            return None;
+        }
+        match self.staleness(now) {
+            None => Some("revocation state not yet synced".to_string()),
+            Some(age) if age > self.max_staleness_seconds => Some(format!(
+                "revocation state is {age}s old (max {}s)",
+                self.max_staleness_seconds
+            )),
+            Some(_) => None,
+        }
     }
 }

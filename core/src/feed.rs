@@ -1,0 +1,606 @@
+//! The revocation feed as the edge reads it, and the binary form in which one VM hands state to the others.
+//! [`FeedUpdate::from_json`] parses the admin API's `GET /api/v1/revocations/feed` answer, hashing every
+//! `jti`, subject and client id on the way in so no identifier string outlives parsing. [`RevocationSet::to_bytes`]
+//! and [`FeedUpdate::to_bytes`] encode a whole state or a delta as flat little-endian records for proxy-wasm
+//! shared data (20 bytes a revoked jti, so a million-entry snapshot is about 20 MB, not 60 MB of JSON);
+//! decoding checks every length and a checksum, and never panics or half-applies on any input.
+
+use serde::de::{self, Deserializer, Unexpected, Visitor};
+use serde::Deserialize;
+
+use crate::revocation::{
+    murmur3_x64_128, slot_expiry, PrincipalRevocation, RevocationKey, RevocationSet,
+};
+
+/// One answer of the revocation feed, with identifiers already reduced to [`RevocationKey`]s.
+///
+/// Parsing is strict about what it reads and tolerant of what it does not know: every documented field must be
+/// present with its JSON type (`cursor`, `now`, `exp`, `revoked_at`, `expires_at` non-negative integers up to
+/// 2^64-1, `full` a boolean, identifiers non-empty strings; no floats, no nulls, no repeated keys), while unknown
+/// fields, at the top or inside an entry, are ignored so the admin API can add some without breaking old edges.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+pub struct FeedUpdate {
+    /// What to send as `since` next time.
+    pub cursor: u64,
+    /// Whether this is a full snapshot that replaces the state (otherwise a delta to merge).
+    pub full: bool,
+    /// The control plane's clock when it answered (Unix seconds).
+    pub now: u64,
+    /// Revoked tokens by `jti`.
+    pub revoked_jtis: Vec<RevokedJti>,
+    /// Revoked subjects.
+    #[serde(deserialize_with = "subjects")]
+    pub revoked_subjects: Vec<RevokedPrincipal>,
+    /// Revoked clients.
+    #[serde(deserialize_with = "clients")]
+    pub revoked_clients: Vec<RevokedPrincipal>,
+}
+
+/// A revoked token: the key of its `jti` and its `exp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct RevokedJti {
+    /// Key of the `jti` (JSON field `jti`).
+    #[serde(rename = "jti", deserialize_with = "hashed")]
+    pub key: RevocationKey,
+    /// Unix seconds after which the token has expired.
+    pub exp: u64,
+}
+
+/// A revoked subject or client: the key of its name and the revocation window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevokedPrincipal {
+    /// Key of the subject or client id.
+    pub key: RevocationKey,
+    /// When it was revoked and when the last token it covers expires.
+    pub revocation: PrincipalRevocation,
+}
+
+#[derive(Deserialize)]
+struct RawSubject {
+    #[serde(deserialize_with = "hashed")]
+    subject: RevocationKey,
+    revoked_at: u64,
+    expires_at: u64,
+}
+
+#[derive(Deserialize)]
+struct RawClient {
+    #[serde(deserialize_with = "hashed")]
+    client_id: RevocationKey,
+    revoked_at: u64,
+    expires_at: u64,
+}
+
+fn subjects<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RevokedPrincipal>, D::Error> {
+    let raw = Vec::<RawSubject>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|r| RevokedPrincipal {
+            key: r.subject,
+            revocation: PrincipalRevocation {
+                revoked_at: r.revoked_at,
+                expires_at: r.expires_at,
+            },
+        })
+        .collect())
+}
+
+fn clients<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RevokedPrincipal>, D::Error> {
+    let raw = Vec::<RawClient>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|r| RevokedPrincipal {
+            key: r.client_id,
+            revocation: PrincipalRevocation {
+                revoked_at: r.revoked_at,
+                expires_at: r.expires_at,
+            },
+        })
+        .collect())
+}
+
+/// Reads a non-empty JSON string and keeps only its key; the string itself is never echoed in an error.
+fn hashed<'de, D: Deserializer<'de>>(d: D) -> Result<RevocationKey, D::Error> {
+    struct KeyVisitor;
+    impl Visitor<'_> for KeyVisitor {
+        type Value = RevocationKey;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a non-empty string")
+        }
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<RevocationKey, E> {
+            if value.is_empty() {
+                return Err(E::invalid_value(Unexpected::Str(""), &self));
+            }
+            Ok(RevocationKey::of(value))
+        }
+    }
+    d.deserialize_str(KeyVisitor)
+}
+
+/// Why a feed answer was refused; the state it was meant for is left as it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeedError {
+    /// The body is not JSON, or a field is missing, repeated or of the wrong type.
+    #[error("revocation feed answer is invalid at {path}: {message}")]
+    Invalid {
+        /// Where in the document (`revoked_jtis[3].exp`, `.` for the top level).
+        path: String,
+        /// What is wrong, from the JSON parser.
+        message: String,
+    },
+}
+
+impl FeedUpdate {
+    /// Parses a feed answer body. Errors name the offending field and never include an identifier's value.
+    pub fn from_json(bytes: &[u8]) -> Result<FeedUpdate, FeedError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let update: FeedUpdate =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| FeedError::Invalid {
+                path: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        de.end().map_err(|e| FeedError::Invalid {
+            path: ".".to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(update)
+    }
+
+    /// Whether the answer changes nothing (a delta with empty lists).
+    pub fn is_empty_delta(&self) -> bool {
+        !self.full
+            && self.revoked_jtis.is_empty()
+            && self.revoked_subjects.is_empty()
+            && self.revoked_clients.is_empty()
+    }
+
+    /// Encodes the update for shared data: a full snapshot as such, a delta tagged with `base_cursor`, the cursor
+    /// of the state it applies to (the `since` it was polled with), so a VM at another cursor refuses it.
+    /// A jti expiry is clamped to 1..=2^32-1 as the table stores it.
+    pub fn to_bytes(&self, base_cursor: u64) -> Vec<u8> {
+        let kind = if self.full { Kind::Full } else { Kind::Delta };
+        let base = if self.full { 0 } else { base_cursor };
+        let mut writer = Writer::new(
+            kind,
+            base,
+            self.cursor,
+            self.now,
+            [
+                self.revoked_jtis.len(),
+                self.revoked_subjects.len(),
+                self.revoked_clients.len(),
+            ],
+        );
+        for entry in self.revoked_jtis.iter().take(writer.counts[0]) {
+            writer.jti(entry.key, slot_expiry(entry.exp));
+        }
+        for entry in self.revoked_subjects.iter().take(writer.counts[1]) {
+            writer.principal(entry.key, entry.revocation);
+        }
+        for entry in self.revoked_clients.iter().take(writer.counts[2]) {
+            writer.principal(entry.key, entry.revocation);
+        }
+        writer.finish()
+    }
+
+    /// Decodes what [`FeedUpdate::to_bytes`] (or [`RevocationSet::to_bytes`]) produced.
+    pub fn from_bytes(bytes: &[u8]) -> Result<EncodedUpdate, DecodeError> {
+        let record = Record::parse(bytes)?;
+        let update = FeedUpdate::from_record(&record);
+        Ok(EncodedUpdate {
+            base_cursor: record.base_cursor,
+            update,
+        })
+    }
+}
+
+impl FeedUpdate {
+    fn from_record(record: &Record<'_>) -> FeedUpdate {
+        let mut update = FeedUpdate {
+            cursor: record.cursor,
+            full: record.kind == Kind::Full,
+            now: record.now,
+            revoked_jtis: Vec::with_capacity(record.counts[0]),
+            revoked_subjects: Vec::with_capacity(record.counts[1]),
+            revoked_clients: Vec::with_capacity(record.counts[2]),
+        };
+        update
+            .revoked_jtis
+            .extend(record.jtis().map(|(key, exp)| RevokedJti { key, exp }));
+        for (is_subject, key, revocation) in record.principals() {
+            let list = if is_subject {
+                &mut update.revoked_subjects
+            } else {
+                &mut update.revoked_clients
+            };
+            list.push(RevokedPrincipal { key, revocation });
+        }
+        update
+    }
+}
+
+/// A decoded binary record: the update and, for a delta, the cursor of the state it applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedUpdate {
+    /// Cursor the delta applies to (0 for a full snapshot).
+    pub base_cursor: u64,
+    /// The update itself.
+    pub update: FeedUpdate,
+}
+
+/// Why binary revocation state was refused; the state it was meant for is left as it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Shorter than the fixed header and trailer.
+    #[error("revocation state is {len} bytes, shorter than the {min}-byte header and checksum")]
+    TooShort {
+        /// Bytes received.
+        len: usize,
+        /// Minimum size of a record.
+        min: usize,
+    },
+    /// Not a revocation record at all.
+    #[error("revocation state does not start with the EWRV magic")]
+    BadMagic,
+    /// Written by a newer or older encoder.
+    #[error("revocation state has format version {0}, this build reads version {FORMAT_VERSION}")]
+    UnsupportedVersion(u8),
+    /// Header fields outside their allowed values.
+    #[error("revocation state header is invalid: {0}")]
+    BadHeader(String),
+    /// The entry counts do not add up to the record's length.
+    #[error("revocation state is {actual} bytes but its header describes {expected}")]
+    LengthMismatch {
+        /// Length the header's counts imply.
+        expected: u64,
+        /// Bytes received.
+        actual: u64,
+    },
+    /// The bytes were altered after encoding.
+    #[error("revocation state checksum mismatch (stored {stored:016x}, computed {computed:016x})")]
+    Checksum {
+        /// Checksum in the trailer.
+        stored: u64,
+        /// Checksum of the bytes received.
+        computed: u64,
+    },
+    /// An entry that the encoder never writes.
+    #[error("revocation state entry {index} of the jti list has expiry 0")]
+    BadEntry {
+        /// Position in the jti list.
+        index: usize,
+    },
+    /// A delta for another starting point: load the full snapshot instead.
+    #[error("revocation delta applies to cursor {base} but the state is at cursor {have}")]
+    WrongBase {
+        /// Cursor the delta was made against.
+        base: u64,
+        /// Cursor of the state it was offered to.
+        have: u64,
+    },
+}
+
+/// Version of the binary record layout (and of [`RevocationKey`]'s hash function): bump on any change.
+pub const FORMAT_VERSION: u8 = 1;
+const MAGIC: [u8; 4] = *b"EWRV";
+/// magic 4, version 1, kind 1, reserved 2, base cursor 8, cursor 8, now 8, three u32 counts.
+const HEADER_BYTES: usize = 44;
+const CHECKSUM_BYTES: usize = 8;
+/// Key 16 bytes and expiry u32.
+const JTI_BYTES: usize = 20;
+/// Key 16 bytes, revoked_at u64, expires_at u64.
+const PRINCIPAL_BYTES: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Full = 0,
+    Delta = 1,
+}
+
+struct Writer {
+    bytes: Vec<u8>,
+    counts: [usize; 3],
+}
+
+impl Writer {
+    fn new(kind: Kind, base: u64, cursor: u64, now: u64, counts: [usize; 3]) -> Writer {
+        // Counts are u32 on the wire; four billion entries would not fit in a worker anyway.
+        let counts = counts.map(|n| n.min(u32::MAX as usize));
+        let size = HEADER_BYTES
+            + counts[0] * JTI_BYTES
+            + (counts[1] + counts[2]) * PRINCIPAL_BYTES
+            + CHECKSUM_BYTES;
+        let mut bytes = Vec::with_capacity(size);
+        bytes.extend_from_slice(&MAGIC);
+        bytes.push(FORMAT_VERSION);
+        bytes.push(kind as u8);
+        bytes.extend_from_slice(&[0, 0]);
+        bytes.extend_from_slice(&base.to_le_bytes());
+        bytes.extend_from_slice(&cursor.to_le_bytes());
+        bytes.extend_from_slice(&now.to_le_bytes());
+        for count in counts {
+            bytes.extend_from_slice(&(count as u32).to_le_bytes());
+        }
+        Writer { bytes, counts }
+    }
+
+    fn jti(&mut self, key: RevocationKey, exp: u32) {
+        self.bytes.extend_from_slice(&key.0.to_le_bytes());
+        self.bytes.extend_from_slice(&exp.to_le_bytes());
+    }
+
+    fn principal(&mut self, key: RevocationKey, revocation: PrincipalRevocation) {
+        self.bytes.extend_from_slice(&key.0.to_le_bytes());
+        self.bytes
+            .extend_from_slice(&revocation.revoked_at.to_le_bytes());
+        self.bytes
+            .extend_from_slice(&revocation.expires_at.to_le_bytes());
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        let checksum = murmur3_x64_128(&self.bytes) as u64;
+        self.bytes.extend_from_slice(&checksum.to_le_bytes());
+        self.bytes
+    }
+}
+
+/// A record whose header, length and checksum were verified; entries are read on demand.
+struct Record<'a> {
+    kind: Kind,
+    base_cursor: u64,
+    cursor: u64,
+    now: u64,
+    counts: [usize; 3],
+    body: &'a [u8],
+}
+
+fn array<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    if let Some(src) = bytes.get(at..at + N) {
+        out.copy_from_slice(src);
+    }
+    out
+}
+
+impl<'a> Record<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<Record<'a>, DecodeError> {
+        let min = HEADER_BYTES + CHECKSUM_BYTES;
+        if bytes.len() < min {
+            return Err(DecodeError::TooShort {
+                len: bytes.len(),
+                min,
+            });
+        }
+        if array::<4>(bytes, 0) != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let [version, kind, reserved_a, reserved_b] = array::<4>(bytes, 4);
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let kind = match kind {
+            0 => Kind::Full,
+            1 => Kind::Delta,
+            other => {
+                return Err(DecodeError::BadHeader(format!(
+                    "unknown record kind {other}"
+                )))
+            }
+        };
+        if (reserved_a, reserved_b) != (0, 0) {
+            return Err(DecodeError::BadHeader(
+                "reserved bytes are not zero".to_string(),
+            ));
+        }
+        let base_cursor = u64::from_le_bytes(array(bytes, 8));
+        if kind == Kind::Full && base_cursor != 0 {
+            return Err(DecodeError::BadHeader(format!(
+                "full snapshot with base cursor {base_cursor}"
+            )));
+        }
+        let cursor = u64::from_le_bytes(array(bytes, 16));
+        let now = u64::from_le_bytes(array(bytes, 24));
+        let raw_counts = [32, 36, 40].map(|at| u64::from(u32::from_le_bytes(array(bytes, at))));
+        // u32 counts times at most 32 bytes cannot overflow u64.
+        let expected = (HEADER_BYTES + CHECKSUM_BYTES) as u64
+            + raw_counts[0] * JTI_BYTES as u64
+            + (raw_counts[1] + raw_counts[2]) * PRINCIPAL_BYTES as u64;
+        if expected != bytes.len() as u64 {
+            return Err(DecodeError::LengthMismatch {
+                expected,
+                actual: bytes.len() as u64,
+            });
+        }
+        let body_end = bytes.len() - CHECKSUM_BYTES;
+        let (covered, trailer) = bytes.split_at(body_end);
+        let stored = u64::from_le_bytes(array(trailer, 0));
+        let computed = murmur3_x64_128(covered) as u64;
+        if stored != computed {
+            return Err(DecodeError::Checksum { stored, computed });
+        }
+        // The length matched, so every count fits in usize on this target.
+        let counts = raw_counts.map(|n| usize::try_from(n).unwrap_or(0));
+        let record = Record {
+            kind,
+            base_cursor,
+            cursor,
+            now,
+            counts,
+            body: covered.get(HEADER_BYTES..).unwrap_or_default(),
+        };
+        // The encoder never writes expiry 0 (it marks an empty table slot); refusing it here means
+        // nothing is applied from a record that fails halfway.
+        if let Some(index) = record.jtis().position(|(_, exp)| exp == 0) {
+            return Err(DecodeError::BadEntry { index });
+        }
+        Ok(record)
+    }
+
+    /// The jti entries: key and expiry (validated non-zero by [`Record::parse`]).
+    fn jtis(&self) -> impl Iterator<Item = (RevocationKey, u64)> + 'a {
+        let end = (self.counts[0] * JTI_BYTES).min(self.body.len());
+        self.body
+            .get(..end)
+            .unwrap_or_default()
+            .chunks_exact(JTI_BYTES)
+            .map(|chunk| {
+                let key = RevocationKey(u128::from_le_bytes(array(chunk, 0)));
+                (key, u64::from(u32::from_le_bytes(array(chunk, 16))))
+            })
+    }
+
+    /// The subject entries followed by the client entries, each flagged `true` when it is a subject.
+    fn principals(&self) -> impl Iterator<Item = (bool, RevocationKey, PrincipalRevocation)> + 'a {
+        let start = (self.counts[0] * JTI_BYTES).min(self.body.len());
+        let subjects = self.counts[1];
+        self.body
+            .get(start..)
+            .unwrap_or_default()
+            .chunks_exact(PRINCIPAL_BYTES)
+            .enumerate()
+            .map(move |(index, chunk)| {
+                let key = RevocationKey(u128::from_le_bytes(array(chunk, 0)));
+                let revocation = PrincipalRevocation {
+                    revoked_at: u64::from_le_bytes(array(chunk, 16)),
+                    expires_at: u64::from_le_bytes(array(chunk, 24)),
+                };
+                (index < subjects, key, revocation)
+            })
+    }
+}
+
+impl RevocationSet {
+    /// Encodes the whole state as a full-snapshot record (header, 20 bytes per jti, 32 per subject or client,
+    /// checksum) for other VMs to load with [`RevocationSet::from_bytes`] or [`RevocationSet::apply_bytes`].
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut writer = Writer::new(
+            Kind::Full,
+            0,
+            self.cursor(),
+            self.feed_now(),
+            [self.jti_count(), self.subject_count(), self.client_count()],
+        );
+        for (key, exp) in self.jtis().take(writer.counts[0]) {
+            writer.jti(key, slot_expiry(exp));
+        }
+        let subjects: Vec<_> = self.subjects().take(writer.counts[1]).collect();
+        for (key, revocation) in subjects {
+            writer.principal(key, revocation);
+        }
+        let clients: Vec<_> = self.clients().take(writer.counts[2]).collect();
+        for (key, revocation) in clients {
+            writer.principal(key, revocation);
+        }
+        writer.finish()
+    }
+
+    /// Rebuilds a state from a full-snapshot record, sized exactly for it. A delta record is refused
+    /// ([`DecodeError::WrongBase`]): it cannot stand alone.
+    pub fn from_bytes(bytes: &[u8]) -> Result<RevocationSet, DecodeError> {
+        let record = Record::parse(bytes)?;
+        if record.kind != Kind::Full {
+            return Err(DecodeError::WrongBase {
+                base: record.base_cursor,
+                have: 0,
+            });
+        }
+        Ok(RevocationSet::build(&record))
+    }
+
+    fn build(record: &Record<'_>) -> RevocationSet {
+        let mut set =
+            RevocationSet::with_capacity(record.counts[0], record.counts[1], record.counts[2]);
+        for (key, exp) in record.jtis() {
+            set.insert_jti(key, exp);
+        }
+        for (is_subject, key, revocation) in record.principals() {
+            if is_subject {
+                set.insert_subject(key, revocation);
+            } else {
+                set.insert_client(key, revocation);
+            }
+        }
+        set.set_position(record.cursor, record.now);
+        set
+    }
+
+    /// Applies a record another VM published: a full snapshot replaces the state, a delta merges when its base
+    /// cursor is this state's cursor. On any error the state is unchanged (load the full snapshot instead).
+    pub fn apply_bytes(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+        let record = Record::parse(bytes)?;
+        match record.kind {
+            Kind::Full => {
+                *self = RevocationSet::build(&record);
+            }
+            Kind::Delta => {
+                if record.base_cursor != self.cursor() {
+                    return Err(DecodeError::WrongBase {
+                        base: record.base_cursor,
+                        have: self.cursor(),
+                    });
+                }
+                self.apply(&FeedUpdate::from_record(&record));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The small record the polling VM publishes after every successful poll, so workers can tell cheaply
+/// whether their copy is current (same cursor) and how old the shared state is, without reading the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncMark {
+    /// Cursor of the published state.
+    pub cursor: u64,
+    /// Unix seconds of the poller's last successful sync; `None` before the first.
+    pub last_sync: Option<u64>,
+}
+
+const MARK_MAGIC: [u8; 4] = *b"EWSM";
+/// Bytes of an encoded [`SyncMark`].
+pub const SYNC_MARK_BYTES: usize = 24;
+
+impl SyncMark {
+    /// Encodes as magic, version and three reserved bytes, cursor, last sync (`u64::MAX` for none).
+    pub fn to_bytes(&self) -> [u8; SYNC_MARK_BYTES] {
+        let mut out = [0u8; SYNC_MARK_BYTES];
+        let last = self.last_sync.unwrap_or(u64::MAX);
+        for (slot, byte) in out.iter_mut().zip(
+            MARK_MAGIC
+                .iter()
+                .chain(&[FORMAT_VERSION, 0, 0, 0])
+                .chain(&self.cursor.to_le_bytes())
+                .chain(&last.to_le_bytes()),
+        ) {
+            *slot = *byte;
+        }
+        out
+    }
+
+    /// Decodes [`SyncMark::to_bytes`]; anything else is refused.
+    pub fn from_bytes(bytes: &[u8]) -> Result<SyncMark, DecodeError> {
+        if bytes.len() != SYNC_MARK_BYTES {
+            return Err(DecodeError::LengthMismatch {
+                expected: SYNC_MARK_BYTES as u64,
+                actual: bytes.len() as u64,
+            });
+        }
+        if array::<4>(bytes, 0) != MARK_MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let [version, a, b, c] = array::<4>(bytes, 4);
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        if (a, b, c) != (0, 0, 0) {
+            return Err(DecodeError::BadHeader(
+                "reserved bytes are not zero".to_string(),
+            ));
+        }
+        let last = u64::from_le_bytes(array(bytes, 16));
+        Ok(SyncMark {
+            cursor: u64::from_le_bytes(array(bytes, 8)),
+            last_sync: (last != u64::MAX).then_some(last),
+        })
+    }
+}
