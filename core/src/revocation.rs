@@ -700,3 +700,416 @@ impl RevocationView for EdgeRevocationState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::{FeedUpdate, RevokedJti, RevokedPrincipal};
+
+    const T: u64 = 1_767_000_000;
+
+    fn token(
+        jti: Option<&str>,
+        sub: Option<&str>,
+        client: Option<&str>,
+        iat: Option<u64>,
+    ) -> VerifiedToken {
+        VerifiedToken {
+            issuer_index: 0,
+            iss: "https://issuer.test".into(),
+            sub: sub.map(Into::into),
+            aud: vec!["api".into()],
+            exp: Some(T + 3600),
+            nbf: None,
+            iat,
+            jti: jti.map(Into::into),
+            client_id: client.map(Into::into),
+            scopes: vec![],
+            roles: vec![],
+            alg: "ES256".into(),
+            kid: None,
+            typ: None,
+            claims: serde_json::Map::new(),
+            fingerprint: 0,
+        }
+    }
+
+    fn jti(name: &str, exp: u64) -> RevokedJti {
+        RevokedJti {
+            key: RevocationKey::of(name),
+            exp,
+        }
+    }
+
+    fn principal(name: &str, revoked_at: u64, expires_at: u64) -> RevokedPrincipal {
+        RevokedPrincipal {
+            key: RevocationKey::of(name),
+            revocation: PrincipalRevocation {
+                revoked_at,
+                expires_at,
+            },
+        }
+    }
+
+    fn update(cursor: u64, full: bool) -> FeedUpdate {
+        FeedUpdate {
+            cursor,
+            full,
+            now: T,
+            ..FeedUpdate::default()
+        }
+    }
+
+    /// jti-1 revoked, subject alice revoked at T, client billing revoked at T.
+    fn sample() -> RevocationSet {
+        let mut set = RevocationSet::new();
+        set.apply(&FeedUpdate {
+            revoked_jtis: vec![jti("jti-1", T + 3600)],
+            revoked_subjects: vec![principal("alice", T, T + 3600)],
+            revoked_clients: vec![principal("billing", T, T + 3600)],
+            ..update(7, true)
+        });
+        set
+    }
+
+    #[test]
+    fn murmur3_matches_the_reference_vectors() {
+        // From the reference implementation (Python mmh3.hash_bytes(data, 0, x64arch=True)).
+        let cases: [(&[u8], &str); 6] = [
+            (b"", "00000000000000000000000000000000"),
+            (b"a", "897859f6655555855a890e51483ab5e6"),
+            (b"hello", "029bbd41b3a7d8cb191dae486a901e5b"),
+            (b"0123456789abcdef", "a7d14acf946de04bda08a7635c5bc387"),
+            (b"0123456789abcdefX", "f7d670b5acd2ebcd274b10829711728f"),
+            (
+                b"The quick brown fox jumps over the lazy dog",
+                "6c1b07bc7bbc4be347939ac4a93c437a",
+            ),
+        ];
+        for (input, expected) in cases {
+            let hex: String = murmur3_x64_128(input)
+                .to_le_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(hex, expected, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn revocation_rules_decide_by_jti_subject_client_and_iat() {
+        let set = sample();
+        #[rustfmt::skip]
+        let cases: Vec<(&str, VerifiedToken, Option<&str>)> = vec![
+            ("listed jti", token(Some("jti-1"), Some("bob"), None, Some(T - 10)),
+                Some("token revoked by jti")),
+            ("other jti", token(Some("jti-2"), Some("bob"), Some("web"), Some(T - 10)), None),
+            ("no jti, no listed principal", token(None, Some("bob"), Some("web"), None), None),
+            ("subject revoked after issue", token(Some("jti-2"), Some("alice"), None, Some(T - 1)),
+                Some("token revoked: subject revoked at 1767000000, token issued at 1766999999")),
+            ("subject revoked in the issuing second", token(None, Some("alice"), None, Some(T)),
+                Some("token revoked: subject revoked at 1767000000, token issued at 1767000000")),
+            ("issued after the subject revocation", token(None, Some("alice"), None, Some(T + 1)), None),
+            ("subject listed, token without iat", token(None, Some("alice"), None, None),
+                Some("token revoked: subject revoked at 1767000000 and the token has no iat")),
+            ("client revoked after issue", token(None, Some("bob"), Some("billing"), Some(T - 5)),
+                Some("token revoked: client revoked at 1767000000, token issued at 1766999995")),
+            ("issued after the client revocation", token(None, Some("bob"), Some("billing"), Some(T + 5)), None),
+            ("client listed, token without iat", token(None, None, Some("billing"), None),
+                Some("token revoked: client revoked at 1767000000 and the token has no iat")),
+            ("subject passes, client still revokes", token(None, Some("alice"), Some("billing"), Some(T)),
+                Some("token revoked: subject revoked at 1767000000, token issued at 1767000000")),
+            ("names are exact", token(Some("JTI-1"), Some("Alice"), Some("billing2"), Some(T - 10)), None),
+            ("a subject name is not a client id", token(None, Some("billing"), Some("alice"), Some(T - 10)), None),
+        ];
+        for (name, token, expected) in cases {
+            assert_eq!(set.check(&token).as_deref(), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn full_snapshot_replaces_and_delta_merges() {
+        let mut set = sample();
+        set.apply(&FeedUpdate {
+            revoked_jtis: vec![jti("jti-2", T + 100)],
+            ..update(8, false)
+        });
+        assert_eq!(set.cursor(), 8);
+        assert_eq!(
+            (set.jti_count(), set.subject_count(), set.client_count()),
+            (2, 1, 1)
+        );
+        assert!(set.jti_expiry("jti-1").is_some() && set.jti_expiry("jti-2").is_some());
+
+        set.apply(&FeedUpdate {
+            revoked_jtis: vec![jti("jti-3", T + 100)],
+            ..update(3, true)
+        });
+        assert_eq!(set.cursor(), 3);
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.jti_expiry("jti-3"), Some(T + 100));
+        assert!(set
+            .check(&token(
+                Some("jti-1"),
+                Some("alice"),
+                Some("billing"),
+                Some(T - 10)
+            ))
+            .is_none());
+    }
+
+    #[test]
+    fn later_entry_for_the_same_subject_or_jti_replaces_the_earlier_one() {
+        let mut set = sample();
+        set.apply(&FeedUpdate {
+            revoked_jtis: vec![jti("jti-1", T + 9000)],
+            revoked_subjects: vec![principal("alice", T + 50, T + 7200)],
+            revoked_clients: vec![principal("billing", T - 50, T + 10)],
+            ..update(9, false)
+        });
+        assert_eq!(set.len(), 3);
+        assert_eq!(set.jti_expiry("jti-1"), Some(T + 9000));
+        assert_eq!(
+            set.subject("alice"),
+            Some(PrincipalRevocation {
+                revoked_at: T + 50,
+                expires_at: T + 7200
+            })
+        );
+        // Issued at T+20: now covered by the later subject revocation, no longer by the earlier client one.
+        let t = token(None, Some("alice"), None, Some(T + 20));
+        assert!(set.check(&t).is_some());
+        let t = token(None, Some("bob"), Some("billing"), Some(T - 10));
+        assert!(set.check(&t).is_none());
+    }
+
+    #[test]
+    fn prune_drops_entries_expired_at_or_before_the_cutoff() {
+        let mut set = RevocationSet::new();
+        set.apply(&FeedUpdate {
+            revoked_jtis: vec![jti("a", T), jti("b", T + 1), jti("c", T + 100)],
+            revoked_subjects: vec![principal("s1", T - 10, T), principal("s2", T - 10, T + 1)],
+            revoked_clients: vec![principal("c1", T - 10, T), principal("c2", T - 10, T + 1)],
+            ..update(1, true)
+        });
+        assert_eq!(set.prune(T - 1), 0);
+        assert_eq!(set.prune(T), 3);
+        assert_eq!(set.jti_expiry("a"), None);
+        assert_eq!(set.jti_expiry("b"), Some(T + 1));
+        assert!(set.subject("s1").is_none() && set.subject("s2").is_some());
+        assert!(set.client("c1").is_none() && set.client("c2").is_some());
+        assert_eq!(set.prune(T + 1), 3);
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.prune(u64::MAX), 1);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn edge_state_keeps_entries_for_the_clock_leeway_after_expiry() {
+        // The engine still accepts a token until exp + leeway, so its revocation must last as long.
+        let config = RevocationConfig::default();
+        let mut state = EdgeRevocationState::new(&config, 60);
+        state.sync(
+            &FeedUpdate {
+                revoked_jtis: vec![jti("j", T)],
+                ..update(1, true)
+            },
+            T - 100,
+        );
+        let t = token(Some("j"), None, None, Some(T - 200));
+        assert_eq!(state.prune(T + 59), 0);
+        assert!(state.check(&t).is_some());
+        assert_eq!(state.prune(T + 60), 1);
+        assert!(state.check(&t).is_none());
+    }
+
+    #[test]
+    fn staleness_follows_on_stale() {
+        let deny = RevocationConfig {
+            max_staleness_seconds: 300,
+            ..RevocationConfig::default()
+        };
+        let allow = RevocationConfig {
+            on_stale: OnStale::Allow,
+            ..deny.clone()
+        };
+        let mut denying = EdgeRevocationState::new(&deny, 60);
+        let mut allowing = EdgeRevocationState::new(&allow, 60);
+        // Never synced.
+        assert_eq!(
+            denying.stale(T).as_deref(),
+            Some("revocation state not yet synced")
+        );
+        assert_eq!(allowing.stale(T), None);
+        assert!(denying.is_stale(T) && allowing.is_stale(T));
+        assert_eq!(denying.staleness(T), None);
+
+        for state in [&mut denying, &mut allowing] {
+            state.sync(&update(1, true), T);
+        }
+        #[rustfmt::skip]
+        let cases: [(u64, Option<u64>, bool, Option<&str>); 4] = [
+            (T, Some(0), false, None),
+            (T + 300, Some(300), false, None),
+            (T + 312, Some(312), true, Some("revocation state is 312s old (max 300s)")),
+            (T - 5, Some(0), false, None), // the clock went back: not stale
+        ];
+        for (now, age, stale, description) in cases {
+            assert_eq!(denying.staleness(now), age, "at {now}");
+            assert_eq!(denying.is_stale(now), stale, "at {now}");
+            assert_eq!(denying.stale(now).as_deref(), description, "at {now}");
+            assert_eq!(allowing.is_stale(now), stale, "at {now}");
+            assert_eq!(allowing.stale(now), None, "at {now}");
+        }
+        // A poll that brought nothing new still counts as a sync.
+        denying.record_sync(T + 400);
+        assert_eq!(denying.stale(T + 500), None);
+        assert_eq!(denying.last_sync(), Some(T + 400));
+        denying.set_last_sync(None);
+        assert!(denying.stale(T + 500).is_some());
+    }
+
+    /// Deterministic pseudo-random keys (SplitMix64), so table tests need no crate and always replay.
+    fn keys(count: usize, seed: u64) -> Vec<RevocationKey> {
+        let mut state = seed;
+        let mut next = || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            fmix64(state)
+        };
+        (0..count)
+            .map(|_| RevocationKey(u128::from(next()) | u128::from(next()) << 64))
+            .collect()
+    }
+
+    #[test]
+    fn jti_table_agrees_with_a_hash_map_through_inserts_replacements_and_prunes() {
+        let mut table = JtiTable::default();
+        let mut model: HashMap<RevocationKey, u32> = HashMap::new();
+        let keys = keys(5000, 1);
+        for round in 0..4u32 {
+            for (i, key) in keys.iter().enumerate() {
+                if (i as u32 + round) % 3 == 0 {
+                    let exp = 1 + (i as u32 * 7 + round * 13) % 1000;
+                    assert_eq!(table.insert(*key, exp), model.insert(*key, exp).is_none());
+                }
+            }
+            let cutoff = u64::from(200 * round + 100);
+            let before = model.len();
+            model.retain(|_, exp| u64::from(*exp) > cutoff);
+            assert_eq!(table.prune(cutoff), before - model.len(), "round {round}");
+            assert_eq!(table.len, model.len());
+            for key in &keys {
+                assert_eq!(table.get(*key), model.get(key).copied());
+            }
+            let mut listed: Vec<_> = table.iter().collect();
+            let mut expected: Vec<_> = model.iter().map(|(k, v)| (*k, *v)).collect();
+            listed.sort();
+            expected.sort();
+            assert_eq!(listed, expected);
+        }
+    }
+
+    #[test]
+    fn jti_table_handles_clusters_that_wrap_around_the_end() {
+        // Keys whose top word maps to the last slot all collide there and wrap to the front.
+        let mut table = JtiTable::with_entries(10);
+        let last = table.slots.len() as u128 - 1;
+        let cap = table.slots.len() as u128;
+        let high = (last << 32).div_ceil(cap);
+        let keys: Vec<RevocationKey> = (0..8u128)
+            .map(|i| RevocationKey(((high as u32 as u128) << 96) | i))
+            .collect();
+        assert!(keys
+            .iter()
+            .all(|k| table.home(&k.words()) == table.slots.len() - 1));
+        for (i, key) in keys.iter().enumerate() {
+            table.insert(*key, 10 + i as u32);
+        }
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(table.get(*key), Some(10 + i as u32));
+        }
+        // Expire every other one; the rest must stay reachable across the wrap.
+        let mut expiring = JtiTable::with_entries(10);
+        for (i, key) in keys.iter().enumerate() {
+            expiring.insert(*key, if i % 2 == 0 { 5 } else { 50 });
+        }
+        assert_eq!(expiring.prune(5), 4);
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(expiring.get(*key), (i % 2 == 1).then_some(50));
+        }
+    }
+
+    #[test]
+    fn a_million_jtis_fit_the_32_mb_budget() {
+        // The issue's budget: 32 MB per worker for 1,000,000 revoked tokens, so 32 bytes an entry.
+        assert_eq!(JTI_SLOT_BYTES, 20);
+        assert_eq!(std::mem::size_of::<Slot>(), JTI_SLOT_BYTES);
+        let million = capacity_for(1_000_000) * JTI_SLOT_BYTES;
+        assert!(million <= 32_000_000, "{million} bytes for a million");
+        // The table is never left below 62.5 % full (except at its minimum size), so no slot count
+        // reachable by growth or pruning breaks the budget either.
+        assert!(JTI_SLOT_BYTES * 1000 / MIN_LOAD_PERCENT_X10 <= 32);
+
+        // Growth and shrinking keep the invariant on a real table.
+        let mut set = RevocationSet::new();
+        for (i, key) in keys(200_000, 2).into_iter().enumerate() {
+            set.insert_jti(key, T + (i as u64 % 100));
+            if i > 1000 && i % 997 == 0 {
+                assert!(
+                    set.memory_bytes() <= set.jti_count() * 32,
+                    "after {i} inserts"
+                );
+            }
+        }
+        assert!(set.memory_bytes() <= set.jti_count() * 32);
+        for cutoff in [T + 10, T + 50, T + 90, T + 98] {
+            set.prune(cutoff);
+            assert!(
+                set.memory_bytes() <= set.jti_count() * 32,
+                "{} bytes for {} entries after pruning at {cutoff}",
+                set.memory_bytes(),
+                set.jti_count()
+            );
+        }
+        assert_eq!(set.jti_count(), 2000);
+    }
+
+    #[test]
+    fn engine_refuses_a_revoked_token_and_follows_stale_state() {
+        use crate::decision::Reason;
+        use crate::engine::{Engine, Request};
+        use crate::test_support::{claims, config_json, es256_token, NOW};
+        use serde_json::json;
+
+        let engine = Engine::from_json(config_json(json!({})).to_string().as_bytes()).unwrap();
+        let token = es256_token(&claims()); // jti-1, sub alice, client cli-1, iat NOW - 10
+        let request = Request {
+            method: "GET",
+            path: "/",
+            token: Some(&token),
+        };
+        let mut state = EdgeRevocationState::new(&RevocationConfig::default(), 60);
+        let d = engine.evaluate(&request, None, &state, NOW);
+        assert_eq!(
+            (d.reason, d.description.as_str()),
+            (
+                Reason::StaleRevocationState,
+                "revocation state not yet synced"
+            )
+        );
+        state.sync(&update(1, true), NOW);
+        assert_eq!(
+            engine.evaluate(&request, None, &state, NOW).reason,
+            Reason::Allowed
+        );
+        state.sync(
+            &FeedUpdate {
+                revoked_subjects: vec![principal("alice", NOW - 10, NOW + 3600)],
+                ..update(2, false)
+            },
+            NOW,
+        );
+        let d = engine.evaluate(&request, None, &state, NOW);
+        assert_eq!((d.reason, d.status), (Reason::Revoked, 401));
+    }
+}
