@@ -18,7 +18,7 @@ use crate::revocation::{
 /// present with its JSON type (`cursor`, `now`, `exp`, `revoked_at`, `expires_at` non-negative integers up to
 /// 2^64-1, `full` a boolean, identifiers non-empty strings; no floats, no nulls, no repeated keys), while unknown
 /// fields, at the top or inside an entry, are ignored so the admin API can add some without breaking old edges.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FeedUpdate {
     /// What to send as `since` next time.
     pub cursor: u64,
@@ -29,11 +29,65 @@ pub struct FeedUpdate {
     /// Revoked tokens by `jti`.
     pub revoked_jtis: Vec<RevokedJti>,
     /// Revoked subjects.
-    #[serde(deserialize_with = "subjects")]
     pub revoked_subjects: Vec<RevokedPrincipal>,
     /// Revoked clients.
-    #[serde(deserialize_with = "clients")]
     pub revoked_clients: Vec<RevokedPrincipal>,
+}
+
+/// The answer as it arrives; every object goes through [`Strict`] so a JSON array never stands in for one.
+#[derive(Deserialize)]
+struct RawFeed {
+    cursor: u64,
+    full: bool,
+    now: u64,
+    revoked_jtis: Vec<Strict<RevokedJti>>,
+    revoked_subjects: Vec<Strict<RawSubject>>,
+    revoked_clients: Vec<Strict<RawClient>>,
+}
+
+/// Accepts `T` only from a JSON object: serde's derived structs also take a positional array
+/// (`[42, false, ...]`), which the feed never sends and which would read fields by position.
+struct Strict<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Strict<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Strict<T>, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+            .map(Strict)
+    }
+}
+
+impl From<RawSubject> for RevokedPrincipal {
+    fn from(r: RawSubject) -> RevokedPrincipal {
+        RevokedPrincipal {
+            key: r.subject,
+            revocation: PrincipalRevocation {
+                revoked_at: r.revoked_at,
+                expires_at: r.expires_at,
+            },
+        }
+    }
+}
+
+impl From<RawClient> for RevokedPrincipal {
+    fn from(r: RawClient) -> RevokedPrincipal {
+        RevokedPrincipal {
+            key: r.client_id,
+            revocation: PrincipalRevocation {
+                revoked_at: r.revoked_at,
+                expires_at: r.expires_at,
+            },
+        }
+    }
 }
 
 /// A revoked token: the key of its `jti` and its `exp`.
@@ -71,34 +125,6 @@ struct RawClient {
     expires_at: u64,
 }
 
-fn subjects<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RevokedPrincipal>, D::Error> {
-    let raw = Vec::<RawSubject>::deserialize(d)?;
-    Ok(raw
-        .into_iter()
-        .map(|r| RevokedPrincipal {
-            key: r.subject,
-            revocation: PrincipalRevocation {
-                revoked_at: r.revoked_at,
-                expires_at: r.expires_at,
-            },
-        })
-        .collect())
-}
-
-fn clients<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RevokedPrincipal>, D::Error> {
-    let raw = Vec::<RawClient>::deserialize(d)?;
-    Ok(raw
-        .into_iter()
-        .map(|r| RevokedPrincipal {
-            key: r.client_id,
-            revocation: PrincipalRevocation {
-                revoked_at: r.revoked_at,
-                expires_at: r.expires_at,
-            },
-        })
-        .collect())
-}
-
 /// Reads a non-empty JSON string and keeps only its key; the string itself is never echoed in an error.
 fn hashed<'de, D: Deserializer<'de>>(d: D) -> Result<RevocationKey, D::Error> {
     struct KeyVisitor;
@@ -134,7 +160,7 @@ impl FeedUpdate {
     /// Parses a feed answer body. Errors name the offending field and never include an identifier's value.
     pub fn from_json(bytes: &[u8]) -> Result<FeedUpdate, FeedError> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        let update: FeedUpdate =
+        let raw: Strict<RawFeed> =
             serde_path_to_error::deserialize(&mut de).map_err(|e| FeedError::Invalid {
                 path: e.path().to_string(),
                 message: e.inner().to_string(),
@@ -143,7 +169,24 @@ impl FeedUpdate {
             path: ".".to_string(),
             message: e.to_string(),
         })?;
-        Ok(update)
+        let raw = raw.0;
+        Ok(FeedUpdate {
+            cursor: raw.cursor,
+            full: raw.full,
+            now: raw.now,
+            // Same layout in and out, so these collect in place rather than copying a million entries.
+            revoked_jtis: raw.revoked_jtis.into_iter().map(|e| e.0).collect(),
+            revoked_subjects: raw
+                .revoked_subjects
+                .into_iter()
+                .map(|e| e.0.into())
+                .collect(),
+            revoked_clients: raw
+                .revoked_clients
+                .into_iter()
+                .map(|e| e.0.into())
+                .collect(),
+        })
     }
 
     /// Whether the answer changes nothing (a delta with empty lists).
@@ -602,5 +645,360 @@ impl SyncMark {
             cursor: u64::from_le_bytes(array(bytes, 8)),
             last_sync: (last != u64::MAX).then_some(last),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RevocationConfig;
+    use crate::revocation::EdgeRevocationState;
+    use serde_json::json;
+
+    const T: u64 = 1_767_000_000;
+
+    fn example() -> serde_json::Value {
+        json!({
+            "cursor": 42,
+            "full": false,
+            "now": T,
+            "revoked_jtis": [{"jti": "q9L-secret", "exp": T + 3600}],
+            "revoked_subjects": [{"subject": "alice", "revoked_at": T, "expires_at": T + 3600}],
+            "revoked_clients": [{"client_id": "billing", "revoked_at": T - 5, "expires_at": T + 60}]
+        })
+    }
+
+    fn principal(name: &str, revoked_at: u64, expires_at: u64) -> RevokedPrincipal {
+        RevokedPrincipal {
+            key: RevocationKey::of(name),
+            revocation: PrincipalRevocation {
+                revoked_at,
+                expires_at,
+            },
+        }
+    }
+
+    #[test]
+    fn documented_answer_parses_into_keys() {
+        let update = FeedUpdate::from_json(example().to_string().as_bytes()).unwrap();
+        assert_eq!(
+            update,
+            FeedUpdate {
+                cursor: 42,
+                full: false,
+                now: T,
+                revoked_jtis: vec![RevokedJti {
+                    key: RevocationKey::of("q9L-secret"),
+                    exp: T + 3600
+                }],
+                revoked_subjects: vec![principal("alice", T, T + 3600)],
+                revoked_clients: vec![principal("billing", T - 5, T + 60)],
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_forward_compatibility() {
+        let mut body = example();
+        body["next_poll_ms"] = json!(500);
+        body["revoked_jtis"][0]["reason"] = json!({"code": "leaked"});
+        body["revoked_subjects"][0]["actor"] = json!("admin");
+        let update = FeedUpdate::from_json(body.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            update,
+            FeedUpdate::from_json(example().to_string().as_bytes()).unwrap()
+        );
+    }
+
+    #[test]
+    fn malformed_answers_are_refused_with_the_field_and_leave_state_untouched() {
+        let with = |pointer: &str, value: serde_json::Value| {
+            let mut body = example();
+            *body.pointer_mut(pointer).unwrap() = value;
+            body.to_string()
+        };
+        let without = |field: &str| {
+            let mut body = example();
+            body.as_object_mut().unwrap().remove(field);
+            body.to_string()
+        };
+        #[rustfmt::skip]
+        let cases: Vec<(String, &str, &str)> = vec![
+            (String::new(), ".", "EOF while parsing"),
+            ("not json".into(), ".", "expected ident"),
+            ("[]".into(), ".", "invalid type: sequence, expected a JSON object"),
+            (format!("[42, true, {T}, [], [], []]"), ".", "invalid type: sequence, expected a JSON object"),
+            ("null".into(), ".", "invalid type: null"),
+            (format!("{} x", example()), ".", "trailing characters"),
+            (without("cursor"), ".", "missing field `cursor`"),
+            (without("revoked_clients"), ".", "missing field `revoked_clients`"),
+            (with("/cursor", json!(-1)), "cursor", "invalid value: integer `-1`, expected u64"),
+            (with("/cursor", json!(1.5)), "cursor", "invalid type: floating point `1.5`, expected u64"),
+            (with("/cursor", json!("42")), "cursor", "invalid type: string \"42\", expected u64"),
+            ("{\"cursor\": 18446744073709551616}".into(), "cursor", "invalid type: floating point"),
+            (with("/full", json!("false")), "full", "expected a boolean"),
+            (with("/now", json!(null)), "now", "invalid type: null, expected u64"),
+            (with("/revoked_jtis", json!({})), "revoked_jtis", "expected a sequence"),
+            (with("/revoked_jtis/0", json!("q9L")), "revoked_jtis[0]", "invalid type: string \"q9L\", expected a JSON object"),
+            (with("/revoked_jtis/0", json!(["q9L", 1])), "revoked_jtis[0]", "invalid type: sequence, expected a JSON object"),
+            (with("/revoked_subjects/0", json!(["alice", 1, 2])), "revoked_subjects[0]", "expected a JSON object"),
+            (with("/revoked_jtis/0/jti", json!("")), "revoked_jtis[0].jti", "expected a non-empty string"),
+            (with("/revoked_jtis/0/jti", json!(7)), "revoked_jtis[0].jti", "invalid type: integer `7`"),
+            (with("/revoked_jtis/0/jti", json!(null)), "revoked_jtis[0].jti", "invalid type: null"),
+            (with("/revoked_jtis/0/exp", json!(-3600)), "revoked_jtis[0].exp", "invalid value: integer `-3600`"),
+            (with("/revoked_jtis/0/exp", json!(1e300)), "revoked_jtis[0].exp", "invalid type: floating point"),
+            (with("/revoked_subjects/0/revoked_at", json!(true)), "revoked_subjects[0].revoked_at", "invalid type: boolean"),
+            (with("/revoked_subjects/0/subject", json!(["alice"])), "revoked_subjects[0].subject", "invalid type: sequence"),
+            (with("/revoked_clients/0/expires_at", json!(-1)), "revoked_clients[0].expires_at", "invalid value: integer `-1`"),
+            (with("/revoked_clients/0", json!({"client_id": "x", "revoked_at": 1})), "revoked_clients[0]", "missing field `expires_at`"),
+            (r#"{"cursor": 1, "cursor": 2}"#.into(), ".", "duplicate field `cursor`"),
+        ];
+        let mut state = EdgeRevocationState::new(&RevocationConfig::default(), 60);
+        state
+            .sync_json(example().to_string().as_bytes(), T)
+            .unwrap();
+        let before = state.set().to_bytes();
+        for (body, path, message) in cases {
+            let error = state.sync_json(body.as_bytes(), T + 10).unwrap_err();
+            let FeedError::Invalid {
+                path: p,
+                message: m,
+            } = &error;
+            assert_eq!(p, path, "{body}");
+            assert!(m.contains(message), "{body}: {m}");
+            assert!(!error.to_string().contains("q9L-secret"), "{error}");
+            assert_eq!(state.set().to_bytes(), before, "{body}");
+            assert_eq!(state.last_sync(), Some(T), "{body}");
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_parsers() {
+        let valid = example().to_string().into_bytes();
+        let record = FeedUpdate::from_json(&valid).unwrap().to_bytes(41);
+        let mut seed: u64 = 7;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize
+        };
+        for _ in 0..3000 {
+            // Mutate a few bytes of valid input and cut it somewhere: mostly-valid input reaches deeper code.
+            for source in [&valid, &record] {
+                let mut bytes = source.clone();
+                for _ in 0..1 + next() % 3 {
+                    let at = next() % bytes.len();
+                    bytes[at] = next() as u8;
+                }
+                bytes.truncate(next() % (bytes.len() + 1));
+                let _ = FeedUpdate::from_json(&bytes);
+                let _ = FeedUpdate::from_bytes(&bytes);
+                let _ = RevocationSet::from_bytes(&bytes);
+                let _ = SyncMark::from_bytes(&bytes);
+            }
+        }
+    }
+
+    fn populated() -> RevocationSet {
+        let mut set = RevocationSet::new();
+        set.apply(&FeedUpdate {
+            cursor: 17,
+            full: true,
+            now: T,
+            revoked_jtis: (0..300)
+                .map(|i| RevokedJti {
+                    key: RevocationKey::of(&format!("jti-{i}")),
+                    exp: T + i,
+                })
+                .collect(),
+            revoked_subjects: vec![
+                principal("alice", T, T + 10),
+                principal("bob", T - 1, T + 20),
+            ],
+            revoked_clients: vec![principal("billing", T - 2, T + 30)],
+        });
+        set
+    }
+
+    fn contents(set: &RevocationSet) -> (u64, u64, Vec<String>) {
+        let mut entries: Vec<String> = set
+            .jtis()
+            .map(|(k, exp)| format!("j {:032x} {exp}", k.0))
+            .chain(set.subjects().map(|(k, r)| format!("s {:032x} {r:?}", k.0)))
+            .chain(set.clients().map(|(k, r)| format!("c {:032x} {r:?}", k.0)))
+            .collect();
+        entries.sort();
+        (set.cursor(), set.feed_now(), entries)
+    }
+
+    #[test]
+    fn state_round_trips_through_bytes() {
+        let set = populated();
+        let bytes = set.to_bytes();
+        assert_eq!(
+            bytes.len(),
+            HEADER_BYTES + 300 * JTI_BYTES + 3 * PRINCIPAL_BYTES + CHECKSUM_BYTES
+        );
+        let loaded = RevocationSet::from_bytes(&bytes).unwrap();
+        assert_eq!(contents(&loaded), contents(&set));
+        assert_eq!(loaded.jti_expiry("jti-7"), Some(T + 7));
+        assert_eq!(loaded.jti_capacity(), set.jti_capacity());
+        let empty = RevocationSet::from_bytes(&RevocationSet::new().to_bytes()).unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(empty.cursor(), 0);
+    }
+
+    #[test]
+    fn published_delta_applies_only_at_its_base_cursor() {
+        let delta = FeedUpdate {
+            cursor: 18,
+            full: false,
+            now: T + 1,
+            revoked_jtis: vec![RevokedJti {
+                key: RevocationKey::of("jti-new"),
+                exp: T + 99,
+            }],
+            revoked_subjects: vec![principal("alice", T + 1, T + 50)],
+            revoked_clients: vec![],
+        };
+        let bytes = delta.to_bytes(17);
+        let decoded = FeedUpdate::from_bytes(&bytes).unwrap();
+        assert_eq!((decoded.base_cursor, &decoded.update), (17, &delta));
+
+        let mut at_base = populated();
+        let mut expected = populated();
+        expected.apply(&delta);
+        at_base.apply_bytes(&bytes).unwrap();
+        assert_eq!(contents(&at_base), contents(&expected));
+        assert_eq!(at_base.cursor(), 18);
+
+        // A VM at another cursor refuses it and keeps its state; it loads the snapshot instead.
+        let error = at_base.apply_bytes(&bytes).unwrap_err();
+        assert_eq!(error, DecodeError::WrongBase { base: 17, have: 18 });
+        assert_eq!(
+            error.to_string(),
+            "revocation delta applies to cursor 17 but the state is at cursor 18"
+        );
+        assert_eq!(contents(&at_base), contents(&expected));
+        assert!(matches!(
+            RevocationSet::from_bytes(&bytes),
+            Err(DecodeError::WrongBase { .. })
+        ));
+
+        let mut behind = RevocationSet::new();
+        behind.apply_bytes(&expected.to_bytes()).unwrap();
+        assert_eq!(contents(&behind), contents(&expected));
+    }
+
+    /// Rewrites the checksum so a test can reach the checks behind it.
+    fn resealed(mut bytes: Vec<u8>) -> Vec<u8> {
+        let end = bytes.len() - CHECKSUM_BYTES;
+        let checksum = (murmur3_x64_128(&bytes[..end]) as u64).to_le_bytes();
+        bytes[end..].copy_from_slice(&checksum);
+        bytes
+    }
+
+    #[test]
+    fn corrupted_records_are_refused_and_leave_state_untouched() {
+        let good = populated().to_bytes();
+        let small = {
+            let mut set = RevocationSet::new();
+            set.insert_jti(RevocationKey::of("x"), T);
+            set.to_bytes()
+        };
+        let patched = |at: usize, value: &[u8]| {
+            let mut bytes = good.clone();
+            bytes[at..at + value.len()].copy_from_slice(value);
+            bytes
+        };
+        let mut appended = good.clone();
+        appended.push(0);
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("empty", vec![], "revocation state is 0 bytes, shorter than the 52-byte header and checksum"),
+            ("header only", good[..HEADER_BYTES].to_vec(), "shorter than the 52-byte"),
+            ("truncated by one", good[..good.len() - 1].to_vec(), "header describes"),
+            ("one byte appended", appended, "header describes"),
+            ("json", br#"{"cursor": 1, "full": true, "now": 0, "revoked_jtis": []}"#.to_vec(), "EWRV magic"),
+            ("magic", patched(0, b"EWRX"), "EWRV magic"),
+            ("version", patched(4, &[2]), "format version 2, this build reads version 1"),
+            ("kind", resealed(patched(5, &[9])), "unknown record kind 9"),
+            ("reserved", resealed(patched(6, &[1])), "reserved bytes are not zero"),
+            ("full with a base", resealed(patched(8, &[1])), "full snapshot with base cursor 1"),
+            ("jti count overflow", patched(32, &u32::MAX.to_le_bytes()), "but its header describes 85899346048"),
+            ("all counts overflow", patched(32, &[0xff; 12]), "header describes"),
+            ("subject count off by one", patched(36, &3u32.to_le_bytes()), "header describes"),
+            ("flipped entry bit", patched(HEADER_BYTES + 3, &[good[HEADER_BYTES + 3] ^ 1]), "checksum mismatch"),
+            ("flipped checksum", patched(good.len() - 1, &[good[good.len() - 1] ^ 0x80]), "checksum mismatch"),
+            ("zero expiry", resealed({
+                let mut b = small.clone();
+                b[HEADER_BYTES + 16..HEADER_BYTES + 20].copy_from_slice(&[0; 4]);
+                b
+            }), "entry 0 of the jti list has expiry 0"),
+        ];
+        let mut state = populated();
+        let before = contents(&state);
+        for (name, bytes, message) in cases {
+            let error = state.apply_bytes(&bytes).unwrap_err();
+            assert!(error.to_string().contains(message), "{name}: {error}");
+            assert_eq!(contents(&state), before, "{name}");
+            assert!(RevocationSet::from_bytes(&bytes).is_err(), "{name}");
+            assert!(FeedUpdate::from_bytes(&bytes).is_err(), "{name}");
+        }
+        // Every truncation and every single-byte change of a small record is refused.
+        for len in 0..small.len() {
+            assert!(
+                RevocationSet::from_bytes(&small[..len]).is_err(),
+                "truncated to {len}"
+            );
+        }
+        for at in 0..small.len() {
+            for bit in 0..8 {
+                let mut bytes = small.clone();
+                bytes[at] ^= 1 << bit;
+                assert!(
+                    RevocationSet::from_bytes(&bytes).is_err(),
+                    "byte {at} bit {bit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sync_mark_round_trips_and_refuses_anything_else() {
+        for mark in [
+            SyncMark {
+                cursor: 0,
+                last_sync: None,
+            },
+            SyncMark {
+                cursor: 99,
+                last_sync: Some(T),
+            },
+            SyncMark {
+                cursor: u64::MAX,
+                last_sync: Some(0),
+            },
+        ] {
+            assert_eq!(SyncMark::from_bytes(&mark.to_bytes()), Ok(mark));
+        }
+        let good = SyncMark {
+            cursor: 5,
+            last_sync: Some(T),
+        }
+        .to_bytes();
+        assert!(SyncMark::from_bytes(&good[..23]).is_err());
+        assert!(SyncMark::from_bytes(&[]).is_err());
+        for (at, value, message) in [
+            (0, b'X', "EWRV magic"),
+            (4, 9, "format version 9"),
+            (7, 1, "reserved bytes"),
+        ] {
+            let mut bytes = good;
+            bytes[at] = value;
+            let error = SyncMark::from_bytes(&bytes).unwrap_err();
+            assert!(error.to_string().contains(message), "{error}");
+        }
     }
 }

@@ -645,6 +645,14 @@ impl EdgeRevocationState {
         self.last_sync = Some(now);
     }
 
+    /// Parses a feed answer body and syncs with it ([`EdgeRevocationState::sync`]). On an invalid body the
+    /// state, including its last sync time, is unchanged: a poll that returned garbage is a failed poll.
+    pub fn sync_json(&mut self, body: &[u8], now: u64) -> Result<(), crate::feed::FeedError> {
+        let update = crate::feed::FeedUpdate::from_json(body)?;
+        self.sync(&update, now);
+        Ok(())
+    }
+
     /// Records a successful poll that brought nothing new (`304 Not Modified`, an empty delta).
     pub fn record_sync(&mut self, now: u64) {
         self.last_sync = Some(now);
@@ -1048,7 +1056,7 @@ mod tests {
         assert!(million <= 32_000_000, "{million} bytes for a million");
         // The table is never left below 62.5 % full (except at its minimum size), so no slot count
         // reachable by growth or pruning breaks the budget either.
-        assert!(JTI_SLOT_BYTES * 1000 / MIN_LOAD_PERCENT_X10 <= 32);
+        const { assert!(JTI_SLOT_BYTES * 1000 / MIN_LOAD_PERCENT_X10 <= 32) };
 
         // Growth and shrinking keep the invariant on a real table.
         let mut set = RevocationSet::new();
