@@ -18,6 +18,7 @@ pub mod challenge;
 pub mod config;
 pub mod decision;
 pub mod engine;
+pub mod fastverify;
 pub mod feed;
 pub mod jwks;
 pub mod revocation;

@@ -1,0 +1,395 @@
+//! Differential tests: `Rs256Verifier` against the `rsa` crate and `BigUint::modpow`, on valid
+//! signatures, random values, and hand-built malformed encodings signed with the raw private key.
+
+use super::*;
+use rand_chacha::{rand_core::RngCore, rand_core::SeedableRng, ChaCha20Rng};
+use rsa::{
+    pkcs8::DecodePrivateKey,
+    traits::{PrivateKeyParts, PublicKeyParts},
+    BigUint, Pkcs1v15Sign, RsaPrivateKey, RsaPublicKey,
+};
+
+const RSA2048: &[u8] = include_bytes!("testdata/rsa2048.pk8.der");
+const RSA2048_E3: &[u8] = include_bytes!("testdata/rsa2048-e3.pk8.der");
+const RSA3072: &[u8] = include_bytes!("testdata/rsa3072.pk8.der");
+const RSA4096: &[u8] = include_bytes!("testdata/rsa4096.pk8.der");
+
+fn private_key(der: &[u8]) -> RsaPrivateKey {
+    RsaPrivateKey::from_pkcs8_der(der).expect("test key parses")
+}
+
+fn verifier_for(key: &RsaPublicKey) -> Rs256Verifier {
+    Rs256Verifier::new(&key.n().to_bytes_be(), &key.e().to_bytes_be()).expect("test key accepted")
+}
+
+fn reference_verify(key: &RsaPublicKey, message: &[u8], signature: &[u8]) -> bool {
+    let digest = Sha256::digest(message);
+    key.verify(Pkcs1v15Sign::new::<Sha256>(), &digest, signature)
+        .is_ok()
+}
+
+fn sign(key: &RsaPrivateKey, message: &[u8]) -> Vec<u8> {
+    let digest = Sha256::digest(message);
+    key.sign(Pkcs1v15Sign::new::<Sha256>(), &digest)
+        .expect("signing works")
+}
+
+/// Raw private-key operation on an arbitrary encoded block: lets tests produce "signatures"
+/// whose public-key image is exactly the malformed encoding under test.
+fn raw_sign(key: &RsaPrivateKey, encoded: &[u8]) -> Vec<u8> {
+    let m = BigUint::from_bytes_be(encoded);
+    let s = m.modpow(key.d(), key.n());
+    let mut out = s.to_bytes_be();
+    while out.len() < key.size() {
+        out.insert(0, 0);
+    }
+    out
+}
+
+fn valid_encoding(key_len: usize, digest: &[u8]) -> Vec<u8> {
+    let mut em = vec![0x00, 0x01];
+    em.resize(
+        key_len - SHA256_DIGEST_INFO_PREFIX.len() - digest.len() - 1,
+        0xff,
+    );
+    em.push(0x00);
+    em.extend_from_slice(&SHA256_DIGEST_INFO_PREFIX);
+    em.extend_from_slice(digest);
+    em
+}
+
+fn random_message(rng: &mut ChaCha20Rng) -> Vec<u8> {
+    let mut message = vec![0u8; (rng.next_u32() % 400) as usize];
+    rng.fill_bytes(&mut message);
+    message
+}
+
+#[test]
+fn valid_signatures_verify_for_2048_3072_4096_and_e3_keys() {
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    for der in [RSA2048, RSA3072, RSA4096, RSA2048_E3] {
+        let key = private_key(der);
+        let verifier = verifier_for(&key.to_public_key());
+        for _ in 0..12 {
+            let message = random_message(&mut rng);
+            let signature = sign(&key, &message);
+            assert!(verifier.verify(&message, &signature));
+            assert!(reference_verify(&key.to_public_key(), &message, &signature));
+        }
+    }
+}
+
+#[test]
+fn modular_exponentiation_matches_biguint_modpow_on_random_values() {
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    for der in [RSA2048, RSA3072, RSA4096, RSA2048_E3] {
+        let key = private_key(der);
+        let verifier = verifier_for(&key.to_public_key());
+        let n = key.n().clone();
+        let k = key.size();
+        let mut samples: Vec<BigUint> = vec![
+            BigUint::from(0u32),
+            BigUint::from(1u32),
+            BigUint::from(2u32),
+            &n - 1u32,
+            &n - 2u32,
+        ];
+        for _ in 0..300 {
+            let mut bytes = vec![0u8; k];
+            rng.fill_bytes(&mut bytes);
+            samples.push(BigUint::from_bytes_be(&bytes) % &n);
+        }
+        for s in samples {
+            let mut s_bytes = s.to_bytes_be();
+            while s_bytes.len() < k {
+                s_bytes.insert(0, 0);
+            }
+            let expected = s.modpow(key.e(), &n);
+            let got = verifier.public_op(&s_bytes).expect("s < n is accepted");
+            assert_eq!(BigUint::from_bytes_be(&got), expected);
+            assert_eq!(got.len(), k);
+        }
+    }
+}
+
+#[test]
+fn signatures_not_below_the_modulus_are_rejected() {
+    let key = private_key(RSA2048);
+    let public = key.to_public_key();
+    let verifier = verifier_for(&public);
+    let message = b"header.payload";
+    let n = public.n().to_bytes_be();
+    let n_plus_one = (public.n() + 1u32).to_bytes_be();
+    let all_ones = vec![0xff; public.size()];
+    for signature in [n, n_plus_one, all_ones] {
+        assert_eq!(signature.len(), public.size());
+        assert!(!verifier.verify(message, &signature));
+        assert!(!reference_verify(&public, message, &signature));
+        assert!(verifier.public_op(&signature).is_none());
+    }
+}
+
+#[test]
+fn signatures_of_the_wrong_length_are_rejected() {
+    let key = private_key(RSA2048);
+    let public = key.to_public_key();
+    let verifier = verifier_for(&public);
+    let message = b"header.payload";
+    let signature = sign(&key, message);
+    let mut with_leading_zero = vec![0u8];
+    with_leading_zero.extend_from_slice(&signature);
+    let candidates = [
+        Vec::new(),
+        vec![0u8; 1],
+        signature[1..].to_vec(),
+        signature[..signature.len() - 1].to_vec(),
+        with_leading_zero,
+        [signature.as_slice(), &[0u8]].concat(),
+        vec![0u8; 4096],
+    ];
+    for candidate in candidates {
+        assert!(!verifier.verify(message, &candidate));
+        assert!(!reference_verify(&public, message, &candidate));
+    }
+}
+
+#[test]
+fn flipped_bits_in_signature_or_message_are_rejected_like_the_rsa_crate() {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    for der in [RSA2048, RSA4096] {
+        let key = private_key(der);
+        let public = key.to_public_key();
+        let verifier = verifier_for(&public);
+        for _ in 0..6 {
+            let message = random_message(&mut rng);
+            let signature = sign(&key, &message);
+            for _ in 0..20 {
+                let mut bad = signature.clone();
+                let bit = rng.next_u32() as usize % (bad.len() * 8);
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert_eq!(
+                    verifier.verify(&message, &bad),
+                    reference_verify(&public, &message, &bad)
+                );
+                assert!(!verifier.verify(&message, &bad));
+            }
+            let mut bad_message = message.clone();
+            bad_message.push(b'x');
+            assert!(!verifier.verify(&bad_message, &signature));
+            if let Some(first) = bad_message.first_mut() {
+                *first ^= 0x01;
+                bad_message.pop();
+                assert!(!verifier.verify(&bad_message, &signature));
+            }
+        }
+    }
+}
+
+#[test]
+fn signature_for_another_key_is_rejected() {
+    let key = private_key(RSA2048);
+    let other = private_key(RSA2048_E3);
+    let verifier = verifier_for(&other.to_public_key());
+    let message = b"header.payload";
+    assert!(!verifier.verify(message, &sign(&key, message)));
+}
+
+#[test]
+fn malformed_encodings_are_rejected_like_the_rsa_crate() {
+    for der in [RSA2048, RSA4096] {
+        let key = private_key(der);
+        let public = key.to_public_key();
+        let verifier = verifier_for(&public);
+        let k = public.size();
+        let message = b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0";
+        let digest = Sha256::digest(message);
+        let good = valid_encoding(k, &digest);
+
+        let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut em = good.clone();
+        em[1] = 0x02;
+        cases.push(("block type 2", em));
+        let mut em = good.clone();
+        em[0] = 0x01;
+        em[1] = 0x00;
+        cases.push(("leading bytes swapped", em));
+        let mut em = good.clone();
+        em[10] = 0xfe;
+        cases.push(("padding byte not ff", em));
+        let separator = k - SHA256_DIGEST_INFO_PREFIX.len() - 32 - 1;
+        let mut em = good.clone();
+        em[separator] = 0xff;
+        cases.push(("missing separator", em));
+        let mut em = good.clone();
+        em[separator + 4] ^= 0x01;
+        cases.push(("wrong digest algorithm oid", em));
+        let mut em = good.clone();
+        let last = em.len() - 1;
+        em[last] ^= 0x80;
+        cases.push(("wrong digest", em));
+        // DigestInfo without the NULL parameters: shorter T, one more padding byte.
+        let mut em = vec![0x00, 0x01];
+        let no_null: [u8; 17] = [
+            0x30, 0x2f, 0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+            0x01, 0x04, 0x20,
+        ];
+        em.resize(k - no_null.len() - 32 - 1, 0xff);
+        em.push(0x00);
+        em.extend_from_slice(&no_null);
+        em.extend_from_slice(&digest);
+        cases.push(("digest info without null", em));
+        // SHA-1 DigestInfo around the first 20 bytes of the digest.
+        let sha1_prefix: [u8; 15] = [
+            0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04,
+            0x14,
+        ];
+        let mut em = vec![0x00, 0x01];
+        em.resize(k - sha1_prefix.len() - 20 - 1, 0xff);
+        em.push(0x00);
+        em.extend_from_slice(&sha1_prefix);
+        em.extend_from_slice(&digest[..20]);
+        cases.push(("sha1 digest info", em));
+        // Bare digest without DigestInfo.
+        let mut em = vec![0x00, 0x01];
+        em.resize(k - 32 - 1, 0xff);
+        em.push(0x00);
+        em.extend_from_slice(&digest);
+        cases.push(("no digest info", em));
+        // Correct DigestInfo followed by garbage, with a shorter padding (a classic
+        // Bleichenbacher-2006 forgery shape against parsing verifiers).
+        let mut em = vec![0x00, 0x01];
+        em.extend_from_slice(&[0xff; 8]);
+        em.push(0x00);
+        em.extend_from_slice(&SHA256_DIGEST_INFO_PREFIX);
+        em.extend_from_slice(&digest);
+        em.resize(k, 0x42);
+        cases.push(("garbage after digest", em));
+        // Padding shortened to zero bytes, value shifted right.
+        let mut em = vec![0x00, 0x01, 0x00];
+        em.extend_from_slice(&SHA256_DIGEST_INFO_PREFIX);
+        em.extend_from_slice(&digest);
+        let mut padded = vec![0u8; k - em.len()];
+        padded.extend_from_slice(&em);
+        cases.push(("leading zeros instead of padding", padded));
+
+        let signature = raw_sign(&key, &good);
+        assert!(verifier.verify(message, &signature), "well-formed encoding");
+        assert!(reference_verify(&public, message, &signature));
+        for (name, em) in cases {
+            assert_eq!(em.len(), k, "{name}");
+            let signature = raw_sign(&key, &em);
+            assert!(!verifier.verify(message, &signature), "{name} accepted");
+            assert!(!reference_verify(&public, message, &signature), "{name}");
+        }
+    }
+}
+
+#[test]
+fn random_garbage_signatures_never_verify() {
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let key = private_key(RSA2048);
+    let verifier = verifier_for(&key.to_public_key());
+    for _ in 0..300 {
+        let len = match rng.next_u32() % 3 {
+            0 => 256,
+            1 => (rng.next_u32() % 600) as usize,
+            _ => 255 + (rng.next_u32() % 3) as usize,
+        };
+        let mut signature = vec![0u8; len];
+        rng.fill_bytes(&mut signature);
+        assert!(!verifier.verify(b"a.b", &signature));
+    }
+}
+
+#[test]
+fn keys_outside_policy_are_rejected() {
+    let key = private_key(RSA2048).to_public_key();
+    let n = key.n().to_bytes_be();
+    let e = key.e().to_bytes_be();
+
+    let short = &n[..128];
+    let mut short_odd = short.to_vec();
+    short_odd[127] |= 1;
+    assert_eq!(
+        Rs256Verifier::new(&short_odd, &e).map(|_| ()),
+        Err(Rs256KeyError::ModulusSize { bits: 1024 })
+    );
+    let mut even = n.clone();
+    even[255] &= 0xfe;
+    assert_eq!(
+        Rs256Verifier::new(&even, &e).map(|_| ()),
+        Err(Rs256KeyError::EvenModulus)
+    );
+    assert!(matches!(
+        Rs256Verifier::new(&[], &e),
+        Err(Rs256KeyError::ModulusSize { bits: 0 })
+    ));
+    assert!(matches!(
+        Rs256Verifier::new(&vec![0xff; 513], &e),
+        Err(Rs256KeyError::ModulusSize { bits: 4104 })
+    ));
+    for bad_e in [&[][..], &[0], &[1], &[2], &[0x01, 0x00, 0x00], &[1; 9]] {
+        assert!(
+            matches!(
+                Rs256Verifier::new(&n, bad_e),
+                Err(Rs256KeyError::Exponent { .. })
+            ),
+            "{bad_e:?}"
+        );
+    }
+}
+
+#[test]
+fn leading_zeros_in_key_parameters_are_ignored() {
+    let key = private_key(RSA2048);
+    let public = key.to_public_key();
+    let mut n = vec![0, 0];
+    n.extend_from_slice(&public.n().to_bytes_be());
+    let mut e = vec![0, 0, 0, 0, 0, 0, 0, 0, 0];
+    e.extend_from_slice(&public.e().to_bytes_be());
+    let verifier = Rs256Verifier::new(&n, &e).expect("leading zeros accepted");
+    assert_eq!(verifier.modulus_bits(), 2048);
+    let message = b"header.payload";
+    assert!(verifier.verify(message, &sign(&key, message)));
+}
+
+#[test]
+fn montgomery_constants_are_consistent() {
+    for n0 in [1u32, 3, 0xffff_ffff, 0x8000_0001, 0x1234_5677] {
+        assert_eq!(n0.wrapping_mul(neg_inverse_mod_2_32(n0)), u32::MAX);
+    }
+    let key = private_key(RSA3072).to_public_key();
+    let verifier = verifier_for(&key);
+    let r2 = BigUint::from_bytes_be(&limbs_to_be_bytes(
+        &verifier.r_squared,
+        verifier.n.len() * 4,
+    ));
+    let expected = (BigUint::from(1u32) << (64 * verifier.n.len())) % key.n();
+    assert_eq!(r2, expected);
+}
+
+#[test]
+fn random_key_parameters_and_signatures_never_panic() {
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let mut accepted = 0;
+    for _ in 0..200 {
+        let mut n = vec![0u8; (rng.next_u32() % 600) as usize];
+        rng.fill_bytes(&mut n);
+        let mut e = vec![0u8; (rng.next_u32() % 10) as usize];
+        rng.fill_bytes(&mut e);
+        let Ok(verifier) = Rs256Verifier::new(&n, &e) else {
+            continue;
+        };
+        accepted += 1;
+        for len in [0, n.len().saturating_sub(1), n.len(), n.len() + 1] {
+            let mut signature = vec![0u8; len];
+            rng.fill_bytes(&mut signature);
+            assert!(!verifier.verify(b"a.b", &signature));
+        }
+        assert!(!verifier.verify(b"a.b", &n));
+    }
+    assert!(
+        accepted > 0,
+        "some random odd moduli of 2048..=4096 bits are accepted"
+    );
+}
