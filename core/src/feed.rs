@@ -4,6 +4,17 @@
 //! and [`FeedUpdate::to_bytes`] encode a whole state or a delta as flat little-endian records for proxy-wasm
 //! shared data (20 bytes a revoked jti, so a million-entry snapshot is about 20 MB, not 60 MB of JSON);
 //! decoding checks every length and a checksum, and never panics or half-applies on any input.
+//!
+//! # Sharing state between worker VMs (what the filter is expected to do)
+//! - The one polling VM keeps an [`EdgeRevocationState`](crate::revocation::EdgeRevocationState), syncs it
+//!   with each answer, and publishes: the snapshot ([`RevocationSet::to_bytes`]) when the state changed, the
+//!   answer as a delta record ([`FeedUpdate::to_bytes`] with the `since` it polled with), and after every
+//!   successful poll, changed or not, a [`SyncMark`] (24 bytes: cursor and last sync time).
+//! - Every other VM reads only the mark on its tick; when the mark's cursor differs from its own, it offers the
+//!   delta to [`RevocationSet::apply_bytes`], and on [`DecodeError::WrongBase`] (it missed a delta) loads the
+//!   snapshot instead. It copies the mark's `last_sync` into its own state, so staleness is the poller's.
+//! - A record's key format is versioned ([`FORMAT_VERSION`]): VMs running another build refuse it rather than
+//!   misread it.
 
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
@@ -573,6 +584,8 @@ impl RevocationSet {
         let record = Record::parse(bytes)?;
         match record.kind {
             Kind::Full => {
+                // The record is fully validated, so building cannot fail: free the old table first.
+                *self = RevocationSet::new();
                 *self = RevocationSet::build(&record);
             }
             Kind::Delta => {
