@@ -168,7 +168,9 @@ pub enum FeedError {
 }
 
 impl FeedUpdate {
-    /// Parses a feed answer body. Errors name the offending field and never include an identifier's value.
+    /// Parses a feed answer body. Errors name the offending field (`revoked_jtis[3].exp`) and say what was wrong
+    /// in serde's words; a well-formed identifier is never echoed (an empty one is refused as such), though a value
+    /// of the wrong type is quoted, as serde does.
     pub fn from_json(bytes: &[u8]) -> Result<FeedUpdate, FeedError> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let raw: Strict<RawFeed> =

@@ -166,10 +166,20 @@ const MIN_CAPACITY: usize = 16;
 /// an entry closer to its home slot than the probe is, and deletions shift back instead of leaving tombstones.
 /// The home slot is `(key bits 96..128) * capacity >> 32`, so the capacity need not be a power of two and
 /// can track the entry count closely.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 struct JtiTable {
     slots: Vec<Slot>,
     len: usize,
+}
+
+/// Counts only: a derived `Debug` would print every slot of a table that may hold millions.
+impl std::fmt::Debug for JtiTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JtiTable")
+            .field("len", &self.len)
+            .field("slots", &self.slots.len())
+            .finish()
+    }
 }
 
 impl JtiTable {
@@ -1049,6 +1059,13 @@ mod tests {
         for (i, key) in keys.iter().enumerate() {
             assert_eq!(expiring.get(*key), (i % 2 == 1).then_some(50));
         }
+    }
+
+    #[test]
+    fn debug_output_counts_entries_instead_of_listing_them() {
+        let set = sample();
+        let text = format!("{set:?}");
+        assert!(text.contains("JtiTable { len: 1, slots: 16 }"), "{text}");
     }
 
     #[test]
