@@ -617,7 +617,13 @@ pub struct EdgeRevocationState {
     max_staleness_seconds: u64,
     on_stale: OnStale,
     leeway: u64,
+    last_prune: Option<u64>,
 }
+
+/// Seconds between the scans [`EdgeRevocationState::prune_if_due`] makes. A scan of a million-entry table
+/// costs tens of milliseconds in V8, too much for every one-second poll; entries kept up to this much longer
+/// only refuse tokens that have expired anyway.
+pub const PRUNE_INTERVAL_SECONDS: u64 = 60;
 
 impl EdgeRevocationState {
     /// An empty, never-synced state under `config`, keeping expired entries `leeway` seconds (the engine's
@@ -629,6 +635,7 @@ impl EdgeRevocationState {
             max_staleness_seconds: config.max_staleness_seconds,
             on_stale: config.on_stale,
             leeway,
+            last_prune: None,
         }
     }
 
@@ -652,10 +659,11 @@ impl EdgeRevocationState {
         &mut self.set
     }
 
-    /// Applies a feed answer received at `now`, drops what has expired, and records a successful sync.
+    /// Applies a feed answer received at `now`, drops what has expired if a prune is due, and records a
+    /// successful sync.
     pub fn sync(&mut self, update: &crate::feed::FeedUpdate, now: u64) {
         self.set.apply(update);
-        self.prune(now);
+        self.prune_if_due(now);
         self.last_sync = Some(now);
     }
 
@@ -684,7 +692,17 @@ impl EdgeRevocationState {
 
     /// Drops entries whose tokens the time checks refuse by now (expiry plus leeway at or before `now`).
     pub fn prune(&mut self, now: u64) -> usize {
+        self.last_prune = Some(now);
         self.set.prune(now.saturating_sub(self.leeway))
+    }
+
+    /// [`EdgeRevocationState::prune`] when none ran in the last [`PRUNE_INTERVAL_SECONDS`] (or the clock went
+    /// back); `None` when it was not due. Workers that only apply published deltas call this on their tick.
+    pub fn prune_if_due(&mut self, now: u64) -> Option<usize> {
+        let due = self
+            .last_prune
+            .is_none_or(|at| now < at || now - at >= PRUNE_INTERVAL_SECONDS);
+        due.then(|| self.prune(now))
     }
 
     /// Seconds since the last successful sync (0 if the clock went back); `None` until the first sync.
@@ -943,6 +961,29 @@ mod tests {
         assert!(state.check(&t).is_some());
         assert_eq!(state.prune(T + 60), 1);
         assert!(state.check(&t).is_none());
+    }
+
+    #[test]
+    fn pruning_runs_at_most_once_per_interval() {
+        let mut state = EdgeRevocationState::new(&RevocationConfig::default(), 0);
+        state.sync(
+            &FeedUpdate {
+                revoked_jtis: vec![jti("a", T + 10), jti("b", T + 100)],
+                ..update(1, true)
+            },
+            T,
+        );
+        assert_eq!(state.set().jti_count(), 2);
+        // The sync at T pruned; at T+20 "a" has expired but no prune is due yet.
+        state.sync(&update(2, false), T + 20);
+        assert_eq!(state.set().jti_count(), 2);
+        assert_eq!(state.prune_if_due(T + 59), None);
+        assert_eq!(state.prune_if_due(T + PRUNE_INTERVAL_SECONDS), Some(1));
+        assert_eq!(state.prune_if_due(T + PRUNE_INTERVAL_SECONDS + 1), None);
+        // A clock that went back prunes again rather than waiting for the old time to come round.
+        assert_eq!(state.prune_if_due(T + 30), Some(0));
+        state.sync(&update(3, false), T + 200);
+        assert_eq!(state.set().jti_count(), 0);
     }
 
     #[test]
