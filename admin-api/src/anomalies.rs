@@ -159,79 +159,122 @@ pub async fn raise(
     evidence: Value,
 ) -> Result<String, sqlx::Error> {
     let now = now();
-    let mut tx = state.db.pool.begin().await?;
+    // The common case, an anomaly already open, costs one statement and no transaction.
     let existing: Option<String> = sqlx::query_scalar(
-        "SELECT id FROM anomalies WHERE kind = $1 AND subject_kind = $2 AND subject = $3 AND state IN ('open', 'acknowledged') \
-         ORDER BY created_at DESC LIMIT 1",
+        "UPDATE anomalies SET evidence = $1, occurrences = occurrences + 1, last_seen = $2, updated_at = $2 \
+         WHERE kind = $3 AND subject_kind = $4 AND subject = $5 AND state IN ('open', 'acknowledged') RETURNING id",
     )
+    .bind(evidence.to_string())
+    .bind(now)
     .bind(kind)
     .bind(subject_kind)
     .bind(subject)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&state.db.pool)
     .await?;
-    let id = match existing {
-        Some(id) => {
-            sqlx::query("UPDATE anomalies SET evidence = $1, occurrences = occurrences + 1, last_seen = $2, updated_at = $2 WHERE id = $3")
-                .bind(evidence.to_string())
-                .bind(now)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-            id
-        }
-        None => {
-            let id = random_id("anm_");
-            sqlx::query(
-                "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, state, created_at, updated_at, occurrences, last_seen) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7, 1, $7)",
-            )
-            .bind(&id)
-            .bind(kind)
-            .bind(severity)
-            .bind(subject_kind)
-            .bind(subject)
-            .bind(evidence.to_string())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            let mut event = Event::new("anomaly.opened", "system:anomalies")
-                .details(json!({"anomaly_id": id, "kind": kind, "severity": severity, "subject_kind": subject_kind, "subject": subject}));
-            event = match subject_kind {
-                "subject" => event.subject(subject),
-                "client" => event.client(subject),
-                "token" if !subject.starts_with("fp:") => event.jti(subject),
-                _ => event,
-            };
-            events::record(&state.events, &state.db, &mut tx, event).await?;
-            id
-        }
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    let mut tx = state.db.pool.begin().await?;
+    let id = random_id("anm_");
+    sqlx::query(
+        "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, state, created_at, updated_at, occurrences, last_seen) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7, 1, $7)",
+    )
+    .bind(&id)
+    .bind(kind)
+    .bind(severity)
+    .bind(subject_kind)
+    .bind(subject)
+    .bind(evidence.to_string())
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let mut event = Event::new("anomaly.opened", "system:anomalies")
+        .details(json!({"anomaly_id": id, "kind": kind, "severity": severity, "subject_kind": subject_kind, "subject": subject}));
+    event = match subject_kind {
+        "subject" => event.subject(subject),
+        "client" => event.client(subject),
+        "token" if !subject.starts_with("fp:") => event.jti(subject),
+        _ => event,
     };
+    events::record(&state.events, &state.db, &mut tx, event).await?;
     tx.commit().await?;
     Ok(id)
 }
 
-/// Sums stored usage counts matching `column = value` and `reason` (or every refusal) in the window.
-async fn window_sum(
+/// Values per grouped window query.
+const GROUP_CHUNK: usize = 200;
+
+/// `$first, $first+1, ...` for `n` values.
+fn in_list(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Window sums of stored usage counts per value of `column`, for `reason` (or every refusal):
+/// one grouped query per 200 values instead of one query per value.
+async fn window_sums(
     state: &AppState,
     column: &'static str,
-    value: &str,
+    values: &[&str],
     reason: Option<&str>,
     since: i64,
-) -> Result<i64, sqlx::Error> {
+) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    let mut out = BTreeMap::new();
     // `column` is one of a few constants below, never input.
     let reason_clause = match reason {
-        Some(_) => "reason = $3",
-        None => "reason NOT IN ('allowed', 'anonymous') AND $3 = $3",
+        Some(_) => "reason = $2",
+        None => "reason NOT IN ('allowed', 'anonymous') AND $2 = $2",
     };
-    let sum: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT CAST(SUM(count) AS BIGINT) FROM usage_counts WHERE {column} = $1 AND bucket >= $2 AND {reason_clause}"
-    )))
-    .bind(value)
-    .bind(since)
-    .bind(reason.unwrap_or(""))
-    .fetch_one(&state.db.pool)
-    .await?;
-    Ok(sum.unwrap_or(0))
+    for chunk in values.chunks(GROUP_CHUNK) {
+        let sql = format!(
+            "SELECT {column} AS k, CAST(SUM(count) AS BIGINT) AS n FROM usage_counts \
+             WHERE bucket >= $1 AND {reason_clause} AND {column} IN ({}) GROUP BY {column}",
+            in_list(3, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(since)
+            .bind(reason.unwrap_or(""));
+        for v in chunk {
+            query = query.bind(*v);
+        }
+        for row in query.fetch_all(&state.db.pool).await? {
+            out.insert(
+                row.try_get("k")?,
+                row.try_get::<Option<i64>, _>("n")?.unwrap_or(0),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Rows per value of `column` in `table` since `since` (a Unix-seconds `time_column`), grouped.
+async fn window_counts(
+    state: &AppState,
+    table: &'static str,
+    column: &'static str,
+    time_column: &'static str,
+    values: &[&str],
+    since: i64,
+) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    let mut out = BTreeMap::new();
+    for chunk in values.chunks(GROUP_CHUNK) {
+        // Table and column names are constants from the callers below, never input.
+        let sql = format!(
+            "SELECT {column} AS k, COUNT(*) AS n FROM {table} WHERE {time_column} >= $1 AND {column} IN ({}) GROUP BY {column}",
+            in_list(2, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(since);
+        for v in chunk {
+            query = query.bind(*v);
+        }
+        for row in query.fetch_all(&state.db.pool).await? {
+            out.insert(row.try_get("k")?, row.try_get("n")?);
+        }
+    }
+    Ok(out)
 }
 
 /// Runs every usage detector over a stored batch.
@@ -249,24 +292,28 @@ pub async fn detect(state: &AppState, batch: &Ingested) -> Result<(), sqlx::Erro
         .map(|f| f.client_address.as_str())
         .take(200)
         .collect();
-    for address in addresses {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM usage_failures WHERE client_address = $1 AND at >= $2",
-        )
-        .bind(address)
-        .bind(now - cfg.window_seconds)
-        .fetch_one(&state.db.pool)
-        .await?;
-        if n >= cfg.address_failures {
-            let reasons: Vec<&str> = batch
-                .failures
-                .iter()
-                .filter(|f| f.client_address == address)
-                .map(|f| f.reason.as_str())
-                .collect();
-            raise(state, "address_failures", "medium", "address", address,
-                json!({"failures": n, "window_seconds": cfg.window_seconds, "threshold": cfg.address_failures, "edge": edge, "recent_reasons": reasons})).await?;
-        }
+    let addresses: Vec<&str> = addresses.into_iter().collect();
+    let counts = window_counts(
+        state,
+        "usage_failures",
+        "client_address",
+        "at",
+        &addresses,
+        now - cfg.window_seconds,
+    )
+    .await?;
+    for (address, n) in counts
+        .into_iter()
+        .filter(|(_, n)| *n >= cfg.address_failures)
+    {
+        let reasons: Vec<&str> = batch
+            .failures
+            .iter()
+            .filter(|f| f.client_address == address)
+            .map(|f| f.reason.as_str())
+            .collect();
+        raise(state, "address_failures", "medium", "address", &address,
+            json!({"failures": n, "window_seconds": cfg.window_seconds, "threshold": cfg.address_failures, "edge": edge, "recent_reasons": reasons})).await?;
     }
 
     // Per-key sums of this batch, to pick candidates for the window queries.
@@ -301,18 +348,22 @@ pub async fn detect(state: &AppState, batch: &Ingested) -> Result<(), sqlx::Erro
         }
     }
 
-    for subject in subjects.into_iter().take(200) {
-        let n = window_sum(state, "subject", subject, None, since).await?;
+    let subjects: Vec<&str> = subjects.into_iter().take(1000).collect();
+    for (subject, n) in window_sums(state, "subject", &subjects, None, since).await? {
         if n >= cfg.subject_failures {
-            raise(state, "subject_failures", "medium", "subject", subject,
+            raise(state, "subject_failures", "medium", "subject", &subject,
                 json!({"failures": n, "window_seconds": cfg.window_seconds, "threshold": cfg.subject_failures, "edge": edge})).await?;
         }
     }
 
-    for (token, (subject, client, route)) in revoked_tokens.into_iter().take(500) {
-        let n = window_sum(state, "token", token, Some("revoked"), since).await?;
+    let tokens: Vec<&str> = revoked_tokens.keys().copied().take(1000).collect();
+    for (token, n) in window_sums(state, "token", &tokens, Some("revoked"), since).await? {
+        let (subject, client, route) = revoked_tokens
+            .get(token.as_str())
+            .copied()
+            .unwrap_or_default();
         if n >= cfg.revoked_uses {
-            raise(state, "revoked_token_use", "medium", "token", token,
+            raise(state, "revoked_token_use", "medium", "token", &token,
                 json!({"uses": n, "window_seconds": cfg.window_seconds, "subject": subject, "client_id": client, "route": route, "edge": edge, "refused_by_edge": true})).await?;
         }
     }
@@ -347,57 +398,72 @@ pub async fn detect(state: &AppState, batch: &Ingested) -> Result<(), sqlx::Erro
         }
     }
 
-    for client in expired_clients.into_iter().take(200) {
-        let n = window_sum(state, "client_id", client, Some("expired"), since).await?;
-        let n = if n == 0 {
-            window_sum(state, "subject", client, Some("expired"), since).await?
-        } else {
-            n
-        };
-        if n >= cfg.expired_uses {
-            raise(state, "expired_token_use", "low", "client", client,
-                json!({"expired_uses": n, "window_seconds": cfg.window_seconds, "threshold": cfg.expired_uses, "edge": edge,
-                       "hint": "the client keeps sending expired tokens instead of refreshing them"})).await?;
+    let client_bursts = [
+        (
+            expired_clients,
+            "expired",
+            "expired_token_use",
+            cfg.expired_uses,
+            "expired_uses",
+        ),
+        (
+            scope_clients,
+            "insufficient_scope",
+            "insufficient_scope_burst",
+            cfg.insufficient_scope,
+            "refusals",
+        ),
+    ];
+    for (candidates, reason, kind, threshold, label) in client_bursts {
+        let candidates: Vec<&str> = candidates.into_iter().take(1000).collect();
+        let mut sums = window_sums(state, "client_id", &candidates, Some(reason), since).await?;
+        // Tokens without a client_id are attributed to their subject.
+        let rest: Vec<&str> = candidates
+            .iter()
+            .copied()
+            .filter(|c| !sums.contains_key(*c))
+            .collect();
+        sums.extend(window_sums(state, "subject", &rest, Some(reason), since).await?);
+        for (client, n) in sums.into_iter().filter(|(_, n)| *n >= threshold) {
+            let mut evidence =
+                json!({"window_seconds": cfg.window_seconds, "threshold": threshold, "edge": edge});
+            evidence[label] = json!(n);
+            if kind == "expired_token_use" {
+                evidence["hint"] =
+                    json!("the client keeps sending expired tokens instead of refreshing them");
+            }
+            raise(state, kind, "low", "client", &client, evidence).await?;
         }
     }
 
-    for client in scope_clients.into_iter().take(200) {
-        let n = window_sum(
-            state,
-            "client_id",
-            client,
-            Some("insufficient_scope"),
-            since,
+    let tokens: Vec<&str> = batch
+        .tokens_with_addresses
+        .iter()
+        .map(String::as_str)
+        .take(1000)
+        .collect();
+    let spread = window_counts(
+        state,
+        "token_addresses",
+        "token",
+        "last_seen",
+        &tokens,
+        now - cfg.window_seconds,
+    )
+    .await?;
+    for (token, n) in spread
+        .into_iter()
+        .filter(|(_, n)| *n >= cfg.token_addresses)
+    {
+        let sample: Vec<String> = sqlx::query_scalar(
+            "SELECT address FROM token_addresses WHERE token = $1 AND last_seen >= $2 ORDER BY address LIMIT 20",
         )
-        .await?;
-        let n = if n == 0 {
-            window_sum(state, "subject", client, Some("insufficient_scope"), since).await?
-        } else {
-            n
-        };
-        if n >= cfg.insufficient_scope {
-            raise(state, "insufficient_scope_burst", "low", "client", client,
-                json!({"refusals": n, "window_seconds": cfg.window_seconds, "threshold": cfg.insufficient_scope, "edge": edge})).await?;
-        }
-    }
-
-    for token in batch.tokens_with_addresses.iter().take(500) {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM token_addresses WHERE token = $1 AND last_seen >= $2",
-        )
-        .bind(token)
+        .bind(&token)
         .bind(now - cfg.window_seconds)
-        .fetch_one(&state.db.pool)
+        .fetch_all(&state.db.pool)
         .await?;
-        if n >= cfg.token_addresses {
-            let sample: Vec<String> = sqlx::query_scalar("SELECT address FROM token_addresses WHERE token = $1 AND last_seen >= $2 ORDER BY address LIMIT 20")
-                .bind(token)
-                .bind(now - cfg.window_seconds)
-                .fetch_all(&state.db.pool)
-                .await?;
-            raise(state, "token_many_addresses", "high", "token", token,
-                json!({"addresses": n, "window_seconds": cfg.window_seconds, "threshold": cfg.token_addresses, "sample": sample, "edge": edge})).await?;
-        }
+        raise(state, "token_many_addresses", "high", "token", &token,
+            json!({"addresses": n, "window_seconds": cfg.window_seconds, "threshold": cfg.token_addresses, "sample": sample, "edge": edge})).await?;
     }
 
     // Clock skew: tokens minted in the future (the issuer's or client's clock), and edges whose clock runs ahead.

@@ -377,8 +377,22 @@ fn token_key(jti: &Option<String>, fingerprint: &Option<String>) -> String {
     }
 }
 
-/// Rows per multi-row upsert (8 parameters each, well under both engines' limits).
+/// Rows per multi-row statement (at most 12 parameters each, well under both engines' limits).
 const CHUNK: usize = 100;
+
+/// `($s+1, $s+2, ...), (...)` for `rows` rows of `width` placeholders, numbered after `skip`.
+/// Only placeholders are interpolated into SQL; every value is bound.
+fn placeholders(rows: usize, width: usize, skip: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cols: Vec<String> = (1..=width)
+                .map(|c| format!("${}", skip + r * width + c))
+                .collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 async fn ingest(
     State(state): State<AppState>,
@@ -463,27 +477,10 @@ async fn store(state: &AppState, batch: UsageBatch, address: &str) -> ApiResult<
     let mut tx = state.db.pool.begin().await?;
     let entries: Vec<(&CountKey, &i64)> = ingested.counts.iter().collect();
     for chunk in entries.chunks(CHUNK) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let b = i * 8;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8
-                )
-            })
-            .collect();
-        // Only placeholders are interpolated; every value is bound.
         let sql = format!(
             "INSERT INTO usage_counts (bucket, edge, token, subject, client_id, route, reason, count) VALUES {} \
              ON CONFLICT (bucket, edge, token, subject, client_id, route, reason) DO UPDATE SET count = usage_counts.count + excluded.count",
-            values.join(", ")
+            placeholders(chunk.len(), 8, 0)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for ((token, subject, client, route, reason), count) in chunk {
@@ -499,65 +496,83 @@ async fn store(state: &AppState, batch: UsageBatch, address: &str) -> ApiResult<
         }
         query.execute(&mut *tx).await?;
     }
-    for f in &batch.failures {
-        sqlx::query(
-            "INSERT INTO usage_failures (id, edge, at, received_at, jti, subject, client_id, route, reason, client_address, iat, nbf) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(random_id("uf_"))
-        .bind(&batch.edge)
-        .bind(f.at)
-        .bind(now)
-        .bind(&f.jti)
-        .bind(&f.subject)
-        .bind(&f.client_id)
-        .bind(&f.route)
-        .bind(&f.reason)
-        .bind(&f.client_address)
-        .bind(f.iat)
-        .bind(f.nbf)
-        .execute(&mut *tx)
-        .await?;
+    for chunk in batch.failures.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO usage_failures (id, edge, at, received_at, jti, subject, client_id, route, reason, client_address, iat, nbf) VALUES {}",
+            placeholders(chunk.len(), 12, 0)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for f in chunk {
+            query = query
+                .bind(random_id("uf_"))
+                .bind(&batch.edge)
+                .bind(f.at)
+                .bind(now)
+                .bind(&f.jti)
+                .bind(&f.subject)
+                .bind(&f.client_id)
+                .bind(&f.route)
+                .bind(&f.reason)
+                .bind(&f.client_address)
+                .bind(f.iat)
+                .bind(f.nbf);
+        }
+        query.execute(&mut *tx).await?;
     }
-    for (token, addr) in &addresses {
-        sqlx::query(
-            "INSERT INTO token_addresses (token, address, first_seen, last_seen) VALUES ($1, $2, $3, $3) \
+    let seen_at = batch.interval_end.min(now);
+    let pairs: Vec<&(String, String)> = addresses.iter().collect();
+    for chunk in pairs.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO token_addresses (token, address, first_seen, last_seen) VALUES {} \
              ON CONFLICT (token, address) DO UPDATE SET last_seen = excluded.last_seen",
-        )
-        .bind(token)
-        .bind(addr)
-        .bind(batch.interval_end.min(now))
-        .execute(&mut *tx)
-        .await?;
-        ingested.tokens_with_addresses.insert(token.clone());
+            placeholders(chunk.len(), 4, 0)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (token, addr) in chunk {
+            query = query.bind(token).bind(addr).bind(seen_at).bind(seen_at);
+            ingested.tokens_with_addresses.insert(token.clone());
+        }
+        query.execute(&mut *tx).await?;
     }
-    for (jti, uses) in &used {
-        let first = sqlx::query(
-            "UPDATE tokens SET first_used_at = $1 WHERE jti = $2 AND first_used_at IS NULL",
-        )
-        .bind(batch.interval_start)
-        .bind(jti)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE tokens SET use_count = use_count + $1, \
-             last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 THEN $2 ELSE last_used_at END WHERE jti = $3",
-        )
-        .bind(uses)
-        .bind(batch.interval_end)
-        .bind(jti)
-        .execute(&mut *tx)
-        .await?;
-        if first.rows_affected() == 1 {
-            let row = sqlx::query("SELECT subject, client_id FROM tokens WHERE jti = $1")
-                .bind(jti)
-                .fetch_one(&mut *tx)
-                .await?;
+    let used: Vec<(&String, &i64)> = used.iter().collect();
+    for chunk in used.chunks(CHUNK) {
+        // First use: only rows still without one are claimed, so each token gets one event even
+        // when replicas ingest reports for it at the same moment.
+        let sql = format!(
+            "UPDATE tokens SET first_used_at = $1 WHERE first_used_at IS NULL AND jti IN ({}) RETURNING jti, subject, client_id",
+            (2..chunk.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(batch.interval_start);
+        for (jti, _) in chunk {
+            query = query.bind(*jti);
+        }
+        let first_uses = query.fetch_all(&mut *tx).await?;
+        // VALUES columns are column1, column2 on both engines (SQLite has no column aliases there).
+        let sql = format!(
+            "UPDATE tokens SET use_count = use_count + v.column2, \
+             last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $1 THEN $1 ELSE last_used_at END \
+             FROM (VALUES {}) AS v WHERE tokens.jti = v.column1",
+            placeholders(chunk.len(), 2, 1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(batch.interval_end);
+        for (jti, uses) in chunk {
+            query = query.bind(*jti).bind(**uses);
+        }
+        query.execute(&mut *tx).await?;
+        for row in first_uses {
+            let jti: String = row.try_get("jti")?;
+            let seen_from: Vec<&String> = addresses
+                .iter()
+                .filter(|(t, _)| *t == jti)
+                .map(|(_, a)| a)
+                .collect();
             let event = Event::new("token.first_use", format!("edge:{}", batch.edge))
-                .jti(jti.clone())
                 .subject(row.try_get::<String, _>("subject")?)
                 .client(row.try_get::<String, _>("client_id")?)
-                .details(json!({"edge": batch.edge, "at": batch.interval_start, "addresses": addresses.iter().filter(|(t, _)| t == jti).map(|(_, a)| a).collect::<Vec<_>>()}));
+                .details(
+                    json!({"edge": batch.edge, "at": batch.interval_start, "addresses": seen_from}),
+                )
+                .jti(jti);
             events::record(&state.events, &state.db, &mut tx, event).await?;
         }
     }
@@ -993,4 +1008,23 @@ async fn timeline(
     Ok(Json(
         json!({"jti": jti, "token": summary, "events": events, "usage": usage, "failures": failures}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_number_rows_after_the_skipped_parameters() {
+        assert_eq!(placeholders(2, 3, 0), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(placeholders(2, 2, 1), "($2, $3), ($4, $5)");
+        assert_eq!(placeholders(0, 4, 0), "");
+    }
+
+    #[test]
+    fn tokens_without_a_jti_are_keyed_by_fingerprint() {
+        assert_eq!(token_key(&Some("j".into()), &Some("f".into())), "j");
+        assert_eq!(token_key(&None, &Some("f".into())), "fp:f");
+        assert_eq!(token_key(&None, &None), "");
+    }
 }
