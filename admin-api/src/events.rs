@@ -452,11 +452,17 @@ struct StreamQuery {
     kind: Option<String>,
 }
 
+/// Most events replayed to a stream that reconnects with `Last-Event-ID`.
+const REPLAY_LIMIT: usize = 500;
+
 /// `GET /api/v1/events/stream`: `event: <kind>`, `id: <event id>`, `data: <StoredEvent JSON>` for every
 /// event committed from now on; `event: lagged` when this subscriber fell more than 1,024 events behind.
+/// A client reconnecting with `Last-Event-ID` (browsers' EventSource does this) first gets the up to
+/// 500 matching events recorded after that id, then the live ones.
 async fn stream(
     State(state): State<AppState>,
     principal: Principal,
+    headers: axum::http::HeaderMap,
     Query(q): Query<StreamQuery>,
 ) -> ApiResult<Sse<impl futures_core::Stream<Item = Result<SseEvent, Infallible>>>> {
     principal.require(&[Role::Admin, Role::Auditor], "stream events")?;
@@ -464,30 +470,68 @@ async fn stream(
         None | Some("") => (String::new(), String::new()),
         Some(k) => kind_filter(k)?,
     };
-    let rx = state.events.subscribe();
     let matches = move |e: &StoredEvent| {
         (kind.is_empty() || e.kind == kind) && (prefix.is_empty() || e.kind.starts_with(&prefix))
     };
-    let stream = futures_util::stream::unfold((rx, matches), |(mut rx, matches)| async move {
-        loop {
-            match rx.recv().await {
-                Ok(event) if matches(&event) => {
-                    let sse = SseEvent::default()
-                        .event(event.kind.clone())
-                        .id(event.id.clone())
-                        .data(serde_json::to_string(&*event).unwrap_or_default());
-                    return Some((Ok(sse), (rx, matches)));
-                }
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    let sse = SseEvent::default()
-                        .event("lagged")
-                        .data(format!("{{\"missed\":{n}}}"));
-                    return Some((Ok(sse), (rx, matches)));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+    // Subscribe before reading the backlog, so nothing committed in between is lost; events
+    // that are in both are sent once.
+    let rx = state.events.subscribe();
+    let mut backlog: VecDeque<Arc<StoredEvent>> = VecDeque::new();
+    if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        let valid = last.len() <= 40
+            && last
+                .strip_prefix("evt_")
+                .is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit()));
+        if !valid {
+            return Err(ApiError::field(
+                "last-event-id",
+                format!("last-event-id: {last:?} is not an event id"),
+            ));
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM events WHERE id > $1 ORDER BY id LIMIT {REPLAY_LIMIT}"
+        )))
+        .bind(last)
+        .fetch_all(&state.db.pool)
+        .await?;
+        for row in &rows {
+            let event = stored(row)?;
+            if matches(&event) {
+                backlog.push_back(Arc::new(event));
             }
         }
-    });
+    }
+    let replayed: std::collections::HashSet<String> =
+        backlog.iter().map(|e| e.id.clone()).collect();
+    let to_sse = |event: &StoredEvent| {
+        SseEvent::default()
+            .event(event.kind.clone())
+            .id(event.id.clone())
+            .data(serde_json::to_string(event).unwrap_or_default())
+    };
+    let state = (backlog, replayed, rx, matches);
+    let stream = futures_util::stream::unfold(
+        state,
+        move |(mut backlog, replayed, mut rx, matches)| async move {
+            if let Some(event) = backlog.pop_front() {
+                return Some((Ok(to_sse(&event)), (backlog, replayed, rx, matches)));
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(event) if matches(&event) && !replayed.contains(&event.id) => {
+                        return Some((Ok(to_sse(&event)), (backlog, replayed, rx, matches)));
+                    }
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let sse = SseEvent::default()
+                            .event("lagged")
+                            .data(format!("{{\"missed\":{n}}}"));
+                        return Some((Ok(sse), (backlog, replayed, rx, matches)));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
