@@ -25,8 +25,10 @@ commands:
   demo      install, build, start a demo upstream and Envoy with envoy/demo.yaml; prints tokens and curl lines
             options: --port <listener, default 10000> --admin-port <default 9901> --upstream-port <default 10001>
   test      install, build, then run every test (unit, component, end-to-end through a real Envoy)
-  bench     compare Envoy without auth, Envoy's native jwt_authn and EdgeWarden (ES256 and RS256)
+  bench     compare Envoy without auth, Envoy's native jwt_authn and EdgeWarden (ES256 and RS256), then
+            the admin API's feed and usage ingestion on SQLite and PostgreSQL (100,000 revocations, 1,000 edges)
             options: --duration <seconds per scenario, default 5> --only <substring of scenario names>
+                     (--only admin runs only the admin API benches) --suite <filter|admin>
 ";
 
 fn main() -> ExitCode {

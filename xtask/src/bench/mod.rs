@@ -3,6 +3,7 @@
 //! native `jwt_authn`. Later suites (the admin API's feed and usage benches, revocation propagation)
 //! add a module here and a line in [`SUITES`].
 
+mod admin;
 mod filter;
 mod wrk;
 
@@ -23,7 +24,7 @@ pub struct Options {
 type Suite = (&'static str, fn(&Options) -> Result<()>);
 
 /// Every suite, in the order they run.
-const SUITES: &[Suite] = &[("filter", filter::run)];
+const SUITES: &[Suite] = &[("filter", filter::run), ("admin", admin::run)];
 
 /// Parses options, installs and builds what the suites need, then runs them.
 pub fn run(args: &[String]) -> Result<()> {
@@ -46,12 +47,21 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
 
-    install::run()?;
-    install::ensure_apt_tool("wrk", "wrk")?;
-    build::run()?;
+    // `--only admin...` names only admin scenarios: skip the filter suite and the Envoy setup it needs.
+    let admin_only = options
+        .only
+        .as_deref()
+        .is_some_and(|o| o.starts_with("admin"));
+    let runs =
+        |name: &str| suite.is_none_or(|wanted| wanted == name) && !(admin_only && name == "filter");
+    if runs("filter") {
+        install::run()?;
+        install::ensure_apt_tool("wrk", "wrk")?;
+        build::run()?;
+    }
 
     for (name, run_suite) in SUITES {
-        if suite.is_none_or(|wanted| wanted == *name) {
+        if runs(name) {
             util::step(&format!("bench suite: {name}"));
             run_suite(&options)?;
         }

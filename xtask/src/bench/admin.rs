@@ -1,0 +1,1099 @@
+//! The admin API benchmark: the real `edgewarden-admin serve` (release build) on SQLite and on PostgreSQL,
+//! seeded with 100,000 active revocations. `feed`: 1,000 edges poll the revocation feed with `If-None-Match`
+//! (mostly 304s) while a few revocations land, plus the cost of a full snapshot and of the resulting delta.
+//! `usage`: edges post usage batches (200 count entries and 20 failure samples each).
+//! The load generator is std threads with keep-alive HTTP/1.1 over `TcpStream`, on the same 2 cores as the service.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use super::{process_cpu, Options};
+use crate::install;
+use crate::util::{self, bail, Result};
+
+/// Active revocations seeded before each run (the issue's figure).
+const REVOCATIONS: i64 = 100_000;
+/// Distinct edges polling the feed (the issue's figure).
+const FEED_EDGES: usize = 1_000;
+/// Keep-alive connections (one thread each) the polling edges share.
+const FEED_CONNECTIONS: usize = 8;
+/// Revocations made while the edges poll, each answered to every edge with a 200 delta.
+const REVOCATIONS_DURING_RUN: usize = 5;
+/// Feed polls discarded at the start while connections and caches warm up.
+const FEED_WARMUP: Duration = Duration::from_secs(1);
+/// Edges reporting usage, and the shape of each batch.
+const USAGE_EDGES: usize = 50;
+const USAGE_CONNECTIONS: usize = 4;
+const COUNTS_PER_BATCH: usize = 200;
+const FAILURES_PER_BATCH: usize = 20;
+/// A fixed master key for the throwaway service (64 hex characters), so no key file warning is printed.
+const MASTER_KEY: &str = "62656e63682d6d61737465722d6b65792d6e6f742d666f722d70726f64756374";
+
+/// Which store a run uses.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Store {
+    Sqlite,
+    Postgres,
+}
+
+impl Store {
+    fn label(self) -> &'static str {
+        match self {
+            Store::Sqlite => "sqlite",
+            Store::Postgres => "postgres",
+        }
+    }
+}
+
+/// What one feed run measured.
+struct FeedResult {
+    seed: Duration,
+    polls_per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    not_modified_share: f64,
+    deltas: u64,
+    errors: u64,
+    cpu_per_poll: Duration,
+    snapshot_bytes: usize,
+    snapshot_time: Duration,
+    delta_bytes: usize,
+    delta_time: Duration,
+}
+
+/// What one usage run measured.
+struct UsageResult {
+    batches_per_second: f64,
+    entries_per_second: f64,
+    decisions_per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: u64,
+    cpu_per_batch: Duration,
+}
+
+/// Runs the admin scenarios whose names match `--only` and prints the table.
+pub fn run(options: &Options) -> Result<()> {
+    let wanted = |name: &str| options.only.as_deref().is_none_or(|o| name.contains(o));
+    let plan: Vec<(Store, bool, bool)> = [Store::Sqlite, Store::Postgres]
+        .into_iter()
+        .map(|s| {
+            (
+                s,
+                wanted(&format!("admin-feed-{}", s.label())),
+                wanted(&format!("admin-usage-{}", s.label())),
+            )
+        })
+        .filter(|(_, feed, usage)| *feed || *usage)
+        .collect();
+    if plan.is_empty() {
+        println!("    no admin scenario matches --only; skipped");
+        return Ok(());
+    }
+    let bin = build_admin()?;
+    let load_before = load_average();
+    let mut feed_rows = Vec::new();
+    let mut usage_rows = Vec::new();
+    let mut skipped = Vec::new();
+    for (store, feed, usage) in plan {
+        let postgres = match store {
+            Store::Sqlite => None,
+            Store::Postgres => match postgres_server() {
+                Ok(url) => Some(url),
+                Err(e) => {
+                    println!("    postgres scenarios skipped: {e}");
+                    skipped.push(format!("postgres: {e}"));
+                    continue;
+                }
+            },
+        };
+        util::step(&format!("admin bench on {}", store.label()));
+        let service = Service::start(&bin, store, postgres.as_deref())?;
+        if feed {
+            let r = bench_feed(&service, options.duration)?;
+            feed_rows.push((store, r));
+        }
+        if usage {
+            let r = bench_usage(&service, options.duration)?;
+            usage_rows.push((store, r));
+        }
+        drop(service);
+    }
+    let load_after = load_average();
+    let report = report(&feed_rows, &usage_rows, &load_before, &load_after, &skipped);
+    println!("\n{report}");
+    let out = util::target_dir().join("bench/admin-results.json");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&results_json(&feed_rows, &usage_rows))?,
+    )?;
+    println!("    results written to {}", out.display());
+    Ok(())
+}
+
+/// Builds the service in release mode and returns the binary.
+fn build_admin() -> Result<PathBuf> {
+    util::step("build edgewarden-admin (release)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    util::run(Command::new(cargo).current_dir(util::project_root()).args([
+        "build",
+        "--release",
+        "-p",
+        "edgewarden-admin",
+    ]))?;
+    let bin = util::target_dir().join("release/edgewarden-admin");
+    if !bin.is_file() {
+        bail!(
+            "cargo built edgewarden-admin but {} is missing",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The PostgreSQL server to create the bench database on (`EDGEWARDEN_TEST_POSTGRES_URL` or the local default),
+/// after checking that it answers and that `psql` is there (installed from apt when missing).
+fn postgres_server() -> Result<String> {
+    let url = std::env::var("EDGEWARDEN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| crate::test::DEFAULT_POSTGRES_URL.to_string());
+    if !util::have("psql") {
+        println!("    psql is missing; installing postgresql-client");
+        install::apt_install(&["postgresql-client"])?;
+    }
+    psql(&url, "SELECT 1")
+        .map_err(|e| util::Error::msg(format!("postgresql at {url} does not answer: {e}")))?;
+    Ok(url)
+}
+
+/// Runs SQL through `psql` against `url`, stopping at the first error.
+fn psql(url: &str, sql: &str) -> Result<String> {
+    util::output(Command::new("psql").args([
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        url,
+        "-c",
+        sql,
+    ]))
+}
+
+/// `url` with its database name replaced by `db` (query parameters kept).
+fn with_database(url: &str, db: &str) -> Result<String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        bail!("postgres url `{url}` has no scheme");
+    };
+    let (main, query) = match rest.split_once('?') {
+        Some((m, q)) => (m, format!("?{q}")),
+        None => (rest, String::new()),
+    };
+    let authority = main.split('/').next().unwrap_or_default();
+    Ok(format!("{scheme}://{authority}/{db}{query}"))
+}
+
+/// A running `edgewarden-admin serve` on a fresh store, with an admin and an edge key; stopped and
+/// cleaned up (data directory, PostgreSQL database) on drop.
+struct Service {
+    child: Child,
+    addr: SocketAddr,
+    admin_key: String,
+    edge_key: String,
+    dir: PathBuf,
+    postgres: Option<(String, String)>,
+    seed: Duration,
+}
+
+impl Service {
+    fn start(bin: &Path, store: Store, server: Option<&str>) -> Result<Service> {
+        let dir = util::target_dir().join(format!(
+            "bench/admin-{}-{}",
+            store.label(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let postgres = match server {
+            Some(server) => {
+                let name = format!("edgewarden_bench_{}_{}", std::process::id(), unix_now());
+                psql(server, &format!("CREATE DATABASE {name}"))?;
+                println!("    created database {name}");
+                Some((server.to_string(), name))
+            }
+            None => None,
+        };
+        let database_url = match &postgres {
+            Some((server, name)) => Some(with_database(server, name)?),
+            None => None,
+        };
+        let command = |args: &[&str]| {
+            let mut cmd = Command::new(bin);
+            cmd.args(args)
+                .env("EDGEWARDEN_DATA_DIR", &dir)
+                .env("EDGEWARDEN_MASTER_KEY", MASTER_KEY)
+                .env("EDGEWARDEN_LOG", "warn");
+            match &database_url {
+                Some(url) => cmd.env("DATABASE_URL", url),
+                None => cmd.env_remove("DATABASE_URL"),
+            };
+            cmd
+        };
+        // Creating the keys first also runs the migrations, so the seed below writes into the real schema.
+        let key = |role: &str| -> Result<String> {
+            let out = util::output(&mut command(&[
+                "api-key",
+                "create",
+                "--role",
+                role,
+                "--name",
+                &format!("bench-{role}"),
+            ]))?;
+            Ok(out.trim().to_string())
+        };
+        let admin_key = key("admin")?;
+        let edge_key = key("edge")?;
+
+        let started = Instant::now();
+        seed(store, &dir, database_url.as_deref())?;
+        let seed_time = started.elapsed();
+        println!(
+            "    seeded {REVOCATIONS} active jti revocations with one SQL statement in {seed_time:.1?}"
+        );
+
+        let port = util::free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let log = std::fs::File::create(dir.join("serve.log"))?;
+        let child = command(&[
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--no-bootstrap-admin",
+        ])
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(|e| util::Error::msg(format!("cannot start {}: {e}", bin.display())))?;
+        let mut service = Service {
+            child,
+            addr,
+            admin_key,
+            edge_key,
+            dir,
+            postgres,
+            seed: seed_time,
+        };
+        service.wait_healthy()?;
+        println!(
+            "    edgewarden-admin serving on {addr} (pid {})",
+            service.child.id()
+        );
+        Ok(service)
+    }
+
+    fn wait_healthy(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "edgewarden-admin serve exited with {status}: {}",
+                    log_tail(&self.dir.join("serve.log"))
+                );
+            }
+            if crate::http::get(self.addr, "/healthz", &[]).is_ok_and(|r| r.status == 200) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "edgewarden-admin did not answer /healthz on {} within 60s: {}",
+                    self.addr,
+                    log_tail(&self.dir.join("serve.log"))
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some((server, name)) = &self.postgres {
+            match psql(
+                server,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            ) {
+                Ok(_) => println!("    dropped database {name}"),
+                Err(e) => println!("    could not drop database {name}: {e}"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The last lines of a log file, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+    if tail.is_empty() {
+        "(no output)".to_string()
+    } else {
+        tail
+    }
+}
+
+/// Inserts the revocation rows and moves the feed cursor past them in one transaction, as the service
+/// itself would after that many `POST /api/v1/revocations` (same columns, one cursor step per entry).
+/// Jti revocations through the API need an issued token each, so seeding by API would mean 200,000 calls;
+/// the rows are what the feed reads, so SQL gives the same feed in about a second.
+fn seed(store: Store, dir: &Path, database_url: Option<&str>) -> Result<()> {
+    let now = unix_now();
+    let expires = now + 3600;
+    match store {
+        Store::Sqlite => {
+            if !util::have("sqlite3") {
+                println!("    sqlite3 is missing; installing it");
+                install::apt_install(&["sqlite3"])?;
+            }
+            let sql = format!(
+                "BEGIN; \
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {REVOCATIONS}) \
+                 INSERT INTO revocations (kind, value, seq, reason, actor, revoked_at, expires_at) \
+                 SELECT 'jti', printf('bench%017d', i), i, 'bench', 'bench', {now}, {expires} FROM n; \
+                 UPDATE feed_state SET current_cursor = {REVOCATIONS} WHERE id = 1; COMMIT;"
+            );
+            util::output(
+                Command::new("sqlite3")
+                    .arg(dir.join("edgewarden.db"))
+                    .arg(sql),
+            )?;
+        }
+        Store::Postgres => {
+            let Some(url) = database_url else {
+                bail!("postgres seed without a database url");
+            };
+            let sql = format!(
+                "BEGIN; \
+                 INSERT INTO revocations (kind, value, seq, reason, actor, revoked_at, expires_at) \
+                 SELECT 'jti', 'bench' || lpad(i::text, 17, '0'), i, 'bench', 'bench', {now}, {expires} \
+                 FROM generate_series(1, {REVOCATIONS}) AS i; \
+                 UPDATE feed_state SET current_cursor = {REVOCATIONS} WHERE id = 1; COMMIT; ANALYZE revocations;"
+            );
+            psql(url, &sql)?;
+        }
+    }
+    Ok(())
+}
+
+/// A keep-alive HTTP/1.1 connection to the service.
+struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+/// One answer: status, `ETag` and body.
+struct Reply {
+    status: u16,
+    etag: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr) -> Result<Conn> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Conn {
+            reader: BufReader::with_capacity(64 * 1024, stream),
+        })
+    }
+
+    /// Sends a complete request and reads the answer; the connection stays open.
+    fn exchange(&mut self, request: &[u8]) -> Result<Reply> {
+        self.reader.get_mut().write_all(request)?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("the service closed the connection");
+        }
+        let Some(status) = line.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()) else {
+            bail!("bad http status line `{}`", line.trim());
+        };
+        let mut length = None;
+        let mut chunked = false;
+        let mut etag = None;
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line)? == 0 {
+                bail!("connection closed inside the response headers");
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                let value = value.trim();
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.parse::<usize>().ok(),
+                    "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+                    "etag" => etag = Some(value.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = Vec::new();
+        if status == 304 || status == 204 {
+        } else if chunked {
+            loop {
+                line.clear();
+                self.reader.read_line(&mut line)?;
+                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                    .map_err(|_| {
+                    util::Error::msg(format!("bad chunk size `{}`", line.trim()))
+                })?;
+                let start = body.len();
+                body.resize(start + size, 0);
+                self.reader.read_exact(&mut body[start..])?;
+                let mut crlf = [0u8; 2];
+                self.reader.read_exact(&mut crlf)?;
+                if size == 0 {
+                    break;
+                }
+            }
+        } else if let Some(n) = length {
+            body.resize(n, 0);
+            self.reader.read_exact(&mut body)?;
+        } else {
+            bail!("response {status} has neither content-length nor chunked encoding");
+        }
+        Ok(Reply { status, etag, body })
+    }
+}
+
+fn get_request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut r = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n");
+    for (name, value) in headers {
+        let _ = write!(r, "{name}: {value}\r\n");
+    }
+    r.push_str("\r\n");
+    r.into_bytes()
+}
+
+fn post_request(addr: SocketAddr, path: &str, key: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The feed cursor of a 200 feed answer.
+fn feed_cursor(body: &[u8]) -> Result<i64> {
+    let v: Value = serde_json::from_slice(body)?;
+    v["cursor"]
+        .as_i64()
+        .ok_or_else(|| util::Error::msg("feed answer without an integer cursor"))
+}
+
+/// One polling edge: its name, the cursor it holds and the `ETag` of its last 200.
+struct Edge {
+    name: String,
+    cursor: i64,
+    etag: String,
+}
+
+/// What one polling or posting thread counted in the measured window.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    not_modified: u64,
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+    entries: u64,
+    decisions: u64,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.latencies.extend(other.latencies);
+        self.not_modified += other.not_modified;
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
+        self.entries += other.entries;
+        self.decisions += other.decisions;
+    }
+
+    fn error(&mut self, message: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(message);
+    }
+}
+
+/// The `q`-quantile of sorted latencies.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Median time and size of fetching `path` a few times.
+fn fetch_cost(service: &Service, path: &str) -> Result<(usize, Duration)> {
+    let mut conn = Conn::open(service.addr)?;
+    let auth = format!("Bearer {}", service.edge_key);
+    let request = get_request(
+        service.addr,
+        path,
+        &[
+            ("authorization", &auth),
+            ("x-edgewarden-edge", "bench-probe"),
+        ],
+    );
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let reply = conn.exchange(&request)?;
+        times.push(started.elapsed());
+        if reply.status != 200 {
+            bail!(
+                "GET {path} answered {}: {}",
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            );
+        }
+        bytes = reply.body.len();
+    }
+    times.sort();
+    Ok((bytes, times[1]))
+}
+
+/// 1,000 edges poll with `If-None-Match` while a few subject revocations land.
+fn bench_feed(service: &Service, duration: Duration) -> Result<FeedResult> {
+    let (snapshot_bytes, snapshot_time) = fetch_cost(service, "/api/v1/revocations/feed?since=0")?;
+    println!(
+        "    full snapshot: {snapshot_bytes} bytes in {:.1} ms",
+        ms(snapshot_time)
+    );
+    let start_cursor = REVOCATIONS;
+    let tag = format!("\"c{start_cursor}\"");
+    let measure_from = Instant::now() + FEED_WARMUP;
+    let deadline = measure_from + duration;
+    let cpu_at = |pid: u32| process_cpu(pid);
+    let pid = service.child.id();
+
+    let mut handles = Vec::new();
+    for worker in 0..FEED_CONNECTIONS {
+        // Edges start in sync, as after their first snapshot; each holds its own cursor and tag from then on.
+        let mut edges: Vec<Edge> = (0..FEED_EDGES)
+            .skip(worker)
+            .step_by(FEED_CONNECTIONS)
+            .map(|i| Edge {
+                name: format!("bench-edge-{i:04}"),
+                cursor: start_cursor,
+                etag: tag.clone(),
+            })
+            .collect();
+        let addr = service.addr;
+        let auth = format!("Bearer {}", service.edge_key);
+        handles.push(std::thread::spawn(move || -> Result<Tally> {
+            let mut conn = Conn::open(addr)?;
+            let mut tally = Tally {
+                latencies: Vec::with_capacity(200_000),
+                ..Tally::default()
+            };
+            'run: loop {
+                for edge in &mut edges {
+                    let request = get_request(
+                        addr,
+                        &format!("/api/v1/revocations/feed?since={}", edge.cursor),
+                        &[
+                            ("authorization", &auth),
+                            ("x-edgewarden-edge", &edge.name),
+                            ("if-none-match", &edge.etag),
+                        ],
+                    );
+                    let started = Instant::now();
+                    let reply = conn.exchange(&request)?;
+                    let done = Instant::now();
+                    if done >= deadline {
+                        break 'run;
+                    }
+                    let measured = started >= measure_from;
+                    match reply.status {
+                        304 => {
+                            if measured {
+                                tally.not_modified += 1;
+                            }
+                        }
+                        200 => {
+                            edge.cursor = feed_cursor(&reply.body)?;
+                            if let Some(t) = reply.etag {
+                                edge.etag = t;
+                            }
+                            if measured {
+                                tally.ok += 1;
+                            }
+                        }
+                        other => {
+                            if measured {
+                                tally.error(format!(
+                                    "feed poll answered {other}: {}",
+                                    String::from_utf8_lossy(&reply.body)
+                                ));
+                            }
+                        }
+                    }
+                    if measured {
+                        tally.latencies.push(done - started);
+                    }
+                }
+            }
+            Ok(tally)
+        }));
+    }
+
+    // A few revocations while the edges poll: each one reaches every edge as a small 200 delta.
+    let mut admin = Conn::open(service.addr)?;
+    while Instant::now() < measure_from {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let cpu_before = cpu_at(pid)?;
+    let gap = duration / (REVOCATIONS_DURING_RUN as u32 + 1);
+    for i in 0..REVOCATIONS_DURING_RUN {
+        std::thread::sleep(gap);
+        let body = json!({"subject": format!("bench-subject-{i}"), "reason": "bench"}).to_string();
+        let reply = admin.exchange(&post_request(
+            service.addr,
+            "/api/v1/revocations",
+            &service.admin_key,
+            &body,
+        ))?;
+        if reply.status != 201 {
+            bail!(
+                "POST /api/v1/revocations answered {}: {}",
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            );
+        }
+    }
+    let mut tally = Tally::default();
+    for h in handles {
+        match h.join() {
+            Ok(t) => tally.merge(t?),
+            Err(_) => bail!("a feed polling thread panicked"),
+        }
+    }
+    let cpu = cpu_at(pid)?.saturating_sub(cpu_before);
+    if let Some(e) = &tally.first_error {
+        println!("    {} failed polls; first: {e}", tally.errors);
+    }
+    let polls = tally.not_modified + tally.ok + tally.errors;
+    if polls == 0 || tally.not_modified == 0 {
+        bail!("no successful feed poll in {duration:?}");
+    }
+    tally.latencies.sort();
+    let (delta_bytes, delta_time) = fetch_cost(
+        service,
+        &format!("/api/v1/revocations/feed?since={start_cursor}"),
+    )?;
+    let result = FeedResult {
+        seed: service.seed,
+        polls_per_second: polls as f64 / duration.as_secs_f64(),
+        p50: quantile(&tally.latencies, 0.5),
+        p99: quantile(&tally.latencies, 0.99),
+        not_modified_share: tally.not_modified as f64 / polls as f64,
+        deltas: tally.ok,
+        errors: tally.errors,
+        cpu_per_poll: cpu / polls as u32,
+        snapshot_bytes,
+        snapshot_time,
+        delta_bytes,
+        delta_time,
+    };
+    println!(
+        "    {polls} polls from {FEED_EDGES} edges in {duration:?}: {:.0}/s, {:.1}% 304, {} deltas, p50 {:.2} ms, p99 {:.2} ms",
+        result.polls_per_second,
+        result.not_modified_share * 100.0,
+        result.deltas,
+        ms(result.p50),
+        ms(result.p99)
+    );
+    Ok(result)
+}
+
+/// A small xorshift generator: reproducible batches without a `rand` dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One edge's usage batch in the documented shape: mostly `allowed` counts over a shared pool of tokens,
+/// subjects, clients and routes, some refusals, and failure samples from a range of client addresses.
+/// Returns the JSON body, its count entries and the decisions they sum to.
+fn usage_batch(edge: usize, now: i64, rng: &mut Rng) -> (String, u64, u64) {
+    const ROUTES: [&str; 8] = [
+        "/api/orders",
+        "/api/orders/{id}",
+        "/api/invoices",
+        "/api/customers",
+        "/api/customers/{id}",
+        "/api/reports",
+        "/healthz",
+        "/api/search",
+    ];
+    const REFUSALS: [&str; 5] = [
+        "expired",
+        "insufficient_scope",
+        "bad_signature",
+        "revoked",
+        "wrong_audience",
+    ];
+    let mut decisions = 0;
+    let counts: Vec<Value> = (0..COUNTS_PER_BATCH)
+        .map(|_| {
+            let token = rng.below(5_000);
+            let reason = if rng.below(10) == 0 {
+                REFUSALS[rng.below(REFUSALS.len() as u64) as usize]
+            } else {
+                "allowed"
+            };
+            let count = 1 + rng.below(100);
+            decisions += count;
+            json!({
+                "jti": format!("benchtok{token:014}"),
+                "subject": format!("user-{}", token % 500),
+                "client_id": format!("client-{}", token % 50),
+                "route": ROUTES[rng.below(ROUTES.len() as u64) as usize],
+                "reason": reason,
+                "count": count,
+                "addresses": [format!("10.{}.{}.{}", token % 7, token % 251, 1 + edge % 250)],
+            })
+        })
+        .collect();
+    let failures: Vec<Value> = (0..FAILURES_PER_BATCH)
+        .map(|_| {
+            let token = rng.below(5_000);
+            let at = now - rng.below(10) as i64;
+            json!({
+                "jti": format!("benchtok{token:014}"),
+                "subject": format!("user-{}", token % 500),
+                "client_id": format!("client-{}", token % 50),
+                "route": ROUTES[rng.below(ROUTES.len() as u64) as usize],
+                "reason": REFUSALS[rng.below(REFUSALS.len() as u64) as usize],
+                "client_address": format!("192.0.2.{}", 1 + rng.below(200)),
+                "at": at,
+                "iat": at - 600,
+            })
+        })
+        .collect();
+    let body = json!({
+        "edge": format!("bench-usage-edge-{edge:02}"),
+        "interval_start": now - 10,
+        "interval_end": now,
+        "dropped": 0,
+        "counts": counts,
+        "failures": failures,
+    });
+    (body.to_string(), COUNTS_PER_BATCH as u64, decisions)
+}
+
+/// 50 edges post usage batches as fast as the service accepts them.
+fn bench_usage(service: &Service, duration: Duration) -> Result<UsageResult> {
+    let now = unix_now();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    // Built up front so the load generator spends its CPU on sending, not on JSON.
+    let batches: Vec<(Vec<u8>, u64, u64)> = (0..USAGE_EDGES)
+        .map(|edge| {
+            let (body, entries, decisions) = usage_batch(edge, now, &mut rng);
+            (
+                post_request(service.addr, "/api/v1/usage", &service.edge_key, &body),
+                entries,
+                decisions,
+            )
+        })
+        .collect();
+    let batches = std::sync::Arc::new(batches);
+    let bytes = batches[0].0.len();
+    let pid = service.child.id();
+    let cpu_before = process_cpu(pid)?;
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut handles = Vec::new();
+    for worker in 0..USAGE_CONNECTIONS {
+        let batches = batches.clone();
+        let addr = service.addr;
+        handles.push(std::thread::spawn(move || -> Result<Tally> {
+            let mut conn = Conn::open(addr)?;
+            let mut tally = Tally::default();
+            let mut i = worker;
+            while Instant::now() < deadline {
+                let (request, entries, decisions) = &batches[i % batches.len()];
+                i += USAGE_CONNECTIONS;
+                let sent = Instant::now();
+                let reply = conn.exchange(request)?;
+                tally.latencies.push(sent.elapsed());
+                if reply.status == 202 {
+                    tally.ok += 1;
+                    tally.entries += entries;
+                    tally.decisions += decisions;
+                } else {
+                    tally.error(format!(
+                        "usage batch answered {}: {}",
+                        reply.status,
+                        String::from_utf8_lossy(&reply.body)
+                    ));
+                }
+            }
+            Ok(tally)
+        }));
+    }
+    let mut tally = Tally::default();
+    for h in handles {
+        match h.join() {
+            Ok(t) => tally.merge(t?),
+            Err(_) => bail!("a usage posting thread panicked"),
+        }
+    }
+    let elapsed = started.elapsed();
+    let cpu = process_cpu(pid)?.saturating_sub(cpu_before);
+    if let Some(e) = &tally.first_error {
+        println!("    {} failed batches; first: {e}", tally.errors);
+    }
+    if tally.ok == 0 {
+        bail!("no usage batch was accepted in {duration:?}");
+    }
+    tally.latencies.sort();
+    let secs = elapsed.as_secs_f64();
+    let result = UsageResult {
+        batches_per_second: tally.ok as f64 / secs,
+        entries_per_second: tally.entries as f64 / secs,
+        decisions_per_second: tally.decisions as f64 / secs,
+        p50: quantile(&tally.latencies, 0.5),
+        p99: quantile(&tally.latencies, 0.99),
+        errors: tally.errors,
+        cpu_per_batch: cpu / tally.ok as u32,
+    };
+    println!(
+        "    {} batches ({bytes} bytes, {COUNTS_PER_BATCH} counts + {FAILURES_PER_BATCH} failures each) from {USAGE_EDGES} edges in {elapsed:.1?}: {:.0} batches/s, {:.0} count entries/s",
+        tally.ok, result.batches_per_second, result.entries_per_second
+    );
+    Ok(result)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The 1-minute load average, so a reader can judge how busy the shared machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string())
+}
+
+/// The two tables.
+fn report(
+    feed: &[(Store, FeedResult)],
+    usage: &[(Store, UsageResult)],
+    load_before: &str,
+    load_after: &str,
+    skipped: &[String],
+) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "admin API ({REVOCATIONS} active revocations; service and load generator share {cores} cores; load average {load_before} before, {load_after} after)"
+    );
+    if !feed.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nfeed: {FEED_EDGES} edges over {FEED_CONNECTIONS} keep-alive connections, If-None-Match, {REVOCATIONS_DURING_RUN} revocations during the run"
+        );
+        let _ = writeln!(
+            out,
+            "{:<9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>8} {:>10} {:>22} {:>18} {:>8}",
+            "store",
+            "polls/s",
+            "p50 ms",
+            "p99 ms",
+            "304 %",
+            "deltas",
+            "errors",
+            "cpu/poll",
+            "full snapshot",
+            "delta (5 entries)",
+            "seed"
+        );
+        for (store, r) in feed {
+            let _ = writeln!(
+                out,
+                "{:<9} {:>9.0} {:>8.2} {:>8.2} {:>7.1} {:>7} {:>8} {:>8.0}us {:>22} {:>18} {:>7.1}s",
+                store.label(),
+                r.polls_per_second,
+                ms(r.p50),
+                ms(r.p99),
+                r.not_modified_share * 100.0,
+                r.deltas,
+                r.errors,
+                r.cpu_per_poll.as_secs_f64() * 1e6,
+                format!("{} B, {:.0} ms", r.snapshot_bytes, ms(r.snapshot_time)),
+                format!("{} B, {:.1} ms", r.delta_bytes, ms(r.delta_time)),
+                r.seed.as_secs_f64(),
+            );
+        }
+    }
+    if !usage.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nusage: {USAGE_EDGES} edges over {USAGE_CONNECTIONS} keep-alive connections, {COUNTS_PER_BATCH} count entries + {FAILURES_PER_BATCH} failure samples per batch"
+        );
+        let _ = writeln!(
+            out,
+            "{:<9} {:>10} {:>14} {:>13} {:>8} {:>8} {:>7} {:>11}",
+            "store",
+            "batches/s",
+            "count entries/s",
+            "decisions/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "cpu/batch"
+        );
+        for (store, r) in usage {
+            let _ = writeln!(
+                out,
+                "{:<9} {:>10.1} {:>14.0} {:>13.0} {:>8.1} {:>8.1} {:>7} {:>9.1}ms",
+                store.label(),
+                r.batches_per_second,
+                r.entries_per_second,
+                r.decisions_per_second,
+                ms(r.p50),
+                ms(r.p99),
+                r.errors,
+                ms(r.cpu_per_batch),
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\ncpu/poll and cpu/batch are the service's own CPU (PostgreSQL's is not included)"
+    );
+    for s in skipped {
+        let _ = writeln!(out, "skipped: {s}");
+    }
+    out
+}
+
+fn results_json(feed: &[(Store, FeedResult)], usage: &[(Store, UsageResult)]) -> Value {
+    let mut out = serde_json::Map::new();
+    for (store, r) in feed {
+        out.insert(
+            format!("admin-feed-{}", store.label()),
+            json!({
+                "polls_per_second": r.polls_per_second,
+                "p50_ms": ms(r.p50),
+                "p99_ms": ms(r.p99),
+                "not_modified_share": r.not_modified_share,
+                "deltas": r.deltas,
+                "errors": r.errors,
+                "cpu_per_poll_us": r.cpu_per_poll.as_secs_f64() * 1e6,
+                "snapshot_bytes": r.snapshot_bytes,
+                "snapshot_ms": ms(r.snapshot_time),
+                "delta_bytes": r.delta_bytes,
+                "delta_ms": ms(r.delta_time),
+            }),
+        );
+    }
+    for (store, r) in usage {
+        out.insert(
+            format!("admin-usage-{}", store.label()),
+            json!({
+                "batches_per_second": r.batches_per_second,
+                "count_entries_per_second": r.entries_per_second,
+                "decisions_per_second": r.decisions_per_second,
+                "p50_ms": ms(r.p50),
+                "p99_ms": ms(r.p99),
+                "errors": r.errors,
+                "cpu_per_batch_ms": ms(r.cpu_per_batch),
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_name_is_replaced_in_postgres_urls() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "b").unwrap(),
+            "postgres://postgres@127.0.0.1:5432/b"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@db/x?sslmode=disable", "b").unwrap(),
+            "postgres://u:p@db/b?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgresql://db", "b").unwrap(),
+            "postgresql://db/b"
+        );
+        assert!(with_database("db:5432", "b").is_err());
+    }
+
+    #[test]
+    fn usage_batches_have_the_documented_shape_and_sums() {
+        let (body, entries, decisions) = usage_batch(3, 1_767_000_000, &mut Rng(7));
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["edge"], "bench-usage-edge-03");
+        let counts = v["counts"].as_array().unwrap();
+        assert_eq!((counts.len() as u64, entries), (200, 200));
+        let sum: u64 = counts.iter().map(|c| c["count"].as_u64().unwrap()).sum();
+        assert_eq!(sum, decisions);
+        assert_eq!(v["failures"].as_array().unwrap().len(), 20);
+        assert!(v["failures"][0]["client_address"].is_string());
+    }
+
+    #[test]
+    fn quantiles_pick_from_sorted_latencies() {
+        let sorted: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(quantile(&sorted, 0.5), Duration::from_millis(51));
+        assert_eq!(quantile(&sorted, 0.99), Duration::from_millis(99));
+        assert_eq!(quantile(&[], 0.5), Duration::ZERO);
+    }
+}
