@@ -522,6 +522,10 @@ pub struct RevocationConfig {
     /// Feed path on the control plane.
     #[serde(default = "default_feed_path")]
     pub feed_path: String,
+    /// How long the control plane may hold a poll open until a revocation arrives (`wait=`); 0 polls
+    /// every `poll_interval_ms` instead.
+    #[serde(default = "default_long_poll")]
+    pub long_poll_seconds: u64,
 }
 
 impl Default for RevocationConfig {
@@ -531,6 +535,7 @@ impl Default for RevocationConfig {
             max_staleness_seconds: default_max_staleness(),
             on_stale: OnStale::Deny,
             feed_path: default_feed_path(),
+            long_poll_seconds: default_long_poll(),
         }
     }
 }
@@ -601,6 +606,9 @@ fn default_max_staleness() -> u64 {
 }
 fn default_feed_path() -> String {
     "/api/v1/revocations/feed".to_string()
+}
+fn default_long_poll() -> u64 {
+    20
 }
 fn default_usage_flush() -> u64 {
     10_000

@@ -7,12 +7,17 @@
 //!
 //! # Sharing state between worker VMs (what the filter is expected to do)
 //! - The one polling VM keeps an [`EdgeRevocationState`](crate::revocation::EdgeRevocationState), syncs it
-//!   with each answer, and publishes: the snapshot ([`RevocationSet::to_bytes`]) when the state changed, the
-//!   answer as a delta record ([`FeedUpdate::to_bytes`] with the `since` it polled with), and after every
-//!   successful poll, changed or not, a [`SyncMark`] (24 bytes: cursor and last sync time).
-//! - Every other VM reads only the mark on its tick; when the mark's cursor differs from its own, it offers the
-//!   delta to [`RevocationSet::apply_bytes`], and on [`DecodeError::WrongBase`] (it missed a delta) loads the
-//!   snapshot instead. It copies the mark's `last_sync` into its own state, so staleness is the poller's.
+//!   with each answer, and publishes: the snapshot ([`RevocationSet::to_bytes`]) after a full answer and every
+//!   so many deltas, each changing answer as a delta record ([`FeedUpdate::to_bytes`] with the `since` it polled with), and after every
+//!   successful poll, changed or not, a [`SyncMark`] (40 bytes: cursor, last sync time, the sequence number
+//!   of the newest change and that of the published snapshot).
+//! - Deltas go into a small ring of shared-data slots indexed by their sequence number, so a VM that missed a
+//!   few ticks can still catch up delta by delta; the snapshot is republished often enough that the deltas after
+//!   it are always still in the ring.
+//! - Every other VM reads only the mark on its tick; when the mark's sequence differs from its own, it offers
+//!   the missing deltas to [`RevocationSet::apply_bytes`] in order, and on [`DecodeError::WrongBase`] (or a slot
+//!   already overwritten) loads the snapshot instead. It copies the mark's `last_sync` into its own state, so
+//!   staleness is the poller's.
 //! - A record's key format is versioned ([`FORMAT_VERSION`]): VMs running another build refuse it rather than
 //!   misread it.
 
@@ -337,7 +342,7 @@ pub enum DecodeError {
 }
 
 /// Version of the binary record layout (and of [`RevocationKey`]'s hash function): bump on any change.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 const MAGIC: [u8; 4] = *b"EWRV";
 /// magic 4, version 1, kind 1, reserved 2, base cursor 8, cursor 8, now 8, three u32 counts.
 const HEADER_BYTES: usize = 44;
@@ -612,14 +617,19 @@ pub struct SyncMark {
     pub cursor: u64,
     /// Unix seconds of the poller's last successful sync; `None` before the first.
     pub last_sync: Option<u64>,
+    /// Sequence number of the newest published change (0 before any); a VM whose own differs has catching up to do.
+    pub seq: u64,
+    /// Sequence number of the state the published snapshot holds: after loading it, apply the deltas after it.
+    pub snapshot_seq: u64,
 }
 
 const MARK_MAGIC: [u8; 4] = *b"EWSM";
 /// Bytes of an encoded [`SyncMark`].
-pub const SYNC_MARK_BYTES: usize = 24;
+pub const SYNC_MARK_BYTES: usize = 40;
 
 impl SyncMark {
-    /// Encodes as magic, version and three reserved bytes, cursor, last sync (`u64::MAX` for none).
+    /// Encodes as magic, version and three reserved bytes, cursor, last sync (`u64::MAX` for none), sequence,
+    /// snapshot sequence.
     pub fn to_bytes(&self) -> [u8; SYNC_MARK_BYTES] {
         let mut out = [0u8; SYNC_MARK_BYTES];
         let last = self.last_sync.unwrap_or(u64::MAX);
@@ -628,7 +638,9 @@ impl SyncMark {
                 .iter()
                 .chain(&[FORMAT_VERSION, 0, 0, 0])
                 .chain(&self.cursor.to_le_bytes())
-                .chain(&last.to_le_bytes()),
+                .chain(&last.to_le_bytes())
+                .chain(&self.seq.to_le_bytes())
+                .chain(&self.snapshot_seq.to_le_bytes()),
         ) {
             *slot = *byte;
         }
@@ -659,6 +671,8 @@ impl SyncMark {
         Ok(SyncMark {
             cursor: u64::from_le_bytes(array(bytes, 8)),
             last_sync: (last != u64::MAX).then_some(last),
+            seq: u64::from_le_bytes(array(bytes, 24)),
+            snapshot_seq: u64::from_le_bytes(array(bytes, 32)),
         })
     }
 }
@@ -937,7 +951,7 @@ mod tests {
             ("one byte appended", appended, "header describes"),
             ("json", br#"{"cursor": 1, "full": true, "now": 0, "revoked_jtis": []}"#.to_vec(), "EWRV magic"),
             ("magic", patched(0, b"EWRX"), "EWRV magic"),
-            ("version", patched(4, &[2]), "format version 2, this build reads version 1"),
+            ("version", patched(4, &[1]), "format version 1, this build reads version 2"),
             ("kind", resealed(patched(5, &[9])), "unknown record kind 9"),
             ("reserved", resealed(patched(6, &[1])), "reserved bytes are not zero"),
             ("full with a base", resealed(patched(8, &[1])), "full snapshot with base cursor 1"),
@@ -986,14 +1000,20 @@ mod tests {
             SyncMark {
                 cursor: 0,
                 last_sync: None,
+                seq: 0,
+                snapshot_seq: 0,
             },
             SyncMark {
                 cursor: 99,
                 last_sync: Some(T),
+                seq: 7,
+                snapshot_seq: 5,
             },
             SyncMark {
                 cursor: u64::MAX,
                 last_sync: Some(0),
+                seq: u64::MAX,
+                snapshot_seq: u64::MAX,
             },
         ] {
             assert_eq!(SyncMark::from_bytes(&mark.to_bytes()), Ok(mark));
@@ -1001,9 +1021,11 @@ mod tests {
         let good = SyncMark {
             cursor: 5,
             last_sync: Some(T),
+            seq: 3,
+            snapshot_seq: 1,
         }
         .to_bytes();
-        assert!(SyncMark::from_bytes(&good[..23]).is_err());
+        assert!(SyncMark::from_bytes(&good[..39]).is_err());
         assert!(SyncMark::from_bytes(&[]).is_err());
         for (at, value, message) in [
             (0, b'X', "EWRV magic"),

@@ -456,6 +456,25 @@ pub(crate) fn validate_config(c: &Config) -> Result<(), ConfigError> {
                 "must be at least 1",
             ));
         }
+        // The name travels in a request header and the admin API keeps at most 200 characters of it.
+        if cp.edge_name.len() > 200 || cp.edge_name.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                "control_plane.edge_name",
+                "must be at most 200 characters without control characters",
+            ));
+        }
+    }
+    if c.revocation.long_poll_seconds > 300 {
+        return Err(ConfigError::new(
+            "revocation.long_poll_seconds",
+            format!("{} is more than 300", c.revocation.long_poll_seconds),
+        ));
+    }
+    if c.usage.max_buffered_events == 0 {
+        return Err(ConfigError::new(
+            "usage.max_buffered_events",
+            "must be at least 1",
+        ));
     }
     if c.revocation.poll_interval_ms == 0 {
         return Err(ConfigError::new(

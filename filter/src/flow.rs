@@ -7,12 +7,13 @@ use edgewarden_core::challenge;
 use edgewarden_core::config::{strip_cookie, strip_query_param, StripAction};
 use edgewarden_core::decision::{Decision, Reason, Verdict};
 use edgewarden_core::engine::Request;
+use edgewarden_core::revocation::{NoRevocations, RevocationView};
 use proxy_wasm::types::LogLevel;
 
 use crate::host::Host;
 use crate::jwks_fetch::{self, Permit, Trigger};
 use crate::metrics::Stat;
-use crate::state::{Settings, VmState, REPORT_ONLY_HEADER};
+use crate::state::{Control, Settings, VmState, REPORT_ONLY_HEADER};
 
 /// What became of a request after one pass through the filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +66,12 @@ fn evaluate(host: &dyn Host, vm: &VmState, headers: &[(String, String)], now: u6
             Ok(token) => {
                 req.token = token.as_deref();
                 let mut cache = vm.cache.borrow_mut();
-                let revocations = vm.revocations.borrow();
-                engine.evaluate(&req, Some(&mut cache), revocations.as_ref(), now)
+                let revocation = vm.control.as_ref().map(|c| c.revocation.borrow());
+                let view: &dyn RevocationView = match &revocation {
+                    Some(state) => &**state,
+                    None => &NoRevocations,
+                };
+                engine.evaluate(&req, Some(&mut cache), view, now)
             }
             // A credential presented but unusable (`Authorization: Basic ...` where a bearer token is expected)
             // is refused on every route: the engine never downgrades a bad credential to anonymous access.
@@ -100,7 +105,38 @@ pub fn process(host: &mut dyn Host, vm: &VmState, ctx: u32, allow_fetch: bool) -
             }
         }
     }
-    apply(host, &vm.settings, &headers, &decision)
+    let outcome = apply(host, &vm.settings, &headers, &decision);
+    if let Some(control) = &vm.control {
+        record_usage(host, &vm.settings, control, &headers, &decision, now);
+    }
+    outcome
+}
+
+/// Counts the decision for the usage report, and a token let through on stale revocation state (`on_stale: allow`).
+fn record_usage(
+    host: &mut dyn Host,
+    settings: &Settings,
+    control: &Control,
+    headers: &[(String, String)],
+    decision: &Decision,
+    now: u64,
+) {
+    if decision.verdict == Verdict::Allow
+        && decision.token.is_some()
+        && control.revocation.borrow().is_stale(now)
+    {
+        host.count(Stat::RevocationStaleAllowed);
+    }
+    let path = path_without_query(header(headers, ":path").unwrap_or("/"));
+    let route = settings.route_label(decision.rule);
+    // The address lookup is a property read, which never re-enters the VM, so holding the reporter is sound.
+    let dropped = control
+        .usage
+        .borrow_mut()
+        .record(decision, route, path, now, &mut || host.client_address());
+    if dropped > 0 {
+        host.count_n(Stat::UsageDropped, dropped);
+    }
 }
 
 /// Decides what to do about an unknown `kid`: fetch, wait for a fetch, or give up (None: deny as decided).

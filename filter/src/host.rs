@@ -8,12 +8,16 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
 
-use crate::metrics::{Metrics, Stat};
+use crate::metrics::{Gauge, Metrics, Stat};
 
 /// Everything the filter's decision logic needs from the proxy, for the context that is currently effective.
 pub trait Host {
     /// Current time as Unix seconds; fails closed to 0 (every token then looks issued in the future) if the host cannot tell.
-    fn now(&self) -> u64;
+    fn now(&self) -> u64 {
+        self.now_ms() / 1000
+    }
+    /// Current time as Unix milliseconds (0 if the host cannot tell): timers of the poller and the reporter.
+    fn now_ms(&self) -> u64;
     /// All request headers (lower-case names, as Envoy stores them, pseudo-headers included).
     fn request_headers(&self) -> Vec<(String, String)>;
     /// Replaces every value of a request header with one value.
@@ -24,24 +28,55 @@ pub trait Host {
     fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &str);
     /// Resumes a request paused by an earlier callback.
     fn resume_request(&mut self);
-    /// Starts an HTTP GET through an Envoy cluster; returns the callout token.
+    /// Starts an HTTP call through an Envoy cluster (`headers` include the pseudo-headers); returns the callout token.
+    fn dispatch(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, String>;
+    /// Starts an HTTP GET for a key set through an Envoy cluster; returns the callout token.
     fn dispatch_get(
         &mut self,
         cluster: &str,
         authority: &str,
         path: &str,
         timeout: Duration,
-    ) -> Result<u32, String>;
+    ) -> Result<u32, String> {
+        self.dispatch(
+            cluster,
+            &[
+                (":method", "GET"),
+                (":path", path),
+                (":authority", authority),
+                ("accept", "application/json, application/jwk-set+json"),
+            ],
+            None,
+            timeout,
+        )
+    }
     /// Makes later host calls act on another context of this VM; false if that context is gone.
     fn set_effective_context(&mut self, context_id: u32) -> bool;
     /// Reads a value shared by all VMs of this plugin, with its compare-and-swap version.
     fn get_shared(&self, key: &str) -> Option<(Vec<u8>, u32)>;
     /// Publishes a value to all VMs of this plugin (last writer wins).
     fn set_shared(&mut self, key: &str, value: &[u8]);
+    /// Publishes a value only if it still has version `cas` (Envoy's compare-and-swap); false if another VM
+    /// wrote it in between (or the host refused).
+    fn set_shared_if(&mut self, key: &str, value: &[u8], cas: u32) -> bool;
+    /// The downstream client's address without port (`source.address`), if the host tells.
+    fn client_address(&self) -> Option<String>;
     /// Writes a log line through Envoy's logger.
     fn log(&self, level: LogLevel, message: &str);
+    /// Adds `n` to a counter.
+    fn count_n(&self, stat: Stat, n: u64);
     /// Increments a counter.
-    fn count(&self, stat: Stat);
+    fn count(&self, stat: Stat) {
+        self.count_n(stat, 1);
+    }
+    /// Sets a gauge.
+    fn gauge(&self, gauge: Gauge, value: u64);
 }
 
 /// The real adapter over `proxy_wasm::hostcalls`; host failures are logged at debug level and otherwise ignored.
@@ -62,12 +97,24 @@ pub fn host_log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
 
-/// Current Unix time in seconds from the host clock, 0 if the host cannot tell.
-pub fn host_now() -> u64 {
+/// Current Unix time in milliseconds from the host clock, 0 if the host cannot tell.
+pub fn host_now_ms() -> u64 {
     hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Strips the port from an Envoy address (`10.0.0.7:5123` -> `10.0.0.7`, `[::1]:80` -> `::1`).
+pub fn address_without_port(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match address.rsplit_once(':') {
+        // One colon: IPv4 with port. More: a bare IPv6 address, keep it whole.
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => address,
+    }
 }
 
 /// Reads the `:status` and body of the HTTP call response being delivered; a body larger than `max_body`
@@ -106,8 +153,8 @@ pub struct CallResponse {
 }
 
 impl Host for ProxyHost<'_> {
-    fn now(&self) -> u64 {
-        host_now()
+    fn now_ms(&self) -> u64 {
+        host_now_ms()
     }
 
     fn request_headers(&self) -> Vec<(String, String)> {
@@ -154,26 +201,15 @@ impl Host for ProxyHost<'_> {
         }
     }
 
-    fn dispatch_get(
+    fn dispatch(
         &mut self,
         cluster: &str,
-        authority: &str,
-        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<u32, String> {
-        hostcalls::dispatch_http_call(
-            cluster,
-            vec![
-                (":method", "GET"),
-                (":path", path),
-                (":authority", authority),
-                ("accept", "application/json, application/jwk-set+json"),
-            ],
-            None,
-            vec![],
-            timeout,
-        )
-        .map_err(|s| format!("{s:?}"))
+        hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], timeout)
+            .map_err(|s| format!("{s:?}"))
     }
 
     fn set_effective_context(&mut self, context_id: u32) -> bool {
@@ -196,14 +232,32 @@ impl Host for ProxyHost<'_> {
         }
     }
 
+    fn set_shared_if(&mut self, key: &str, value: &[u8], cas: u32) -> bool {
+        hostcalls::set_shared_data(key, Some(value), Some(cas)).is_ok()
+    }
+
+    fn client_address(&self) -> Option<String> {
+        let bytes = hostcalls::get_property(vec!["source", "address"])
+            .ok()
+            .flatten()?;
+        let text = String::from_utf8(bytes).ok()?;
+        Some(address_without_port(&text).to_string())
+    }
+
     fn log(&self, level: LogLevel, message: &str) {
         host_log(level, message);
     }
 
-    fn count(&self, stat: Stat) {
+    fn count_n(&self, stat: Stat, n: u64) {
         if let Some(id) = self.metrics.id(stat) {
             // A failed increment only loses a sample; never worth failing a request for.
-            let _ = hostcalls::increment_metric(id, 1);
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn gauge(&self, gauge: Gauge, value: u64) {
+        if let Some(id) = self.metrics.gauge_id(gauge) {
+            let _ = hostcalls::record_metric(id, value);
         }
     }
 }

@@ -8,8 +8,8 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::flow::{self, Outcome};
-use crate::host::{http_call_response, Host, ProxyHost};
-use crate::jwks_fetch::{self, MAX_JWKS_BYTES};
+use crate::host::{Host, ProxyHost};
+use crate::jwks_fetch;
 use crate::metrics::Metrics;
 use crate::state::VmState;
 
@@ -43,10 +43,7 @@ impl Context for EdgeWarden {
             return;
         };
         let mut host = ProxyHost::new(&vm.metrics);
-        let resp = http_call_response(body_size, MAX_JWKS_BYTES);
-        let now = host.now();
-        let Some((_, waiters)) =
-            jwks_fetch::on_fetch_response(&mut host, &vm, token_id, &resp, now)
+        let Some((_, waiters)) = jwks_fetch::on_call_response(&mut host, &vm, token_id, body_size)
         else {
             return;
         };

@@ -365,6 +365,20 @@ pub fn on_fetch_response(
     Some((issuer, waiters))
 }
 
+/// Reads the HTTP call response being delivered (capped at [`MAX_JWKS_BYTES`]) and handles it as a key-set
+/// fetch if `token` is one; the one prologue the root and the request contexts share.
+pub fn on_call_response(
+    host: &mut dyn Host,
+    vm: &VmState,
+    token: u32,
+    body_size: usize,
+) -> Option<(usize, Vec<u32>)> {
+    vm.jwks.borrow().issuer_of_token(token)?;
+    let resp = crate::host::http_call_response(body_size, MAX_JWKS_BYTES);
+    let now = host.now();
+    on_fetch_response(host, vm, token, &resp, now)
+}
+
 /// Picks up a key set another worker VM published for `issuer`; true if new keys were installed.
 pub fn sync_from_shared(host: &mut dyn Host, vm: &VmState, issuer: usize, now: u64) -> bool {
     let (key, seen) = {

@@ -16,8 +16,12 @@ pub mod host;
 pub mod http;
 pub mod jwks_fetch;
 pub mod metrics;
+pub mod revocation_sync;
 pub mod root;
 pub mod state;
+#[cfg(test)]
+pub mod test_host;
+pub mod usage;
 
 /// The module's `_initialize` export: installs the panic logger and the root context factory.
 #[cfg(target_arch = "wasm32")]

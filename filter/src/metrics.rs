@@ -29,7 +29,42 @@ pub enum Stat {
     JwksRefetchRateLimited,
     /// A key set picked up from another worker's fetch through shared data.
     JwksShared,
+    /// A revocation feed poll answered 200 or 304 (counted by the one polling VM).
+    RevocationPoll,
+    /// A revocation feed poll that failed (not dispatched, timeout, error status, unusable body).
+    RevocationPollFailure,
+    /// A feed answer that changed the revocation state.
+    RevocationUpdate,
+    /// A token let through while the revocation state was stale, because `on_stale` is `allow`.
+    RevocationStaleAllowed,
+    /// A usage batch the admin API accepted.
+    UsageReport,
+    /// A usage batch that failed to send (kept and retried) or was refused (dropped).
+    UsageReportFailure,
+    /// Decisions dropped from the usage buffer because it was full (the oldest go first).
+    UsageDropped,
 }
+
+/// One gauge: a value that goes up and down, set by the VM that owns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gauge {
+    /// The feed cursor of the revocation state.
+    RevocationCursor,
+    /// Seconds since the last successful feed poll (since start-up until the first one).
+    RevocationStaleness,
+    /// Revoked jtis, subjects and clients held.
+    RevocationEntries,
+}
+
+/// Gauge names, in definition order.
+const GAUGES: &[(Gauge, &str)] = &[
+    (Gauge::RevocationCursor, "edgewarden.revocation_cursor"),
+    (
+        Gauge::RevocationStaleness,
+        "edgewarden.revocation_staleness_seconds",
+    ),
+    (Gauge::RevocationEntries, "edgewarden.revocation_entries"),
+];
 
 /// Counter names without the per-reason families, in definition order.
 const FIXED: &[(Stat, &str)] = &[
@@ -48,7 +83,28 @@ const FIXED: &[(Stat, &str)] = &[
         "edgewarden.jwks_refetch_rate_limited",
     ),
     (Stat::JwksShared, "edgewarden.jwks_shared_updates"),
+    (Stat::RevocationPoll, "edgewarden.revocation_polls"),
+    (
+        Stat::RevocationPollFailure,
+        "edgewarden.revocation_poll_failures",
+    ),
+    (Stat::RevocationUpdate, "edgewarden.revocation_updates"),
+    (
+        Stat::RevocationStaleAllowed,
+        "edgewarden.revocation_stale_allowed",
+    ),
+    (Stat::UsageReport, "edgewarden.usage_reports"),
+    (Stat::UsageReportFailure, "edgewarden.usage_report_failures"),
+    (Stat::UsageDropped, "edgewarden.usage_dropped"),
 ];
+
+/// The name of a gauge as defined (without Envoy's `wasmcustom.` prefix).
+pub fn gauge_name(gauge: Gauge) -> &'static str {
+    GAUGES
+        .iter()
+        .find(|(g, _)| *g == gauge)
+        .map_or("edgewarden.unknown_gauge", |(_, n)| n)
+}
 
 /// Reasons that can deny a request (everything in `Reason::ALL` except the two allowing ones).
 pub fn denial_reasons() -> impl Iterator<Item = Reason> {
@@ -65,6 +121,7 @@ pub fn all_names() -> Vec<String> {
     names.extend(
         denial_reasons().map(|r| format!("edgewarden.report_only_would_deny.{}", r.as_str())),
     );
+    names.extend(GAUGES.iter().map(|(_, n)| (*n).to_string()));
     names
 }
 
@@ -74,12 +131,22 @@ pub struct Metrics {
     fixed: Vec<(Stat, u32)>,
     denied: Vec<(Reason, u32)>,
     report_only: Vec<(Reason, u32)>,
+    gauges: Vec<(Gauge, u32)>,
 }
 
 impl Metrics {
-    /// Defines every counter through `define` (proxy-wasm `define_metric` in the filter).
-    pub fn define(mut define: impl FnMut(&str) -> Option<u32>) -> Metrics {
+    /// Defines every counter through `define` and every gauge through `define_gauge`
+    /// (proxy-wasm `define_metric` with the counter and gauge types in the filter).
+    pub fn define(
+        mut define: impl FnMut(&str) -> Option<u32>,
+        mut define_gauge: impl FnMut(&str) -> Option<u32>,
+    ) -> Metrics {
         let mut m = Metrics::default();
+        for (gauge, name) in GAUGES {
+            if let Some(id) = define_gauge(name) {
+                m.gauges.push((*gauge, id));
+            }
+        }
         for (stat, name) in FIXED {
             if let Some(id) = define(name) {
                 m.fixed.push((*stat, id));
@@ -94,6 +161,14 @@ impl Metrics {
             }
         }
         m
+    }
+
+    /// The host id of a gauge, if it was defined.
+    pub fn gauge_id(&self, gauge: Gauge) -> Option<u32> {
+        self.gauges
+            .iter()
+            .find(|(g, _)| *g == gauge)
+            .map(|(_, id)| *id)
     }
 
     /// The host id of a counter, if it was defined.
@@ -120,10 +195,13 @@ mod tests {
     #[test]
     fn every_denial_reason_gets_its_own_counter() {
         let mut next = 0u32;
-        let m = Metrics::define(|_| {
-            next += 1;
-            Some(next)
-        });
+        let m = Metrics::define(
+            |_| {
+                next += 1;
+                Some(next)
+            },
+            |_| None,
+        );
         let mut ids: Vec<u32> = denial_reasons()
             .filter_map(|r| m.id(Stat::Denied(r)))
             .collect();
@@ -140,7 +218,7 @@ mod tests {
     #[test]
     fn readme_documents_every_counter_and_reason() {
         let readme = include_str!("../README.md");
-        for (_, name) in FIXED {
+        for name in FIXED.iter().map(|(_, n)| n).chain(GAUGES.iter().map(|(_, n)| n)) {
             assert!(
                 readme.contains(&format!("`{name}`")),
                 "README.md lacks {name}"

@@ -1,7 +1,8 @@
 //! `EdgeWardenRoot`: the root context, one per VM. It parses the plugin configuration into the engine (refusing
 //! a bad one with the field named, so Envoy rejects it), defines the metrics, creates the per-request contexts,
-//! and drives remote JWKS: a first fetch at once, then a one-second tick that picks up key sets other workers
-//! published and starts any periodic refresh or retry that is due.
+//! and runs the timers: remote JWKS once a second (key sets other workers published, periodic refreshes and
+//! retries), and with a control plane every 100 ms the revocation lease, poll or catch-up, and usage flushes.
+//! Callout answers are routed by token to the feed poller, the usage reporter or the JWKS fetcher.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -12,19 +13,23 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType};
 
 use crate::flow;
-use crate::host::{host_log, http_call_response, Host, ProxyHost};
+use crate::host::{host_log, host_now_ms, http_call_response, Host, ProxyHost};
 use crate::http::EdgeWarden;
-use crate::jwks_fetch::{self, Trigger, MAX_JWKS_BYTES};
+use crate::jwks_fetch::{self, Trigger};
 use crate::metrics::Metrics;
 use crate::state::VmState;
+use crate::{revocation_sync, usage};
 
 /// How often the root context looks at remote key sets; each issuer's own intervals decide what actually runs.
 pub const TICK: Duration = Duration::from_secs(1);
+/// The tick with a control plane: how soon a worker applies a revocation the poller published.
+pub const CONTROL_TICK: Duration = Duration::from_millis(100);
 
 /// The per-VM root context.
 pub struct EdgeWardenRoot {
     context_id: u32,
     vm: Option<Rc<VmState>>,
+    next_jwks_ms: u64,
 }
 
 impl EdgeWardenRoot {
@@ -33,6 +38,24 @@ impl EdgeWardenRoot {
         EdgeWardenRoot {
             context_id,
             vm: None,
+            next_jwks_ms: 0,
+        }
+    }
+
+    /// One timer step: JWKS when a second has passed, then the control plane.
+    fn tick(&mut self) {
+        let Some(vm) = self.vm.clone() else {
+            return;
+        };
+        let now_ms = host_now_ms();
+        if now_ms >= self.next_jwks_ms {
+            self.next_jwks_ms = now_ms.saturating_add(1000);
+            self.drive_jwks();
+        }
+        if let Some(control) = &vm.control {
+            let mut host = ProxyHost::new(&vm.metrics);
+            revocation_sync::on_tick(&mut host, control, now_ms);
+            usage::on_tick(&mut host, &control.usage, now_ms);
         }
     }
 
@@ -63,6 +86,22 @@ impl EdgeWardenRoot {
     }
 }
 
+/// A number that tells this VM apart from the other VMs of the same Envoy (the poller lease): the host clock in
+/// nanoseconds when it was configured, mixed with the root context id. VMs are configured one after another, so
+/// two never read the same nanosecond; std's random source is avoided because a host without `random_get` would
+/// make it panic.
+fn vm_identity(context_id: u32) -> u64 {
+    let nanos = hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    // SplitMix64's finaliser: spreads the bits so nearby clocks give unrelated ids.
+    let mut z = nanos ^ (u64::from(context_id) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)).max(1)
+}
+
 impl Context for EdgeWardenRoot {
     fn on_http_call_response(
         &mut self,
@@ -75,12 +114,21 @@ impl Context for EdgeWardenRoot {
             return;
         };
         let mut host = ProxyHost::new(&vm.metrics);
-        let resp = http_call_response(body_size, MAX_JWKS_BYTES);
-        let now = host.now();
-        // `None`: not a JWKS fetch. Other root-owned callouts (the revocation feed and usage reports of
-        // issue 4) are matched by their own token here, and their state lives beside `jwks` in `VmState`.
+        if let Some(control) = &vm.control {
+            // Each callout is read with its own size cap, so look at whose it is before reading the body.
+            if control.sync.borrow().owns(token_id) {
+                let resp = http_call_response(body_size, revocation_sync::MAX_FEED_BYTES);
+                revocation_sync::on_poll_response(&mut host, control, token_id, &resp, host_now_ms());
+                return;
+            }
+            if control.usage.borrow().owns(token_id) {
+                let resp = http_call_response(body_size, usage::MAX_ANSWER_BYTES);
+                usage::on_report_response(&mut host, &control.usage, token_id, &resp, host_now_ms());
+                return;
+            }
+        }
         if let Some((_, waiters)) =
-            jwks_fetch::on_fetch_response(&mut host, &vm, token_id, &resp, now)
+            jwks_fetch::on_call_response(&mut host, &vm, token_id, body_size)
         {
             flow::resolve_waiters(&mut host, &vm, &waiters, self.context_id);
         }
@@ -100,25 +148,34 @@ impl RootContext for EdgeWardenRoot {
                 return false;
             }
         };
-        let metrics =
-            Metrics::define(|name| hostcalls::define_metric(MetricType::Counter, name).ok());
-        let vm = Rc::new(VmState::new(engine, metrics));
+        let metrics = Metrics::define(
+            |name| hostcalls::define_metric(MetricType::Counter, name).ok(),
+            |name| hostcalls::define_metric(MetricType::Gauge, name).ok(),
+        );
+        let now_ms = host_now_ms();
+        let vm = Rc::new(VmState::with_identity(engine, metrics, vm_identity(self.context_id), now_ms));
         let remote = vm.jwks.borrow().issuers().len();
+        let tick = if vm.control.is_some() {
+            Some(CONTROL_TICK)
+        } else {
+            (remote > 0).then_some(TICK)
+        };
         self.vm = Some(vm);
-        if remote > 0 {
-            if let Err(s) = hostcalls::set_tick_period(TICK) {
+        if let Some(period) = tick {
+            if let Err(s) = hostcalls::set_tick_period(period) {
                 host_log(
                     LogLevel::Error,
-                    &format!("edgewarden: jwks refresh timer not set: {s:?}"),
+                    &format!("edgewarden: timer not set, keys and revocations will not be refreshed: {s:?}"),
                 );
             }
-            self.drive_jwks();
+            // The first JWKS fetch and the first feed poll go out now, not one tick later.
+            self.tick();
         }
         true
     }
 
     fn on_tick(&mut self) {
-        self.drive_jwks();
+        self.tick();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -9,10 +9,13 @@ use std::time::Duration;
 use edgewarden_core::cache::TokenCache;
 use edgewarden_core::config::TokenSource;
 use edgewarden_core::engine::Engine;
-use edgewarden_core::revocation::{NoRevocations, RevocationView};
+use edgewarden_core::config::RuleConfig;
+use edgewarden_core::revocation::EdgeRevocationState;
 
 use crate::jwks_fetch::{JwksState, RemoteSource};
 use crate::metrics::Metrics;
+use crate::revocation_sync::RevocationSync;
+use crate::usage::UsageReporter;
 
 /// Header the filter sets on requests it lets through only because `report_only` is on.
 pub const REPORT_ONLY_HEADER: &str = "x-edgewarden-report-only";
@@ -30,6 +33,38 @@ pub struct Settings {
     pub report_only: bool,
     /// Realm for `WWW-Authenticate`.
     pub realm: String,
+    /// The route label usage reports carry for each rule (its `prefix` or `path`); [`DEFAULT_ROUTE`] for none.
+    pub route_labels: Vec<String>,
+}
+
+/// The route label of requests that match no rule (they need a valid token, the secure default).
+pub const DEFAULT_ROUTE: &str = "*";
+
+impl Settings {
+    /// The usage route label of rule `rule`.
+    pub fn route_label(&self, rule: Option<usize>) -> &str {
+        rule.and_then(|i| self.route_labels.get(i))
+            .map_or(DEFAULT_ROUTE, String::as_str)
+    }
+}
+
+/// The control-plane half of a VM, present when the configuration has `control_plane`: the revocation state
+/// every request consults, the feed poller (or follower of another VM's poller), and the usage reporter.
+pub struct Control {
+    /// Revocation entries with their sync time and the `on_stale` policy.
+    pub revocation: RefCell<EdgeRevocationState>,
+    /// Lease, polling and cross-VM publication of the revocation state.
+    pub sync: RefCell<RevocationSync>,
+    /// This VM's usage aggregation and its batches to the admin API.
+    pub usage: RefCell<UsageReporter>,
+}
+
+fn route_label(rule: &RuleConfig) -> String {
+    rule.r#match
+        .prefix
+        .clone()
+        .or_else(|| rule.r#match.path.clone())
+        .unwrap_or_else(|| DEFAULT_ROUTE.to_string())
 }
 
 /// Everything one VM knows: the engine with its key sets, the token cache, JWKS fetch bookkeeping and revocations.
@@ -40,8 +75,8 @@ pub struct VmState {
     pub cache: RefCell<TokenCache>,
     /// Remote JWKS scheduling, rate limits and requests paused on a fetch.
     pub jwks: RefCell<JwksState>,
-    /// Revocation view consulted on every request, cache hit or not; issue 4 swaps in the polled, shared state.
-    pub revocations: RefCell<Box<dyn RevocationView>>,
+    /// Revocation state and usage reporting, when a control plane is configured; without one nothing is revoked.
+    pub control: Option<Control>,
     /// Settings derived from the configuration.
     pub settings: Settings,
     /// Host metric ids.
@@ -49,8 +84,14 @@ pub struct VmState {
 }
 
 impl VmState {
-    /// Builds the VM state from a validated engine and defined metrics.
+    /// Builds the VM state from a validated engine and defined metrics; `vm_id` tells this VM apart from the
+    /// other VMs of the same Envoy (the revocation poller lease) and `now_ms` is the host clock at start.
     pub fn new(engine: Engine, metrics: Metrics) -> VmState {
+        VmState::with_identity(engine, metrics, 1, 0)
+    }
+
+    /// [`VmState::new`] with an explicit VM identity and start time.
+    pub fn with_identity(engine: Engine, metrics: Metrics, vm_id: u64, now_ms: u64) -> VmState {
         let config = engine.config();
         let mut forward_headers: Vec<String> = config
             .forward_claims
@@ -66,7 +107,13 @@ impl VmState {
             strip_token: config.strip_token,
             report_only: config.report_only,
             realm: config.realm.clone(),
+            route_labels: config.rules.iter().map(route_label).collect(),
         };
+        let control = config.control_plane.as_ref().map(|cp| Control {
+            revocation: RefCell::new(EdgeRevocationState::from_config(config)),
+            sync: RefCell::new(RevocationSync::new(cp, &config.revocation, vm_id, now_ms)),
+            usage: RefCell::new(UsageReporter::new(cp, &config.usage, now_ms)),
+        });
         let sources = config
             .issuers
             .iter()
@@ -89,7 +136,7 @@ impl VmState {
             engine: RefCell::new(engine),
             cache: RefCell::new(cache),
             jwks: RefCell::new(JwksState::new(sources)),
-            revocations: RefCell::new(Box::new(NoRevocations)),
+            control,
             settings,
             metrics,
         }

@@ -8,9 +8,6 @@
     clippy::indexing_slicing
 )]
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
@@ -22,182 +19,12 @@ use serde_json::{json, Value};
 
 use super::{process, resolve_waiters, Outcome};
 use crate::host::{CallResponse, Host};
+use crate::test_host::{FakeHost, Op, NOW};
 use crate::jwks_fetch::on_fetch_response;
 use crate::metrics::{Metrics, Stat};
 use crate::state::VmState;
 
-const NOW: u64 = 1_800_000_000;
 const ISS: &str = "https://issuer.test";
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Op {
-    Set(u32, String, String),
-    Remove(u32, String),
-    Respond {
-        ctx: u32,
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: String,
-    },
-    Resume(u32),
-    Dispatch {
-        cluster: String,
-        authority: String,
-        path: String,
-    },
-}
-
-/// A recorded local response: context, status, headers, body.
-type Response = (u32, u16, Vec<(String, String)>, String);
-
-#[derive(Default)]
-struct FakeHost {
-    now: u64,
-    requests: HashMap<u32, Vec<(String, String)>>,
-    effective: u32,
-    ops: Vec<Op>,
-    counts: RefCell<Vec<Stat>>,
-    logs: RefCell<Vec<(LogLevel, String)>>,
-    next_token: u32,
-    refuse_dispatch: bool,
-    shared: HashMap<String, (Vec<u8>, u32)>,
-}
-
-impl FakeHost {
-    fn new() -> Self {
-        FakeHost {
-            now: NOW,
-            next_token: 100,
-            ..FakeHost::default()
-        }
-    }
-
-    /// Registers request `ctx` and makes it the effective context.
-    fn request(&mut self, ctx: u32, path: &str, extra: &[(&str, &str)]) {
-        let mut h = vec![
-            (":method".to_string(), "GET".to_string()),
-            (":path".to_string(), path.to_string()),
-            (":authority".to_string(), "api.test".to_string()),
-        ];
-        h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        self.requests.insert(ctx, h);
-        self.effective = ctx;
-    }
-
-    fn header(&self, ctx: u32, name: &str) -> Option<String> {
-        self.requests[&ctx]
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    }
-
-    fn counted(&self, stat: Stat) -> usize {
-        self.counts.borrow().iter().filter(|s| **s == stat).count()
-    }
-
-    fn responses(&self) -> Vec<Response> {
-        self.ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Respond {
-                    ctx,
-                    status,
-                    headers,
-                    body,
-                } => Some((*ctx, *status, headers.clone(), body.clone())),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn dispatches(&self) -> usize {
-        self.ops
-            .iter()
-            .filter(|op| matches!(op, Op::Dispatch { .. }))
-            .count()
-    }
-}
-
-impl Host for FakeHost {
-    fn now(&self) -> u64 {
-        self.now
-    }
-    fn request_headers(&self) -> Vec<(String, String)> {
-        self.requests
-            .get(&self.effective)
-            .cloned()
-            .unwrap_or_default()
-    }
-    fn set_request_header(&mut self, name: &str, value: &str) {
-        let ctx = self.effective;
-        let h = self.requests.entry(ctx).or_default();
-        h.retain(|(k, _)| k != name);
-        h.push((name.to_string(), value.to_string()));
-        self.ops
-            .push(Op::Set(ctx, name.to_string(), value.to_string()));
-    }
-    fn remove_request_header(&mut self, name: &str) {
-        let ctx = self.effective;
-        self.requests
-            .entry(ctx)
-            .or_default()
-            .retain(|(k, _)| k != name);
-        self.ops.push(Op::Remove(ctx, name.to_string()));
-    }
-    fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &str) {
-        self.ops.push(Op::Respond {
-            ctx: self.effective,
-            status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            body: body.to_string(),
-        });
-    }
-    fn resume_request(&mut self) {
-        self.ops.push(Op::Resume(self.effective));
-    }
-    fn dispatch_get(
-        &mut self,
-        cluster: &str,
-        authority: &str,
-        path: &str,
-        _timeout: Duration,
-    ) -> Result<u32, String> {
-        if self.refuse_dispatch {
-            return Err("BadArgument".to_string());
-        }
-        self.ops.push(Op::Dispatch {
-            cluster: cluster.into(),
-            authority: authority.into(),
-            path: path.into(),
-        });
-        self.next_token += 1;
-        Ok(self.next_token)
-    }
-    fn set_effective_context(&mut self, context_id: u32) -> bool {
-        if self.requests.contains_key(&context_id) || context_id == 1 {
-            self.effective = context_id;
-            true
-        } else {
-            false
-        }
-    }
-    fn get_shared(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.shared.get(key).cloned()
-    }
-    fn set_shared(&mut self, key: &str, value: &[u8]) {
-        let cas = self.shared.get(key).map_or(1, |(_, c)| c + 1);
-        self.shared.insert(key.to_string(), (value.to_vec(), cas));
-    }
-    fn log(&self, level: LogLevel, message: &str) {
-        self.logs.borrow_mut().push((level, message.to_string()));
-    }
-    fn count(&self, stat: Stat) {
-        self.counts.borrow_mut().push(stat);
-    }
-}
 
 fn keypair(seed: u8) -> KeyPair {
     KeyPair::from_seed(Seed::new([seed; 32]))
@@ -507,7 +334,7 @@ fn unknown_kid_pauses_fetches_jwks_and_resumes_every_waiting_request() {
     assert_eq!(host.header(3, "x-jwt-sub").as_deref(), Some("bob"));
     assert!(host.ops.contains(&Op::Resume(3)));
     // The fetched key set is published for the other worker VMs.
-    assert_eq!(host.shared.len(), 1);
+    assert_eq!(host.shared.borrow().len(), 1);
 }
 
 #[test]
@@ -532,7 +359,7 @@ fn unknown_kid_within_min_refetch_interval_is_denied_unknown_kid() {
     on_fetch_response(&mut host, &vm, 101, &resp, NOW).expect("our fetch");
     assert_eq!(process(&mut host, &vm, 2, false), Outcome::Denied);
 
-    host.now = NOW + 5;
+    host.now_ms = (NOW + 5) * 1000;
     host.request(3, "/api", &[("authorization", &bearer(&token))]);
     assert_eq!(process(&mut host, &vm, 3, true), Outcome::Denied);
     assert_eq!(host.dispatches(), 1);
@@ -541,7 +368,7 @@ fn unknown_kid_within_min_refetch_interval_is_denied_unknown_kid() {
     assert_eq!(statuses, vec![401, 401]);
     assert_eq!(host.counted(Stat::Denied(Reason::UnknownKid)), 2);
 
-    host.now = NOW + 10;
+    host.now_ms = (NOW + 10) * 1000;
     host.request(4, "/api", &[("authorization", &bearer(&token))]);
     assert_eq!(
         process(&mut host, &vm, 4, true),
@@ -581,13 +408,13 @@ fn malformed_or_failed_jwks_response_keeps_old_keys_and_counts_a_failure() {
             },
         ),
     ] {
-        host.now += 60;
+        host.advance_ms(60_000);
         host.request(ctx, "/api", &[("authorization", &bearer(&unknown))]);
         assert_eq!(
             process(&mut host, &vm, ctx, true),
             Outcome::FetchingJwks { issuer: 0 }
         );
-        let (token, now) = (host.next_token, host.now);
+        let (token, now) = (host.next_token, host.now());
         assert!(on_fetch_response(&mut host, &vm, token, &resp, now).is_some());
         assert_eq!(process(&mut host, &vm, ctx, false), Outcome::Denied);
     }

@@ -1,0 +1,605 @@
+//! Revocation state for every worker VM of one Envoy, from one poller.
+//! The VMs of a plugin elect a poller through a lease in proxy-wasm shared data (compare-and-swap, renewed on
+//! every tick, taken over when it lapses). The poller long-polls the admin API's feed through the
+//! `control_plane` cluster, applies each answer, and publishes the change for the others: a delta in a ring of
+//! slots, a full snapshot now and then, and a small mark. Every other VM reads the mark on its 100 ms tick and
+//! catches up delta by delta, or from the snapshot when it fell too far behind.
+//! Nothing here can fail a request: a poll that fails leaves the last state in place and its age decides.
+
+use std::time::Duration;
+
+use edgewarden_core::config::{ControlPlaneConfig, RevocationConfig};
+use edgewarden_core::feed::{FeedUpdate, SyncMark};
+use proxy_wasm::types::LogLevel;
+
+use crate::host::{CallResponse, Host};
+use crate::metrics::{Gauge, Stat};
+use crate::state::Control;
+
+/// Largest feed answer the poller reads (a full snapshot of a million revoked jtis is about 60 MB of JSON).
+pub const MAX_FEED_BYTES: usize = 256 * 1024 * 1024;
+/// Delta slots in shared data; a VM more than this many changes behind loads the snapshot.
+pub const RING: u64 = 64;
+/// The poller republishes the snapshot after this many deltas, so the deltas after it are always in the ring.
+const SNAPSHOT_EVERY: u64 = RING / 2;
+/// How long a poller's lease lasts without renewal; it renews on every tick.
+pub const LEASE_MS: u64 = 10_000;
+/// Longest wait between two polls after failures (the wait doubles from `poll_interval_ms`).
+const MAX_BACKOFF_MS: u64 = 5_000;
+/// Repeated poll failures are logged at most this often; each is counted.
+const FAILURE_LOG_INTERVAL_MS: u64 = 30_000;
+
+/// What this VM does about the feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Another VM polls; this one copies the published state.
+    Follower,
+    /// This VM holds the lease and polls.
+    Poller,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Inflight {
+    token: u32,
+    started_ms: u64,
+    long_poll: bool,
+}
+
+/// Shared-data keys, namespaced by cluster and feed path so two plugin configurations in one Envoy never mix.
+#[derive(Debug, Clone)]
+struct Keys {
+    lease: String,
+    mark: String,
+    snapshot: String,
+    delta_prefix: String,
+}
+
+impl Keys {
+    fn new(cluster: &str, feed_path: &str) -> Keys {
+        let base = format!("edgewarden.revocation|{cluster}|{feed_path}|");
+        Keys {
+            lease: format!("{base}lease"),
+            mark: format!("{base}mark"),
+            snapshot: format!("{base}snapshot"),
+            delta_prefix: format!("{base}delta."),
+        }
+    }
+
+    fn delta(&self, seq: u64) -> String {
+        format!("{}{}", self.delta_prefix, seq % RING)
+    }
+}
+
+/// The poller or follower side of one VM: lease, poll schedule, and how far its copy of the state has come.
+pub struct RevocationSync {
+    cluster: String,
+    authority: String,
+    authorization: String,
+    edge_name: String,
+    feed_path: String,
+    poll_interval_ms: u64,
+    /// The `wait=` of a long poll: `long_poll_seconds`, but at most a third of `max_staleness_seconds`, because
+    /// a held poll confirms nothing until it is answered and the state must not look stale meanwhile.
+    wait_seconds: u64,
+    timeout_ms: u64,
+    keys: Keys,
+    vm_id: u64,
+    role: Role,
+    /// Sequence number of the change this VM's state reflects.
+    seq: u64,
+    /// Sequence number of the published snapshot (poller: the last one it knows of).
+    snapshot_seq: u64,
+    /// Version of the mark this VM last caught up with.
+    mark_cas: Option<u32>,
+    inflight: Option<Inflight>,
+    next_poll_ms: u64,
+    failures: u32,
+    started_ms: u64,
+    last_failure_log_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for RevocationSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The authorization header carries the edge's API key: never print it.
+        f.debug_struct("RevocationSync")
+            .field("cluster", &self.cluster)
+            .field("edge_name", &self.edge_name)
+            .field("role", &self.role)
+            .field("seq", &self.seq)
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RevocationSync {
+    /// A follower that has seen nothing yet; `vm_id` must differ between the VMs of one Envoy.
+    pub fn new(
+        cp: &ControlPlaneConfig,
+        rc: &RevocationConfig,
+        vm_id: u64,
+        now_ms: u64,
+    ) -> RevocationSync {
+        RevocationSync {
+            cluster: cp.cluster.clone(),
+            authority: cp.authority.clone().unwrap_or_else(|| cp.cluster.clone()),
+            authorization: format!("Bearer {}", cp.api_key),
+            edge_name: cp.edge_name.clone(),
+            feed_path: rc.feed_path.clone(),
+            poll_interval_ms: rc.poll_interval_ms,
+            wait_seconds: rc
+                .long_poll_seconds
+                .min((rc.max_staleness_seconds / 3).max(1)),
+            timeout_ms: cp.timeout_ms,
+            keys: Keys::new(&cp.cluster, &rc.feed_path),
+            vm_id,
+            role: Role::Follower,
+            seq: 0,
+            snapshot_seq: 0,
+            mark_cas: None,
+            inflight: None,
+            next_poll_ms: 0,
+            failures: 0,
+            started_ms: now_ms,
+            last_failure_log_ms: None,
+        }
+    }
+
+    /// Whether this VM polls.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Whether `token` is this VM's poll in flight.
+    pub fn owns(&self, token: u32) -> bool {
+        self.inflight.is_some_and(|f| f.token == token)
+    }
+
+    /// Sequence number of the change this VM's state reflects.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+fn encode_lease(owner: u64, expires_ms: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (slot, byte) in out
+        .iter_mut()
+        .zip(owner.to_le_bytes().iter().chain(&expires_ms.to_le_bytes()))
+    {
+        *slot = *byte;
+    }
+    out
+}
+
+fn decode_lease(bytes: &[u8]) -> Option<(u64, u64)> {
+    let owner = bytes.get(..8)?.try_into().ok().map(u64::from_le_bytes)?;
+    let expires = bytes.get(8..16)?.try_into().ok().map(u64::from_le_bytes)?;
+    (bytes.len() == 16).then_some((owner, expires))
+}
+
+/// A delta slot or snapshot value: the sequence number, then the core record.
+fn with_seq(seq: u64, record: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + record.len());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(record);
+    out
+}
+
+fn split_seq(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let seq = bytes.get(..8)?.try_into().ok().map(u64::from_le_bytes)?;
+    Some((seq, bytes.get(8..)?))
+}
+
+/// The one-tick step of a VM: hold or take the lease, then poll (poller) or catch up (follower), prune, and
+/// publish the gauges (poller).
+pub fn on_tick(host: &mut dyn Host, control: &Control, now_ms: u64) {
+    let was = control.sync.borrow().role;
+    let poller = hold_lease(host, control, now_ms);
+    if !poller || was == Role::Follower {
+        // A new poller first catches up with what the previous one published.
+        follow(host, control);
+    }
+    if poller {
+        if was == Role::Follower {
+            take_over(host, control);
+        }
+        let due = {
+            let sync = control.sync.borrow();
+            sync.inflight.is_none() && now_ms >= sync.next_poll_ms
+        };
+        if due {
+            start_poll(host, control, now_ms);
+        }
+        publish_gauges(host, control, now_ms);
+    }
+    control
+        .revocation
+        .borrow_mut()
+        .prune_if_due(now_ms / 1000);
+}
+
+/// Starts polling where the previous poller left off: whatever this VM's copy holds is republished as a new
+/// snapshot under a sequence number past every one published so far, so every VM converges on one state
+/// even if this one had not quite caught up.
+fn take_over(host: &mut dyn Host, control: &Control) {
+    let (mark_key, edge) = {
+        let sync = control.sync.borrow();
+        (sync.keys.mark.clone(), sync.edge_name.clone())
+    };
+    let published = host
+        .get_shared(&mark_key)
+        .and_then(|(bytes, _)| SyncMark::from_bytes(&bytes).ok())
+        .map_or(0, |mark| mark.seq);
+    let (seq, snapshot_key) = {
+        let mut sync = control.sync.borrow_mut();
+        sync.seq = sync.seq.max(published) + 1;
+        sync.snapshot_seq = sync.seq;
+        (sync.seq, sync.keys.snapshot.clone())
+    };
+    let record = control.revocation.borrow().set().to_bytes();
+    host.set_shared(&snapshot_key, &with_seq(seq, &record));
+    publish_mark(host, control);
+    host.log(
+        LogLevel::Info,
+        &format!("edgewarden: this VM now polls the revocation feed for edge {edge}"),
+    );
+}
+
+/// Renews or takes the poller lease; true if this VM holds it after the call.
+fn hold_lease(host: &mut dyn Host, control: &Control, now_ms: u64) -> bool {
+    let (key, me) = {
+        let sync = control.sync.borrow();
+        (sync.keys.lease.clone(), sync.vm_id)
+    };
+    let held = match host.get_shared(&key) {
+        // Envoy's compare-and-swap does not guard a key that does not exist yet, so the first VM creates an
+        // expired lease and every VM then competes for it through compare-and-swap on the next tick.
+        None => {
+            host.set_shared(&key, &encode_lease(0, 0));
+            false
+        }
+        Some((value, cas)) => match decode_lease(&value) {
+            Some((owner, expires)) if owner != me && expires > now_ms => false,
+            _ => host.set_shared_if(&key, &encode_lease(me, now_ms + LEASE_MS), cas),
+        },
+    };
+    control.sync.borrow_mut().role = if held { Role::Poller } else { Role::Follower };
+    held
+}
+
+/// Copies what the poller published into this VM's state; a VM that cannot catch up keeps its state, and the
+/// age of its last sync keeps growing, so staleness fails it closed if it never does.
+fn follow(host: &mut dyn Host, control: &Control) {
+    let (mark_key, seen) = {
+        let sync = control.sync.borrow();
+        (sync.keys.mark.clone(), sync.mark_cas)
+    };
+    let Some((bytes, cas)) = host.get_shared(&mark_key) else {
+        return;
+    };
+    if seen == Some(cas) {
+        return;
+    }
+    let mark = match SyncMark::from_bytes(&bytes) {
+        Ok(mark) => mark,
+        Err(e) => {
+            host.log(
+                LogLevel::Warn,
+                &format!("edgewarden: shared revocation mark unusable: {e}"),
+            );
+            return;
+        }
+    };
+    if catch_up(host, control, &mark) {
+        control
+            .revocation
+            .borrow_mut()
+            .set_last_sync(mark.last_sync);
+        control.sync.borrow_mut().mark_cas = Some(cas);
+    }
+}
+
+/// Brings this VM's state to the mark's sequence number: deltas from the ring when it is close enough, else the
+/// snapshot and the deltas after it. False if something needed was missing or refused (retried next tick).
+fn catch_up(host: &mut dyn Host, control: &Control, mark: &SyncMark) -> bool {
+    let seq = control.sync.borrow().seq;
+    if seq == mark.seq {
+        return true;
+    }
+    if mark.seq > seq && mark.seq - seq <= RING && apply_deltas(host, control, seq + 1, mark.seq) {
+        return true;
+    }
+    let snapshot_key = control.sync.borrow().keys.snapshot.clone();
+    let Some((bytes, _)) = host.get_shared(&snapshot_key) else {
+        return false;
+    };
+    let loaded = match split_seq(&bytes) {
+        Some((snapshot_seq, record)) if snapshot_seq == mark.snapshot_seq => control
+            .revocation
+            .borrow_mut()
+            .set_mut()
+            .apply_bytes(record)
+            .map_err(|e| e.to_string()),
+        // The snapshot was replaced after the mark was read: the next tick reads the newer mark.
+        Some(_) => return false,
+        None => Err("shorter than its sequence number".to_string()),
+    };
+    drop(bytes);
+    if let Err(e) = loaded {
+        host.log(
+            LogLevel::Warn,
+            &format!("edgewarden: shared revocation snapshot unusable, keeping the current state: {e}"),
+        );
+        return false;
+    }
+    control.sync.borrow_mut().seq = mark.snapshot_seq;
+    mark.snapshot_seq == mark.seq || apply_deltas(host, control, mark.snapshot_seq + 1, mark.seq)
+}
+
+/// Applies the deltas `from..=to` from the ring in order; stops at the first one missing or refused.
+fn apply_deltas(host: &mut dyn Host, control: &Control, from: u64, to: u64) -> bool {
+    for seq in from..=to {
+        let key = control.sync.borrow().keys.delta(seq);
+        let Some((bytes, _)) = host.get_shared(&key) else {
+            return false;
+        };
+        let applied = match split_seq(&bytes) {
+            Some((slot_seq, record)) if slot_seq == seq => control
+                .revocation
+                .borrow_mut()
+                .set_mut()
+                .apply_bytes(record)
+                .is_ok(),
+            _ => false,
+        };
+        if !applied {
+            return false;
+        }
+        control.sync.borrow_mut().seq = seq;
+    }
+    true
+}
+
+/// Sends the next feed poll: `since` the state's cursor, long-polling once the state is in sync.
+fn start_poll(host: &mut dyn Host, control: &Control, now_ms: u64) {
+    let (cursor, synced) = {
+        let revocation = control.revocation.borrow();
+        (revocation.set().cursor(), revocation.last_sync().is_some())
+    };
+    let (cluster, authority, authorization, edge, feed_path, wait, timeout_ms) = {
+        let sync = control.sync.borrow();
+        // Before the first sync, and while the feed is failing, ask for an answer at once: a held poll would
+        // keep the edge unsynced (or stale) for the whole wait.
+        let wait = if synced && sync.failures == 0 {
+            sync.wait_seconds
+        } else {
+            0
+        };
+        (
+            sync.cluster.clone(),
+            sync.authority.clone(),
+            sync.authorization.clone(),
+            sync.edge_name.clone(),
+            sync.feed_path.clone(),
+            wait,
+            sync.timeout_ms,
+        )
+    };
+    let path = if wait > 0 {
+        format!("{feed_path}?since={cursor}&wait={wait}")
+    } else {
+        format!("{feed_path}?since={cursor}")
+    };
+    let tag = format!("\"c{cursor}\"");
+    let mut headers = vec![
+        (":method", "GET"),
+        (":path", path.as_str()),
+        (":authority", authority.as_str()),
+        ("authorization", authorization.as_str()),
+        ("x-edgewarden-edge", edge.as_str()),
+        ("accept", "application/json"),
+    ];
+    if synced {
+        headers.push(("if-none-match", tag.as_str()));
+    }
+    let timeout = Duration::from_millis(timeout_ms.saturating_add(wait.saturating_mul(1000)));
+    match host.dispatch(&cluster, &headers, None, timeout) {
+        Ok(token) => {
+            control.sync.borrow_mut().inflight = Some(Inflight {
+                token,
+                started_ms: now_ms,
+                long_poll: wait > 0,
+            });
+        }
+        Err(e) => failed(
+            host,
+            control,
+            now_ms,
+            &format!("not dispatched ({e}): is cluster `{cluster}` defined in Envoy?"),
+        ),
+    }
+}
+
+/// Handles the answer to this VM's poll; false if `token` was not a poll of ours.
+pub fn on_poll_response(
+    host: &mut dyn Host,
+    control: &Control,
+    token: u32,
+    resp: &CallResponse,
+    now_ms: u64,
+) -> bool {
+    let inflight = {
+        let mut sync = control.sync.borrow_mut();
+        if !sync.owns(token) {
+            return false;
+        }
+        sync.inflight.take()
+    };
+    let Some(inflight) = inflight else {
+        return false;
+    };
+    if control.sync.borrow().role != Role::Poller {
+        // The lease moved while this poll was out; the new poller publishes from now on.
+        return true;
+    }
+    let now = now_ms / 1000;
+    let outcome = match (resp.status, &resp.body) {
+        (None, _) => Err("no response (timeout, reset or no healthy upstream)".to_string()),
+        (Some(304), _) => {
+            control.revocation.borrow_mut().record_sync(now);
+            Ok(false)
+        }
+        (Some(200), Some(body)) => match FeedUpdate::from_json(body) {
+            Ok(update) => Ok(apply_and_publish(host, control, &update, now)),
+            Err(e) => Err(e.to_string()),
+        },
+        (Some(200), None) if resp.body_size > MAX_FEED_BYTES => Err(format!(
+            "answer is {} bytes, limit {MAX_FEED_BYTES}",
+            resp.body_size
+        )),
+        (Some(200), None) => Err("empty answer".to_string()),
+        (Some(s @ (401 | 403)), _) => Err(format!(
+            "status {s}: the admin API refused control_plane.api_key (it must be an edge key)"
+        )),
+        (Some(s), _) => Err(format!("status {s}")),
+    };
+    match outcome {
+        Ok(changed) => {
+            host.count(Stat::RevocationPoll);
+            if changed {
+                host.count(Stat::RevocationUpdate);
+            }
+            let recovered = {
+                let mut sync = control.sync.borrow_mut();
+                let failures = std::mem::take(&mut sync.failures);
+                sync.last_failure_log_ms = None;
+                let elapsed = now_ms.saturating_sub(inflight.started_ms);
+                // A change or a held poll that ran its course: ask again at once (the admin API holds the
+                // next one). An answer that came back at once with nothing new: keep to the poll interval.
+                sync.next_poll_ms = if changed || (inflight.long_poll && elapsed >= sync.poll_interval_ms) {
+                    now_ms
+                } else {
+                    inflight.started_ms.saturating_add(sync.poll_interval_ms)
+                };
+                failures
+            };
+            if recovered > 0 {
+                host.log(
+                    LogLevel::Info,
+                    &format!("edgewarden: revocation feed reachable again after {recovered} failed polls"),
+                );
+            }
+            publish_mark(host, control);
+            if control.sync.borrow().next_poll_ms <= now_ms {
+                start_poll(host, control, now_ms);
+            }
+        }
+        Err(e) => failed(host, control, now_ms, &e),
+    }
+    publish_gauges(host, control, now_ms);
+    true
+}
+
+/// Applies a parsed feed answer as the poller and publishes the change; true if the state changed.
+fn apply_and_publish(
+    host: &mut dyn Host,
+    control: &Control,
+    update: &FeedUpdate,
+    now: u64,
+) -> bool {
+    let base = control.revocation.borrow().set().cursor();
+    control.revocation.borrow_mut().sync(update, now);
+    if update.is_empty_delta() {
+        return false;
+    }
+    let (seq, snapshot, keys) = {
+        let mut sync = control.sync.borrow_mut();
+        sync.seq += 1;
+        let snapshot = update.full || sync.seq - sync.snapshot_seq >= SNAPSHOT_EVERY;
+        (sync.seq, snapshot, sync.keys.clone())
+    };
+    if !update.full {
+        host.set_shared(&keys.delta(seq), &with_seq(seq, &update.to_bytes(base)));
+    }
+    if snapshot {
+        let record = control.revocation.borrow().set().to_bytes();
+        host.set_shared(&keys.snapshot, &with_seq(seq, &record));
+        control.sync.borrow_mut().snapshot_seq = seq;
+    }
+    true
+}
+
+/// Publishes the mark every follower reads: cursor, last sync, and the sequence numbers of state and snapshot.
+fn publish_mark(host: &mut dyn Host, control: &Control) {
+    let (cursor, last_sync) = {
+        let revocation = control.revocation.borrow();
+        (revocation.set().cursor(), revocation.last_sync())
+    };
+    let (key, seq, snapshot_seq) = {
+        let sync = control.sync.borrow();
+        (sync.keys.mark.clone(), sync.seq, sync.snapshot_seq)
+    };
+    let mark = SyncMark {
+        cursor,
+        last_sync,
+        seq,
+        snapshot_seq,
+    };
+    host.set_shared(&key, &mark.to_bytes());
+}
+
+/// Counts a failed poll, backs off, and logs (at most every [`FAILURE_LOG_INTERVAL_MS`]) what failed and how
+/// old the state the edge keeps enforcing is.
+fn failed(host: &mut dyn Host, control: &Control, now_ms: u64, problem: &str) {
+    host.count(Stat::RevocationPollFailure);
+    let (log, failures, cluster, path) = {
+        let mut sync = control.sync.borrow_mut();
+        sync.failures = sync.failures.saturating_add(1);
+        let shift = sync.failures.saturating_sub(1).min(16);
+        let backoff = sync
+            .poll_interval_ms
+            .saturating_mul(1 << shift)
+            .min(MAX_BACKOFF_MS.max(sync.poll_interval_ms));
+        sync.next_poll_ms = now_ms.saturating_add(backoff);
+        let log = sync
+            .last_failure_log_ms
+            .is_none_or(|at| now_ms.saturating_sub(at) >= FAILURE_LOG_INTERVAL_MS);
+        if log {
+            sync.last_failure_log_ms = Some(now_ms);
+        }
+        (log, sync.failures, sync.cluster.clone(), sync.feed_path.clone())
+    };
+    if log {
+        let age = match control.revocation.borrow().staleness(now_ms / 1000) {
+            Some(age) => format!("state is {age}s old"),
+            None => "never synced".to_string(),
+        };
+        host.log(
+            LogLevel::Warn,
+            &format!(
+                "edgewarden: revocation feed poll via cluster {cluster} ({path}) failed ({failures} in a row): {problem}; enforcing the last state ({age})"
+            ),
+        );
+    }
+}
+
+/// The poller's gauges: cursor, staleness (seconds since start-up until the first sync) and entries held.
+fn publish_gauges(host: &mut dyn Host, control: &Control, now_ms: u64) {
+    let (cursor, staleness, entries) = {
+        let revocation = control.revocation.borrow();
+        let started = control.sync.borrow().started_ms;
+        (
+            revocation.set().cursor(),
+            revocation
+                .staleness(now_ms / 1000)
+                .unwrap_or(now_ms.saturating_sub(started) / 1000),
+            revocation.set().len() as u64,
+        )
+    };
+    host.gauge(Gauge::RevocationCursor, cursor);
+    host.gauge(Gauge::RevocationStaleness, staleness);
+    host.gauge(Gauge::RevocationEntries, entries);
+}
+
+#[cfg(test)]
+mod tests;
