@@ -112,7 +112,9 @@ pub fn address_without_port(address: &str) -> &str {
     }
     match address.rsplit_once(':') {
         // One colon: IPv4 with port. More: a bare IPv6 address, keep it whole.
-        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
         _ => address,
     }
 }

@@ -218,7 +218,11 @@ mod tests {
     #[test]
     fn readme_documents_every_counter_and_reason() {
         let readme = include_str!("../README.md");
-        for name in FIXED.iter().map(|(_, n)| n).chain(GAUGES.iter().map(|(_, n)| n)) {
+        for name in FIXED
+            .iter()
+            .map(|(_, n)| n)
+            .chain(GAUGES.iter().map(|(_, n)| n))
+        {
             assert!(
                 readme.contains(&format!("`{name}`")),
                 "README.md lacks {name}"

@@ -212,10 +212,7 @@ pub fn on_tick(host: &mut dyn Host, control: &Control, now_ms: u64) {
         }
         publish_gauges(host, control, now_ms);
     }
-    control
-        .revocation
-        .borrow_mut()
-        .prune_if_due(now_ms / 1000);
+    control.revocation.borrow_mut().prune_if_due(now_ms / 1000);
 }
 
 /// Starts polling where the previous poller left off: whatever this VM's copy holds is republished as a new
@@ -251,13 +248,17 @@ fn hold_lease(host: &mut dyn Host, control: &Control, now_ms: u64) -> bool {
         let sync = control.sync.borrow();
         (sync.keys.lease.clone(), sync.vm_id)
     };
-    let held = match host.get_shared(&key) {
-        // Envoy's compare-and-swap does not guard a key that does not exist yet, so the first VM creates an
-        // expired lease and every VM then competes for it through compare-and-swap on the next tick.
+    // Envoy's compare-and-swap does not guard a key that does not exist yet, so the first VM creates an expired
+    // lease and every VM then competes for it through compare-and-swap.
+    let current = match host.get_shared(&key) {
+        Some(current) => Some(current),
         None => {
             host.set_shared(&key, &encode_lease(0, 0));
-            false
+            host.get_shared(&key)
         }
+    };
+    let held = match current {
+        None => false,
         Some((value, cas)) => match decode_lease(&value) {
             Some((owner, expires)) if owner != me && expires > now_ms => false,
             _ => host.set_shared_if(&key, &encode_lease(me, now_ms + LEASE_MS), cas),
@@ -328,7 +329,9 @@ fn catch_up(host: &mut dyn Host, control: &Control, mark: &SyncMark) -> bool {
     if let Err(e) = loaded {
         host.log(
             LogLevel::Warn,
-            &format!("edgewarden: shared revocation snapshot unusable, keeping the current state: {e}"),
+            &format!(
+                "edgewarden: shared revocation snapshot unusable, keeping the current state: {e}"
+            ),
         );
         return false;
     }
@@ -476,11 +479,12 @@ pub fn on_poll_response(
                 let elapsed = now_ms.saturating_sub(inflight.started_ms);
                 // A change or a held poll that ran its course: ask again at once (the admin API holds the
                 // next one). An answer that came back at once with nothing new: keep to the poll interval.
-                sync.next_poll_ms = if changed || (inflight.long_poll && elapsed >= sync.poll_interval_ms) {
-                    now_ms
-                } else {
-                    inflight.started_ms.saturating_add(sync.poll_interval_ms)
-                };
+                sync.next_poll_ms =
+                    if changed || (inflight.long_poll && elapsed >= sync.poll_interval_ms) {
+                        now_ms
+                    } else {
+                        inflight.started_ms.saturating_add(sync.poll_interval_ms)
+                    };
                 failures
             };
             if recovered > 0 {
@@ -567,7 +571,12 @@ fn failed(host: &mut dyn Host, control: &Control, now_ms: u64, problem: &str) {
         if log {
             sync.last_failure_log_ms = Some(now_ms);
         }
-        (log, sync.failures, sync.cluster.clone(), sync.feed_path.clone())
+        (
+            log,
+            sync.failures,
+            sync.cluster.clone(),
+            sync.feed_path.clone(),
+        )
     };
     if log {
         let age = match control.revocation.borrow().staleness(now_ms / 1000) {

@@ -118,12 +118,24 @@ impl Context for EdgeWardenRoot {
             // Each callout is read with its own size cap, so look at whose it is before reading the body.
             if control.sync.borrow().owns(token_id) {
                 let resp = http_call_response(body_size, revocation_sync::MAX_FEED_BYTES);
-                revocation_sync::on_poll_response(&mut host, control, token_id, &resp, host_now_ms());
+                revocation_sync::on_poll_response(
+                    &mut host,
+                    control,
+                    token_id,
+                    &resp,
+                    host_now_ms(),
+                );
                 return;
             }
             if control.usage.borrow().owns(token_id) {
                 let resp = http_call_response(body_size, usage::MAX_ANSWER_BYTES);
-                usage::on_report_response(&mut host, &control.usage, token_id, &resp, host_now_ms());
+                usage::on_report_response(
+                    &mut host,
+                    &control.usage,
+                    token_id,
+                    &resp,
+                    host_now_ms(),
+                );
                 return;
             }
         }
@@ -153,7 +165,12 @@ impl RootContext for EdgeWardenRoot {
             |name| hostcalls::define_metric(MetricType::Gauge, name).ok(),
         );
         let now_ms = host_now_ms();
-        let vm = Rc::new(VmState::with_identity(engine, metrics, vm_identity(self.context_id), now_ms));
+        let vm = Rc::new(VmState::with_identity(
+            engine,
+            metrics,
+            vm_identity(self.context_id),
+            now_ms,
+        ));
         let remote = vm.jwks.borrow().issuers().len();
         let tick = if vm.control.is_some() {
             Some(CONTROL_TICK)

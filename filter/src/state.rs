@@ -7,9 +7,9 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use edgewarden_core::cache::TokenCache;
+use edgewarden_core::config::RuleConfig;
 use edgewarden_core::config::TokenSource;
 use edgewarden_core::engine::Engine;
-use edgewarden_core::config::RuleConfig;
 use edgewarden_core::revocation::EdgeRevocationState;
 
 use crate::jwks_fetch::{JwksState, RemoteSource};

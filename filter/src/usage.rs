@@ -487,7 +487,12 @@ pub fn on_report_response(
             let answer = resp
                 .body
                 .as_deref()
-                .map(|b| String::from_utf8_lossy(b).chars().take(500).collect::<String>())
+                .map(|b| {
+                    String::from_utf8_lossy(b)
+                        .chars()
+                        .take(500)
+                        .collect::<String>()
+                })
                 .unwrap_or_default();
             host.log(
                 LogLevel::Error,

@@ -8,7 +8,6 @@
     clippy::indexing_slicing
 )]
 
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use ed25519_compact::{KeyPair, Seed};
@@ -19,10 +18,10 @@ use serde_json::{json, Value};
 
 use super::{process, resolve_waiters, Outcome};
 use crate::host::{CallResponse, Host};
-use crate::test_host::{FakeHost, Op, NOW};
 use crate::jwks_fetch::on_fetch_response;
 use crate::metrics::{Metrics, Stat};
 use crate::state::VmState;
+use crate::test_host::{FakeHost, Op, NOW};
 
 const ISS: &str = "https://issuer.test";
 

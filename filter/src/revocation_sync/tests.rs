@@ -1,1 +1,320 @@
-//! tests
+//! Unit tests of the poller lease, the feed poll and its answers, and followers catching up through shared
+//! data, with several VM states over one recording host (its siblings share the shared data).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use edgewarden_core::engine::Engine;
+use edgewarden_core::revocation::RevocationView;
+use proxy_wasm::types::LogLevel;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::host::CallResponse;
+use crate::metrics::Metrics;
+use crate::state::VmState;
+use crate::test_host::{FakeHost, NOW};
+
+/// Any valid key: these tests never verify a token.
+pub(crate) fn ed25519_jwk() -> Value {
+    use base64::Engine as _;
+    let kp = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([7; 32]));
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(kp.pk.as_ref());
+    json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "alg": "EdDSA"})
+}
+
+fn vm(id: u64, revocation: Value) -> VmState {
+    let config = json!({
+        "issuers": [{"issuer": "https://issuer.test", "jwks": {"keys": [ed25519_jwk()]}}],
+        "control_plane": {"cluster": "cp", "api_key": "ewk_secret", "edge_name": "edge-1"},
+        "revocation": revocation,
+    });
+    let engine = Engine::from_json(config.to_string().as_bytes()).unwrap();
+    VmState::with_identity(engine, Metrics::default(), id, NOW * 1000)
+}
+
+fn control(vm: &VmState) -> &Control {
+    vm.control.as_ref().unwrap()
+}
+
+fn feed(cursor: u64, full: bool, jtis: &[&str]) -> Vec<u8> {
+    let jtis: Vec<Value> = jtis
+        .iter()
+        .map(|j| json!({"jti": j, "exp": NOW + 3600}))
+        .collect();
+    json!({"cursor": cursor, "full": full, "now": NOW, "revoked_jtis": jtis,
+           "revoked_subjects": [], "revoked_clients": []})
+    .to_string()
+    .into_bytes()
+}
+
+fn ok(body: Vec<u8>) -> CallResponse {
+    CallResponse {
+        status: Some(200),
+        body_size: body.len(),
+        body: Some(body),
+    }
+}
+
+fn status(code: Option<u16>) -> CallResponse {
+    CallResponse {
+        status: code,
+        body: None,
+        body_size: 0,
+    }
+}
+
+fn revoked(vm: &VmState, jti: &str) -> bool {
+    control(vm)
+        .revocation
+        .borrow()
+        .set()
+        .jti_expiry(jti)
+        .is_some()
+}
+
+/// One timer step of `vm` at the host's current time.
+fn tick(host: &mut FakeHost, vm: &VmState) {
+    let now = host.now_ms;
+    on_tick(host, control(vm), now);
+}
+
+/// Answers the poll `vm` has in flight.
+fn answer(host: &mut FakeHost, vm: &VmState, resp: &CallResponse) {
+    let token = host.calls.last().unwrap().token;
+    let now = host.now_ms;
+    assert!(on_poll_response(host, control(vm), token, resp, now));
+}
+
+#[test]
+fn first_vm_takes_the_lease_and_polls_at_once_without_waiting() {
+    let a = vm(11, json!({}));
+    let b = vm(22, json!({}));
+    let mut host_a = FakeHost::new();
+    let mut host_b = host_a.sibling();
+    tick(&mut host_a, &a);
+    tick(&mut host_b, &b);
+    assert_eq!(control(&a).sync.borrow().role(), Role::Poller);
+    assert_eq!(control(&b).sync.borrow().role(), Role::Follower);
+    assert!(host_b.calls.is_empty(), "followers never poll");
+    let call = &host_a.calls[0];
+    assert_eq!(call.cluster, "cp");
+    assert_eq!(
+        call.header(":path"),
+        Some("/api/v1/revocations/feed?since=0")
+    );
+    assert_eq!(call.header("authorization"), Some("Bearer ewk_secret"));
+    assert_eq!(call.header("x-edgewarden-edge"), Some("edge-1"));
+    assert_eq!(call.header("if-none-match"), None, "nothing to compare yet");
+    // Unsynced: a stale state until the first answer, whatever the VM.
+    let now = host_b.now();
+    assert!(control(&b).revocation.borrow().stale(now).is_some());
+}
+
+#[test]
+fn poll_answers_reach_every_follower_within_a_tick() {
+    let a = vm(11, json!({}));
+    let b = vm(22, json!({}));
+    let mut host_a = FakeHost::new();
+    let mut host_b = host_a.sibling();
+    tick(&mut host_a, &a);
+    tick(&mut host_b, &b);
+    answer(&mut host_a, &a, &ok(feed(1, true, &["j1"])));
+    assert!(revoked(&a, "j1"));
+    // Something changed: the next poll goes out at once, held by the admin API.
+    let call = host_a.calls.last().unwrap();
+    assert_eq!(
+        call.header(":path"),
+        Some("/api/v1/revocations/feed?since=1&wait=20")
+    );
+    assert_eq!(call.header("if-none-match"), Some("\"c1\""));
+    assert_eq!(call.timeout, Duration::from_millis(22_000));
+
+    host_b.advance_ms(100);
+    tick(&mut host_b, &b);
+    assert!(revoked(&b, "j1"), "follower loaded the snapshot");
+    assert!(control(&b).revocation.borrow().stale(NOW).is_none());
+
+    answer(&mut host_a, &a, &ok(feed(2, false, &["j2"])));
+    tick(&mut host_b, &b);
+    assert!(revoked(&b, "j1") && revoked(&b, "j2"), "delta applied");
+    assert_eq!(
+        control(&b).sync.borrow().seq(),
+        control(&a).sync.borrow().seq()
+    );
+    assert_eq!(host_a.counted(Stat::RevocationPoll), 2);
+    assert_eq!(host_a.counted(Stat::RevocationUpdate), 2);
+    assert_eq!(host_a.gauge_value("edgewarden.revocation_cursor"), Some(2));
+    assert_eq!(host_a.gauge_value("edgewarden.revocation_entries"), Some(2));
+}
+
+#[test]
+fn follower_far_behind_catches_up_from_the_snapshot() {
+    let a = vm(11, json!({}));
+    let b = vm(22, json!({}));
+    let mut host_a = FakeHost::new();
+    let mut host_b = host_a.sibling();
+    tick(&mut host_a, &a);
+    answer(&mut host_a, &a, &ok(feed(1, true, &[])));
+    // More deltas than the ring holds while the follower sleeps.
+    let names: Vec<String> = (0..(RING + 10)).map(|i| format!("j{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        answer(&mut host_a, &a, &ok(feed(i as u64 + 2, false, &[name])));
+    }
+    tick(&mut host_b, &b);
+    for name in &names {
+        assert!(revoked(&b, name), "{name}");
+    }
+    assert_eq!(
+        control(&b).sync.borrow().seq(),
+        control(&a).sync.borrow().seq()
+    );
+}
+
+#[test]
+fn not_modified_counts_as_a_sync_and_an_immediate_empty_answer_keeps_the_interval() {
+    let a = vm(11, json!({"poll_interval_ms": 1000}));
+    let mut host = FakeHost::new();
+    tick(&mut host, &a);
+    answer(&mut host, &a, &ok(feed(3, true, &[])));
+    let polls = host.calls.len();
+    host.advance_ms(30_000);
+    answer(&mut host, &a, &status(Some(304)));
+    let now = host.now();
+    assert_eq!(control(&a).revocation.borrow().staleness(now), Some(0));
+    // The held poll ran its course: the next one goes out at once.
+    assert_eq!(host.calls.len(), polls + 1);
+    // An answer that came back at once with nothing new waits for the poll interval.
+    host.advance_ms(10);
+    answer(&mut host, &a, &status(Some(304)));
+    assert_eq!(host.calls.len(), polls + 1);
+    host.advance_ms(500);
+    tick(&mut host, &a);
+    assert_eq!(host.calls.len(), polls + 1);
+    host.advance_ms(600);
+    tick(&mut host, &a);
+    assert_eq!(host.calls.len(), polls + 2);
+}
+
+#[test]
+fn failed_polls_keep_the_state_back_off_and_go_stale_after_the_maximum() {
+    let a = vm(
+        11,
+        json!({"poll_interval_ms": 200, "max_staleness_seconds": 5}),
+    );
+    let mut host = FakeHost::new();
+    tick(&mut host, &a);
+    answer(&mut host, &a, &ok(feed(1, true, &["j1"])));
+    // The long poll is held for at most a third of the staleness bound.
+    assert_eq!(
+        host.calls.last().unwrap().header(":path"),
+        Some("/api/v1/revocations/feed?since=1&wait=1")
+    );
+    for problem in [
+        status(None),
+        status(Some(503)),
+        ok(b"{not json".to_vec()),
+        status(Some(401)),
+    ] {
+        host.advance_ms(100);
+        answer(&mut host, &a, &problem);
+        assert!(revoked(&a, "j1"), "the last state stays");
+        // Back off, and never hold a poll while failing.
+        host.advance_ms(MAX_BACKOFF_MS);
+        tick(&mut host, &a);
+        assert!(!host
+            .calls
+            .last()
+            .unwrap()
+            .header(":path")
+            .unwrap()
+            .contains("wait"));
+    }
+    assert_eq!(host.counted(Stat::RevocationPollFailure), 4);
+    let warnings: Vec<String> = host
+        .logs
+        .borrow()
+        .iter()
+        .filter(|(l, _)| *l == LogLevel::Warn)
+        .map(|(_, m)| m.clone())
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "repeated failures are logged once: {warnings:?}"
+    );
+    assert!(warnings[0].contains("no response"), "{}", warnings[0]);
+    assert!(!warnings[0].contains("ewk_secret"));
+    let now = host.now();
+    let stale = control(&a).revocation.borrow().stale(now);
+    assert!(
+        stale.as_deref().is_some_and(|s| s.contains("(max 5s)")),
+        "{stale:?}"
+    );
+}
+
+#[test]
+fn refused_credentials_are_logged_with_what_to_fix() {
+    let a = vm(11, json!({}));
+    let mut host = FakeHost::new();
+    tick(&mut host, &a);
+    answer(&mut host, &a, &status(Some(403)));
+    let logs = host.logs.borrow();
+    assert!(
+        logs.iter()
+            .any(|(_, m)| m.contains("control_plane.api_key") && m.contains("edge key")),
+        "{logs:?}"
+    );
+}
+
+#[test]
+fn lease_moves_to_another_vm_when_the_poller_stops_renewing() {
+    let a = vm(11, json!({}));
+    let b = vm(22, json!({}));
+    let mut host_a = FakeHost::new();
+    let mut host_b = host_a.sibling();
+    tick(&mut host_a, &a);
+    answer(&mut host_a, &a, &ok(feed(4, true, &["j1"])));
+    tick(&mut host_b, &b);
+    assert_eq!(control(&b).sync.borrow().role(), Role::Follower);
+    // A goes quiet (its VM was torn down); within the lease B keeps following.
+    host_b.advance_ms(LEASE_MS - 1);
+    tick(&mut host_b, &b);
+    assert!(host_b.calls.is_empty());
+    host_b.advance_ms(2);
+    tick(&mut host_b, &b);
+    assert_eq!(control(&b).sync.borrow().role(), Role::Poller);
+    let call = host_b.calls.last().expect("the new poller polls");
+    assert!(
+        call.header(":path").unwrap().contains("since=4"),
+        "{call:?}"
+    );
+    // A wakes up, sees the lease taken, and follows; its late answer is not published.
+    host_a.now_ms = host_b.now_ms;
+    tick(&mut host_a, &a);
+    assert_eq!(control(&a).sync.borrow().role(), Role::Follower);
+    let seq = control(&b).sync.borrow().seq();
+    answer(&mut host_a, &a, &ok(feed(9, true, &[])));
+    assert_eq!(control(&b).sync.borrow().seq(), seq);
+    assert!(revoked(&a, "j1"));
+}
+
+#[test]
+fn unusable_shared_records_leave_the_follower_unsynced_rather_than_wrong() {
+    let a = vm(11, json!({}));
+    let b = vm(22, json!({}));
+    let mut host_a = FakeHost::new();
+    let mut host_b = host_a.sibling();
+    tick(&mut host_a, &a);
+    answer(&mut host_a, &a, &ok(feed(1, true, &["j1"])));
+    let snapshot_key = control(&a).sync.borrow().keys.snapshot.clone();
+    host_a.set_shared(&snapshot_key, b"garbage that is not a record");
+    tick(&mut host_b, &b);
+    assert!(!revoked(&b, "j1"));
+    assert_eq!(control(&b).revocation.borrow().last_sync(), None);
+    assert!(control(&b).revocation.borrow().stale(NOW).is_some());
+}
