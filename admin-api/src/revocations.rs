@@ -21,7 +21,8 @@
 //! - A token is revoked when its `jti` is listed, or when its `sub` (or `client_id`) is listed with
 //!   `revoked_at >= iat` (tokens issued in the same second as the revocation are refused too).
 //! - Entries are never removed by a delta: each carries the time after which everything it covers has
-//!   expired (`exp` / `expires_at`), and the edge drops it then. Snapshots omit expired entries.
+//!   expired (`exp` / `expires_at`), and the edge drops it then (plus its clock leeway). Snapshots omit
+//!   entries that expired more than [`EXPIRED_GRACE_SECONDS`] ago.
 //! - `ETag: "c<cursor>"`. With `If-None-Match` equal to the current tag and `since` equal to the current
 //!   cursor, the answer is `304 Not Modified`, decided from memory without touching the database.
 //! - `wait=<seconds>` (at most `--feed-max-wait`, 30 s by default) long-polls: when nothing is newer
@@ -720,6 +721,12 @@ fn set_feed_headers(headers: &mut HeaderMap, tag: &str) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
 }
 
+/// How long after its expiry an entry stays in the feed. Edges accept a token until `exp` plus their clock
+/// leeway (`clock_skew_seconds`, 60 s by default), so an entry dropped at `exp` would let a revoked token
+/// through that window after an edge resynced from a snapshot; edges prune the entries themselves at
+/// `exp` plus their own leeway.
+pub const EXPIRED_GRACE_SECONDS: i64 = 600;
+
 /// Reads the feed from the database: a snapshot when `since` is 0 or unknown, else the delta after it.
 pub async fn load_feed(db: &Db, since: i64) -> Result<FeedBody, sqlx::Error> {
     let now = now();
@@ -733,7 +740,7 @@ pub async fn load_feed(db: &Db, since: i64) -> Result<FeedBody, sqlx::Error> {
     )
     .bind(from)
     .bind(cursor)
-    .bind(now)
+    .bind(now - EXPIRED_GRACE_SECONDS)
     .fetch_all(&db.pool)
     .await?;
     let mut body = FeedBody {
