@@ -3,7 +3,7 @@
 //! entry); refused requests also leave a sample with address, time and the token's `iat`/`nbf`.
 //! Every `usage.flush_interval_ms` the current counts are sealed into a batch and sent from the root context.
 //! Recording never makes a request wait: it touches memory only (plus one host call for the client address
-//! while an entry still collects addresses). The buffer holds at most `usage.max_buffered_events` entries and
+//! on an entry's first requests and then on one in [`ADDRESS_SAMPLING`], while it holds fewer than 32). The buffer holds at most `usage.max_buffered_events` entries and
 //! samples across unsent batches; beyond that the oldest go first, and what was dropped is counted and reported.
 
 use std::collections::hash_map::DefaultHasher;
@@ -21,6 +21,10 @@ use crate::metrics::Stat;
 
 /// Client addresses kept per count entry (what the admin API accepts).
 pub const MAX_ADDRESSES: usize = 32;
+/// An entry looks at the client address of each of its first this-many requests in an interval, then of one
+/// in this-many: a token used from many addresses still shows them, and a hot token costs a host call only
+/// every so often.
+pub const ADDRESS_SAMPLING: u64 = 16;
 /// Count entries per batch (the admin API's limit).
 pub const MAX_COUNTS_PER_BATCH: usize = 10_000;
 /// Failure samples per batch (the admin API's limit); refusals beyond it are counted but not sampled.
@@ -246,10 +250,10 @@ impl UsageReporter {
         };
         match self.index.get(&key).copied() {
             Some(i) => {
-                let wants_address = self
-                    .counts
-                    .get(i)
-                    .is_some_and(|e| e.addresses.len() < MAX_ADDRESSES);
+                let wants_address = self.counts.get(i).is_some_and(|e| {
+                    e.addresses.len() < MAX_ADDRESSES
+                        && (e.count < ADDRESS_SAMPLING || e.count % ADDRESS_SAMPLING == 0)
+                });
                 let addr = if wants_address {
                     lookup(&mut seen_address)
                 } else {

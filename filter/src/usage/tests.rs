@@ -173,6 +173,21 @@ fn an_entry_stops_asking_for_addresses_once_it_holds_the_maximum() {
 }
 
 #[test]
+fn a_hot_entry_looks_up_the_address_on_its_first_requests_then_one_in_sixteen() {
+    let r = reporter(100);
+    let d = decision(Reason::Allowed, Some(token(Some("hot"), "alice", 1)));
+    let mut asked = 0;
+    for _ in 0..(ADDRESS_SAMPLING * 4) {
+        let mut lookup = || {
+            asked += 1;
+            Some("10.0.0.1".to_string())
+        };
+        r.borrow_mut().record(&d, "/api", "/api", NOW, &mut lookup);
+    }
+    assert_eq!(asked, ADDRESS_SAMPLING + 3);
+}
+
+#[test]
 fn accepted_batches_leave_the_buffer_and_a_backlog_drains_one_per_answer() {
     let r = reporter(100);
     let mut host = FakeHost::new();
