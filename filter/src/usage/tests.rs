@@ -152,11 +152,14 @@ fn decisions_are_counted_per_token_rule_and_reason_with_addresses_and_failure_sa
 fn an_entry_stops_asking_for_addresses_once_it_holds_the_maximum() {
     let r = reporter(100);
     let t = token(Some("j"), "alice", 1);
-    for i in 0..MAX_ADDRESSES {
+    // Enough requests, each from a new address, for the entry to fill up; the next one would be sampled.
+    let requests = ADDRESS_SAMPLING * (MAX_ADDRESSES as u64 + 1);
+    for i in 0..requests {
+        let address = format!("10.0.{}.{}", i / 256, i % 256);
         record(
             &r,
             &decision(Reason::Allowed, Some(Arc::clone(&t))),
-            &format!("10.0.0.{i}"),
+            &address,
         );
     }
     let mut asked = 0;
