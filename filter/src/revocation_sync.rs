@@ -22,8 +22,10 @@ pub const MAX_FEED_BYTES: usize = 256 * 1024 * 1024;
 pub const RING: u64 = 64;
 /// The poller republishes the snapshot after this many deltas, so the deltas after it are always in the ring.
 const SNAPSHOT_EVERY: u64 = RING / 2;
-/// How long a poller's lease lasts without renewal; it renews on every tick.
-pub const LEASE_MS: u64 = 10_000;
+/// How long a poller's lease lasts without renewal; it renews on every tick and before it applies an answer,
+/// and hands it back when its VM shuts down. Long enough to parse a million-entry snapshot (under 2 s in V8),
+/// short enough that a VM torn down without notice delays polling by only that much.
+pub const LEASE_MS: u64 = 3_000;
 /// Longest wait between two polls after failures (the wait doubles from `poll_interval_ms`).
 const MAX_BACKOFF_MS: u64 = 5_000;
 /// Repeated poll failures are logged at most this often; each is counted.
@@ -242,6 +244,21 @@ fn take_over(host: &mut dyn Host, control: &Control) {
     );
 }
 
+/// Hands the lease back when this VM shuts down (Envoy tears VMs down on reconfiguration, and builds a
+/// short-lived one while loading the configuration), so another VM takes over on its next tick.
+pub fn release(host: &mut dyn Host, control: &Control) {
+    let (key, me) = {
+        let sync = control.sync.borrow();
+        (sync.keys.lease.clone(), sync.vm_id)
+    };
+    if let Some((value, cas)) = host.get_shared(&key) {
+        if decode_lease(&value).is_some_and(|(owner, _)| owner == me) {
+            host.set_shared_if(&key, &encode_lease(0, 0), cas);
+        }
+    }
+    control.sync.borrow_mut().role = Role::Follower;
+}
+
 /// Renews or takes the poller lease; true if this VM holds it after the call.
 fn hold_lease(host: &mut dyn Host, control: &Control, now_ms: u64) -> bool {
     let (key, me) = {
@@ -443,6 +460,11 @@ pub fn on_poll_response(
     };
     if control.sync.borrow().role != Role::Poller {
         // The lease moved while this poll was out; the new poller publishes from now on.
+        return true;
+    }
+    if resp.status == Some(200) && !hold_lease(host, control, now_ms) {
+        // Renewed first, so parsing a large snapshot cannot let the lease lapse under us; lost meanwhile:
+        // the new poller publishes from now on.
         return true;
     }
     let now = now_ms / 1000;

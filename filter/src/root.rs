@@ -103,6 +103,16 @@ fn vm_identity(context_id: u32) -> u64 {
 }
 
 impl Context for EdgeWardenRoot {
+    fn on_done(&mut self) -> bool {
+        if let Some(vm) = &self.vm {
+            if let Some(control) = &vm.control {
+                let mut host = ProxyHost::new(&vm.metrics);
+                revocation_sync::release(&mut host, control);
+            }
+        }
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,
@@ -185,8 +195,13 @@ impl RootContext for EdgeWardenRoot {
                     &format!("edgewarden: timer not set, keys and revocations will not be refreshed: {s:?}"),
                 );
             }
-            // The first JWKS fetch and the first feed poll go out now, not one tick later.
-            self.tick();
+            // The first JWKS fetch goes out now. The control plane waits for the first tick: Envoy also
+            // configures a base VM that never ticks and whose callouts it cancels, and that VM must not take
+            // the poller lease.
+            if remote > 0 {
+                self.next_jwks_ms = host_now_ms().saturating_add(1000);
+                self.drive_jwks();
+            }
         }
         true
     }

@@ -318,3 +318,21 @@ fn unusable_shared_records_leave_the_follower_unsynced_rather_than_wrong() {
     assert_eq!(control(&b).revocation.borrow().last_sync(), None);
     assert!(control(&b).revocation.borrow().stale(NOW).is_some());
 }
+
+#[test]
+fn a_vm_shutting_down_hands_the_lease_to_the_next_one_at_once() {
+    let a = vm(11, json!({}));
+    let b = vm(22, json!({}));
+    let mut host_a = FakeHost::new();
+    let mut host_b = host_a.sibling();
+    tick(&mut host_a, &a);
+    release(&mut host_a, control(&a));
+    host_b.advance_ms(100);
+    tick(&mut host_b, &b);
+    assert_eq!(control(&b).sync.borrow().role(), Role::Poller);
+    assert_eq!(host_b.calls.len(), 1, "polls at once, not after the lease");
+    // Releasing a lease held by someone else changes nothing.
+    release(&mut host_a, control(&a));
+    tick(&mut host_b, &b);
+    assert_eq!(control(&b).sync.borrow().role(), Role::Poller);
+}
