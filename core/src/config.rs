@@ -480,6 +480,10 @@ pub struct ControlPlaneConfig {
     /// Call timeout.
     #[serde(default = "default_control_plane_timeout")]
     pub timeout_ms: u64,
+    /// Timeout of a poll that fetches a full snapshot (the first one, and after the admin API forgot the
+    /// edge's cursor): a million revocations take the admin API seconds to list.
+    #[serde(default = "default_snapshot_timeout")]
+    pub snapshot_timeout_ms: u64,
 }
 
 impl std::fmt::Debug for ControlPlaneConfig {
@@ -491,6 +495,7 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("edge_name", &self.edge_name)
             .field("authority", &self.authority)
             .field("timeout_ms", &self.timeout_ms)
+            .field("snapshot_timeout_ms", &self.snapshot_timeout_ms)
             .finish()
     }
 }
@@ -597,6 +602,9 @@ fn default_min_refetch() -> u64 {
 }
 fn default_control_plane_timeout() -> u64 {
     2000
+}
+fn default_snapshot_timeout() -> u64 {
+    60_000
 }
 fn default_poll_interval() -> u64 {
     1000

@@ -456,6 +456,12 @@ pub(crate) fn validate_config(c: &Config) -> Result<(), ConfigError> {
                 "must be at least 1",
             ));
         }
+        if cp.snapshot_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "control_plane.snapshot_timeout_ms",
+                "must be at least 1",
+            ));
+        }
         // The name travels in a request header and the admin API keeps at most 200 characters of it.
         if cp.edge_name.len() > 200 || cp.edge_name.chars().any(char::is_control) {
             return Err(ConfigError::new(

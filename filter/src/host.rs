@@ -80,6 +80,9 @@ pub trait Host {
 }
 
 /// The real adapter over `proxy_wasm::hostcalls`; host failures are logged at debug level and otherwise ignored.
+/// The SDK panics on host statuses it does not expect and on text that is not UTF-8, so every call here is one
+/// whose statuses it handles, with inputs a request cannot make it refuse (see [`text_pairs`] and
+/// [`http_call_response`]).
 pub struct ProxyHost<'a> {
     metrics: &'a Metrics,
 }
@@ -121,12 +124,23 @@ pub fn address_without_port(address: &str) -> &str {
 
 /// Reads the `:status` and body of the HTTP call response being delivered; a body larger than `max_body`
 /// bytes is not read at all (`body: None`, `body_size` tells the caller why).
-pub fn http_call_response(body_size: usize, max_body: usize) -> CallResponse {
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+///
+/// A call that failed (timeout, reset, a response over Envoy's buffer limit) is delivered with no headers, and
+/// then Envoy has no response header map: asking it for `:status` returns `BadArgument`, on which the SDK
+/// panics. So nothing is read unless `num_headers` says there is something to read.
+pub fn http_call_response(num_headers: usize, body_size: usize, max_body: usize) -> CallResponse {
+    if num_headers == 0 {
+        return CallResponse {
+            status: None,
+            body: None,
+            body_size,
+        };
+    }
+    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
         .ok()
         .flatten()
-        .and_then(|s| s.trim().parse::<u16>().ok());
-    if body_size > max_body {
+        .and_then(|s| std::str::from_utf8(&s).ok()?.trim().parse::<u16>().ok());
+    if body_size == 0 || body_size > max_body {
         return CallResponse {
             status,
             body: None,
@@ -141,6 +155,23 @@ pub fn http_call_response(body_size: usize, max_body: usize) -> CallResponse {
         body,
         body_size,
     }
+}
+
+/// Header pairs read as bytes, values turned into text without failing: the SDK's text-returning `get_map`
+/// panics on a value that is not UTF-8, which any client can send (`X-Anything: \xff`). Names are always
+/// ASCII tokens (Envoy's codecs refuse anything else); a value that is not UTF-8 keeps its valid parts and
+/// gets U+FFFD for the rest, so a credential carrying such bytes fails to parse as a token instead.
+pub fn text_pairs(pairs: Vec<(String, Vec<u8>)>) -> Vec<(String, String)> {
+    pairs
+        .into_iter()
+        .map(|(name, value)| {
+            let value = match String::from_utf8(value) {
+                Ok(text) => text,
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            };
+            (name, value)
+        })
+        .collect()
 }
 
 /// What came back from a dispatched HTTP call: no status means the call failed (reset, timeout, no healthy host).
@@ -160,7 +191,7 @@ impl Host for ProxyHost<'_> {
     }
 
     fn request_headers(&self) -> Vec<(String, String)> {
-        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+        text_pairs(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default())
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) {
@@ -260,6 +291,35 @@ impl Host for ProxyHost<'_> {
     fn gauge(&self, gauge: Gauge, value: u64) {
         if let Some(id) = self.metrics.gauge_id(gauge) {
             let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn header_values_that_are_not_utf8_become_text_instead_of_failing() {
+        let pairs = text_pairs(vec![
+            ("x-evil".to_string(), b"caf\xe9\xff".to_vec()),
+            ("authorization".to_string(), b"Bearer abc".to_vec()),
+        ]);
+        assert_eq!(pairs[0].1, "caf\u{fffd}\u{fffd}");
+        assert_eq!(pairs[1].1, "Bearer abc");
+    }
+
+    #[test]
+    fn addresses_lose_their_port() {
+        for (address, expected) in [
+            ("10.0.0.7:5123", "10.0.0.7"),
+            ("[::1]:80", "::1"),
+            ("::1", "::1"),
+            ("10.0.0.7", "10.0.0.7"),
+            ("", ""),
+        ] {
+            assert_eq!(address_without_port(address), expected, "{address}");
         }
     }
 }

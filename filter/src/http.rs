@@ -35,7 +35,7 @@ impl Context for EdgeWarden {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        _num_headers: usize,
+        num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
@@ -43,7 +43,8 @@ impl Context for EdgeWarden {
             return;
         };
         let mut host = ProxyHost::new(&vm.metrics);
-        let Some((_, waiters)) = jwks_fetch::on_call_response(&mut host, &vm, token_id, body_size)
+        let Some((_, waiters)) =
+            jwks_fetch::on_call_response(&mut host, &vm, token_id, num_headers, body_size)
         else {
             return;
         };

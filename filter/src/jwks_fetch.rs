@@ -371,10 +371,11 @@ pub fn on_call_response(
     host: &mut dyn Host,
     vm: &VmState,
     token: u32,
+    num_headers: usize,
     body_size: usize,
 ) -> Option<(usize, Vec<u32>)> {
     vm.jwks.borrow().issuer_of_token(token)?;
-    let resp = crate::host::http_call_response(body_size, MAX_JWKS_BYTES);
+    let resp = crate::host::http_call_response(num_headers, body_size, MAX_JWKS_BYTES);
     let now = host.now();
     on_fetch_response(host, vm, token, &resp, now)
 }

@@ -84,6 +84,7 @@ pub struct RevocationSync {
     /// a held poll confirms nothing until it is answered and the state must not look stale meanwhile.
     wait_seconds: u64,
     timeout_ms: u64,
+    snapshot_timeout_ms: u64,
     keys: Keys,
     vm_id: u64,
     role: Role,
@@ -132,6 +133,7 @@ impl RevocationSync {
                 .long_poll_seconds
                 .min((rc.max_staleness_seconds / 3).max(1)),
             timeout_ms: cp.timeout_ms,
+            snapshot_timeout_ms: cp.snapshot_timeout_ms,
             keys: Keys::new(&cp.cluster, &rc.feed_path),
             vm_id,
             role: Role::Follower,
@@ -402,7 +404,12 @@ fn start_poll(host: &mut dyn Host, control: &Control, now_ms: u64) {
             sync.edge_name.clone(),
             sync.feed_path.clone(),
             wait,
-            sync.timeout_ms,
+            // A poll from cursor 0 brings the whole state, which takes the admin API a while to list.
+            if cursor == 0 {
+                sync.timeout_ms.max(sync.snapshot_timeout_ms)
+            } else {
+                sync.timeout_ms
+            },
         )
     };
     let path = if wait > 0 {

@@ -116,7 +116,7 @@ impl Context for EdgeWardenRoot {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        _num_headers: usize,
+        num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
@@ -127,7 +127,8 @@ impl Context for EdgeWardenRoot {
         if let Some(control) = &vm.control {
             // Each callout is read with its own size cap, so look at whose it is before reading the body.
             if control.sync.borrow().owns(token_id) {
-                let resp = http_call_response(body_size, revocation_sync::MAX_FEED_BYTES);
+                let resp =
+                    http_call_response(num_headers, body_size, revocation_sync::MAX_FEED_BYTES);
                 revocation_sync::on_poll_response(
                     &mut host,
                     control,
@@ -138,7 +139,7 @@ impl Context for EdgeWardenRoot {
                 return;
             }
             if control.usage.borrow().owns(token_id) {
-                let resp = http_call_response(body_size, usage::MAX_ANSWER_BYTES);
+                let resp = http_call_response(num_headers, body_size, usage::MAX_ANSWER_BYTES);
                 usage::on_report_response(
                     &mut host,
                     &control.usage,
@@ -150,7 +151,7 @@ impl Context for EdgeWardenRoot {
             }
         }
         if let Some((_, waiters)) =
-            jwks_fetch::on_call_response(&mut host, &vm, token_id, body_size)
+            jwks_fetch::on_call_response(&mut host, &vm, token_id, num_headers, body_size)
         {
             flow::resolve_waiters(&mut host, &vm, &waiters, self.context_id);
         }
