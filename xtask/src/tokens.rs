@@ -1,4 +1,5 @@
-//! Signs demo and bench tokens with the committed demo keys in `envoy/demo-keys/` (demo only, never production).
+//! Signs the filter bench's tokens with the committed demo keys in `envoy/demo-keys/` (public keys, never production;
+//! the demo itself gets its tokens from the admin API).
 //! The JWS is assembled by hand (header, payload, signature) so the claims are exactly what we write;
 //! jwt-compact only provides the signature primitives and the JWK-to-key conversion.
 
@@ -13,9 +14,9 @@ use serde_json::{json, Value};
 
 use crate::util::{self, bail, Result};
 
-/// The issuer the demo and bench configs trust.
+/// The issuer the filter bench configs trust.
 pub const DEMO_ISSUER: &str = "https://issuer.demo.edgewarden.example";
-/// The audience the demo and bench configs require.
+/// The audience the filter bench configs require.
 pub const DEMO_AUDIENCE: &str = "demo-api";
 
 /// A private signing key loaded from a JWK file.
@@ -103,7 +104,7 @@ impl SigningKey {
     }
 }
 
-/// Demo claims for `sub` with `scope`, issued `iat_offset` seconds from now and valid for `ttl` seconds after that.
+/// Bench claims for `sub` with `scope`, issued `iat_offset` seconds from now and valid for `ttl` seconds after that.
 pub fn claims(sub: &str, scope: &str, now: u64, iat_offset: i64, ttl: u64) -> Value {
     let iat = now.saturating_add_signed(iat_offset);
     json!({

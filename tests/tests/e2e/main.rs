@@ -4,6 +4,7 @@
 mod challenges;
 mod claims;
 mod config;
+mod control_plane;
 mod jwks_rotation;
 mod report_only;
 mod shipped_configs;

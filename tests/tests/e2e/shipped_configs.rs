@@ -1,7 +1,8 @@
 //! The plugin configuration shipped in `envoy/demo.yaml` is loaded by a real Envoy and behaves as the demo
 //! promises, so a renamed configuration key or a changed default cannot silently break `cargo xtask demo`.
+//! The demo runs against the admin API as its control plane, so this does too (the real binary).
 
-use edgewarden_e2e::Stack;
+use edgewarden_e2e::{AdminApi, Stack};
 
 /// The JSON under `value: |` in a shipped Envoy YAML: the lines indented deeper than that key.
 fn plugin_config_block(yaml: &str) -> String {
@@ -23,15 +24,18 @@ fn shipped(path: &str) -> String {
 
 #[tokio::test]
 async fn demo_yaml_plugin_config_loads_and_guards_its_routes() {
-    let jwks = shipped("envoy/demo-keys/demo-jwks.public.json");
-    let block = plugin_config_block(&shipped("envoy/demo.yaml")).replace("{{demo_jwks}}", &jwks);
+    let admin = AdminApi::start().await;
+    // The placeholders `cargo xtask demo` fills in the plugin configuration.
+    let block = plugin_config_block(&shipped("envoy/demo.yaml"))
+        .replace("{{issuer}}", admin.issuer())
+        .replace("{{edge_api_key}}", &admin.edge_key);
     assert!(
         !block.contains("{{"),
         "unfilled placeholder in demo.yaml: {block}"
     );
     let config: serde_json::Value = serde_json::from_str(&block)
         .unwrap_or_else(|e| panic!("demo.yaml plugin config is not json ({e}):\n{block}"));
-    let stack = Stack::start(config).await;
+    let stack = Stack::start_with_control_plane(config, admin.addr).await;
     assert_eq!(
         stack.get("/public/hello").send().await.unwrap().status(),
         200

@@ -5,15 +5,16 @@
 //! The load generator is std threads with keep-alive HTTP/1.1 over `TcpStream`, on the same 2 cores as the service.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::{process_cpu, Options};
+use super::{process_cpu, quantile, Options};
+use crate::admin_api::{self, AdminApi, Setup};
+use crate::http::{get_request, post_request, Conn};
 use crate::install;
 use crate::util::{self, bail, Result};
 
@@ -32,8 +33,6 @@ const USAGE_EDGES: usize = 50;
 const USAGE_CONNECTIONS: usize = 4;
 const COUNTS_PER_BATCH: usize = 200;
 const FAILURES_PER_BATCH: usize = 20;
-/// A fixed master key for the throwaway service (64 hex characters), so no key file warning is printed.
-const MASTER_KEY: &str = "62656e63682d6d61737465722d6b65792d6e6f742d666f722d70726f64756374";
 
 /// Which store a run uses.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -78,9 +77,22 @@ struct UsageResult {
     cpu_per_batch: Duration,
 }
 
+/// Every scenario name, for `--only`.
+pub fn scenarios() -> Vec<String> {
+    [Store::Sqlite, Store::Postgres]
+        .into_iter()
+        .flat_map(|s| {
+            [
+                format!("admin-feed-{}", s.label()),
+                format!("admin-usage-{}", s.label()),
+            ]
+        })
+        .collect()
+}
+
 /// Runs the admin scenarios whose names match `--only` and prints the table.
 pub fn run(options: &Options) -> Result<()> {
-    let wanted = |name: &str| options.only.as_deref().is_none_or(|o| name.contains(o));
+    let wanted = |name: &str| options.matches(name);
     let plan: Vec<(Store, bool, bool)> = [Store::Sqlite, Store::Postgres]
         .into_iter()
         .map(|s| {
@@ -96,7 +108,7 @@ pub fn run(options: &Options) -> Result<()> {
         println!("    no admin scenario matches --only; skipped");
         return Ok(());
     }
-    let bin = build_admin()?;
+    let bin = admin_api::build()?;
     let load_before = load_average();
     let mut feed_rows = Vec::new();
     let mut usage_rows = Vec::new();
@@ -138,26 +150,6 @@ pub fn run(options: &Options) -> Result<()> {
     )?;
     println!("    results written to {}", out.display());
     Ok(())
-}
-
-/// Builds the service in release mode and returns the binary.
-fn build_admin() -> Result<PathBuf> {
-    util::step("build edgewarden-admin (release)");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    util::run(Command::new(cargo).current_dir(util::project_root()).args([
-        "build",
-        "--release",
-        "-p",
-        "edgewarden-admin",
-    ]))?;
-    let bin = util::target_dir().join("release/edgewarden-admin");
-    if !bin.is_file() {
-        bail!(
-            "cargo built edgewarden-admin but {} is missing",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 /// The PostgreSQL server to create the bench database on (`EDGEWARDEN_TEST_POSTGRES_URL` or the local default),
@@ -206,11 +198,9 @@ fn with_database(url: &str, db: &str) -> Result<String> {
 /// A running `edgewarden-admin serve` on a fresh store, with an admin and an edge key; stopped and
 /// cleaned up (data directory, PostgreSQL database) on drop.
 struct Service {
-    child: Child,
-    addr: SocketAddr,
+    api: AdminApi,
     admin_key: String,
     edge_key: String,
-    dir: PathBuf,
     postgres: Option<(String, String)>,
     seed: Duration,
 }
@@ -222,8 +212,8 @@ impl Service {
             store.label(),
             std::process::id()
         ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        let mut setup = Setup::fresh(bin, dir)?;
+        setup.master_key = Some(admin_api::BENCH_MASTER_KEY.to_string());
         let postgres = match server {
             Some(server) => {
                 let name = format!("edgewarden_bench_{}_{}", std::process::id(), unix_now());
@@ -233,102 +223,37 @@ impl Service {
             }
             None => None,
         };
-        let database_url = match &postgres {
-            Some((server, name)) => Some(with_database(server, name)?),
-            None => None,
-        };
-        let command = |args: &[&str]| {
-            let mut cmd = Command::new(bin);
-            cmd.args(args)
-                .env("EDGEWARDEN_DATA_DIR", &dir)
-                .env("EDGEWARDEN_MASTER_KEY", MASTER_KEY)
-                .env("EDGEWARDEN_LOG", "warn");
-            match &database_url {
-                Some(url) => cmd.env("DATABASE_URL", url),
-                None => cmd.env_remove("DATABASE_URL"),
-            };
-            cmd
-        };
+        if let Some((server, name)) = &postgres {
+            setup.database_url = Some(with_database(server, name)?);
+        }
         // Creating the keys first also runs the migrations, so the seed below writes into the real schema.
-        let key = |role: &str| -> Result<String> {
-            let out = util::output(&mut command(&[
-                "api-key",
-                "create",
-                "--role",
-                role,
-                "--name",
-                &format!("bench-{role}"),
-            ]))?;
-            Ok(out.trim().to_string())
-        };
-        let admin_key = key("admin")?;
-        let edge_key = key("edge")?;
+        let admin_key = setup.create_api_key("admin", "bench-admin")?;
+        let edge_key = setup.create_api_key("edge", "bench-edge")?;
 
         let started = Instant::now();
-        seed(store, &dir, database_url.as_deref())?;
+        seed(store, &setup.dir, setup.database_url.as_deref())?;
         let seed_time = started.elapsed();
         println!(
             "    seeded {REVOCATIONS} active jti revocations with one SQL statement in {seed_time:.1?}"
         );
 
-        let port = util::free_port()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let log = std::fs::File::create(dir.join("serve.log"))?;
-        let child = command(&[
-            "serve",
-            "--listen",
-            &addr.to_string(),
-            "--no-bootstrap-admin",
-        ])
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .map_err(|e| util::Error::msg(format!("cannot start {}: {e}", bin.display())))?;
-        let mut service = Service {
-            child,
-            addr,
+        let addr = SocketAddr::from(([127, 0, 0, 1], util::free_port()?));
+        let api = setup.serve(addr, &["--no-bootstrap-admin"])?;
+        println!("    edgewarden-admin serving on {addr} (pid {})", api.pid());
+        Ok(Service {
+            api,
             admin_key,
             edge_key,
-            dir,
             postgres,
             seed: seed_time,
-        };
-        service.wait_healthy()?;
-        println!(
-            "    edgewarden-admin serving on {addr} (pid {})",
-            service.child.id()
-        );
-        Ok(service)
-    }
-
-    fn wait_healthy(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!(
-                    "edgewarden-admin serve exited with {status}: {}",
-                    log_tail(&self.dir.join("serve.log"))
-                );
-            }
-            if crate::http::get(self.addr, "/healthz", &[]).is_ok_and(|r| r.status == 200) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "edgewarden-admin did not answer /healthz on {} within 60s: {}",
-                    self.addr,
-                    log_tail(&self.dir.join("serve.log"))
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        })
     }
 }
 
 impl Drop for Service {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // The service first: PostgreSQL refuses to drop a database with open connections.
+        self.api.stop();
         if let Some((server, name)) = &self.postgres {
             match psql(
                 server,
@@ -338,19 +263,6 @@ impl Drop for Service {
                 Err(e) => println!("    could not drop database {name}: {e}"),
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The last lines of a log file, for error messages.
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(10)..].join("\n");
-    if tail.is_empty() {
-        "(no output)".to_string()
-    } else {
-        tail
     }
 }
 
@@ -397,107 +309,6 @@ fn seed(store: Store, dir: &Path, database_url: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// A keep-alive HTTP/1.1 connection to the service.
-struct Conn {
-    reader: BufReader<TcpStream>,
-}
-
-/// One answer: status, `ETag` and body.
-struct Reply {
-    status: u16,
-    etag: Option<String>,
-    body: Vec<u8>,
-}
-
-impl Conn {
-    fn open(addr: SocketAddr) -> Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Conn {
-            reader: BufReader::with_capacity(64 * 1024, stream),
-        })
-    }
-
-    /// Sends a complete request and reads the answer; the connection stays open.
-    fn exchange(&mut self, request: &[u8]) -> Result<Reply> {
-        self.reader.get_mut().write_all(request)?;
-        let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
-            bail!("the service closed the connection");
-        }
-        let Some(status) = line.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()) else {
-            bail!("bad http status line `{}`", line.trim());
-        };
-        let mut length = None;
-        let mut chunked = false;
-        let mut etag = None;
-        loop {
-            line.clear();
-            if self.reader.read_line(&mut line)? == 0 {
-                bail!("connection closed inside the response headers");
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                let value = value.trim();
-                match name.to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.parse::<usize>().ok(),
-                    "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
-                    "etag" => etag = Some(value.to_string()),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = Vec::new();
-        if status == 304 || status == 204 {
-        } else if chunked {
-            loop {
-                line.clear();
-                self.reader.read_line(&mut line)?;
-                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                    .map_err(|_| {
-                    util::Error::msg(format!("bad chunk size `{}`", line.trim()))
-                })?;
-                let start = body.len();
-                body.resize(start + size, 0);
-                self.reader.read_exact(&mut body[start..])?;
-                let mut crlf = [0u8; 2];
-                self.reader.read_exact(&mut crlf)?;
-                if size == 0 {
-                    break;
-                }
-            }
-        } else if let Some(n) = length {
-            body.resize(n, 0);
-            self.reader.read_exact(&mut body)?;
-        } else {
-            bail!("response {status} has neither content-length nor chunked encoding");
-        }
-        Ok(Reply { status, etag, body })
-    }
-}
-
-fn get_request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut r = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n");
-    for (name, value) in headers {
-        let _ = write!(r, "{name}: {value}\r\n");
-    }
-    r.push_str("\r\n");
-    r.into_bytes()
-}
-
-fn post_request(addr: SocketAddr, path: &str, key: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {key}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
 /// The feed cursor of a 200 feed answer.
 fn feed_cursor(body: &[u8]) -> Result<i64> {
     let v: Value = serde_json::from_slice(body)?;
@@ -542,21 +353,12 @@ impl Tally {
     }
 }
 
-/// The `q`-quantile of sorted latencies.
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// Median time and size of fetching `path` a few times.
 fn fetch_cost(service: &Service, path: &str) -> Result<(usize, Duration)> {
-    let mut conn = Conn::open(service.addr)?;
+    let mut conn = Conn::open(service.api.addr)?;
     let auth = format!("Bearer {}", service.edge_key);
     let request = get_request(
-        service.addr,
+        service.api.addr,
         path,
         &[
             ("authorization", &auth),
@@ -594,7 +396,7 @@ fn bench_feed(service: &Service, duration: Duration) -> Result<FeedResult> {
     let measure_from = Instant::now() + FEED_WARMUP;
     let deadline = measure_from + duration;
     let cpu_at = |pid: u32| process_cpu(pid);
-    let pid = service.child.id();
+    let pid = service.api.pid();
 
     let mut handles = Vec::new();
     for worker in 0..FEED_CONNECTIONS {
@@ -608,7 +410,7 @@ fn bench_feed(service: &Service, duration: Duration) -> Result<FeedResult> {
                 etag: tag.clone(),
             })
             .collect();
-        let addr = service.addr;
+        let addr = service.api.addr;
         let auth = format!("Bearer {}", service.edge_key);
         handles.push(std::thread::spawn(move || -> Result<Tally> {
             let mut conn = Conn::open(addr)?;
@@ -668,7 +470,7 @@ fn bench_feed(service: &Service, duration: Duration) -> Result<FeedResult> {
     }
 
     // A few revocations while the edges poll: each one reaches every edge as a small 200 delta.
-    let mut admin = Conn::open(service.addr)?;
+    let mut admin = Conn::open(service.api.addr)?;
     while Instant::now() < measure_from {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -678,7 +480,7 @@ fn bench_feed(service: &Service, duration: Duration) -> Result<FeedResult> {
         std::thread::sleep(gap);
         let body = json!({"subject": format!("bench-subject-{i}"), "reason": "bench"}).to_string();
         let reply = admin.exchange(&post_request(
-            service.addr,
+            service.api.addr,
             "/api/v1/revocations",
             &service.admin_key,
             &body,
@@ -831,7 +633,7 @@ fn bench_usage(service: &Service, duration: Duration) -> Result<UsageResult> {
         .map(|edge| {
             let (body, entries, decisions) = usage_batch(edge, now, &mut rng);
             (
-                post_request(service.addr, "/api/v1/usage", &service.edge_key, &body),
+                post_request(service.api.addr, "/api/v1/usage", &service.edge_key, &body),
                 entries,
                 decisions,
             )
@@ -839,14 +641,14 @@ fn bench_usage(service: &Service, duration: Duration) -> Result<UsageResult> {
         .collect();
     let batches = std::sync::Arc::new(batches);
     let bytes = batches[0].0.len();
-    let pid = service.child.id();
+    let pid = service.api.pid();
     let cpu_before = process_cpu(pid)?;
     let started = Instant::now();
     let deadline = started + duration;
     let mut handles = Vec::new();
     for worker in 0..USAGE_CONNECTIONS {
         let batches = batches.clone();
-        let addr = service.addr;
+        let addr = service.api.addr;
         handles.push(std::thread::spawn(move || -> Result<Tally> {
             let mut conn = Conn::open(addr)?;
             let mut tally = Tally::default();
@@ -1087,13 +889,5 @@ mod tests {
         assert_eq!(sum, decisions);
         assert_eq!(v["failures"].as_array().unwrap().len(), 20);
         assert!(v["failures"][0]["client_address"].is_string());
-    }
-
-    #[test]
-    fn quantiles_pick_from_sorted_latencies() {
-        let sorted: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        assert_eq!(quantile(&sorted, 0.5), Duration::from_millis(51));
-        assert_eq!(quantile(&sorted, 0.99), Duration::from_millis(99));
-        assert_eq!(quantile(&[], 0.5), Duration::ZERO);
     }
 }

@@ -25,7 +25,7 @@ const JWT_AUTHN_CACHE: usize = 2000;
 /// EdgeWarden's cache size for the cached scenarios (its default).
 const EDGEWARDEN_CACHE: usize = 10000;
 /// Envoy's CPU and the load generator's CPU.
-const ENVOY_CPU: usize = 0;
+pub(super) const ENVOY_CPU: usize = 0;
 const WRK_CPU: usize = 1;
 
 /// Which Envoy configuration a scenario runs against.
@@ -93,13 +93,33 @@ const PLAN: &[(Proxy, &[Pool])] = &[
     (Proxy::EdgeWarden { cache: false }, &[Pool::Distinct]),
 ];
 
+/// The algorithms measured, with the demo key that signs each one's tokens.
+const ALGS: [(&str, &str); 2] = [("ES256", "demo-es256"), ("RS256", "demo-rs256")];
+
+/// Every scenario name, for `--only`.
+pub fn scenarios() -> Vec<String> {
+    ALGS.iter()
+        .flat_map(|(alg, _)| {
+            PLAN.iter().flat_map(move |(proxy, pools)| {
+                pools
+                    .iter()
+                    .map(move |pool| scenario_name(alg, *proxy, *pool))
+            })
+        })
+        .collect()
+}
+
 /// Runs every scenario for ES256 and RS256 and prints the tables.
 pub fn run(options: &Options) -> Result<()> {
     let wasm = build::filter_wasm();
     let jwks = tokens::demo_jwks_json()?;
     let mut report = String::new();
     let mut results = serde_json::Map::new();
-    for (alg, key_name) in [("ES256", "demo-es256"), ("RS256", "demo-rs256")] {
+    for (alg, key_name) in ALGS {
+        let prefix = format!("{alg} ");
+        if !options.matches_any(scenarios().iter().filter(|n| n.starts_with(&prefix))) {
+            continue;
+        }
         let (pool_file, hot_file) = token_files(alg, key_name)?;
         let mut rows: BTreeMap<(Proxy, Pool), Row> = BTreeMap::new();
         for (proxy, pools) in PLAN {
@@ -108,7 +128,7 @@ pub fn run(options: &Options) -> Result<()> {
                 .copied()
                 .filter(|pool| {
                     let name = scenario_name(alg, *proxy, *pool);
-                    options.only.as_deref().is_none_or(|o| name.contains(o))
+                    options.matches(&name)
                 })
                 .collect();
             if pools.is_empty() {

@@ -1,10 +1,11 @@
 //! `cargo xtask bench`: runs the benchmark suites in one go and prints their tables.
-//! Each suite is a module with `run(&Options) -> Result<()>`; `filter` compares EdgeWarden with Envoy's
-//! native `jwt_authn`. Later suites (the admin API's feed and usage benches, revocation propagation)
-//! add a module here and a line in [`SUITES`].
+//! Each suite is a module with `scenarios()` (the names `--only` matches) and `run(&Options)`:
+//! `filter` compares EdgeWarden with Envoy's native `jwt_authn`, `admin` measures the admin API's feed and
+//! usage ingestion, `propagation` times a revocation from the admin API's answer to the edge's first 401.
 
 mod admin;
 mod filter;
+mod propagation;
 mod wrk;
 
 use std::time::Duration;
@@ -20,13 +21,53 @@ pub struct Options {
     pub only: Option<String>,
 }
 
-/// A benchmark suite: its name (for `--suite`) and its entry point.
-type Suite = (&'static str, fn(&Options) -> Result<()>);
+impl Options {
+    /// True when the scenario `name` is selected by `--only` (every scenario is, without it).
+    pub fn matches(&self, name: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| name.contains(o))
+    }
+
+    /// True when any of `names` is selected by `--only`.
+    pub fn matches_any<'a>(&self, mut names: impl Iterator<Item = &'a String>) -> bool {
+        names.any(|n| self.matches(n))
+    }
+}
+
+/// A benchmark suite.
+struct Suite {
+    /// Its name, for `--suite`.
+    name: &'static str,
+    /// Its scenario names, for `--only`.
+    scenarios: fn() -> Vec<String>,
+    /// It starts Envoy with the filter: Envoy must be installed and the `.wasm` built first.
+    needs_filter: bool,
+    /// Its entry point.
+    run: fn(&Options) -> Result<()>,
+}
 
 /// Every suite, in the order they run.
-const SUITES: &[Suite] = &[("filter", filter::run), ("admin", admin::run)];
+const SUITES: &[Suite] = &[
+    Suite {
+        name: "filter",
+        scenarios: filter::scenarios,
+        needs_filter: true,
+        run: filter::run,
+    },
+    Suite {
+        name: "admin",
+        scenarios: admin::scenarios,
+        needs_filter: false,
+        run: admin::run,
+    },
+    Suite {
+        name: "propagation",
+        scenarios: propagation::scenarios,
+        needs_filter: true,
+        run: propagation::run,
+    },
+];
 
-/// Parses options, installs and builds what the suites need, then runs them.
+/// Parses options, installs and builds what the selected suites need, then runs them.
 pub fn run(args: &[String]) -> Result<()> {
     let duration = match util::flag_value(args, "--duration") {
         Some(v) => match v.parse::<u64>() {
@@ -41,32 +82,49 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     let suite = util::flag_value(args, "--suite");
     if let Some(name) = suite {
-        if !SUITES.iter().any(|(n, _)| *n == name) {
-            let names: Vec<&str> = SUITES.iter().map(|(n, _)| *n).collect();
+        if !SUITES.iter().any(|s| s.name == name) {
+            let names: Vec<&str> = SUITES.iter().map(|s| s.name).collect();
             bail!("no bench suite `{name}`; there are: {}", names.join(", "));
         }
     }
 
-    // `--only admin...` names only admin scenarios: skip the filter suite and the Envoy setup it needs.
-    let admin_only = options
-        .only
-        .as_deref()
-        .is_some_and(|o| o.starts_with("admin"));
-    let runs =
-        |name: &str| suite.is_none_or(|wanted| wanted == name) && !(admin_only && name == "filter");
-    if runs("filter") {
+    // A suite runs when `--suite` names it (or is absent) and `--only` selects one of its scenarios,
+    // so `--only admin` or `--only propagation` neither starts nor builds what the other suites need.
+    let selected: Vec<&Suite> = SUITES
+        .iter()
+        .filter(|s| suite.is_none_or(|wanted| wanted == s.name))
+        .filter(|s| options.matches_any((s.scenarios)().iter()))
+        .collect();
+    if selected.is_empty() {
+        let all: Vec<String> = SUITES.iter().flat_map(|s| (s.scenarios)()).collect();
+        bail!(
+            "no bench scenario matches --only {:?}; the scenarios are:\n  {}",
+            options.only.as_deref().unwrap_or_default(),
+            all.join("\n  ")
+        );
+    }
+    if selected.iter().any(|s| s.needs_filter) {
         install::run()?;
-        install::ensure_apt_tool("wrk", "wrk")?;
+        if selected.iter().any(|s| s.name == "filter") {
+            install::ensure_apt_tool("wrk", "wrk")?;
+        }
         build::run()?;
     }
 
-    for (name, run_suite) in SUITES {
-        if runs(name) {
-            util::step(&format!("bench suite: {name}"));
-            run_suite(&options)?;
-        }
+    for s in selected {
+        util::step(&format!("bench suite: {}", s.name));
+        (s.run)(&options)?;
     }
     Ok(())
+}
+
+/// The `q`-quantile of sorted durations (nearest rank).
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
 }
 
 /// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
@@ -104,6 +162,34 @@ fn clock_ticks_per_second() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantiles_pick_from_sorted_latencies() {
+        let sorted: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(quantile(&sorted, 0.5), Duration::from_millis(51));
+        assert_eq!(quantile(&sorted, 0.99), Duration::from_millis(99));
+        assert_eq!(quantile(&[], 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn only_selects_suites_by_their_scenario_names() {
+        let options = |only: &str| Options {
+            duration: Duration::from_secs(1),
+            only: Some(only.to_string()),
+        };
+        let selected = |only: &str| -> Vec<&str> {
+            SUITES
+                .iter()
+                .filter(|s| options(only).matches_any((s.scenarios)().iter()))
+                .map(|s| s.name)
+                .collect()
+        };
+        assert_eq!(selected("propagation"), ["propagation"]);
+        assert_eq!(selected("admin"), ["admin"]);
+        assert_eq!(selected("1000 tokens"), ["filter"]);
+        assert_eq!(selected("sqlite"), ["admin", "propagation"]);
+        assert!(selected("nothing like this").is_empty());
+    }
 
     #[test]
     fn own_process_cpu_time_is_readable_and_grows() {
