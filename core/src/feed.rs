@@ -48,7 +48,26 @@ pub struct FeedUpdate {
     pub revoked_subjects: Vec<RevokedPrincipal>,
     /// Revoked clients.
     pub revoked_clients: Vec<RevokedPrincipal>,
+    /// In a paged listing (`limit=`), the continuation to send as `after=` for the next page; `None` on the
+    /// last page and in unpaged answers.
+    pub next: Option<String>,
+    /// On the first page of a paged listing: how many entries the whole listing has.
+    pub total: Option<FeedTotals>,
 }
+
+/// Entry counts of a whole paged listing, so the edge can size its table once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub struct FeedTotals {
+    /// Revoked jtis.
+    pub jtis: u64,
+    /// Revoked subjects.
+    pub subjects: u64,
+    /// Revoked clients.
+    pub clients: u64,
+}
+
+/// Longest continuation accepted from the feed (the admin API's are far shorter).
+const MAX_CONTINUATION_BYTES: usize = 4096;
 
 /// The answer as it arrives; every object goes through [`Strict`] so a JSON array never stands in for one.
 #[derive(Deserialize)]
@@ -59,6 +78,10 @@ struct RawFeed {
     revoked_jtis: Vec<Strict<RevokedJti>>,
     revoked_subjects: Vec<Strict<RawSubject>>,
     revoked_clients: Vec<Strict<RawClient>>,
+    #[serde(default)]
+    next: Option<String>,
+    #[serde(default)]
+    total: Option<Strict<FeedTotals>>,
 }
 
 /// Accepts `T` only from a JSON object: serde's derived structs also take a positional array
@@ -188,7 +211,20 @@ impl FeedUpdate {
             message: e.to_string(),
         })?;
         let raw = raw.0;
+        if let Some(next) = &raw.next {
+            if next.is_empty() || next.len() > MAX_CONTINUATION_BYTES {
+                return Err(FeedError::Invalid {
+                    path: "next".to_string(),
+                    message: format!(
+                        "a continuation must be 1 to {MAX_CONTINUATION_BYTES} bytes, got {}",
+                        next.len()
+                    ),
+                });
+            }
+        }
         Ok(FeedUpdate {
+            next: raw.next,
+            total: raw.total.map(|t| t.0),
             cursor: raw.cursor,
             full: raw.full,
             now: raw.now,
@@ -264,6 +300,8 @@ impl FeedUpdate {
             revoked_jtis: Vec::with_capacity(record.counts[0]),
             revoked_subjects: Vec::with_capacity(record.counts[1]),
             revoked_clients: Vec::with_capacity(record.counts[2]),
+            next: None,
+            total: None,
         };
         update
             .revoked_jtis
@@ -555,6 +593,20 @@ impl RevocationSet {
         writer.finish()
     }
 
+    /// The state as a sequence of records of at most `max_jtis` jtis each, so no VM ever holds the whole
+    /// snapshot as one buffer: the first is a full snapshot with every subject and client and the first jtis,
+    /// the others are deltas from and to this state's cursor. Apply them in order to an empty state (or to one
+    /// built with [`RevocationSet::reserve_jtis`] for [`RevocationSet::jti_count`] entries).
+    pub fn snapshot_parts(&self, max_jtis: usize) -> SnapshotParts<'_> {
+        SnapshotParts {
+            set: self,
+            jtis: Box::new(self.jtis()),
+            remaining: self.jti_count(),
+            max: max_jtis.max(1),
+            first: true,
+        }
+    }
+
     /// Rebuilds a state from a full-snapshot record, sized exactly for it. A delta record is refused
     /// ([`DecodeError::WrongBase`]): it cannot stand alone.
     pub fn from_bytes(bytes: &[u8]) -> Result<RevocationSet, DecodeError> {
@@ -606,6 +658,54 @@ impl RevocationSet {
             }
         }
         Ok(())
+    }
+}
+
+/// The records of [`RevocationSet::snapshot_parts`], encoded one at a time.
+pub struct SnapshotParts<'a> {
+    set: &'a RevocationSet,
+    jtis: Box<dyn Iterator<Item = (RevocationKey, u64)> + 'a>,
+    remaining: usize,
+    max: usize,
+    first: bool,
+}
+
+impl Iterator for SnapshotParts<'_> {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        if !self.first && self.remaining == 0 {
+            return None;
+        }
+        let n = self.remaining.min(self.max);
+        let (cursor, now) = (self.set.cursor(), self.set.feed_now());
+        let mut writer = if self.first {
+            Writer::new(
+                Kind::Full,
+                0,
+                cursor,
+                now,
+                [n, self.set.subject_count(), self.set.client_count()],
+            )
+        } else {
+            Writer::new(Kind::Delta, cursor, cursor, now, [n, 0, 0])
+        };
+        for (key, exp) in self.jtis.by_ref().take(writer.counts[0]) {
+            writer.jti(key, slot_expiry(exp));
+        }
+        if self.first {
+            let subjects: Vec<_> = self.set.subjects().take(writer.counts[1]).collect();
+            for (key, revocation) in subjects {
+                writer.principal(key, revocation);
+            }
+            let clients: Vec<_> = self.set.clients().take(writer.counts[2]).collect();
+            for (key, revocation) in clients {
+                writer.principal(key, revocation);
+            }
+        }
+        self.first = false;
+        self.remaining -= n;
+        Some(writer.finish())
     }
 }
 
@@ -722,6 +822,8 @@ mod tests {
                 }],
                 revoked_subjects: vec![principal("alice", T, T + 3600)],
                 revoked_clients: vec![principal("billing", T - 5, T + 60)],
+                next: None,
+                total: None,
             }
         );
     }
@@ -846,6 +948,8 @@ mod tests {
                 principal("bob", T - 1, T + 20),
             ],
             revoked_clients: vec![principal("billing", T - 2, T + 30)],
+            next: None,
+            total: None,
         });
         set
     }
@@ -890,6 +994,8 @@ mod tests {
             }],
             revoked_subjects: vec![principal("alice", T + 1, T + 50)],
             revoked_clients: vec![],
+            next: None,
+            total: None,
         };
         let bytes = delta.to_bytes(17);
         let decoded = FeedUpdate::from_bytes(&bytes).unwrap();
@@ -1037,5 +1143,75 @@ mod tests {
             let error = SyncMark::from_bytes(&bytes).unwrap_err();
             assert!(error.to_string().contains(message), "{error}");
         }
+    }
+
+    #[test]
+    fn snapshot_parts_rebuild_the_same_state_part_by_part() {
+        let set = populated();
+        for max in [1, 7, 300, 1000] {
+            let parts: Vec<Vec<u8>> = set.snapshot_parts(max).collect();
+            assert_eq!(parts.len(), 300usize.div_ceil(max).max(1), "max {max}");
+            let mut rebuilt = RevocationSet::new();
+            for (i, part) in parts.iter().enumerate() {
+                rebuilt.apply_bytes(part).unwrap();
+                if i == 0 {
+                    rebuilt.reserve_jtis(set.jti_count());
+                }
+            }
+            assert_eq!(contents(&rebuilt), contents(&set), "max {max}");
+        }
+        // An empty state is one part that empties the receiver.
+        let empty: Vec<Vec<u8>> = RevocationSet::new().snapshot_parts(10).collect();
+        assert_eq!(empty.len(), 1);
+        let mut target = populated();
+        target.apply_bytes(&empty[0]).unwrap();
+        assert!(target.is_empty());
+        // Parts after the first only apply on top of the first.
+        let parts: Vec<Vec<u8>> = set.snapshot_parts(100).collect();
+        let mut other = RevocationSet::new();
+        assert!(matches!(
+            other.apply_bytes(&parts[1]),
+            Err(DecodeError::WrongBase { .. })
+        ));
+    }
+
+    #[test]
+    fn paged_answers_carry_their_continuation_and_totals() {
+        let mut page = example();
+        page["next"] = json!("MTc6anRpOmE");
+        page["total"] = json!({"jtis": 1000000, "subjects": 2, "clients": 1});
+        let update = FeedUpdate::from_json(page.to_string().as_bytes()).unwrap();
+        assert_eq!(update.next.as_deref(), Some("MTc6anRpOmE"));
+        assert_eq!(
+            update.total,
+            Some(FeedTotals {
+                jtis: 1_000_000,
+                subjects: 2,
+                clients: 1
+            })
+        );
+        for (field, value) in [
+            ("next", json!("")),
+            ("next", json!(7)),
+            ("total", json!([1, 2, 3])),
+            ("total", json!({"jtis": -1, "subjects": 0, "clients": 0})),
+        ] {
+            let mut bad = example();
+            bad[field] = value;
+            let error = FeedUpdate::from_json(bad.to_string().as_bytes()).unwrap_err();
+            assert!(error.to_string().contains(field), "{error}");
+        }
+    }
+
+    #[test]
+    fn reserving_keeps_every_entry_and_sizes_the_table_once() {
+        let mut set = populated();
+        let before = contents(&set);
+        set.reserve_jtis(100_000);
+        assert!(set.jti_capacity() >= 100_000);
+        assert_eq!(contents(&set), before);
+        let capacity = set.jti_capacity();
+        set.reserve_jtis(10);
+        assert_eq!(set.jti_capacity(), capacity, "never shrinks");
     }
 }

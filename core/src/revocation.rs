@@ -499,14 +499,22 @@ impl RevocationSet {
         self.feed_now = feed_now;
     }
 
-    /// A set sized for the given entry counts, at cursor 0.
-    pub(crate) fn with_capacity(jtis: usize, subjects: usize, clients: usize) -> RevocationSet {
+    /// A set sized for the given entry counts, at cursor 0 (the first page of a paged snapshot says them).
+    pub fn with_capacity(jtis: usize, subjects: usize, clients: usize) -> RevocationSet {
         RevocationSet {
             jtis: JtiTable::with_entries(jtis),
             subjects: PrincipalMap::with_capacity_and_hasher(subjects, Default::default()),
             clients: PrincipalMap::with_capacity_and_hasher(clients, Default::default()),
             cursor: 0,
             feed_now: 0,
+        }
+    }
+
+    /// Grows the jti table once to hold `total` entries at the target load, so loading a snapshot in parts
+    /// never rebuilds it part by part (each rebuild briefly holds the old and the new table).
+    pub fn reserve_jtis(&mut self, total: usize) {
+        if capacity_for(total) > self.jtis.slots.len() {
+            self.jtis.rebuild(total.max(self.jtis.len));
         }
     }
 

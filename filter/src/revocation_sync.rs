@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use edgewarden_core::config::{ControlPlaneConfig, RevocationConfig};
 use edgewarden_core::feed::{FeedUpdate, SyncMark};
+use edgewarden_core::revocation::RevocationSet;
 use proxy_wasm::types::LogLevel;
 
 use crate::host::{CallResponse, Host};
@@ -18,6 +19,11 @@ use crate::state::Control;
 
 /// Largest feed answer the poller reads (a full snapshot of a million revoked jtis is about 60 MB of JSON).
 pub const MAX_FEED_BYTES: usize = 256 * 1024 * 1024;
+/// Entries the poller asks for per feed page (`limit=`): about 5 MB of JSON, far below Envoy's 32 MiB limit
+/// on a callout's answer, and parsed in well under a second in V8.
+pub const PAGE_ENTRIES: u64 = 100_000;
+/// Jtis per shared snapshot part (about 1 MB), so no VM ever copies the whole snapshot out of shared data at once.
+pub const PART_JTIS: usize = 50_000;
 /// Delta slots in shared data; a VM more than this many changes behind loads the snapshot.
 pub const RING: u64 = 64;
 /// The poller republishes the snapshot after this many deltas, so the deltas after it are always in the ring.
@@ -47,6 +53,15 @@ struct Inflight {
     long_poll: bool,
 }
 
+/// A feed listing that comes in pages. A full one is assembled aside and replaces the state only once its
+/// last page is in, so requests never see half a snapshot; a delta one is merged page by page (revoking
+/// early is always safe) while the cursor stays put until the last page.
+struct Listing {
+    since: u64,
+    next: String,
+    building: Option<RevocationSet>,
+}
+
 /// Shared-data keys, namespaced by cluster and feed path so two plugin configurations in one Envoy never mix.
 #[derive(Debug, Clone)]
 struct Keys {
@@ -69,6 +84,10 @@ impl Keys {
 
     fn delta(&self, seq: u64) -> String {
         format!("{}{}", self.delta_prefix, seq % RING)
+    }
+
+    fn part(&self, index: u32) -> String {
+        format!("{}.part.{index}", self.snapshot)
     }
 }
 
@@ -95,6 +114,8 @@ pub struct RevocationSync {
     /// Version of the mark this VM last caught up with.
     mark_cas: Option<u32>,
     inflight: Option<Inflight>,
+    /// A paged listing in progress: the pages after the first are asked for at once.
+    listing: Option<Listing>,
     next_poll_ms: u64,
     failures: u32,
     started_ms: u64,
@@ -141,6 +162,7 @@ impl RevocationSync {
             snapshot_seq: 0,
             mark_cas: None,
             inflight: None,
+            listing: None,
             next_poll_ms: 0,
             failures: 0,
             started_ms: now_ms,
@@ -194,6 +216,81 @@ fn split_seq(bytes: &[u8]) -> Option<(u64, &[u8])> {
     Some((seq, bytes.get(8..)?))
 }
 
+/// The snapshot manifest: sequence number, number of parts, and the jtis they hold (to size the table once).
+fn encode_manifest(seq: u64, parts: u32, jtis: u64) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    for (slot, byte) in out.iter_mut().zip(
+        seq.to_le_bytes()
+            .iter()
+            .chain(&parts.to_le_bytes())
+            .chain(&jtis.to_le_bytes()),
+    ) {
+        *slot = *byte;
+    }
+    out
+}
+
+fn decode_manifest(bytes: &[u8]) -> Option<(u64, u32, u64)> {
+    if bytes.len() != 20 {
+        return None;
+    }
+    let seq = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let parts = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
+    let jtis = u64::from_le_bytes(bytes.get(12..20)?.try_into().ok()?);
+    Some((seq, parts, jtis))
+}
+
+/// Publishes the state as snapshot `seq`: the parts first, then the manifest that names them.
+fn publish_snapshot(host: &mut dyn Host, control: &Control, seq: u64) {
+    let keys = control.sync.borrow().keys.clone();
+    let mut parts: u32 = 0;
+    let jtis = {
+        let revocation = control.revocation.borrow();
+        for record in revocation.set().snapshot_parts(PART_JTIS) {
+            // No borrow of the sync state is held here, only of the revocation state, which set_shared
+            // cannot touch (it does not re-enter the VM).
+            host.set_shared(&keys.part(parts), &with_seq(seq, &record));
+            parts = parts.saturating_add(1);
+        }
+        revocation.set().jti_count() as u64
+    };
+    host.set_shared(&keys.snapshot, &encode_manifest(seq, parts, jtis));
+    control.sync.borrow_mut().snapshot_seq = seq;
+}
+
+/// Loads snapshot `seq` from its parts into a new state and swaps it in; false (state untouched) if the
+/// manifest or a part is missing, of another snapshot, or unusable.
+fn load_snapshot(host: &mut dyn Host, control: &Control, seq: u64) -> Result<bool, String> {
+    let keys = control.sync.borrow().keys.clone();
+    let Some((manifest, _)) = host.get_shared(&keys.snapshot) else {
+        return Ok(false);
+    };
+    let Some((snapshot_seq, parts, jtis)) = decode_manifest(&manifest) else {
+        return Err("manifest unusable".to_string());
+    };
+    if snapshot_seq != seq {
+        // Replaced after the mark was read: the next tick reads the newer mark.
+        return Ok(false);
+    }
+    let mut building = RevocationSet::new();
+    for index in 0..parts {
+        let Some((bytes, _)) = host.get_shared(&keys.part(index)) else {
+            return Ok(false);
+        };
+        match split_seq(&bytes) {
+            Some((part_seq, record)) if part_seq == seq => building
+                .apply_bytes(record)
+                .map_err(|e| format!("part {index}: {e}"))?,
+            _ => return Ok(false),
+        }
+        if index == 0 {
+            building.reserve_jtis(usize::try_from(jtis).unwrap_or(usize::MAX));
+        }
+    }
+    control.revocation.borrow_mut().replace_set(building);
+    Ok(true)
+}
+
 /// The one-tick step of a VM: hold or take the lease, then poll (poller) or catch up (follower), prune, and
 /// publish the gauges (poller).
 pub fn on_tick(host: &mut dyn Host, control: &Control, now_ms: u64) {
@@ -231,14 +328,13 @@ fn take_over(host: &mut dyn Host, control: &Control) {
         .get_shared(&mark_key)
         .and_then(|(bytes, _)| SyncMark::from_bytes(&bytes).ok())
         .map_or(0, |mark| mark.seq);
-    let (seq, snapshot_key) = {
+    let seq = {
         let mut sync = control.sync.borrow_mut();
         sync.seq = sync.seq.max(published) + 1;
-        sync.snapshot_seq = sync.seq;
-        (sync.seq, sync.keys.snapshot.clone())
+        sync.listing = None;
+        sync.seq
     };
-    let record = control.revocation.borrow().set().to_bytes();
-    host.set_shared(&snapshot_key, &with_seq(seq, &record));
+    publish_snapshot(host, control, seq);
     publish_mark(host, control);
     host.log(
         LogLevel::Info,
@@ -329,30 +425,18 @@ fn catch_up(host: &mut dyn Host, control: &Control, mark: &SyncMark) -> bool {
     if mark.seq > seq && mark.seq - seq <= RING && apply_deltas(host, control, seq + 1, mark.seq) {
         return true;
     }
-    let snapshot_key = control.sync.borrow().keys.snapshot.clone();
-    let Some((bytes, _)) = host.get_shared(&snapshot_key) else {
-        return false;
-    };
-    let loaded = match split_seq(&bytes) {
-        Some((snapshot_seq, record)) if snapshot_seq == mark.snapshot_seq => control
-            .revocation
-            .borrow_mut()
-            .set_mut()
-            .apply_bytes(record)
-            .map_err(|e| e.to_string()),
-        // The snapshot was replaced after the mark was read: the next tick reads the newer mark.
-        Some(_) => return false,
-        None => Err("shorter than its sequence number".to_string()),
-    };
-    drop(bytes);
-    if let Err(e) = loaded {
-        host.log(
-            LogLevel::Warn,
-            &format!(
-                "edgewarden: shared revocation snapshot unusable, keeping the current state: {e}"
-            ),
-        );
-        return false;
+    match load_snapshot(host, control, mark.snapshot_seq) {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(e) => {
+            host.log(
+                LogLevel::Warn,
+                &format!(
+                    "edgewarden: shared revocation snapshot unusable, keeping the current state: {e}"
+                ),
+            );
+            return false;
+        }
     }
     control.sync.borrow_mut().seq = mark.snapshot_seq;
     mark.snapshot_seq == mark.seq || apply_deltas(host, control, mark.snapshot_seq + 1, mark.seq)
@@ -388,34 +472,54 @@ fn start_poll(host: &mut dyn Host, control: &Control, now_ms: u64) {
         let revocation = control.revocation.borrow();
         (revocation.set().cursor(), revocation.last_sync().is_some())
     };
-    let (cluster, authority, authorization, edge, feed_path, wait, timeout_ms) = {
+    let (cluster, authority, authorization, edge, path, wait, timeout_ms, conditional) = {
         let sync = control.sync.borrow();
-        // Before the first sync, and while the feed is failing, ask for an answer at once: a held poll would
-        // keep the edge unsynced (or stale) for the whole wait.
-        let wait = if synced && sync.failures == 0 {
-            sync.wait_seconds
-        } else {
-            0
+        let page = |since: u64| format!("{}?since={since}&limit={PAGE_ENTRIES}", sync.feed_path);
+        let snapshot_timeout = sync.timeout_ms.max(sync.snapshot_timeout_ms);
+        let (path, wait, timeout_ms, conditional) = match &sync.listing {
+            // The next page of a listing: at once, never held, never conditional.
+            Some(listing) => (
+                format!(
+                    "{}&after={}",
+                    page(listing.since),
+                    query_escape(&listing.next)
+                ),
+                0,
+                snapshot_timeout,
+                false,
+            ),
+            None => {
+                // Before the first sync, and while the feed is failing, ask for an answer at once: a held
+                // poll would keep the edge unsynced (or stale) for the whole wait.
+                let wait = if synced && sync.failures == 0 {
+                    sync.wait_seconds
+                } else {
+                    0
+                };
+                let path = if wait > 0 {
+                    format!("{}&wait={wait}", page(cursor))
+                } else {
+                    page(cursor)
+                };
+                // A poll from cursor 0 brings the whole state, which takes the admin API a while to list.
+                let timeout = if cursor == 0 {
+                    snapshot_timeout
+                } else {
+                    sync.timeout_ms
+                };
+                (path, wait, timeout, synced)
+            }
         };
         (
             sync.cluster.clone(),
             sync.authority.clone(),
             sync.authorization.clone(),
             sync.edge_name.clone(),
-            sync.feed_path.clone(),
+            path,
             wait,
-            // A poll from cursor 0 brings the whole state, which takes the admin API a while to list.
-            if cursor == 0 {
-                sync.timeout_ms.max(sync.snapshot_timeout_ms)
-            } else {
-                sync.timeout_ms
-            },
+            timeout_ms,
+            conditional,
         )
-    };
-    let path = if wait > 0 {
-        format!("{feed_path}?since={cursor}&wait={wait}")
-    } else {
-        format!("{feed_path}?since={cursor}")
     };
     let tag = format!("\"c{cursor}\"");
     let mut headers = vec![
@@ -426,7 +530,7 @@ fn start_poll(host: &mut dyn Host, control: &Control, now_ms: u64) {
         ("x-edgewarden-edge", edge.as_str()),
         ("accept", "application/json"),
     ];
-    if synced {
+    if conditional {
         headers.push(("if-none-match", tag.as_str()));
     }
     let timeout = Duration::from_millis(timeout_ms.saturating_add(wait.saturating_mul(1000)));
@@ -445,6 +549,20 @@ fn start_poll(host: &mut dyn Host, control: &Control, now_ms: u64) {
             &format!("not dispatched ({e}): is cluster `{cluster}` defined in Envoy?"),
         ),
     }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (continuations are base64url already;
+/// this keeps a future format from breaking the query string).
+fn query_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// Handles the answer to this VM's poll; false if `token` was not a poll of ours.
@@ -482,7 +600,7 @@ pub fn on_poll_response(
             Ok(false)
         }
         (Some(200), Some(body)) => match FeedUpdate::from_json(body) {
-            Ok(update) => Ok(apply_and_publish(host, control, &update, now)),
+            Ok(update) => Ok(apply_and_publish(host, control, update, now)),
             Err(e) => Err(e.to_string()),
         },
         (Some(200), None) if resp.body_size > MAX_FEED_BYTES => Err(format!(
@@ -533,33 +651,111 @@ pub fn on_poll_response(
     true
 }
 
-/// Applies a parsed feed answer as the poller and publishes the change; true if the state changed.
+/// Applies a parsed feed answer (or page) as the poller and publishes the change; true if something changed
+/// or another page is due (either way the next poll goes out at once).
 fn apply_and_publish(
     host: &mut dyn Host,
     control: &Control,
-    update: &FeedUpdate,
+    mut update: FeedUpdate,
     now: u64,
 ) -> bool {
     let base = control.revocation.borrow().set().cursor();
-    control.revocation.borrow_mut().sync(update, now);
-    if update.is_empty_delta() {
-        return false;
+    let listing = control.sync.borrow_mut().listing.take();
+    let more = update.next.take();
+    let paged = listing.is_some() || more.is_some();
+    if !paged {
+        control.revocation.borrow_mut().sync(&update, now);
+        if update.is_empty_delta() {
+            return false;
+        }
+        publish_change(
+            host,
+            control,
+            (!update.full).then_some((&update, base)),
+            update.full,
+        );
+        return true;
     }
+    let full = update.full;
+    let since = listing.as_ref().map_or(base, |l| l.since);
+    // Pages are merged, never applied as snapshots of their own.
+    update.full = false;
+    if full {
+        let mut building = match listing.and_then(|l| l.building) {
+            Some(building) => building,
+            None => {
+                let total = update.total.unwrap_or_default();
+                let size = |n: u64| usize::try_from(n).unwrap_or(0);
+                RevocationSet::with_capacity(
+                    size(total.jtis),
+                    size(total.subjects),
+                    size(total.clients),
+                )
+            }
+        };
+        building.apply(&update);
+        match more {
+            Some(next) => {
+                control.sync.borrow_mut().listing = Some(Listing {
+                    since,
+                    next,
+                    building: Some(building),
+                });
+            }
+            None => {
+                {
+                    let mut revocation = control.revocation.borrow_mut();
+                    revocation.replace_set(building);
+                    revocation.record_sync(now);
+                    revocation.prune_if_due(now);
+                }
+                publish_change(host, control, None, true);
+            }
+        }
+        return true;
+    }
+    match more {
+        Some(next) => {
+            // Not the last page: merge at the old cursor, so a failure here resumes from it.
+            update.cursor = base;
+            control.revocation.borrow_mut().set_mut().apply(&update);
+            control.sync.borrow_mut().listing = Some(Listing {
+                since,
+                next,
+                building: None,
+            });
+            if !update.is_empty_delta() {
+                publish_change(host, control, Some((&update, base)), false);
+            }
+        }
+        None => {
+            control.revocation.borrow_mut().sync(&update, now);
+            publish_change(host, control, Some((&update, base)), false);
+        }
+    }
+    true
+}
+
+/// Publishes one change for the followers: the delta (from `base`) in its ring slot, and the whole state as
+/// a snapshot after a full answer or every [`SNAPSHOT_EVERY`] changes.
+fn publish_change(
+    host: &mut dyn Host,
+    control: &Control,
+    delta: Option<(&FeedUpdate, u64)>,
+    full: bool,
+) {
     let (seq, snapshot, keys) = {
         let mut sync = control.sync.borrow_mut();
         sync.seq += 1;
-        let snapshot = update.full || sync.seq - sync.snapshot_seq >= SNAPSHOT_EVERY;
+        let snapshot = full || sync.seq - sync.snapshot_seq >= SNAPSHOT_EVERY;
         (sync.seq, snapshot, sync.keys.clone())
     };
-    if !update.full {
+    if let Some((update, base)) = delta {
         host.set_shared(&keys.delta(seq), &with_seq(seq, &update.to_bytes(base)));
     }
     if snapshot {
-        let record = control.revocation.borrow().set().to_bytes();
-        host.set_shared(&keys.snapshot, &with_seq(seq, &record));
-        control.sync.borrow_mut().snapshot_seq = seq;
+        publish_snapshot(host, control, seq);
     }
-    true
 }
 
 /// Publishes the mark every follower reads: cursor, last sync, and the sequence numbers of state and snapshot.
@@ -587,6 +783,9 @@ fn failed(host: &mut dyn Host, control: &Control, now_ms: u64, problem: &str) {
     host.count(Stat::RevocationPollFailure);
     let (log, failures, cluster, path) = {
         let mut sync = control.sync.borrow_mut();
+        // A listing cut short starts over (a full one was being assembled aside; a delta one resumes from
+        // the cursor it kept).
+        sync.listing = None;
         sync.failures = sync.failures.saturating_add(1);
         let shift = sync.failures.saturating_sub(1).min(16);
         let backoff = sync

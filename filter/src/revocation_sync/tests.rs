@@ -105,7 +105,7 @@ fn first_vm_takes_the_lease_and_polls_at_once_without_waiting() {
     assert_eq!(call.cluster, "cp");
     assert_eq!(
         call.header(":path"),
-        Some("/api/v1/revocations/feed?since=0")
+        Some("/api/v1/revocations/feed?since=0&limit=100000")
     );
     assert_eq!(call.header("authorization"), Some("Bearer ewk_secret"));
     assert_eq!(call.header("x-edgewarden-edge"), Some("edge-1"));
@@ -129,7 +129,7 @@ fn poll_answers_reach_every_follower_within_a_tick() {
     let call = host_a.calls.last().unwrap();
     assert_eq!(
         call.header(":path"),
-        Some("/api/v1/revocations/feed?since=1&wait=20")
+        Some("/api/v1/revocations/feed?since=1&limit=100000&wait=20")
     );
     assert_eq!(call.header("if-none-match"), Some("\"c1\""));
     assert_eq!(call.timeout, Duration::from_millis(22_000));
@@ -212,7 +212,7 @@ fn failed_polls_keep_the_state_back_off_and_go_stale_after_the_maximum() {
     // The long poll is held for at most a third of the staleness bound.
     assert_eq!(
         host.calls.last().unwrap().header(":path"),
-        Some("/api/v1/revocations/feed?since=1&wait=1")
+        Some("/api/v1/revocations/feed?since=1&limit=100000&wait=1")
     );
     for problem in [
         status(None),
@@ -335,4 +335,113 @@ fn a_vm_shutting_down_hands_the_lease_to_the_next_one_at_once() {
     release(&mut host_a, control(&a));
     tick(&mut host_b, &b);
     assert_eq!(control(&b).sync.borrow().role(), Role::Poller);
+}
+
+/// A feed page: `feed()` plus a continuation.
+fn page(cursor: u64, full: bool, jtis: &[&str], next: Option<&str>) -> Vec<u8> {
+    let mut body: Value = serde_json::from_slice(&feed(cursor, full, jtis)).unwrap();
+    if let Some(next) = next {
+        body["next"] = json!(next);
+    }
+    body.to_string().into_bytes()
+}
+
+#[test]
+fn a_paged_snapshot_is_assembled_aside_and_replaces_the_state_at_its_last_page() {
+    let a = vm(11, json!({}));
+    let b = vm(22, json!({}));
+    let mut host_a = FakeHost::new();
+    let mut host_b = host_a.sibling();
+    tick(&mut host_a, &a);
+    answer(&mut host_a, &a, &ok(feed(3, true, &["j-old"])));
+    // The admin API lost track of cursor 3 (a restore): a new full listing, in two pages.
+    answer(&mut host_a, &a, &ok(page(7, true, &["j1"], Some("p/2+"))));
+    assert!(
+        revoked(&a, "j-old") && !revoked(&a, "j1"),
+        "half a snapshot is never enforced"
+    );
+    let call = host_a.calls.last().unwrap();
+    assert_eq!(
+        call.header(":path"),
+        Some("/api/v1/revocations/feed?since=3&limit=100000&after=p%2F2%2B")
+    );
+    assert_eq!(call.header("if-none-match"), None);
+    answer(&mut host_a, &a, &ok(page(7, true, &["j2"], None)));
+    assert!(revoked(&a, "j1") && revoked(&a, "j2") && !revoked(&a, "j-old"));
+    assert_eq!(control(&a).revocation.borrow().set().cursor(), 7);
+    tick(&mut host_b, &b);
+    assert!(revoked(&b, "j1") && revoked(&b, "j2") && !revoked(&b, "j-old"));
+}
+
+#[test]
+fn a_paged_delta_is_merged_page_by_page_and_moves_the_cursor_at_its_end() {
+    let a = vm(11, json!({}));
+    let b = vm(22, json!({}));
+    let mut host_a = FakeHost::new();
+    let mut host_b = host_a.sibling();
+    tick(&mut host_a, &a);
+    answer(&mut host_a, &a, &ok(feed(1, true, &[])));
+    answer(&mut host_a, &a, &ok(page(5, false, &["j3"], Some("n1"))));
+    assert!(revoked(&a, "j3"), "revoking early is safe");
+    assert_eq!(control(&a).revocation.borrow().set().cursor(), 1);
+    tick(&mut host_b, &b);
+    assert!(revoked(&b, "j3"));
+    answer(&mut host_a, &a, &ok(page(5, false, &["j4"], None)));
+    assert_eq!(control(&a).revocation.borrow().set().cursor(), 5);
+    tick(&mut host_b, &b);
+    assert!(revoked(&b, "j4"));
+    assert_eq!(control(&b).revocation.borrow().set().cursor(), 5);
+}
+
+#[test]
+fn a_listing_cut_short_starts_over_and_keeps_the_last_full_state() {
+    let a = vm(11, json!({}));
+    let mut host = FakeHost::new();
+    tick(&mut host, &a);
+    answer(&mut host, &a, &ok(page(2, true, &["j1"], Some("n1"))));
+    answer(&mut host, &a, &status(None));
+    assert!(!revoked(&a, "j1"));
+    assert_eq!(control(&a).revocation.borrow().last_sync(), None);
+    host.advance_ms(MAX_BACKOFF_MS);
+    tick(&mut host, &a);
+    let path = host.calls.last().unwrap().header(":path").unwrap();
+    assert_eq!(path, "/api/v1/revocations/feed?since=0&limit=100000");
+}
+
+#[test]
+fn followers_load_a_large_snapshot_part_by_part() {
+    let a = vm(11, json!({}));
+    let b = vm(22, json!({}));
+    let mut host_a = FakeHost::new();
+    let mut host_b = host_a.sibling();
+    tick(&mut host_a, &a);
+    let names: Vec<String> = (0..(PART_JTIS * 2 + 5)).map(|i| format!("j{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    answer(&mut host_a, &a, &ok(feed(9, true, &refs)));
+    let part_keys = host_a
+        .shared
+        .borrow()
+        .keys()
+        .filter(|k| k.contains(".part."))
+        .count();
+    assert_eq!(part_keys, 3);
+    let largest = host_a
+        .shared
+        .borrow()
+        .values()
+        .map(|(v, _)| v.len())
+        .max()
+        .unwrap();
+    assert!(
+        largest < 1_100_000,
+        "no shared value holds the whole state: {largest}"
+    );
+    tick(&mut host_b, &b);
+    for name in [&names[0], &names[PART_JTIS], &names[PART_JTIS * 2 + 4]] {
+        assert!(revoked(&b, name), "{name}");
+    }
+    assert_eq!(
+        control(&b).revocation.borrow().set().jti_count(),
+        names.len()
+    );
 }
