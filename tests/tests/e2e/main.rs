@@ -7,6 +7,7 @@ mod config;
 mod control_plane;
 mod jwks_rotation;
 mod report_only;
+mod robustness;
 mod shipped_configs;
 mod sources;
 mod stats;
