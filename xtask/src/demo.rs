@@ -110,6 +110,7 @@ pub fn run(args: &[String]) -> Result<()> {
         admin_port,
         listener_port: Some(listener_port),
         cpu: None,
+        workers: 1,
     })?;
     println!(
         "    envoy ready, log in {} (rendered config beside it)",

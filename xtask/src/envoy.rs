@@ -37,10 +37,12 @@ pub struct Launch<'a> {
     pub listener_port: Option<u16>,
     /// The CPU to pin Envoy to with `taskset`, when available.
     pub cpu: Option<usize>,
+    /// Worker threads (`--concurrency`).
+    pub workers: usize,
 }
 
 impl Envoy {
-    /// Renders the template and starts Envoy with `--concurrency 1`, waiting up to 30 s for readiness.
+    /// Renders the template and starts Envoy with `launch.workers` workers, waiting up to 30 s for readiness.
     pub fn start(launch: Launch<'_>) -> Result<Envoy> {
         let root = util::project_root();
         let template_path = root.join("envoy").join(launch.template);
@@ -66,13 +68,9 @@ impl Envoy {
         };
         cmd.arg("-c")
             .arg(&config)
-            .args([
-                "--concurrency",
-                "1",
-                "-l",
-                "warning",
-                "--disable-hot-restart",
-            ])
+            .arg("--concurrency")
+            .arg(launch.workers.max(1).to_string())
+            .args(["-l", "warning", "--disable-hot-restart"])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);

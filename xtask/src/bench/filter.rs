@@ -243,6 +243,7 @@ fn start(proxy: Proxy, alg: &str, wasm: &std::path::Path, jwks: &str) -> Result<
         admin_port,
         listener_port: Some(listener_port),
         cpu: Some(ENVOY_CPU),
+        workers: 1,
     })
 }
 
