@@ -91,19 +91,38 @@ impl AppState {
         let db = Db::connect(&config).await?;
         let keys = Arc::new(KeyManager::init(&db, &config).await?);
         let feed = Arc::new(Feed::new(revocations::db_cursor(&db).await?));
-        let mut tasks = vec![tokio::spawn(refresh_loop(db.clone(), keys.clone(), feed.clone(), config.refresh_interval_seconds))];
+        let mut tasks = vec![tokio::spawn(refresh_loop(
+            db.clone(),
+            keys.clone(),
+            feed.clone(),
+            config.refresh_interval_seconds,
+        ))];
         let events = Arc::new(events::EventBus::new());
-        let webhooks = Arc::new(webhooks::Dispatcher::new(keys::load_master_key(&config.master_key)?, config.webhooks.clone())?);
-        tasks.push(events::spawn_dispatcher(db.clone(), events.clone(), webhooks.clone()));
+        let webhooks = Arc::new(webhooks::Dispatcher::new(
+            keys::load_master_key(&config.master_key)?,
+            config.webhooks.clone(),
+        )?);
+        tasks.push(events::spawn_dispatcher(
+            db.clone(),
+            events.clone(),
+            webhooks.clone(),
+        ));
         tasks.push(webhooks::spawn_worker(db.clone(), webhooks.clone()));
-        tasks.push(usage::spawn_maintenance(db.clone(), feed.clone(), events.clone(), config.usage.clone()));
+        tasks.push(usage::spawn_maintenance(
+            db.clone(),
+            feed.clone(),
+            events.clone(),
+            config.usage.clone(),
+        ));
         if db.kind == DbKind::Postgres {
             tasks.push(listen_loop(&db, keys.clone(), feed.clone(), events.clone()).await?);
         }
         let argon = config.argon2.clone();
         let dummy_hash = tokio::task::spawn_blocking(move || secrets::dummy_hash(&argon)).await?;
         Ok(AppState {
-            api_keys: Arc::new(ApiKeyCache::new(Duration::from_secs(config.api_key_cache_seconds))),
+            api_keys: Arc::new(ApiKeyCache::new(Duration::from_secs(
+                config.api_key_cache_seconds,
+            ))),
             login_limiter: Arc::new(RateLimiter::new(config.login_rate_limit)),
             token_limiter: Arc::new(RateLimiter::new(config.token_rate_limit)),
             config: Arc::new(config),
@@ -121,12 +140,22 @@ impl AppState {
     /// When no admin user exists, creates `admin` with a random password and returns the password
     /// (to be printed once); otherwise `None`.
     pub async fn bootstrap_admin(&self) -> anyhow::Result<Option<String>> {
-        let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin'").fetch_one(&self.db.pool).await?;
+        let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin'")
+            .fetch_one(&self.db.pool)
+            .await?;
         if admins > 0 {
             return Ok(None);
         }
         let password = secrets::random_secret("");
-        match auth::create_user(&self.db, &self.config.argon2, "admin", &password, Role::Admin).await {
+        match auth::create_user(
+            &self.db,
+            &self.config.argon2,
+            "admin",
+            &password,
+            Role::Admin,
+        )
+        .await
+        {
             Ok(_) => Ok(Some(password)),
             // Another replica bootstrapped at the same moment.
             Err(ApiError::Conflict(_)) => Ok(None),
@@ -155,7 +184,11 @@ async fn refresh_loop(db: Db, keys: Arc<KeyManager>, feed: Arc<Feed>, every: u64
             }
             // Feed entries whose tokens have all expired are gone from snapshots; delete them a day later.
             let cutoff = db::now() - 86_400;
-            if let Err(e) = sqlx::query("DELETE FROM revocations WHERE expires_at < $1").bind(cutoff).execute(&db.pool).await {
+            if let Err(e) = sqlx::query("DELETE FROM revocations WHERE expires_at < $1")
+                .bind(cutoff)
+                .execute(&db.pool)
+                .await
+            {
                 tracing::warn!(error = %e, "cannot prune expired revocations");
             }
         }
@@ -163,9 +196,20 @@ async fn refresh_loop(db: Db, keys: Arc<KeyManager>, feed: Arc<Feed>, every: u64
 }
 
 /// Subscribes to the PostgreSQL channels other replicas notify on, and wakes long-polls at once.
-async fn listen_loop(db: &Db, keys: Arc<KeyManager>, feed: Arc<Feed>, events: Arc<events::EventBus>) -> anyhow::Result<JoinHandle<()>> {
+async fn listen_loop(
+    db: &Db,
+    keys: Arc<KeyManager>,
+    feed: Arc<Feed>,
+    events: Arc<events::EventBus>,
+) -> anyhow::Result<JoinHandle<()>> {
     let mut listener = sqlx::postgres::PgListener::connect(&db.url).await?;
-    listener.listen_all([revocations::FEED_CHANNEL, keys::KEYS_CHANNEL, events::EVENTS_CHANNEL]).await?;
+    listener
+        .listen_all([
+            revocations::FEED_CHANNEL,
+            keys::KEYS_CHANNEL,
+            events::EVENTS_CHANNEL,
+        ])
+        .await?;
     let db = db.clone();
     Ok(tokio::spawn(async move {
         loop {
@@ -178,7 +222,10 @@ async fn listen_loop(db: &Db, keys: Arc<KeyManager>, feed: Arc<Feed>, events: Ar
                 Ok(n) if n.channel() == events::EVENTS_CHANNEL => events.wake(),
                 Ok(_) => {
                     if let Err(e) = keys.reload(&db).await {
-                        tracing::warn!(error = format!("{e:#}"), "cannot reload signing keys after notification");
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            "cannot reload signing keys after notification"
+                        );
                     }
                 }
                 Err(e) => {
@@ -222,11 +269,20 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    match sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(&state.db.pool).await {
-        Ok(_) => (StatusCode::OK, axum::Json(json!({"status": "ok", "feed_cursor": state.feed.current()}))),
+    match sqlx::query_scalar::<_, i64>("SELECT 1")
+        .fetch_one(&state.db.pool)
+        .await
+    {
+        Ok(_) => (
+            StatusCode::OK,
+            axum::Json(json!({"status": "ok", "feed_cursor": state.feed.current()})),
+        ),
         Err(e) => {
             tracing::error!(error = %e, "health check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "unavailable"})))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"status": "unavailable"})),
+            )
         }
     }
 }

@@ -238,16 +238,28 @@ async fn event_stream_sends_new_events_as_server_sent_events(backend: Backend) {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, "token.issued");
     // Reconnecting with Last-Event-ID replays what was missed, then goes live.
-    let first_id = events(&app, "kind=client.created").await["items"][0]["id"].as_str().unwrap().to_owned();
+    let first_id = events(&app, "kind=client.created").await["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let request = Request::builder()
         .uri("/api/v1/events/stream")
         .header(header::AUTHORIZATION, format!("Bearer {auditor}"))
         .header("last-event-id", &first_id)
         .body(Body::empty())
         .unwrap();
-    let mut resumed = app.router.clone().oneshot(request).await.unwrap().into_body();
+    let mut resumed = app
+        .router
+        .clone()
+        .oneshot(request)
+        .await
+        .unwrap()
+        .into_body();
     let replayed = read_sse(&mut resumed, 1, Duration::from_secs(5)).await;
-    assert_eq!(replayed[0].0, "token.issued", "the event after the given id");
+    assert_eq!(
+        replayed[0].0, "token.issued",
+        "the event after the given id"
+    );
     app.issue("bob", "billing", &["read"], false).await;
     let live = read_sse(&mut resumed, 1, Duration::from_secs(10)).await;
     assert_eq!(live[0].1["subject"], "bob");
