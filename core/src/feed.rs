@@ -594,9 +594,13 @@ impl RevocationSet {
     }
 
     /// The state as a sequence of records of at most `max_jtis` jtis each, so no VM ever holds the whole
-    /// snapshot as one buffer: the first is a full snapshot with every subject and client and the first jtis,
-    /// the others are deltas from and to this state's cursor. Apply them in order to an empty state (or to one
-    /// built with [`RevocationSet::reserve_jtis`] for [`RevocationSet::jti_count`] entries).
+    /// snapshot as one buffer: the first is a full snapshot with every subject and client and no jtis, the
+    /// others are deltas from and to this state's cursor carrying the jtis. Apply the first, call
+    /// [`RevocationSet::reserve_jtis`] with [`RevocationSet::jti_count`], then apply the rest in order.
+    ///
+    /// The jtis come in table order, that is sorted by home slot: inserted into a table much smaller than
+    /// their source they would all crowd into its first slots, which is why none ride in the first record
+    /// (which sizes its table for its own entries) and the table is sized once before the deltas.
     pub fn snapshot_parts(&self, max_jtis: usize) -> SnapshotParts<'_> {
         SnapshotParts {
             set: self,
@@ -677,7 +681,11 @@ impl Iterator for SnapshotParts<'_> {
         if !self.first && self.remaining == 0 {
             return None;
         }
-        let n = self.remaining.min(self.max);
+        let n = if self.first {
+            0
+        } else {
+            self.remaining.min(self.max)
+        };
         let (cursor, now) = (self.set.cursor(), self.set.feed_now());
         let mut writer = if self.first {
             Writer::new(
@@ -1150,7 +1158,7 @@ mod tests {
         let set = populated();
         for max in [1, 7, 300, 1000] {
             let parts: Vec<Vec<u8>> = set.snapshot_parts(max).collect();
-            assert_eq!(parts.len(), 300usize.div_ceil(max).max(1), "max {max}");
+            assert_eq!(parts.len(), 1 + 300usize.div_ceil(max), "max {max}");
             let mut rebuilt = RevocationSet::new();
             for (i, part) in parts.iter().enumerate() {
                 rebuilt.apply_bytes(part).unwrap();
@@ -1170,7 +1178,7 @@ mod tests {
         let parts: Vec<Vec<u8>> = set.snapshot_parts(100).collect();
         let mut other = RevocationSet::new();
         assert!(matches!(
-            other.apply_bytes(&parts[1]),
+            other.apply_bytes(&parts[2]),
             Err(DecodeError::WrongBase { .. })
         ));
     }

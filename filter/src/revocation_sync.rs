@@ -288,7 +288,38 @@ fn load_snapshot(host: &mut dyn Host, control: &Control, seq: u64) -> Result<boo
         }
     }
     control.revocation.borrow_mut().replace_set(building);
+    log_loaded(host, control, "loaded from the shared snapshot");
     Ok(true)
+}
+
+/// Bytes of this VM's linear memory (what V8 holds for it; it never shrinks), `None` natively.
+pub fn vm_memory_bytes() -> Option<u64> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        Some(core::arch::wasm32::memory_size::<0>() as u64 * 65_536)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        None
+    }
+}
+
+/// Logs, at info, the size of a state just loaded in full: entries, table bytes and the VM's memory.
+fn log_loaded(host: &dyn Host, control: &Control, how: &str) {
+    let (entries, table) = {
+        let revocation = control.revocation.borrow();
+        (revocation.set().len(), revocation.set().memory_bytes())
+    };
+    let vm = vm_memory_bytes().map_or(String::new(), |b| {
+        format!(", VM memory {:.1} MB", b as f64 / 1e6)
+    });
+    host.log(
+        LogLevel::Info,
+        &format!(
+            "edgewarden: revocation state {how}: {entries} entries, table {:.1} MB{vm}",
+            table as f64 / 1e6
+        ),
+    );
 }
 
 /// The one-tick step of a VM: hold or take the lease, then poll (poller) or catch up (follower), prune, and
@@ -709,6 +740,7 @@ fn apply_and_publish(
                     revocation.record_sync(now);
                     revocation.prune_if_due(now);
                 }
+                log_loaded(host, control, "replaced by a paged snapshot");
                 publish_change(host, control, None, true);
             }
         }
