@@ -100,6 +100,14 @@ pub fn host_log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
 
+/// Hands the counts summed since the last call to Envoy's counters.
+pub fn flush_metrics(metrics: &Metrics) {
+    metrics.flush(|id, n| {
+        // A failed increment only loses a sample; never worth failing anything for.
+        let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+    });
+}
+
 /// Current Unix time in milliseconds from the host clock, 0 if the host cannot tell.
 pub fn host_now_ms() -> u64 {
     hostcalls::get_current_time()
@@ -282,10 +290,8 @@ impl Host for ProxyHost<'_> {
     }
 
     fn count_n(&self, stat: Stat, n: u64) {
-        if let Some(id) = self.metrics.id(stat) {
-            // A failed increment only loses a sample; never worth failing a request for.
-            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
-        }
+        // Summed in memory; the root context's timer hands the sums to Envoy (`flush_metrics`).
+        self.metrics.add(stat, n);
     }
 
     fn gauge(&self, gauge: Gauge, value: u64) {

@@ -13,17 +13,17 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType};
 
 use crate::flow;
-use crate::host::{host_log, host_now_ms, http_call_response, Host, ProxyHost};
+use crate::host::{flush_metrics, host_log, host_now_ms, http_call_response, Host, ProxyHost};
 use crate::http::EdgeWarden;
 use crate::jwks_fetch::{self, Trigger};
 use crate::metrics::Metrics;
 use crate::state::VmState;
 use crate::{revocation_sync, usage};
 
-/// How often the root context looks at remote key sets; each issuer's own intervals decide what actually runs.
-pub const TICK: Duration = Duration::from_secs(1);
 /// The tick with a control plane: how soon a worker applies a revocation the poller published.
 pub const CONTROL_TICK: Duration = Duration::from_millis(100);
+/// The tick without one: how far Envoy's counters may lag behind the filter's (they are summed per VM).
+pub const STATS_TICK: Duration = Duration::from_millis(250);
 
 /// The per-VM root context.
 pub struct EdgeWardenRoot {
@@ -57,6 +57,7 @@ impl EdgeWardenRoot {
             revocation_sync::on_tick(&mut host, control, now_ms);
             usage::on_tick(&mut host, &control.usage, now_ms);
         }
+        flush_metrics(&vm.metrics);
     }
 
     /// Syncs shared key sets and starts every fetch that is due.
@@ -109,6 +110,7 @@ impl Context for EdgeWardenRoot {
                 let mut host = ProxyHost::new(&vm.metrics);
                 revocation_sync::release(&mut host, control);
             }
+            flush_metrics(&vm.metrics);
         }
         true
     }
@@ -183,26 +185,26 @@ impl RootContext for EdgeWardenRoot {
             now_ms,
         ));
         let remote = vm.jwks.borrow().issuers().len();
-        let tick = if vm.control.is_some() {
-            Some(CONTROL_TICK)
+        let period = if vm.control.is_some() {
+            CONTROL_TICK
         } else {
-            (remote > 0).then_some(TICK)
+            STATS_TICK
         };
         self.vm = Some(vm);
-        if let Some(period) = tick {
-            if let Err(s) = hostcalls::set_tick_period(period) {
-                host_log(
-                    LogLevel::Error,
-                    &format!("edgewarden: timer not set, keys and revocations will not be refreshed: {s:?}"),
-                );
-            }
-            // The first JWKS fetch goes out now. The control plane waits for the first tick: Envoy also
-            // configures a base VM that never ticks and whose callouts it cancels, and that VM must not take
-            // the poller lease.
-            if remote > 0 {
-                self.next_jwks_ms = host_now_ms().saturating_add(1000);
-                self.drive_jwks();
-            }
+        if let Err(s) = hostcalls::set_tick_period(period) {
+            host_log(
+                LogLevel::Error,
+                &format!(
+                    "edgewarden: timer not set, keys, revocations and stats will not be refreshed: {s:?}"
+                ),
+            );
+        }
+        // The first JWKS fetch goes out now. The control plane waits for the first tick: Envoy also
+        // configures a base VM that never ticks and whose callouts it cancels, and that VM must not take
+        // the poller lease.
+        if remote > 0 {
+            self.next_jwks_ms = host_now_ms().saturating_add(1000);
+            self.drive_jwks();
         }
         true
     }

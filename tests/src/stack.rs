@@ -21,6 +21,8 @@ pub const JWKS_CLUSTER: &str = "jwks";
 /// The Envoy cluster name that reaches the admin API of `Stack::start_with_control_plane`
 /// (use it in `control_plane.cluster`, and in `remote_jwks.cluster` for the admin API's keys).
 pub const CONTROL_PLANE_CLUSTER: &str = "control_plane";
+/// Longer than the filter's longest timer period, after which every count it made has reached Envoy.
+const COUNTER_FLUSH: Duration = Duration::from_millis(350);
 /// How long Envoy may take to start (V8 compiles the module once per VM).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -354,7 +356,10 @@ impl Stack {
     }
 
     /// The value of filter counter `edgewarden.<name>` as Envoy lists it (`wasmcustom.` prefix), 0 if absent.
+    /// The filter sums counts per VM and hands them to Envoy on its timer (every 250 ms, 100 ms with a control
+    /// plane), so this first waits out one such period: counts of requests already answered are then in.
     pub async fn filter_counter(&self, name: &str) -> u64 {
+        tokio::time::sleep(COUNTER_FLUSH).await;
         self.counter(&format!("wasmcustom.edgewarden.{name}"))
             .await
             .unwrap_or(0)
