@@ -111,6 +111,7 @@ pub fn run(args: &[String]) -> Result<()> {
         listener_port: Some(listener_port),
         cpu: None,
         workers: 1,
+        log_level: "warning",
     })?;
     println!(
         "    envoy ready, log in {} (rendered config beside it)",

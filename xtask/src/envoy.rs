@@ -39,6 +39,8 @@ pub struct Launch<'a> {
     pub cpu: Option<usize>,
     /// Worker threads (`--concurrency`).
     pub workers: usize,
+    /// Envoy's log level (`-l`): `warning` keeps the log to problems, `info` adds the filter's state lines.
+    pub log_level: &'a str,
 }
 
 impl Envoy {
@@ -70,7 +72,7 @@ impl Envoy {
             .arg(&config)
             .arg("--concurrency")
             .arg(launch.workers.max(1).to_string())
-            .args(["-l", "warning", "--disable-hot-restart"])
+            .args(["-l", launch.log_level, "--disable-hot-restart"])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);

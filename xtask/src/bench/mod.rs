@@ -1,10 +1,12 @@
 //! `cargo xtask bench`: runs the benchmark suites in one go and prints their tables.
 //! Each suite is a module with `scenarios()` (the names `--only` matches) and `run(&Options)`:
 //! `filter` compares EdgeWarden with Envoy's native `jwt_authn`, `admin` measures the admin API's feed and
-//! usage ingestion, `propagation` times a revocation from the admin API's answer to the edge's first 401.
+//! usage ingestion, `propagation` times a revocation from the admin API's answer to the edge's first 401,
+//! `memory` measures what a million revoked jtis cost each Envoy VM and the whole Envoy process.
 
 mod admin;
 mod filter;
+mod memory;
 mod propagation;
 mod wrk;
 
@@ -19,6 +21,8 @@ pub struct Options {
     pub duration: Duration,
     /// Only scenarios whose name contains this substring.
     pub only: Option<String>,
+    /// How many times the filter suite runs every scenario; it reports the median (a shared machine is noisy).
+    pub rounds: usize,
 }
 
 impl Options {
@@ -65,6 +69,12 @@ const SUITES: &[Suite] = &[
         needs_filter: true,
         run: propagation::run,
     },
+    Suite {
+        name: "memory",
+        scenarios: memory::scenarios,
+        needs_filter: true,
+        run: memory::run,
+    },
 ];
 
 /// Parses options, installs and builds what the selected suites need, then runs them.
@@ -78,6 +88,13 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     let options = Options {
         duration,
+        rounds: match util::flag_value(args, "--rounds") {
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => bail!("--rounds needs a positive whole number, got `{v}`"),
+            },
+            None => 3,
+        },
         only: util::flag_value(args, "--only").map(str::to_string),
     };
     let suite = util::flag_value(args, "--suite");
@@ -89,7 +106,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     // A suite runs when `--suite` names it (or is absent) and `--only` selects one of its scenarios,
-    // so `--only admin` or `--only propagation` neither starts nor builds what the other suites need.
+    // so `--only admin` or `--only memory` neither starts nor builds what the other suites need.
     let selected: Vec<&Suite> = SUITES
         .iter()
         .filter(|s| suite.is_none_or(|wanted| wanted == s.name))
@@ -107,6 +124,7 @@ pub fn run(args: &[String]) -> Result<()> {
         install::run()?;
         if selected.iter().any(|s| s.name == "filter") {
             install::ensure_apt_tool("wrk", "wrk")?;
+            build::floor()?;
         }
         build::run()?;
     }
@@ -175,6 +193,7 @@ mod tests {
     fn only_selects_suites_by_their_scenario_names() {
         let options = |only: &str| Options {
             duration: Duration::from_secs(1),
+            rounds: 1,
             only: Some(only.to_string()),
         };
         let selected = |only: &str| -> Vec<&str> {
@@ -186,6 +205,7 @@ mod tests {
         };
         assert_eq!(selected("propagation"), ["propagation"]);
         assert_eq!(selected("admin"), ["admin"]);
+        assert_eq!(selected("memory"), ["memory"]);
         assert_eq!(selected("1000 tokens"), ["filter"]);
         assert_eq!(selected("sqlite"), ["admin", "propagation"]);
         assert!(selected("nothing like this").is_empty());

@@ -96,6 +96,7 @@ pub fn run(options: &Options) -> Result<()> {
         listener_port: Some(listener_port),
         cpu: Some(ENVOY_CPU),
         workers: WORKERS,
+        log_level: "warning",
     })?;
     let first = api.issue_token(&admin_key, "propagation-warmup", CLIENT, &[])?;
     let synced = envoy.wait_for_sync("/", &first.token, SYNC_TIMEOUT)?;
