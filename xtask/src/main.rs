@@ -31,9 +31,11 @@ commands:
   test      install, build, then run every test (unit, component, end-to-end through a real Envoy)
   bench     compare Envoy without auth, Envoy's native jwt_authn and EdgeWarden (ES256 and RS256), then
             the admin API's feed and usage ingestion on SQLite and PostgreSQL (100,000 revocations, 1,000 edges),
-            then revocation propagation (admin API's 201 to the edge's first 401, 100 rounds)
+            then revocation propagation (admin API's 201 to the edge's first 401 and to every worker's, 100 rounds)
+            and the memory a million revoked jtis cost each VM
             options: --duration <seconds per scenario, default 5> --only <substring of scenario names>
-                     (--only admin, --only propagation) --suite <filter|admin|propagation>
+                     (--only admin, --only propagation, --only memory) --suite <filter|admin|propagation|memory>
+                     --rounds <n: the filter suite runs each scenario n times and reports medians, default 3>
 ";
 
 fn main() -> ExitCode {
