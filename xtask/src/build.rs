@@ -19,6 +19,11 @@ pub fn floor_wasm() -> PathBuf {
 /// Builds the proxy-wasm floor (only the benchmark needs it) and returns the path of its `.wasm`.
 pub fn floor() -> Result<PathBuf> {
     util::step("build the proxy-wasm floor for the benchmark (wasm32-wasip1, release)");
+    build_wasm("edgewarden-floor", floor_wasm())
+}
+
+/// `cargo build --release --target wasm32-wasip1 -p <package>`, then checks `artifact` is there.
+fn build_wasm(package: &str, artifact: PathBuf) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     util::run(Command::new(cargo).current_dir(util::project_root()).args([
         "build",
@@ -26,38 +31,22 @@ pub fn floor() -> Result<PathBuf> {
         "--target",
         "wasm32-wasip1",
         "-p",
-        "edgewarden-floor",
+        package,
     ]))?;
-    let wasm = floor_wasm();
-    if !wasm.is_file() {
-        bail!("the build succeeded but {} is missing", wasm.display());
+    if !artifact.is_file() {
+        bail!(
+            "the build succeeded but {} is missing: does {package}'s Cargo.toml still build a cdylib of that name?",
+            artifact.display()
+        );
     }
-    Ok(wasm)
+    Ok(artifact)
 }
 
 /// Builds the filter and returns the path of the `.wasm`.
 pub fn run() -> Result<PathBuf> {
     util::step("build the filter (wasm32-wasip1, release)");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    util::run(Command::new(cargo).current_dir(util::project_root()).args([
-        "build",
-        "--release",
-        "--target",
-        "wasm32-wasip1",
-        "-p",
-        "edgewarden-filter",
-    ]))?;
-    let wasm = filter_wasm();
-    let Ok(meta) = std::fs::metadata(&wasm) else {
-        bail!(
-            "the build succeeded but {} is missing: does filter/Cargo.toml still build a cdylib named edgewarden_filter?",
-            wasm.display()
-        );
-    };
-    println!(
-        "    {} ({:.0} KiB)",
-        wasm.display(),
-        meta.len() as f64 / 1024.0
-    );
+    let wasm = build_wasm("edgewarden-filter", filter_wasm())?;
+    let size = std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0);
+    println!("    {} ({:.0} KiB)", wasm.display(), size as f64 / 1024.0);
     Ok(wasm)
 }

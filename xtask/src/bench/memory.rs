@@ -15,11 +15,11 @@ use serde_json::{json, Value};
 
 use super::filter::ENVOY_CPU;
 use super::Options;
-use crate::admin_api::{self, plain_json_string, AdminApi, Setup};
-use crate::envoy::{Envoy, Launch};
+use crate::admin_api::{self, AdminApi, Setup};
+use crate::envoy::Envoy;
 use crate::http::{self, get_request, Conn};
+use crate::install;
 use crate::util::{self, bail, Result};
-use crate::{build, install};
 
 /// The one scenario, for `--only`.
 const SCENARIO: &str = "revocation-memory-1m";
@@ -84,7 +84,7 @@ pub fn run(options: &Options) -> Result<()> {
     util::step(&format!(
         "envoy ({WORKERS} workers, log level info) syncing the revocation feed"
     ));
-    let mut envoy = start_envoy(&api, &edge_key)?;
+    let mut envoy = super::propagation::start_envoy(&api, &edge_key, "bench-memory", "info")?;
     let ready = Instant::now();
     let rss_ready = process_memory_mb(envoy.pid(), "VmRSS")?;
     println!(
@@ -167,35 +167,6 @@ fn seed(dir: &Path) -> Result<Duration> {
         );
     }
     Ok(started.elapsed())
-}
-
-/// Envoy with the filter pointed at `api` (the propagation template), logging at info.
-fn start_envoy(api: &AdminApi, edge_key: &str) -> Result<Envoy> {
-    for (what, value) in [("edge api key", edge_key), ("issuer", api.issuer.as_str())] {
-        if !plain_json_string(value) {
-            bail!("the {what} `{value}` cannot go into bench-propagation.yaml unescaped");
-        }
-    }
-    let admin_port = util::free_port()?;
-    let listener_port = util::free_port()?;
-    let mut values = BTreeMap::new();
-    values.insert("listener_port", listener_port.to_string());
-    values.insert("admin_port", admin_port.to_string());
-    values.insert("wasm_path", build::filter_wasm().display().to_string());
-    values.insert("issuer", api.issuer.clone());
-    values.insert("edge_api_key", edge_key.to_string());
-    values.insert("control_plane_port", api.addr.port().to_string());
-    Envoy::start(Launch {
-        template: "bench-propagation.yaml",
-        values,
-        name: "bench-memory",
-        admin_port,
-        listener_port: Some(listener_port),
-        cpu: Some(ENVOY_CPU),
-        workers: WORKERS,
-        // The filter's `revocation state ...` lines are at info.
-        log_level: "info",
-    })
 }
 
 /// How the sync went: when the gauge and every VM got there, and what each VM logged.

@@ -74,30 +74,10 @@ pub fn run(options: &Options) -> Result<()> {
         api.issuer
     );
 
-    for (what, value) in [("edge api key", &edge_key), ("issuer", &api.issuer)] {
-        if !plain_json_string(value) {
-            bail!("the {what} `{value}` cannot go into bench-propagation.yaml unescaped");
-        }
-    }
-    let admin_port = util::free_port()?;
-    let listener_port = util::free_port()?;
-    let mut values = BTreeMap::new();
-    values.insert("listener_port", listener_port.to_string());
-    values.insert("admin_port", admin_port.to_string());
-    values.insert("wasm_path", build::filter_wasm().display().to_string());
-    values.insert("issuer", api.issuer.clone());
-    values.insert("edge_api_key", edge_key.clone());
-    values.insert("control_plane_port", addr.port().to_string());
-    let mut envoy = Envoy::start(Launch {
-        template: "bench-propagation.yaml",
-        values,
-        name: "bench-propagation",
-        admin_port,
-        listener_port: Some(listener_port),
-        cpu: Some(ENVOY_CPU),
-        workers: WORKERS,
-        log_level: "warning",
-    })?;
+    let mut envoy = start_envoy(&api, &edge_key, "bench-propagation", "warning")?;
+    let listener_port = envoy
+        .listener_port
+        .ok_or_else(|| util::Error::msg("envoy was started without a listener port"))?;
     let first = api.issue_token(&admin_key, "propagation-warmup", CLIENT, &[])?;
     let synced = envoy.wait_for_sync("/", &first.token, SYNC_TIMEOUT)?;
     // That was one worker; the others follow the poller on their next tick. Ten allowed in a row on fresh
@@ -225,6 +205,40 @@ impl Edge {
     fn send(&mut self, request: &[u8]) -> Result<Reply> {
         Conn::open(self.addr)?.exchange(request)
     }
+}
+
+/// Envoy ([`WORKERS`] workers on [`ENVOY_CPU`]) with the filter pointed at `api` through
+/// envoy/bench-propagation.yaml (default revocation settings); the memory suite uses it too, at log level info.
+pub(super) fn start_envoy(
+    api: &admin_api::AdminApi,
+    edge_key: &str,
+    name: &str,
+    log_level: &str,
+) -> Result<Envoy> {
+    for (what, value) in [("edge api key", edge_key), ("issuer", api.issuer.as_str())] {
+        if !plain_json_string(value) {
+            bail!("the {what} `{value}` cannot go into bench-propagation.yaml unescaped");
+        }
+    }
+    let admin_port = util::free_port()?;
+    let listener_port = util::free_port()?;
+    let mut values = BTreeMap::new();
+    values.insert("listener_port", listener_port.to_string());
+    values.insert("admin_port", admin_port.to_string());
+    values.insert("wasm_path", build::filter_wasm().display().to_string());
+    values.insert("issuer", api.issuer.clone());
+    values.insert("edge_api_key", edge_key.to_string());
+    values.insert("control_plane_port", api.addr.port().to_string());
+    Envoy::start(Launch {
+        template: "bench-propagation.yaml",
+        values,
+        name,
+        admin_port,
+        listener_port: Some(listener_port),
+        cpu: Some(ENVOY_CPU),
+        workers: WORKERS,
+        log_level,
+    })
 }
 
 /// One round: a fresh token is allowed, revoked, and refused; returns the time from the 201 to the 401.
