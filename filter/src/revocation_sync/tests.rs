@@ -105,7 +105,7 @@ fn first_vm_takes_the_lease_and_polls_at_once_without_waiting() {
     assert_eq!(call.cluster, "cp");
     assert_eq!(
         call.header(":path"),
-        Some("/api/v1/revocations/feed?since=0&limit=100000")
+        Some("/api/v1/revocations/feed?since=0&limit=25000")
     );
     assert_eq!(call.header("authorization"), Some("Bearer ewk_secret"));
     assert_eq!(call.header("x-edgewarden-edge"), Some("edge-1"));
@@ -129,7 +129,7 @@ fn poll_answers_reach_every_follower_within_a_tick() {
     let call = host_a.calls.last().unwrap();
     assert_eq!(
         call.header(":path"),
-        Some("/api/v1/revocations/feed?since=1&limit=100000&wait=20")
+        Some("/api/v1/revocations/feed?since=1&limit=25000&wait=20")
     );
     assert_eq!(call.header("if-none-match"), Some("\"c1\""));
     assert_eq!(call.timeout, Duration::from_millis(22_000));
@@ -212,7 +212,7 @@ fn failed_polls_keep_the_state_back_off_and_go_stale_after_the_maximum() {
     // The long poll is held for at most a third of the staleness bound.
     assert_eq!(
         host.calls.last().unwrap().header(":path"),
-        Some("/api/v1/revocations/feed?since=1&limit=100000&wait=1")
+        Some("/api/v1/revocations/feed?since=1&limit=25000&wait=1")
     );
     for problem in [
         status(None),
@@ -363,7 +363,7 @@ fn a_paged_snapshot_is_assembled_aside_and_replaces_the_state_at_its_last_page()
     let call = host_a.calls.last().unwrap();
     assert_eq!(
         call.header(":path"),
-        Some("/api/v1/revocations/feed?since=3&limit=100000&after=p%2F2%2B")
+        Some("/api/v1/revocations/feed?since=3&limit=25000&after=p%2F2%2B")
     );
     assert_eq!(call.header("if-none-match"), None);
     answer(&mut host_a, &a, &ok(page(7, true, &["j2"], None)));
@@ -405,7 +405,7 @@ fn a_listing_cut_short_starts_over_and_keeps_the_last_full_state() {
     host.advance_ms(MAX_BACKOFF_MS);
     tick(&mut host, &a);
     let path = host.calls.last().unwrap().header(":path").unwrap();
-    assert_eq!(path, "/api/v1/revocations/feed?since=0&limit=100000");
+    assert_eq!(path, "/api/v1/revocations/feed?since=0&limit=25000");
 }
 
 #[test]
