@@ -361,6 +361,50 @@ async fn issued_token_reaches_the_upstream_with_its_claims() {
     );
 }
 
+/// The `kid` in a token's JOSE header.
+fn kid(token: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let header = token.split('.').next().unwrap_or_default();
+    let header: Value = URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null);
+    header["kid"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn a_key_rotation_in_the_admin_api_fails_no_request_at_the_edge() {
+    let (admin, stack) = start("deny").await;
+    let before = admin.issue_for("alice").await;
+    wait_until_synced(&stack, &before).await;
+    admin
+        .post("/api/v1/keys/rotate", &json!({}))
+        .await
+        .expect(200, "rotate the signing key");
+    let after = admin.issue_for("bob").await;
+    assert_ne!(
+        kid(&after.access_token),
+        kid(&before.access_token),
+        "the rotation gave tokens a new kid"
+    );
+    // The very first request with the new kid passes: the edge refetches the JWKS while it waits.
+    assert_passes(&stack, &after, "the first token signed by the new key").await;
+    assert_passes(
+        &stack,
+        &before,
+        "a token signed by the retired key, still unexpired",
+    )
+    .await;
+    assert_eq!(
+        stack.filter_counter("requests_denied.unknown_kid").await,
+        0,
+        "no request was refused for its key"
+    );
+    assert!(stack.filter_counter("jwks_refetches").await >= 1);
+}
+
 #[tokio::test]
 async fn revoked_jti_is_refused_within_two_seconds_and_other_tokens_pass() {
     let (admin, stack) = start("deny").await;
