@@ -13,10 +13,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{process_cpu, wrk, Options};
-use crate::build;
 use crate::envoy::{Envoy, Launch};
 use crate::tokens::{self, SigningKey};
 use crate::util::{self, bail, Result};
+use crate::{admin_api, build};
 
 /// Distinct tokens in the pool scenarios (the figure).
 const POOL_SIZE: usize = 1000;
@@ -40,6 +40,8 @@ enum Proxy {
     EdgeWarden {
         cache: bool,
     },
+    /// EdgeWarden (cached) with the real admin API as control plane: revocation checks and usage counting.
+    EdgeWardenControl,
 }
 
 impl Proxy {
@@ -51,12 +53,14 @@ impl Proxy {
             Proxy::JwtAuthn { cache: false } => "jwt_authn (no cache)",
             Proxy::EdgeWarden { cache: true } => "edgewarden",
             Proxy::EdgeWarden { cache: false } => "edgewarden (no cache)",
+            Proxy::EdgeWardenControl => "edgewarden + control plane",
         }
     }
 
     fn baseline(self) -> Option<Proxy> {
         match self {
             Proxy::EdgeWarden { cache } => Some(Proxy::JwtAuthn { cache }),
+            Proxy::EdgeWardenControl => Some(Proxy::JwtAuthn { cache: true }),
             _ => None,
         }
     }
@@ -97,6 +101,7 @@ const PLAN: &[(Proxy, &[Pool])] = &[
         Proxy::EdgeWarden { cache: true },
         &[Pool::Distinct, Pool::Hot],
     ),
+    (Proxy::EdgeWardenControl, &[Pool::Distinct]),
     (Proxy::JwtAuthn { cache: false }, &[Pool::Distinct]),
     (Proxy::EdgeWarden { cache: false }, &[Pool::Distinct]),
 ];
@@ -121,6 +126,8 @@ pub fn scenarios() -> Vec<String> {
 pub fn run(options: &Options) -> Result<()> {
     let wasm = build::filter_wasm();
     let floor = build::floor_wasm();
+    // The control-plane scenario's admin API, started the first time a round needs it.
+    let mut control: Option<(admin_api::AdminApi, String)> = None;
     let jwks = tokens::demo_jwks_json()?;
     let mut report = String::new();
     let mut results = serde_json::Map::new();
@@ -151,7 +158,22 @@ pub fn run(options: &Options) -> Result<()> {
                 } else {
                     &wasm
                 };
-                let envoy = start(*proxy, alg, module, &jwks)?;
+                let control_plane = if *proxy == Proxy::EdgeWardenControl {
+                    if control.is_none() {
+                        control = Some(start_admin_api()?);
+                    }
+                    control
+                        .as_ref()
+                        .map(|(api, key)| (api.addr.port(), key.as_str()))
+                } else {
+                    None
+                };
+                let mut envoy = start(*proxy, alg, module, &jwks, control_plane)?;
+                if control_plane.is_some() {
+                    // Until its first sync the filter refuses tokens (on_stale: deny).
+                    let first = std::fs::read_to_string(&hot_file)?;
+                    envoy.wait_for_sync("/", first.trim(), Duration::from_secs(30))?;
+                }
                 for pool in pools {
                     let (file, tokens) = match pool {
                         Pool::Distinct => (&pool_file, POOL_SIZE),
@@ -161,7 +183,9 @@ pub fn run(options: &Options) -> Result<()> {
                     print!("    {name:<48}");
                     let cached = matches!(
                         proxy,
-                        Proxy::JwtAuthn { cache: true } | Proxy::EdgeWarden { cache: true }
+                        Proxy::JwtAuthn { cache: true }
+                            | Proxy::EdgeWarden { cache: true }
+                            | Proxy::EdgeWardenControl
                     );
                     let warm_tokens = if cached { tokens } else { 0 };
                     let row = measure(&envoy, file, warm_tokens, options.duration)?;
@@ -241,7 +265,32 @@ fn token_files(alg: &str, key_name: &str) -> Result<(PathBuf, PathBuf)> {
     Ok((pool_file, hot_file))
 }
 
-fn start(proxy: Proxy, alg: &str, wasm: &std::path::Path, jwks: &str) -> Result<Envoy> {
+/// The real admin API (release build, SQLite, fresh store) and an edge key for the control-plane scenario.
+fn start_admin_api() -> Result<(admin_api::AdminApi, String)> {
+    let bin = admin_api::build()?;
+    util::step("admin api for the control-plane scenario");
+    let dir = util::target_dir().join(format!("bench/filter-control-{}", std::process::id()));
+    let mut setup = admin_api::Setup::fresh(&bin, dir)?;
+    setup.master_key = Some(admin_api::BENCH_MASTER_KEY.to_string());
+    let edge_key = setup.create_api_key("edge", "bench-filter")?;
+    if !admin_api::plain_json_string(&edge_key) {
+        bail!(
+            "the edge api key `{edge_key}` cannot go into bench-edgewarden-control.yaml unescaped"
+        );
+    }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], util::free_port()?));
+    let api = setup.serve(addr, &["--no-bootstrap-admin"])?;
+    println!("    edgewarden-admin on {addr} (pid {}, sqlite)", api.pid());
+    Ok((api, edge_key))
+}
+
+fn start(
+    proxy: Proxy,
+    alg: &str,
+    wasm: &std::path::Path,
+    jwks: &str,
+    control_plane: Option<(u16, &str)>,
+) -> Result<Envoy> {
     let admin_port = util::free_port()?;
     let listener_port = util::free_port()?;
     let mut values = BTreeMap::new();
@@ -273,6 +322,17 @@ fn start(proxy: Proxy, alg: &str, wasm: &std::path::Path, jwks: &str) -> Result<
                 if cache { EDGEWARDEN_CACHE } else { 0 }.to_string(),
             );
             "bench-edgewarden.yaml"
+        }
+        Proxy::EdgeWardenControl => {
+            let Some((port, edge_key)) = control_plane else {
+                bail!("the control-plane scenario needs the admin api");
+            };
+            values.insert("jwks", jwks.to_string());
+            values.insert("wasm_path", wasm.display().to_string());
+            values.insert("cache_entries", EDGEWARDEN_CACHE.to_string());
+            values.insert("control_plane_port", port.to_string());
+            values.insert("edge_api_key", edge_key.to_string());
+            "bench-edgewarden-control.yaml"
         }
     };
     let name = format!(
@@ -419,6 +479,17 @@ fn table(alg: &str, rows: &BTreeMap<(Proxy, Pool), Row>) -> String {
             out,
             "the proxy-wasm floor alone reaches {:.2}x jwt_authn throughput: no proxy-wasm filter can do better on this Envoy",
             floor.measured.rps() / native.measured.rps()
+        );
+    }
+    if let (Some(alone), Some(control)) = (
+        rows.get(&(Proxy::EdgeWarden { cache: true }, Pool::Distinct)),
+        rows.get(&(Proxy::EdgeWardenControl, Pool::Distinct)),
+    ) {
+        let _ = writeln!(
+            out,
+            "control plane (revocation state checked, usage counted and reported every second): {:+.1} us cpu per request, {:.2}x the throughput without",
+            micros(control.cpu_per_request) - micros(alone.cpu_per_request),
+            control.measured.rps() / alone.measured.rps()
         );
     }
     out
