@@ -219,16 +219,21 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    #[test]
-    fn every_denial_reason_gets_its_own_counter() {
+    /// Metrics whose counters the host numbers 1, 2, 3, ... (no gauges).
+    fn numbered() -> Metrics {
         let mut next = 0u32;
-        let m = Metrics::define(
+        Metrics::define(
             |_| {
                 next += 1;
                 Some(next)
             },
             |_| None,
-        );
+        )
+    }
+
+    #[test]
+    fn every_denial_reason_gets_its_own_counter() {
+        let m = numbered();
         let mut ids: Vec<u32> = denial_reasons()
             .filter_map(|r| m.id(Stat::Denied(r)))
             .collect();
@@ -244,14 +249,7 @@ mod tests {
 
     #[test]
     fn counts_are_summed_until_a_flush_hands_them_over() {
-        let mut next = 0u32;
-        let m = Metrics::define(
-            |_| {
-                next += 1;
-                Some(next)
-            },
-            |_| None,
-        );
+        let m = numbered();
         m.add(Stat::Allowed, 1);
         m.add(Stat::Allowed, 2);
         m.add(Stat::Denied(Reason::Expired), 1);

@@ -426,15 +426,7 @@ fn check_enforcement(api: &AdminApi, admin_key: &str, listener: SocketAddr) -> R
                 in_a_row = 0;
             }
             401 => {
-                let reason = serde_json::from_slice::<Value>(&reply.body)
-                    .ok()
-                    .and_then(|v| v["reason"].as_str().map(str::to_string));
-                if reason.as_deref() != Some("revoked") {
-                    bail!(
-                        "expected 401 revoked, got 401 {}",
-                        String::from_utf8_lossy(&reply.body)
-                    );
-                }
+                super::propagation::expect_revoked(&reply)?;
                 streak.get_or_insert(at);
                 in_a_row += 1;
                 if in_a_row >= STREAK {

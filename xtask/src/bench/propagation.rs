@@ -290,15 +290,7 @@ fn measure_round(
         match reply.status {
             200 => streak = None,
             401 => {
-                let reason = serde_json::from_slice::<Value>(&reply.body)
-                    .ok()
-                    .and_then(|v| v["reason"].as_str().map(str::to_string));
-                if reason.as_deref() != Some("revoked") {
-                    bail!(
-                        "expected 401 revoked, got 401 {}",
-                        String::from_utf8_lossy(&reply.body)
-                    );
-                }
+                expect_revoked(&reply)?;
                 first.get_or_insert((at, requests));
                 let (started, count) = streak.get_or_insert((at, 0));
                 *count += 1;
@@ -317,6 +309,20 @@ fn measure_round(
             ),
         }
     }
+}
+
+/// Checks that a 401 through Envoy is the filter's `revoked` refusal, not some other one.
+pub(super) fn expect_revoked(reply: &Reply) -> Result<()> {
+    let reason = serde_json::from_slice::<Value>(&reply.body)
+        .ok()
+        .and_then(|v| v["reason"].as_str().map(str::to_string));
+    if reason.as_deref() != Some("revoked") {
+        bail!(
+            "expected 401 revoked, got 401 {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    Ok(())
 }
 
 fn ms(d: Duration) -> f64 {
