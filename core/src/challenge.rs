@@ -60,7 +60,7 @@ pub fn json_body(d: &Decision) -> String {
     let error = error_code(d).unwrap_or_else(|| d.reason.as_str());
     let mut body = serde_json::Map::new();
     body.insert("error".into(), error.into());
-    body.insert("error_description".into(), d.description.clone().into());
+    body.insert("error_description".into(), d.description.as_ref().into());
     body.insert("reason".into(), d.reason.as_str().into());
     if let Some(scope) = &d.required_scope {
         body.insert("scope".into(), scope.clone().into());

@@ -2,6 +2,7 @@
 //! The filter turns a [`Decision`] into an HTTP answer (see `challenge`), the admin API and the
 //! dashboard show it as is, so every refusal carries both a stable snake_case code and figures.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -178,7 +179,8 @@ pub struct Decision {
     /// Machine-readable reason.
     pub reason: Reason,
     /// Human description with figures, e.g. `token expired 42s ago (leeway 60s)`; never contains the token.
-    pub description: String,
+    /// Borrowed for an accepted token: the allow path, cache hits included, allocates no text.
+    pub description: Cow<'static, str>,
     /// 200, 401 or 403: what would be answered (report-only handling is the filter's business).
     pub status: u16,
     /// Space-delimited scopes for the `insufficient_scope` challenge.
@@ -207,7 +209,7 @@ impl Decision {
             verdict: Verdict::Deny,
             status: rejection.reason.status(),
             reason: rejection.reason,
-            description: rejection.description,
+            description: rejection.description.into(),
             required_scope: None,
             token: None,
             rule,

@@ -3,6 +3,7 @@
 //! per-request path is: match a rule, take the verified token from the cache or verify it, then run
 //! the checks that can change between requests (time, revocation, rule requirements) every time.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -419,7 +420,7 @@ impl Engine {
                 (Some(rule), Some(i)) if rule.allow_anonymous => Decision {
                     verdict: Verdict::Allow,
                     reason: Reason::Anonymous,
-                    description: format!("no token, anonymous access allowed by rules[{i}]"),
+                    description: format!("no token, anonymous access allowed by rules[{i}]").into(),
                     status: 200,
                     required_scope: None,
                     token: None,
@@ -476,7 +477,7 @@ impl Engine {
             verdict: Verdict::Deny,
             status: reason.status(),
             reason,
-            description,
+            description: description.into(),
             required_scope,
             token: Some(Arc::clone(&token)),
             rule: rule_index,
@@ -499,10 +500,10 @@ impl Engine {
             }
         }
         // Kept cheap: this runs on every allowed request, cache hits included.
-        let description = match token.exp {
-            Some(exp) => format!("token accepted, expires in {}s", exp.saturating_sub(now)),
-            None => "token accepted, no expiry".to_string(),
-        };
+        let description = Cow::Borrowed(match token.exp {
+            Some(_) => "token accepted",
+            None => "token accepted, no expiry",
+        });
         let headers_to_set = self.forward_headers(&token, text);
         Decision {
             verdict: Verdict::Allow,

@@ -1169,7 +1169,7 @@ mod tests {
         let mut state = EdgeRevocationState::new(&RevocationConfig::default(), 60);
         let d = engine.evaluate(&request, None, &state, NOW);
         assert_eq!(
-            (d.reason, d.description.as_str()),
+            (d.reason, d.description.as_ref()),
             (
                 Reason::StaleRevocationState,
                 "revocation state not yet synced"

@@ -10,6 +10,7 @@ use edgewarden_core::engine::Request;
 use edgewarden_core::revocation::{NoRevocations, RevocationView};
 use proxy_wasm::types::LogLevel;
 
+use crate::headers::HeaderMap;
 use crate::host::Host;
 use crate::jwks_fetch::{self, Permit, Trigger};
 use crate::metrics::Stat;
@@ -34,12 +35,9 @@ pub enum Outcome {
     },
 }
 
-/// Looks a header up in a fetched header list (names compared case-insensitively).
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+/// Looks a header up in the request's headers (names compared case-insensitively).
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name)
 }
 
 /// The `:path` without query string or fragment: what rules match on and what logs may show.
@@ -49,7 +47,7 @@ pub fn path_without_query(path: &str) -> &str {
 }
 
 /// Runs the engine on the request described by `headers`.
-fn evaluate(host: &dyn Host, vm: &VmState, headers: &[(String, String)], now: u64) -> Decision {
+fn evaluate(host: &dyn Host, vm: &VmState, headers: &HeaderMap, now: u64) -> Decision {
     let full_path = header(headers, ":path").unwrap_or("/");
     let method = header(headers, ":method").unwrap_or("GET");
     let lookup = |name: &str| header(headers, name);
@@ -117,7 +115,7 @@ fn record_usage(
     host: &mut dyn Host,
     settings: &Settings,
     control: &Control,
-    headers: &[(String, String)],
+    headers: &HeaderMap,
     decision: &Decision,
     now: u64,
 ) {
@@ -178,7 +176,7 @@ fn refetch(
 pub fn apply(
     host: &mut dyn Host,
     settings: &Settings,
-    headers: &[(String, String)],
+    headers: &HeaderMap,
     decision: &Decision,
 ) -> Outcome {
     // Client-sent copies of headers the filter owns are removed on every request, whatever the decision,
@@ -244,7 +242,7 @@ fn deny(host: &mut dyn Host, settings: &Settings, decision: &Decision) {
 
 /// Removes the credential before the request goes upstream, when `strip_token` is on:
 /// the header for a header source, the one cookie for a cookie source, the one parameter for a query source.
-fn strip_credential(host: &mut dyn Host, settings: &Settings, headers: &[(String, String)]) {
+fn strip_credential(host: &mut dyn Host, settings: &Settings, headers: &HeaderMap) {
     if !settings.strip_token {
         return;
     }
@@ -258,7 +256,7 @@ fn strip_credential(host: &mut dyn Host, settings: &Settings, headers: &[(String
             let cookies: Vec<&str> = headers
                 .iter()
                 .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
-                .map(|(_, v)| v.as_str())
+                .map(|(_, v)| v)
                 .collect();
             if cookies.is_empty() {
                 return;

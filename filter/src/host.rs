@@ -8,6 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
 
+use crate::headers::{self, HeaderMap};
 use crate::metrics::{Gauge, Metrics, Stat};
 
 /// Everything the filter's decision logic needs from the proxy, for the context that is currently effective.
@@ -19,7 +20,7 @@ pub trait Host {
     /// Current time as Unix milliseconds (0 if the host cannot tell): timers of the poller and the reporter.
     fn now_ms(&self) -> u64;
     /// All request headers (lower-case names, as Envoy stores them, pseudo-headers included).
-    fn request_headers(&self) -> Vec<(String, String)>;
+    fn request_headers(&self) -> HeaderMap;
     /// Replaces every value of a request header with one value.
     fn set_request_header(&mut self, name: &str, value: &str);
     /// Removes every value of a request header.
@@ -81,8 +82,8 @@ pub trait Host {
 
 /// The real adapter over `proxy_wasm::hostcalls`; host failures are logged at debug level and otherwise ignored.
 /// The SDK panics on host statuses it does not expect and on text that is not UTF-8, so every call here is one
-/// whose statuses it handles, with inputs a request cannot make it refuse (see [`text_pairs`] and
-/// [`http_call_response`]).
+/// whose statuses it handles, with inputs a request cannot make it refuse (see [`headers::read_request_headers`]
+/// and [`http_call_response`]).
 pub struct ProxyHost<'a> {
     metrics: &'a Metrics,
 }
@@ -165,23 +166,6 @@ pub fn http_call_response(num_headers: usize, body_size: usize, max_body: usize)
     }
 }
 
-/// Header pairs read as bytes, values turned into text without failing: the SDK's text-returning `get_map`
-/// panics on a value that is not UTF-8, which any client can send (`X-Anything: \xff`). Names are always
-/// ASCII tokens (Envoy's codecs refuse anything else); a value that is not UTF-8 keeps its valid parts and
-/// gets U+FFFD for the rest, so a credential carrying such bytes fails to parse as a token instead.
-pub fn text_pairs(pairs: Vec<(String, Vec<u8>)>) -> Vec<(String, String)> {
-    pairs
-        .into_iter()
-        .map(|(name, value)| {
-            let value = match String::from_utf8(value) {
-                Ok(text) => text,
-                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-            };
-            (name, value)
-        })
-        .collect()
-}
-
 /// What came back from a dispatched HTTP call: no status means the call failed (reset, timeout, no healthy host).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallResponse {
@@ -198,8 +182,8 @@ impl Host for ProxyHost<'_> {
         host_now_ms()
     }
 
-    fn request_headers(&self) -> Vec<(String, String)> {
-        text_pairs(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default())
+    fn request_headers(&self) -> HeaderMap {
+        headers::read_request_headers()
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) {
@@ -305,16 +289,6 @@ impl Host for ProxyHost<'_> {
 mod tests {
     #![allow(clippy::indexing_slicing)]
     use super::*;
-
-    #[test]
-    fn header_values_that_are_not_utf8_become_text_instead_of_failing() {
-        let pairs = text_pairs(vec![
-            ("x-evil".to_string(), b"caf\xe9\xff".to_vec()),
-            ("authorization".to_string(), b"Bearer abc".to_vec()),
-        ]);
-        assert_eq!(pairs[0].1, "caf\u{fffd}\u{fffd}");
-        assert_eq!(pairs[1].1, "Bearer abc");
-    }
 
     #[test]
     fn addresses_lose_their_port() {

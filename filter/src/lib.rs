@@ -12,6 +12,7 @@
 )]
 
 pub mod flow;
+pub mod headers;
 pub mod host;
 pub mod http;
 pub mod jwks_fetch;

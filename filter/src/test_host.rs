@@ -172,11 +172,12 @@ impl Host for FakeHost {
     fn now_ms(&self) -> u64 {
         self.now_ms
     }
-    fn request_headers(&self) -> Vec<(String, String)> {
-        self.requests
-            .get(&self.effective)
-            .cloned()
-            .unwrap_or_default()
+    fn request_headers(&self) -> crate::headers::HeaderMap {
+        crate::headers::HeaderMap::from_pairs(
+            self.requests
+                .get(&self.effective)
+                .map_or(&[][..], Vec::as_slice),
+        )
     }
     fn set_request_header(&mut self, name: &str, value: &str) {
         let ctx = self.effective;

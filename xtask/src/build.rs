@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use crate::util::{self, bail, Result};
+use crate::wasm_exports;
 
 /// The filter artifact Envoy loads.
 pub fn filter_wasm() -> PathBuf {
@@ -38,6 +39,10 @@ fn build_wasm(package: &str, artifact: PathBuf) -> Result<PathBuf> {
             "the build succeeded but {} is missing: does {package}'s Cargo.toml still build a cdylib of that name?",
             artifact.display()
         );
+    }
+    let removed = wasm_exports::strip_file(&artifact, wasm_exports::UNUSED_CALLBACKS)?;
+    if removed > 0 {
+        println!("    removed {removed} exports of callbacks it does not implement, so Envoy never calls them");
     }
     Ok(artifact)
 }

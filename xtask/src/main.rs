@@ -14,6 +14,7 @@ mod install;
 mod test;
 mod tokens;
 mod util;
+mod wasm_exports;
 
 use std::process::ExitCode;
 
@@ -33,9 +34,10 @@ commands:
             the admin API's feed and usage ingestion on SQLite and PostgreSQL (100,000 revocations, 1,000 edges),
             then revocation propagation (admin API's 201 to the edge's first 401 and to every worker's, 100 rounds)
             and the memory a million revoked jtis cost each VM
-            options: --duration <seconds per scenario, default 5> --only <substring of scenario names>
+            options: --duration <seconds per scenario, default 5> --only <substrings of scenario names, comma-separated>
                      (--only admin, --only propagation, --only memory) --suite <filter|admin|propagation|memory>
                      --rounds <n: the filter suite runs each scenario n times and reports medians, default 3>
+                     --against <a.wasm,b.wasm: other filter builds, each measured beside this one in the same rounds>
 ";
 
 fn main() -> ExitCode {

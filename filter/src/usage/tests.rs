@@ -60,7 +60,7 @@ fn decision(reason: Reason, token: Option<Arc<VerifiedToken>>) -> Decision {
         },
         status: reason.status(),
         reason,
-        description: String::new(),
+        description: "".into(),
         required_scope: None,
         token,
         rule: Some(0),

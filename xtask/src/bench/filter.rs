@@ -42,25 +42,32 @@ enum Proxy {
     },
     /// EdgeWarden (cached) with the real admin API as control plane: revocation checks and usage counting.
     EdgeWardenControl,
+    /// EdgeWarden (cached) built from elsewhere: the n-th file of `--against <a.wasm,b.wasm>`, from 1.
+    Against(usize),
 }
 
+/// The label of the control-plane scenario (for building the admin API before the suite runs).
+pub const CONTROL_LABEL: &str = "edgewarden + control plane";
+
 impl Proxy {
-    fn label(self) -> &'static str {
-        match self {
+    fn label(self) -> String {
+        let fixed = match self {
             Proxy::None => "no auth",
             Proxy::Floor => "proxy-wasm floor",
             Proxy::JwtAuthn { cache: true } => "jwt_authn",
             Proxy::JwtAuthn { cache: false } => "jwt_authn (no cache)",
             Proxy::EdgeWarden { cache: true } => "edgewarden",
             Proxy::EdgeWarden { cache: false } => "edgewarden (no cache)",
-            Proxy::EdgeWardenControl => "edgewarden + control plane",
-        }
+            Proxy::EdgeWardenControl => CONTROL_LABEL,
+            Proxy::Against(n) => return format!("edgewarden --against #{n}"),
+        };
+        fixed.to_string()
     }
 
     fn baseline(self) -> Option<Proxy> {
         match self {
             Proxy::EdgeWarden { cache } => Some(Proxy::JwtAuthn { cache }),
-            Proxy::EdgeWardenControl => Some(Proxy::JwtAuthn { cache: true }),
+            Proxy::EdgeWardenControl | Proxy::Against(_) => Some(Proxy::JwtAuthn { cache: true }),
             _ => None,
         }
     }
@@ -106,6 +113,20 @@ const PLAN: &[(Proxy, &[Pool])] = &[
     (Proxy::EdgeWarden { cache: false }, &[Pool::Distinct]),
 ];
 
+/// [`PLAN`] with a cached pool scenario for each `--against` build after EdgeWarden's own.
+fn plan(options: &Options) -> Vec<(Proxy, &'static [Pool])> {
+    let mut plan = Vec::new();
+    for &(proxy, pools) in PLAN {
+        plan.push((proxy, pools));
+        if proxy == (Proxy::EdgeWarden { cache: true }) {
+            for n in 1..=options.against.len() {
+                plan.push((Proxy::Against(n), &[Pool::Distinct]));
+            }
+        }
+    }
+    plan
+}
+
 /// The algorithms measured, with the demo key that signs each one's tokens.
 const ALGS: [(&str, &str); 2] = [("ES256", "demo-es256"), ("RS256", "demo-rs256")];
 
@@ -144,7 +165,11 @@ pub fn run(options: &Options) -> Result<()> {
             if options.rounds > 1 {
                 println!("    round {round}/{}", options.rounds);
             }
-            for (proxy, pools) in PLAN {
+            for (proxy, pools) in &plan(options) {
+                let against = match proxy {
+                    Proxy::Against(n) => options.against.get(n - 1),
+                    _ => None,
+                };
                 let pools: Vec<Pool> = pools
                     .iter()
                     .copied()
@@ -153,10 +178,10 @@ pub fn run(options: &Options) -> Result<()> {
                 if pools.is_empty() {
                     continue;
                 }
-                let module = if *proxy == Proxy::Floor {
-                    &floor
-                } else {
-                    &wasm
+                let module = match (proxy, against) {
+                    (Proxy::Floor, _) => &floor,
+                    (_, Some(path)) => path,
+                    _ => &wasm,
                 };
                 let control_plane = if *proxy == Proxy::EdgeWardenControl {
                     if control.is_none() {
@@ -186,6 +211,7 @@ pub fn run(options: &Options) -> Result<()> {
                         Proxy::JwtAuthn { cache: true }
                             | Proxy::EdgeWarden { cache: true }
                             | Proxy::EdgeWardenControl
+                            | Proxy::Against(_)
                     );
                     let warm_tokens = if cached { tokens } else { 0 };
                     let row = measure(&envoy, file, warm_tokens, options.duration)?;
@@ -314,7 +340,8 @@ fn start(
             );
             "bench-jwt-authn.yaml"
         }
-        Proxy::EdgeWarden { cache } => {
+        Proxy::EdgeWarden { .. } | Proxy::Against(_) => {
+            let cache = proxy != Proxy::EdgeWarden { cache: false };
             values.insert("jwks", jwks.to_string());
             values.insert("wasm_path", wasm.display().to_string());
             values.insert(
@@ -338,7 +365,7 @@ fn start(
     let name = format!(
         "bench-{}-{}",
         alg.to_ascii_lowercase(),
-        proxy.label().replace([' ', '(', ')'], "")
+        proxy.label().replace([' ', '(', ')', '-', '+', '#'], "")
     );
     Envoy::start(Launch {
         template,

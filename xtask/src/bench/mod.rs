@@ -19,16 +19,22 @@ use crate::{build, install};
 pub struct Options {
     /// How long each measured scenario runs (after its warm-up).
     pub duration: Duration,
-    /// Only scenarios whose name contains this substring.
+    /// Only scenarios whose name contains this substring (or one of several, comma-separated).
     pub only: Option<String>,
     /// How many times the filter suite runs every scenario; it reports the median (a shared machine is noisy).
     pub rounds: usize,
+    /// Other builds of the filter (`--against <a.wasm,b.wasm>`) the filter suite measures beside this one, in the
+    /// same interleaved rounds: the way to tell a change's effect from the machine's noise.
+    pub against: Vec<std::path::PathBuf>,
 }
 
 impl Options {
-    /// True when the scenario `name` is selected by `--only` (every scenario is, without it).
+    /// True when the scenario `name` is selected by `--only` (every scenario is, without it): its value is one
+    /// substring or several separated by commas (`--only "ES256 jwt_authn / 1000,ES256 edgewarden / 1000"`).
     pub fn matches(&self, name: &str) -> bool {
-        self.only.as_deref().is_none_or(|o| name.contains(o))
+        self.only
+            .as_deref()
+            .is_none_or(|o| o.split(',').any(|part| name.contains(part)))
     }
 
     /// True when any of `names` is selected by `--only`.
@@ -96,7 +102,18 @@ pub fn run(args: &[String]) -> Result<()> {
             None => 3,
         },
         only: util::flag_value(args, "--only").map(str::to_string),
+        against: util::flag_value(args, "--against")
+            .map(|v| v.split(',').map(std::path::PathBuf::from).collect())
+            .unwrap_or_default(),
     };
+    for path in &options.against {
+        if !path.is_file() {
+            bail!(
+                "--against {}: no such file; copy a built edgewarden_filter.wasm aside first",
+                path.display()
+            );
+        }
+    }
     let suite = util::flag_value(args, "--suite");
     if let Some(name) = suite {
         if !SUITES.iter().any(|s| s.name == name) {
@@ -127,6 +144,16 @@ pub fn run(args: &[String]) -> Result<()> {
             build::floor()?;
         }
         build::run()?;
+    }
+    // Built before any measurement: a compile running beside a scenario would be measured with it.
+    if selected.iter().any(|s| s.name == "filter")
+        && options.matches_any(
+            filter::scenarios()
+                .iter()
+                .filter(|n| n.contains(filter::CONTROL_LABEL)),
+        )
+    {
+        crate::admin_api::build()?;
     }
 
     for s in selected {
@@ -195,6 +222,7 @@ mod tests {
             duration: Duration::from_secs(1),
             rounds: 1,
             only: Some(only.to_string()),
+            against: Vec::new(),
         };
         let selected = |only: &str| -> Vec<&str> {
             SUITES
@@ -209,6 +237,14 @@ mod tests {
         assert_eq!(selected("1000 tokens"), ["filter"]);
         assert_eq!(selected("sqlite"), ["admin", "propagation"]);
         assert!(selected("nothing like this").is_empty());
+        // Several substrings, comma-separated: any of them selects.
+        assert_eq!(selected("propagation,memory"), ["propagation", "memory"]);
+        assert!(
+            options("ES256 jwt_authn / 1000,RS256 no auth").matches("RS256 no auth / 1000 tokens")
+        );
+        assert!(
+            !options("ES256 jwt_authn / 1000,RS256 no auth").matches("ES256 no auth / 1000 tokens")
+        );
     }
 
     #[test]
