@@ -10,6 +10,7 @@
 //! export section changes: the functions stay (unreferenced), nothing else moves, and running it again is a no-op.
 //! A callback added to the filter later must come off [`UNUSED_CALLBACKS`], or Envoy will never call it.
 
+use std::ops::Range;
 use std::path::Path;
 
 use crate::util::{bail, Error, Result};
@@ -58,43 +59,74 @@ pub fn strip_file(path: &Path, unused: &[&str]) -> Result<usize> {
 
 /// The module without the exports named in `unused`, and how many were removed.
 pub fn strip(module: &[u8], unused: &[&str]) -> Result<(Vec<u8>, usize)> {
-    if module.get(..4) != Some(b"\0asm".as_slice()) || module.len() < 8 {
-        bail!("not a WebAssembly module (no \\0asm header)");
-    }
     let mut out = Vec::with_capacity(module.len());
-    out.extend_from_slice(&module[..8]);
+    out.extend_from_slice(&module[..8.min(module.len())]);
     let mut removed = 0;
-    let mut at = 8;
-    while at < module.len() {
-        let id = module[at];
-        let (size, after_size) = leb_u32(module, at + 1)?;
-        let end = after_size
-            .checked_add(size as usize)
-            .filter(|&end| end <= module.len())
-            .ok_or_else(|| Error::msg(format!("section {id} at byte {at} runs past the end")))?;
-        let payload = &module[after_size..end];
-        if id == EXPORT_SECTION {
-            let (kept, n) = filter_exports(payload, unused)?;
-            removed += n;
-            out.push(id);
-            push_leb(
-                &mut out,
-                u32::try_from(kept.len()).map_err(|_| Error::msg("export section too large"))?,
-            );
-            out.extend_from_slice(&kept);
-        } else {
-            out.extend_from_slice(&module[at..end]);
+    for Section { id, whole, payload } in sections(module)? {
+        if id != EXPORT_SECTION {
+            out.extend_from_slice(&module[whole]);
+            continue;
         }
-        at = end;
+        let exports = exports(&module[payload])?;
+        let kept: Vec<&[u8]> = exports
+            .iter()
+            .filter(|(name, _)| !unused.iter().any(|u| u.as_bytes() == *name))
+            .map(|(_, entry)| *entry)
+            .collect();
+        removed += exports.len() - kept.len();
+        let mut body = Vec::new();
+        push_leb(
+            &mut body,
+            u32::try_from(kept.len()).map_err(|_| Error::msg("too many exports"))?,
+        );
+        for entry in kept {
+            body.extend_from_slice(entry);
+        }
+        out.push(id);
+        push_leb(
+            &mut out,
+            u32::try_from(body.len()).map_err(|_| Error::msg("export section too large"))?,
+        );
+        out.extend_from_slice(&body);
     }
     Ok((out, removed))
 }
 
-/// The export section's payload without the named exports.
-fn filter_exports(payload: &[u8], unused: &[&str]) -> Result<(Vec<u8>, usize)> {
+/// One section of a module: its id, its whole extent and its payload's extent.
+struct Section {
+    id: u8,
+    whole: Range<usize>,
+    payload: Range<usize>,
+}
+
+/// Each section of the module, in order.
+fn sections(module: &[u8]) -> Result<Vec<Section>> {
+    if module.get(..4) != Some(b"\0asm".as_slice()) || module.len() < 8 {
+        bail!("not a WebAssembly module (no \\0asm header)");
+    }
+    let mut sections = Vec::new();
+    let mut at = 8;
+    while at < module.len() {
+        let id = module[at];
+        let (size, payload_at) = leb_u32(module, at + 1)?;
+        let end = payload_at
+            .checked_add(size as usize)
+            .filter(|&end| end <= module.len())
+            .ok_or_else(|| Error::msg(format!("section {id} at byte {at} runs past the end")))?;
+        sections.push(Section {
+            id,
+            whole: at..end,
+            payload: payload_at..end,
+        });
+        at = end;
+    }
+    Ok(sections)
+}
+
+/// The entries of an export section's payload: each one's name and its whole encoding.
+fn exports(payload: &[u8]) -> Result<Vec<(&[u8], &[u8])>> {
     let (count, mut at) = leb_u32(payload, 0)?;
     let mut entries = Vec::new();
-    let mut removed = 0;
     for _ in 0..count {
         let start = at;
         let (name_len, name_at) = leb_u32(payload, at)?;
@@ -103,26 +135,16 @@ fn filter_exports(payload: &[u8], unused: &[&str]) -> Result<(Vec<u8>, usize)> {
             .get(name_at..name_end)
             .ok_or_else(|| Error::msg("export name runs past the section"))?;
         // Kind byte, then the index.
-        let (_, index_end) = leb_u32(payload, name_end + 1)?;
-        at = index_end;
-        if unused.iter().any(|u| u.as_bytes() == name) {
-            removed += 1;
-        } else {
-            entries.push(&payload[start..at]);
-        }
+        at = leb_u32(payload, name_end + 1)?.1;
+        entries.push((name, &payload[start..at.min(payload.len())]));
     }
     if at != payload.len() {
-        bail!("export section has {} trailing bytes", payload.len() - at);
+        bail!(
+            "export section has {} trailing bytes",
+            payload.len().saturating_sub(at)
+        );
     }
-    let mut kept = Vec::with_capacity(payload.len());
-    push_leb(
-        &mut kept,
-        u32::try_from(entries.len()).map_err(|_| Error::msg("too many exports"))?,
-    );
-    for entry in entries {
-        kept.extend_from_slice(entry);
-    }
-    Ok((kept, removed))
+    Ok(entries)
 }
 
 /// Reads an unsigned LEB128 `u32` at `at`; returns it and the offset after it.
@@ -156,29 +178,14 @@ fn push_leb(out: &mut Vec<u8>, mut value: u32) {
 
 /// The names a module exports (for the checks below).
 #[cfg(test)]
-pub fn export_names(module: &[u8]) -> Result<Vec<String>> {
-    let mut at = 8;
+fn export_names(module: &[u8]) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    while at < module.len() {
-        let id = module[at];
-        let (size, after_size) = leb_u32(module, at + 1)?;
-        let end = after_size + size as usize;
+    for Section { id, payload, .. } in sections(module)? {
         if id == EXPORT_SECTION {
-            let payload = module
-                .get(after_size..end)
-                .ok_or_else(|| Error::msg("export section runs past the end"))?;
-            let (count, mut p) = leb_u32(payload, 0)?;
-            for _ in 0..count {
-                let (len, name_at) = leb_u32(payload, p)?;
-                let name_end = name_at + len as usize;
-                let name = payload
-                    .get(name_at..name_end)
-                    .ok_or_else(|| Error::msg("export name runs past the section"))?;
+            for (name, _) in exports(&module[payload])? {
                 names.push(String::from_utf8_lossy(name).into_owned());
-                p = leb_u32(payload, name_end + 1)?.1;
             }
         }
-        at = end;
     }
     Ok(names)
 }
