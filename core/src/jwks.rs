@@ -163,6 +163,9 @@ fn verify_with<A: Algorithm>(
 #[derive(Clone, Default)]
 pub struct KeySet {
     keys: Arc<[Key]>,
+    /// Keys of the document left out because they are not for verifying signatures (an identity provider's
+    /// `use: enc` key), each as `keys[1] (kid "enc-1"): use is "enc"`.
+    skipped: Arc<[String]>,
     /// Hash of every key's kid, alg and public bytes: tells a real key change from a refresh that changed nothing.
     digest: u64,
 }
@@ -185,6 +188,9 @@ pub enum JwksError {
     /// The key set is empty.
     #[error("jwks has no keys")]
     Empty,
+    /// Every key of the set is for something else than verifying signatures.
+    #[error("jwks has no signature keys, only keys for other uses: {0}")]
+    NoSignatureKeys(String),
     /// More keys than [`MAX_KEYS`].
     #[error("jwks has {0} keys, maximum {MAX_KEYS}")]
     TooManyKeys(usize),
@@ -216,8 +222,11 @@ fn kid_label(kid: &Option<String>) -> String {
 impl KeySet {
     /// Strict RFC 7517 parsing with RFC 8725 key hygiene: RSA >= 2048 bits, Ed25519 not small-order, EC on P-256 only,
     /// oct keys (HS256, >= 32 bytes, explicit `"alg": "HS256"`) only when `allow_symmetric` (inline config),
-    /// `use` must be "sig" if present, `alg` inferred only where unambiguous (EC P-256 -> ES256, OKP Ed25519 -> EdDSA,
-    /// RSA without alg -> RS256). A bad key fails the whole set: `keys[2] (kid "k1"): rsa modulus is 1024 bits, minimum 2048`.
+    /// `alg` inferred only where unambiguous (EC P-256 -> ES256, OKP Ed25519 -> EdDSA, RSA without alg -> RS256).
+    /// A bad signature key fails the whole set: `keys[2] (kid "k1"): rsa modulus is 1024 bits, minimum 2048`.
+    /// Keys that are not for signatures at all (`use` other than "sig", `key_ops` without "verify", a JWE `alg`)
+    /// are left out and listed by [`KeySet::skipped`]: identity providers publish their encryption keys in the
+    /// same document (Keycloak's `RSA-OAEP` key), and such a key can never verify a token.
     pub fn from_jwks_json(bytes: &[u8], allow_symmetric: bool) -> Result<KeySet, JwksError> {
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| JwksError::Json(e.to_string()))?;
@@ -237,6 +246,7 @@ impl KeySet {
             return Err(JwksError::TooManyKeys(keys.len()));
         }
         let mut parsed: Vec<Key> = Vec::with_capacity(keys.len());
+        let mut skipped = Vec::new();
         let mut digest = crate::token::fingerprint_bytes(b"jwks");
         for (index, jwk) in keys.iter().enumerate() {
             let kid = jwk.get("kid").and_then(Value::as_str).map(str::to_string);
@@ -245,6 +255,10 @@ impl KeySet {
                 kid: kid.clone(),
                 problem,
             };
+            if let Some(why) = not_for_signatures(jwk).map_err(fail)? {
+                skipped.push(format!("keys[{index}]{}: {why}", kid_label(&kid)));
+                continue;
+            }
             let (key, raw) = parse_key(jwk, allow_symmetric).map_err(fail)?;
             if let Some(kid) = &key.kid {
                 if let Some(other) = parsed.iter().position(|k| k.kid.as_deref() == Some(kid)) {
@@ -256,10 +270,19 @@ impl KeySet {
             digest = mix(digest, &raw);
             parsed.push(key);
         }
+        if parsed.is_empty() {
+            return Err(JwksError::NoSignatureKeys(skipped.join("; ")));
+        }
         Ok(KeySet {
             keys: parsed.into(),
+            skipped: skipped.into(),
             digest,
         })
+    }
+
+    /// The keys of the document left out because they are not for signatures, with why.
+    pub fn skipped(&self) -> &[String] {
+        &self.skipped
     }
 
     /// Number of keys.
@@ -360,6 +383,54 @@ fn ed25519_is_small_order(x: &[u8; 32]) -> bool {
     ED25519_SMALL_ORDER.contains(&y)
 }
 
+/// JWE key-management algorithms (RFC 7518 section 4.1): a key declaring one of them encrypts, never signs.
+const JWE_ALGS: [&str; 17] = [
+    "RSA1_5",
+    "RSA-OAEP",
+    "RSA-OAEP-256",
+    "A128KW",
+    "A192KW",
+    "A256KW",
+    "dir",
+    "ECDH-ES",
+    "ECDH-ES+A128KW",
+    "ECDH-ES+A192KW",
+    "ECDH-ES+A256KW",
+    "A128GCMKW",
+    "A192GCMKW",
+    "A256GCMKW",
+    "PBES2-HS256+A128KW",
+    "PBES2-HS384+A192KW",
+    "PBES2-HS512+A256KW",
+];
+
+/// Why a JWK is not a signature key (`Ok(None)` when it may be one), from its `use`, `key_ops` and `alg`;
+/// an `Err` for those members in a shape RFC 7517 does not allow.
+fn not_for_signatures(jwk: &Value) -> Result<Option<String>, String> {
+    if !jwk.is_object() {
+        return Ok(None);
+    }
+    if let Some(usage) = get_str(jwk, "use")? {
+        if usage != "sig" {
+            return Ok(Some(format!(
+                "use is {usage:?}, only \"sig\" keys verify tokens"
+            )));
+        }
+    }
+    if let Some(ops) = jwk.get("key_ops") {
+        let ops = ops.as_array().ok_or("key_ops must be an array")?;
+        if !ops.iter().any(|op| op.as_str() == Some("verify")) {
+            return Ok(Some("key_ops does not include \"verify\"".to_string()));
+        }
+    }
+    if let Some(alg) = get_str(jwk, "alg")? {
+        if JWE_ALGS.contains(&alg) {
+            return Ok(Some(format!("alg {alg:?} is an encryption algorithm")));
+        }
+    }
+    Ok(None)
+}
+
 /// Parses one JWK into a key bound to one algorithm, returning the public bytes for the set digest.
 fn parse_key(jwk: &Value, allow_symmetric: bool) -> Result<(Key, Vec<u8>), String> {
     if !jwk.is_object() {
@@ -367,17 +438,6 @@ fn parse_key(jwk: &Value, allow_symmetric: bool) -> Result<(Key, Vec<u8>), Strin
     }
     let kty = get_str(jwk, "kty")?.ok_or("missing kty")?;
     let kid = get_str(jwk, "kid")?.map(str::to_string);
-    if let Some(usage) = get_str(jwk, "use")? {
-        if usage != "sig" {
-            return Err(format!("use is {usage:?}, only \"sig\" keys verify tokens"));
-        }
-    }
-    if let Some(ops) = jwk.get("key_ops") {
-        let ops = ops.as_array().ok_or("key_ops must be an array")?;
-        if !ops.iter().any(|op| op.as_str() == Some("verify")) {
-            return Err("key_ops does not include \"verify\"".to_string());
-        }
-    }
     let declared = match get_str(jwk, "alg")? {
         None => None,
         Some(name) => {
@@ -600,13 +660,15 @@ mod tests {
                 true,
                 r#"keys[0] (kid "noalg"): oct key needs an explicit "alg": "HS256""#.into(),
             ),
-            (with(public_jwk("ec", None), "use", json!("enc")), false, r#"keys[0] (kid "ec-1"): use is "enc", only "sig" keys verify tokens"#.into()),
+            (with(public_jwk("ec", None), "use", json!("enc")), false, r#"jwks has no signature keys, only keys for other uses: keys[0] (kid "ec-1"): use is "enc", only "sig" keys verify tokens"#.into()),
+            (with(public_jwk("ec", None), "use", json!(1)), false, r#"keys[0] (kid "ec-1"): use must be a string"#.into()),
             (with(public_jwk("ec", None), "alg", json!("RS256")), false, r#"keys[0] (kid "ec-1"): alg RS256 does not fit kty EC"#.into()),
             (with(public_jwk("rsa2048", None), "alg", json!("ES256")), false, r#"keys[0] (kid "rsa-1"): alg ES256 does not fit kty RSA"#.into()),
             (with(public_jwk("ed25519", None), "alg", json!("ES256")), false, r#"keys[0] (kid "ed-1"): alg ES256 does not fit kty OKP"#.into()),
             (with(hmac_jwk(), "alg", json!("RS256")), true, r#"keys[0] (kid "hs-1"): alg RS256 does not fit kty oct"#.into()),
             (with(public_jwk("rsa2048", None), "alg", json!("RS512")), false, r#"keys[0] (kid "rsa-1"): alg "RS512" is not supported"#.into()),
-            (with(public_jwk("ec", None), "key_ops", json!(["encrypt"])), false, r#"keys[0] (kid "ec-1"): key_ops does not include "verify""#.into()),
+            (with(public_jwk("ec", None), "key_ops", json!(["encrypt"])), false, r#"jwks has no signature keys, only keys for other uses: keys[0] (kid "ec-1"): key_ops does not include "verify""#.into()),
+            (with(public_jwk("ec", None), "key_ops", json!("verify")), false, r#"keys[0] (kid "ec-1"): key_ops must be an array"#.into()),
             (crate::test_support::private_jwk("ec"), false, r#"keys[0] (kid "ec-1"): EC key contains private material (d)"#.into()),
             (json!({"kty": "OKP", "crv": "X25519", "x": b64(&[9u8; 32])}), false, r#"keys[0]: okp curve "X25519" is not supported, only Ed25519"#.into()),
             (json!({"kty": "EC", "crv": "P-256", "kid": "off", "x": b64(&[1u8; 32]), "y": b64(&[2u8; 32])}), false, r#"keys[0] (kid "off"): ec point is not on the P-256 curve"#.into()),
@@ -625,6 +687,36 @@ mod tests {
         for (jwk, symmetric, expected) in cases {
             assert_eq!(problem(vec![jwk.clone()], symmetric), expected, "{jwk}");
         }
+    }
+
+    #[test]
+    fn encryption_keys_beside_signature_keys_are_left_out_not_fatal() {
+        // Keycloak's JWKS: the realm's RS256 signing key and its RSA-OAEP encryption key, side by side.
+        let mut enc = with(public_jwk("rsa2048_b", None), "use", json!("enc"));
+        enc["alg"] = json!("RSA-OAEP");
+        enc["kid"] = json!("enc-1");
+        let mut no_use = with(public_jwk("ec_b", None), "alg", json!("ECDH-ES"));
+        no_use["kid"] = json!("ecdh-1");
+        let jwks = json!({"keys": [enc, public_jwk("rsa2048", None), no_use]}).to_string();
+        let set = KeySet::from_jwks_json(jwks.as_bytes(), false).unwrap();
+        assert_eq!(set.kids(), ["rsa-1"]);
+        assert_eq!(
+            set.skipped(),
+            [
+                r#"keys[0] (kid "enc-1"): use is "enc", only "sig" keys verify tokens"#,
+                r#"keys[2] (kid "ecdh-1"): alg "ECDH-ES" is an encryption algorithm"#,
+            ]
+        );
+        // A weak signature key beside them still fails the whole set.
+        let jwks = json!({"keys": [public_jwk("rsa1024_public", None), enc_only()]}).to_string();
+        assert!(matches!(
+            KeySet::from_jwks_json(jwks.as_bytes(), false),
+            Err(JwksError::Key { index: 0, .. })
+        ));
+    }
+
+    fn enc_only() -> Value {
+        with(public_jwk("rsa2048_b", None), "use", json!("enc"))
     }
 
     #[test]

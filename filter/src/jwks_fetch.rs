@@ -347,9 +347,20 @@ pub fn on_fetch_response(
         Ok(((installed, n), body)) => {
             host.count(Stat::JwksFetch);
             if installed {
+                let skipped = vm
+                    .engine
+                    .borrow()
+                    .remote_keys(issuer)
+                    .map(|k| k.skipped().join("; "))
+                    .unwrap_or_default();
+                let skipped = if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (left out, not signature keys: {skipped})")
+                };
                 host.log(
                     LogLevel::Info,
-                    &format!("edgewarden: {what}: installed {n} keys"),
+                    &format!("edgewarden: {what}: installed {n} keys{skipped}"),
                 );
                 host.set_shared(&remote.shared_key(), body);
             }

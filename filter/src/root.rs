@@ -173,6 +173,17 @@ impl RootContext for EdgeWardenRoot {
                 return false;
             }
         };
+        for (i, keys) in (0..).map_while(|i| engine.inline_keys(i)).enumerate() {
+            if !keys.skipped().is_empty() {
+                host_log(
+                    LogLevel::Info,
+                    &format!(
+                        "edgewarden: issuers[{i}].jwks: left out, not signature keys: {}",
+                        keys.skipped().join("; ")
+                    ),
+                );
+            }
+        }
         let metrics = Metrics::define(
             |name| hostcalls::define_metric(MetricType::Counter, name).ok(),
             |name| hostcalls::define_metric(MetricType::Gauge, name).ok(),

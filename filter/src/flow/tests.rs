@@ -308,9 +308,10 @@ fn unknown_kid_pauses_fetches_jwks_and_resumes_every_waiting_request() {
     assert_eq!(host.dispatches(), 1);
     assert!(host.responses().is_empty());
 
-    // The JWKS answers in context 2.
+    // The JWKS answers in context 2, with an encryption key beside the new signing key (as Keycloak publishes).
     host.effective = 2;
-    let body = json!({"keys": [jwk(&rotated, "k2")]})
+    let enc = json!({"kty": "RSA", "kid": "enc-1", "use": "enc", "alg": "RSA-OAEP", "n": "AQAB", "e": "AQAB"});
+    let body = json!({"keys": [jwk(&rotated, "k2"), enc]})
         .to_string()
         .into_bytes();
     let resp = CallResponse {
@@ -334,6 +335,13 @@ fn unknown_kid_pauses_fetches_jwks_and_resumes_every_waiting_request() {
     assert!(host.ops.contains(&Op::Resume(3)));
     // The fetched key set is published for the other worker VMs.
     assert_eq!(host.shared.borrow().len(), 1);
+    // The encryption key was left out, and the log says so.
+    assert!(
+        host.logs.borrow().iter().any(|(level, line)| *level == LogLevel::Info
+            && line.contains(r#"installed 1 keys (left out, not signature keys: keys[1] (kid "enc-1"): use is "enc""#)),
+        "{:?}",
+        host.logs.borrow()
+    );
 }
 
 #[test]
