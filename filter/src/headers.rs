@@ -93,9 +93,11 @@ impl HeaderMap {
 
     /// The first value of header `name` (compared case-insensitively).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        // Names first: a value is only turned into text once its name matched.
+        self.entries
+            .iter()
+            .find(|(k, _)| self.str(k).eq_ignore_ascii_case(name))
+            .map(|(_, v)| self.str(v))
     }
 
     /// Every `(name, value)` pair, in the order Envoy holds them.
