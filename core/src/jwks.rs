@@ -708,15 +708,12 @@ mod tests {
             ]
         );
         // A weak signature key beside them still fails the whole set.
-        let jwks = json!({"keys": [public_jwk("rsa1024_public", None), enc_only()]}).to_string();
+        let enc_only = with(public_jwk("rsa2048_b", None), "use", json!("enc"));
+        let jwks = json!({"keys": [public_jwk("rsa1024_public", None), enc_only]}).to_string();
         assert!(matches!(
             KeySet::from_jwks_json(jwks.as_bytes(), false),
             Err(JwksError::Key { index: 0, .. })
         ));
-    }
-
-    fn enc_only() -> Value {
-        with(public_jwk("rsa2048_b", None), "use", json!("enc"))
     }
 
     #[test]

@@ -35,11 +35,6 @@ pub enum Outcome {
     },
 }
 
-/// Looks a header up in the request's headers (names compared case-insensitively).
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name)
-}
-
 /// The `:path` without query string or fragment: what rules match on and what logs may show.
 pub fn path_without_query(path: &str) -> &str {
     let end = path.find(['?', '#']).unwrap_or(path.len());
@@ -48,9 +43,9 @@ pub fn path_without_query(path: &str) -> &str {
 
 /// Runs the engine on the request described by `headers`.
 fn evaluate(host: &dyn Host, vm: &VmState, headers: &HeaderMap, now: u64) -> Decision {
-    let full_path = header(headers, ":path").unwrap_or("/");
-    let method = header(headers, ":method").unwrap_or("GET");
-    let lookup = |name: &str| header(headers, name);
+    let full_path = headers.get(":path").unwrap_or("/");
+    let method = headers.get(":method").unwrap_or("GET");
+    let lookup = |name: &str| headers.get(name);
     let extracted = vm.settings.token_source.extract(&lookup, full_path);
     let mut req = Request {
         method,
@@ -125,7 +120,7 @@ fn record_usage(
     {
         host.count(Stat::RevocationStaleAllowed);
     }
-    let path = path_without_query(header(headers, ":path").unwrap_or("/"));
+    let path = path_without_query(headers.get(":path").unwrap_or("/"));
     let route = settings.route_label(decision.rule);
     // The address lookup is a property read, which never re-enters the VM, so holding the reporter is sound.
     let dropped = control
@@ -187,7 +182,7 @@ pub fn apply(
         .map(String::as_str)
         .chain(std::iter::once(REPORT_ONLY_HEADER))
     {
-        if header(headers, name).is_some() {
+        if headers.get(name).is_some() {
             host.remove_request_header(name);
         }
     }
@@ -205,8 +200,8 @@ pub fn apply(
             host.count(Stat::ReportOnlyWouldDeny);
             host.count(Stat::ReportOnlyWouldDenyReason(decision.reason));
             host.set_request_header(REPORT_ONLY_HEADER, &format!("{reason} {}", decision.status));
-            let method = header(headers, ":method").unwrap_or("-");
-            let path = path_without_query(header(headers, ":path").unwrap_or("-"));
+            let method = headers.get(":method").unwrap_or("-");
+            let path = path_without_query(headers.get(":path").unwrap_or("-"));
             host.log(
                 LogLevel::Info,
                 &format!(
@@ -248,7 +243,7 @@ fn strip_credential(host: &mut dyn Host, settings: &Settings, headers: &HeaderMa
     }
     match settings.token_source.strip_action() {
         StripAction::RemoveHeader(name) => {
-            if header(headers, name).is_some() {
+            if headers.get(name).is_some() {
                 host.remove_request_header(name);
             }
         }
@@ -267,7 +262,7 @@ fn strip_credential(host: &mut dyn Host, settings: &Settings, headers: &HeaderMa
             }
         }
         StripAction::RemoveQueryParam(name) => {
-            if let Some(path) = header(headers, ":path") {
+            if let Some(path) = headers.get(":path") {
                 let stripped = strip_query_param(path, name);
                 if stripped != path {
                     host.set_request_header(":path", &stripped);

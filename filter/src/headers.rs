@@ -80,6 +80,14 @@ impl HeaderMap {
         }
     }
 
+    /// The bytes of a name or value (a repaired copy's for one that was not UTF-8).
+    fn bytes(&self, text: &Text) -> &[u8] {
+        match text {
+            Text::Raw(range) => self.buf.get(range.clone()).unwrap_or_default(),
+            Text::Lossy(i) => self.lossy.get(*i).map_or(&[], |s| s.as_bytes()),
+        }
+    }
+
     fn str(&self, text: &Text) -> &str {
         match text {
             Text::Raw(range) => self
@@ -93,10 +101,11 @@ impl HeaderMap {
 
     /// The first value of header `name` (compared case-insensitively).
     pub fn get(&self, name: &str) -> Option<&str> {
-        // Names first: a value is only turned into text once its name matched.
+        // Names compared as bytes (ASCII case folding is all the comparison does); a value is only turned into
+        // text once its name matched.
         self.entries
             .iter()
-            .find(|(k, _)| self.str(k).eq_ignore_ascii_case(name))
+            .find(|(k, _)| self.bytes(k).eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| self.str(v))
     }
 

@@ -46,9 +46,6 @@ enum Proxy {
     Against(usize),
 }
 
-/// The label of the control-plane scenario (for building the admin API before the suite runs).
-pub const CONTROL_LABEL: &str = "edgewarden + control plane";
-
 impl Proxy {
     fn label(self) -> String {
         let fixed = match self {
@@ -58,7 +55,7 @@ impl Proxy {
             Proxy::JwtAuthn { cache: false } => "jwt_authn (no cache)",
             Proxy::EdgeWarden { cache: true } => "edgewarden",
             Proxy::EdgeWarden { cache: false } => "edgewarden (no cache)",
-            Proxy::EdgeWardenControl => CONTROL_LABEL,
+            Proxy::EdgeWardenControl => "edgewarden + control plane",
             Proxy::Against(n) => return format!("edgewarden --against #{n}"),
         };
         fixed.to_string()
@@ -147,7 +144,18 @@ pub fn scenarios() -> Vec<String> {
 pub fn run(options: &Options) -> Result<()> {
     let wasm = build::filter_wasm();
     let floor = build::floor_wasm();
-    // The control-plane scenario's admin API, started the first time a round needs it.
+    // The control-plane scenario's admin API: built before anything is measured (a compile beside a scenario
+    // would be measured with it), started the first time a round needs it.
+    let control_selected = options.matches_any(
+        scenarios()
+            .iter()
+            .filter(|n| n.contains(Proxy::EdgeWardenControl.label().as_str())),
+    );
+    let admin_bin = if control_selected {
+        Some(admin_api::build()?)
+    } else {
+        None
+    };
     let mut control: Option<(admin_api::AdminApi, String)> = None;
     let jwks = tokens::demo_jwks_json()?;
     let mut report = String::new();
@@ -166,10 +174,6 @@ pub fn run(options: &Options) -> Result<()> {
                 println!("    round {round}/{}", options.rounds);
             }
             for (proxy, pools) in &plan(options) {
-                let against = match proxy {
-                    Proxy::Against(n) => options.against.get(n - 1),
-                    _ => None,
-                };
                 let pools: Vec<Pool> = pools
                     .iter()
                     .copied()
@@ -178,14 +182,22 @@ pub fn run(options: &Options) -> Result<()> {
                 if pools.is_empty() {
                     continue;
                 }
-                let module = match (proxy, against) {
-                    (Proxy::Floor, _) => &floor,
-                    (_, Some(path)) => path,
+                let module = match proxy {
+                    Proxy::Floor => &floor,
+                    Proxy::Against(n) => options
+                        .against
+                        .get(n - 1)
+                        .ok_or_else(|| util::Error::msg(format!("no --against build #{n}")))?,
                     _ => &wasm,
                 };
                 let control_plane = if *proxy == Proxy::EdgeWardenControl {
                     if control.is_none() {
-                        control = Some(start_admin_api()?);
+                        let Some(bin) = &admin_bin else {
+                            bail!(
+                                "the control-plane scenario runs but its admin api was not built"
+                            );
+                        };
+                        control = Some(start_admin_api(bin)?);
                     }
                     control
                         .as_ref()
@@ -292,11 +304,10 @@ fn token_files(alg: &str, key_name: &str) -> Result<(PathBuf, PathBuf)> {
 }
 
 /// The real admin API (release build, SQLite, fresh store) and an edge key for the control-plane scenario.
-fn start_admin_api() -> Result<(admin_api::AdminApi, String)> {
-    let bin = admin_api::build()?;
+fn start_admin_api(bin: &std::path::Path) -> Result<(admin_api::AdminApi, String)> {
     util::step("admin api for the control-plane scenario");
     let dir = util::target_dir().join(format!("bench/filter-control-{}", std::process::id()));
-    let mut setup = admin_api::Setup::fresh(&bin, dir)?;
+    let mut setup = admin_api::Setup::fresh(bin, dir)?;
     setup.master_key = Some(admin_api::BENCH_MASTER_KEY.to_string());
     let edge_key = setup.create_api_key("edge", "bench-filter")?;
     if !admin_api::plain_json_string(&edge_key) {

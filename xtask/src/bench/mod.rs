@@ -145,16 +145,6 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         build::run()?;
     }
-    // Built before any measurement: a compile running beside a scenario would be measured with it.
-    if selected.iter().any(|s| s.name == "filter")
-        && options.matches_any(
-            filter::scenarios()
-                .iter()
-                .filter(|n| n.contains(filter::CONTROL_LABEL)),
-        )
-    {
-        crate::admin_api::build()?;
-    }
 
     for s in selected {
         util::step(&format!("bench suite: {}", s.name));
