@@ -8,6 +8,7 @@ pub mod api_keys;
 pub mod auth;
 pub mod clients;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod edges;
 pub mod error;
@@ -29,12 +30,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use serde_json::json;
 use tokio::task::JoinHandle;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::auth::{ApiKeyCache, Role};
 use crate::config::Config;
@@ -261,10 +263,21 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::enforce_roles))
         .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        // Everything no route matched: the dashboard's files and client routes, or the JSON 404 under the
+        // API prefixes. A fallback, not routes, so it is outside both route layers above: the dashboard is
+        // public (no row in `openapi::OPERATIONS`, which lists API operations only) and the metrics get no
+        // label per arbitrary path.
+        .fallback(dashboard::fallback)
         .method_not_allowed_fallback(|| async {
             (StatusCode::METHOD_NOT_ALLOWED, axum::Json(json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this route"}})))
         })
+        // gzip or brotli when the client accepts it; the default predicate leaves alone small bodies, images
+        // and `text/event-stream`, so the event stream still flushes event by event.
+        .layer(tower_http::compression::CompressionLayer::new())
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         .with_state(state)
 }
 
