@@ -54,6 +54,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "observability",
         include_str!("../migrations/sqlite/0002_observability.sql"),
     ),
+    (
+        3,
+        "dashboard_indexes",
+        include_str!("../migrations/sqlite/0003_dashboard_indexes.sql"),
+    ),
 ];
 /// (version, name, sql) of each PostgreSQL migration.
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -66,6 +71,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "observability",
         include_str!("../migrations/postgres/0002_observability.sql"),
+    ),
+    (
+        3,
+        "dashboard_indexes",
+        include_str!("../migrations/postgres/0003_dashboard_indexes.sql"),
     ),
 ];
 

@@ -6,7 +6,7 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sqlx::Row as _;
 
 use crate::auth::{Principal, Role};
@@ -15,31 +15,15 @@ use crate::error::ApiResult;
 use crate::extract::{Json, Query};
 use crate::revocations::{page_params, Page};
 use crate::AppState;
+pub use edgewarden_api_types::Edge;
 
-/// One edge as the dashboard shows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct Edge {
-    /// Name from `x-edgewarden-edge` / the usage batch.
-    pub name: String,
-    /// Address of the last poll or report.
-    pub address: Option<String>,
-    /// Unix seconds of the last feed poll.
-    pub last_poll: Option<i64>,
-    /// Cursor the edge sent on its last poll (what it has applied).
-    pub feed_cursor: Option<i64>,
-    /// How many feed changes it is behind the current cursor.
-    pub cursor_lag: Option<i64>,
-    /// Seconds since the last poll.
-    pub staleness_seconds: Option<i64>,
-    /// Unix seconds of the last usage report.
-    pub last_report: Option<i64>,
-    /// Usage reports received.
-    pub reports: i64,
-    /// Decisions reported in total.
-    pub usage_events: i64,
-    /// First time seen.
-    pub first_seen: i64,
-}
+/// Seconds without a feed poll after which an edge counts as stale (overview, propagation). A healthy
+/// edge long-polls (at most `--feed-max-wait`, 30 s by default) and other replicas see its polls within
+/// `--edge-flush` (10 s), so 120 s is well past a healthy cycle and well before an edge's own staleness
+/// limit (`max_staleness_seconds`, 300 s by default) makes it refuse requests.
+pub const STALE_AFTER_SECONDS: i64 = 120;
+/// Seconds without a feed poll after which a stale edge counts as silent: ten stale bounds.
+pub const SILENT_AFTER_SECONDS: i64 = 10 * STALE_AFTER_SECONDS;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

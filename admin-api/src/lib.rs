@@ -18,6 +18,7 @@ pub mod keys;
 pub mod metrics;
 pub mod oauth;
 pub mod openapi;
+pub mod overview;
 pub mod ratelimit;
 pub mod revocations;
 pub mod secrets;
@@ -261,6 +262,7 @@ pub fn app(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(metrics::router())
         .merge(openapi::router())
+        .merge(overview::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::enforce_roles))
         .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
         // Everything no route matched: the dashboard's files and client routes, or the JSON 404 under the

@@ -404,6 +404,26 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op(
         "get",
+        "/api/v1/overview",
+        "overview",
+        "Tokens, decisions, open anomalies and edges at a glance (range 1h, 24h or 7d)",
+        "admin auditor",
+        &["range"],
+        None,
+        200,
+    ),
+    op(
+        "get",
+        "/api/v1/revocations/propagation",
+        "revocations",
+        "Which edges have applied the feed change at a cursor, and how long each took",
+        "admin auditor",
+        &["cursor"],
+        None,
+        200,
+    ),
+    op(
+        "get",
         "/api/v1/edges",
         "edges",
         "Edges with last poll, cursor, staleness and last report",
@@ -579,7 +599,7 @@ pub fn document() -> Value {
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
         for q in op.query {
-            let schema = if ["limit", "offset", "since", "until", "wait", "stale_after"].contains(q)
+            let schema = if ["limit", "offset", "since", "until", "wait", "stale_after", "cursor"].contains(q)
             {
                 json!({"type": "integer"})
             } else {

@@ -60,6 +60,7 @@ use crate::db::{now, Db, DbKind};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, Query};
 use crate::AppState;
+pub use edgewarden_api_types::{Page, Revocation, RevokeRequest as CreateRequest};
 
 /// PostgreSQL NOTIFY channel carrying new feed cursors between replicas.
 pub const FEED_CHANNEL: &str = "edgewarden_feed";
@@ -117,11 +118,13 @@ impl Feed {
         self.cursor.subscribe()
     }
 
-    /// Records a poll from a named edge.
-    pub fn record_poll(&self, poll: EdgePoll) {
+    /// Records a poll from a named edge and returns the cursor of its previous poll seen by this replica.
+    pub fn record_poll(&self, poll: EdgePoll) -> Option<i64> {
         let mut edges = self.edges.lock().unwrap_or_else(|p| p.into_inner());
         if edges.len() < 100_000 || edges.contains_key(&poll.name) {
-            edges.insert(poll.name.clone(), poll);
+            edges.insert(poll.name.clone(), poll).map(|previous| previous.cursor)
+        } else {
+            None
         }
     }
 
@@ -146,6 +149,36 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/revocations", post(create).get(list))
         .route("/api/v1/revocations/feed", get(feed))
+        .route("/api/v1/revocations/propagation", get(propagation))
+}
+
+/// Current time in Unix milliseconds: propagation takes milliseconds, seconds would hide it.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// How long the start of each feed change (`feed_changes`) is kept, and with it the edges' cursor marks
+/// (`edge_cursor_marks`) at or past it: the history `GET /api/v1/revocations/propagation` answers from.
+/// A day: propagation is watched right after a revocation, and marks grow with edges times changes.
+pub const PROPAGATION_HISTORY_MS: i64 = 86_400 * 1000;
+
+/// Records that `edge` polled with `cursor` at `at_ms`, keeping the earliest time any replica saw it.
+/// Called only when the edge's cursor advanced (at most once per feed change per edge and replica).
+pub async fn record_cursor_mark(db: &Db, edge: &str, cursor: i64, at_ms: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO edge_cursor_marks (edge, cursor, first_seen_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (edge, cursor) DO UPDATE SET first_seen_ms = excluded.first_seen_ms \
+         WHERE excluded.first_seen_ms < edge_cursor_marks.first_seen_ms",
+    )
+    .bind(edge)
+    .bind(cursor)
+    .bind(at_ms)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
 }
 
 /// What a revocation targets.
@@ -175,30 +208,30 @@ impl Target {
     }
 }
 
-/// A stored revocation, as answered by the API.
-#[derive(Clone, Debug, Serialize)]
-pub struct Revocation {
-    /// `jti`, `subject` or `client`.
-    pub kind: String,
-    /// The revoked jti, subject or client id.
-    pub value: String,
-    /// Why.
-    pub reason: String,
-    /// Who.
-    pub actor: String,
-    /// When (Unix seconds).
-    pub revoked_at: i64,
-    /// When every token it covers has expired.
-    pub expires_at: i64,
-    /// Feed cursor of the change.
-    pub cursor: i64,
-}
-
 /// Opens a feed change: bumps the cursor inside `tx`, which serialises writers so cursors commit in order.
+/// It also records when the change was made, in milliseconds, where propagation is measured from.
 pub async fn begin_change(tx: &mut Transaction<'static, Any>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("UPDATE feed_state SET current_cursor = current_cursor + 1 WHERE id = 1 RETURNING current_cursor")
+    let seq: i64 = sqlx::query_scalar("UPDATE feed_state SET current_cursor = current_cursor + 1 WHERE id = 1 RETURNING current_cursor")
         .fetch_one(&mut **tx)
-        .await
+        .await?;
+    let at_ms = now_ms();
+    sqlx::query("INSERT INTO feed_changes (cursor, at_ms) VALUES ($1, $2)")
+        .bind(seq)
+        .bind(at_ms)
+        .execute(&mut **tx)
+        .await?;
+    // Propagation history past its retention goes every 64th change: two index probes, rarely any rows.
+    if seq % 64 == 0 {
+        sqlx::query("DELETE FROM feed_changes WHERE at_ms < $1")
+            .bind(at_ms - PROPAGATION_HISTORY_MS)
+            .execute(&mut **tx)
+            .await?;
+        // A mark before the oldest kept change answers for no revocation that can still be asked about.
+        sqlx::query("DELETE FROM edge_cursor_marks WHERE cursor < (SELECT MIN(cursor) FROM feed_changes)")
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(seq)
 }
 
 /// Finishes a feed change inside `tx`: PostgreSQL delivers the NOTIFY only if the transaction commits.
@@ -404,15 +437,6 @@ pub async fn revoke(
     })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateRequest {
-    jti: Option<String>,
-    subject: Option<String>,
-    client_id: Option<String>,
-    reason: Option<String>,
-}
-
 async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -496,19 +520,6 @@ struct ListQuery {
     kind: Option<String>,
     limit: Option<i64>,
     offset: Option<i64>,
-}
-
-/// A page of results with the total count.
-#[derive(Serialize)]
-pub struct Page<T> {
-    /// The items on this page.
-    pub items: Vec<T>,
-    /// Total number of matching items.
-    pub total: i64,
-    /// Page size used.
-    pub limit: i64,
-    /// Offset used.
-    pub offset: i64,
 }
 
 /// Clamps pagination parameters: limit 1..=500 (default 50), offset >= 0.
@@ -799,12 +810,20 @@ async fn feed(
         .and_then(|v| v.to_str().ok())
         .filter(|n| !n.is_empty() && n.len() <= 200)
     {
-        state.feed.record_poll(EdgePoll {
+        let at_ms = now_ms();
+        let previous = state.feed.record_poll(EdgePoll {
             name: name.to_owned(),
-            last_poll: now(),
+            last_poll: at_ms / 1000,
             cursor: since,
             address,
         });
+        // Only an advance is written, so the 304 answered from memory stays free of database writes
+        // while nothing changes; a replica that has not seen the edge yet writes once (the earliest wins).
+        if since > 0 && previous.is_none_or(|p| since > p) {
+            if let Err(e) = record_cursor_mark(&state.db, name, since, at_ms).await {
+                tracing::warn!(error = %e, edge = name, "cannot record the edge's feed cursor");
+            }
+        }
     }
     let mut current = state.feed.current();
     if since > current {
@@ -1035,6 +1054,104 @@ pub async fn is_revoked(
     .fetch_optional(&db.pool)
     .await?;
     Ok(row.is_some())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PropagationQuery {
+    cursor: Option<i64>,
+}
+
+/// `GET /api/v1/revocations/propagation?cursor=N`: which edges have applied the feed change at `N`,
+/// and how long after it each first polled with a cursor at or past it. Answered from the database
+/// (`feed_changes`, `edge_cursor_marks`) merged with the edge list, so every replica gives the same answer.
+async fn propagation(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<PropagationQuery>,
+) -> ApiResult<Json<edgewarden_api_types::Propagation>> {
+    use edgewarden_api_types::{EdgePropagation, Propagation};
+
+    principal.require(&[Role::Admin, Role::Auditor], "read revocation propagation")?;
+    let cursor = match q.cursor {
+        Some(c) if c > 0 => c,
+        Some(c) => {
+            return Err(ApiError::field(
+                "cursor",
+                format!("cursor: {c} is not a feed cursor (they start at 1)"),
+            ))
+        }
+        None => {
+            return Err(ApiError::field(
+                "cursor",
+                "cursor: required, the feed cursor of the revocation",
+            ))
+        }
+    };
+    let at_ms: Option<i64> = sqlx::query_scalar("SELECT at_ms FROM feed_changes WHERE cursor = $1")
+        .bind(cursor)
+        .fetch_optional(&state.db.pool)
+        .await?;
+    let at_ms = at_ms.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no feed change at cursor {cursor} (not made yet, or older than the {} h of propagation history)",
+            PROPAGATION_HISTORY_MS / 3_600_000
+        ))
+    })?;
+    let rows = sqlx::query(
+        "SELECT edge, MIN(first_seen_ms) AS first_ms, MAX(cursor) AS last_cursor, MAX(first_seen_ms) AS last_ms \
+         FROM edge_cursor_marks WHERE cursor >= $1 GROUP BY edge",
+    )
+    .bind(cursor)
+    .fetch_all(&state.db.pool)
+    .await?;
+    // Per edge: first time at or past the cursor, newest cursor, and when it reached that one.
+    let mut marks: HashMap<String, (i64, i64, i64)> = HashMap::new();
+    for row in rows {
+        marks.insert(
+            row.try_get("edge")?,
+            (row.try_get("first_ms")?, row.try_get("last_cursor")?, row.try_get("last_ms")?),
+        );
+    }
+    let now_ms = now_ms();
+    let now_s = now_ms / 1000;
+    let row = |edge: String, feed_cursor: Option<i64>, last_poll: Option<i64>, mark: Option<(i64, i64, i64)>| {
+        // Marks are written at once by whichever replica the edge polled; the edge list may lag by a flush.
+        let feed_cursor = match (feed_cursor, mark) {
+            (Some(c), Some((_, m, _))) => Some(c.max(m)),
+            (c, m) => c.or(m.map(|m| m.1)),
+        };
+        let last_poll = match (last_poll, mark) {
+            (Some(p), Some((_, _, ms))) => Some(p.max(ms / 1000)),
+            (p, m) => p.or(m.map(|m| m.2 / 1000)),
+        };
+        let staleness_seconds = last_poll.map(|at| (now_s - at).max(0));
+        EdgePropagation {
+            applied: feed_cursor.is_some_and(|c| c >= cursor),
+            applied_after_seconds: mark.map(|(first, _, _)| (first - at_ms).max(0) as f64 / 1000.0),
+            feed_cursor,
+            staleness_seconds,
+            stale: staleness_seconds.is_none_or(|s| s > crate::edges::STALE_AFTER_SECONDS),
+            edge,
+        }
+    };
+    let mut edges: Vec<EdgePropagation> = Vec::new();
+    for edge in crate::edges::all(&state).await? {
+        let mark = marks.remove(&edge.name);
+        edges.push(row(edge.name, edge.feed_cursor, edge.last_poll, mark));
+    }
+    // An edge that polled another replica since that replica last flushed its polls is known only by its marks.
+    for (name, mark) in marks {
+        edges.push(row(name, None, None, Some(mark)));
+    }
+    edges.sort_by(|a, b| a.edge.cmp(&b.edge));
+    Ok(Json(Propagation {
+        cursor,
+        revoked_at: at_ms as f64 / 1000.0,
+        now: now_ms as f64 / 1000.0,
+        complete: edges.iter().all(|e| e.applied || e.stale),
+        edges,
+    }))
 }
 
 #[cfg(test)]
