@@ -1,5 +1,5 @@
 //! The real admin API (`edgewarden-admin`) for a run, shared by `demo` and the benches: builds the release
-//! binary, prepares a fresh store, creates API keys with its own CLI, serves it on a loopback port and
+//! binary with the dashboard embedded, prepares a fresh store, creates API keys with its own CLI, serves it on a loopback port and
 //! stops it on drop, plus the few API calls a run makes (clients, tokens, revocations).
 //! Runs always go through the binary an operator would start, never through the library.
 
@@ -10,24 +10,28 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::http;
 use crate::util::{self, bail, Result};
+use crate::{dashboard, http};
 
 /// A fixed master key for the benches' throwaway services (64 hex characters: "bench-master-key-not-for-product"),
 /// so `serve` writes no key file and prints no warning.
 pub const BENCH_MASTER_KEY: &str =
     "62656e63682d6d61737465722d6b65792d6e6f742d666f722d70726f64756374";
 
-/// Builds `edgewarden-admin` in release mode and returns the binary.
+/// Builds the dashboard, then `edgewarden-admin` in release mode with the dashboard embedded
+/// (`EDGEWARDEN_DASHBOARD_DIST`), and returns the binary.
+/// Every run builds the same binary this way, so the demo and the benches never rebuild it for each other.
 pub fn build() -> Result<PathBuf> {
-    util::step("build edgewarden-admin (release)");
+    let dist = dashboard::build()?;
+    util::step("build edgewarden-admin (release, dashboard embedded)");
+    println!("    {}={}", dashboard::DIST_ENV, dist.display());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    util::run(Command::new(cargo).current_dir(util::project_root()).args([
-        "build",
-        "--release",
-        "-p",
-        "edgewarden-admin",
-    ]))?;
+    util::run(
+        Command::new(cargo)
+            .current_dir(util::project_root())
+            .args(["build", "--release", "-p", "edgewarden-admin"])
+            .env(dashboard::DIST_ENV, &dist),
+    )?;
     let bin = util::target_dir().join("release/edgewarden-admin");
     if !bin.is_file() {
         bail!(

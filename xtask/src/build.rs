@@ -1,11 +1,12 @@
-//! `cargo xtask build`: compiles the proxy-wasm filter for Envoy and reports the `.wasm` it produced.
+//! `cargo xtask build`: compiles the proxy-wasm filter for Envoy, the dashboard and the admin API that
+//! embeds it, and reports where each artifact is.
 //! Release profile on purpose: crypto in an unoptimised wasm is an order of magnitude slower.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use crate::util::{self, bail, Result};
-use crate::wasm_exports;
+use crate::{admin_api, dashboard, wasm_exports};
 
 /// The filter artifact Envoy loads.
 pub fn filter_wasm() -> PathBuf {
@@ -45,6 +46,18 @@ fn build_wasm(package: &str, artifact: PathBuf) -> Result<PathBuf> {
         println!("    removed {removed} exports of callbacks it does not implement, so Envoy never calls them");
     }
     Ok(artifact)
+}
+
+/// `cargo xtask build`: the filter, the dashboard, then the admin API release binary with the dashboard embedded.
+pub fn all() -> Result<()> {
+    let wasm = run()?;
+    // admin_api::build builds the dashboard first, so the binary embeds the dist it is given.
+    let admin = admin_api::build()?;
+    println!("\nbuild: artifacts");
+    println!("    filter      {}", wasm.display());
+    println!("    dashboard   {}", dashboard::dist_dir().display());
+    println!("    admin api   {} (dashboard embedded)", admin.display());
+    Ok(())
 }
 
 /// Builds the filter and returns the path of the `.wasm`.

@@ -1,11 +1,13 @@
-//! `cargo xtask demo`: the whole system on one machine. Builds the filter and the admin API, starts the
-//! admin API on a fresh SQLite store, creates its keys and a demo client, starts the echo upstream and
-//! Envoy with `envoy/demo.yaml` connected to the admin API, checks the demo answers as promised
-//! (including a revocation reaching the edge), then prints the credentials, a sample token and curl
-//! lines, and keeps running until Ctrl-C, cleaning up its children.
+//! `cargo xtask demo`: the whole system on one machine. Builds the filter, the dashboard and the admin API that
+//! embeds it, starts the admin API on a fresh SQLite store, creates its keys and a demo client, starts the echo
+//! upstream and Envoy with `envoy/demo.yaml` connected to the admin API, checks the demo answers as promised
+//! (including a revocation reaching the edge, and the dashboard starting in headless Chromium), then prints the
+//! dashboard URL, the credentials, a sample token and curl lines, and keeps running until Ctrl-C, cleaning up its children.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +29,8 @@ const AUDIENCE: &str = "demo-api";
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// The demo promises that a revoked token is refused within this long.
 const REVOCATION_PROMISE: Duration = Duration::from_secs(2);
+/// How long headless Chromium may take to load the dashboard before the self-check gives up.
+const DASHBOARD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs the demo until Ctrl-C.
 pub fn run(args: &[String]) -> Result<()> {
@@ -54,6 +58,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
     install::run()?;
     let wasm = build::run()?;
+    // Builds the dashboard first and embeds it in the binary.
     let admin_bin = admin_api::build()?;
 
     util::step("admin api (edgewarden-admin serve, sqlite)");
@@ -162,6 +167,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if !check_revocation(&api, &admin_key, listener) {
         surprises += 1;
     }
+    let dashboard_url = format!("http://{api_addr}/");
+    if !check_dashboard(&dashboard_url) {
+        surprises += 1;
+    }
     if surprises > 0 {
         println!(
             "    {surprises} answer(s) differ from what the demo promises; see {} and {}",
@@ -176,9 +185,10 @@ pub fn run(args: &[String]) -> Result<()> {
         r#"
 ==> EdgeWarden demo is running (Ctrl-C to stop)
 
-Admin API:   {api_base}  (store: {store}; log: {api_log})
+Dashboard:   {dashboard_url}
 Admin login: user admin, password {password}
-             (the one-time password the first `serve` printed; no dashboard is served yet, the login opens an API session)
+             (the one-time password the first `serve` printed; it opens the dashboard, or an API session with curl)
+Admin API:   {api_base}  (store: {store}; log: {api_log})
 Everything here is for this throwaway demo only; the next `cargo xtask demo` starts a new store.
 
 # log in as admin (a session cookie; mutations with it also need the x-csrf-token header):
@@ -276,6 +286,112 @@ fn check(listener: SocketAddr, path: &str, token: Option<&str>, expected: u16, w
     }
 }
 
+/// Loads the dashboard in headless Chromium (when installed) and checks the app started: no `data-init-error`
+/// on the page and the `<main id="main">` the app renders is in the DOM. Prints the outcome; true when it started.
+fn check_dashboard(url: &str) -> bool {
+    let what = "dashboard in headless chromium";
+    if !Path::new(install::CHROMIUM_BIN).is_file() {
+        println!(
+            "    {:>10}  GET {:<14} {what:<30} -> {} is missing (cargo xtask install installs it)",
+            "skipped",
+            "/",
+            install::CHROMIUM_BIN
+        );
+        return true;
+    }
+    let started = Instant::now();
+    match dump_dom(url).and_then(|dom| dashboard_started(&dom)) {
+        Ok(()) => {
+            println!(
+                "    {:>10}  GET {:<14} {what:<30} -> app started (<main id=\"main\"> rendered) in {:.1}s",
+                "ok",
+                "/",
+                started.elapsed().as_secs_f64()
+            );
+            true
+        }
+        Err(e) => {
+            println!("    UNEXPECTED  GET {:<14} {what:<30} -> {e}", "/");
+            false
+        }
+    }
+}
+
+/// Runs headless Chromium on `url` with a fresh profile and returns the DOM it dumps once the page settles.
+fn dump_dom(url: &str) -> Result<String> {
+    let dir = util::target_dir().join(format!("demo/chromium-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let (out_path, err_path) = (dir.join("dom.html"), dir.join("chromium.log"));
+    let result = (|| -> Result<String> {
+        let mut child = Command::new(install::CHROMIUM_BIN)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ])
+            .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+            .args(["--virtual-time-budget=10000", "--dump-dom", url])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path)?)
+            .stderr(std::fs::File::create(&err_path)?)
+            .spawn()
+            .map_err(|e| {
+                util::Error::msg(format!("cannot start {}: {e}", install::CHROMIUM_BIN))
+            })?;
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if started.elapsed() > DASHBOARD_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "chromium did not finish loading {url} within {DASHBOARD_TIMEOUT:?}; its log:\n{}",
+                    admin_api::log_tail(&err_path, 10)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let dom = std::fs::read_to_string(&out_path)?;
+        if !status.success() || dom.trim().is_empty() {
+            bail!(
+                "chromium exited with {status} and dumped no page; its log:\n{}",
+                admin_api::log_tail(&err_path, 10)
+            );
+        }
+        Ok(dom)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Checks a dumped DOM for the signs that the app started (see [`check_dashboard`]).
+fn dashboard_started(dom: &str) -> Result<()> {
+    if let Some(i) = dom.find("data-init-error=\"") {
+        let rest = &dom[i + "data-init-error=\"".len()..];
+        let message: String = rest.chars().take_while(|c| *c != '"').take(300).collect();
+        bail!("the app did not start: {message}");
+    }
+    let rendered = dom.match_indices("<main").any(|(i, _)| {
+        let tag = &dom[i..];
+        let tag = &tag[..tag.find('>').unwrap_or(tag.len())];
+        tag.contains("id=\"main\"")
+    });
+    if !rendered {
+        let start: String = dom.chars().take(300).collect();
+        bail!("the page loaded but the app rendered no <main id=\"main\"> within 10 s of virtual time; the page starts: {start}");
+    }
+    Ok(())
+}
+
 /// Issues a token, sees it allowed, revokes it through the admin API and waits for the edge's
 /// 401 `token revoked`, which the demo promises within [`REVOCATION_PROMISE`].
 fn check_revocation(api: &AdminApi, admin_key: &str, listener: SocketAddr) -> bool {
@@ -322,5 +438,23 @@ fn check_revocation(api: &AdminApi, admin_key: &str, listener: SocketAddr) -> bo
             println!("    UNEXPECTED  GET {:<14} {what:<30} -> {e}", "/api/read");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dashboard_counts_as_started_only_with_its_main_and_no_init_error() {
+        let started = r#"<html lang="en"><head></head><body><main class="app" id="main"><h1>EdgeWarden</h1></main></body></html>"#;
+        assert!(dashboard_started(started).is_ok());
+        let blank = r#"<html lang="en"><head></head><body><noscript>needs JavaScript</noscript></body></html>"#;
+        let err = dashboard_started(blank).unwrap_err();
+        assert!(err.to_string().contains("rendered no <main"), "{err}");
+        let failed = r#"<html lang="en" data-init-error="the dashboard could not start: CompileError"><body><main id="main"></main></body></html>"#;
+        let err = dashboard_started(failed).unwrap_err();
+        assert!(err.to_string().contains("CompileError"), "{err}");
+        assert!(dashboard_started(r#"<main id="mainly"></main>"#).is_err());
     }
 }

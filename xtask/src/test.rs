@@ -1,14 +1,15 @@
-//! `cargo xtask test`: installs what is missing, builds the filter, then runs every test tier
+//! `cargo xtask test`: installs what is missing, builds the filter and the dashboard, then runs every test tier
 //! in one `cargo test --workspace` so shared dependencies compile once (one profile, one feature set).
-//! The end-to-end tests read the tool locations from environment variables set here; they fail
-//! (never skip) when those are missing, so a green run always means Envoy really ran.
+//! The dashboard is left out of that run: it is wasm-only, and building Leptos natively would double the build.
+//! The end-to-end and browser tests read the tool locations from environment variables set here; they fail
+//! (never skip) when those are missing, so a green run always means Envoy and Chromium really ran.
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::process::Command;
 use std::time::Duration;
 
 use crate::util::{self, bail, Result};
-use crate::{build, install};
+use crate::{build, dashboard, install};
 
 /// Where the admin API suite finds PostgreSQL unless the caller overrides it (issue 3 runs its suite on SQLite and on this).
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -17,22 +18,36 @@ pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postg
 pub fn run(extra: &[String]) -> Result<()> {
     install::run()?;
     let wasm = build::run()?;
+    // Built before the tests so the admin API's test binaries embed it.
+    let dist = dashboard::build()?;
     let envoy = install::envoy_bin();
+    let axe = install::axe_js();
     let postgres = postgres_url()?;
 
-    util::step("cargo test --workspace (unit, component, end-to-end through Envoy)");
+    util::step("cargo test --workspace (unit, component, end-to-end through Envoy, browser)");
     println!("    EDGEWARDEN_ENVOY_BIN={}", envoy.display());
     println!("    EDGEWARDEN_FILTER_WASM={}", wasm.display());
     println!("    EDGEWARDEN_TEST_POSTGRES_URL={postgres}");
+    println!("    {}={}", dashboard::DIST_ENV, dist.display());
+    println!("    EDGEWARDEN_CHROMIUM_BIN={}", install::CHROMIUM_BIN);
+    println!(
+        "    EDGEWARDEN_CHROMEDRIVER_BIN={}",
+        install::CHROMEDRIVER_BIN
+    );
+    println!("    EDGEWARDEN_AXE_JS={}", axe.display());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     util::run(
         Command::new(cargo)
             .current_dir(util::project_root())
-            .args(["test", "--workspace"])
+            .args(["test", "--workspace", "--exclude", "edgewarden-dashboard"])
             .args(extra)
             .env("EDGEWARDEN_ENVOY_BIN", &envoy)
             .env("EDGEWARDEN_FILTER_WASM", &wasm)
-            .env("EDGEWARDEN_TEST_POSTGRES_URL", &postgres),
+            .env("EDGEWARDEN_TEST_POSTGRES_URL", &postgres)
+            .env(dashboard::DIST_ENV, &dist)
+            .env("EDGEWARDEN_CHROMIUM_BIN", install::CHROMIUM_BIN)
+            .env("EDGEWARDEN_CHROMEDRIVER_BIN", install::CHROMEDRIVER_BIN)
+            .env("EDGEWARDEN_AXE_JS", &axe),
     )?;
     println!("\ntest: every test passed");
     Ok(())
