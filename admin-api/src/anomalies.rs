@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Router;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row as _;
@@ -24,6 +24,7 @@ use crate::revocations::{page_params, Page};
 use crate::secrets::random_id;
 use crate::usage::Ingested;
 use crate::AppState;
+pub use edgewarden_api_types::{Anomaly, AnomalyUpdate as UpdateRequest};
 
 /// Detector thresholds; every count is over the last `window_seconds`.
 #[derive(Clone, Debug)]
@@ -501,33 +502,6 @@ pub async fn detect(state: &AppState, batch: &Ingested) -> Result<(), sqlx::Erro
     Ok(())
 }
 
-/// An anomaly as the API answers it.
-#[derive(Debug, Serialize)]
-pub struct Anomaly {
-    /// Id (`anm_...`).
-    pub id: String,
-    /// One of [`KINDS`].
-    pub kind: String,
-    /// `low`, `medium` or `high`.
-    pub severity: String,
-    /// `token`, `client`, `subject`, `address` or `edge`.
-    pub subject_kind: String,
-    /// The token id, client id, subject, address or edge name.
-    pub subject: String,
-    /// Latest evidence.
-    pub evidence: Value,
-    /// `open`, `acknowledged` or `resolved`.
-    pub state: String,
-    /// How many times it was raised while open.
-    pub occurrences: i64,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// Unix seconds of the last change.
-    pub updated_at: i64,
-    /// Unix seconds of the last finding.
-    pub last_seen: Option<i64>,
-}
-
 const COLUMNS: &str = "id, kind, severity, subject_kind, subject, evidence, state, occurrences, created_at, updated_at, last_seen";
 
 fn anomaly(row: &AnyRow) -> Result<Anomaly, sqlx::Error> {
@@ -642,12 +616,6 @@ async fn show(
 ) -> ApiResult<Json<Anomaly>> {
     principal.require(&[Role::Admin, Role::Auditor], "read anomalies")?;
     Ok(Json(find(&state, &id).await?))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpdateRequest {
-    state: String,
 }
 
 async fn update(

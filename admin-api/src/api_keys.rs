@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::Router;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sqlx::Row as _;
 
 use crate::auth::{create_api_key, Principal, Role};
@@ -15,20 +15,14 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, Query};
 use crate::revocations::{page_params, Page};
 use crate::AppState;
+use edgewarden_api_types::ApiKeySummary as KeySummary;
+use edgewarden_api_types::NewApiKeyRequest as CreateRequest;
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/api-keys", post(create).get(list))
         .route("/api/v1/api-keys/{id}", delete(remove))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateRequest {
-    role: Role,
-    name: Option<String>,
-    client_id: Option<String>,
 }
 
 async fn create(
@@ -50,16 +44,6 @@ async fn create(
     tracing::info!(id = %key.id, role = %key.role, actor = %principal.actor(), "api key created");
     crate::events::record_or_log(&state, crate::events::Event::new("api_key.created", principal.actor()).details(serde_json::json!({"id": key.id, "role": key.role, "name": key.name, "client_id": key.client_id}))).await;
     Ok((StatusCode::CREATED, Json(key)).into_response())
-}
-
-/// An API key as listed (never the key).
-#[derive(Serialize)]
-struct KeySummary {
-    id: String,
-    name: String,
-    role: String,
-    client_id: Option<String>,
-    created_at: i64,
 }
 
 #[derive(Deserialize)]

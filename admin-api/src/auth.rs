@@ -4,22 +4,20 @@
 //! Handlers take `Principal` as an extractor and call [`Principal::require`] before doing anything.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
-use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
 
 use crate::db::{now, Db};
 use crate::error::ApiError;
 use crate::secrets::{ct_eq, random_id, random_secret, sha256_hex};
 use crate::AppState;
+pub use edgewarden_api_types::{NewApiKey, Role};
 
 /// Name of the dashboard session cookie (HttpOnly).
 pub const SESSION_COOKIE: &str = "ew_session";
@@ -29,56 +27,6 @@ pub const CSRF_COOKIE: &str = "ew_csrf";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Prefix of every API key, so leaked keys are recognisable by secret scanners.
 pub const API_KEY_PREFIX: &str = "ewk_";
-
-/// What a caller may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Everything.
-    Admin,
-    /// Read-only access to everything.
-    Auditor,
-    /// The revocation feed and usage reports only.
-    Edge,
-    /// Issue, refresh, revoke and introspect tokens of its own client only.
-    Service,
-}
-
-impl Role {
-    /// Every role, for exhaustive tests.
-    pub const ALL: [Role; 4] = [Role::Admin, Role::Auditor, Role::Edge, Role::Service];
-
-    /// The lowercase name stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Auditor => "auditor",
-            Role::Edge => "edge",
-            Role::Service => "service",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Role, String> {
-        match s {
-            "admin" => Ok(Role::Admin),
-            "auditor" => Ok(Role::Auditor),
-            "edge" => Ok(Role::Edge),
-            "service" => Ok(Role::Service),
-            other => Err(format!(
-                "unknown role {other:?}, expected admin, auditor, edge or service"
-            )),
-        }
-    }
-}
 
 /// How the principal authenticated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,21 +129,6 @@ impl ApiKeyCache {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.retain(|_, (p, _)| p.credential != Credential::ApiKey { id: id.to_owned() });
     }
-}
-
-/// A freshly created API key: the secret is shown once and never stored.
-#[derive(Debug, Serialize)]
-pub struct NewApiKey {
-    /// Public id of the key.
-    pub id: String,
-    /// The key itself (`ewk_...`).
-    pub key: String,
-    /// Role granted.
-    pub role: Role,
-    /// Name given.
-    pub name: String,
-    /// Client it is bound to.
-    pub client_id: Option<String>,
 }
 
 /// Creates an API key with `role` (service keys must name a client) and returns the secret once.

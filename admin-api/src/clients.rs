@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sqlx::any::AnyRow;
 use sqlx::Row as _;
 
@@ -19,32 +19,11 @@ use crate::extract::{Json, Query};
 use crate::revocations::{page_params, revoke, Page, Target};
 use crate::secrets::{ct_eq, random_secret, sha256_hex};
 use crate::AppState;
+use edgewarden_api_types::NewClientRequest as CreateRequest;
+pub use edgewarden_api_types::{Client, ClientWithSecret as WithSecret};
 
 /// Prefix of generated client secrets.
 pub const CLIENT_SECRET_PREFIX: &str = "ews_";
-
-/// A registered client.
-#[derive(Clone, Debug, Serialize)]
-pub struct Client {
-    /// Identifier, also the `client_id` claim.
-    pub client_id: String,
-    /// Display name.
-    pub name: String,
-    /// Scopes its tokens may carry.
-    pub allowed_scopes: Vec<String>,
-    /// Roles its tokens may carry.
-    pub allowed_roles: Vec<String>,
-    /// Audiences its tokens may name; the first is the default.
-    pub audiences: Vec<String>,
-    /// Longest access-token lifetime.
-    pub max_lifetime_seconds: i64,
-    /// Whether it has a secret (and so may use `/oauth/*` client authentication).
-    pub has_secret: bool,
-    /// Creation time.
-    pub created_at: i64,
-    /// Last change.
-    pub updated_at: i64,
-}
 
 fn split(s: String) -> Vec<String> {
     s.split(' ')
@@ -132,28 +111,6 @@ pub fn router() -> Router<AppState> {
             get(show).patch(update).delete(remove),
         )
         .route("/api/v1/clients/{client_id}/secret", post(rotate_secret))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateRequest {
-    client_id: String,
-    name: Option<String>,
-    #[serde(default)]
-    allowed_scopes: Vec<String>,
-    #[serde(default)]
-    allowed_roles: Vec<String>,
-    #[serde(default)]
-    audiences: Vec<String>,
-    max_lifetime_seconds: Option<i64>,
-}
-
-/// A client together with its newly generated secret (shown once).
-#[derive(Serialize)]
-struct WithSecret {
-    #[serde(flatten)]
-    client: Client,
-    client_secret: String,
 }
 
 fn check_lifetime(state: &AppState, value: i64) -> ApiResult<()> {

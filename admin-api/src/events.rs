@@ -15,7 +15,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::routing::get;
 use axum::Router;
 use rand::RngCore as _;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row as _};
@@ -28,31 +28,13 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, Query};
 use crate::revocations::{page_params, Page};
 use crate::AppState;
+pub use edgewarden_api_types::StoredEvent;
 
 /// PostgreSQL NOTIFY channel that tells other replicas' dispatchers a new event committed.
 pub const EVENTS_CHANNEL: &str = "edgewarden_events";
 
 /// Every event kind the service records; webhooks subscribe to these names.
-pub const KINDS: &[&str] = &[
-    "token.issued",
-    "token.refreshed",
-    "token.revoked",
-    "token.first_use",
-    "token.last_use",
-    "revocation.created",
-    "refresh_family.revoked",
-    "client.created",
-    "client.updated",
-    "client.deleted",
-    "api_key.created",
-    "api_key.deleted",
-    "signing_key.rotated",
-    "anomaly.opened",
-    "anomaly.updated",
-    "webhook.created",
-    "webhook.updated",
-    "webhook.deleted",
-];
+pub const KINDS: &[&str] = edgewarden_api_types::EVENT_KINDS;
 
 /// An event about to be recorded.
 #[derive(Clone, Debug)]
@@ -102,27 +84,6 @@ impl Event {
         self.details = details;
         self
     }
-}
-
-/// A recorded event, as the API answers it and webhooks deliver it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct StoredEvent {
-    /// Time-ordered id (`evt_...`).
-    pub id: String,
-    /// Unix seconds.
-    pub at: i64,
-    /// One of [`KINDS`].
-    pub kind: String,
-    /// Who did it.
-    pub actor: String,
-    /// Token subject concerned, if any.
-    pub subject: Option<String>,
-    /// Client concerned, if any.
-    pub client_id: Option<String>,
-    /// Token concerned, if any.
-    pub jti: Option<String>,
-    /// Kind-specific details.
-    pub details: Value,
 }
 
 /// Shared state of the event machinery: the live broadcast for SSE, the dispatcher's wake-up, and

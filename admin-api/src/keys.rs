@@ -37,6 +37,7 @@ use crate::db::{now, Db, DbKind};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
 use crate::AppState;
+pub use edgewarden_api_types::KeyInfo;
 
 /// PostgreSQL NOTIFY channel that tells other replicas to reload their keys.
 pub const KEYS_CHANNEL: &str = "edgewarden_keys";
@@ -252,23 +253,6 @@ fn check_permissions(path: &Path) {
             }
         }
     }
-}
-
-/// A row of `signing_keys` as listed by `GET /api/v1/keys`.
-#[derive(Debug, Serialize)]
-pub struct KeyInfo {
-    /// Key id (RFC 7638 thumbprint).
-    pub kid: String,
-    /// Algorithm.
-    pub alg: String,
-    /// `active` or `retired`.
-    pub status: String,
-    /// Creation time (Unix seconds).
-    pub created_at: i64,
-    /// Retirement time, if retired.
-    pub retired_at: Option<i64>,
-    /// Whether the key is published in the JWKS right now.
-    pub published: bool,
 }
 
 impl KeyManager {

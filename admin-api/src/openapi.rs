@@ -599,7 +599,16 @@ pub fn document() -> Value {
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
         for q in op.query {
-            let schema = if ["limit", "offset", "since", "until", "wait", "stale_after", "cursor"].contains(q)
+            let schema = if [
+                "limit",
+                "offset",
+                "since",
+                "until",
+                "wait",
+                "stale_after",
+                "cursor",
+            ]
+            .contains(q)
             {
                 json!({"type": "integer"})
             } else {

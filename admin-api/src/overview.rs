@@ -69,7 +69,11 @@ async fn overview(
     }))
 }
 
-async fn count<const N: usize>(db: &Db, sql: &'static str, binds: [i64; N]) -> Result<i64, sqlx::Error> {
+async fn count<const N: usize>(
+    db: &Db,
+    sql: &'static str,
+    binds: [i64; N],
+) -> Result<i64, sqlx::Error> {
     let mut query = sqlx::query_scalar::<_, i64>(sql);
     for b in binds {
         query = query.bind(b);
@@ -141,7 +145,9 @@ async fn decision_totals(db: &Db, since: i64, now: i64) -> Result<DecisionTotals
             totals.allowed += n;
         } else {
             totals.denied += n;
-            totals.denied_by_reason.push(ReasonCount { reason, count: n });
+            totals
+                .denied_by_reason
+                .push(ReasonCount { reason, count: n });
         }
     }
     totals

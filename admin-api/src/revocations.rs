@@ -122,7 +122,9 @@ impl Feed {
     pub fn record_poll(&self, poll: EdgePoll) -> Option<i64> {
         let mut edges = self.edges.lock().unwrap_or_else(|p| p.into_inner());
         if edges.len() < 100_000 || edges.contains_key(&poll.name) {
-            edges.insert(poll.name.clone(), poll).map(|previous| previous.cursor)
+            edges
+                .insert(poll.name.clone(), poll)
+                .map(|previous| previous.cursor)
         } else {
             None
         }
@@ -167,7 +169,12 @@ pub const PROPAGATION_HISTORY_MS: i64 = 86_400 * 1000;
 
 /// Records that `edge` polled with `cursor` at `at_ms`, keeping the earliest time any replica saw it.
 /// Called only when the edge's cursor advanced (at most once per feed change per edge and replica).
-pub async fn record_cursor_mark(db: &Db, edge: &str, cursor: i64, at_ms: i64) -> Result<(), sqlx::Error> {
+pub async fn record_cursor_mark(
+    db: &Db,
+    edge: &str,
+    cursor: i64,
+    at_ms: i64,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO edge_cursor_marks (edge, cursor, first_seen_ms) VALUES ($1, $2, $3) \
          ON CONFLICT (edge, cursor) DO UPDATE SET first_seen_ms = excluded.first_seen_ms \
@@ -227,9 +234,11 @@ pub async fn begin_change(tx: &mut Transaction<'static, Any>) -> Result<i64, sql
             .execute(&mut **tx)
             .await?;
         // A mark before the oldest kept change answers for no revocation that can still be asked about.
-        sqlx::query("DELETE FROM edge_cursor_marks WHERE cursor < (SELECT MIN(cursor) FROM feed_changes)")
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM edge_cursor_marks WHERE cursor < (SELECT MIN(cursor) FROM feed_changes)",
+        )
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(seq)
 }
@@ -1110,12 +1119,19 @@ async fn propagation(
     for row in rows {
         marks.insert(
             row.try_get("edge")?,
-            (row.try_get("first_ms")?, row.try_get("last_cursor")?, row.try_get("last_ms")?),
+            (
+                row.try_get("first_ms")?,
+                row.try_get("last_cursor")?,
+                row.try_get("last_ms")?,
+            ),
         );
     }
     let now_ms = now_ms();
     let now_s = now_ms / 1000;
-    let row = |edge: String, feed_cursor: Option<i64>, last_poll: Option<i64>, mark: Option<(i64, i64, i64)>| {
+    let row = |edge: String,
+               feed_cursor: Option<i64>,
+               last_poll: Option<i64>,
+               mark: Option<(i64, i64, i64)>| {
         // Marks are written at once by whichever replica the edge polled; the edge list may lag by a flush.
         let feed_cursor = match (feed_cursor, mark) {
             (Some(c), Some((_, m, _))) => Some(c.max(m)),

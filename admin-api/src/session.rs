@@ -8,10 +8,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
 
-use crate::auth::{cookie, Credential, Principal, Role, CSRF_COOKIE, SESSION_COOKIE};
+use crate::auth::{cookie, Credential, Principal, CSRF_COOKIE, SESSION_COOKIE};
 use crate::db::now;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
@@ -21,24 +20,6 @@ use crate::AppState;
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/session", post(login).get(whoami).delete(logout))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoginRequest {
-    username: String,
-    password: String,
-}
-
-/// What `POST` and `GET /api/v1/session` answer.
-#[derive(Serialize)]
-struct SessionInfo {
-    username: String,
-    role: Role,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    csrf_token: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expires_at: Option<i64>,
 }
 
 /// Resolves a session cookie value to the user's principal and the stored CSRF hash.
@@ -175,3 +156,4 @@ async fn logout(
 }
 
 use axum::extract::FromRequest as _;
+use edgewarden_api_types::{LoginRequest, SessionInfo};

@@ -20,6 +20,7 @@ use crate::extract::{Json, Query};
 use crate::revocations::{page_params, Page};
 use crate::secrets::{random_jti, random_secret, sha256_hex};
 use crate::AppState;
+pub use edgewarden_api_types::{Audience, IssueRequest as CreateRequest, Issued, TokenRecord};
 
 /// Prefix of refresh tokens, so leaked ones are recognisable.
 pub const REFRESH_PREFIX: &str = "ewr_";
@@ -53,22 +54,6 @@ pub struct Grant {
     pub audience: Vec<String>,
     /// Access-token lifetime.
     pub ttl_seconds: i64,
-}
-
-/// An issued pair.
-#[derive(Debug, Serialize)]
-pub struct Issued {
-    /// The signed JWT.
-    pub access_token: String,
-    /// Always `Bearer`.
-    pub token_type: &'static str,
-    /// Seconds until the access token expires.
-    pub expires_in: i64,
-    /// The opaque refresh token, when asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub refresh_token: Option<String>,
-    /// The access token's id.
-    pub jti: String,
 }
 
 /// Validates a requested grant against `client`'s registration; every failure names its field.
@@ -245,7 +230,7 @@ pub async fn issue_in(
     crate::events::record(&state.events, &state.db, tx, crate::events::Event::new("token.issued", issued_by).jti(&jti).subject(&grant.subject).client(client_id).details(serde_json::json!({"scopes": grant.scopes, "expires_at": exp, "refresh": refresh_token.is_some()}))).await?;
     Ok(Issued {
         access_token,
-        token_type: "Bearer",
+        token_type: "Bearer".into(),
         expires_in: grant.ttl_seconds,
         refresh_token,
         jti,
@@ -276,29 +261,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/tokens", post(create).get(list))
         .route("/api/v1/tokens/{jti}", get(show))
-}
-
-/// `audience` may be one string or a list.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Audience {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateRequest {
-    subject: String,
-    client_id: String,
-    #[serde(default)]
-    scopes: Vec<String>,
-    #[serde(default)]
-    roles: Vec<String>,
-    audience: Option<Audience>,
-    ttl_seconds: Option<i64>,
-    #[serde(default)]
-    refresh: bool,
 }
 
 async fn create(
@@ -350,39 +312,6 @@ async fn create(
     Ok(Json(issued))
 }
 
-/// A token record (never the token itself).
-#[derive(Debug, Serialize)]
-pub struct TokenRecord {
-    /// Token id.
-    pub jti: String,
-    /// `sub`.
-    pub subject: String,
-    /// `client_id`.
-    pub client_id: String,
-    /// Granted scopes.
-    pub scopes: Vec<String>,
-    /// Granted roles.
-    pub roles: Vec<String>,
-    /// Audiences.
-    pub audience: Vec<String>,
-    /// Signing key id.
-    pub kid: String,
-    /// `iat`.
-    pub issued_at: i64,
-    /// `exp`.
-    pub expires_at: i64,
-    /// `active`, `expired` or `revoked`.
-    pub status: &'static str,
-    /// When revoked.
-    pub revoked_at: Option<i64>,
-    /// Why revoked.
-    pub revoke_reason: Option<String>,
-    /// Refresh family, if issued with one.
-    pub family_id: Option<String>,
-    /// Who issued it.
-    pub issued_by: String,
-}
-
 fn split(s: String) -> Vec<String> {
     s.split(' ')
         .filter(|p| !p.is_empty())
@@ -409,7 +338,8 @@ fn record(row: &AnyRow, now: i64) -> Result<TokenRecord, sqlx::Error> {
             "expired"
         } else {
             "active"
-        },
+        }
+        .to_owned(),
         revoked_at,
         revoke_reason: row.try_get("revoke_reason")?,
         family_id: row.try_get("family_id")?,

@@ -51,8 +51,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use edgewarden_core::decision::Reason;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::json;
 use sqlx::Row as _;
 use tokio::task::JoinHandle;
 
@@ -64,6 +64,7 @@ use crate::extract::{parse_json, Json, Query};
 use crate::revocations::{page_params, Feed, Page};
 use crate::secrets::random_id;
 use crate::AppState;
+pub use edgewarden_api_types::{Failure, Point, Series, Timeline, TimelineToken, TokenUsage};
 
 /// Largest usage batch body accepted.
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -754,22 +755,11 @@ struct SeriesQuery {
     edge: Option<String>,
 }
 
-/// One bucket of a usage time series.
-#[derive(Debug, Serialize)]
-pub struct Point {
-    /// Bucket start (Unix seconds).
-    pub t: i64,
-    /// All decisions in the bucket.
-    pub total: i64,
-    /// Decisions per reason.
-    pub by_reason: BTreeMap<String, i64>,
-}
-
 async fn timeseries(
     State(state): State<AppState>,
     principal: Principal,
     Query(q): Query<SeriesQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Series>> {
     principal.require(&[Role::Admin, Role::Auditor], "read usage")?;
     let (width, max_points): (i64, i64) = match q.bucket.as_deref().unwrap_or("minute") {
         "minute" => (60, 1440),
@@ -802,12 +792,21 @@ async fn timeseries(
     if let Some(reason) = &q.reason {
         check_reason("reason".into(), reason)?;
     }
-    // `width` is one of two constants, never input.
+    // `width` is one of two constants, never input. Hourly buckets filtered at most by reason and edge
+    // read whole hours from the rollup `usage_hourly` (a week is thousands of rows, not millions) and
+    // only the unfinished last hour from `usage_counts`; the branch that does not apply is a constant
+    // false condition, which both databases check once instead of per row.
+    let rollup = format!("{width} = 3600 AND $3 = '' AND $4 = '' AND $5 = '' AND $6 = ''");
     let sql = format!(
-        "SELECT (bucket / {width}) * {width} AS t, reason, CAST(SUM(count) AS BIGINT) AS n FROM usage_counts \
-         WHERE bucket >= $1 AND bucket < $2 AND ($3 = '' OR subject = $3) AND ($4 = '' OR client_id = $4) AND ($5 = '' OR token = $5) \
+        "SELECT t, reason, CAST(SUM(n) AS BIGINT) AS n FROM ( \
+         SELECT hour AS t, reason, count AS n FROM usage_hourly \
+         WHERE {rollup} AND hour >= $1 AND hour < ($2 / 3600) * 3600 AND ($7 = '' OR reason = $7) AND ($8 = '' OR edge = $8) \
+         UNION ALL \
+         SELECT (bucket / {width}) * {width} AS t, reason, count AS n FROM usage_counts \
+         WHERE bucket >= CASE WHEN {rollup} AND ($2 / 3600) * 3600 > $1 THEN ($2 / 3600) * 3600 ELSE $1 END \
+         AND bucket < $2 AND ($3 = '' OR subject = $3) AND ($4 = '' OR client_id = $4) AND ($5 = '' OR token = $5) \
          AND ($6 = '' OR route = $6) AND ($7 = '' OR reason = $7) AND ($8 = '' OR edge = $8) \
-         GROUP BY (bucket / {width}) * {width}, reason ORDER BY t, reason"
+         ) AS u GROUP BY t, reason ORDER BY t, reason"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(since - since.rem_euclid(width))
@@ -833,36 +832,12 @@ async fn timeseries(
         *point.by_reason.entry(row.try_get("reason")?).or_default() += n;
     }
     let bucket = if width == 60 { "minute" } else { "hour" };
-    Ok(Json(
-        json!({"bucket": bucket, "since": since, "until": until, "points": points.into_values().collect::<Vec<_>>()}),
-    ))
-}
-
-/// A stored failure sample.
-#[derive(Debug, Serialize)]
-pub struct Failure {
-    /// Id (`uf_...`).
-    pub id: String,
-    /// Reporting edge.
-    pub edge: String,
-    /// When it happened (edge clock).
-    pub at: i64,
-    /// Token id.
-    pub jti: Option<String>,
-    /// `sub`.
-    pub subject: Option<String>,
-    /// `client_id`.
-    pub client_id: Option<String>,
-    /// Request path.
-    pub route: Option<String>,
-    /// Decision reason.
-    pub reason: String,
-    /// Client address.
-    pub client_address: String,
-    /// The token's `iat`.
-    pub iat: Option<i64>,
-    /// The token's `nbf`.
-    pub nbf: Option<i64>,
+    Ok(Json(Series {
+        bucket: bucket.to_owned(),
+        since,
+        until,
+        points: points.into_values().collect(),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -949,7 +924,7 @@ async fn timeline(
     State(state): State<AppState>,
     principal: Principal,
     Path(jti): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Timeline>> {
     principal.require(&[Role::Admin, Role::Auditor], "read tokens")?;
     let token = sqlx::query(
         "SELECT subject, client_id, issued_at, expires_at, revoked_at, first_used_at, last_used_at, use_count FROM tokens WHERE jti = $1",
@@ -974,8 +949,13 @@ async fn timeline(
     let usage = usage
         .iter()
         .map(|r| {
-            Ok(json!({"t": r.try_get::<i64, _>("bucket")?, "edge": r.try_get::<String, _>("edge")?, "route": r.try_get::<String, _>("route")?,
-                      "reason": r.try_get::<String, _>("reason")?, "count": r.try_get::<i64, _>("n")?}))
+            Ok(TokenUsage {
+                t: r.try_get("bucket")?,
+                edge: r.try_get("edge")?,
+                route: r.try_get("route")?,
+                reason: r.try_get("reason")?,
+                count: r.try_get("n")?,
+            })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let failures = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -987,27 +967,30 @@ async fn timeline(
     .iter()
     .map(failure)
     .collect::<Result<Vec<_>, _>>()?;
-    let Some(token) = token else {
-        if events.is_empty() && usage.is_empty() && failures.is_empty() {
-            return Err(ApiError::NotFound(format!("no token with jti {jti:?}")));
-        }
-        return Ok(Json(
-            json!({"jti": jti, "token": null, "events": events, "usage": usage, "failures": failures}),
-        ));
-    };
-    let summary = json!({
-        "subject": token.try_get::<String, _>("subject")?,
-        "client_id": token.try_get::<String, _>("client_id")?,
-        "issued_at": token.try_get::<i64, _>("issued_at")?,
-        "expires_at": token.try_get::<i64, _>("expires_at")?,
-        "revoked_at": token.try_get::<Option<i64>, _>("revoked_at")?,
-        "first_used_at": token.try_get::<Option<i64>, _>("first_used_at")?,
-        "last_used_at": token.try_get::<Option<i64>, _>("last_used_at")?,
-        "use_count": token.try_get::<i64, _>("use_count")?,
-    });
-    Ok(Json(
-        json!({"jti": jti, "token": summary, "events": events, "usage": usage, "failures": failures}),
-    ))
+    let token = token
+        .map(|token| -> Result<TimelineToken, sqlx::Error> {
+            Ok(TimelineToken {
+                subject: token.try_get("subject")?,
+                client_id: token.try_get("client_id")?,
+                issued_at: token.try_get("issued_at")?,
+                expires_at: token.try_get("expires_at")?,
+                revoked_at: token.try_get("revoked_at")?,
+                first_used_at: token.try_get("first_used_at")?,
+                last_used_at: token.try_get("last_used_at")?,
+                use_count: token.try_get("use_count")?,
+            })
+        })
+        .transpose()?;
+    if token.is_none() && events.is_empty() && usage.is_empty() && failures.is_empty() {
+        return Err(ApiError::NotFound(format!("no token with jti {jti:?}")));
+    }
+    Ok(Json(Timeline {
+        jti,
+        token,
+        events,
+        usage,
+        failures,
+    }))
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use crate::extract::{Json, Query};
 use crate::revocations::{page_params, Page};
 use crate::secrets::{random_id, random_secret, sha256_hex};
 use crate::AppState;
+pub use edgewarden_api_types::Webhook;
 
 /// Header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "x-edgewarden-signature";
@@ -437,28 +438,6 @@ pub fn router() -> Router<AppState> {
             get(show).patch(update).delete(delete),
         )
         .route("/api/v1/webhooks/{id}/deliveries", get(deliveries))
-}
-
-/// A webhook as answered by the API (never with its secret, except once at creation).
-#[derive(Debug, Serialize)]
-pub struct Webhook {
-    /// Id (`whk_...`).
-    pub id: String,
-    /// Where events are POSTed.
-    pub url: String,
-    /// Event kinds delivered (`*` for all).
-    pub kinds: Vec<String>,
-    /// Free text.
-    pub description: String,
-    /// False while paused.
-    pub active: bool,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// Who created it.
-    pub created_by: String,
-    /// The signing secret: only in the answer to the creation.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
 }
 
 fn webhook(row: &AnyRow) -> Result<Webhook, sqlx::Error> {

@@ -10,8 +10,8 @@ mod revocations;
 mod tokens;
 
 pub use admin::{
-    ApiKeySummary, Client, ClientWithSecret, KeyInfo, NewApiKey, NewApiKeyRequest, NewClientRequest,
-    Webhook,
+    ApiKeySummary, Client, ClientWithSecret, KeyInfo, NewApiKey, NewApiKeyRequest,
+    NewClientRequest, Webhook,
 };
 pub use common::{ErrorBody, ErrorDetail, LoginRequest, Page, Role, SessionInfo};
 pub use observe::{
@@ -19,7 +19,9 @@ pub use observe::{
     EDGE_STALE_AFTER_SECONDS, EVENT_KINDS,
 };
 pub use revocations::{Revocation, RevokeRequest};
-pub use tokens::{Audience, IssueRequest, Issued, Timeline, TimelineToken, TokenRecord, TokenUsage};
+pub use tokens::{
+    Audience, IssueRequest, Issued, Timeline, TimelineToken, TokenRecord, TokenUsage,
+};
 
 use serde::{Deserialize, Serialize};
 

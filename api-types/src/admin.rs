@@ -1,0 +1,144 @@
+//! Administration: clients, API keys, signing keys and webhooks.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Role;
+
+/// A registered client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Client {
+    /// Identifier, also the `client_id` claim.
+    pub client_id: String,
+    /// Display name.
+    pub name: String,
+    /// Scopes its tokens may carry.
+    pub allowed_scopes: Vec<String>,
+    /// Roles its tokens may carry.
+    pub allowed_roles: Vec<String>,
+    /// Audiences its tokens may name; the first is the default.
+    pub audiences: Vec<String>,
+    /// Longest access-token lifetime.
+    pub max_lifetime_seconds: i64,
+    /// Whether it has a secret (and so may use `/oauth/*` client authentication).
+    pub has_secret: bool,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+}
+
+/// A client together with its newly generated secret (shown once).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientWithSecret {
+    /// The client.
+    #[serde(flatten)]
+    pub client: Client,
+    /// The secret (`ews_...`), shown only in this answer.
+    pub client_secret: String,
+}
+
+/// An API key as listed (never the key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeySummary {
+    /// Public id.
+    pub id: String,
+    /// Name given.
+    pub name: String,
+    /// Role granted.
+    pub role: String,
+    /// Client it is bound to.
+    pub client_id: Option<String>,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+/// A freshly created API key: the secret is shown once and never stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewApiKey {
+    /// Public id of the key.
+    pub id: String,
+    /// The key itself (`ewk_...`).
+    pub key: String,
+    /// Role granted.
+    pub role: Role,
+    /// Name given.
+    pub name: String,
+    /// Client it is bound to.
+    pub client_id: Option<String>,
+}
+
+/// A signing key as listed by `GET /api/v1/keys`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Key id (RFC 7638 thumbprint).
+    pub kid: String,
+    /// Algorithm.
+    pub alg: String,
+    /// `active` or `retired`.
+    pub status: String,
+    /// Creation time (Unix seconds).
+    pub created_at: i64,
+    /// Retirement time, if retired.
+    pub retired_at: Option<i64>,
+    /// Whether the key is published in the JWKS right now.
+    pub published: bool,
+}
+
+/// A webhook.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    /// Id (`whk_...`).
+    pub id: String,
+    /// Where events are POSTed.
+    pub url: String,
+    /// Event kinds delivered (`*` for all).
+    pub kinds: Vec<String>,
+    /// Free text.
+    pub description: String,
+    /// False while paused.
+    pub active: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Who created it.
+    pub created_by: String,
+    /// The signing secret: only in the answer to the creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// `POST /api/v1/clients`: register a client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewClientRequest {
+    /// Identifier, also the `client_id` claim.
+    pub client_id: String,
+    /// Display name (the id when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Scopes its tokens may carry.
+    #[serde(default)]
+    pub allowed_scopes: Vec<String>,
+    /// Roles its tokens may carry.
+    #[serde(default)]
+    pub allowed_roles: Vec<String>,
+    /// Audiences its tokens may name; the first is the default.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Longest access-token lifetime (the server's maximum when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime_seconds: Option<i64>,
+}
+
+/// `POST /api/v1/api-keys`: create an API key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiKeyRequest {
+    /// Role granted.
+    pub role: Role,
+    /// Name, to recognise it in lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Client it is bound to (required for `service` keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
