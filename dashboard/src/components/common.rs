@@ -89,7 +89,7 @@ pub fn Pager(
         <nav class="pager" aria-label="pages">
             <button
                 type="button"
-                disabled=offset == 0
+                disabled={offset == 0}
                 on:click=move |_| on_page.run((offset - limit).max(0))
             >
                 "← Previous"
@@ -97,7 +97,7 @@ pub fn Pager(
             <span>{format!("{first}–{last} of {total}")}</span>
             <button
                 type="button"
-                disabled=last >= total
+                disabled={last >= total}
                 on:click=move |_| on_page.run(offset + limit)
             >
                 "Next →"

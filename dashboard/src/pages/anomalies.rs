@@ -142,7 +142,10 @@ fn AnomalyCard(anomaly: Anomaly, refresh: RwSignal<u32>) -> impl IntoView {
             refresh.update(|n| *n += 1);
         }
     });
+    // A token the anomaly already found revoked needs no second revocation.
+    let already_revoked = anomaly.kind.contains("revoked");
     let target = match anomaly.subject_kind.as_str() {
+        "token" if already_revoked => None,
         "token" => Some((
             "token",
             RevokeRequest {

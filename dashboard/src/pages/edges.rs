@@ -6,7 +6,7 @@ use leptos::prelude::*;
 
 use crate::api;
 use crate::app::Ctx;
-use crate::components::{Badge, Duration, ErrorView, Loading, RelTime};
+use crate::components::{Badge, ErrorView, Loading, RelTime};
 use crate::pages::overview::fmt_count;
 
 /// `in sync`, `behind`, `stale` or `silent`, by the same bounds the admin API's overview uses.
@@ -63,7 +63,7 @@ pub fn Edges() -> impl IntoView {
                                             <th scope="row">{e.name.clone()}</th>
                                             <td><Badge text=state.to_owned() /></td>
                                             <td>{match (e.last_poll, e.staleness_seconds) {
-                                                (Some(t), Some(s)) => view! { <RelTime at=t /> " (" <Duration seconds=s /> ")" }.into_any(),
+                                                (Some(t), Some(_)) => view! { <RelTime at=t /> }.into_any(),
                                                 _ => view! { <span class="muted">"never"</span> }.into_any(),
                                             }}</td>
                                             <td class="num">{e.feed_cursor.map(|c| c.to_string()).unwrap_or_else(|| "–".into())}</td>
