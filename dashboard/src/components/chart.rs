@@ -41,7 +41,7 @@ pub fn DecisionChart(
     }
     // Largest refusal reasons first, so the legend reads in order of weight.
     let mut order: Vec<(String, i64)> = reasons.into_iter().collect();
-    order.sort_by(|a, b| b.1.cmp(&a.1));
+    order.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     let order: Vec<String> = order.into_iter().map(|(r, _)| r).collect();
     let max = points.iter().map(|p| p.total).max().unwrap_or(0).max(1);
     let bar_w = ((WIDTH - PAD_LEFT) / buckets as f64).max(1.0);

@@ -13,6 +13,8 @@ use crate::app::Ctx;
 pub const KEEP: usize = 500;
 /// Pages refetch at most this often when events arrive.
 const TICK_MS: f64 = 1500.0;
+/// Usage reports raise no event, so figures that come from them refresh on this period as well.
+const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The open stream and the callbacks it holds; dropping it closes the stream.
 pub struct Live {
@@ -20,11 +22,15 @@ pub struct Live {
     _on_event: Closure<dyn FnMut(web_sys::MessageEvent)>,
     _on_open: Closure<dyn FnMut(web_sys::Event)>,
     _on_error: Closure<dyn FnMut(web_sys::Event)>,
+    refresh: Option<leptos::leptos_dom::helpers::IntervalHandle>,
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
         self.source.close();
+        if let Some(refresh) = self.refresh.take() {
+            refresh.clear();
+        }
     }
 }
 
@@ -71,7 +77,10 @@ pub fn connect(ctx: Ctx) -> Option<Live> {
     let on_error = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| ctx.connected.set(false));
     source.set_onopen(Some(on_open.as_ref().unchecked_ref()));
     source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+    let refresh =
+        set_interval_with_handle(move || ctx.tick.update(|n| *n += 1), REFRESH_EVERY).ok();
     Some(Live {
+        refresh,
         source,
         _on_event: on_event,
         _on_open: on_open,
