@@ -362,9 +362,6 @@ pub async fn query_events(db: &Db, q: &EventQuery) -> ApiResult<Page<StoredEvent
     // Ids hold only hex digits after the prefix, so comparisons agree under any collation; an
     // open end is a time far in the future rather than a punctuation sentinel.
     let until = id_floor(q.until.unwrap_or(now() + 100 * 365 * 86_400));
-    // Unused filters compare a placeholder with '' so one statement serves every combination.
-    let filter = "WHERE ($1 = '' OR kind = $1) AND ($2 = '' OR kind LIKE $2 || '%') AND ($3 = '' OR subject = $3) \
-                  AND ($4 = '' OR client_id = $4) AND ($5 = '' OR jti = $5) AND ($6 = '' OR actor = $6) AND id >= $7 AND id < $8";
     let binds = [
         kind,
         prefix,
@@ -375,6 +372,31 @@ pub async fn query_events(db: &Db, q: &EventQuery) -> ApiResult<Page<StoredEvent
         since,
         until,
     ];
+    // Every placeholder stays in the text so one binding order serves every combination; an unused
+    // filter compares its placeholder with itself rather than `($5 = '' OR jti = $5)`, which SQLite
+    // cannot answer from an index (it would scan the whole log).
+    let clauses = [
+        "kind = $1",
+        "kind LIKE $2 || '%'",
+        "subject = $3",
+        "client_id = $4",
+        "jti = $5",
+        "actor = $6",
+    ];
+    // Without since or until the id range holds every event: leaving it out lets PostgreSQL count the
+    // log over its narrowest index (`events_at`) instead of the table, the one cost of a first page.
+    let mut filter = if q.since.is_none() && q.until.is_none() {
+        String::from("WHERE $7 = $7 AND $8 = $8")
+    } else {
+        String::from("WHERE id >= $7 AND id < $8")
+    };
+    for (i, clause) in clauses.iter().enumerate() {
+        if binds[i].is_empty() {
+            filter.push_str(&format!(" AND ${n} = ${n}", n = i + 1));
+        } else {
+            filter.push_str(&format!(" AND {clause}"));
+        }
+    }
     let mut count = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
         "SELECT COUNT(*) FROM events {filter}"
     )));

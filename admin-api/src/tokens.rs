@@ -379,13 +379,24 @@ async fn list(
             ));
         }
     };
-    // Placeholders are numbered the same in both queries; unused ones are compared to themselves.
-    let filter = format!(
-        "WHERE {status_clause} AND ($2 = '' OR subject = $2) AND ($3 = '' OR client_id = $3) AND $1 = $1"
-    );
-    let now = now();
     let subject = q.subject.unwrap_or_default();
     let client_id = q.client_id.unwrap_or_default();
+    // Placeholders are numbered the same in both queries; unused ones are compared to themselves. An
+    // absent filter is left out rather than written `($2 = '' OR subject = $2)`, which SQLite cannot
+    // answer from an index: it would scan every token.
+    let subject_clause = if subject.is_empty() {
+        "$2 = $2"
+    } else {
+        "subject = $2"
+    };
+    let client_clause = if client_id.is_empty() {
+        "$3 = $3"
+    } else {
+        "client_id = $3"
+    };
+    let filter =
+        format!("WHERE {status_clause} AND {subject_clause} AND {client_clause} AND $1 = $1");
+    let now = now();
     let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT COUNT(*) FROM tokens {filter}"
     )))

@@ -21,7 +21,10 @@ both_backends!(
 
 async fn overview(app: &TestApp, range: &str) -> Overview {
     let body = app
-        .get(&format!("/api/v1/overview?range={range}"), Some(&app.admin_key))
+        .get(
+            &format!("/api/v1/overview?range={range}"),
+            Some(&app.admin_key),
+        )
         .await
         .expect(StatusCode::OK)
         .body;
@@ -149,7 +152,10 @@ async fn overview_counts_tokens_decisions_anomalies_and_edges(backend: Backend) 
     assert_eq!(reasons, [("missing_token", 3), ("revoked", 3)]);
     // The detectors raise their own (the revoked token's use); the resolved one is not counted.
     let listed = app
-        .get("/api/v1/anomalies?state=open&limit=500", Some(&app.admin_key))
+        .get(
+            "/api/v1/anomalies?state=open&limit=500",
+            Some(&app.admin_key),
+        )
         .await
         .expect(StatusCode::OK)
         .body;
@@ -163,12 +169,20 @@ async fn overview_counts_tokens_decisions_anomalies_and_edges(backend: Backend) 
     };
     assert!(open("high") >= 2 && open("low") >= 1);
     assert_eq!(
-        (hour.open_anomalies.high, hour.open_anomalies.medium, hour.open_anomalies.low),
+        (
+            hour.open_anomalies.high,
+            hour.open_anomalies.medium,
+            hour.open_anomalies.low
+        ),
         (open("high"), open("medium"), open("low"))
     );
     // edge-fresh polled just now; edge-a only reported usage and never polled.
     assert_eq!(hour.edges.total, 2, "{hour:?}");
-    assert_eq!((hour.edges.in_sync, hour.edges.stale, hour.edges.silent), (1, 0, 1), "{hour:?}");
+    assert_eq!(
+        (hour.edges.in_sync, hour.edges.stale, hour.edges.silent),
+        (1, 0, 1),
+        "{hour:?}"
+    );
 
     for range in ["24h", "7d"] {
         let wide = overview(&app, range).await;
@@ -211,7 +225,10 @@ async fn overview_range_must_be_1h_24h_or_7d(backend: Backend) {
         .get("/api/v1/overview?range=30d", Some(&app.admin_key))
         .await
         .expect(StatusCode::BAD_REQUEST);
-    assert!(answer.body["error"]["message"].as_str().unwrap().contains("range"));
+    assert!(answer.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("range"));
     let default = app
         .get("/api/v1/overview", Some(&app.admin_key))
         .await
@@ -233,7 +250,9 @@ async fn propagation_shows_applied_and_pending_edges_on_every_replica(backend: B
         .unwrap()
         .to_owned();
     let edge = app.api_key(Role::Edge, None).await;
-    let start = poll(&app, &edge, "edge-fast", 0).await["cursor"].as_i64().unwrap();
+    let start = poll(&app, &edge, "edge-fast", 0).await["cursor"]
+        .as_i64()
+        .unwrap();
     poll(&app, &edge, "edge-slow", 0).await;
 
     let revoked = app
@@ -307,7 +326,11 @@ async fn propagation_shows_applied_and_pending_edges_on_every_replica(backend: B
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let seen: Propagation = serde_json::from_slice(&body).unwrap();
-    let fast_elsewhere = seen.edges.iter().find(|e| e.edge == "edge-fast").expect("edge-fast");
+    let fast_elsewhere = seen
+        .edges
+        .iter()
+        .find(|e| e.edge == "edge-fast")
+        .expect("edge-fast");
     assert!(fast_elsewhere.applied);
     assert_eq!(fast_elsewhere.applied_after_seconds, Some(after));
 
@@ -328,15 +351,30 @@ async fn propagation_shows_applied_and_pending_edges_on_every_replica(backend: B
 async fn propagation_of_an_unknown_cursor_is_404_and_a_missing_one_400(backend: Backend) {
     let app = TestApp::start(backend).await;
     let answer = app
-        .get("/api/v1/revocations/propagation?cursor=999", Some(&app.admin_key))
+        .get(
+            "/api/v1/revocations/propagation?cursor=999",
+            Some(&app.admin_key),
+        )
         .await
         .expect(StatusCode::NOT_FOUND);
-    assert!(answer.body["error"]["message"].as_str().unwrap().contains("999"));
+    assert!(answer.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("999"));
     for query in ["", "?cursor=0", "?cursor=-3"] {
         let answer = app
-            .get(&format!("/api/v1/revocations/propagation{query}"), Some(&app.admin_key))
+            .get(
+                &format!("/api/v1/revocations/propagation{query}"),
+                Some(&app.admin_key),
+            )
             .await
             .expect(StatusCode::BAD_REQUEST);
-        assert!(answer.body["error"]["message"].as_str().unwrap().starts_with("cursor"), "{query}");
+        assert!(
+            answer.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("cursor"),
+            "{query}"
+        );
     }
 }

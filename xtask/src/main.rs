@@ -38,9 +38,11 @@ commands:
   bench     compare Envoy without auth, Envoy's native jwt_authn and EdgeWarden (ES256 and RS256), then
             the admin API's feed and usage ingestion on SQLite and PostgreSQL (100,000 revocations, 1,000 edges),
             then revocation propagation (admin API's 201 to the edge's first 401 and to every worker's, 100 rounds)
-            and the memory a million revoked jtis cost each VM
+            and the memory a million revoked jtis cost each VM, then every dashboard API call's p50/p95 against
+            300 ms with a million tokens and ten million usage rows (seeded on SQLite and PostgreSQL) and the
+            dashboard's transfer size against 1 MB gzip
             options: --duration <seconds per scenario, default 5> --only <substrings of scenario names, comma-separated>
-                     (--only admin, --only propagation, --only memory) --suite <filter|admin|propagation|memory>
+                     (--only admin, --only propagation, --only memory) --suite <filter|admin|propagation|memory|dashboard>
                      --rounds <n: the filter suite runs each scenario n times and reports medians, default 3>
                      --against <a.wasm,b.wasm: other filter builds, each measured beside this one in the same rounds>
 ";

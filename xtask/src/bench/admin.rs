@@ -154,7 +154,7 @@ pub fn run(options: &Options) -> Result<()> {
 
 /// The PostgreSQL server to create the bench database on (`EDGEWARDEN_TEST_POSTGRES_URL` or the local default),
 /// after checking that it answers and that `psql` is there (installed from apt when missing).
-fn postgres_server() -> Result<String> {
+pub(super) fn postgres_server() -> Result<String> {
     let url = std::env::var("EDGEWARDEN_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| crate::test::DEFAULT_POSTGRES_URL.to_string());
     if !util::have("psql") {
@@ -167,7 +167,7 @@ fn postgres_server() -> Result<String> {
 }
 
 /// Runs SQL through `psql` against `url`, stopping at the first error.
-fn psql(url: &str, sql: &str) -> Result<String> {
+pub(super) fn psql(url: &str, sql: &str) -> Result<String> {
     util::output(Command::new("psql").args([
         "-X",
         "-q",
@@ -183,7 +183,7 @@ fn psql(url: &str, sql: &str) -> Result<String> {
 }
 
 /// `url` with its database name replaced by `db` (query parameters kept).
-fn with_database(url: &str, db: &str) -> Result<String> {
+pub(super) fn with_database(url: &str, db: &str) -> Result<String> {
     let Some((scheme, rest)) = url.split_once("://") else {
         bail!("postgres url `{url}` has no scheme");
     };

@@ -2,9 +2,11 @@
 //! Each suite is a module with `scenarios()` (the names `--only` matches) and `run(&Options)`:
 //! `filter` compares EdgeWarden with Envoy's native `jwt_authn`, `admin` measures the admin API's feed and
 //! usage ingestion, `propagation` times a revocation from the admin API's answer to the edge's first 401,
-//! `memory` measures what a million revoked jtis cost each Envoy VM and the whole Envoy process.
+//! `memory` measures what a million revoked jtis cost each Envoy VM and the whole Envoy process,
+//! `dashboard` times every admin API call a dashboard page makes at a million tokens.
 
 mod admin;
+mod dashboard;
 mod filter;
 mod memory;
 mod propagation;
@@ -80,6 +82,12 @@ const SUITES: &[Suite] = &[
         scenarios: memory::scenarios,
         needs_filter: true,
         run: memory::run,
+    },
+    Suite {
+        name: "dashboard",
+        scenarios: dashboard::scenarios,
+        needs_filter: false,
+        run: dashboard::run,
     },
 ];
 
@@ -225,7 +233,8 @@ mod tests {
         assert_eq!(selected("admin"), ["admin"]);
         assert_eq!(selected("memory"), ["memory"]);
         assert_eq!(selected("1000 tokens"), ["filter"]);
-        assert_eq!(selected("sqlite"), ["admin", "propagation"]);
+        assert_eq!(selected("sqlite"), ["admin", "propagation", "dashboard"]);
+        assert_eq!(selected("dashboard"), ["dashboard"]);
         assert!(selected("nothing like this").is_empty());
         // Several substrings, comma-separated: any of them selects.
         assert_eq!(selected("propagation,memory"), ["propagation", "memory"]);
