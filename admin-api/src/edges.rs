@@ -21,9 +21,10 @@ pub use edgewarden_api_types::Edge;
 /// edge long-polls (at most `--feed-max-wait`, 30 s by default) and other replicas see its polls within
 /// `--edge-flush` (10 s), so 120 s is well past a healthy cycle and well before an edge's own staleness
 /// limit (`max_staleness_seconds`, 300 s by default) makes it refuse requests.
-pub const STALE_AFTER_SECONDS: i64 = 120;
+/// The bound lives in `api-types` so the dashboard colours edges by the same numbers.
+pub const STALE_AFTER_SECONDS: i64 = edgewarden_api_types::EDGE_STALE_AFTER_SECONDS;
 /// Seconds without a feed poll after which a stale edge counts as silent: ten stale bounds.
-pub const SILENT_AFTER_SECONDS: i64 = 10 * STALE_AFTER_SECONDS;
+pub const SILENT_AFTER_SECONDS: i64 = edgewarden_api_types::EDGE_SILENT_AFTER_SECONDS;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

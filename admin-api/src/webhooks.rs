@@ -33,6 +33,7 @@ use crate::extract::{Json, Query};
 use crate::revocations::{page_params, Page};
 use crate::secrets::{random_id, random_secret, sha256_hex};
 use crate::AppState;
+use edgewarden_api_types::NewWebhookRequest as CreateRequest;
 pub use edgewarden_api_types::Webhook;
 
 /// Header carrying the signature.
@@ -488,15 +489,6 @@ fn check_kinds(kinds: &[String]) -> ApiResult<()> {
         }
     }
     Ok(())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateRequest {
-    url: String,
-    kinds: Vec<String>,
-    #[serde(default)]
-    description: String,
 }
 
 async fn create(

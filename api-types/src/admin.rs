@@ -142,3 +142,16 @@ pub struct NewApiKeyRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
 }
+
+/// `POST /api/v1/webhooks`: create a webhook (its signing secret is in the answer only).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewWebhookRequest {
+    /// Where events are POSTed (https, or http to a loopback address).
+    pub url: String,
+    /// Event kinds delivered (`*` for all, or a `prefix.*`).
+    pub kinds: Vec<String>,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+}

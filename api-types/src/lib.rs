@@ -11,7 +11,7 @@ mod tokens;
 
 pub use admin::{
     ApiKeySummary, Client, ClientWithSecret, KeyInfo, NewApiKey, NewApiKeyRequest,
-    NewClientRequest, Webhook,
+    NewClientRequest, NewWebhookRequest, Webhook,
 };
 pub use common::{ErrorBody, ErrorDetail, LoginRequest, Page, Role, SessionInfo};
 pub use observe::{

@@ -8,9 +8,9 @@ use std::fmt;
 
 use edgewarden_api_types::{
     Anomaly, AnomalyUpdate, ApiKeySummary, Client, ClientWithSecret, Edge, ErrorBody, IssueRequest,
-    Issued, KeyInfo, LoginRequest, NewApiKey, NewApiKeyRequest, NewClientRequest, Overview, Page,
-    Propagation, Revocation, RevokeRequest, Series, SessionInfo, StoredEvent, Timeline,
-    TokenRecord, Webhook,
+    Issued, KeyInfo, LoginRequest, NewApiKey, NewApiKeyRequest, NewClientRequest,
+    NewWebhookRequest, Overview, Page, Propagation, Revocation, RevokeRequest, Series, SessionInfo,
+    StoredEvent, Timeline, TokenRecord, Webhook,
 };
 use gloo_net::http::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -328,4 +328,9 @@ pub async fn rotate_signing_key() -> ApiResult<serde_json::Value> {
 /// Webhooks.
 pub async fn webhooks() -> ApiResult<Vec<Webhook>> {
     get("/api/v1/webhooks").await
+}
+
+/// Creates a webhook; its signing secret is in the answer only.
+pub async fn create_webhook(body: NewWebhookRequest) -> ApiResult<Webhook> {
+    with_body(Method::POST, "/api/v1/webhooks", &body).await
 }

@@ -1,7 +1,7 @@
 //! Settings: clients (register, rotate a secret), API keys (create, revoke), signing keys (rotate)
 //! and webhooks. Secrets are shown once; auditors see the lists without any control that changes them.
 
-use edgewarden_api_types::{NewApiKeyRequest, NewClientRequest, Role};
+use edgewarden_api_types::{NewApiKeyRequest, NewClientRequest, NewWebhookRequest, Role};
 use leptos::prelude::*;
 
 use crate::api;
@@ -286,7 +286,23 @@ fn SigningKeys() -> impl IntoView {
 
 #[component]
 fn Webhooks() -> impl IntoView {
-    let list = LocalResource::new(|| async { api::webhooks().await });
+    let ctx = expect_context::<Ctx>();
+    let refresh = RwSignal::new(0u32);
+    let list = LocalResource::new(move || {
+        refresh.track();
+        async move { api::webhooks().await }
+    });
+    let url = RwSignal::new(String::new());
+    let kinds = RwSignal::new("*".to_owned());
+    let create = Action::new_local(move |r: &NewWebhookRequest| {
+        let r = r.clone();
+        async move { api::create_webhook(r).await }
+    });
+    Effect::new(move |_| {
+        if create.value().with(|v| matches!(v, Some(Ok(_)))) {
+            refresh.update(|n| *n += 1);
+        }
+    });
     view! {
         <section aria-labelledby="hooks-h">
             <h2 id="hooks-h">"Webhooks"</h2>
@@ -294,7 +310,7 @@ fn Webhooks() -> impl IntoView {
                 {move || Suspend::new(async move {
                     match list.await {
                         Err(e) => view! { <ErrorView error=e /> }.into_any(),
-                        Ok(hooks) if hooks.is_empty() => view! { <p class="empty">"No webhook. Create one with POST /api/v1/webhooks to push events to your SIEM."</p> }.into_any(),
+                        Ok(hooks) if hooks.is_empty() => view! { <p class="empty">"No webhook yet: a webhook pushes signed events to your SIEM or chat as they happen."</p> }.into_any(),
                         Ok(hooks) => view! {
                             <table>
                                 <thead><tr><th scope="col">"URL"</th><th scope="col">"Events"</th><th scope="col">"State"</th><th scope="col">"Created"</th></tr></thead>
@@ -312,6 +328,25 @@ fn Webhooks() -> impl IntoView {
                     }
                 })}
             </Transition>
+            <Show when=move || ctx.can_write()>
+                <form class="inline" on:submit=move |ev| {
+                    ev.prevent_default();
+                    create.dispatch(NewWebhookRequest {
+                        url: url.get_untracked().trim().to_owned(),
+                        kinds: words(&kinds.get_untracked()),
+                        description: String::new(),
+                    });
+                }>
+                    <label>"Webhook URL" <input name="new_webhook_url" type="url" required prop:value=url on:input:target=move |ev| url.set(ev.target().value()) /></label>
+                    <label>"Event kinds (* for all)" <input name="new_webhook_kinds" prop:value=kinds on:input:target=move |ev| kinds.set(ev.target().value()) /></label>
+                    <button type="submit">"Create webhook"</button>
+                </form>
+                {move || match create.value().get() {
+                    Some(Ok(h)) => view! { <SecretOnce label="webhook signing secret" value=h.secret.unwrap_or_default() /> }.into_any(),
+                    Some(Err(e)) => view! { <ErrorView error=e /> }.into_any(),
+                    None => ().into_any(),
+                }}
+            </Show>
         </section>
     }
 }
