@@ -3,6 +3,7 @@
 //! Every knob lives here so handlers never read the environment themselves.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::keys::SigningAlg;
 
@@ -39,6 +40,30 @@ pub struct RateLimit {
     pub burst: u32,
     /// Tokens added per second.
     pub per_second: f64,
+}
+
+/// Bounds of the HTTP server (see `serve.rs` for the design).
+#[derive(Clone, Debug)]
+pub struct ServeLimits {
+    /// Most connections open at once; at the bound the longest idle one is closed for a new one.
+    pub max_connections: usize,
+    /// Time a client has to send a complete request header (also bounds a keep-alive wait).
+    pub header_timeout: Duration,
+    /// Time a client has to send a complete request body, from its header.
+    pub body_timeout: Duration,
+    /// Time a connection may stay open with no request in progress.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> ServeLimits {
+        ServeLimits {
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Where the master key that encrypts signing keys at rest comes from.
@@ -94,6 +119,8 @@ pub struct Config {
     pub anomalies: crate::anomalies::AnomalyConfig,
     /// Webhook delivery retries and timeouts.
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// Timeouts and the connection bound of the HTTP server.
+    pub serve: ServeLimits,
 }
 
 impl Config {
@@ -127,6 +154,7 @@ impl Config {
             usage: crate::usage::UsageConfig::default(),
             anomalies: crate::anomalies::AnomalyConfig::default(),
             webhooks: crate::webhooks::WebhookConfig::default(),
+            serve: ServeLimits::default(),
         }
     }
 

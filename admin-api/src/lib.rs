@@ -22,6 +22,7 @@ pub mod overview;
 pub mod ratelimit;
 pub mod revocations;
 pub mod secrets;
+pub mod serve;
 pub mod session;
 pub mod tokens;
 pub mod usage;

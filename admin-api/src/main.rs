@@ -4,11 +4,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use edgewarden_admin::auth::{create_api_key, create_user, Role};
-use edgewarden_admin::config::{Config, MasterKeySource, RateLimit};
+use edgewarden_admin::config::{Config, MasterKeySource, RateLimit, ServeLimits};
 use edgewarden_admin::db::Db;
 use edgewarden_admin::keys::SigningAlg;
 use edgewarden_admin::{app, AppState};
@@ -103,6 +104,18 @@ struct ServeArgs {
     /// Failed-or-not login attempts allowed per address per minute.
     #[arg(long, env = "EDGEWARDEN_LOGIN_RATE", default_value_t = 5)]
     login_per_minute: u32,
+    /// Most connections open at once; at the bound the longest idle one is closed to make room.
+    #[arg(long, env = "EDGEWARDEN_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Seconds a client has to send a complete request header (also bounds a keep-alive wait).
+    #[arg(long, env = "EDGEWARDEN_HEADER_TIMEOUT", default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds a client has to send a complete request body.
+    #[arg(long, env = "EDGEWARDEN_BODY_TIMEOUT", default_value_t = 30)]
+    body_timeout: u64,
+    /// Seconds a connection may stay open with no request in progress.
+    #[arg(long, env = "EDGEWARDEN_IDLE_TIMEOUT", default_value_t = 60)]
+    idle_timeout: u64,
     /// Do not create a first admin user when none exists.
     #[arg(long, env = "EDGEWARDEN_NO_BOOTSTRAP_ADMIN")]
     no_bootstrap_admin: bool,
@@ -201,6 +214,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 per_second: f64::from(args.login_per_minute) / 60.0,
             };
             config.bootstrap_admin = !args.no_bootstrap_admin;
+            config.serve = ServeLimits {
+                max_connections: args.max_connections.max(1),
+                header_timeout: Duration::from_secs(args.header_timeout.max(1)),
+                body_timeout: Duration::from_secs(args.body_timeout.max(1)),
+                idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+            };
             config.usage = args.usage.config();
             config.anomalies = args.anomalies.config();
             config.webhooks = args.webhooks.config();
@@ -264,11 +283,10 @@ async fn serve(config: Config, listen: SocketAddr) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, kid = %state.keys.active_kid(), "edgewarden admin api serving");
-    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    let limits = state.config.serve.clone();
+    edgewarden_admin::serve::serve(listener, app(state), limits, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     Ok(())
 }

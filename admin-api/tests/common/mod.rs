@@ -342,3 +342,20 @@ pub fn decode_jwt(token: &str) -> (Value, Value) {
     };
     (next(), next())
 }
+
+/// Serves `app` on a free loopback port through `serve::serve` with the state's limits, until the
+/// test's runtime ends; returns the address.
+pub async fn serve_on_socket(app: &TestApp) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let limits = app.state.config.serve.clone();
+    let router = app.router.clone();
+    tokio::spawn(async move {
+        edgewarden_admin::serve::serve(listener, router, limits, std::future::pending())
+            .await
+            .expect("serve")
+    });
+    addr
+}

@@ -1,0 +1,319 @@
+//! Serves the router on a TCP socket with bounds no client can push past, authenticated or not: a header
+//! read timeout, a deadline for each request body, an idle keep-alive timeout and a bound on open
+//! connections (`axum::serve` has none of these, and 20,000 half-sent requests used every descriptor).
+//!
+//! Design of the connection bound: a connection is *busy* from the moment its request header is
+//! complete until its response body is dropped, so long-polls and event streams are busy for their
+//! whole life; otherwise it is *idle* (waiting for a keep-alive request, or still sending a header).
+//! When a new connection arrives at the bound, the connection idle for longest is closed to make room.
+//! An unauthenticated client holds idle connections only, so however many it opens it cannot keep
+//! `/healthz` or an edge's feed poll out: each new connection sends its request at once and becomes busy.
+//! Only when every connection is busy is a new one refused (closed at once); busy connections belong to
+//! requests being answered, and the feed's long-poll ends within `--feed-max-wait`.
+//! Idle and busy time are both bounded otherwise: hyper cuts a header not complete within the header
+//! timeout (its timer also runs while a keep-alive connection waits for its next request), a request
+//! body not complete within the body timeout fails, and a connection idle past the idle timeout is closed.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use axum::Router;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt as _;
+
+use crate::config::ServeLimits;
+
+/// Serves `router` on `listener` within `limits` until `shutdown` completes, then lets open requests
+/// finish for up to ten seconds. Requests carry `ConnectInfo<SocketAddr>` like `axum::serve`'s.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ServeLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let registry = Arc::new(Registry::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut last_refusal_log: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: wait rather than spin.
+                    tracing::warn!(error = %e, "accept error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if registry.len() >= limits.max_connections.max(1) && !registry.evict_longest_idle() {
+            // Every connection is answering a request: refuse this one rather than exceed the bound.
+            if last_refusal_log.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "connection bound reached with every connection busy, refusing connections"
+                );
+                last_refusal_log = Some(Instant::now());
+            }
+            drop(stream);
+            continue;
+        }
+        let conn = registry.add();
+        tokio::spawn(serve_connection(
+            stream,
+            addr,
+            router.clone(),
+            limits.clone(),
+            conn,
+            registry.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    let _ = stop_tx.send(true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while registry.len() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    router: Router,
+    limits: ServeLimits,
+    conn: Arc<Conn>,
+    registry: Arc<Registry>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let body_timeout = limits.body_timeout;
+    let service_conn = conn.clone();
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        let busy = BusyGuard::new(service_conn.clone());
+        request.extensions_mut().insert(ConnectInfo(addr));
+        let request = request.map(|body| Body::new(DeadlineBody::new(body, body_timeout)));
+        let router = router.clone();
+        async move {
+            let response = match router.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            Ok::<_, Infallible>(response.map(|body| Body::new(GuardedBody { body, _busy: busy })))
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let tick = (limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, client = %addr, "connection ended with an error");
+                }
+                break;
+            }
+            // Evicted to make room under the bound: dropping the connection closes the socket.
+            () = conn.evict.notified() => break,
+            () = tokio::time::sleep(tick) => {
+                if conn.idle_for() >= limits.idle_timeout {
+                    break;
+                }
+            }
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    registry.remove(conn.id);
+}
+
+/// One open connection, as the accept loop, its task and its requests' guards share it.
+#[derive(Debug)]
+struct Conn {
+    id: u64,
+    /// Requests whose response body is still alive.
+    busy: AtomicUsize,
+    /// When the connection last became idle (accepted, or its last response ended).
+    idle_since: Mutex<Instant>,
+    evict: tokio::sync::Notify,
+}
+
+impl Conn {
+    fn idle_for(&self) -> Duration {
+        if self.busy.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        self.idle_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+}
+
+/// The open connections, for the bound and for eviction.
+#[derive(Debug, Default)]
+struct Registry {
+    next_id: AtomicU64,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+}
+
+impl Registry {
+    fn len(&self) -> usize {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn add(&self) -> Arc<Conn> {
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            busy: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            evict: tokio::sync::Notify::new(),
+        });
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(conn.id, conn.clone());
+        conn
+    }
+
+    fn remove(&self, id: u64) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Closes the connection idle for longest and forgets it at once; false when every one is busy.
+    fn evict_longest_idle(&self) -> bool {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let victim = conns
+            .values()
+            .filter(|c| c.busy.load(Ordering::Acquire) == 0)
+            .max_by_key(|c| c.idle_for())
+            .map(|c| c.id);
+        match victim.and_then(|id| conns.remove(&id)) {
+            Some(conn) => {
+                // notify_one keeps the wake-up if the task is not waiting yet.
+                conn.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Marks its connection busy from a request's header until its response body is dropped.
+#[derive(Debug)]
+struct BusyGuard(Arc<Conn>);
+
+impl BusyGuard {
+    fn new(conn: Arc<Conn>) -> BusyGuard {
+        conn.busy.fetch_add(1, Ordering::AcqRel);
+        BusyGuard(conn)
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        // Reset the idle clock before the count reaches zero, so no reader sees a stale idle time.
+        *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its connection busy while it is being sent (event streams included).
+struct GuardedBody {
+    body: Body,
+    _busy: BusyGuard,
+}
+
+impl HttpBody for GuardedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body that fails once its deadline passes before it is complete, so a client sending a
+/// byte a second cannot hold a request open; an empty body (every GET) never waits on it.
+struct DeadlineBody {
+    body: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+}
+
+impl DeadlineBody {
+    fn new(body: Incoming, timeout: Duration) -> DeadlineBody {
+        DeadlineBody {
+            body,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+        }
+    }
+}
+
+/// The error a [`DeadlineBody`] ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within {0:?}")]
+pub struct BodyTimeout(Duration);
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout(self.timeout)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

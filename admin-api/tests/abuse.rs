@@ -1,0 +1,187 @@
+//! The admin API under abuse (issue 13), over a real socket on 127.0.0.1: slow and idle clients are cut
+//! off, `/healthz` answers with the connection bound full of half-sent requests, while event streams
+//! and long-polls outlive every timeout. Time bounds are generous (a timeout plus five seconds), so a
+//! loaded machine does not make them flaky. Run on SQLite and PostgreSQL.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::{serve_on_socket, Backend, TestApp, TestDb};
+use edgewarden_admin::config::ServeLimits;
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+both_backends!(
+    half_sent_header_is_cut_within_the_header_timeout,
+    slow_body_is_cut_within_the_body_timeout,
+    idle_keep_alive_connection_is_closed_after_the_idle_timeout,
+    healthz_answers_with_the_connection_bound_full_of_half_sent_requests,
+    streams_and_long_polls_outlive_the_timeouts_and_the_bound,
+);
+
+/// Grace on top of a timeout before a test calls it missed.
+const GRACE: Duration = Duration::from_secs(5);
+
+async fn app_with(backend: Backend, limits: ServeLimits) -> (TestApp, SocketAddr) {
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    config.serve = limits;
+    let app = TestApp::with_config(config, db).await;
+    let addr = serve_on_socket(&app).await;
+    (app, addr)
+}
+
+fn limits(header: u64, body: u64, idle: u64, max_connections: usize) -> ServeLimits {
+    ServeLimits {
+        max_connections,
+        header_timeout: Duration::from_secs(header),
+        body_timeout: Duration::from_secs(body),
+        idle_timeout: Duration::from_secs(idle),
+    }
+}
+
+async fn connect(addr: SocketAddr, sent: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(sent.as_bytes()).await.expect("write");
+    stream
+}
+
+/// What the server sent until it closed the connection, `until` appeared, or `within` passed; and
+/// whether it closed.
+async fn read_until(stream: &mut TcpStream, until: &str, within: Duration) -> (String, bool) {
+    let mut got = Vec::new();
+    let end = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(end, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(Ok(n)) => {
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if !until.is_empty() && text.contains(until) {
+                    return (text.into_owned(), false);
+                }
+            }
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+        }
+    }
+}
+
+async fn healthz_answers(addr: SocketAddr) -> bool {
+    let mut stream = connect(
+        addr,
+        "GET /healthz HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let (got, _) = read_until(&mut stream, "\"status\":\"ok\"", GRACE).await;
+    got.starts_with("HTTP/1.1 200")
+}
+
+async fn half_sent_header_is_cut_within_the_header_timeout(backend: Backend) {
+    let (_app, addr) = app_with(backend, limits(1, 60, 60, 100)).await;
+    let mut stream = connect(addr, "GET /healthz HTTP/1.1\r\nhost: te").await;
+    let (_, closed) = read_until(&mut stream, "", Duration::from_secs(1) + GRACE).await;
+    assert!(
+        closed,
+        "a half-sent header was still open after the header timeout plus {GRACE:?}"
+    );
+}
+
+async fn slow_body_is_cut_within_the_body_timeout(backend: Backend) {
+    let (_app, addr) = app_with(backend, limits(60, 1, 60, 100)).await;
+    let mut stream = connect(
+        addr,
+        "POST /api/v1/session HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"username\"",
+    )
+    .await;
+    let (got, closed) = read_until(&mut stream, "HTTP/1.1 ", Duration::from_secs(1) + GRACE).await;
+    assert!(
+        closed || got.starts_with("HTTP/1.1 4"),
+        "a body stalled after 11 of 1000 bytes was still waited for after the body timeout plus {GRACE:?}: {got:?}"
+    );
+}
+
+async fn idle_keep_alive_connection_is_closed_after_the_idle_timeout(backend: Backend) {
+    let (_app, addr) = app_with(backend, limits(60, 60, 1, 100)).await;
+    let mut stream = connect(addr, "GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n").await;
+    let (got, closed) = read_until(&mut stream, "\"status\":\"ok\"", GRACE).await;
+    assert!(got.starts_with("HTTP/1.1 200") && !closed, "{got:?}");
+    let (_, closed) = read_until(&mut stream, "", Duration::from_secs(1) + GRACE).await;
+    assert!(
+        closed,
+        "an idle keep-alive connection was still open after the idle timeout plus {GRACE:?}"
+    );
+}
+
+async fn healthz_answers_with_the_connection_bound_full_of_half_sent_requests(backend: Backend) {
+    // Timeouts far longer than the test: only the bound can close anything here.
+    let (_app, addr) = app_with(backend, limits(120, 120, 120, 20)).await;
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(connect(addr, "GET /healthz HTTP/1.1\r\nhost: te").await);
+    }
+    for _ in 0..3 {
+        assert!(
+            healthz_answers(addr).await,
+            "/healthz did not answer with the bound full"
+        );
+    }
+    // Evicted connections are closed: a read sees the end at once, an open one waits.
+    let mut open = 0;
+    for stream in &mut held {
+        let (_, closed) = read_until(stream, "", Duration::from_millis(300)).await;
+        if !closed {
+            open += 1;
+        }
+    }
+    assert!(
+        open <= 20,
+        "{open} of 40 half-sent requests still hold a connection with a bound of 20"
+    );
+}
+
+async fn streams_and_long_polls_outlive_the_timeouts_and_the_bound(backend: Backend) {
+    let (app, addr) = app_with(backend, limits(1, 1, 1, 4)).await;
+    let key = app.admin_key.clone();
+    let mut stream = connect(
+        addr,
+        &format!("GET /api/v1/events/stream HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {key}\r\n\r\n"),
+    )
+    .await;
+    let (got, closed) = read_until(&mut stream, "\r\n\r\n", GRACE).await;
+    assert!(got.starts_with("HTTP/1.1 200") && !closed, "{got:?}");
+    let since = app.state.feed.current();
+    let mut poll = connect(
+        addr,
+        &format!("GET /api/v1/revocations/feed?since={since}&wait=3 HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {key}\r\n\r\n"),
+    )
+    .await;
+    // Fill the bound with half-sent requests: they, not the stream or the long-poll, are evicted.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(connect(addr, "GET /healthz HTTP/1.1\r\nhost: te").await);
+    }
+    let (got, _) = read_until(&mut poll, "\r\n\r\n", Duration::from_secs(3) + GRACE).await;
+    assert!(
+        got.starts_with("HTTP/1.1 200") || got.starts_with("HTTP/1.1 304"),
+        "the long-poll was cut: {got:?}"
+    );
+    // Past every timeout, the stream still delivers.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    app.post(
+        "/api/v1/clients",
+        Some(&key),
+        json!({"client_id": "late", "allowed_scopes": ["read"]}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let (got, closed) = read_until(&mut stream, "client.created", GRACE).await;
+    assert!(
+        got.contains("client.created"),
+        "the event stream was cut (closed: {closed}): {got:?}"
+    );
+}
