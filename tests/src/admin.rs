@@ -305,6 +305,25 @@ impl AdminApi {
         key
     }
 
+    /// Creates a dashboard user with `user create` on the same data directory and environment as the
+    /// running server (which sees the user at once: they share the database). `role` is `admin` or
+    /// `auditor`; `password` must have at least 12 characters.
+    pub fn create_user(&self, username: &str, password: &str, role: &str) {
+        let output = self
+            .command()
+            .args(["user", "create", "--username", username, "--role", role])
+            // Through the environment the CLI reads it from, not argv, as an operator would.
+            .env("EDGEWARDEN_USER_PASSWORD", password)
+            .output()
+            .expect("run e2e-admin-api user create");
+        assert!(
+            output.status.success(),
+            "`user create --username {username} --role {role}` failed with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     async fn spawn_and_wait(&mut self) {
         let log = OpenOptions::new()
             .create(true)

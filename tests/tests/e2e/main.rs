@@ -5,6 +5,7 @@ mod challenges;
 mod claims;
 mod config;
 mod control_plane;
+mod dashboard;
 mod jwks_rotation;
 mod report_only;
 mod robustness;
