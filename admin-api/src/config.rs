@@ -107,6 +107,16 @@ pub struct Config {
     pub api_key_cache_seconds: u64,
     /// Rate limit of `POST /api/v1/session` per client address.
     pub login_rate_limit: RateLimit,
+    /// Password hash computations (argon2id) allowed at once; logins beyond wait for a slot.
+    pub password_concurrency: usize,
+    /// How long a login waits for a hashing slot before it is refused with 429 and `Retry-After`.
+    pub password_wait: Duration,
+    /// Wrong passwords in a row after which an account is locked (0: never).
+    pub login_lockout_failures: u32,
+    /// First lockout; each further wrong password doubles it, up to [`Config::login_lockout_max`].
+    pub login_lockout: Duration,
+    /// Longest lockout.
+    pub login_lockout_max: Duration,
     /// Rate limit of the token endpoints per caller.
     pub token_rate_limit: RateLimit,
     /// Argon2id parameters.
@@ -145,6 +155,11 @@ impl Config {
                 burst: 5,
                 per_second: 5.0 / 60.0,
             },
+            password_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            password_wait: Duration::from_secs(2),
+            login_lockout_failures: 10,
+            login_lockout: Duration::from_secs(60),
+            login_lockout_max: Duration::from_secs(15 * 60),
             token_rate_limit: RateLimit {
                 burst: 100,
                 per_second: 50.0,

@@ -65,6 +65,10 @@ pub struct AppState {
     pub login_limiter: Arc<RateLimiter>,
     /// Rate limit of the token endpoints, per caller.
     pub token_limiter: Arc<RateLimiter>,
+    /// Bound on concurrent password hash computations.
+    pub password_gate: Arc<ratelimit::PasswordGate>,
+    /// Back-off per account after repeated wrong passwords.
+    pub login_lockout: Arc<ratelimit::AccountLockout>,
     /// An argon2id hash that matches nothing, to make unknown-user logins as slow as known ones.
     pub dummy_hash: String,
     /// The event log's live stream and dispatcher wake-up.
@@ -129,6 +133,15 @@ impl AppState {
             ))),
             login_limiter: Arc::new(RateLimiter::new(config.login_rate_limit)),
             token_limiter: Arc::new(RateLimiter::new(config.token_rate_limit)),
+            password_gate: Arc::new(ratelimit::PasswordGate::new(
+                config.password_concurrency,
+                config.password_wait,
+            )),
+            login_lockout: Arc::new(ratelimit::AccountLockout::new(
+                config.login_lockout_failures,
+                config.login_lockout,
+                config.login_lockout_max,
+            )),
             config: Arc::new(config),
             db,
             keys,

@@ -116,6 +116,16 @@ struct ServeArgs {
     /// Seconds a connection may stay open with no request in progress.
     #[arg(long, env = "EDGEWARDEN_IDLE_TIMEOUT", default_value_t = 60)]
     idle_timeout: u64,
+    /// Password hash computations allowed at once (default: the number of cores); logins beyond
+    /// wait up to two seconds for a slot, then get 429 with Retry-After.
+    #[arg(long, env = "EDGEWARDEN_PASSWORD_CONCURRENCY")]
+    password_concurrency: Option<usize>,
+    /// Wrong passwords in a row after which an account is locked, from any address (0: never).
+    #[arg(long, env = "EDGEWARDEN_LOGIN_LOCKOUT_FAILURES", default_value_t = 10)]
+    login_lockout_failures: u32,
+    /// First lockout in seconds; each further wrong password doubles it, up to 15 minutes.
+    #[arg(long, env = "EDGEWARDEN_LOGIN_LOCKOUT", default_value_t = 60)]
+    login_lockout: u64,
     /// Do not create a first admin user when none exists.
     #[arg(long, env = "EDGEWARDEN_NO_BOOTSTRAP_ADMIN")]
     no_bootstrap_admin: bool,
@@ -214,6 +224,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 per_second: f64::from(args.login_per_minute) / 60.0,
             };
             config.bootstrap_admin = !args.no_bootstrap_admin;
+            if let Some(n) = args.password_concurrency {
+                config.password_concurrency = n.max(1);
+            }
+            config.login_lockout_failures = args.login_lockout_failures;
+            config.login_lockout = Duration::from_secs(args.login_lockout);
+            config.login_lockout_max = config.login_lockout.max(Duration::from_secs(15 * 60));
             config.serve = ServeLimits {
                 max_connections: args.max_connections.max(1),
                 header_timeout: Duration::from_secs(args.header_timeout.max(1)),

@@ -1,5 +1,6 @@
 //! Dashboard sessions: `POST /api/v1/session` logs in with username and password (rate limited per
-//! address), `GET` says who is logged in, `DELETE` logs out.
+//! address, locked per account after repeated wrong passwords, hashing bounded by the password gate),
+//! `GET` says who is logged in, `DELETE` logs out.
 //! The session id travels in an HttpOnly SameSite=Strict cookie and is stored as SHA-256; a second,
 //! script-readable cookie carries the CSRF token the dashboard echoes in `x-csrf-token` on mutations.
 
@@ -51,6 +52,8 @@ async fn login(State(state): State<AppState>, req: axum::extract::Request) -> Ap
     let address = crate::auth::client_address(req.extensions());
     state.login_limiter.check(&format!("login:{address}"))?;
     let Json(body): Json<LoginRequest> = Json::from_request(req, &state).await?;
+    // Before any hashing: a locked account costs nothing, whichever address asks.
+    state.login_lockout.check(&body.username)?;
     let row = sqlx::query("SELECT id, password_hash, role FROM users WHERE username = $1")
         .bind(&body.username)
         .fetch_optional(&state.db.pool)
@@ -65,12 +68,16 @@ async fn login(State(state): State<AppState>, req: axum::extract::Request) -> Ap
         None => (None, state.dummy_hash.clone(), String::new()),
     };
     let password = body.password;
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+    let ok = state
+        .password_gate
+        .run(move || verify_password(&password, &hash))
+        .await?;
     let Some(user_id) = user_id.filter(|_| ok) else {
+        // Unknown usernames count as well, so a lockout does not tell which accounts exist.
+        state.login_lockout.failed(&body.username);
         return Err(ApiError::Unauthorized("wrong username or password".into()));
     };
+    state.login_lockout.succeeded(&body.username);
     let session = random_secret("");
     let csrf = random_secret("");
     let expires_at = now() + state.config.session_lifetime_seconds as i64;

@@ -8,9 +8,12 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use common::{serve_on_socket, Backend, TestApp, TestDb};
-use edgewarden_admin::config::ServeLimits;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{header, Method, Request, StatusCode};
+use common::{serve_on_socket, Answer, Backend, TestApp, TestDb};
+use edgewarden_admin::auth::{create_user, Role};
+use edgewarden_admin::config::{Argon2Params, ServeLimits};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -21,6 +24,8 @@ both_backends!(
     idle_keep_alive_connection_is_closed_after_the_idle_timeout,
     healthz_answers_with_the_connection_bound_full_of_half_sent_requests,
     streams_and_long_polls_outlive_the_timeouts_and_the_bound,
+    concurrent_wrong_logins_never_hash_more_than_the_bound,
+    repeated_wrong_passwords_lock_the_account_from_any_address,
 );
 
 /// Grace on top of a timeout before a test calls it missed.
@@ -184,4 +189,87 @@ async fn streams_and_long_polls_outlive_the_timeouts_and_the_bound(backend: Back
         got.contains("client.created"),
         "the event stream was cut (closed: {closed}): {got:?}"
     );
+}
+
+/// `POST /api/v1/session` as if from `address` (what `auth::client_address` reads).
+async fn login_from(app: &TestApp, address: &str, username: &str, password: &str) -> Answer {
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/session")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            json!({"username": username, "password": password}).to_string(),
+        ))
+        .unwrap();
+    let addr: SocketAddr = format!("{address}:40000").parse().unwrap();
+    request.extensions_mut().insert(ConnectInfo(addr));
+    app.call(request).await
+}
+
+async fn concurrent_wrong_logins_never_hash_more_than_the_bound(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    // Costly enough that unbounded verifications overlap on the blocking pool.
+    config.argon2 = Argon2Params {
+        memory_kib: 4096,
+        iterations: 2,
+        parallelism: 1,
+    };
+    config.password_concurrency = 2;
+    config.password_wait = Duration::from_secs(120);
+    config.login_lockout_failures = 0;
+    let app = std::sync::Arc::new(TestApp::with_config(config, db).await);
+    let logins = (0..16).map(|i| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            login_from(&app, &format!("10.0.1.{i}"), "admin", "not the password")
+                .await
+                .status
+        })
+    });
+    for login in logins.collect::<Vec<_>>() {
+        assert_eq!(login.await.unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    let high_water = app.state.password_gate.high_water();
+    assert!(
+        (1..=2).contains(&high_water),
+        "{high_water} password verifications ran at once with a bound of 2"
+    );
+}
+
+async fn repeated_wrong_passwords_lock_the_account_from_any_address(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    config.login_lockout_failures = 3;
+    config.login_lockout = Duration::from_secs(60);
+    let app = TestApp::with_config(config, db).await;
+    for name in ["alice", "bob"] {
+        create_user(
+            &app.state.db,
+            &app.state.config.argon2,
+            name,
+            "correct horse battery",
+            Role::Admin,
+        )
+        .await
+        .unwrap();
+    }
+    for i in 1..=3 {
+        login_from(&app, &format!("10.0.2.{i}"), "alice", "wrong password!")
+            .await
+            .expect(StatusCode::UNAUTHORIZED);
+    }
+    // A fourth address, even with the right password: the account is locked, not the address.
+    let locked = login_from(&app, "10.0.2.4", "alice", "correct horse battery")
+        .await
+        .expect(StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = locked.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "retry after {retry}s");
+    login_from(&app, "10.0.2.5", "bob", "correct horse battery")
+        .await
+        .expect(StatusCode::OK);
 }
