@@ -334,3 +334,15 @@ pub async fn webhooks() -> ApiResult<Vec<Webhook>> {
 pub async fn create_webhook(body: NewWebhookRequest) -> ApiResult<Webhook> {
     with_body(Method::POST, "/api/v1/webhooks", &body).await
 }
+
+/// The current page as a path with its query (`/tokens?status=active`), to come back to after login.
+/// The router's `search` has no leading `?`, so it is added here.
+pub fn here(pathname: &str, search: &str) -> String {
+    if search.is_empty() {
+        pathname.to_owned()
+    } else if search.starts_with('?') {
+        format!("{pathname}{search}")
+    } else {
+        format!("{pathname}?{search}")
+    }
+}

@@ -67,6 +67,22 @@ pub fn App() -> impl IntoView {
         });
     });
 
+    // A page the browser keeps in its back/forward cache must not hold its stream open: six such
+    // pages would take every connection the browser allows to this host. Close on pagehide, reopen on pageshow.
+    let _ = window_event_listener_untyped("pagehide", move |_| {
+        stream.update_value(|s| *s = None);
+        ctx.connected.set(false);
+    });
+    let _ = window_event_listener_untyped("pageshow", move |_| {
+        if ctx.session.with_untracked(|s| s.is_some()) {
+            stream.update_value(|s| {
+                if s.is_none() {
+                    *s = live::connect(ctx);
+                }
+            });
+        }
+    });
+
     view! {
         <Router>
             <a class="skip" href="#main">"Skip to content"</a>
@@ -97,10 +113,9 @@ fn Layout() -> impl IntoView {
     let navigate = use_navigate();
     Effect::new(move |_| {
         if ctx.checked.get() && ctx.session.with(|s| s.is_none()) {
-            let here = format!(
-                "{}{}",
-                location.pathname.get_untracked(),
-                location.search.get_untracked()
+            let here = api::here(
+                &location.pathname.get_untracked(),
+                &location.search.get_untracked(),
             );
             navigate(
                 &format!("/login?next={}", api::encode(&here)),

@@ -168,10 +168,6 @@ impl Browser {
                     "--disable-background-networking",
                     "--disable-component-update",
                     "--disable-sync",
-                    // A page kept in the back/forward cache keeps the dashboard's EventSource open; after
-                    // six full page loads Chromium's six connections per host are all held by cached pages
-                    // and the next load hangs. The tests load pages by URL far more than a person does.
-                    "--disable-features=BackForwardCache",
                     format!("--user-data-dir={}", profile.display()),
                     "--window-size=1280,900",
                 ],

@@ -4,7 +4,7 @@
 use leptos::prelude::*;
 use leptos_router::hooks::{use_location, use_navigate};
 
-use crate::api::{encode, ApiError};
+use crate::api::{self, encode, ApiError};
 use crate::app::Ctx;
 
 /// What a list shows while it loads.
@@ -23,10 +23,9 @@ pub fn ErrorView(
         let ctx = expect_context::<Ctx>();
         let location = use_location();
         let navigate = use_navigate();
-        let here = format!(
-            "{}{}",
-            location.pathname.get_untracked(),
-            location.search.get_untracked()
+        let here = api::here(
+            &location.pathname.get_untracked(),
+            &location.search.get_untracked(),
         );
         ctx.session.set(None);
         request_animation_frame(move || {

@@ -287,8 +287,9 @@ fn EventRow(event: StoredEvent) -> impl IntoView {
                     " by " <span class="mono">{event.actor.clone()}</span>
                     {event.subject.clone().map(|s| format!(" · subject {s}"))}
                     {event.client_id.clone().map(|c| format!(" · client {c}"))}
-                    {event.jti.clone().map(|j| view! { " · " <a class="mono" href=format!("/tokens/{}", api::encode(&j))>{j.clone()}</a> })}
+                    {event.jti.clone().map(|j| format!(" · token {j}"))}
                 </summary>
+                {event.jti.clone().map(|j| view! { <p>"Token " <a class="mono" href=format!("/tokens/{}", api::encode(&j))>{j.clone()}</a></p> })}
                 <pre>{details}</pre>
             </details>
         </li>

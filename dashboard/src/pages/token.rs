@@ -21,6 +21,9 @@ pub fn TokenDetail() -> impl IntoView {
     let params = use_params_map();
     let jti = Memo::new(move |_| params.with(|p| p.get("jti").unwrap_or_default()));
     let refresh = RwSignal::new(0u32);
+    // Lives outside the record's Transition: the record refetches after a revocation and rebuilds
+    // what is inside it, and the propagation view must outlive that.
+    let revoked_cursor = RwSignal::new(None::<i64>);
     let record = LocalResource::new(move || {
         refresh.track();
         let jti = jti.get();
@@ -40,10 +43,11 @@ pub fn TokenDetail() -> impl IntoView {
             {move || Suspend::new(async move {
                 match record.await {
                     Err(e) => view! { <ErrorView error=e /> }.into_any(),
-                    Ok(t) => view! { <Claims token=t.clone() /> <RevokeToken token=t refresh /> }.into_any(),
+                    Ok(t) => view! { <Claims token=t.clone() /> <RevokeToken token=t refresh revoked_cursor /> }.into_any(),
                 }
             })}
         </Transition>
+        {move || revoked_cursor.get().map(|cursor| view! { <PropagationView cursor /> })}
         <Transition fallback=Loading>
             {move || Suspend::new(async move {
                 match timeline.await {
@@ -146,7 +150,11 @@ fn Claims(token: TokenRecord) -> impl IntoView {
 
 /// The Revoke button, its confirmation and, afterwards, the propagation to every edge.
 #[component]
-fn RevokeToken(token: TokenRecord, refresh: RwSignal<u32>) -> impl IntoView {
+fn RevokeToken(
+    token: TokenRecord,
+    refresh: RwSignal<u32>,
+    revoked_cursor: RwSignal<Option<i64>>,
+) -> impl IntoView {
     let ctx = expect_context::<Ctx>();
     let asking = RwSignal::new(false);
     let reason = RwSignal::new(String::new());
@@ -160,7 +168,8 @@ fn RevokeToken(token: TokenRecord, refresh: RwSignal<u32>) -> impl IntoView {
         async move { api::revoke(request).await }
     });
     Effect::new(move |_| {
-        if revoke.value().with(|v| matches!(v, Some(Ok(_)))) {
+        if let Some(Ok(r)) = revoke.value().get() {
+            revoked_cursor.set(Some(r.cursor));
             refresh.update(|n| *n += 1);
         }
     });
@@ -197,10 +206,6 @@ fn RevokeToken(token: TokenRecord, refresh: RwSignal<u32>) -> impl IntoView {
                 </Show>
             </section>
         </Show>
-        {move || match revoke.value().get() {
-            Some(Ok(r)) => view! { <PropagationView cursor=r.cursor /> }.into_any(),
-            Some(Err(e)) => view! { <ErrorView error=e /> }.into_any(),
-            None => ().into_any(),
-        }}
+        {move || revoke.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorView error=e /> })}
     }
 }
