@@ -170,6 +170,11 @@ pub async fn lookup_api_key(state: &AppState, key: &str) -> Result<Option<Princi
     if let Some(p) = state.api_keys.get(&hash) {
         return Ok(Some(p));
     }
+    load_api_key(state, hash).await
+}
+
+/// Resolves an API key from the database, bypassing (and refreshing) the cache.
+async fn load_api_key(state: &AppState, hash: String) -> Result<Option<Principal>, ApiError> {
     let row = sqlx::query("SELECT id, name, role, client_id, key_hash FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
         .bind(&hash)
         .fetch_optional(&state.db.pool)
@@ -192,6 +197,65 @@ pub async fn lookup_api_key(state: &AppState, key: &str) -> Result<Option<Princi
     };
     state.api_keys.put(hash, principal.clone());
     Ok(Some(principal))
+}
+
+/// How often a held request (event stream, feed long-poll) re-checks the credential it was opened with.
+pub const REVALIDATE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How a held request re-checks its credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recheck {
+    /// From the database every time: a deletion on any replica is seen at the next check. For event
+    /// streams, which are few (one per open dashboard or auditor).
+    Database,
+    /// Through the API key cache: a deletion on this replica is seen at the next check, on another one
+    /// once the cache entry expires (`api_key_cache_seconds`). For feed long-polls, which every edge holds.
+    Cached,
+}
+
+/// Completes once the credential of a held request no longer authenticates `principal` with the same
+/// role: its API key deleted, its session logged out or expired, its user's role changed. Checks every
+/// [`REVALIDATE_EVERY`]; a database error keeps the request and checks again at the next tick.
+pub async fn credential_revoked(
+    state: AppState,
+    headers: HeaderMap,
+    principal: Principal,
+    recheck: Recheck,
+) {
+    let mut tick = tokio::time::interval(REVALIDATE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick completes at once, and the request was authenticated a moment ago.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match still_valid(&state, &headers, &principal, recheck).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => tracing::warn!(error = %e, "cannot re-check the credential of a held request"),
+        }
+    }
+}
+
+async fn still_valid(
+    state: &AppState,
+    headers: &HeaderMap,
+    principal: &Principal,
+    recheck: Recheck,
+) -> Result<bool, ApiError> {
+    let current = match &principal.credential {
+        Credential::ApiKey { .. } => match bearer(headers).ok().flatten() {
+            Some(key) if recheck == Recheck::Database => load_api_key(state, sha256_hex(key)).await?,
+            Some(key) => lookup_api_key(state, key).await?,
+            None => None,
+        },
+        Credential::Session { .. } => match cookie(headers, SESSION_COOKIE) {
+            Some(session) => crate::session::lookup(state, session)
+                .await?
+                .map(|(p, _)| p),
+            None => None,
+        },
+    };
+    Ok(current.is_some_and(|p| p.role == principal.role && p.credential == principal.credential))
 }
 
 /// Reads one cookie from the request headers.

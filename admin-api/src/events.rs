@@ -441,7 +441,8 @@ const REPLAY_LIMIT: usize = 500;
 /// `GET /api/v1/events/stream`: `event: <kind>`, `id: <event id>`, `data: <StoredEvent JSON>` for every
 /// event committed from now on; `event: lagged` when this subscriber fell more than 1,024 events behind.
 /// A client reconnecting with `Last-Event-ID` (browsers' EventSource does this) first gets the up to
-/// 500 matching events recorded after that id, then the live ones.
+/// 500 matching events recorded after that id, then the live ones. The stream ends within a second of
+/// its credential's deletion, logout, expiry or role change.
 async fn stream(
     State(state): State<AppState>,
     principal: Principal,
@@ -492,6 +493,7 @@ async fn stream(
             .id(event.id.clone())
             .data(serde_json::to_string(event).unwrap_or_default())
     };
+    let state_for_recheck = state.clone();
     let state = (backlog, replayed, rx, matches);
     let stream = futures_util::stream::unfold(
         state,
@@ -516,5 +518,13 @@ async fn stream(
             }
         },
     );
+    // Ends within a second of the credential's deletion, logout, expiry or role change.
+    let revoked = crate::auth::credential_revoked(
+        state_for_recheck,
+        headers,
+        principal,
+        crate::auth::Recheck::Database,
+    );
+    let stream = futures_util::StreamExt::take_until(stream, Box::pin(revoked));
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -27,7 +27,8 @@
 //!   cursor, the answer is `304 Not Modified`, decided from memory without touching the database.
 //! - `wait=<seconds>` (at most `--feed-max-wait`, 30 s by default) long-polls: when nothing is newer
 //!   than `since`, the request is held until a revocation arrives (on any replica, through PostgreSQL
-//!   LISTEN/NOTIFY) or the wait ends, then answered as above.
+//!   LISTEN/NOTIFY) or the wait ends, then answered as above. A held poll whose key is deleted (or
+//!   whose session ends) meanwhile answers 401 within a second.
 //!
 //! # Paging: `&limit=<n>` and `&after=<next>`
 //! Envoy's HTTP client refuses bodies over 32 MiB (about 700,000 jtis), so a listing can be cut into pages.
@@ -844,10 +845,25 @@ async fn feed(
     if since == current && wait > 0 {
         let mut rx = state.feed.subscribe();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+        // A held poll answers 401 within a second of its key's deletion (or its session's end).
+        let revoked = crate::auth::credential_revoked(
+            state.clone(),
+            headers.clone(),
+            principal.clone(),
+            crate::auth::Recheck::Cached,
+        );
+        tokio::pin!(revoked);
         while *rx.borrow_and_update() <= since {
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                _ => break,
+            tokio::select! {
+                changed = tokio::time::timeout_at(deadline, rx.changed()) => match changed {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                },
+                () = &mut revoked => {
+                    return Err(ApiError::Unauthorized(
+                        "credential deleted or expired while the poll was held".into(),
+                    ));
+                }
             }
         }
         current = state.feed.current();

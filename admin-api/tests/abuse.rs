@@ -17,6 +17,8 @@ use edgewarden_admin::config::{Argon2Params, ServeLimits};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+use tower::ServiceExt as _;
+use http_body_util::BodyExt as _;
 
 both_backends!(
     half_sent_header_is_cut_within_the_header_timeout,
@@ -26,6 +28,9 @@ both_backends!(
     streams_and_long_polls_outlive_the_timeouts_and_the_bound,
     concurrent_wrong_logins_never_hash_more_than_the_bound,
     repeated_wrong_passwords_lock_the_account_from_any_address,
+    event_stream_ends_when_its_api_key_is_deleted,
+    event_stream_ends_when_its_session_logs_out,
+    held_feed_poll_ends_when_its_api_key_is_deleted,
 );
 
 /// Grace on top of a timeout before a test calls it missed.
@@ -272,4 +277,150 @@ async fn repeated_wrong_passwords_lock_the_account_from_any_address(backend: Bac
     login_from(&app, "10.0.2.5", "bob", "correct horse battery")
         .await
         .expect(StatusCode::OK);
+}
+
+/// Whether `body` ends within `within` (keep-alive comments and events may come first).
+async fn ends_within(body: &mut Body, within: Duration) -> bool {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(end, body.frame()).await {
+            Ok(None) | Ok(Some(Err(_))) => return true,
+            Ok(Some(Ok(_))) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+async fn open_stream(app: &TestApp, header_name: header::HeaderName, value: &str) -> Body {
+    let response = app
+        .router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/api/v1/events/stream")
+                .header(header_name, value)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body()
+}
+
+/// Creates an API key through the API (as an operator would, so deletion goes through the API too).
+async fn new_key(app: &TestApp, role: &str) -> (String, String) {
+    let created = app
+        .post(
+            "/api/v1/api-keys",
+            Some(&app.admin_key),
+            json!({"role": role, "name": format!("held {role}")}),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    (
+        created.body["id"].as_str().unwrap().to_owned(),
+        created.body["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn event_stream_ends_when_its_api_key_is_deleted(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let (id, key) = new_key(&app, "auditor").await;
+    let mut body = open_stream(&app, header::AUTHORIZATION, &format!("Bearer {key}")).await;
+    assert!(
+        !ends_within(&mut body, Duration::from_millis(1500)).await,
+        "the stream ended before its key was deleted"
+    );
+    app.json(
+        Method::DELETE,
+        &format!("/api/v1/api-keys/{id}"),
+        Some(&app.admin_key),
+        None,
+    )
+    .await
+    .expect(StatusCode::NO_CONTENT);
+    assert!(
+        ends_within(&mut body, Duration::from_secs(1) + GRACE).await,
+        "the event stream outlived its deleted api key"
+    );
+}
+
+async fn event_stream_ends_when_its_session_logs_out(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    create_user(
+        &app.state.db,
+        &app.state.config.argon2,
+        "carol",
+        "correct horse battery",
+        Role::Auditor,
+    )
+    .await
+    .unwrap();
+    let login = login_from(&app, "10.0.3.1", "carol", "correct horse battery")
+        .await
+        .expect(StatusCode::OK);
+    let cookie = login
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let csrf = login.body["csrf_token"].as_str().unwrap().to_owned();
+    let mut body = open_stream(&app, header::COOKIE, &cookie).await;
+    let logout = app
+        .call(
+            Request::builder()
+                .method(Method::DELETE)
+                .uri("/api/v1/session")
+                .header(header::COOKIE, &cookie)
+                .header("x-csrf-token", &csrf)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    logout.expect(StatusCode::NO_CONTENT);
+    assert!(
+        ends_within(&mut body, Duration::from_secs(1) + GRACE).await,
+        "the event stream outlived its session's logout"
+    );
+}
+
+async fn held_feed_poll_ends_when_its_api_key_is_deleted(backend: Backend) {
+    let app = std::sync::Arc::new(TestApp::start(backend).await);
+    let (id, key) = new_key(&app, "edge").await;
+    // Some feed state, so the poll is held at a real cursor.
+    app.post(
+        "/api/v1/revocations",
+        Some(&app.admin_key),
+        json!({"subject": "mallory", "reason": "test"}),
+    )
+    .await;
+    let since = app.state.feed.current();
+    let poll = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.get(
+                &format!("/api/v1/revocations/feed?since={since}&wait=30"),
+                Some(&key),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!poll.is_finished(), "the poll was not held");
+    app.json(
+        Method::DELETE,
+        &format!("/api/v1/api-keys/{id}"),
+        Some(&app.admin_key),
+        None,
+    )
+    .await
+    .expect(StatusCode::NO_CONTENT);
+    let answer = tokio::time::timeout(Duration::from_secs(1) + GRACE, poll)
+        .await
+        .expect("the held poll outlived its deleted api key")
+        .unwrap();
+    answer.expect(StatusCode::UNAUTHORIZED);
 }
