@@ -324,7 +324,11 @@ pub async fn enforce_roles(
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map(|p| p.as_str().to_owned());
-    let method = request.method().as_str().to_ascii_lowercase();
+    // axum answers HEAD with the GET handler (without the body), so HEAD follows GET's rule.
+    let method = match request.method().as_str().to_ascii_lowercase() {
+        m if m == "head" => "get".to_owned(),
+        m => m,
+    };
     let Some(path) = path else {
         return next.run(request).await;
     };

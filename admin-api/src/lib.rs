@@ -290,11 +290,32 @@ pub fn app(state: AppState) -> Router {
         // gzip or brotli when the client accepts it; the default predicate leaves alone small bodies, images
         // and `text/event-stream`, so the event stream still flushes event by event.
         .layer(tower_http::compression::CompressionLayer::new())
+        .layer(axum::middleware::from_fn(no_store_for_mutations))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ))
         .with_state(state)
+}
+
+/// `Cache-Control: no-store` on every answer to a mutation that sets none: those are the answers that
+/// carry a secret (a token, an API key, a client or webhook secret, a session's CSRF token), which no
+/// browser or proxy cache may keep.
+async fn no_store_for_mutations(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mutation = !matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let mut response = next.run(request).await;
+    if mutation && !response.headers().contains_key(header::CACHE_CONTROL) {
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
 }
 
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {

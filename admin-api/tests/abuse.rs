@@ -31,6 +31,8 @@ both_backends!(
     event_stream_ends_when_its_api_key_is_deleted,
     event_stream_ends_when_its_session_logs_out,
     held_feed_poll_ends_when_its_api_key_is_deleted,
+    answers_carrying_a_secret_are_not_stored,
+    head_is_answered_like_get_without_a_body,
 );
 
 /// Grace on top of a timeout before a test calls it missed.
@@ -423,4 +425,92 @@ async fn held_feed_poll_ends_when_its_api_key_is_deleted(backend: Backend) {
         .expect("the held poll outlived its deleted api key")
         .unwrap();
     answer.expect(StatusCode::UNAUTHORIZED);
+}
+
+async fn answers_carrying_a_secret_are_not_stored(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let key = app.admin_key.clone();
+    let no_store = |answer: &Answer, what: &str| {
+        assert_eq!(
+            answer.headers.get(header::CACHE_CONTROL).map(|v| v.to_str().unwrap()),
+            Some("no-store"),
+            "{what} answered a secret without Cache-Control: no-store"
+        );
+    };
+    let client = app
+        .post(
+            "/api/v1/clients",
+            Some(&key),
+            json!({"client_id": "billing", "allowed_scopes": ["read"], "audiences": ["api://default"]}),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    no_store(&client, "POST /api/v1/clients");
+    let secret = app
+        .post("/api/v1/clients/billing/secret", Some(&key), json!({}))
+        .await;
+    assert!(secret.status.is_success(), "{}", secret.body);
+    no_store(&secret, "POST /api/v1/clients/{id}/secret");
+    let token = app
+        .post(
+            "/api/v1/tokens",
+            Some(&key),
+            json!({"subject": "alice", "client_id": "billing", "scopes": ["read"], "ttl_seconds": 600}),
+        )
+        .await
+        .expect(StatusCode::OK);
+    no_store(&token, "POST /api/v1/tokens");
+    let api_key = app
+        .post(
+            "/api/v1/api-keys",
+            Some(&key),
+            json!({"role": "auditor", "name": "reader"}),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    no_store(&api_key, "POST /api/v1/api-keys");
+    let webhook = app
+        .post(
+            "/api/v1/webhooks",
+            Some(&key),
+            json!({"url": "http://127.0.0.1:9/hook", "kinds": ["*"]}),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    no_store(&webhook, "POST /api/v1/webhooks");
+    create_user(
+        &app.state.db,
+        &app.state.config.argon2,
+        "dave",
+        "correct horse battery",
+        Role::Admin,
+    )
+    .await
+    .unwrap();
+    let session = login_from(&app, "10.0.4.1", "dave", "correct horse battery")
+        .await
+        .expect(StatusCode::OK);
+    no_store(&session, "POST /api/v1/session");
+}
+
+async fn head_is_answered_like_get_without_a_body(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let head = |uri: &str, key: Option<&str>| {
+        let mut builder = Request::builder().method(Method::HEAD).uri(uri);
+        if let Some(key) = key {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {key}"));
+        }
+        builder.body(Body::empty()).unwrap()
+    };
+    let listed = app.call(head("/api/v1/clients", Some(&app.admin_key))).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    assert_eq!(listed.body, serde_json::Value::Null, "HEAD answered a body");
+    let health = app.call(head("/healthz", None)).await;
+    assert_eq!(health.status, StatusCode::OK);
+    // HEAD is checked like GET: no credentials, no answer.
+    let anonymous = app.call(head("/api/v1/clients", None)).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let edge = app.api_key(Role::Edge, None).await;
+    let forbidden = app.call(head("/api/v1/clients", Some(&edge))).await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
 }
