@@ -217,9 +217,19 @@ pub fn PropagationView(
         async move { api::propagation(cursor).await }
     });
     Effect::new(move |_| {
+        // Done once every edge has it and each applied edge's time is known (an edge's poll is in
+        // memory a moment before its time is written).
         let done = state
             .get()
-            .map(|r| r.map(|p| p.complete).unwrap_or(true))
+            .map(|r| {
+                r.map(|p| {
+                    p.complete
+                        && p.edges
+                            .iter()
+                            .all(|e| !e.applied || e.applied_after_seconds.is_some())
+                })
+                .unwrap_or(true)
+            })
             .unwrap_or(false);
         if !done && js_sys::Date::now() - started < POLL_FOR_MS {
             set_timeout(

@@ -465,6 +465,11 @@ async fn a_token_issued_and_revoked_from_the_page_is_refused_at_the_edge() {
     browser
         .wait_for_text("section.propagation tbody th[scope=row]", EDGE_NAME)
         .await;
+    // How long the edge took shows once its poll is recorded ("12 ms" or "1.2 s", never a dash; the
+    // other number column is the edge's cursor, which has no unit).
+    browser
+        .wait_for_text("section.propagation tbody td.num", "s")
+        .await;
     browser.screenshot("token-revoked").await;
 }
 
