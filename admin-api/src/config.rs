@@ -55,6 +55,15 @@ pub struct ServeLimits {
     pub idle_timeout: Duration,
 }
 
+impl ServeLimits {
+    /// Requests that may be held open at once (event streams and waiting feed long-polls): all but a
+    /// tenth of the connection bound, so held requests alone can never fill it.
+    pub fn max_held_requests(&self) -> usize {
+        self.max_connections
+            .saturating_sub((self.max_connections / 10).max(1))
+    }
+}
+
 impl Default for ServeLimits {
     fn default() -> ServeLimits {
         ServeLimits {

@@ -442,7 +442,8 @@ const REPLAY_LIMIT: usize = 500;
 /// event committed from now on; `event: lagged` when this subscriber fell more than 1,024 events behind.
 /// A client reconnecting with `Last-Event-ID` (browsers' EventSource does this) first gets the up to
 /// 500 matching events recorded after that id, then the live ones. The stream ends within a second of
-/// its credential's deletion, logout, expiry or role change.
+/// its credential's deletion, logout, expiry or role change. With every held-request slot taken (nine
+/// tenths of `--max-connections`, shared with feed long-polls) it is refused with 429 and `Retry-After`.
 async fn stream(
     State(state): State<AppState>,
     principal: Principal,
@@ -450,6 +451,12 @@ async fn stream(
     Query(q): Query<StreamQuery>,
 ) -> ApiResult<Sse<impl futures_core::Stream<Item = Result<SseEvent, Infallible>>>> {
     principal.require(&[Role::Admin, Role::Auditor], "stream events")?;
+    // Streams hold their connection: at most nine tenths of the connection bound, with the feed's long-polls.
+    let held = state
+        .held_requests
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::RateLimited { retry_after: 5 })?;
     let (kind, prefix) = match q.kind.as_deref() {
         None | Some("") => (String::new(), String::new()),
         Some(k) => kind_filter(k)?,
@@ -526,5 +533,10 @@ async fn stream(
         crate::auth::Recheck::Database,
     );
     let stream = futures_util::StreamExt::take_until(stream, Box::pin(revoked));
+    // The slot is released when the stream is dropped.
+    let stream = futures_util::StreamExt::map(stream, move |event| {
+        let _slot = &held;
+        event
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -69,6 +69,8 @@ pub struct AppState {
     pub password_gate: Arc<ratelimit::PasswordGate>,
     /// Back-off per account after repeated wrong passwords.
     pub login_lockout: Arc<ratelimit::AccountLockout>,
+    /// Slots for requests held open (event streams, waiting long-polls), fewer than the connection bound.
+    pub held_requests: Arc<tokio::sync::Semaphore>,
     /// An argon2id hash that matches nothing, to make unknown-user logins as slow as known ones.
     pub dummy_hash: String,
     /// The event log's live stream and dispatcher wake-up.
@@ -133,6 +135,9 @@ impl AppState {
             ))),
             login_limiter: Arc::new(RateLimiter::new(config.login_rate_limit)),
             token_limiter: Arc::new(RateLimiter::new(config.token_rate_limit)),
+            held_requests: Arc::new(tokio::sync::Semaphore::new(
+                config.serve.max_held_requests(),
+            )),
             password_gate: Arc::new(ratelimit::PasswordGate::new(
                 config.password_concurrency,
                 config.password_wait,

@@ -28,7 +28,8 @@
 //! - `wait=<seconds>` (at most `--feed-max-wait`, 30 s by default) long-polls: when nothing is newer
 //!   than `since`, the request is held until a revocation arrives (on any replica, through PostgreSQL
 //!   LISTEN/NOTIFY) or the wait ends, then answered as above. A held poll whose key is deleted (or
-//!   whose session ends) meanwhile answers 401 within a second.
+//!   whose session ends) meanwhile answers 401 within a second. When every held-request slot is taken
+//!   (nine tenths of `--max-connections`), the poll is answered at once as without `wait`.
 //!
 //! # Paging: `&limit=<n>` and `&after=<next>`
 //! Envoy's HTTP client refuses bodies over 32 MiB (about 700,000 jtis), so a listing can be cut into pages.
@@ -463,12 +464,7 @@ async fn create(
             ))
         }
     };
-    if target.value().is_empty() || target.value().len() > 512 {
-        return Err(ApiError::field(
-            target.kind_field(),
-            format!("{}: must be 1 to 512 characters", target.kind_field()),
-        ));
-    }
+    crate::extract::check_identifier(target.kind_field(), target.value(), 512)?;
     let reason = req.reason.unwrap_or_default();
     if reason.trim().is_empty() {
         return Err(ApiError::field(
@@ -842,7 +838,12 @@ async fn feed(
         current = state.feed.current();
     }
     let wait = q.wait.unwrap_or(0).min(state.config.feed_max_wait_seconds);
-    if since == current && wait > 0 {
+    // With every held-request slot taken the poll is answered at once, as without `wait`: the edge polls
+    // again, and held requests never fill the connection bound.
+    let held = (since == current && wait > 0)
+        .then(|| state.held_requests.clone().try_acquire_owned().ok())
+        .flatten();
+    if let Some(_held) = held {
         let mut rx = state.feed.subscribe();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
         // A held poll answers 401 within a second of its key's deletion (or its session's end).

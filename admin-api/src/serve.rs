@@ -8,8 +8,9 @@
 //! When a new connection arrives at the bound, the connection idle for longest is closed to make room.
 //! An unauthenticated client holds idle connections only, so however many it opens it cannot keep
 //! `/healthz` or an edge's feed poll out: each new connection sends its request at once and becomes busy.
-//! Only when every connection is busy is a new one refused (closed at once); busy connections belong to
-//! requests being answered, and the feed's long-poll ends within `--feed-max-wait`.
+//! Requests held open (event streams, waiting feed long-polls) take one of nine tenths of the bound's
+//! slots (`AppState::held_requests`; without one a stream gets 429 and a long-poll is answered at once),
+//! so they never fill the bound alone. Only when every connection is busy is a new one refused.
 //! Idle and busy time are both bounded otherwise: hyper cuts a header not complete within the header
 //! timeout (its timer also runs while a keep-alive connection waits for its next request), a request
 //! body not complete within the body timeout fails, and a connection idle past the idle timeout is closed.

@@ -26,6 +26,7 @@ both_backends!(
     idle_keep_alive_connection_is_closed_after_the_idle_timeout,
     healthz_answers_with_the_connection_bound_full_of_half_sent_requests,
     streams_and_long_polls_outlive_the_timeouts_and_the_bound,
+    held_requests_never_fill_the_connection_bound,
     concurrent_wrong_logins_never_hash_more_than_the_bound,
     repeated_wrong_passwords_lock_the_account_from_any_address,
     event_stream_ends_when_its_api_key_is_deleted,
@@ -513,4 +514,49 @@ async fn head_is_answered_like_get_without_a_body(backend: Backend) {
     let edge = app.api_key(Role::Edge, None).await;
     let forbidden = app.call(head("/api/v1/clients", Some(&edge))).await;
     assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+}
+
+async fn held_requests_never_fill_the_connection_bound(backend: Backend) {
+    // A bound of 10 leaves 9 slots to held requests.
+    let (app, addr) = app_with(backend, limits(120, 120, 120, 10)).await;
+    let key = app.admin_key.clone();
+    let since = app.state.feed.current();
+    let poll = format!(
+        "GET /api/v1/revocations/feed?since={since}&wait=30 HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {key}\r\n\r\n"
+    );
+    let mut held = Vec::new();
+    for _ in 0..9 {
+        held.push(connect(addr, &poll).await);
+    }
+    // Let every one of them reach its wait.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for stream in &mut held {
+        let (got, closed) = read_until(stream, "\r\n\r\n", Duration::from_millis(100)).await;
+        assert!(got.is_empty() && !closed, "a poll was not held: {got:?}");
+    }
+    // The tenth finds no slot and is answered at once, as without wait.
+    let mut tenth = connect(addr, &poll).await;
+    let (got, _) = read_until(&mut tenth, "\r\n\r\n", GRACE).await;
+    assert!(
+        got.starts_with("HTTP/1.1 200") || got.starts_with("HTTP/1.1 304"),
+        "a tenth long-poll was held or refused: {got:?}"
+    );
+    assert!(
+        healthz_answers(addr).await,
+        "/healthz did not answer with held requests at their limit"
+    );
+    let stream = app
+        .router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/api/v1/events/stream")
+                .header(header::AUTHORIZATION, format!("Bearer {key}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(stream.headers().contains_key(header::RETRY_AFTER));
 }
