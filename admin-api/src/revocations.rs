@@ -464,7 +464,12 @@ async fn create(
             ))
         }
     };
-    crate::extract::check_identifier(target.kind_field(), target.value(), 512)?;
+    if target.value().is_empty() || target.value().len() > 512 {
+        return Err(ApiError::field(
+            target.kind_field(),
+            format!("{}: must be 1 to 512 characters", target.kind_field()),
+        ));
+    }
     let reason = req.reason.unwrap_or_default();
     if reason.trim().is_empty() {
         return Err(ApiError::field(
