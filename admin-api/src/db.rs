@@ -122,10 +122,12 @@ impl Db {
         {
             (url.to_owned(), DbKind::Sqlite)
         } else {
+            let created = !config.data_dir.exists();
             std::fs::create_dir_all(&config.data_dir).with_context(|| {
                 format!("cannot create data directory {}", config.data_dir.display())
             })?;
             let path = config.data_dir.join("edgewarden.db");
+            private_store(&config.data_dir, &path, created)?;
             (
                 format!("sqlite://{}?mode=rwc", path.display()),
                 DbKind::Sqlite,
@@ -184,4 +186,34 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// Keeps the SQLite store private to the service's user: a directory this process creates gets mode
+/// 0700, and the database file is created 0600 before SQLite opens it (SQLite gives its WAL and
+/// shared-memory files the database file's mode). An existing directory's mode is the operator's.
+#[cfg(unix)]
+fn private_store(dir: &std::path::Path, db: &std::path::Path, created: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if created {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))?;
+    }
+    if !db.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(db)
+            .with_context(|| format!("cannot create {} (mode 0600)", db.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private_store(
+    _dir: &std::path::Path,
+    _db: &std::path::Path,
+    _created: bool,
+) -> anyhow::Result<()> {
+    Ok(())
 }

@@ -123,3 +123,48 @@ impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
         axum::Json(self.0).into_response()
     }
 }
+
+/// Checks an identifier that ends up in a token, the feed or a log line (a subject, a client id, a
+/// revoked value): 1 to `max` bytes and no control character, so a NUL, CR or LF can never split a
+/// header, a log line or a feed entry at the edge.
+pub fn check_identifier(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > max {
+        return Err(ApiError::field(
+            field,
+            format!("{field}: must be 1 to {max} characters"),
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(ApiError::field(
+            field,
+            format!(
+                "{field}: contains the control character U+{:04X}; identifiers are printable text",
+                c as u32
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod identifier_tests {
+    use super::check_identifier;
+
+    #[test]
+    fn identifiers_with_control_characters_are_refused() {
+        for bad in [
+            "carol\0",
+            "carol\r\nx-admin: 1",
+            "a\tb",
+            "\u{7f}",
+            "\u{85}next",
+        ] {
+            assert!(check_identifier("subject", bad, 512).is_err(), "{bad:?}");
+        }
+        assert!(check_identifier("subject", "", 512).is_err());
+        assert!(check_identifier("subject", &"a".repeat(513), 512).is_err());
+        for good in ["carol", "user@example.com", "Zoë Ω", "svc:billing/eu-1"] {
+            assert!(check_identifier("subject", good, 512).is_ok(), "{good:?}");
+        }
+    }
+}

@@ -464,12 +464,7 @@ async fn create(
             ))
         }
     };
-    if target.value().is_empty() || target.value().len() > 512 {
-        return Err(ApiError::field(
-            target.kind_field(),
-            format!("{}: must be 1 to 512 characters", target.kind_field()),
-        ));
-    }
+    crate::extract::check_identifier(target.kind_field(), target.value(), 512)?;
     let reason = req.reason.unwrap_or_default();
     if reason.trim().is_empty() {
         return Err(ApiError::field(

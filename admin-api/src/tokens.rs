@@ -66,12 +66,7 @@ pub fn check_grant(
     audience: Vec<String>,
     ttl_seconds: Option<i64>,
 ) -> ApiResult<Grant> {
-    if subject.is_empty() || subject.len() > 512 {
-        return Err(ApiError::field(
-            "subject",
-            "subject: must be 1 to 512 characters",
-        ));
-    }
+    crate::extract::check_identifier("subject", subject, 512)?;
     for (i, scope) in scopes.iter().enumerate() {
         if !valid_scope_token(scope) {
             return Err(ApiError::field(

@@ -264,8 +264,31 @@ fn oversized(batch: &UsageBatch, config: &UsageConfig) -> Option<String> {
     None
 }
 
+/// How far ahead of the admin API's clock a reported time may be. Moderate skew is accepted (and the
+/// clock-skew detector reports it as an anomaly); a time further ahead would never age out of the store.
+pub const FUTURE_ALLOWANCE_SECONDS: i64 = 900;
+
+/// Refuses a reported time further in the future than [`FUTURE_ALLOWANCE_SECONDS`].
+fn not_future(field: String, at: i64, now: i64) -> ApiResult<()> {
+    if at > now + FUTURE_ALLOWANCE_SECONDS {
+        return Err(ApiError::field(
+            field.clone(),
+            format!(
+                "{field}: {at} is {}s ahead of the admin API's clock (at most {FUTURE_ALLOWANCE_SECONDS}s allowed): check the edge's clock",
+                at - now
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks every field of a batch; the error names the first bad one.
 fn validate(batch: &UsageBatch) -> ApiResult<()> {
+    let now = now();
+    not_future("interval_end".into(), batch.interval_end, now)?;
+    for (i, f) in batch.failures.iter().enumerate() {
+        not_future(format!("failures[{i}].at"), f.at, now)?;
+    }
     {
         req_str("edge".into(), &batch.edge, 200)?;
         if batch.interval_start <= 0 {

@@ -473,6 +473,25 @@ fn check_url(url: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// The URL as events show it to auditors: a user name, password or query string (where webhook
+/// receivers often take their credentials) is replaced by `redacted`.
+pub fn redacted_url(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "redacted".to_owned();
+    };
+    if !parsed.username().is_empty() {
+        let _ = parsed.set_username("redacted");
+    }
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("redacted"));
+    }
+    if parsed.query().is_some() {
+        parsed.set_query(Some("redacted"));
+    }
+    parsed.set_fragment(None);
+    parsed.to_string()
+}
+
 fn check_kinds(kinds: &[String]) -> ApiResult<()> {
     if kinds.is_empty() {
         return Err(ApiError::field(
@@ -526,7 +545,7 @@ async fn create(
     .execute(&mut *tx)
     .await?;
     let event = Event::new("webhook.created", principal.actor())
-        .details(json!({"webhook_id": id, "url": req.url, "kinds": req.kinds}));
+        .details(json!({"webhook_id": id, "url": redacted_url(&req.url), "kinds": req.kinds}));
     events::record(&state.events, &state.db, &mut tx, event).await?;
     tx.commit().await?;
     state.webhooks.invalidate();
@@ -760,6 +779,18 @@ async fn deliveries(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_a_webhook_url_are_redacted_in_events() {
+        assert_eq!(
+            redacted_url("https://bot:s3cret@hooks.example/in?token=abc#x"),
+            "https://redacted:redacted@hooks.example/in?redacted"
+        );
+        assert_eq!(
+            redacted_url("https://hooks.example/in"),
+            "https://hooks.example/in"
+        );
+    }
 
     #[test]
     fn signature_is_hmac_sha256_over_timestamp_dot_body() {

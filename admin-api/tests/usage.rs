@@ -490,14 +490,25 @@ async fn tokens_issued_in_the_future_and_edges_ahead_raise_clock_skew(backend: B
     assert_eq!(found[0]["subject_kind"], "client");
     assert_eq!(found[0]["subject"], "skewed-client");
     assert_eq!(found[0]["evidence"]["seconds_ahead"], 600);
-    let ahead =
-        json!({"edge": "fast-clock", "interval_start": at + 3600, "interval_end": at + 3610});
+    let ahead = json!({"edge": "fast-clock", "interval_start": at + 600, "interval_end": at + 610});
     app.post("/api/v1/usage", Some(&edge), ahead)
         .await
         .expect(StatusCode::ACCEPTED);
     let found = anomalies(&app, "kind=clock_skew&subject_kind=edge").await;
     assert_eq!(found.len(), 1);
     assert_eq!(found[0]["subject"], "fast-clock");
+    // Far ahead is refused outright: such rows would never age out of the store.
+    let far = json!({"edge": "fast-clock", "interval_start": at + 7200, "interval_end": at + 7210});
+    let refused = app.post("/api/v1/usage", Some(&edge), far).await;
+    refused.expect(StatusCode::BAD_REQUEST);
+    let far_failure = batch(
+        "e",
+        json!([]),
+        json!([{"reason": "expired", "client_address": "10.1.1.3", "at": at + 86_400}]),
+    );
+    app.post("/api/v1/usage", Some(&edge), far_failure)
+        .await
+        .expect(StatusCode::BAD_REQUEST);
 }
 
 async fn anomalies_are_triaged_by_admins_and_a_resolved_one_reopens_as_new(backend: Backend) {
