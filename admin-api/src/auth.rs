@@ -231,7 +231,9 @@ pub async fn credential_revoked(
         match still_valid(&state, &headers, &principal, recheck).await {
             Ok(true) => {}
             Ok(false) => return,
-            Err(e) => tracing::warn!(error = %e, "cannot re-check the credential of a held request"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot re-check the credential of a held request")
+            }
         }
     }
 }
@@ -244,7 +246,9 @@ async fn still_valid(
 ) -> Result<bool, ApiError> {
     let current = match &principal.credential {
         Credential::ApiKey { .. } => match bearer(headers).ok().flatten() {
-            Some(key) if recheck == Recheck::Database => load_api_key(state, sha256_hex(key)).await?,
+            Some(key) if recheck == Recheck::Database => {
+                load_api_key(state, sha256_hex(key)).await?
+            }
             Some(key) => lookup_api_key(state, key).await?,
             None => None,
         },

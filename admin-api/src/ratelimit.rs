@@ -94,7 +94,8 @@ impl PasswordGate {
         &self,
         compute: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let permit = match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
+        let permit = match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await
+        {
             Ok(Ok(permit)) => permit,
             _ => return Err(ApiError::RateLimited { retry_after: 1 }),
         };
@@ -147,8 +148,11 @@ impl AccountLockout {
         let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
         match accounts.get(&key(account)) {
             Some((_, Some(until))) if *until > Instant::now() => Err(ApiError::RateLimited {
-                retry_after: until.duration_since(Instant::now()).as_secs_f64().ceil().max(1.0)
-                    as u64,
+                retry_after: until
+                    .duration_since(Instant::now())
+                    .as_secs_f64()
+                    .ceil()
+                    .max(1.0) as u64,
             }),
             _ => Ok(()),
         }
@@ -238,7 +242,9 @@ mod tests {
         lockout.failed("alice");
         lockout.failed("alice");
         match lockout.check("alice") {
-            Err(ApiError::RateLimited { retry_after }) => assert!((199..=200).contains(&retry_after)),
+            Err(ApiError::RateLimited { retry_after }) => {
+                assert!((199..=200).contains(&retry_after))
+            }
             other => panic!("expected a capped lockout, got {other:?}"),
         }
         lockout.check("bob").unwrap();

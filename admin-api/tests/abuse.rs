@@ -14,11 +14,11 @@ use axum::http::{header, Method, Request, StatusCode};
 use common::{serve_on_socket, Answer, Backend, TestApp, TestDb};
 use edgewarden_admin::auth::{create_user, Role};
 use edgewarden_admin::config::{Argon2Params, ServeLimits};
+use http_body_util::BodyExt as _;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tower::ServiceExt as _;
-use http_body_util::BodyExt as _;
 
 both_backends!(
     half_sent_header_is_cut_within_the_header_timeout,
@@ -433,7 +433,10 @@ async fn answers_carrying_a_secret_are_not_stored(backend: Backend) {
     let key = app.admin_key.clone();
     let no_store = |answer: &Answer, what: &str| {
         assert_eq!(
-            answer.headers.get(header::CACHE_CONTROL).map(|v| v.to_str().unwrap()),
+            answer
+                .headers
+                .get(header::CACHE_CONTROL)
+                .map(|v| v.to_str().unwrap()),
             Some("no-store"),
             "{what} answered a secret without Cache-Control: no-store"
         );
@@ -503,7 +506,9 @@ async fn head_is_answered_like_get_without_a_body(backend: Backend) {
         }
         builder.body(Body::empty()).unwrap()
     };
-    let listed = app.call(head("/api/v1/clients", Some(&app.admin_key))).await;
+    let listed = app
+        .call(head("/api/v1/clients", Some(&app.admin_key)))
+        .await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
     assert_eq!(listed.body, serde_json::Value::Null, "HEAD answered a body");
     let health = app.call(head("/healthz", None)).await;
