@@ -11,7 +11,7 @@ use crate::app::Ctx;
 use crate::components::time::absolute;
 use crate::components::{Badge, Confirm, ErrorView, Loading, Pager, RelTime};
 use crate::pages::revocations::PropagationView;
-use crate::pages::{offset_param, query_param, query_setter};
+use crate::pages::{filter_setter, offset_param, page_callback, query_param};
 
 const LIMIT: i64 = 50;
 
@@ -66,7 +66,6 @@ pub fn Anomalies() -> impl IntoView {
     let state = query_param("state");
     let severity = query_param("severity");
     let offset = offset_param();
-    let set_query = query_setter();
     let refresh = RwSignal::new(0u32);
     let list = LocalResource::new(move || {
         refresh.track();
@@ -79,17 +78,9 @@ pub fn Anomalies() -> impl IntoView {
         ];
         async move { api::anomalies(&filters).await }
     });
-    let on_state = {
-        let s = set_query.clone();
-        move |v: String| s(&[("state", v), ("offset", String::new())])
-    };
-    let on_severity = {
-        let s = set_query.clone();
-        move |v: String| s(&[("severity", v), ("offset", String::new())])
-    };
-    let on_page = Callback::new(move |o: i64| {
-        set_query(&[("offset", if o == 0 { String::new() } else { o.to_string() })])
-    });
+    let on_state = filter_setter("state");
+    let on_severity = filter_setter("severity");
+    let on_page = page_callback();
     view! {
         <div class="page-head"><h1>"Anomalies"</h1></div>
         <div class="filters">

@@ -10,7 +10,7 @@ use crate::api;
 use crate::app::Ctx;
 use crate::components::time::{absolute, now};
 use crate::components::{ErrorView, Loading, Pager, RelTime};
-use crate::pages::{offset_param, query_param, query_setter};
+use crate::pages::{filter_setter, offset_param, page_callback, query_param, query_setter};
 
 const LIMIT: i64 = 50;
 /// Most events one export fetches (500 per request).
@@ -183,17 +183,9 @@ pub fn Events() -> impl IntoView {
             ])
         }
     };
-    let on_kind = {
-        let s = set_query.clone();
-        move |v: String| s(&[("kind", v), ("offset", String::new())])
-    };
-    let on_range = {
-        let s = set_query.clone();
-        move |v: String| s(&[("range", v), ("offset", String::new())])
-    };
-    let on_page = Callback::new(move |o: i64| {
-        set_query(&[("offset", if o == 0 { String::new() } else { o.to_string() })])
-    });
+    let on_kind = filter_setter("kind");
+    let on_range = filter_setter("range");
+    let on_page = page_callback();
     view! {
         <div class="page-head">
             <h1>"Events"</h1>

@@ -53,3 +53,31 @@ pub fn offset_param() -> Memo<i64> {
     let raw = query_param("offset");
     Memo::new(move |_| raw.get().parse().unwrap_or(0).max(0))
 }
+
+/// A filter change: sets `name` in the URL and goes back to the first page.
+pub fn filter_setter(name: &'static str) -> impl Fn(String) + Clone {
+    let set_query = query_setter();
+    move |value: String| set_query(&[(name, value), ("offset", String::new())])
+}
+
+/// The pager's callback: moves the list to another offset, kept in the URL.
+pub fn page_callback() -> Callback<i64> {
+    let set_query = query_setter();
+    Callback::new(move |o: i64| {
+        set_query(&[("offset", if o == 0 { String::new() } else { o.to_string() })])
+    })
+}
+
+/// Bumps `refresh` whenever one of `succeeded` says its last action succeeded, so the list it changed reloads.
+pub fn refresh_on_success(refresh: RwSignal<u32>, succeeded: Vec<Signal<bool>>) {
+    Effect::new(move |_| {
+        if succeeded.iter().any(|s| s.get()) {
+            refresh.update(|n| *n += 1);
+        }
+    });
+}
+
+/// True while an action's last answer is a success.
+pub fn ok<I: 'static, O: 'static, E: 'static>(action: Action<I, Result<O, E>>) -> Signal<bool> {
+    Signal::derive(move || action.value().with(|v| matches!(v, Some(Ok(_)))))
+}

@@ -9,7 +9,7 @@ use crate::api;
 use crate::app::Ctx;
 use crate::components::{Badge, Confirm, ErrorView, Loading, Pager, RelTime};
 use crate::pages::overview::fmt_count;
-use crate::pages::{offset_param, query_param, query_setter};
+use crate::pages::{filter_setter, offset_param, page_callback, query_param};
 
 const LIMIT: i64 = 50;
 /// How often the propagation view asks again, and for how long.
@@ -22,7 +22,6 @@ pub fn Revocations() -> impl IntoView {
     let ctx = expect_context::<Ctx>();
     let kind = query_param("kind");
     let offset = offset_param();
-    let set_query = query_setter();
     let refresh = RwSignal::new(0u32);
     let list = LocalResource::new(move || {
         refresh.track();
@@ -34,13 +33,8 @@ pub fn Revocations() -> impl IntoView {
         ];
         async move { api::revocations(&filters).await }
     });
-    let on_kind = {
-        let set_query = set_query.clone();
-        move |v: String| set_query(&[("kind", v), ("offset", String::new())])
-    };
-    let on_page = Callback::new(move |o: i64| {
-        set_query(&[("offset", if o == 0 { String::new() } else { o.to_string() })])
-    });
+    let on_kind = filter_setter("kind");
+    let on_page = page_callback();
     view! {
         <div class="page-head"><h1>"Revocations"</h1></div>
         <Show when=move || ctx.can_write()>

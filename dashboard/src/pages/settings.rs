@@ -7,6 +7,7 @@ use leptos::prelude::*;
 use crate::api;
 use crate::app::Ctx;
 use crate::components::{Badge, Confirm, ErrorView, Loading, RelTime, SecretOnce};
+use crate::pages::{ok, refresh_on_success};
 
 fn words(s: &str) -> Vec<String> {
     s.split([' ', ','])
@@ -47,13 +48,7 @@ fn Clients() -> impl IntoView {
         async move { api::rotate_client_secret(&id).await }
     });
     let rotating = RwSignal::new(None::<String>);
-    Effect::new(move |_| {
-        if create.value().with(|v| matches!(v, Some(Ok(_))))
-            || rotate.value().with(|v| matches!(v, Some(Ok(_))))
-        {
-            refresh.update(|n| *n += 1);
-        }
-    });
+    refresh_on_success(refresh, vec![ok(create), ok(rotate)]);
     view! {
         <section aria-labelledby="clients-h">
             <h2 id="clients-h">"Clients"</h2>
@@ -150,13 +145,7 @@ fn ApiKeys() -> impl IntoView {
         async move { api::delete_api_key(&id).await }
     });
     let deleting = RwSignal::new(None::<String>);
-    Effect::new(move |_| {
-        if create.value().with(|v| matches!(v, Some(Ok(_))))
-            || delete.value().with(|v| matches!(v, Some(Ok(_))))
-        {
-            refresh.update(|n| *n += 1);
-        }
-    });
+    refresh_on_success(refresh, vec![ok(create), ok(delete)]);
     view! {
         <section aria-labelledby="keys-h">
             <h2 id="keys-h">"API keys"</h2>
@@ -239,11 +228,7 @@ fn SigningKeys() -> impl IntoView {
     });
     let asking = RwSignal::new(false);
     let rotate = Action::new_local(move |_: &()| async move { api::rotate_signing_key().await });
-    Effect::new(move |_| {
-        if rotate.value().with(|v| matches!(v, Some(Ok(_)))) {
-            refresh.update(|n| *n += 1);
-        }
-    });
+    refresh_on_success(refresh, vec![ok(rotate)]);
     view! {
         <section aria-labelledby="signing-h">
             <h2 id="signing-h">"Signing keys"</h2>
@@ -298,11 +283,7 @@ fn Webhooks() -> impl IntoView {
         let r = r.clone();
         async move { api::create_webhook(r).await }
     });
-    Effect::new(move |_| {
-        if create.value().with(|v| matches!(v, Some(Ok(_)))) {
-            refresh.update(|n| *n += 1);
-        }
-    });
+    refresh_on_success(refresh, vec![ok(create)]);
     view! {
         <section aria-labelledby="hooks-h">
             <h2 id="hooks-h">"Webhooks"</h2>

@@ -7,7 +7,7 @@ use leptos_router::hooks::use_navigate;
 use crate::api;
 use crate::app::Ctx;
 use crate::components::{Badge, ErrorView, Loading, Pager, RelTime};
-use crate::pages::{offset_param, query_param, query_setter};
+use crate::pages::{filter_setter, offset_param, page_callback, query_param, query_setter};
 
 const LIMIT: i64 = 50;
 
@@ -44,16 +44,8 @@ pub fn Tokens() -> impl IntoView {
             ])
         }
     };
-    let on_status = {
-        let set_query = set_query.clone();
-        move |value: String| set_query(&[("status", value), ("offset", String::new())])
-    };
-    let on_page = {
-        let set_query = set_query.clone();
-        Callback::new(move |o: i64| {
-            set_query(&[("offset", if o == 0 { String::new() } else { o.to_string() })])
-        })
-    };
+    let on_status = filter_setter("status");
+    let on_page = page_callback();
 
     view! {
         <div class="page-head">
