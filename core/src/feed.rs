@@ -21,6 +21,8 @@
 //! - A record's key format is versioned ([`FORMAT_VERSION`]): VMs running another build refuse it rather than
 //!   misread it.
 
+use std::borrow::Cow;
+
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
 
@@ -32,8 +34,9 @@ use crate::revocation::{
 ///
 /// Parsing is strict about what it reads and tolerant of what it does not know: every documented field must be
 /// present with its JSON type (`cursor`, `now`, `exp`, `revoked_at`, `expires_at` non-negative integers up to
-/// 2^64-1, `full` a boolean, identifiers non-empty strings; no floats, no nulls, no repeated keys), while unknown
-/// fields, at the top or inside an entry, are ignored so the admin API can add some without breaking old edges.
+/// 2^64-1, `full` a boolean, identifiers and the optional `iss` of an entry non-empty strings; no floats, no nulls,
+/// no repeated keys), while unknown fields, at the top or inside an entry, are ignored so the admin API can add
+/// some without breaking old edges.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FeedUpdate {
     /// What to send as `since` next time.
@@ -76,8 +79,8 @@ struct RawFeed {
     full: bool,
     now: u64,
     revoked_jtis: Vec<Strict<RevokedJti>>,
-    revoked_subjects: Vec<Strict<RawSubject>>,
-    revoked_clients: Vec<Strict<RawClient>>,
+    revoked_subjects: Vec<Strict<SubjectEntry>>,
+    revoked_clients: Vec<Strict<ClientEntry>>,
     #[serde(default)]
     next: Option<String>,
     #[serde(default)]
@@ -105,81 +108,143 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Strict<T> {
     }
 }
 
-impl From<RawSubject> for RevokedPrincipal {
-    fn from(r: RawSubject) -> RevokedPrincipal {
-        RevokedPrincipal {
-            key: r.subject,
-            revocation: PrincipalRevocation {
-                revoked_at: r.revoked_at,
-                expires_at: r.expires_at,
-            },
-        }
-    }
-}
-
-impl From<RawClient> for RevokedPrincipal {
-    fn from(r: RawClient) -> RevokedPrincipal {
-        RevokedPrincipal {
-            key: r.client_id,
-            revocation: PrincipalRevocation {
-                revoked_at: r.revoked_at,
-                expires_at: r.expires_at,
-            },
-        }
-    }
-}
-
-/// A revoked token: the key of its `jti` and its `exp`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// A revoked token: the key of its `jti` (scoped to its issuer when the entry names one) and its `exp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RevokedJti {
-    /// Key of the `jti` (JSON field `jti`).
-    #[serde(rename = "jti", deserialize_with = "hashed")]
+    /// [`RevocationKey::of_entry`] of the entry's `iss` (optional) and `jti`.
     pub key: RevocationKey,
     /// Unix seconds after which the token has expired.
     pub exp: u64,
 }
 
-/// A revoked subject or client: the key of its name and the revocation window.
+/// A revoked subject or client: the key of its name (scoped to its issuer when the entry names one) and the
+/// revocation window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RevokedPrincipal {
-    /// Key of the subject or client id.
+    /// [`RevocationKey::of_entry`] of the entry's `iss` (optional) and subject or client id.
     pub key: RevocationKey,
     /// When it was revoked and when the last token it covers expires.
     pub revocation: PrincipalRevocation,
 }
 
+/// A jti entry as it arrives: `{"jti", "exp", "iss"?}`. The strings are borrowed from the body where JSON
+/// escapes allow and live only until the entry is hashed.
 #[derive(Deserialize)]
-struct RawSubject {
-    #[serde(deserialize_with = "hashed")]
-    subject: RevocationKey,
-    revoked_at: u64,
-    expires_at: u64,
+struct RawJti<'a> {
+    #[serde(borrow)]
+    jti: Identifier<'a>,
+    exp: u64,
+    #[serde(default, borrow, deserialize_with = "present")]
+    iss: Option<Identifier<'a>>,
 }
 
-#[derive(Deserialize)]
-struct RawClient {
-    #[serde(deserialize_with = "hashed")]
-    client_id: RevocationKey,
-    revoked_at: u64,
-    expires_at: u64,
-}
-
-/// Reads a non-empty JSON string and keeps only its key; the string itself is never echoed in an error.
-fn hashed<'de, D: Deserializer<'de>>(d: D) -> Result<RevocationKey, D::Error> {
-    struct KeyVisitor;
-    impl Visitor<'_> for KeyVisitor {
-        type Value = RevocationKey;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a non-empty string")
-        }
-        fn visit_str<E: de::Error>(self, value: &str) -> Result<RevocationKey, E> {
-            if value.is_empty() {
-                return Err(E::invalid_value(Unexpected::Str(""), &self));
-            }
-            Ok(RevocationKey::of(value))
-        }
+impl<'de> Deserialize<'de> for RevokedJti {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RevokedJti, D::Error> {
+        let raw = RawJti::deserialize(d)?;
+        Ok(RevokedJti {
+            key: entry_key(raw.iss.as_ref(), &raw.jti),
+            exp: raw.exp,
+        })
     }
-    d.deserialize_str(KeyVisitor)
+}
+
+/// A subject entry as it arrives: `{"subject", "revoked_at", "expires_at", "iss"?}`.
+#[derive(Deserialize)]
+struct RawSubject<'a> {
+    #[serde(borrow)]
+    subject: Identifier<'a>,
+    revoked_at: u64,
+    expires_at: u64,
+    #[serde(default, borrow, deserialize_with = "present")]
+    iss: Option<Identifier<'a>>,
+}
+
+/// A client entry as it arrives: `{"client_id", "revoked_at", "expires_at", "iss"?}`.
+#[derive(Deserialize)]
+struct RawClient<'a> {
+    #[serde(borrow)]
+    client_id: Identifier<'a>,
+    revoked_at: u64,
+    expires_at: u64,
+    #[serde(default, borrow, deserialize_with = "present")]
+    iss: Option<Identifier<'a>>,
+}
+
+/// A revoked subject, hashed as soon as its entry is read.
+struct SubjectEntry(RevokedPrincipal);
+
+impl<'de> Deserialize<'de> for SubjectEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SubjectEntry, D::Error> {
+        let raw = RawSubject::deserialize(d)?;
+        Ok(SubjectEntry(RevokedPrincipal {
+            key: entry_key(raw.iss.as_ref(), &raw.subject),
+            revocation: PrincipalRevocation {
+                revoked_at: raw.revoked_at,
+                expires_at: raw.expires_at,
+            },
+        }))
+    }
+}
+
+/// A revoked client, hashed as soon as its entry is read.
+struct ClientEntry(RevokedPrincipal);
+
+impl<'de> Deserialize<'de> for ClientEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ClientEntry, D::Error> {
+        let raw = RawClient::deserialize(d)?;
+        Ok(ClientEntry(RevokedPrincipal {
+            key: entry_key(raw.iss.as_ref(), &raw.client_id),
+            revocation: PrincipalRevocation {
+                revoked_at: raw.revoked_at,
+                expires_at: raw.expires_at,
+            },
+        }))
+    }
+}
+
+fn entry_key(issuer: Option<&Identifier<'_>>, value: &Identifier<'_>) -> RevocationKey {
+    RevocationKey::of_entry(issuer.map(|issuer| issuer.0.as_ref()), &value.0)
+}
+
+/// A non-empty JSON string (an identifier or an issuer); the string itself is never echoed in an error.
+struct Identifier<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Identifier<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Identifier<'a>, D::Error> {
+        struct IdentifierVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl IdentifierVisitor<'_> {
+            fn check<E: de::Error>(&self, value: &str) -> Result<(), E> {
+                if value.is_empty() {
+                    return Err(E::invalid_value(Unexpected::Str(""), self));
+                }
+                Ok(())
+            }
+        }
+        impl<'de: 'a, 'a> Visitor<'de> for IdentifierVisitor<'a> {
+            type Value = Identifier<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a non-empty string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Self::Value, E> {
+                self.check(value)?;
+                Ok(Identifier(Cow::Borrowed(value)))
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                self.check(value)?;
+                Ok(Identifier(Cow::Owned(value.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, value: String) -> Result<Self::Value, E> {
+                self.check(&value)?;
+                Ok(Identifier(Cow::Owned(value)))
+            }
+        }
+        d.deserialize_str(IdentifierVisitor(std::marker::PhantomData))
+    }
+}
+
+/// An optional field that, when present, must hold its type: `"iss": null` is refused like any other null.
+fn present<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Identifier<'a>>, D::Error> {
+    Identifier::deserialize(d).map(Some)
 }
 
 /// Why a feed answer was refused; the state it was meant for is left as it was.
@@ -230,16 +295,8 @@ impl FeedUpdate {
             now: raw.now,
             // Same layout in and out, so these collect in place rather than copying a million entries.
             revoked_jtis: raw.revoked_jtis.into_iter().map(|e| e.0).collect(),
-            revoked_subjects: raw
-                .revoked_subjects
-                .into_iter()
-                .map(|e| e.0.into())
-                .collect(),
-            revoked_clients: raw
-                .revoked_clients
-                .into_iter()
-                .map(|e| e.0.into())
-                .collect(),
+            revoked_subjects: raw.revoked_subjects.into_iter().map(|e| e.0 .0).collect(),
+            revoked_clients: raw.revoked_clients.into_iter().map(|e| e.0 .0).collect(),
         })
     }
 
@@ -379,8 +436,10 @@ pub enum DecodeError {
     },
 }
 
-/// Version of the binary record layout (and of [`RevocationKey`]'s hash function): bump on any change.
-pub const FORMAT_VERSION: u8 = 2;
+/// Version of the binary record layout (and of [`RevocationKey`]'s hash functions): bump on any change.
+/// Version 3 has version 2's layout, but its keys may be issuer-scoped ([`RevocationKey::scoped`]), which a
+/// build that reads version 2 would never look up: it refuses them and fails stale, not open.
+pub const FORMAT_VERSION: u8 = 3;
 const MAGIC: [u8; 4] = *b"EWRV";
 /// magic 4, version 1, kind 1, reserved 2, base cursor 8, cursor 8, now 8, three u32 counts.
 const HEADER_BYTES: usize = 44;
@@ -789,7 +848,7 @@ impl SyncMark {
 mod tests {
     use super::*;
     use crate::config::RevocationConfig;
-    use crate::revocation::EdgeRevocationState;
+    use crate::revocation::{EdgeRevocationState, RevocationView};
     use serde_json::json;
 
     const T: u64 = 1_767_000_000;
@@ -836,6 +895,137 @@ mod tests {
         );
     }
 
+    /// A feed of the shape the admin API sends since revocations carry their issuer: `iss` on every entry.
+    fn scoped_example() -> serde_json::Value {
+        json!({
+            "cursor": 43,
+            "full": true,
+            "now": T,
+            "revoked_jtis": [
+                {"jti": "jti-a", "exp": T + 3600, "iss": A},
+                {"iss": A, "jti": "jti-\"quoted\"", "exp": T + 3600},
+                {"jti": "jti-any", "exp": T + 3600}
+            ],
+            "revoked_subjects": [
+                {"subject": "carol", "revoked_at": T, "expires_at": T + 3600, "iss": A},
+                {"subject": "dave", "revoked_at": T, "expires_at": T + 3600}
+            ],
+            "revoked_clients": [
+                {"iss": A, "client_id": "billing", "revoked_at": T, "expires_at": T + 3600},
+                {"client_id": "shipping", "revoked_at": T, "expires_at": T + 3600}
+            ]
+        })
+    }
+
+    const A: &str = "https://issuer.test";
+    const B: &str = "https://idp.example";
+
+    #[test]
+    fn entries_with_an_issuer_parse_into_scoped_keys_and_old_entries_stay_unscoped() {
+        let update = FeedUpdate::from_json(scoped_example().to_string().as_bytes()).unwrap();
+        let scoped = |name: &str, revoked_at: u64, expires_at: u64| RevokedPrincipal {
+            key: RevocationKey::scoped(A, name),
+            ..principal(name, revoked_at, expires_at)
+        };
+        assert_eq!(
+            update,
+            FeedUpdate {
+                cursor: 43,
+                full: true,
+                now: T,
+                revoked_jtis: vec![
+                    RevokedJti {
+                        key: RevocationKey::scoped(A, "jti-a"),
+                        exp: T + 3600
+                    },
+                    // An identifier with an escape cannot be borrowed from the body; it hashes the same.
+                    RevokedJti {
+                        key: RevocationKey::scoped(A, "jti-\"quoted\""),
+                        exp: T + 3600
+                    },
+                    RevokedJti {
+                        key: RevocationKey::of("jti-any"),
+                        exp: T + 3600
+                    },
+                ],
+                revoked_subjects: vec![
+                    scoped("carol", T, T + 3600),
+                    principal("dave", T, T + 3600)
+                ],
+                revoked_clients: vec![
+                    scoped("billing", T, T + 3600),
+                    principal("shipping", T, T + 3600)
+                ],
+                next: None,
+                total: None,
+            }
+        );
+    }
+
+    #[test]
+    fn a_scoped_feed_refuses_exactly_the_named_issuers_tokens_after_sharing_between_vms() {
+        let token = |issuer: &str, jti: Option<&str>, sub: Option<&str>, client: Option<&str>| {
+            crate::token::VerifiedToken {
+                issuer_index: 0,
+                iss: issuer.into(),
+                sub: sub.map(Into::into),
+                aud: vec!["api".into()],
+                exp: Some(T + 3600),
+                nbf: None,
+                iat: Some(T - 10),
+                jti: jti.map(Into::into),
+                client_id: client.map(Into::into),
+                scopes: vec![],
+                roles: vec![],
+                alg: "ES256".into(),
+                kid: None,
+                typ: None,
+                claims: serde_json::Map::new(),
+                fingerprint: 0,
+            }
+        };
+        #[rustfmt::skip]
+        let cases = [
+            ("A's jti-a", token(A, Some("jti-a"), None, None), true),
+            ("B's jti-a", token(B, Some("jti-a"), None, None), false),
+            ("A's escaped jti", token(A, Some("jti-\"quoted\""), None, None), true),
+            ("A's unscoped jti", token(A, Some("jti-any"), None, None), true),
+            ("B's unscoped jti", token(B, Some("jti-any"), None, None), true),
+            ("A's carol", token(A, None, Some("carol"), None), true),
+            ("B's carol", token(B, None, Some("carol"), None), false),
+            ("B's dave (unscoped)", token(B, None, Some("dave"), None), true),
+            ("A's billing", token(A, None, None, Some("billing")), true),
+            ("B's billing", token(B, None, None, Some("billing")), false),
+            ("B's shipping (unscoped)", token(B, None, None, Some("shipping")), true),
+        ];
+        let mut state = EdgeRevocationState::new(&RevocationConfig::default(), 60);
+        state
+            .sync_json(scoped_example().to_string().as_bytes(), T)
+            .unwrap();
+        // What another worker VM holds after loading the published snapshot, whole or in parts.
+        let shared = RevocationSet::from_bytes(&state.set().to_bytes()).unwrap();
+        let mut parted = RevocationSet::new();
+        for part in state.set().snapshot_parts(1) {
+            parted.apply_bytes(&part).unwrap();
+        }
+        for (name, token, revoked) in &cases {
+            assert_eq!(state.check(token).is_some(), *revoked, "{name}");
+            assert_eq!(shared.check(token).is_some(), *revoked, "{name} (snapshot)");
+            assert_eq!(parted.check(token).is_some(), *revoked, "{name} (parts)");
+        }
+        // The old format, without `iss` anywhere, still revokes for every issuer.
+        let mut old = scoped_example();
+        for list in ["revoked_jtis", "revoked_subjects", "revoked_clients"] {
+            for entry in old[list].as_array_mut().unwrap() {
+                entry.as_object_mut().unwrap().remove("iss");
+            }
+        }
+        state.sync_json(old.to_string().as_bytes(), T).unwrap();
+        for (name, token, _) in &cases {
+            assert!(state.check(token).is_some(), "{name} (old format)");
+        }
+    }
+
     #[test]
     fn unknown_fields_are_ignored_for_forward_compatibility() {
         let mut body = example();
@@ -859,6 +1049,11 @@ mod tests {
         let without = |field: &str| {
             let mut body = example();
             body.as_object_mut().unwrap().remove(field);
+            body.to_string()
+        };
+        let with_iss = |list: &str, value: serde_json::Value| {
+            let mut body = example();
+            body[list][0]["iss"] = value;
             body.to_string()
         };
         #[rustfmt::skip]
@@ -891,6 +1086,13 @@ mod tests {
             (with("/revoked_clients/0/expires_at", json!(-1)), "revoked_clients[0].expires_at", "invalid value: integer `-1`"),
             (with("/revoked_clients/0", json!({"client_id": "x", "revoked_at": 1})), "revoked_clients[0]", "missing field `expires_at`"),
             (r#"{"cursor": 1, "cursor": 2}"#.into(), ".", "duplicate field `cursor`"),
+            (with_iss("revoked_jtis", json!("")), "revoked_jtis[0].iss", "invalid value: string \"\", expected a non-empty string"),
+            (with_iss("revoked_subjects", json!("")), "revoked_subjects[0].iss", "expected a non-empty string"),
+            (with_iss("revoked_clients", json!("")), "revoked_clients[0].iss", "expected a non-empty string"),
+            (with_iss("revoked_jtis", json!(null)), "revoked_jtis[0].iss", "invalid type: null, expected a non-empty string"),
+            (with_iss("revoked_subjects", json!(7)), "revoked_subjects[0].iss", "invalid type: integer `7`"),
+            (with_iss("revoked_clients", json!(["https://idp.example"])), "revoked_clients[0].iss", "invalid type: sequence"),
+            (example().to_string().replace(r#""jti":"#, r#""iss": "a", "iss": "b", "jti":"#), "revoked_jtis[0]", "duplicate field `iss`"),
         ];
         let mut state = EdgeRevocationState::new(&RevocationConfig::default(), 60);
         state
@@ -1065,7 +1267,7 @@ mod tests {
             ("one byte appended", appended, "header describes"),
             ("json", br#"{"cursor": 1, "full": true, "now": 0, "revoked_jtis": []}"#.to_vec(), "EWRV magic"),
             ("magic", patched(0, b"EWRX"), "EWRV magic"),
-            ("version", patched(4, &[1]), "format version 1, this build reads version 2"),
+            ("version", patched(4, &[2]), "format version 2, this build reads version 3"),
             ("kind", resealed(patched(5, &[9])), "unknown record kind 9"),
             ("reserved", resealed(patched(6, &[1])), "reserved bytes are not zero"),
             ("full with a base", resealed(patched(8, &[1])), "full snapshot with base cursor 1"),

@@ -3,7 +3,8 @@
 //! because revocation can change while a token sits in the cache. [`RevocationSet`] is the state the control
 //! plane's feed fills (see [`crate::feed`]); [`EdgeRevocationState`] adds sync age and the `on_stale` policy.
 //! Revoked `jti`s are kept as 128-bit hashes in a compact Robin Hood table (20 bytes a slot) so that a million
-//! of them fit in about 29 MB per worker and a lookup costs one hash and a few adjacent slots.
+//! of them fit in about 29 MB per worker; an entry scoped to an issuer hashes the issuer in, so a lookup costs
+//! two hashes and two short probes at most (scoped to the token's `iss`, then for every issuer).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -42,13 +43,46 @@ impl RevocationView for NoRevocations {
 /// and an accidental one among a million entries has probability about 2^-88; an attacker cannot exploit a
 /// crafted collision without being able to mint signed tokens in the first place. Murmur3 is about ten lines of
 /// arithmetic, fast in Wasm (no 128-bit multiplies) and has published test vectors; no crate is needed.
+///
+/// An entry that names its issuer is stored under [`RevocationKey::scoped`], which puts the issuer into the
+/// hash rather than into the table, so scoping costs no memory; an entry without one under
+/// [`RevocationKey::of`], which applies to tokens of every issuer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RevocationKey(pub u128);
 
+/// First byte of a scoped key's hash input: never the first byte of UTF-8 text, so no identifier hashed
+/// alone by [`RevocationKey::of`] has the same input as an issuer and identifier hashed together.
+const SCOPED_MARK: u8 = 0xff;
+
 impl RevocationKey {
-    /// The key of a `jti`, subject or client id.
+    /// The key of a `jti`, subject or client id revoked for tokens of every issuer.
     pub fn of(value: &str) -> RevocationKey {
         RevocationKey(murmur3_x64_128(value.as_bytes()))
+    }
+
+    /// The key of a `jti`, subject or client id revoked only for tokens whose `iss` is exactly `issuer`
+    /// (RFC 7519: a `sub`, like a `jti`, is unique only within its issuer).
+    ///
+    /// It is MurmurHash3 x64-128 of the byte `0xff`, the issuer's length in bytes as a little-endian `u64`,
+    /// the issuer and the value: the length prefix keeps `("a", "bc")` apart from `("ab", "c")`, and the
+    /// leading `0xff` (never the first byte of UTF-8 text) keeps every scoped input apart from every input of
+    /// [`RevocationKey::of`]. It is hashed in pieces, so a lookup allocates nothing.
+    pub fn scoped(issuer: &str, value: &str) -> RevocationKey {
+        let mut hasher = Murmur3Stream::default();
+        hasher.write(&[SCOPED_MARK]);
+        hasher.write(&(issuer.len() as u64).to_le_bytes());
+        hasher.write(issuer.as_bytes());
+        hasher.write(value.as_bytes());
+        RevocationKey(hasher.finish())
+    }
+
+    /// The key of a feed entry: [`RevocationKey::scoped`] when it names an issuer, [`RevocationKey::of`] when
+    /// it does not (a feed from before revocations carried their issuer).
+    pub fn of_entry(issuer: Option<&str>, value: &str) -> RevocationKey {
+        match issuer {
+            Some(issuer) => RevocationKey::scoped(issuer, value),
+            None => RevocationKey::of(value),
+        }
     }
 
     /// The key as four little-endian 32-bit words (the table's slot layout).
@@ -72,48 +106,129 @@ impl RevocationKey {
 /// MurmurHash3 x64-128 with seed 0; `h1` in the low 64 bits, `h2` in the high ones (the byte order of the
 /// reference implementation's output).
 pub(crate) fn murmur3_x64_128(bytes: &[u8]) -> u128 {
-    const C1: u64 = 0x87c3_7b91_1142_53d5;
-    const C2: u64 = 0x4cf5_ad43_2745_937f;
-    let mut h1: u64 = 0;
-    let mut h2: u64 = 0;
+    let mut state = Murmur3::default();
     let mut blocks = bytes.chunks_exact(16);
     for block in &mut blocks {
-        let (k1, k2) = block.split_at(8);
+        state.block(block);
+    }
+    state.finish(blocks.remainder(), bytes.len() as u64)
+}
+
+/// MurmurHash3 x64-128 (seed 0) of several byte strings as if concatenated, without concatenating them:
+/// the scoped key hashes an issuer and an identifier on the request path, where nothing may allocate.
+#[derive(Debug, Clone, Copy, Default)]
+struct Murmur3Stream {
+    state: Murmur3,
+    /// Bytes of an unfinished 16-byte block.
+    pending: [u8; 16],
+    pending_len: usize,
+    len: u64,
+}
+
+impl Murmur3Stream {
+    fn write(&mut self, mut bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        if self.pending_len > 0 {
+            let take = (16 - self.pending_len).min(bytes.len());
+            let (head, rest) = bytes.split_at(take);
+            if let Some(room) = self
+                .pending
+                .get_mut(self.pending_len..self.pending_len + take)
+            {
+                room.copy_from_slice(head);
+            }
+            self.pending_len += take;
+            bytes = rest;
+            if self.pending_len < 16 {
+                return;
+            }
+            let block = self.pending;
+            self.state.block(&block);
+            self.pending_len = 0;
+        }
+        let mut blocks = bytes.chunks_exact(16);
+        for block in &mut blocks {
+            self.state.block(block);
+        }
+        let tail = blocks.remainder();
+        if let Some(room) = self.pending.get_mut(..tail.len()) {
+            room.copy_from_slice(tail);
+        }
+        self.pending_len = tail.len();
+    }
+
+    fn finish(self) -> u128 {
+        let tail = self.pending.get(..self.pending_len).unwrap_or_default();
+        self.state.finish(tail, self.len)
+    }
+}
+
+/// The running state of MurmurHash3 x64-128 between 16-byte blocks.
+#[derive(Debug, Clone, Copy, Default)]
+struct Murmur3 {
+    h1: u64,
+    h2: u64,
+}
+
+impl Murmur3 {
+    const C1: u64 = 0x87c3_7b91_1142_53d5;
+    const C2: u64 = 0x4cf5_ad43_2745_937f;
+
+    /// Mixes in one 16-byte block.
+    fn block(&mut self, block: &[u8]) {
+        let (k1, k2) = block.split_at(block.len().min(8));
         let k1 = u64::from_le_bytes(word8(k1));
         let k2 = u64::from_le_bytes(word8(k2));
-        h1 ^= k1.wrapping_mul(C1).rotate_left(31).wrapping_mul(C2);
-        h1 = h1
+        self.h1 ^= k1
+            .wrapping_mul(Self::C1)
+            .rotate_left(31)
+            .wrapping_mul(Self::C2);
+        self.h1 = self
+            .h1
             .rotate_left(27)
-            .wrapping_add(h2)
+            .wrapping_add(self.h2)
             .wrapping_mul(5)
             .wrapping_add(0x52dc_e729);
-        h2 ^= k2.wrapping_mul(C2).rotate_left(33).wrapping_mul(C1);
-        h2 = h2
+        self.h2 ^= k2
+            .wrapping_mul(Self::C2)
+            .rotate_left(33)
+            .wrapping_mul(Self::C1);
+        self.h2 = self
+            .h2
             .rotate_left(31)
-            .wrapping_add(h1)
+            .wrapping_add(self.h1)
             .wrapping_mul(5)
             .wrapping_add(0x3849_5ab5);
     }
-    let tail = blocks.remainder();
-    let (t1, t2) = tail.split_at(tail.len().min(8));
-    if !t2.is_empty() {
-        let k2 = u64::from_le_bytes(word8(t2));
-        h2 ^= k2.wrapping_mul(C2).rotate_left(33).wrapping_mul(C1);
+
+    /// Mixes in the last 0 to 15 bytes and the total length, and finalises.
+    fn finish(self, tail: &[u8], len: u64) -> u128 {
+        let Murmur3 { mut h1, mut h2 } = self;
+        let (t1, t2) = tail.split_at(tail.len().min(8));
+        if !t2.is_empty() {
+            let k2 = u64::from_le_bytes(word8(t2));
+            h2 ^= k2
+                .wrapping_mul(Self::C2)
+                .rotate_left(33)
+                .wrapping_mul(Self::C1);
+        }
+        if !t1.is_empty() {
+            let k1 = u64::from_le_bytes(word8(t1));
+            h1 ^= k1
+                .wrapping_mul(Self::C1)
+                .rotate_left(31)
+                .wrapping_mul(Self::C2);
+        }
+        h1 ^= len;
+        h2 ^= len;
+        h1 = h1.wrapping_add(h2);
+        h2 = h2.wrapping_add(h1);
+        h1 = fmix64(h1);
+        h2 = fmix64(h2);
+        h1 = h1.wrapping_add(h2);
+        h2 = h2.wrapping_add(h1);
+        u128::from(h1) | u128::from(h2) << 64
     }
-    if !t1.is_empty() {
-        let k1 = u64::from_le_bytes(word8(t1));
-        h1 ^= k1.wrapping_mul(C1).rotate_left(31).wrapping_mul(C2);
-    }
-    let len = bytes.len() as u64;
-    h1 ^= len;
-    h2 ^= len;
-    h1 = h1.wrapping_add(h2);
-    h2 = h2.wrapping_add(h1);
-    h1 = fmix64(h1);
-    h2 = fmix64(h2);
-    h1 = h1.wrapping_add(h2);
-    h2 = h2.wrapping_add(h1);
-    u128::from(h1) | u128::from(h2) << 64
 }
 
 /// Up to 8 bytes, zero-padded, as a little-endian word.
@@ -463,17 +578,22 @@ impl RevocationSet {
         self.jtis.slots.len()
     }
 
-    /// The expiry stored for a revoked `jti`, if it is listed.
+    /// The expiry stored for a `jti` revoked for every issuer, if it is listed.
     pub fn jti_expiry(&self, jti: &str) -> Option<u64> {
-        self.jtis.get(RevocationKey::of(jti)).map(u64::from)
+        self.jti_key_expiry(RevocationKey::of(jti))
     }
 
-    /// The revocation of a subject, if listed.
+    /// The expiry stored under a jti key ([`RevocationKey::of`] or [`RevocationKey::scoped`]), if listed.
+    pub fn jti_key_expiry(&self, key: RevocationKey) -> Option<u64> {
+        self.jtis.get(key).map(u64::from)
+    }
+
+    /// The revocation of a subject for every issuer, if listed.
     pub fn subject(&self, subject: &str) -> Option<PrincipalRevocation> {
         self.subjects.get(&RevocationKey::of(subject)).copied()
     }
 
-    /// The revocation of a client, if listed.
+    /// The revocation of a client for every issuer, if listed.
     pub fn client(&self, client_id: &str) -> Option<PrincipalRevocation> {
         self.clients.get(&RevocationKey::of(client_id)).copied()
     }
@@ -592,26 +712,52 @@ fn principal_revokes(
     }
 }
 
+/// Describes why a subject or client revocation covers the token, if one does: the entry scoped to the
+/// token's issuer is looked up first, the unscoped one (every issuer) only when that does not revoke.
+fn principal_check(
+    map: &PrincipalMap,
+    kind: &str,
+    issuer: &str,
+    name: Option<&str>,
+    iat: Option<u64>,
+) -> Option<String> {
+    let name = name.filter(|_| !map.is_empty())?;
+    map.get(&RevocationKey::scoped(issuer, name))
+        .and_then(|revocation| principal_revokes(kind, *revocation, iat))
+        .or_else(|| {
+            map.get(&RevocationKey::of(name))
+                .and_then(|revocation| principal_revokes(kind, *revocation, iat))
+        })
+}
+
 impl RevocationView for RevocationSet {
+    /// Each identifier is looked up twice at most: under its key scoped to the token's `iss`, then, only if
+    /// that misses, under its unscoped key; an empty list is not looked up at all.
     fn check(&self, token: &VerifiedToken) -> Option<String> {
-        if let Some(jti) = token.jti.as_deref() {
-            if self.jtis.get(RevocationKey::of(jti)).is_some() {
+        let issuer = token.iss.as_str();
+        if let Some(jti) = token.jti.as_deref().filter(|_| self.jtis.len > 0) {
+            if self.jtis.get(RevocationKey::scoped(issuer, jti)).is_some()
+                || self.jtis.get(RevocationKey::of(jti)).is_some()
+            {
                 return Some("token revoked by jti".to_string());
             }
         }
-        if !self.subjects.is_empty() {
-            if let Some(revocation) = token.sub.as_deref().and_then(|sub| self.subject(sub)) {
-                if let Some(description) = principal_revokes("subject", revocation, token.iat) {
-                    return Some(description);
-                }
-            }
-        }
-        if !self.clients.is_empty() {
-            if let Some(revocation) = token.client_id.as_deref().and_then(|id| self.client(id)) {
-                return principal_revokes("client", revocation, token.iat);
-            }
-        }
-        None
+        principal_check(
+            &self.subjects,
+            "subject",
+            issuer,
+            token.sub.as_deref(),
+            token.iat,
+        )
+        .or_else(|| {
+            principal_check(
+                &self.clients,
+                "client",
+                issuer,
+                token.client_id.as_deref(),
+                token.iat,
+            )
+        })
     }
 }
 
@@ -842,6 +988,194 @@ mod tests {
                 .collect();
             assert_eq!(hex, expected, "{:?}", String::from_utf8_lossy(input));
         }
+    }
+
+    #[test]
+    fn streamed_murmur3_equals_the_one_shot_hash_at_every_split() {
+        let inputs: [&[u8]; 5] = [
+            b"",
+            b"a",
+            b"0123456789abcdef",
+            b"0123456789abcdefX",
+            b"https://idp.example/realms/main\xff\x00carol-0123456789abcdef",
+        ];
+        for input in inputs {
+            let whole = murmur3_x64_128(input);
+            for first in 0..=input.len() {
+                for second in first..=input.len() {
+                    let mut stream = Murmur3Stream::default();
+                    stream.write(&input[..first]);
+                    stream.write(&input[first..second]);
+                    stream.write(&input[second..]);
+                    assert_eq!(
+                        stream.finish(),
+                        whole,
+                        "{input:?} split at {first}, {second}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scoped_keys_hash_mark_issuer_length_issuer_and_value() {
+        let documented = |issuer: &str, value: &str| {
+            let mut input = vec![0xff];
+            input.extend_from_slice(&(issuer.len() as u64).to_le_bytes());
+            input.extend_from_slice(issuer.as_bytes());
+            input.extend_from_slice(value.as_bytes());
+            RevocationKey(murmur3_x64_128(&input))
+        };
+        for (issuer, value) in [
+            ("https://idp.example", "carol"),
+            ("a", "bc"),
+            ("", ""),
+            (
+                "https://admin.example/issuer/with/a/long/path",
+                "0b5c6c1e-6c9f-4f2b-8a47-1d2f3e4a5b6c",
+            ),
+        ] {
+            assert_eq!(
+                RevocationKey::scoped(issuer, value),
+                documented(issuer, value),
+                "{issuer} {value}"
+            );
+            assert_eq!(
+                RevocationKey::of_entry(Some(issuer), value),
+                documented(issuer, value)
+            );
+            assert_eq!(
+                RevocationKey::of_entry(None, value),
+                RevocationKey::of(value)
+            );
+        }
+        #[rustfmt::skip]
+        let distinct = [
+            RevocationKey::scoped("a", "bc"),
+            RevocationKey::scoped("ab", "c"),
+            RevocationKey::scoped("abc", ""),
+            RevocationKey::scoped("", "abc"),
+            RevocationKey::of("abc"),
+            RevocationKey::scoped("https://idp.example", "carol"),
+            RevocationKey::scoped("https://idp.example/", "carol"),
+            RevocationKey::scoped("https://other.example", "carol"),
+            RevocationKey::of("carol"),
+            RevocationKey::of("https://idp.examplecarol"),
+        ];
+        for (i, a) in distinct.iter().enumerate() {
+            for b in distinct.iter().skip(i + 1) {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn issuer_scoped_entries_revoke_only_that_issuers_tokens() {
+        const A: &str = "https://issuer.test";
+        const B: &str = "https://idp.example";
+        let mut set = RevocationSet::new();
+        let scoped = |issuer: &str, name: &str, revoked_at: u64| RevokedPrincipal {
+            key: RevocationKey::scoped(issuer, name),
+            revocation: PrincipalRevocation {
+                revoked_at,
+                expires_at: T + 3600,
+            },
+        };
+        set.apply(&FeedUpdate {
+            revoked_jtis: vec![
+                RevokedJti {
+                    key: RevocationKey::scoped(A, "jti-a"),
+                    exp: T + 3600,
+                },
+                jti("jti-any", T + 3600),
+            ],
+            revoked_subjects: vec![
+                scoped(A, "carol", T),
+                principal("dave", T, T + 3600),
+                // Scoped to B, revoked long ago; the unscoped entry for erin still covers B's erin.
+                scoped(B, "erin", T - 1000),
+                principal("erin", T, T + 3600),
+            ],
+            revoked_clients: vec![scoped(A, "billing", T), principal("shipping", T, T + 3600)],
+            ..update(1, true)
+        });
+        let of = |issuer: &str, jti: Option<&str>, sub: Option<&str>, client: Option<&str>| {
+            let mut t = token(jti, sub, client, Some(T - 10));
+            t.iss = issuer.into();
+            t
+        };
+        let by_jti = Some("token revoked by jti");
+        let subject =
+            Some("token revoked: subject revoked at 1767000000, token issued at 1766999990");
+        let client =
+            Some("token revoked: client revoked at 1767000000, token issued at 1766999990");
+        #[rustfmt::skip]
+        let cases: Vec<(&str, VerifiedToken, Option<&str>)> = vec![
+            ("jti scoped to A, A's token", of(A, Some("jti-a"), None, None), by_jti),
+            ("jti scoped to A, B's token with the same jti", of(B, Some("jti-a"), None, None), None),
+            ("unscoped jti, A's token", of(A, Some("jti-any"), None, None), by_jti),
+            ("unscoped jti, B's token", of(B, Some("jti-any"), None, None), by_jti),
+            ("subject scoped to A, A's carol", of(A, None, Some("carol"), None), subject),
+            ("subject scoped to A, B's carol", of(B, None, Some("carol"), None), None),
+            ("unscoped subject, A's dave", of(A, None, Some("dave"), None), subject),
+            ("unscoped subject, B's dave", of(B, None, Some("dave"), None), subject),
+            ("scoped entry passes, unscoped one revokes", of(B, None, Some("erin"), None), subject),
+            ("client scoped to A, A's billing", of(A, None, None, Some("billing")), client),
+            ("client scoped to A, B's billing", of(B, None, None, Some("billing")), None),
+            ("unscoped client, B's shipping", of(B, None, None, Some("shipping")), client),
+            ("issuer must match exactly", of("https://issuer.test/", Some("jti-a"), Some("carol"), Some("billing")), None),
+        ];
+        for (name, token, expected) in cases {
+            assert_eq!(set.check(&token).as_deref(), expected, "{name}");
+        }
+        let mut later = of(A, None, Some("carol"), None);
+        later.iat = Some(T + 1);
+        assert_eq!(
+            set.check(&later),
+            None,
+            "issued after the scoped revocation"
+        );
+        assert_eq!(
+            set.jti_key_expiry(RevocationKey::scoped(A, "jti-a")),
+            Some(T + 3600)
+        );
+        assert_eq!(
+            set.jti_expiry("jti-a"),
+            None,
+            "a scoped entry is not an unscoped one"
+        );
+    }
+
+    #[test]
+    fn scoped_entries_cost_what_unscoped_ones_cost() {
+        let build = |key: fn(usize) -> RevocationKey| {
+            let mut set = RevocationSet::new();
+            set.apply(&FeedUpdate {
+                revoked_jtis: (0..5000)
+                    .map(|i| RevokedJti {
+                        key: key(i),
+                        exp: T + 60,
+                    })
+                    .collect(),
+                revoked_subjects: (0..50)
+                    .map(|i| RevokedPrincipal {
+                        key: key(i),
+                        revocation: PrincipalRevocation {
+                            revoked_at: T,
+                            expires_at: T + 60,
+                        },
+                    })
+                    .collect(),
+                ..update(1, true)
+            });
+            set
+        };
+        let unscoped = build(|i| RevocationKey::of(&format!("jti-{i}")));
+        let scoped = build(|i| RevocationKey::scoped("https://idp.example", &format!("jti-{i}")));
+        assert_eq!(scoped.len(), unscoped.len());
+        assert_eq!(scoped.memory_bytes(), unscoped.memory_bytes());
+        assert!(scoped.memory_bytes() <= scoped.jti_count() * 32 + 50 * 64);
+        assert_eq!(scoped.to_bytes().len(), unscoped.to_bytes().len());
     }
 
     #[test]
@@ -1180,10 +1514,36 @@ mod tests {
             engine.evaluate(&request, None, &state, NOW).reason,
             Reason::Allowed
         );
+        // Another issuer's alice is not this token's alice; this issuer's is.
+        let alice_of = |issuer: &str| RevokedPrincipal {
+            key: RevocationKey::scoped(issuer, "alice"),
+            ..principal("alice", NOW - 10, NOW + 3600)
+        };
+        state.sync(
+            &FeedUpdate {
+                revoked_subjects: vec![alice_of("https://idp.example")],
+                ..update(2, false)
+            },
+            NOW,
+        );
+        assert_eq!(
+            engine.evaluate(&request, None, &state, NOW).reason,
+            Reason::Allowed
+        );
+        state.sync(
+            &FeedUpdate {
+                revoked_subjects: vec![alice_of(crate::test_support::ISSUER)],
+                ..update(3, false)
+            },
+            NOW,
+        );
+        let d = engine.evaluate(&request, None, &state, NOW);
+        assert_eq!((d.reason, d.status), (Reason::Revoked, 401));
+        state.sync(&update(4, true), NOW);
         state.sync(
             &FeedUpdate {
                 revoked_subjects: vec![principal("alice", NOW - 10, NOW + 3600)],
-                ..update(2, false)
+                ..update(5, false)
             },
             NOW,
         );
