@@ -59,6 +59,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "dashboard_indexes",
         include_str!("../migrations/sqlite/0003_dashboard_indexes.sql"),
     ),
+    (
+        4,
+        "foreign_issuers",
+        include_str!("../migrations/sqlite/0004_foreign_issuers.sql"),
+    ),
 ];
 /// (version, name, sql) of each PostgreSQL migration.
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -76,6 +81,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "dashboard_indexes",
         include_str!("../migrations/postgres/0003_dashboard_indexes.sql"),
+    ),
+    (
+        4,
+        "foreign_issuers",
+        include_str!("../migrations/postgres/0004_foreign_issuers.sql"),
     ),
 ];
 

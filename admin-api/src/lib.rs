@@ -14,6 +14,7 @@ pub mod edges;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod issuers;
 pub mod keys;
 pub mod metrics;
 pub mod oauth;
@@ -273,6 +274,7 @@ pub fn app(state: AppState) -> Router {
         .merge(clients::router())
         .merge(tokens::router())
         .merge(revocations::router())
+        .merge(issuers::router())
         .merge(oauth::router())
         .merge(events::router())
         .merge(usage::router())

@@ -22,7 +22,7 @@ use crate::auth::{client_address, lookup_api_key, Principal, Role};
 use crate::clients::{self, Client};
 use crate::db::now;
 use crate::error::{ApiError, ApiResult};
-use crate::revocations::{begin_change, notify_change, revoke, revoke_family_in, Target};
+use crate::revocations::{begin_change, notify_change, revoke_family_in, revoke_verified};
 use crate::secrets::sha256_hex;
 use crate::tokens::{check_grant, issue_in, RefreshPlan, REFRESH_PREFIX};
 use crate::AppState;
@@ -368,7 +368,15 @@ async fn reuse_detected(
     let reason = "refresh token reuse detected";
     let mut tx = state.db.pool.begin().await?;
     let seq = begin_change(&mut tx).await?;
-    let revoked = revoke_family_in(&mut tx, family_id, seq, reason, "system:refresh-reuse").await?;
+    let revoked = revoke_family_in(
+        &mut tx,
+        state.keys.issuer(),
+        family_id,
+        seq,
+        reason,
+        "system:refresh-reuse",
+    )
+    .await?;
     notify_change(&state.db, &mut tx, seq).await?;
     let now = now();
     let evidence = json!({
@@ -448,6 +456,7 @@ async fn revoke_endpoint(State(state): State<AppState>, req: Request) -> ApiResu
                 let seq = begin_change(&mut tx).await?;
                 revoke_family_in(
                     &mut tx,
+                    state.keys.issuer(),
                     &family_id,
                     seq,
                     "revoked via /oauth/revoke",
@@ -470,21 +479,15 @@ async fn revoke_endpoint(State(state): State<AppState>, req: Request) -> ApiResu
                 state.feed.advance(seq);
             }
         }
-    } else if let Ok(verified) = state.keys.engine().verify(token, now() as u64) {
+    } else if let Ok(verified) = crate::issuers::verify_presented(&state, token).await {
+        // The same verify-and-record path as `POST /api/v1/revocations {"token"}`: the admin API's own
+        // tokens and those of its trusted issuers. A foreign token's `client_id` names a client of the
+        // foreign issuer, not one registered here, so only an admin key may revoke foreign tokens.
         let owner = verified.client_id.clone().unwrap_or_default();
-        if let (Some(jti), true) = (
-            verified.jti.clone(),
-            only_client.as_deref().is_none_or(|c| c == owner),
-        ) {
-            match revoke(
-                &state,
-                &Target::Jti(jti),
-                "revoked via /oauth/revoke",
-                &actor,
-            )
-            .await
-            {
-                Ok(_) | Err(ApiError::NotFound(_)) => {}
+        let own = verified.iss == state.keys.issuer();
+        if only_client.as_deref().is_none_or(|c| own && c == owner) {
+            match revoke_verified(&state, &verified, "revoked via /oauth/revoke", &actor).await {
+                Ok(_) | Err(ApiError::NotFound(_)) | Err(ApiError::BadRequest { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -542,6 +545,7 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
     let iat = verified.iat.map(|i| i as i64).unwrap_or(0);
     let revoked = crate::revocations::is_revoked(
         &state.db,
+        &verified.iss,
         verified.jti.as_deref(),
         verified.sub.as_deref(),
         verified.client_id.as_deref(),

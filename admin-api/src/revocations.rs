@@ -9,15 +9,18 @@
 //!   "cursor": 42,
 //!   "full": false,
 //!   "now": 1767000000,
-//!   "revoked_jtis": [{"jti": "q9L...", "exp": 1767003600}],
-//!   "revoked_subjects": [{"subject": "alice", "revoked_at": 1767000000, "expires_at": 1767003600}],
-//!   "revoked_clients": [{"client_id": "billing", "revoked_at": 1767000000, "expires_at": 1767003600}]
+//!   "revoked_jtis": [{"jti": "q9L...", "exp": 1767003600, "iss": "https://auth.example.com"}],
+//!   "revoked_subjects": [{"subject": "alice", "revoked_at": 1767000000, "expires_at": 1767003600, "iss": "https://auth.example.com"}],
+//!   "revoked_clients": [{"client_id": "billing", "revoked_at": 1767000000, "expires_at": 1767003600, "iss": "https://idp.example.com/realms/x"}]
 //! }
 //! ```
+//! - `iss` says which issuer's tokens an entry applies to: a `sub`, `client_id` or `jti` is unique only
+//!   within its issuer. Entries recorded before revocations named their issuer have no `iss` and apply
+//!   to every issuer. Two revocations of the same value for different issuers are two entries.
 //! - `cursor` is what to send as `since` next time; it only grows. `since=0` (or a cursor this
 //!   database never produced) yields `"full": true`: a complete snapshot that replaces the edge's state.
 //!   Otherwise `"full": false` and the lists hold only entries added or changed after `since`, to merge in
-//!   (a later entry for the same subject or client replaces the earlier one).
+//!   (a later entry for the same subject or client and issuer replaces the earlier one).
 //! - A token is revoked when its `jti` is listed, or when its `sub` (or `client_id`) is listed with
 //!   `revoked_at >= iat` (tokens issued in the same second as the revocation are refused too).
 //! - Entries are never removed by a delta: each carries the time after which everything it covers has
@@ -34,11 +37,12 @@
 //! # Paging: `&limit=<n>` and `&after=<next>`
 //! Envoy's HTTP client refuses bodies over 32 MiB (about 700,000 jtis), so a listing can be cut into pages.
 //! With `limit` (1 to [`MAX_FEED_PAGE`]) the same listing (snapshot or delta, as above) comes in pages of
-//! at most `limit` entries across the three lists, ordered by `(kind, value)`, each with the listing's
+//! at most `limit` entries across the three lists, ordered by `(kind, value, issuer)`, each with the listing's
 //! `cursor` and `full`. A page that is not the last carries `"next"`: repeat the request (same `since`
 //! and `limit`) with `after=<next>` until a page has none. The first page also carries
 //! `"total": {"jtis", "subjects", "clients"}`, the size of the whole listing.
-//! `next` is opaque (base64url of `<cursor>:<kind>:<value>`, see [`Continuation`]); later pages skip the
+//! `next` is opaque (base64url of `<cursor>:<kind>:<value>` or `<cursor>:<kind>@<n>:<issuer><value>`, see
+//! [`Continuation`]); later pages skip the
 //! 304 and long-poll shortcuts, are not counted as edge polls, and still carry the listing's `ETag`.
 //! Without `limit` the answer is the whole listing in one body, as before paging existed.
 
@@ -265,6 +269,8 @@ pub async fn notify_change(
 struct Entry<'a> {
     kind: &'a str,
     value: &'a str,
+    /// The issuer it applies to; '' only in rows from before revocations named their issuer.
+    issuer: &'a str,
     seq: i64,
     reason: &'a str,
     actor: &'a str,
@@ -275,8 +281,8 @@ struct Entry<'a> {
 /// Upserts one feed entry; a repeated revocation of the same target moves it to the new cursor.
 async fn upsert_entry(tx: &mut Transaction<'static, Any>, e: Entry<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO revocations (kind, value, seq, reason, actor, revoked_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (kind, value) DO UPDATE SET seq = excluded.seq, reason = excluded.reason, actor = excluded.actor, \
+        "INSERT INTO revocations (kind, value, issuer, seq, reason, actor, revoked_at, expires_at) VALUES ($1, $2, $8, $3, $4, $5, $6, $7) \
+         ON CONFLICT (kind, value, issuer) DO UPDATE SET seq = excluded.seq, reason = excluded.reason, actor = excluded.actor, \
          revoked_at = excluded.revoked_at, \
          expires_at = CASE WHEN excluded.expires_at > revocations.expires_at THEN excluded.expires_at ELSE revocations.expires_at END",
     )
@@ -287,6 +293,7 @@ async fn upsert_entry(tx: &mut Transaction<'static, Any>, e: Entry<'_>) -> Resul
     .bind(e.actor)
     .bind(e.revoked_at)
     .bind(e.expires_at)
+    .bind(e.issuer)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -296,6 +303,7 @@ async fn upsert_entry(tx: &mut Transaction<'static, Any>, e: Entry<'_>) -> Resul
 /// produced (each listed by jti in the feed). Returns how many access tokens were revoked.
 pub async fn revoke_family_in(
     tx: &mut Transaction<'static, Any>,
+    issuer: &str,
     family_id: &str,
     seq: i64,
     reason: &str,
@@ -321,6 +329,7 @@ pub async fn revoke_family_in(
             Entry {
                 kind: "jti",
                 value: &jti,
+                issuer,
                 seq,
                 reason,
                 actor,
@@ -339,11 +348,46 @@ pub async fn revoke_family_in(
     Ok(rows.len() as u64)
 }
 
-/// Revokes `target`, records `reason` and `actor`, publishes the change to the feed and returns it.
-/// Unknown jtis and clients are 404s; subjects need not exist (a subject is just a string in tokens).
+/// Whose identifiers a revocation names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Issuer {
+    /// The admin API's own: jtis and clients must exist here, and its tokens are marked revoked.
+    Own,
+    /// A trusted foreign issuer (checked by the caller); nothing of it is stored here but the entry.
+    Foreign {
+        /// The issuer's `iss`.
+        issuer: String,
+        /// When the entry may leave the feed: a foreign jti's expiry (required), or for a subject or
+        /// client at most the longest foreign token lifetime (default [`FOREIGN_TOKEN_LIFETIME_SECONDS`]).
+        expires_at: Option<i64>,
+    },
+}
+
+/// How long the admin API assumes a foreign issuer's tokens live at most: a foreign subject or client
+/// revocation without `expires_at` stays in the feed this long, covering every token issued before it.
+pub const FOREIGN_TOKEN_LIFETIME_SECONDS: i64 = 86_400;
+
+/// Latest `expires_at` accepted for a foreign revocation, from now: a year. The feed keeps an entry until
+/// then, so a typo in a Unix time must not pin it for centuries.
+pub const MAX_FOREIGN_EXPIRY_SECONDS: i64 = 366 * 86_400;
+
+/// Revokes `target` of the admin API's own issuer; see [`revoke_for`].
 pub async fn revoke(
     state: &AppState,
     target: &Target,
+    reason: &str,
+    actor: &str,
+) -> ApiResult<Revocation> {
+    revoke_for(state, target, &Issuer::Own, reason, actor).await
+}
+
+/// Revokes `target` of `issuer`, records `reason` and `actor`, publishes the change to the feed and returns
+/// it. For the own issuer unknown jtis and clients are 404s; subjects need not exist (a subject is just a
+/// string in tokens). A foreign issuer's identifiers are recorded as given (the edge matches by claim).
+pub async fn revoke_for(
+    state: &AppState,
+    target: &Target,
+    issuer: &Issuer,
     reason: &str,
     actor: &str,
 ) -> ApiResult<Revocation> {
@@ -351,8 +395,21 @@ pub async fn revoke(
     let mut tx = state.db.pool.begin().await?;
     let seq = begin_change(&mut tx).await?;
     let value = target.value();
-    let expires_at = match target {
-        Target::Jti(jti) => {
+    let issuer_name = match issuer {
+        Issuer::Own => state.keys.issuer().to_owned(),
+        Issuer::Foreign { issuer, .. } => issuer.clone(),
+    };
+    let expires_at = match (target, issuer) {
+        (Target::Jti(_), Issuer::Foreign { expires_at, .. }) => expires_at.ok_or_else(|| {
+            ApiError::field(
+                "expires_at",
+                "expires_at: required with a foreign jti, the token's exp",
+            )
+        })?,
+        (_, Issuer::Foreign { expires_at, .. }) => {
+            expires_at.unwrap_or(now + FOREIGN_TOKEN_LIFETIME_SECONDS)
+        }
+        (Target::Jti(jti), Issuer::Own) => {
             let exp: Option<i64> =
                 sqlx::query_scalar("SELECT expires_at FROM tokens WHERE jti = $1")
                     .bind(jti)
@@ -368,7 +425,7 @@ pub async fn revoke(
                 .await?;
             exp
         }
-        Target::Subject(_) | Target::Client(_) => {
+        (Target::Subject(_) | Target::Client(_), Issuer::Own) => {
             let column = if matches!(target, Target::Subject(_)) {
                 "subject"
             } else {
@@ -419,6 +476,7 @@ pub async fn revoke(
         Entry {
             kind: target.kind(),
             value,
+            issuer: &issuer_name,
             seq,
             reason,
             actor,
@@ -432,14 +490,15 @@ pub async fn revoke(
         Target::Subject(s) => crate::events::Event::new("revocation.created", actor).subject(s),
         Target::Client(c) => crate::events::Event::new("revocation.created", actor).client(c),
     };
-    crate::events::record(&state.events, &state.db, &mut tx, event.details(serde_json::json!({"kind": target.kind(), "value": value, "reason": reason, "cursor": seq}))).await?;
+    crate::events::record(&state.events, &state.db, &mut tx, event.details(serde_json::json!({"kind": target.kind(), "value": value, "issuer": issuer_name, "reason": reason, "cursor": seq}))).await?;
     notify_change(&state.db, &mut tx, seq).await?;
     tx.commit().await?;
     state.feed.advance(seq);
-    tracing::info!(kind = target.kind(), cursor = seq, actor = %actor, "revocation recorded");
+    tracing::info!(kind = target.kind(), issuer = %issuer_name, cursor = seq, actor = %actor, "revocation recorded");
     Ok(Revocation {
         kind: target.kind().to_owned(),
         value: value.to_owned(),
+        issuer: Some(issuer_name),
         reason: reason.to_owned(),
         actor: actor.to_owned(),
         revoked_at: now,
@@ -454,18 +513,7 @@ async fn create(
     Json(req): Json<CreateRequest>,
 ) -> ApiResult<Response> {
     principal.require(&[Role::Admin, Role::Service], "revoke tokens")?;
-    let target = match (req.jti, req.subject, req.client_id) {
-        (Some(jti), None, None) => Target::Jti(jti),
-        (None, Some(subject), None) => Target::Subject(subject),
-        (None, None, Some(client)) => Target::Client(client),
-        _ => {
-            return Err(ApiError::bad_request(
-                "exactly one of jti, subject or client_id is required",
-            ))
-        }
-    };
-    crate::extract::check_identifier(target.kind_field(), target.value(), 512)?;
-    let reason = req.reason.unwrap_or_default();
+    let reason = req.reason.clone().unwrap_or_default();
     if reason.trim().is_empty() {
         return Err(ApiError::field(
             "reason",
@@ -478,9 +526,62 @@ async fn create(
             format!("reason: {} characters, maximum 1000", reason.len()),
         ));
     }
+    if let Some(token) = &req.token {
+        return create_from_token(&state, &principal, &req, token, reason.trim()).await;
+    }
+    let target = match (req.jti, req.subject, req.client_id) {
+        (Some(jti), None, None) => Target::Jti(jti),
+        (None, Some(subject), None) => Target::Subject(subject),
+        (None, None, Some(client)) => Target::Client(client),
+        _ => {
+            return Err(ApiError::bad_request(
+                "exactly one of jti, subject, client_id or token is required",
+            ))
+        }
+    };
+    crate::extract::check_identifier(target.kind_field(), target.value(), 512)?;
+    let issuer = match req.issuer {
+        None => Issuer::Own,
+        Some(issuer) if issuer == state.keys.issuer() => Issuer::Own,
+        Some(issuer) => {
+            crate::extract::check_identifier("issuer", &issuer, crate::issuers::MAX_ISSUER_LEN)?;
+            if !crate::issuers::is_trusted(&state.db, &issuer).await? {
+                return Err(ApiError::field(
+                    "issuer",
+                    format!("issuer: {issuer:?} is not a trusted issuer; register it with POST /api/v1/issuers"),
+                ));
+            }
+            Issuer::Foreign {
+                issuer,
+                expires_at: req.expires_at,
+            }
+        }
+    };
+    match (&issuer, req.expires_at, &target) {
+        (Issuer::Own, Some(_), _) => {
+            return Err(ApiError::field(
+                "expires_at",
+                "expires_at: only with a foreign issuer; the admin API knows when its own tokens expire",
+            ))
+        }
+        (Issuer::Foreign { .. }, None, Target::Jti(_)) => {
+            return Err(ApiError::field(
+                "expires_at",
+                "expires_at: required with a foreign jti, the token's exp (Unix seconds)",
+            ))
+        }
+        (Issuer::Foreign { .. }, Some(at), _) => check_foreign_expiry(at)?,
+        _ => {}
+    }
     if principal.role == Role::Service {
         // A service may revoke only what belongs to its own client.
         let own = principal.client_id.clone().unwrap_or_default();
+        if issuer != Issuer::Own {
+            return Err(ApiError::Forbidden(
+                "a service key may revoke only its own client's tokens, not a foreign issuer's"
+                    .into(),
+            ));
+        }
         match &target {
             Target::Client(id) => principal.require_client(id, "revoke tokens")?,
             Target::Jti(jti) => {
@@ -506,8 +607,95 @@ async fn create(
             }
         }
     }
-    let revocation = revoke(&state, &target, reason.trim(), &principal.actor()).await?;
+    let revocation =
+        revoke_for(&state, &target, &issuer, reason.trim(), &principal.actor()).await?;
     Ok((StatusCode::CREATED, Json(revocation)).into_response())
+}
+
+/// A foreign `expires_at` must lie ahead, and within [`MAX_FOREIGN_EXPIRY_SECONDS`].
+fn check_foreign_expiry(at: i64) -> ApiResult<()> {
+    let now = now();
+    if at <= now {
+        return Err(ApiError::field(
+            "expires_at",
+            format!("expires_at: {at} is not in the future (now {now}); an expired token needs no revocation"),
+        ));
+    }
+    if at > now + MAX_FOREIGN_EXPIRY_SECONDS {
+        return Err(ApiError::field(
+            "expires_at",
+            format!(
+                "expires_at: {at} is more than {} days ahead; give the token's exp in Unix seconds",
+                MAX_FOREIGN_EXPIRY_SECONDS / 86_400
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `{"token": ..., "reason": ...}`: verifies the token and revokes its jti under its own `iss`.
+async fn create_from_token(
+    state: &AppState,
+    principal: &Principal,
+    req: &CreateRequest,
+    token: &str,
+    reason: &str,
+) -> ApiResult<Response> {
+    if req.jti.is_some()
+        || req.subject.is_some()
+        || req.client_id.is_some()
+        || req.issuer.is_some()
+        || req.expires_at.is_some()
+    {
+        return Err(ApiError::bad_request(
+            "exactly one of jti, subject, client_id or token is required; a token carries its own issuer and expiry",
+        ));
+    }
+    let verified = crate::issuers::verify_presented(state, token).await?;
+    if principal.role == Role::Service {
+        let own_issuer = verified.iss == state.keys.issuer();
+        if !own_issuer || verified.client_id != principal.client_id {
+            return Err(ApiError::Forbidden(
+                "a service key may revoke only its own client's tokens".into(),
+            ));
+        }
+    }
+    let revocation = revoke_verified(state, &verified, reason, &principal.actor()).await?;
+    Ok((StatusCode::CREATED, Json(revocation)).into_response())
+}
+
+/// Revokes a token the engine verified (see [`crate::issuers::verify_presented`]) by its `jti`, under its
+/// `iss` and until its `exp`. The token itself is neither stored nor logged.
+pub async fn revoke_verified(
+    state: &AppState,
+    verified: &edgewarden_core::VerifiedToken,
+    reason: &str,
+    actor: &str,
+) -> ApiResult<Revocation> {
+    let bad = |why: &str| ApiError::field("token", format!("token: {why}"));
+    let jti = verified
+        .jti
+        .clone()
+        .ok_or_else(|| bad("has no jti claim; revoke its subject or client instead"))?;
+    if jti.is_empty() || jti.len() > 512 || jti.chars().any(char::is_control) {
+        return Err(bad(
+            "its jti is empty, longer than 512 characters or holds control characters",
+        ));
+    }
+    if verified.iss == state.keys.issuer() {
+        return revoke(state, &Target::Jti(jti), reason, actor).await;
+    }
+    let exp = verified
+        .exp
+        .and_then(|e| i64::try_from(e).ok())
+        .ok_or_else(|| bad("has no exp claim"))?
+        // An entry far in the future would pin the feed: the same bound as a given expires_at.
+        .min(now() + MAX_FOREIGN_EXPIRY_SECONDS);
+    let issuer = Issuer::Foreign {
+        issuer: verified.iss.clone(),
+        expires_at: Some(exp),
+    };
+    revoke_for(state, &Target::Jti(jti), &issuer, reason, actor).await
 }
 
 impl Target {
@@ -570,8 +758,8 @@ async fn list(
     .fetch_one(&state.db.pool)
     .await?;
     let rows = sqlx::query(
-        "SELECT kind, value, reason, actor, revoked_at, expires_at, seq FROM revocations \
-         WHERE expires_at > $1 AND ($2 = '' OR kind = $2) ORDER BY seq DESC, kind, value LIMIT $3 OFFSET $4",
+        "SELECT kind, value, issuer, reason, actor, revoked_at, expires_at, seq FROM revocations \
+         WHERE expires_at > $1 AND ($2 = '' OR kind = $2) ORDER BY seq DESC, kind, value, issuer LIMIT $3 OFFSET $4",
     )
     .bind(now)
     .bind(&kind)
@@ -585,6 +773,7 @@ async fn list(
             Ok(Revocation {
                 kind: r.try_get("kind")?,
                 value: r.try_get("value")?,
+                issuer: Some(r.try_get::<String, _>("issuer")?).filter(|i| !i.is_empty()),
                 reason: r.try_get("reason")?,
                 actor: r.try_get("actor")?,
                 revoked_at: r.try_get("revoked_at")?,
@@ -614,8 +803,10 @@ struct FeedQuery {
 pub const MAX_FEED_PAGE: i64 = 1_000_000;
 
 /// Where a paged listing stopped: the listing's cursor (fixed when its first page was served) and the
-/// last `(kind, value)` served. Sent to the edge as `next` and back as `after`, base64url (no padding)
-/// of `<cursor>:<kind>:<value>`; `value` may contain `:`, so only the first two separate fields.
+/// last `(kind, value, issuer)` served. Sent to the edge as `next` and back as `after`, base64url (no
+/// padding) of `<cursor>:<kind>:<value>` when the issuer is '' (rows from before revocations named their
+/// issuer, and every continuation made before), else `<cursor>:<kind>@<n>:<issuer><value>` where `<n>` is
+/// the issuer's length in bytes; `value` and `issuer` may contain `:`, so only the first two separate fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Continuation {
     /// The listing's cursor: later pages list only rows with `seq <= cursor`.
@@ -624,12 +815,25 @@ pub struct Continuation {
     pub kind: String,
     /// Value of the last entry served.
     pub value: String,
+    /// Issuer of the last entry served ('' for an entry that applies to every issuer).
+    pub issuer: String,
 }
 
 impl Continuation {
     /// The opaque string an edge sends back as `after`.
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}:{}:{}", self.cursor, self.kind, self.value))
+        if self.issuer.is_empty() {
+            URL_SAFE_NO_PAD.encode(format!("{}:{}:{}", self.cursor, self.kind, self.value))
+        } else {
+            URL_SAFE_NO_PAD.encode(format!(
+                "{}:{}@{}:{}{}",
+                self.cursor,
+                self.kind,
+                self.issuer.len(),
+                self.issuer,
+                self.value
+            ))
+        }
     }
 
     /// Parses an `after` parameter; a string this endpoint did not produce is a 400 naming `after`.
@@ -655,6 +859,18 @@ impl Continuation {
             .ok()
             .filter(|c| *c >= 0)
             .ok_or_else(|| invalid("not a continuation this feed produced (bad cursor)"))?;
+        let (kind, issuer, value) = match kind.split_once('@') {
+            None => (kind, "", value),
+            Some((kind, len)) => {
+                let len = len
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0 && value.is_char_boundary(*n))
+                    .ok_or_else(|| invalid("not a continuation this feed produced (bad issuer)"))?;
+                let (issuer, value) = value.split_at(len);
+                (kind, issuer, value)
+            }
+        };
         if !["client", "jti", "subject"].contains(&kind) {
             return Err(invalid("not a continuation this feed produced (bad kind)"));
         }
@@ -662,6 +878,7 @@ impl Continuation {
             cursor,
             kind: kind.to_owned(),
             value: value.to_owned(),
+            issuer: issuer.to_owned(),
         })
     }
 }
@@ -673,6 +890,9 @@ pub struct FeedJti {
     pub jti: String,
     /// The token's own expiry; drop the entry after it.
     pub exp: i64,
+    /// The issuer whose token it is; absent (entries from before revocations named their issuer) means any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
 }
 
 /// A revoked subject in the feed.
@@ -684,6 +904,9 @@ pub struct FeedSubject {
     pub revoked_at: i64,
     /// Drop the entry after this time.
     pub expires_at: i64,
+    /// The issuer whose tokens it covers; absent (entries from before revocations named their issuer) means any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
 }
 
 /// A revoked client in the feed.
@@ -695,6 +918,9 @@ pub struct FeedClient {
     pub revoked_at: i64,
     /// Drop the entry after this time.
     pub expires_at: i64,
+    /// The issuer whose tokens it covers; absent (entries from before revocations named their issuer) means any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
 }
 
 /// How many entries a whole paged listing holds, per list (on its first page).
@@ -745,22 +971,33 @@ impl FeedBody {
         }
     }
 
-    /// Appends one `revocations` row to the list of its kind.
-    fn push(&mut self, kind: &str, value: String, revoked_at: i64, expires_at: i64) {
+    /// Appends one `revocations` row to the list of its kind; issuer '' is emitted without `iss`.
+    fn push(
+        &mut self,
+        kind: &str,
+        value: String,
+        issuer: String,
+        revoked_at: i64,
+        expires_at: i64,
+    ) {
+        let iss = Some(issuer).filter(|i| !i.is_empty());
         match kind {
             "jti" => self.revoked_jtis.push(FeedJti {
                 jti: value,
                 exp: expires_at,
+                iss,
             }),
             "subject" => self.revoked_subjects.push(FeedSubject {
                 subject: value,
                 revoked_at,
                 expires_at,
+                iss,
             }),
             _ => self.revoked_clients.push(FeedClient {
                 client_id: value,
                 revoked_at,
                 expires_at,
+                iss,
             }),
         }
     }
@@ -945,7 +1182,7 @@ pub async fn load_feed(db: &Db, since: i64) -> Result<FeedBody, sqlx::Error> {
     let full = since == 0 || since > cursor;
     let from = if full { 0 } else { since };
     let rows = sqlx::query(
-        "SELECT kind, value, revoked_at, expires_at FROM revocations WHERE seq > $1 AND seq <= $2 AND expires_at > $3 ORDER BY seq, kind, value",
+        "SELECT kind, value, issuer, revoked_at, expires_at FROM revocations WHERE seq > $1 AND seq <= $2 AND expires_at > $3 ORDER BY seq, kind, value, issuer",
     )
     .bind(from)
     .bind(cursor)
@@ -957,6 +1194,7 @@ pub async fn load_feed(db: &Db, since: i64) -> Result<FeedBody, sqlx::Error> {
         body.push(
             &row.try_get::<String, _>("kind")?,
             row.try_get("value")?,
+            row.try_get("issuer")?,
             row.try_get("revoked_at")?,
             row.try_get("expires_at")?,
         );
@@ -965,7 +1203,7 @@ pub async fn load_feed(db: &Db, since: i64) -> Result<FeedBody, sqlx::Error> {
 }
 
 /// Reads one page of at most `limit` entries of the listing `load_feed(db, since)` would answer, in
-/// `(kind, value)` order: the first page when `after` is `None` (with the listing's `total`), else the
+/// `(kind, value, issuer)` order: the first page when `after` is `None` (with the listing's `total`), else the
 /// page following `after`. `next` is set when more entries follow.
 pub async fn load_feed_page(
     db: &Db,
@@ -983,16 +1221,18 @@ pub async fn load_feed_page(
     let from = if full { 0 } else { since };
     let min_expiry = now - EXPIRED_GRACE_SECONDS;
     // '' sorts before every kind, so the first page starts at the beginning of the listing.
-    let (last_kind, last_value) = after.map_or(("", ""), |a| (a.kind.as_str(), a.value.as_str()));
+    let (last_kind, last_value, last_issuer) = after.map_or(("", "", ""), |a| {
+        (a.kind.as_str(), a.value.as_str(), a.issuer.as_str())
+    });
     // A row revoked again (or changed) after the listing's cursor has moved to `seq > cursor`: it is left
     // out of the remaining pages and arrives in the next delta, `since=<cursor>`, so nothing is lost.
     // One more row than asked tells whether there is a next page. The row-value comparison (SQLite 3.15+,
     // PostgreSQL) lets PostgreSQL range-scan the primary key: 37 ms for a page deep into a million rows,
     // where the equivalent `kind > $4 OR (kind = $4 AND value > $5)` rescans from the start (1 s).
     let mut rows = sqlx::query(
-        "SELECT kind, value, revoked_at, expires_at FROM revocations \
-         WHERE seq > $1 AND seq <= $2 AND expires_at > $3 AND (kind, value) > ($4, $5) \
-         ORDER BY kind, value LIMIT $6",
+        "SELECT kind, value, issuer, revoked_at, expires_at FROM revocations \
+         WHERE seq > $1 AND seq <= $2 AND expires_at > $3 AND (kind, value, issuer) > ($4, $5, $7) \
+         ORDER BY kind, value, issuer LIMIT $6",
     )
     .bind(from)
     .bind(cursor)
@@ -1000,6 +1240,7 @@ pub async fn load_feed_page(
     .bind(last_kind)
     .bind(last_value)
     .bind(limit + 1)
+    .bind(last_issuer)
     .fetch_all(&db.pool)
     .await?;
     let more = rows.len() as i64 > limit;
@@ -1012,20 +1253,23 @@ pub async fn load_feed_page(
     for row in rows {
         let kind: String = row.try_get("kind")?;
         let value: String = row.try_get("value")?;
+        let issuer: String = row.try_get("issuer")?;
         body.push(
             &kind,
             value.clone(),
+            issuer.clone(),
             row.try_get("revoked_at")?,
             row.try_get("expires_at")?,
         );
-        last = Some((kind, value));
+        last = Some((kind, value, issuer));
     }
-    if let (true, Some((kind, value))) = (more, last) {
+    if let (true, Some((kind, value, issuer))) = (more, last) {
         body.next = Some(
             Continuation {
                 cursor,
                 kind,
                 value,
+                issuer,
             }
             .encode(),
         );
@@ -1060,23 +1304,26 @@ async fn listing_total(
     Ok(total)
 }
 
-/// Checks the database revocation state for a verified token: by jti, subject or client.
+/// Checks the database revocation state for a verified token of issuer `iss`: by jti, subject or client,
+/// among the entries for that issuer and those for every issuer (recorded before entries named one).
 pub async fn is_revoked(
     db: &Db,
+    iss: &str,
     jti: Option<&str>,
     sub: Option<&str>,
     client_id: Option<&str>,
     iat: i64,
 ) -> Result<bool, sqlx::Error> {
     let row: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM revocations WHERE (kind = 'jti' AND value = $1) \
+        "SELECT 1 FROM revocations WHERE (issuer = '' OR issuer = $5) AND ((kind = 'jti' AND value = $1) \
          OR (kind = 'subject' AND value = $2 AND revoked_at >= $4) \
-         OR (kind = 'client' AND value = $3 AND revoked_at >= $4) LIMIT 1",
+         OR (kind = 'client' AND value = $3 AND revoked_at >= $4)) LIMIT 1",
     )
     .bind(jti)
     .bind(sub)
     .bind(client_id)
     .bind(iat)
+    .bind(iss)
     .fetch_optional(&db.pool)
     .await?;
     Ok(row.is_some())
@@ -1193,16 +1440,24 @@ mod tests {
 
     #[test]
     fn continuation_round_trips_values_containing_colons() {
-        for (kind, value) in [
-            ("jti", "abc"),
-            ("subject", "urn:user:42"),
-            ("client", ""),
-            ("jti", "::"),
+        for (kind, value, issuer) in [
+            ("jti", "abc", ""),
+            ("subject", "urn:user:42", ""),
+            ("client", "", ""),
+            ("jti", "::", ""),
+            (
+                "subject",
+                "urn:user:42",
+                "https://idp.example.com:8443/realms/a",
+            ),
+            ("client", "", "x"),
+            ("jti", "@3:", "é:@"),
         ] {
             let c = Continuation {
                 cursor: 42,
                 kind: kind.into(),
                 value: value.into(),
+                issuer: issuer.into(),
             };
             let encoded = c.encode();
             assert!(!encoded.contains('='), "no padding: {encoded}");
@@ -1221,6 +1476,11 @@ mod tests {
             b64("x:jti:a"),
             b64("-1:jti:a"),
             b64("42:token:a"),
+            b64("42:jti@:a"),
+            b64("42:jti@0:a"),
+            b64("42:jti@9:abc"),
+            b64("42:jti@x:abc"),
+            b64("42:token@1:ab"),
             URL_SAFE_NO_PAD.encode([0xff, 0xfe]),
         ] {
             match Continuation::decode(&after) {

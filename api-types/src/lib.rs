@@ -5,6 +5,7 @@
 
 mod admin;
 mod common;
+mod issuers;
 mod observe;
 mod revocations;
 mod tokens;
@@ -14,6 +15,7 @@ pub use admin::{
     NewClientRequest, NewWebhookRequest, Webhook,
 };
 pub use common::{ErrorBody, ErrorDetail, LoginRequest, Page, Role, SessionInfo};
+pub use issuers::{NewIssuerRequest, TrustedIssuer};
 pub use observe::{
     Anomaly, AnomalyUpdate, Edge, Failure, Point, Series, StoredEvent, EDGE_SILENT_AFTER_SECONDS,
     EDGE_STALE_AFTER_SECONDS, EVENT_KINDS,

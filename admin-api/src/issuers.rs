@@ -1,0 +1,309 @@
+//! Foreign issuers the admin API trusts: `POST /api/v1/issuers` (admin) registers an identity provider by
+//! its `iss` and its JWKS (`jwks_uri` or inline `jwks`), `GET /api/v1/issuers` (admin, auditor) lists them.
+//! A trusted issuer's identifiers may be revoked (`POST /api/v1/revocations` with `issuer`), and its tokens
+//! may be presented for revocation: [`verify_presented`] checks them with the same `edgewarden-core`
+//! engine and the same JWKS hygiene as the edges before anything is recorded.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use edgewarden_core::decision::Reason;
+use edgewarden_core::engine::Engine;
+use edgewarden_core::jwks::KeySet;
+use edgewarden_core::token::{Rejection, VerifiedToken};
+use serde_json::{json, Value};
+use sqlx::Row as _;
+
+use crate::auth::{is_unique_violation, Principal, Role};
+use crate::db::{now, Db};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Json;
+use crate::AppState;
+pub use edgewarden_api_types::{NewIssuerRequest, TrustedIssuer};
+
+/// Longest issuer string accepted.
+pub const MAX_ISSUER_LEN: usize = 1024;
+/// How long a fetched JWKS is reused before `jwks_uri` is fetched again (an unknown `kid` refetches at once).
+pub const JWKS_CACHE_SECONDS: u64 = 60;
+/// Largest JWKS document fetched from a `jwks_uri`.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/issuers", post(create).get(list))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(req): Json<NewIssuerRequest>,
+) -> ApiResult<Response> {
+    principal.require(&[Role::Admin], "register issuers")?;
+    crate::extract::check_identifier("issuer", &req.issuer, MAX_ISSUER_LEN)?;
+    if req.issuer == state.keys.issuer() {
+        return Err(ApiError::field(
+            "issuer",
+            "issuer: is the admin API's own issuer, which is always trusted",
+        ));
+    }
+    let (jwks_uri, jwks) = match (req.jwks_uri, req.jwks) {
+        (Some(uri), None) => (Some(check_jwks_uri(&uri)?), None),
+        (None, Some(jwks)) => {
+            // Symmetric keys are refused: a listed JWKS must not hold a shared secret.
+            KeySet::from_jwks_value(&jwks, false)
+                .map_err(|e| ApiError::field("jwks", format!("jwks: {e}")))?;
+            (None, Some(jwks))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "exactly one of jwks_uri or jwks is required",
+            ))
+        }
+    };
+    let created_at = now();
+    let created_by = principal.actor();
+    let inserted = sqlx::query(
+        "INSERT INTO trusted_issuers (issuer, jwks_uri, jwks, created_at, created_by) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&req.issuer)
+    .bind(jwks_uri.as_deref())
+    .bind(jwks.as_ref().map(Value::to_string))
+    .bind(created_at)
+    .bind(&created_by)
+    .execute(&state.db.pool)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => {
+            return Err(ApiError::Conflict(format!(
+                "issuer {:?} is already trusted",
+                req.issuer
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(issuer = %req.issuer, actor = %created_by, "trusted issuer registered");
+    let issuer = TrustedIssuer {
+        issuer: req.issuer,
+        jwks_uri,
+        jwks,
+        created_at,
+        created_by,
+    };
+    Ok((StatusCode::CREATED, Json(issuer)).into_response())
+}
+
+/// An http(s) URL without credentials, as the JWKS source of an issuer.
+fn check_jwks_uri(uri: &str) -> ApiResult<String> {
+    let invalid = |why: &str| ApiError::field("jwks_uri", format!("jwks_uri: {why}"));
+    crate::extract::check_identifier("jwks_uri", uri, 2048)?;
+    let url = url::Url::parse(uri).map_err(|e| invalid(&format!("not an absolute url ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(&format!(
+            "scheme {} is not http or https",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("must not carry credentials"));
+    }
+    Ok(url.to_string())
+}
+
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<Vec<TrustedIssuer>>> {
+    principal.require(&[Role::Admin, Role::Auditor], "list issuers")?;
+    let rows = sqlx::query(
+        "SELECT issuer, jwks_uri, jwks, created_at, created_by FROM trusted_issuers ORDER BY issuer",
+    )
+    .fetch_all(&state.db.pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let jwks: Option<String> = row.try_get("jwks")?;
+        out.push(TrustedIssuer {
+            issuer: row.try_get("issuer")?,
+            jwks_uri: row.try_get("jwks_uri")?,
+            jwks: jwks.and_then(|j| serde_json::from_str(&j).ok()),
+            created_at: row.try_get("created_at")?,
+            created_by: row.try_get("created_by")?,
+        });
+    }
+    Ok(Json(out))
+}
+
+/// Where a trusted issuer's keys come from.
+enum Source {
+    Uri(String),
+    Inline(Value),
+}
+
+/// The key source of a trusted issuer, or `None` when `issuer` is not trusted.
+async fn source(db: &Db, issuer: &str) -> Result<Option<Source>, sqlx::Error> {
+    let row = sqlx::query("SELECT jwks_uri, jwks FROM trusted_issuers WHERE issuer = $1")
+        .bind(issuer)
+        .fetch_optional(&db.pool)
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let uri: Option<String> = row.try_get("jwks_uri")?;
+    let jwks: Option<String> = row.try_get("jwks")?;
+    Ok(match (uri, jwks) {
+        (Some(uri), _) => Some(Source::Uri(uri)),
+        (None, Some(jwks)) => Some(Source::Inline(
+            serde_json::from_str(&jwks).unwrap_or(Value::Null),
+        )),
+        (None, None) => None,
+    })
+}
+
+/// Whether `issuer` is registered as a trusted foreign issuer.
+pub async fn is_trusted(db: &Db, issuer: &str) -> Result<bool, sqlx::Error> {
+    let row: Option<String> =
+        sqlx::query_scalar("SELECT issuer FROM trusted_issuers WHERE issuer = $1")
+            .bind(issuer)
+            .fetch_optional(&db.pool)
+            .await?;
+    Ok(row.is_some())
+}
+
+/// JWKS documents fetched from `jwks_uri`s, by URI, with when they were fetched. Shared by every app in
+/// the process: the key is the URI, and a document is public.
+static FETCHED: LazyLock<Mutex<HashMap<String, (Instant, Value)>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+static CLIENT: LazyLock<Option<reqwest::Client>> = LazyLock::new(|| {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .ok()
+});
+
+/// A 400 about the presented token; the message says why it cannot be revoked, never the token itself.
+fn unverifiable(message: impl std::fmt::Display) -> ApiError {
+    ApiError::field("token", format!("token: {message}"))
+}
+
+fn refused(rejection: Rejection) -> ApiError {
+    unverifiable(format_args!(
+        "{} ({})",
+        rejection.description,
+        rejection.reason.as_str()
+    ))
+}
+
+/// Fetches (or reuses, within [`JWKS_CACHE_SECONDS`]) the JWKS at `uri`; `fresh` skips the cache.
+async fn fetch_jwks(uri: &str, fresh: bool) -> ApiResult<Value> {
+    if !fresh {
+        let cache = FETCHED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, jwks)) = cache.get(uri) {
+            if at.elapsed() < Duration::from_secs(JWKS_CACHE_SECONDS) {
+                return Ok(jwks.clone());
+            }
+        }
+    }
+    let failed = |why: String| unverifiable(format_args!("cannot fetch the issuer's jwks: {why}"));
+    let client = CLIENT
+        .as_ref()
+        .ok_or_else(|| failed("no http client".into()))?;
+    let mut response = client
+        .get(uri)
+        .send()
+        .await
+        .map_err(|e| failed(e.without_url().to_string()))?;
+    if !response.status().is_success() {
+        return Err(failed(format!("{uri} answered {}", response.status())));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| failed(e.without_url().to_string()))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_JWKS_BYTES {
+            return Err(failed(format!(
+                "{uri} answered more than {MAX_JWKS_BYTES} bytes"
+            )));
+        }
+    }
+    // The same hygiene as at the edge for a remote JWKS: no symmetric keys, weak keys refused.
+    KeySet::from_jwks_json(&body, false).map_err(|e| failed(format!("{uri}: {e}")))?;
+    let jwks: Value = serde_json::from_slice(&body).map_err(|e| failed(e.to_string()))?;
+    let mut cache = FETCHED.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= 1024 {
+        cache.clear();
+    }
+    cache.insert(uri.to_owned(), (Instant::now(), jwks.clone()));
+    Ok(jwks)
+}
+
+/// An engine that trusts exactly `issuer` with `jwks`, any audience and any `typ`.
+fn engine_for(issuer: &str, jwks: &Value) -> ApiResult<Engine> {
+    let config = json!({"issuers": [{"issuer": issuer, "audiences": [], "jwks": jwks}]});
+    Engine::from_json(config.to_string().as_bytes()).map_err(|e| {
+        unverifiable(format_args!(
+            "the keys of issuer {issuer:?} are not usable: {e}"
+        ))
+    })
+}
+
+/// The `iss` claim of a token that the engine already parsed (so it is a well-formed JWS), read without
+/// verification only to pick which issuer's keys to verify it with.
+fn unverified_iss(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
+}
+
+/// Verifies a presented token completely (signature, claims, time) against the admin API's own keys or,
+/// when its `iss` is a trusted foreign issuer, against that issuer's keys. Every refusal is a 400 naming
+/// `token` that says why (bad signature, unknown issuer, expired...).
+pub async fn verify_presented(state: &AppState, token: &str) -> ApiResult<VerifiedToken> {
+    let now = now() as u64;
+    let rejection = match state.keys.engine().verify(token, now) {
+        Ok(verified) => return Ok(verified),
+        Err(r) => r,
+    };
+    if rejection.reason != Reason::WrongIssuer {
+        return Err(refused(rejection));
+    }
+    let Some(iss) = unverified_iss(token) else {
+        return Err(refused(rejection));
+    };
+    let source = source(&state.db, &iss).await?.ok_or_else(|| {
+        unverifiable(format_args!(
+            "issuer {iss:?} is not trusted; register it with POST /api/v1/issuers (unknown_issuer)"
+        ))
+    })?;
+    match source {
+        Source::Inline(jwks) => engine_for(&iss, &jwks)?.verify(token, now).map_err(refused),
+        Source::Uri(uri) => {
+            let jwks = fetch_jwks(&uri, false).await?;
+            match engine_for(&iss, &jwks)?.verify(token, now) {
+                // A key the cached document does not have yet: the issuer may have rotated.
+                Err(r) if r.reason == Reason::UnknownKid => {
+                    let jwks = fetch_jwks(&uri, true).await?;
+                    engine_for(&iss, &jwks)?.verify(token, now).map_err(refused)
+                }
+                other => other.map_err(refused),
+            }
+        }
+    }
+}
