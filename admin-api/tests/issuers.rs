@@ -22,6 +22,7 @@ both_backends!(
     presented_token_signed_by_an_unknown_key_is_refused,
     feed_pages_keep_same_value_entries_of_different_issuers_apart,
     rows_from_before_issuers_apply_to_every_issuer_and_carry_no_iss,
+    presented_token_is_verified_with_keys_fetched_from_jwks_uri_and_refetched_on_rotation,
 );
 
 const IDP: &str = "https://idp.example.com/realms/acme";
@@ -585,4 +586,80 @@ async fn rows_from_before_issuers_apply_to_every_issuer_and_carry_no_iss(backend
             .await["active"],
         false
     );
+}
+
+/// Serves `jwks` at `http://127.0.0.1:<port>/certs` until the test ends; the document can be swapped.
+async fn serve_jwks(jwks: std::sync::Arc<std::sync::Mutex<Value>>) -> String {
+    let router = axum::Router::new().route(
+        "/certs",
+        axum::routing::get(move || {
+            let jwks = jwks.clone();
+            async move { axum::Json(jwks.lock().unwrap().clone()) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}/certs")
+}
+
+async fn presented_token_is_verified_with_keys_fetched_from_jwks_uri_and_refetched_on_rotation(
+    backend: Backend,
+) {
+    let app = TestApp::start(backend).await;
+    let first = Idp::new("kc-1");
+    let served = std::sync::Arc::new(std::sync::Mutex::new(first.jwks()));
+    let uri = serve_jwks(served.clone()).await;
+    app.post(
+        "/api/v1/issuers",
+        Some(&app.admin_key),
+        json!({"issuer": IDP, "jwks_uri": uri}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let claims = |jti: &str| json!({"iss": IDP, "sub": "carol", "jti": jti, "iat": now(), "exp": now() + 300});
+    app.post(
+        "/api/v1/revocations",
+        Some(&app.admin_key),
+        json!({"token": first.sign(&claims("a")), "reason": "x"}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    // The issuer rotates to a new kid: the cached document lacks it, so it is fetched again at once.
+    let second = Idp::new("kc-2");
+    *served.lock().unwrap() = second.jwks();
+    let answer = app
+        .post(
+            "/api/v1/revocations",
+            Some(&app.admin_key),
+            json!({"token": second.sign(&claims("b")), "reason": "x"}),
+        )
+        .await
+        .expect(StatusCode::CREATED)
+        .body;
+    assert_eq!(answer["issuer"], IDP);
+    // The retired key is gone from the document now.
+    let answer = app
+        .post(
+            "/api/v1/revocations",
+            Some(&app.admin_key),
+            json!({"token": first.sign(&claims("c")), "reason": "x"}),
+        )
+        .await
+        .expect(StatusCode::BAD_REQUEST);
+    assert!(
+        answer.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown_kid"),
+        "{}",
+        answer.body
+    );
+    let jtis: Vec<Value> = snapshot(&app).await["revoked_jtis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["jti"].clone())
+        .collect();
+    assert_eq!(jtis, [json!("a"), json!("b")]);
 }
