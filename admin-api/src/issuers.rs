@@ -47,13 +47,21 @@ async fn create(
     Json(req): Json<NewIssuerRequest>,
 ) -> ApiResult<Response> {
     principal.require(&[Role::Admin], "register issuers")?;
-    crate::extract::check_identifier("issuer", &req.issuer, MAX_ISSUER_LEN)?;
     if req.issuer == state.keys.issuer() {
         return Err(ApiError::field(
             "issuer",
             "issuer: is the admin API's own issuer, which is always trusted",
         ));
     }
+    let issuer = register(&state.db, req, &principal.actor()).await?;
+    Ok((StatusCode::CREATED, Json(issuer)).into_response())
+}
+
+/// Validates and stores a trusted issuer (the API's `POST /api/v1/issuers` and the CLI's `issuer add`):
+/// a printable issuer, and exactly one of an http(s) `jwks_uri` or a `jwks` that passes the edge's key
+/// hygiene. A 409 when the issuer is already trusted.
+pub async fn register(db: &Db, req: NewIssuerRequest, actor: &str) -> ApiResult<TrustedIssuer> {
+    crate::extract::check_identifier("issuer", &req.issuer, MAX_ISSUER_LEN)?;
     let (jwks_uri, jwks) = match (req.jwks_uri, req.jwks) {
         (Some(uri), None) => (Some(check_jwks_uri(&uri)?), None),
         (None, Some(jwks)) => {
@@ -69,7 +77,6 @@ async fn create(
         }
     };
     let created_at = now();
-    let created_by = principal.actor();
     let inserted = sqlx::query(
         "INSERT INTO trusted_issuers (issuer, jwks_uri, jwks, created_at, created_by) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -77,8 +84,8 @@ async fn create(
     .bind(jwks_uri.as_deref())
     .bind(jwks.as_ref().map(Value::to_string))
     .bind(created_at)
-    .bind(&created_by)
-    .execute(&state.db.pool)
+    .bind(actor)
+    .execute(&db.pool)
     .await;
     match inserted {
         Ok(_) => {}
@@ -90,15 +97,14 @@ async fn create(
         }
         Err(e) => return Err(e.into()),
     }
-    tracing::info!(issuer = %req.issuer, actor = %created_by, "trusted issuer registered");
-    let issuer = TrustedIssuer {
+    tracing::info!(issuer = %req.issuer, actor = %actor, "trusted issuer registered");
+    Ok(TrustedIssuer {
         issuer: req.issuer,
         jwks_uri,
         jwks,
         created_at,
-        created_by,
-    };
-    Ok((StatusCode::CREATED, Json(issuer)).into_response())
+        created_by: actor.to_owned(),
+    })
 }
 
 /// An http(s) URL without credentials, as the JWKS source of an issuer.
@@ -126,10 +132,15 @@ async fn list(
     principal: Principal,
 ) -> ApiResult<Json<Vec<TrustedIssuer>>> {
     principal.require(&[Role::Admin, Role::Auditor], "list issuers")?;
+    Ok(Json(all(&state.db).await?))
+}
+
+/// Every trusted issuer, ordered by issuer.
+pub async fn all(db: &Db) -> Result<Vec<TrustedIssuer>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT issuer, jwks_uri, jwks, created_at, created_by FROM trusted_issuers ORDER BY issuer",
     )
-    .fetch_all(&state.db.pool)
+    .fetch_all(&db.pool)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
@@ -142,7 +153,7 @@ async fn list(
             created_by: row.try_get("created_by")?,
         });
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 /// Where a trusted issuer's keys come from.

@@ -55,6 +55,31 @@ enum Command {
     /// Manage dashboard users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage the foreign issuers whose tokens may be revoked (as `POST /api/v1/issuers`).
+    #[command(subcommand)]
+    Issuer(IssuerCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum IssuerCommand {
+    /// Trust a foreign issuer: its `iss` and one source of its keys.
+    Add {
+        /// The issuer exactly as its tokens carry it in `iss`.
+        #[arg(long)]
+        issuer: String,
+        /// Where the issuer publishes its JWKS (http or https).
+        #[arg(
+            long,
+            conflicts_with = "jwks_file",
+            required_unless_present = "jwks_file"
+        )]
+        jwks_uri: Option<String>,
+        /// A file holding the issuer's JWKS document (`{"keys": [...]}`).
+        #[arg(long)]
+        jwks_file: Option<PathBuf>,
+    },
+    /// List the trusted foreign issuers as JSON.
+    List,
 }
 
 #[derive(Args, Debug)]
@@ -256,6 +281,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 key.role, key.id, key.name
             );
             println!("{}", key.key);
+            Ok(())
+        }
+        Command::Issuer(IssuerCommand::Add {
+            issuer,
+            jwks_uri,
+            jwks_file,
+        }) => {
+            let jwks = match jwks_file {
+                Some(file) => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("cannot read --jwks-file {}", file.display()))?;
+                    Some(
+                        serde_json::from_str(&text).with_context(|| {
+                            format!("--jwks-file {} is not json", file.display())
+                        })?,
+                    )
+                }
+                None => None,
+            };
+            let db = Db::connect(&config).await?;
+            let request = edgewarden_admin::issuers::NewIssuerRequest {
+                issuer,
+                jwks_uri,
+                jwks,
+            };
+            let trusted = edgewarden_admin::issuers::register(&db, request, "cli")
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!("trusted issuer {:?}", trusted.issuer);
+            Ok(())
+        }
+        Command::Issuer(IssuerCommand::List) => {
+            let db = Db::connect(&config).await?;
+            let all = edgewarden_admin::issuers::all(&db).await?;
+            println!("{}", serde_json::to_string_pretty(&all)?);
             Ok(())
         }
         Command::User(UserCommand::Create {
