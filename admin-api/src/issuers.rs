@@ -232,6 +232,13 @@ async fn fetch_jwks(uri: &str, fresh: bool) -> ApiResult<Value> {
     let client = CLIENT
         .as_ref()
         .ok_or_else(|| failed("no http client".into()))?;
+    // reqwest is built without a TLS backend in this crate (webhooks and edges speak plain HTTP inside
+    // the mesh), so an https jwks_uri cannot be fetched yet: say so rather than "builder error".
+    if uri.starts_with("https://") {
+        return Err(failed(format!(
+            "{uri} is https, which this build of the admin API cannot fetch; register the issuer's jwks inline or by an http jwks_uri"
+        )));
+    }
     let mut response = client
         .get(uri)
         .send()

@@ -662,4 +662,28 @@ async fn presented_token_is_verified_with_keys_fetched_from_jwks_uri_and_refetch
         .map(|j| j["jti"].clone())
         .collect();
     assert_eq!(jtis, [json!("a"), json!("b")]);
+    // An https jwks_uri is accepted but cannot be fetched by this build: the answer says so.
+    app.post(
+        "/api/v1/issuers",
+        Some(&app.admin_key),
+        json!({"issuer": "https://tls.example.com", "jwks_uri": "https://tls.example.com/certs"}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let answer = app
+        .post(
+            "/api/v1/revocations",
+            Some(&app.admin_key),
+            json!({"token": first.sign(&json!({"iss": "https://tls.example.com", "jti": "t", "exp": now() + 60})), "reason": "x"}),
+        )
+        .await
+        .expect(StatusCode::BAD_REQUEST);
+    assert!(
+        answer.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is https, which this build of the admin API cannot fetch"),
+        "{}",
+        answer.body
+    );
 }
