@@ -6,6 +6,7 @@ mod claims;
 mod config;
 mod control_plane;
 mod dashboard;
+mod foreign_issuers;
 mod jwks_rotation;
 mod report_only;
 mod robustness;
