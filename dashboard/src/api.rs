@@ -10,7 +10,7 @@ use edgewarden_api_types::{
     Anomaly, AnomalyUpdate, ApiKeySummary, Client, ClientWithSecret, Edge, ErrorBody, IssueRequest,
     Issued, KeyInfo, LoginRequest, NewApiKey, NewApiKeyRequest, NewClientRequest,
     NewWebhookRequest, Overview, Page, Propagation, Revocation, RevokeRequest, Series, SessionInfo,
-    StoredEvent, Timeline, TokenRecord, Webhook,
+    StoredEvent, Timeline, TokenRecord, TrustedIssuer, Webhook,
 };
 use gloo_net::http::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -345,4 +345,9 @@ pub fn here(pathname: &str, search: &str) -> String {
     } else {
         format!("{pathname}?{search}")
     }
+}
+
+/// The foreign issuers this admin API trusts (their tokens can be revoked here).
+pub async fn issuers() -> ApiResult<Vec<TrustedIssuer>> {
+    get("/api/v1/issuers").await
 }

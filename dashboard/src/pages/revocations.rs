@@ -59,7 +59,7 @@ pub fn Revocations() -> impl IntoView {
                     Ok(page) => view! {
                         <table>
                             <thead><tr>
-                                <th scope="col">"What"</th><th scope="col">"Value"</th><th scope="col">"Reason"</th>
+                                <th scope="col">"What"</th><th scope="col">"Value"</th><th scope="col">"Issuer"</th><th scope="col">"Reason"</th>
                                 <th scope="col">"By"</th><th scope="col">"When"</th><th scope="col">"Leaves the feed"</th><th scope="col" class="num">"Cursor"</th>
                             </tr></thead>
                             <tbody>
@@ -73,6 +73,7 @@ pub fn Revocations() -> impl IntoView {
                                         <tr>
                                             <td><Badge text=r.kind.clone() /></td>
                                             <td>{value}</td>
+                                            <td>{r.issuer.clone().unwrap_or_else(|| "any".to_owned())}</td>
                                             <td>{r.reason.clone()}</td>
                                             <td class="mono">{r.actor.clone()}</td>
                                             <td><RelTime at=r.revoked_at /></td>
@@ -98,11 +99,15 @@ fn RevokeForm(refresh: RwSignal<u32>) -> impl IntoView {
     let what = RwSignal::new("jti".to_owned());
     let value = RwSignal::new(String::new());
     let reason = RwSignal::new(String::new());
+    let issuer = RwSignal::new(String::new());
     let asking = RwSignal::new(false);
     let coverage = LocalResource::new(move || {
         let (what, value, asking) = (what.get(), value.get(), asking.get());
         async move {
             if !asking || value.trim().is_empty() {
+                return None;
+            }
+            if !issuer.get().trim().is_empty() {
                 return None;
             }
             let field = match what.as_str() {
@@ -136,6 +141,10 @@ fn RevokeForm(refresh: RwSignal<u32>) -> impl IntoView {
         let covered = coverage.get().flatten();
         let reach = match (what.get().as_str(), covered) {
             ("jti", _) => format!("token {v}"),
+            ("token", _) => {
+                "the token you pasted (the admin API verifies it first; it is never stored)"
+                    .to_owned()
+            }
             (w, Some(Ok(n))) => format!(
                 "every token of {} {v} issued until now ({} active now)",
                 if w == "subject" { "subject" } else { "client" },
@@ -146,55 +155,79 @@ fn RevokeForm(refresh: RwSignal<u32>) -> impl IntoView {
                 if w == "subject" { "subject" } else { "client" }
             ),
         };
+        let iss = issuer.get();
+        let reach = if iss.trim().is_empty() || what.get() == "token" {
+            reach
+        } else {
+            format!("{reach} under issuer {}", iss.trim())
+        };
         format!("Revoke {reach}? Every edge refuses them as soon as it polls the revocation feed. This cannot be undone.")
     });
     let valid = move || !value.get().trim().is_empty() && !reason.get().trim().is_empty();
     view! {
-        <section class="actions-panel" aria-labelledby="revoke-h">
-            <h2 id="revoke-h">"Revoke"</h2>
-            <form class="inline" on:submit=move |ev| { ev.prevent_default(); if valid() { asking.set(true); } }>
-                <label>
-                    "What"
-                    <select name="what" prop:value=what on:change:target=move |ev| what.set(ev.target().value())>
-                        <option value="jti">"a token (jti)"</option>
-                        <option value="subject">"a subject"</option>
-                        <option value="client_id">"a client"</option>
-                    </select>
-                </label>
-                <label>
-                    "Value"
-                    <input name="value" required prop:value=value on:input:target=move |ev| { value.set(ev.target().value()); asking.set(false); } />
-                </label>
-                <label>
-                    "Reason"
-                    <input name="reason" required prop:value=reason on:input:target=move |ev| reason.set(ev.target().value()) />
-                </label>
-                <button type="submit" class="danger" disabled=move || !valid()>"Revoke…"</button>
-            </form>
-            <Show when=move || asking.get()>
-                <Confirm
-                    message
-                    confirm_label="Revoke at every edge"
-                    on_confirm=Callback::new(move |_| {
-                        let v = value.get_untracked().trim().to_owned();
-                        let mut request = RevokeRequest { reason: Some(reason.get_untracked()), ..Default::default() };
-                        match what.get_untracked().as_str() {
-                            "subject" => request.subject = Some(v),
-                            "client_id" => request.client_id = Some(v),
-                            _ => request.jti = Some(v),
-                        }
-                        revoke.dispatch(request);
-                    })
-                    on_cancel=Callback::new(move |_| asking.set(false))
-                />
-            </Show>
-            {move || match revoke.value().get() {
-                Some(Ok(r)) => view! { <PropagationView cursor=r.cursor /> }.into_any(),
-                Some(Err(e)) => view! { <ErrorView error=e /> }.into_any(),
-                None => ().into_any(),
-            }}
-        </section>
-    }
+            <section class="actions-panel" aria-labelledby="revoke-h">
+                <h2 id="revoke-h">"Revoke"</h2>
+                <form class="inline" on:submit=move |ev| { ev.prevent_default(); if valid() { asking.set(true); } }>
+                    <label>
+                        "What"
+                        <select name="what" prop:value=what on:change:target=move |ev| what.set(ev.target().value())>
+                            <option value="jti">"a token (jti)"</option>
+                            <option value="subject">"a subject"</option>
+                            <option value="client_id">"a client"</option>
+                            <option value="token">"a token (paste it whole)"</option>
+                        </select>
+                    </label>
+                    <label>
+                        "Value"
+                        <input name="value" required prop:value=value on:input:target=move |ev| { value.set(ev.target().value()); asking.set(false); } />
+                    </label>
+                    <label>
+                        "Issuer (empty: this admin API)"
+                        <input
+                            name="issuer"
+                            prop:value=issuer
+                            on:input:target=move |ev| {
+                                issuer.set(ev.target().value());
+                                asking.set(false);
+                            }
+                        />
+                    </label>
+                    <label>
+                        "Reason"
+                        <input name="reason" required prop:value=reason on:input:target=move |ev| reason.set(ev.target().value()) />
+                    </label>
+                    <button type="submit" class="danger" disabled=move || !valid()>"Revoke…"</button>
+                </form>
+                <Show when=move || asking.get()>
+                    <Confirm
+                        message
+                        confirm_label="Revoke at every edge"
+                        on_confirm=Callback::new(move |_| {
+                            let v = value.get_untracked().trim().to_owned();
+    let iss = issuer.get_untracked().trim().to_owned();
+                            let mut request = RevokeRequest {
+                                reason: Some(reason.get_untracked()),
+                                issuer: (!iss.is_empty()).then_some(iss),
+                                ..Default::default()
+                            };
+                            match what.get_untracked().as_str() {
+                                "subject" => request.subject = Some(v),
+                                "token" => request.token = Some(v),
+                                "client_id" => request.client_id = Some(v),
+                                _ => request.jti = Some(v),
+                            }
+                            revoke.dispatch(request);
+                        })
+                        on_cancel=Callback::new(move |_| asking.set(false))
+                    />
+                </Show>
+                {move || match revoke.value().get() {
+                    Some(Ok(r)) => view! { <PropagationView cursor=r.cursor /> }.into_any(),
+                    Some(Err(e)) => view! { <ErrorView error=e /> }.into_any(),
+                    None => ().into_any(),
+                }}
+            </section>
+        }
 }
 
 /// Which edges have applied the revocation at `cursor`, asked again every half second until every

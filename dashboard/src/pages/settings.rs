@@ -23,6 +23,7 @@ pub fn Settings() -> impl IntoView {
         <div class="page-head"><h1>"Settings"</h1></div>
         <Clients />
         <ApiKeys />
+        <Issuers />
         <SigningKeys />
         <Webhooks />
     }
@@ -328,6 +329,44 @@ fn Webhooks() -> impl IntoView {
                     None => ().into_any(),
                 }}
             </Show>
+        </section>
+    }
+}
+
+#[component]
+fn Issuers() -> impl IntoView {
+    let list = LocalResource::new(|| async { api::issuers().await });
+    view! {
+        <section aria-labelledby="issuers-h">
+            <h2 id="issuers-h">"Trusted issuers"</h2>
+            <p class="muted">
+                "Identity providers whose tokens can be revoked here (by jti, subject, client, or by pasting the token). Add one with POST /api/v1/issuers or edgewarden-admin issuer add."
+            </p>
+            <Transition fallback=Loading>
+                {move || Suspend::new(async move {
+                    match list.await {
+                        Err(e) => view! { <ErrorView error=e /> }.into_any(),
+                        Ok(items) if items.is_empty() => {
+                            view! { <p class="empty">"Only this admin API's own tokens can be revoked: no foreign issuer is trusted yet."</p> }
+                                .into_any()
+                        }
+                        Ok(items) => view! {
+                            <table>
+                                <thead><tr><th scope="col">"Issuer"</th><th scope="col">"Keys from"</th><th scope="col">"Added"</th></tr></thead>
+                                <tbody>
+                                    {items.into_iter().map(|i| view! {
+                                        <tr>
+                                            <td class="mono">{i.issuer.clone()}</td>
+                                            <td class="mono">{i.jwks_uri.clone().unwrap_or_else(|| "inline JWKS".to_owned())}</td>
+                                            <td><RelTime at=i.created_at /> " by " {i.created_by.clone()}</td>
+                                        </tr>
+                                    }).collect::<Vec<_>>()}
+                                </tbody>
+                            </table>
+                        }.into_any(),
+                    }
+                })}
+            </Transition>
         </section>
     }
 }
