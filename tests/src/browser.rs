@@ -19,7 +19,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
 
-use crate::stack::{run_dir, tail};
+use crate::stack::{required_path, run_dir, tail};
 
 /// How long `wait_for` and friends wait before failing.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -27,22 +27,6 @@ pub const WAIT: Duration = Duration::from_secs(15);
 const DRIVER_START: Duration = Duration::from_secs(20);
 /// How often the waits look again.
 const POLL: Duration = Duration::from_millis(100);
-
-/// A tool path from the environment `cargo xtask test` sets; panics saying so when it is missing.
-fn required_path(var: &str, what: &str) -> PathBuf {
-    let Some(value) = std::env::var_os(var) else {
-        panic!(
-            "{var} is not set: the browser tests need {what}; run them with `cargo xtask test`, which installs it and sets the variable"
-        );
-    };
-    let path = PathBuf::from(value);
-    assert!(
-        path.is_file(),
-        "{var}={} does not exist: run `cargo xtask test` (or `cargo xtask install`)",
-        path.display()
-    );
-    path
-}
 
 /// The Chromium binary (`EDGEWARDEN_CHROMIUM_BIN`).
 pub fn chromium_bin() -> PathBuf {

@@ -26,17 +26,18 @@ const COUNTER_FLUSH: Duration = Duration::from_millis(350);
 /// How long Envoy may take to start (V8 compiles the module once per VM).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Tool locations, from the environment `cargo xtask test` sets.
-fn required_path(var: &str, what: &str) -> PathBuf {
+/// A tool location (Envoy, the filter, Chromium, chromedriver, axe-core) from the environment
+/// `cargo xtask test` sets; panics saying so when it is missing, so nothing is skipped in silence.
+pub(crate) fn required_path(var: &str, what: &str) -> PathBuf {
     let Some(value) = std::env::var_os(var) else {
         panic!(
-            "{var} is not set: the end-to-end tests need {what}; run them with `cargo xtask test`, which installs Envoy, builds the filter and sets it"
+            "{var} is not set: the end-to-end tests need {what}; run them with `cargo xtask test`, which installs or builds it and sets the variable"
         );
     };
     let path = PathBuf::from(value);
     assert!(
         path.is_file(),
-        "{var}={} does not exist: run `cargo xtask test`",
+        "{var}={} does not exist: run `cargo xtask test` (or `cargo xtask install`)",
         path.display()
     );
     path
