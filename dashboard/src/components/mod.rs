@@ -7,4 +7,4 @@ pub mod time;
 
 pub use chart::DecisionChart;
 pub use common::{Badge, Confirm, ErrorView, Loading, Pager, SecretOnce, Stat};
-pub use time::{Duration, RelTime};
+pub use time::RelTime;

@@ -52,12 +52,3 @@ pub fn RelTime(
     );
     view! { <time datetime=iso title=absolute(at)>{relative(at, now())}</time> }
 }
-
-/// A duration with its unit.
-#[component]
-pub fn Duration(
-    /// Seconds.
-    seconds: i64,
-) -> impl IntoView {
-    view! { <span title=format!("{seconds} seconds")>{span(seconds)}</span> }
-}

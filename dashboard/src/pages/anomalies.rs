@@ -16,7 +16,7 @@ use crate::pages::{filter_setter, offset_param, page_callback, query_param};
 const LIMIT: i64 = 50;
 
 /// "failure_burst_address" -> "failure burst address".
-fn words(s: &str) -> String {
+fn spaced(s: &str) -> String {
     s.replace(['_', '.'], " ")
 }
 
@@ -52,7 +52,7 @@ fn readable(key: &str, v: &Value) -> String {
             .join(", "),
         Value::Object(map) => map
             .iter()
-            .map(|(k, v)| format!("{}: {}", words(k), readable(k, v)))
+            .map(|(k, v)| format!("{}: {}", spaced(k), readable(k, v)))
             .collect::<Vec<_>>()
             .join("; "),
         other => other.to_string(),
@@ -174,12 +174,12 @@ fn AnomalyCard(anomaly: Anomaly, refresh: RwSignal<u32>) -> impl IntoView {
     let evidence = match &anomaly.evidence {
         Value::Object(map) => map
             .iter()
-            .map(|(k, v)| view! { <dt>{words(k)}</dt><dd>{readable(k, v)}</dd> })
+            .map(|(k, v)| view! { <dt>{spaced(k)}</dt><dd>{readable(k, v)}</dd> })
             .collect::<Vec<_>>(),
         _ => Vec::new(),
     };
     let st = anomaly.state.clone();
-    let kind_words = words(&anomaly.kind);
+    let kind_words = spaced(&anomaly.kind);
     let subject_kind = anomaly.subject_kind.clone();
     view! {
         <li class=format!("card anomaly severity-{}", anomaly.severity) data-anomaly-id=anomaly.id.clone()>
@@ -228,7 +228,7 @@ fn AnomalyCard(anomaly: Anomaly, refresh: RwSignal<u32>) -> impl IntoView {
                                 confirm_label="Revoke at every edge"
                                 on_confirm=Callback::new(move |_| {
                                     let mut r = request.clone();
-                                    r.reason = Some(format!("anomaly: {}", words(&kind)));
+                                    r.reason = Some(format!("anomaly: {}", spaced(&kind)));
                                     revoke.dispatch(r);
                                 })
                                 on_cancel=Callback::new(move |_| asking.set(false))

@@ -7,13 +7,7 @@ use leptos::prelude::*;
 use crate::api;
 use crate::app::Ctx;
 use crate::components::{ErrorView, Loading, SecretOnce};
-
-fn words(s: &str) -> Vec<String> {
-    s.split([' ', ','])
-        .filter(|w| !w.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
+use crate::pages::words;
 
 /// The issue page.
 #[component]

@@ -81,3 +81,11 @@ pub fn refresh_on_success(refresh: RwSignal<u32>, succeeded: Vec<Signal<bool>>) 
 pub fn ok<I: 'static, O: 'static, E: 'static>(action: Action<I, Result<O, E>>) -> Signal<bool> {
     Signal::derive(move || action.value().with(|v| matches!(v, Some(Ok(_)))))
 }
+
+/// A list typed into one field, separated by spaces or commas (scopes, audiences, event kinds).
+pub fn words(s: &str) -> Vec<String> {
+    s.split([' ', ','])
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}

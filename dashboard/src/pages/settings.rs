@@ -7,14 +7,7 @@ use leptos::prelude::*;
 use crate::api;
 use crate::app::Ctx;
 use crate::components::{Badge, Confirm, ErrorView, Loading, RelTime, SecretOnce};
-use crate::pages::{ok, refresh_on_success};
-
-fn words(s: &str) -> Vec<String> {
-    s.split([' ', ','])
-        .filter(|w| !w.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
+use crate::pages::{ok, refresh_on_success, words};
 
 /// The settings page.
 #[component]
