@@ -9,7 +9,7 @@ use axum::Router;
 use serde::Deserialize;
 use sqlx::Row as _;
 
-use crate::auth::{create_api_key, Principal, Role};
+use crate::auth::{create_checked_api_key, parse_edges, Principal, Role};
 use crate::db::now;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, Query};
@@ -31,18 +31,17 @@ async fn create(
     Json(req): Json<CreateRequest>,
 ) -> ApiResult<Response> {
     principal.require(&[Role::Admin], "create api keys")?;
-    if let Some(client_id) = &req.client_id {
-        if crate::clients::find(&state.db, client_id).await?.is_none() {
-            return Err(ApiError::field(
-                "client_id",
-                format!("client_id: no client {client_id:?}"),
-            ));
-        }
-    }
     let name = req.name.unwrap_or_else(|| format!("{} key", req.role));
-    let key = create_api_key(&state.db, req.role, &name, req.client_id.as_deref()).await?;
+    let key = create_checked_api_key(
+        &state.db,
+        req.role,
+        &name,
+        req.client_id.as_deref(),
+        &req.edges,
+    )
+    .await?;
     tracing::info!(id = %key.id, role = %key.role, actor = %principal.actor(), "api key created");
-    crate::events::record_or_log(&state, crate::events::Event::new("api_key.created", principal.actor()).details(serde_json::json!({"id": key.id, "role": key.role, "name": key.name, "client_id": key.client_id}))).await;
+    crate::events::record_or_log(&state, crate::events::Event::new("api_key.created", principal.actor()).details(serde_json::json!({"id": key.id, "role": key.role, "name": key.name, "client_id": key.client_id, "edges": key.edges}))).await;
     Ok((StatusCode::CREATED, Json(key)).into_response())
 }
 
@@ -64,7 +63,7 @@ async fn list(
         .fetch_one(&state.db.pool)
         .await?;
     let rows = sqlx::query(
-        "SELECT id, name, role, client_id, created_at FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, id LIMIT $1 OFFSET $2",
+        "SELECT id, name, role, client_id, edges, created_at FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, id LIMIT $1 OFFSET $2",
     )
     .bind(limit)
     .bind(offset)
@@ -78,10 +77,11 @@ async fn list(
                 name: r.try_get("name")?,
                 role: r.try_get("role")?,
                 client_id: r.try_get("client_id")?,
+                edges: parse_edges(r.try_get("edges")?)?.unwrap_or_default(),
                 created_at: r.try_get("created_at")?,
             })
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .collect::<Result<Vec<_>, ApiError>>()?;
     Ok(Json(Page {
         items,
         total,

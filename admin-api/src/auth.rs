@@ -52,6 +52,9 @@ pub struct Principal {
     pub client_id: Option<String>,
     /// Human name of the key or username, for audit records.
     pub name: String,
+    /// For edge keys bound to edge names: the names it may poll the feed and report usage as.
+    /// `None` for every other credential, and for an unbound edge key (see [`Principal::require_edge`]).
+    pub edges: Option<Vec<String>>,
     /// How they authenticated.
     pub credential: Credential,
 }
@@ -82,12 +85,58 @@ impl Principal {
         }
     }
 
+    /// 403 unless this principal may act as the edge named `edge` (in `x-edgewarden-edge` on a feed
+    /// poll, or `edge` in a usage report): an edge key bound to edge names may act only as one of them,
+    /// so one edge's key cannot overwrite another edge's sync state or pin a usage report on it.
+    /// Admins act as any edge. An unbound edge key (created without `--edge`, as every key created
+    /// before keys were bound) still acts as any edge, so upgrading does not cut edges off from the
+    /// feed; its first use per process logs a warning that names the key to replace.
+    pub fn require_edge(&self, edge: &str) -> Result<(), ApiError> {
+        if self.role != Role::Edge {
+            return Ok(());
+        }
+        let Some(bound) = &self.edges else {
+            warn_unbound_once(self, edge);
+            return Ok(());
+        };
+        if bound.iter().any(|b| b == edge) {
+            return Ok(());
+        }
+        let names = bound
+            .iter()
+            .map(|b| format!("{b:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(ApiError::Forbidden(format!(
+            "this edge key is bound to edge {names} and may not act as edge {edge:?}: \
+             give each edge its own key (`edgewarden-admin api-key create --role edge --edge {edge}`)"
+        )))
+    }
+
     /// The string recorded as the actor of an action: `api_key:key_0123 (deploy bot)` or `user:alice`.
     pub fn actor(&self) -> String {
         match &self.credential {
             Credential::ApiKey { id } => format!("api_key:{id} ({})", self.name),
             Credential::Session { .. } => format!("user:{}", self.name),
         }
+    }
+}
+
+/// Logs once per key and process that an unbound edge key acted as an edge.
+fn warn_unbound_once(principal: &Principal, edge: &str) {
+    static WARNED: Mutex<Option<std::collections::HashSet<String>>> = Mutex::new(None);
+    let Credential::ApiKey { id } = &principal.credential else {
+        return;
+    };
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    let warned = warned.get_or_insert_with(Default::default);
+    if warned.len() < 10_000 && warned.insert(id.clone()) {
+        tracing::warn!(
+            key = %id,
+            name = %principal.name,
+            edge,
+            "edge key is not bound to an edge name and may act as any edge; replace it with one created with --edge"
+        );
     }
 }
 
@@ -132,6 +181,8 @@ impl ApiKeyCache {
 }
 
 /// Creates an API key with `role` (service keys must name a client) and returns the secret once.
+/// Does not check that the client exists nor bind an edge key to edge names: the API and the CLI
+/// create keys with [`create_checked_api_key`].
 pub async fn create_api_key(
     db: &Db,
     role: Role,
@@ -139,20 +190,87 @@ pub async fn create_api_key(
     client_id: Option<&str>,
 ) -> Result<NewApiKey, ApiError> {
     if role == Role::Service && client_id.is_none() {
+        return Err(service_needs_client());
+    }
+    insert_api_key(db, role, name, client_id, &[]).await
+}
+
+fn service_needs_client() -> ApiError {
+    ApiError::field(
+        "client_id",
+        "client_id: a service key must be bound to a client: name it with `--client-id <client>` \
+         (CLI) or `\"client_id\"` (API)",
+    )
+}
+
+/// Creates an API key as `POST /api/v1/api-keys` and `edgewarden-admin api-key create` do, refusing
+/// what could not work: a key for a client that does not exist (create the client first), edge names
+/// on a key that is not an edge key. An edge key with `edges` may poll the feed and report usage only under those names ([`Principal::require_edge`]).
+pub async fn create_checked_api_key(
+    db: &Db,
+    role: Role,
+    name: &str,
+    client_id: Option<&str>,
+    edges: &[String],
+) -> Result<NewApiKey, ApiError> {
+    crate::extract::check_identifier("name", name, 200)?;
+    match (role, client_id) {
+        (Role::Service, None) => return Err(service_needs_client()),
+        (_, Some(client_id)) => {
+            crate::extract::check_identifier("client_id", client_id, 200)?;
+            if crate::clients::find(db, client_id).await?.is_none() {
+                return Err(ApiError::field(
+                    "client_id",
+                    format!(
+                        "client_id: no client {client_id:?}; create the client first: \
+                         POST /api/v1/clients {{\"client_id\": {client_id:?}}} \
+                         (or the dashboard's Clients page), then create the key"
+                    ),
+                ));
+            }
+        }
+        (_, None) => {}
+    }
+    if !edges.is_empty() && role != Role::Edge {
         return Err(ApiError::field(
-            "client_id",
-            "client_id: a service key must be bound to a client",
+            "edges",
+            format!("edges: a {role} key cannot be bound to edges; only edge keys take edge names"),
         ));
     }
+    for (i, edge) in edges.iter().enumerate() {
+        crate::extract::check_identifier(&format!("edges[{i}]"), edge, 200)?;
+    }
+    let mut unique: Vec<String> = Vec::with_capacity(edges.len());
+    for edge in edges {
+        if !unique.contains(edge) {
+            unique.push(edge.clone());
+        }
+    }
+    insert_api_key(db, role, name, client_id, &unique).await
+}
+
+async fn insert_api_key(
+    db: &Db,
+    role: Role,
+    name: &str,
+    client_id: Option<&str>,
+    edges: &[String],
+) -> Result<NewApiKey, ApiError> {
     let id = random_id("key_");
     let key = random_secret(API_KEY_PREFIX);
-    sqlx::query("INSERT INTO api_keys (id, name, role, client_id, key_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+    // NULL for an unbound key; otherwise a JSON array of the edge names.
+    let bound = (!edges.is_empty())
+        .then(|| serde_json::to_string(edges))
+        .transpose()
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    sqlx::query("INSERT INTO api_keys (id, name, role, client_id, key_hash, created_at, edges) VALUES ($1, $2, $3, $4, $5, $6, $7)")
         .bind(&id)
         .bind(name)
         .bind(role.as_str())
         .bind(client_id)
         .bind(sha256_hex(&key))
         .bind(now())
+        .bind(bound)
         .execute(&db.pool)
         .await?;
     Ok(NewApiKey {
@@ -161,7 +279,16 @@ pub async fn create_api_key(
         role,
         name: name.to_owned(),
         client_id: client_id.map(str::to_owned),
+        edges: edges.to_vec(),
     })
+}
+
+/// The edge names stored for a key (`NULL`: unbound).
+pub fn parse_edges(stored: Option<String>) -> Result<Option<Vec<String>>, ApiError> {
+    stored
+        .map(|s| serde_json::from_str::<Vec<String>>(&s))
+        .transpose()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("api_keys.edges is not a json array: {e}")))
 }
 
 /// Resolves an API key to its principal, or `None` when it is unknown or deleted.
@@ -175,7 +302,7 @@ pub async fn lookup_api_key(state: &AppState, key: &str) -> Result<Option<Princi
 
 /// Resolves an API key from the database, bypassing (and refreshing) the cache.
 async fn load_api_key(state: &AppState, hash: String) -> Result<Option<Principal>, ApiError> {
-    let row = sqlx::query("SELECT id, name, role, client_id, key_hash FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+    let row = sqlx::query("SELECT id, name, role, client_id, key_hash, edges FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
         .bind(&hash)
         .fetch_optional(&state.db.pool)
         .await?;
@@ -191,6 +318,7 @@ async fn load_api_key(state: &AppState, hash: String) -> Result<Option<Principal
             .map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?,
         client_id: row.try_get("client_id")?,
         name: row.try_get("name")?,
+        edges: parse_edges(row.try_get("edges")?)?,
         credential: Credential::ApiKey {
             id: row.try_get("id")?,
         },

@@ -64,6 +64,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "foreign_issuers",
         include_str!("../migrations/sqlite/0004_foreign_issuers.sql"),
     ),
+    (
+        6,
+        "edge_key_names",
+        include_str!("../migrations/sqlite/0006_edge_key_names.sql"),
+    ),
 ];
 /// (version, name, sql) of each PostgreSQL migration.
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -86,6 +91,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "foreign_issuers",
         include_str!("../migrations/postgres/0004_foreign_issuers.sql"),
+    ),
+    (
+        6,
+        "edge_key_names",
+        include_str!("../migrations/postgres/0006_edge_key_names.sql"),
     ),
 ];
 

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use edgewarden_admin::auth::{create_api_key, create_user, Role};
+use edgewarden_admin::auth::{create_checked_api_key, create_user, Role};
 use edgewarden_admin::config::{Config, MasterKeySource, RateLimit, ServeLimits};
 use edgewarden_admin::db::Db;
+use edgewarden_admin::events::Event;
 use edgewarden_admin::keys::SigningAlg;
 use edgewarden_admin::{app, AppState};
 
@@ -173,7 +174,7 @@ enum ApiKeyCommand {
         /// A name to recognise the key by in audit records.
         #[arg(long)]
         name: Option<String>,
-        /// The client a service key acts for (required for --role service).
+        /// The client a service key acts for (required for --role service; the client must exist).
         #[arg(long)]
         client_id: Option<String>,
     },
@@ -186,6 +187,11 @@ enum UserCommand {
         /// Login name.
         #[arg(long)]
         username: String,
+        /// For --role edge: an edge name (`edge_name` in the filter's configuration) the key may poll
+        /// the feed and report usage as; repeat for several. A poll or report under any other name is
+        /// refused. Without it the edge key is unbound and may act as any edge.
+        #[arg(long = "edge", value_name = "NAME")]
+        edges: Vec<String>,
         /// Password (at least 12 characters); when omitted a random one is generated and printed.
         #[arg(long, env = "EDGEWARDEN_USER_PASSWORD", hide_env_values = true)]
         password: Option<String>,
@@ -205,6 +211,25 @@ fn base_config(common: &Common) -> Config {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // One line with the whole cause chain, never a backtrace: this is what operators read.
+/// The actor recorded for actions taken with this binary's subcommands.
+const CLI_ACTOR: &str = "cli";
+
+/// Records an event for an action taken on the command line, as the API records its own, so an
+/// auditor sees keys and users created outside the API. A running server streams it and delivers it
+/// to webhooks when its dispatcher next reads the table.
+async fn cli_event(db: &Db, event: Event) -> anyhow::Result<()> {
+    let mut conn = db.pool.acquire().await?;
+    edgewarden_admin::events::record(
+        &edgewarden_admin::events::EventBus::new(),
+        db,
+        &mut conn,
+        event,
+    )
+    .await
+    .context("the action is done, but its event could not be recorded")?;
+    Ok(())
+}
+
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -273,23 +298,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let db = Db::connect(&config).await?;
             let name = name.unwrap_or_else(|| format!("{role} key"));
-            let key = create_api_key(&db, role, &name, client_id.as_deref())
+            let key = create_checked_api_key(&db, role, &name, client_id.as_deref(), &edges)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             eprintln!(
                 "created {} api key {} ({}); it is shown only once:",
                 key.role, key.id, key.name
             );
+            edges,
             println!("{}", key.key);
             Ok(())
         }
         Command::Issuer(IssuerCommand::Add {
             issuer,
             jwks_uri,
+            cli_event(
+                &db,
+                Event::new("api_key.created", CLI_ACTOR).details(serde_json::json!({
+                    "id": key.id, "role": key.role, "name": key.name,
+                    "client_id": key.client_id, "edges": key.edges,
+                })),
+            )
+            .await?;
             jwks_file,
         }) => {
             let jwks = match jwks_file {
                 Some(file) => {
+            if key.role == Role::Edge && key.edges.is_empty() {
+                eprintln!("warning: this edge key is bound to no edge name and may act as any edge; pass --edge <name> to bind it");
+            }
                     let text = std::fs::read_to_string(&file)
                         .with_context(|| format!("cannot read --jwks-file {}", file.display()))?;
                     Some(

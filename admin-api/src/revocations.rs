@@ -1053,6 +1053,7 @@ async fn feed(
         .and_then(|v| v.to_str().ok())
         .filter(|n| !n.is_empty() && n.len() <= 200)
     {
+        principal.require_edge(name)?;
         let at_ms = now_ms();
         let previous = state.feed.record_poll(EdgePoll {
             name: name.to_owned(),

@@ -41,6 +41,7 @@ pub async fn lookup(state: &AppState, session: &str) -> ApiResult<Option<(Princi
             .map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?,
         client_id: None,
         name: row.try_get("username")?,
+        edges: None,
         credential: Credential::Session {
             user_id: row.try_get("id")?,
         },

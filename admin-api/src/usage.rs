@@ -446,6 +446,7 @@ async fn ingest(
         return Ok(too_large(message));
     }
     validate(&batch)?;
+    principal.require_edge(&batch.edge)?;
     let accepted_counts = batch.counts.len();
     let accepted_failures = batch.failures.len();
     let bucket = batch.interval_start - batch.interval_start.rem_euclid(60);

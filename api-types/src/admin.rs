@@ -54,6 +54,10 @@ pub struct ApiKeySummary {
 
 /// A freshly created API key: the secret is shown once and never stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    /// Edge names an edge key may poll the feed and report usage as; empty for other roles and for
+    /// edge keys created before keys were bound to edges (those may still act as any edge).
+    #[serde(default)]
+    pub edges: Vec<String>,
 pub struct NewApiKey {
     /// Public id of the key.
     pub id: String,
@@ -72,6 +76,9 @@ pub struct NewApiKey {
 pub struct KeyInfo {
     /// Key id (RFC 7638 thumbprint).
     pub kid: String,
+    /// Edge names the key may poll the feed and report usage as (edge keys).
+    #[serde(default)]
+    pub edges: Vec<String>,
     /// Algorithm.
     pub alg: String,
     /// `active` or `retired`.
@@ -155,3 +162,9 @@ pub struct NewWebhookRequest {
     #[serde(default)]
     pub description: String,
 }
+    /// For `edge` keys: the edge names (`x-edgewarden-edge`, usage `edge`) the key may poll the feed and
+    /// report usage as; a poll or report under any other name is refused with 403. Only edge keys
+    /// take it; an edge key created without it is unbound and may act as any edge (as keys created
+    /// before this field existed do).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edges: Vec<String>,

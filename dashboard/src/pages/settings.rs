@@ -188,7 +188,7 @@ fn ApiKeys() -> impl IntoView {
                     let role = role.get_untracked().parse().unwrap_or(Role::Edge);
                     let client = client.get_untracked().trim().to_owned();
                     let name = name.get_untracked().trim().to_owned();
-                    create.dispatch(NewApiKeyRequest { role, name: (!name.is_empty()).then_some(name), client_id: (!client.is_empty()).then_some(client) });
+                    create.dispatch(NewApiKeyRequest { role, name: (!name.is_empty()).then_some(name), client_id: (!client.is_empty()).then_some(client), edges: Vec::new() });
                 }>
                     <label>"Role"
                         <select name="new_key_role" prop:value=role on:change:target=move |ev| role.set(ev.target().value())>
