@@ -1,5 +1,8 @@
 //! Foreign issuers the admin API trusts: `POST /api/v1/issuers` (admin) registers an identity provider by
-//! its `iss` and its JWKS (`jwks_uri` or inline `jwks`), `GET /api/v1/issuers` (admin, auditor) lists them.
+//! its `iss` and its JWKS (`jwks_uri` or inline `jwks`), `GET /api/v1/issuers` (admin, auditor) lists them,
+//! `DELETE /api/v1/issuers/{issuer}` (admin, the issuer percent-encoded) stops trusting one; each change is
+//! an `issuer.trusted` / `issuer.removed` event. A `jwks_uri` may be https: the system's trust store (or
+//! `SSL_CERT_FILE`) decides which certificates are accepted.
 //! A trusted issuer's identifiers may be revoked (`POST /api/v1/revocations` with `issuer`), and its tokens
 //! may be presented for revocation: [`verify_presented`] checks them with the same `edgewarden-core`
 //! engine and the same JWKS hygiene as the edges before anything is recorded.
@@ -8,10 +11,10 @@ use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{delete, post};
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -25,6 +28,7 @@ use sqlx::Row as _;
 use crate::auth::{is_unique_violation, Principal, Role};
 use crate::db::{now, Db};
 use crate::error::{ApiError, ApiResult};
+use crate::events::{Event, EventBus};
 use crate::extract::Json;
 use crate::AppState;
 pub use edgewarden_api_types::{NewIssuerRequest, TrustedIssuer};
@@ -35,10 +39,17 @@ pub const MAX_ISSUER_LEN: usize = 1024;
 pub const JWKS_CACHE_SECONDS: u64 = 60;
 /// Largest JWKS document fetched from a `jwks_uri`.
 const MAX_JWKS_BYTES: usize = 1 << 20;
+/// How long a foreign issuer's tokens are assumed to live at most when its registration does not say:
+/// a subject or client revocation of that issuer stays in the feed this long.
+pub const DEFAULT_TOKEN_LIFETIME_SECONDS: i64 = 86_400;
+/// Longest `max_token_lifetime_seconds` accepted (a year, as the latest foreign `expires_at`).
+pub const MAX_TOKEN_LIFETIME_SECONDS: i64 = 366 * 86_400;
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/issuers", post(create).get(list))
+    Router::new()
+        .route("/api/v1/issuers", post(create).get(list))
+        .route("/api/v1/issuers/{issuer}", delete(remove))
 }
 
 async fn create(
@@ -53,15 +64,70 @@ async fn create(
             "issuer: is the admin API's own issuer, which is always trusted",
         ));
     }
-    let issuer = register(&state.db, req, &principal.actor()).await?;
+    let issuer = register(&state.db, &state.events, req, &principal.actor()).await?;
     Ok((StatusCode::CREATED, Json(issuer)).into_response())
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(issuer): Path<String>,
+) -> ApiResult<StatusCode> {
+    principal.require(&[Role::Admin], "remove issuers")?;
+    unregister(&state.db, &state.events, &issuer, &principal.actor()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stops trusting `issuer` (the API's `DELETE /api/v1/issuers/{issuer}` and the CLI's `issuer remove`):
+/// its tokens can no longer be presented, nor its identifiers newly revoked. Revocations already recorded
+/// stay in the feed until they expire, so removing an issuer never un-revokes a token. A 404 when it is
+/// not trusted.
+pub async fn unregister(db: &Db, bus: &EventBus, issuer: &str, actor: &str) -> ApiResult<()> {
+    let mut tx = db.pool.begin().await?;
+    let removed = sqlx::query("DELETE FROM trusted_issuers WHERE issuer = $1")
+        .bind(issuer)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if removed == 0 {
+        return Err(ApiError::NotFound(format!(
+            "issuer {issuer:?} is not trusted; GET /api/v1/issuers lists those that are"
+        )));
+    }
+    crate::events::record(
+        bus,
+        db,
+        &mut *tx,
+        Event::new("issuer.removed", actor).details(json!({ "issuer": issuer })),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(issuer = %issuer, actor = %actor, "trusted issuer removed");
+    Ok(())
 }
 
 /// Validates and stores a trusted issuer (the API's `POST /api/v1/issuers` and the CLI's `issuer add`):
 /// a printable issuer, and exactly one of an http(s) `jwks_uri` or a `jwks` that passes the edge's key
-/// hygiene. A 409 when the issuer is already trusted.
-pub async fn register(db: &Db, req: NewIssuerRequest, actor: &str) -> ApiResult<TrustedIssuer> {
+/// hygiene, and an optional longest token lifetime. A 409 when the issuer is already trusted. Records an
+/// `issuer.trusted` event in the same transaction.
+pub async fn register(
+    db: &Db,
+    bus: &EventBus,
+    req: NewIssuerRequest,
+    actor: &str,
+) -> ApiResult<TrustedIssuer> {
     crate::extract::check_identifier("issuer", &req.issuer, MAX_ISSUER_LEN)?;
+    let lifetime = req
+        .max_token_lifetime_seconds
+        .unwrap_or(DEFAULT_TOKEN_LIFETIME_SECONDS);
+    if !(1..=MAX_TOKEN_LIFETIME_SECONDS).contains(&lifetime) {
+        return Err(ApiError::field(
+            "max_token_lifetime_seconds",
+            format!(
+                "max_token_lifetime_seconds: {lifetime} is not between 1 and {MAX_TOKEN_LIFETIME_SECONDS} (366 days); give the longest lifetime of the issuer's access tokens"
+            ),
+        ));
+    }
     let (jwks_uri, jwks) = match (req.jwks_uri, req.jwks) {
         (Some(uri), None) => (Some(check_jwks_uri(&uri)?), None),
         (None, Some(jwks)) => {
@@ -77,15 +143,17 @@ pub async fn register(db: &Db, req: NewIssuerRequest, actor: &str) -> ApiResult<
         }
     };
     let created_at = now();
+    let mut tx = db.pool.begin().await?;
     let inserted = sqlx::query(
-        "INSERT INTO trusted_issuers (issuer, jwks_uri, jwks, created_at, created_by) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO trusted_issuers (issuer, jwks_uri, jwks, created_at, created_by, max_token_lifetime_seconds) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&req.issuer)
     .bind(jwks_uri.as_deref())
     .bind(jwks.as_ref().map(Value::to_string))
     .bind(created_at)
     .bind(actor)
-    .execute(&db.pool)
+    .bind(lifetime)
+    .execute(&mut *tx)
     .await;
     match inserted {
         Ok(_) => {}
@@ -97,11 +165,25 @@ pub async fn register(db: &Db, req: NewIssuerRequest, actor: &str) -> ApiResult<
         }
         Err(e) => return Err(e.into()),
     }
+    crate::events::record(
+        bus,
+        db,
+        &mut *tx,
+        Event::new("issuer.trusted", actor).details(json!({
+            "issuer": req.issuer,
+            "jwks_uri": jwks_uri,
+            "inline_jwks": jwks.is_some(),
+            "max_token_lifetime_seconds": lifetime,
+        })),
+    )
+    .await?;
+    tx.commit().await?;
     tracing::info!(issuer = %req.issuer, actor = %actor, "trusted issuer registered");
     Ok(TrustedIssuer {
         issuer: req.issuer,
         jwks_uri,
         jwks,
+        max_token_lifetime_seconds: lifetime,
         created_at,
         created_by: actor.to_owned(),
     })
@@ -138,7 +220,7 @@ async fn list(
 /// Every trusted issuer, ordered by issuer.
 pub async fn all(db: &Db) -> Result<Vec<TrustedIssuer>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT issuer, jwks_uri, jwks, created_at, created_by FROM trusted_issuers ORDER BY issuer",
+        "SELECT issuer, jwks_uri, jwks, created_at, created_by, max_token_lifetime_seconds FROM trusted_issuers ORDER BY issuer",
     )
     .fetch_all(&db.pool)
     .await?;
@@ -149,6 +231,7 @@ pub async fn all(db: &Db) -> Result<Vec<TrustedIssuer>, sqlx::Error> {
             issuer: row.try_get("issuer")?,
             jwks_uri: row.try_get("jwks_uri")?,
             jwks: jwks.and_then(|j| serde_json::from_str(&j).ok()),
+            max_token_lifetime_seconds: row.try_get("max_token_lifetime_seconds")?,
             created_at: row.try_get("created_at")?,
             created_by: row.try_get("created_by")?,
         });
@@ -182,14 +265,14 @@ async fn source(db: &Db, issuer: &str) -> Result<Option<Source>, sqlx::Error> {
     })
 }
 
-/// Whether `issuer` is registered as a trusted foreign issuer.
-pub async fn is_trusted(db: &Db, issuer: &str) -> Result<bool, sqlx::Error> {
-    let row: Option<String> =
-        sqlx::query_scalar("SELECT issuer FROM trusted_issuers WHERE issuer = $1")
-            .bind(issuer)
-            .fetch_optional(&db.pool)
-            .await?;
-    Ok(row.is_some())
+/// The longest token lifetime registered for `issuer`, or `None` when it is not a trusted foreign issuer.
+pub async fn token_lifetime(db: &Db, issuer: &str) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT max_token_lifetime_seconds FROM trusted_issuers WHERE issuer = $1",
+    )
+    .bind(issuer)
+    .fetch_optional(&db.pool)
+    .await
 }
 
 /// JWKS documents fetched from `jwks_uri`s, by URI, with when they were fetched. Shared by every app in
@@ -197,12 +280,19 @@ pub async fn is_trusted(db: &Db, issuer: &str) -> Result<bool, sqlx::Error> {
 static FETCHED: LazyLock<Mutex<HashMap<String, (Instant, Value)>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
-static CLIENT: LazyLock<Option<reqwest::Client>> = LazyLock::new(|| {
+/// The client that fetches `jwks_uri`s: https with the system's trust store (or the PEM bundle named by
+/// `SSL_CERT_FILE`), no redirects, five seconds. Built once; why it could not be is kept for every answer.
+static CLIENT: LazyLock<Result<reqwest::Client, String>> = LazyLock::new(|| {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .ok()
+        .map_err(|e| {
+            format!(
+                "no https client ({}); install the system's CA certificates or set SSL_CERT_FILE to a PEM bundle",
+                error_chain(&e)
+            )
+        })
 });
 
 /// A 400 about the presented token; the message says why it cannot be revoked, never the token itself.
@@ -229,21 +319,12 @@ async fn fetch_jwks(uri: &str, fresh: bool) -> ApiResult<Value> {
         }
     }
     let failed = |why: String| unverifiable(format_args!("cannot fetch the issuer's jwks: {why}"));
-    let client = CLIENT
-        .as_ref()
-        .ok_or_else(|| failed("no http client".into()))?;
-    // reqwest is built without a TLS backend in this crate (webhooks and edges speak plain HTTP inside
-    // the mesh), so an https jwks_uri cannot be fetched yet: say so rather than "builder error".
-    if uri.starts_with("https://") {
-        return Err(failed(format!(
-            "{uri} is https, which this build of the admin API cannot fetch; register the issuer's jwks inline or by an http jwks_uri"
-        )));
-    }
+    let client = CLIENT.as_ref().map_err(|why| failed(why.clone()))?;
     let mut response = client
         .get(uri)
         .send()
         .await
-        .map_err(|e| failed(e.without_url().to_string()))?;
+        .map_err(|e| failed(format!("{uri}: {}", error_chain(&e.without_url()))))?;
     if !response.status().is_success() {
         return Err(failed(format!("{uri} answered {}", response.status())));
     }
@@ -269,6 +350,22 @@ async fn fetch_jwks(uri: &str, fresh: bool) -> ApiResult<Value> {
     }
     cache.insert(uri.to_owned(), (Instant::now(), jwks.clone()));
     Ok(jwks)
+}
+
+/// An error and its sources, so a TLS failure says which certificate problem it was, not only
+/// "error sending request".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
 }
 
 /// An engine that trusts exactly `issuer` with `jwks`, any audience and any `typ`.

@@ -7,6 +7,7 @@ mod common;
 use axum::http::StatusCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use axum::http::Method;
 use common::{Backend, TestApp};
 use edgewarden_admin::auth::Role;
 use p256::ecdsa::signature::Signer as _;
@@ -23,6 +24,8 @@ both_backends!(
     feed_pages_keep_same_value_entries_of_different_issuers_apart,
     rows_from_before_issuers_apply_to_every_issuer_and_carry_no_iss,
     presented_token_is_verified_with_keys_fetched_from_jwks_uri_and_refetched_on_rotation,
+    issuer_changes_are_events_and_removal_stops_trusting_without_unrevoking,
+    subject_revocation_stays_as_long_as_the_issuers_tokens_live,
 );
 
 const IDP: &str = "https://idp.example.com/realms/acme";
@@ -662,28 +665,162 @@ async fn presented_token_is_verified_with_keys_fetched_from_jwks_uri_and_refetch
         .map(|j| j["jti"].clone())
         .collect();
     assert_eq!(jtis, [json!("a"), json!("b")]);
-    // An https jwks_uri is accepted but cannot be fetched by this build: the answer says so.
+}
+
+fn encoded(issuer: &str) -> String {
+    form_urlencoded::byte_serialize(issuer.as_bytes()).collect()
+}
+
+async fn events_of(app: &TestApp, kind: &str) -> Vec<Value> {
+    app.get(&format!("/api/v1/events?kind={kind}"), Some(&app.admin_key))
+        .await
+        .expect(StatusCode::OK)
+        .body["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+async fn issuer_changes_are_events_and_removal_stops_trusting_without_unrevoking(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let idp = Idp::new("kc-1");
+    register(&app, IDP, &idp).await;
+    let trusted = events_of(&app, "issuer.trusted").await;
+    assert_eq!(trusted.len(), 1, "{trusted:?}");
+    assert_eq!(trusted[0]["details"]["issuer"], IDP);
+    assert_eq!(trusted[0]["details"]["inline_jwks"], true);
+    assert!(trusted[0]["actor"].as_str().unwrap().starts_with("api_key:"));
+    let token = idp.sign(&json!({"iss": IDP, "sub": "carol", "jti": "j-1", "exp": now() + 300}));
     app.post(
-        "/api/v1/issuers",
+        "/api/v1/revocations",
         Some(&app.admin_key),
-        json!({"issuer": "https://tls.example.com", "jwks_uri": "https://tls.example.com/certs"}),
+        json!({"token": token, "reason": "leaked"}),
     )
     .await
     .expect(StatusCode::CREATED);
-    let answer = app
+
+    // Only an admin removes; an auditor is refused and the issuer stays.
+    let auditor = app.api_key(Role::Auditor, None).await;
+    let uri = format!("/api/v1/issuers/{}", encoded(IDP));
+    app.json(Method::DELETE, &uri, Some(&auditor), None)
+        .await
+        .expect(StatusCode::FORBIDDEN);
+    app.json(Method::DELETE, &uri, Some(&app.admin_key), None)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    let removed = events_of(&app, "issuer.removed").await;
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert_eq!(removed[0]["details"]["issuer"], IDP);
+    let list = app
+        .get("/api/v1/issuers", Some(&app.admin_key))
+        .await
+        .expect(StatusCode::OK)
+        .body;
+    assert_eq!(list, json!([]));
+    // A second removal names what is trusted instead.
+    let again = app
+        .json(Method::DELETE, &uri, Some(&app.admin_key), None)
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    assert!(again.body["error"]["message"].as_str().unwrap().contains("GET /api/v1/issuers"));
+
+    // Its identifiers can no longer be revoked, nor its tokens presented...
+    app.post(
+        "/api/v1/revocations",
+        Some(&app.admin_key),
+        json!({"subject": "carol", "issuer": IDP, "reason": "x"}),
+    )
+    .await
+    .expect(StatusCode::BAD_REQUEST);
+    let token = idp.sign(&json!({"iss": IDP, "sub": "carol", "jti": "j-2", "exp": now() + 300}));
+    app.post(
+        "/api/v1/revocations",
+        Some(&app.admin_key),
+        json!({"token": token, "reason": "x"}),
+    )
+    .await
+    .expect(StatusCode::BAD_REQUEST);
+    // ...but what was revoked stays revoked at the edges.
+    let feed = snapshot(&app).await;
+    let jtis: Vec<&Value> = feed["revoked_jtis"].as_array().unwrap().iter().collect();
+    assert_eq!(jtis.len(), 1, "{feed}");
+    assert_eq!(jtis[0]["jti"], "j-1");
+    assert_eq!(jtis[0]["iss"], IDP);
+}
+
+async fn subject_revocation_stays_as_long_as_the_issuers_tokens_live(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let idp = Idp::new("kc-1");
+    // Out of range lifetimes are refused naming the field.
+    for bad in [0, -5, 400 * 86_400] {
+        let answer = app
+            .post(
+                "/api/v1/issuers",
+                Some(&app.admin_key),
+                json!({"issuer": IDP, "jwks": idp.jwks(), "max_token_lifetime_seconds": bad}),
+            )
+            .await
+            .expect(StatusCode::BAD_REQUEST);
+        assert!(
+            answer.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("max_token_lifetime_seconds"),
+            "{}",
+            answer.body
+        );
+    }
+    let created = app
         .post(
-            "/api/v1/revocations",
+            "/api/v1/issuers",
             Some(&app.admin_key),
-            json!({"token": first.sign(&json!({"iss": "https://tls.example.com", "jti": "t", "exp": now() + 60})), "reason": "x"}),
+            json!({"issuer": IDP, "jwks": idp.jwks(), "max_token_lifetime_seconds": 3600}),
         )
         .await
-        .expect(StatusCode::BAD_REQUEST);
-    assert!(
-        answer.body["error"]["message"]
-            .as_str()
+        .expect(StatusCode::CREATED)
+        .body;
+    assert_eq!(created["max_token_lifetime_seconds"], 3600);
+    let other = "https://other.example.com";
+    register(&app, other, &Idp::new("o-1")).await;
+    let listed = app
+        .get("/api/v1/issuers", Some(&app.admin_key))
+        .await
+        .expect(StatusCode::OK)
+        .body;
+    let lifetime = |issuer: &str| {
+        listed
+            .as_array()
             .unwrap()
-            .contains("is https, which this build of the admin API cannot fetch"),
-        "{}",
-        answer.body
-    );
+            .iter()
+            .find(|i| i["issuer"] == issuer)
+            .unwrap()["max_token_lifetime_seconds"]
+            .clone()
+    };
+    assert_eq!(lifetime(IDP), 3600, "{listed}");
+    assert_eq!(lifetime(other), 86_400, "{listed}");
+
+    let before = now();
+    for (issuer, subject) in [(IDP, "carol"), (other, "dave")] {
+        app.post(
+            "/api/v1/revocations",
+            Some(&app.admin_key),
+            json!({"subject": subject, "issuer": issuer, "reason": "x"}),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    }
+    let feed = snapshot(&app).await;
+    let expiry = |subject: &str| {
+        feed["revoked_subjects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["subject"] == subject)
+            .unwrap_or_else(|| panic!("{subject} not in {feed}"))["expires_at"]
+            .as_i64()
+            .unwrap()
+    };
+    let after = now();
+    assert!((before + 3600..=after + 3600).contains(&expiry("carol")), "{feed}");
+    assert!((before + 86_400..=after + 86_400).contains(&expiry("dave")), "{feed}");
 }

@@ -351,3 +351,14 @@ pub fn here(pathname: &str, search: &str) -> String {
 pub async fn issuers() -> ApiResult<Vec<TrustedIssuer>> {
     get("/api/v1/issuers").await
 }
+
+/// Stops trusting a foreign issuer (its recorded revocations stay until they expire).
+pub async fn remove_issuer(issuer: &str) -> ApiResult<()> {
+    send(
+        Method::DELETE,
+        &format!("/api/v1/issuers/{}", encode(issuer)),
+        None,
+    )
+    .await
+    .map(|_| ())
+}

@@ -328,7 +328,18 @@ fn Webhooks() -> impl IntoView {
 
 #[component]
 fn Issuers() -> impl IntoView {
-    let list = LocalResource::new(|| async { api::issuers().await });
+    let ctx = expect_context::<Ctx>();
+    let refresh = RwSignal::new(0u32);
+    let list = LocalResource::new(move || {
+        refresh.track();
+        async move { api::issuers().await }
+    });
+    let remove = Action::new_local(move |issuer: &String| {
+        let issuer = issuer.clone();
+        async move { api::remove_issuer(&issuer).await }
+    });
+    let removing = RwSignal::new(None::<String>);
+    refresh_on_success(refresh, vec![ok(remove)]);
     view! {
         <section aria-labelledby="issuers-h">
             <h2 id="issuers-h">"Trusted issuers"</h2>
@@ -345,14 +356,24 @@ fn Issuers() -> impl IntoView {
                         }
                         Ok(items) => view! {
                             <table>
-                                <thead><tr><th scope="col">"Issuer"</th><th scope="col">"Keys from"</th><th scope="col">"Added"</th></tr></thead>
+                                <thead><tr>
+                                    <th scope="col">"Issuer"</th><th scope="col">"Keys from"</th><th scope="col">"Tokens live up to"</th><th scope="col">"Added"</th>
+                                    <Show when=move || ctx.can_write()><th scope="col">"Actions"</th></Show>
+                                </tr></thead>
                                 <tbody>
-                                    {items.into_iter().map(|i| view! {
-                                        <tr>
-                                            <td class="mono">{i.issuer.clone()}</td>
-                                            <td class="mono">{i.jwks_uri.clone().unwrap_or_else(|| "inline JWKS".to_owned())}</td>
-                                            <td><RelTime at=i.created_at /> " by " {i.created_by.clone()}</td>
-                                        </tr>
+                                    {items.into_iter().map(|i| {
+                                        let issuer = i.issuer.clone();
+                                        view! {
+                                            <tr>
+                                                <td class="mono">{i.issuer.clone()}</td>
+                                                <td class="mono">{i.jwks_uri.clone().unwrap_or_else(|| "inline JWKS".to_owned())}</td>
+                                                <td>{lifetime(i.max_token_lifetime_seconds)}</td>
+                                                <td><RelTime at=i.created_at /> " by " {i.created_by.clone()}</td>
+                                                <Show when=move || ctx.can_write()>
+                                                    <td><button type="button" class="danger" on:click={let issuer = issuer.clone(); move |_| removing.set(Some(issuer.clone()))}>"Stop trusting"</button></td>
+                                                </Show>
+                                            </tr>
+                                        }
                                     }).collect::<Vec<_>>()}
                                 </tbody>
                             </table>
@@ -360,6 +381,25 @@ fn Issuers() -> impl IntoView {
                     }
                 })}
             </Transition>
+            {move || removing.get().map(|issuer| view! {
+                <Confirm
+                    message=Signal::derive({ let issuer = issuer.clone(); move || format!("Stop trusting {issuer}? Its tokens can no longer be revoked here; revocations already made stay in force until they expire.") })
+                    confirm_label="Stop trusting"
+                    on_confirm=Callback::new({ let issuer = issuer.clone(); move |_| { remove.dispatch(issuer.clone()); removing.set(None); } })
+                    on_cancel=Callback::new(move |_| removing.set(None))
+                />
+            })}
+            {move || remove.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorView error=e /> })}
         </section>
+    }
+}
+
+/// A token lifetime in the largest whole unit: "24 h", "90 min", "45 s".
+fn lifetime(seconds: i64) -> String {
+    match seconds {
+        s if s >= 2 * 86_400 && s % 86_400 == 0 => format!("{} d", s / 86_400),
+        s if s >= 3600 && s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
     }
 }
