@@ -130,6 +130,7 @@ fn ApiKeys() -> impl IntoView {
     let role = RwSignal::new("edge".to_owned());
     let name = RwSignal::new(String::new());
     let client = RwSignal::new(String::new());
+    let edges = RwSignal::new(String::new());
     let create = Action::new_local(move |r: &NewApiKeyRequest| {
         let r = r.clone();
         async move { api::create_api_key(r).await }
@@ -151,7 +152,7 @@ fn ApiKeys() -> impl IntoView {
                         Ok(page) => view! {
                             <table>
                                 <thead><tr>
-                                    <th scope="col">"Id"</th><th scope="col">"Name"</th><th scope="col">"Role"</th><th scope="col">"Client"</th><th scope="col">"Created"</th>
+                                    <th scope="col">"Id"</th><th scope="col">"Name"</th><th scope="col">"Role"</th><th scope="col">"Client"</th><th scope="col">"Acts as edge"</th><th scope="col">"Created"</th>
                                     <Show when=move || ctx.can_write()><th scope="col">"Actions"</th></Show>
                                 </tr></thead>
                                 <tbody>
@@ -160,7 +161,9 @@ fn ApiKeys() -> impl IntoView {
                                         view! {
                                             <tr>
                                                 <td class="mono">{k.id.clone()}</td><td>{k.name.clone()}</td><td><Badge text=k.role.clone() /></td>
-                                                <td>{k.client_id.clone().unwrap_or_default()}</td><td><RelTime at=k.created_at /></td>
+                                                <td>{k.client_id.clone().unwrap_or_default()}</td>
+                                                <td>{edge_binding(&k.role, &k.edges)}</td>
+                                                <td><RelTime at=k.created_at /></td>
                                                 <Show when=move || ctx.can_write()>
                                                     <td><button type="button" class="danger" on:click={let id = id.clone(); move |_| deleting.set(Some(id.clone()))}>"Revoke key"</button></td>
                                                 </Show>
@@ -188,7 +191,8 @@ fn ApiKeys() -> impl IntoView {
                     let role = role.get_untracked().parse().unwrap_or(Role::Edge);
                     let client = client.get_untracked().trim().to_owned();
                     let name = name.get_untracked().trim().to_owned();
-                    create.dispatch(NewApiKeyRequest { role, name: (!name.is_empty()).then_some(name), client_id: (!client.is_empty()).then_some(client), edges: Vec::new() });
+                    let edges = if role == Role::Edge { words(&edges.get_untracked()) } else { Vec::new() };
+                    create.dispatch(NewApiKeyRequest { role, name: (!name.is_empty()).then_some(name), client_id: (!client.is_empty()).then_some(client), edges });
                 }>
                     <label>"Role"
                         <select name="new_key_role" prop:value=role on:change:target=move |ev| role.set(ev.target().value())>
@@ -200,6 +204,7 @@ fn ApiKeys() -> impl IntoView {
                     </label>
                     <label>"Name" <input name="new_key_name" prop:value=name on:input:target=move |ev| name.set(ev.target().value()) /></label>
                     <label>"Client (service keys)" <input name="new_key_client" prop:value=client on:input:target=move |ev| client.set(ev.target().value()) /></label>
+                    <label>"Edge names (edge keys)" <input name="new_key_edges" placeholder="edge-eu-1 edge-eu-2" prop:value=edges on:input:target=move |ev| edges.set(ev.target().value()) /></label>
                     <button type="submit">"Create key"</button>
                 </form>
                 {move || match create.value().get() {
@@ -391,6 +396,16 @@ fn Issuers() -> impl IntoView {
             })}
             {move || remove.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorView error=e /> })}
         </section>
+    }
+}
+
+/// Which edges a key may act as: its bound names, "any (unbound)" for an edge key without names, nothing
+/// for other roles.
+fn edge_binding(role: &str, edges: &[String]) -> String {
+    match (role, edges) {
+        ("edge", []) => "any (unbound)".to_owned(),
+        (_, []) => String::new(),
+        (_, names) => names.join(", "),
     }
 }
 
