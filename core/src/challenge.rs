@@ -55,11 +55,14 @@ pub fn www_authenticate(realm: &str, d: &Decision) -> String {
 }
 
 /// The JSON body for a decision: `{"error": "invalid_token", "error_description": "token expired 42s ago (leeway 60s)", "reason": "expired"}`.
-/// `error` is the RFC 6750 code (`missing_token` when no token was presented); the token itself is never echoed.
+/// `error` is the RFC 6750 code and appears only when there is one: a request without a token gets
+/// `{"error_description": "no token presented", "reason": "missing_token"}` (RFC 6750 3.1: no error code when
+/// the request lacks authentication). `reason` is always there for machines; the token itself is never echoed.
 pub fn json_body(d: &Decision) -> String {
-    let error = error_code(d).unwrap_or_else(|| d.reason.as_str());
     let mut body = serde_json::Map::new();
-    body.insert("error".into(), error.into());
+    if let Some(error) = error_code(d) {
+        body.insert("error".into(), error.into());
+    }
     body.insert("error_description".into(), d.description.as_ref().into());
     body.insert("reason".into(), d.reason.as_str().into());
     if let Some(scope) = &d.required_scope {
@@ -156,7 +159,10 @@ mod tests {
             None,
         )))
         .unwrap();
-        assert_eq!(missing["error"], "missing_token");
+        assert_eq!(
+            missing,
+            serde_json::json!({"error_description": "no token presented", "reason": "missing_token"})
+        );
         let scope: serde_json::Value = serde_json::from_str(&json_body(&decision(
             Reason::InsufficientScope,
             "missing",

@@ -42,8 +42,8 @@ pub struct Config {
     /// Claims copied into request headers on success.
     #[serde(default)]
     pub forward_claims: Vec<ForwardClaim>,
-    /// If set, the base64url JSON payload is forwarded in this header on success.
-    #[serde(default)]
+    /// If set, the base64url JSON payload is forwarded in this header (lower-cased when read) on success.
+    #[serde(default, deserialize_with = "lower_case_opt")]
     pub forward_payload_header: Option<String>,
     /// Remove the credential before the request reaches the upstream.
     #[serde(default)]
@@ -66,6 +66,10 @@ pub struct Config {
     /// Usage reporting settings.
     #[serde(default)]
     pub usage: UsageConfig,
+    /// Names this plugin instance in its stats: `edgewarden.<stat_prefix>.<stat>` instead of `edgewarden.<stat>`,
+    /// so two EdgeWarden filters in one Envoy keep their counters and gauges apart.
+    #[serde(default)]
+    pub stat_prefix: Option<String>,
 }
 
 /// One trusted issuer and where its keys come from.
@@ -112,7 +116,7 @@ pub struct RemoteJwksConfig {
     pub cluster: String,
     /// HTTP path of the JWKS document.
     pub path: String,
-    /// `:authority` of the fetch; defaults to the cluster name.
+    /// `:authority` (Host) of the fetch; defaults to [`default_authority`] of the cluster.
     #[serde(default)]
     pub authority: Option<String>,
     /// Periodic refresh interval.
@@ -127,12 +131,36 @@ pub struct RemoteJwksConfig {
 }
 
 impl RemoteJwksConfig {
-    /// The `:authority` to send: the configured one, else the cluster name.
-    pub fn authority(&self) -> &str {
-        self.authority.as_deref().unwrap_or(&self.cluster)
+    /// The `:authority` to send: the configured one, else [`default_authority`] of the cluster.
+    pub fn authority(&self) -> Cow<'_, str> {
+        match &self.authority {
+            Some(a) => Cow::Borrowed(a),
+            None => default_authority(&self.cluster),
+        }
     }
 }
 
+/// The `:authority` of calls through `cluster` when the configuration sets none. An Istio cluster name
+/// (`outbound|<port>|<subset>|<host>`) is not a host name a server's virtual hosting knows, so it gives
+/// `<host>:<port>` (`<host>` alone for ports 80 and 443); any other cluster name is used as it is.
+pub fn default_authority(cluster: &str) -> Cow<'_, str> {
+    let mut parts = cluster.split('|');
+    if let (Some("outbound" | "inbound"), Some(port), Some(_subset), Some(host), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        if !host.is_empty() {
+            return match port {
+                "" | "80" | "443" => Cow::Borrowed(host),
+                port => Cow::Owned(format!("{host}:{port}")),
+            };
+        }
+    }
+    Cow::Borrowed(cluster)
+}
 /// One route rule.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -439,8 +467,19 @@ pub fn strip_query_param(path: &str, name: &str) -> String {
 pub struct ForwardClaim {
     /// Claim name; a dotted path walks nested objects.
     pub claim: String,
-    /// Lower-case header name.
+    /// Header name, lower-cased when read (HTTP header names are case-insensitive; Envoy keeps them lower case).
+    #[serde(deserialize_with = "lower_case")]
     pub header: String,
+}
+
+/// Reads a header name in any case as its lower-case form.
+fn lower_case<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    String::deserialize(d).map(|s| s.to_ascii_lowercase())
+}
+
+/// [`lower_case`] for an optional header name.
+fn lower_case_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d).map(|s| s.map(|s| s.to_ascii_lowercase()))
 }
 
 /// Verified-token cache settings.
@@ -474,7 +513,7 @@ pub struct ControlPlaneConfig {
     pub api_key: String,
     /// Name of this edge, as registered in the admin API.
     pub edge_name: String,
-    /// `:authority` of calls; defaults to the cluster name.
+    /// `:authority` (Host) of calls; defaults to [`default_authority`] of the cluster.
     #[serde(default)]
     pub authority: Option<String>,
     /// Call timeout.
@@ -484,6 +523,16 @@ pub struct ControlPlaneConfig {
     /// edge's cursor): a million revocations take the admin API seconds to list.
     #[serde(default = "default_snapshot_timeout")]
     pub snapshot_timeout_ms: u64,
+}
+
+impl ControlPlaneConfig {
+    /// The `:authority` to send: the configured one, else [`default_authority`] of the cluster.
+    pub fn authority(&self) -> Cow<'_, str> {
+        match &self.authority {
+            Some(a) => Cow::Borrowed(a),
+            None => default_authority(&self.cluster),
+        }
+    }
 }
 
 impl std::fmt::Debug for ControlPlaneConfig {
@@ -651,24 +700,100 @@ impl ConfigError {
 impl Config {
     /// Parses plugin-configuration JSON; errors name the field path, e.g. `issuers[0].remote_jwks.cluster: missing field`.
     /// Only parses: call [`Config::validate`] (or [`crate::Engine::new`], which does) for the semantic checks.
+    /// Text that is not JSON at all is refused as such, with line and column; `revocation` or `usage` without
+    /// `control_plane` is refused too (they would do nothing).
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ConfigError::new("config", EMPTY_CONFIG));
+        }
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let config: Config = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
-        de.end()
-            .map_err(|e| ConfigError::new("config", strip_position(&e.to_string())))?;
+        de.end().map_err(|e| not_json(&e))?;
+        if config.control_plane.is_none() {
+            // Both blocks have defaults, so the parsed tree cannot tell whether they were written.
+            let given: ControlPlaneBlocks = serde_json::from_slice(bytes)
+                .map_err(|e| ConfigError::new("config", e.to_string()))?;
+            for (key, written, what) in [
+                (
+                    "revocation",
+                    given.revocation.is_some(),
+                    "the revocation feed is polled from",
+                ),
+                (
+                    "usage",
+                    given.usage.is_some(),
+                    "usage reports are posted to",
+                ),
+            ] {
+                if written {
+                    return Err(ConfigError::new(
+                        key,
+                        format!(
+                            "does nothing without a control_plane block ({what} the admin API named there): \
+                             add \"control_plane\": {{\"cluster\", \"api_key\", \"edge_name\"}} or remove `{key}`"
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(config)
     }
 
     /// Semantic checks that serde cannot express (non-empty issuers, exactly one of prefix/path,
     /// upper-case known methods, header names, ...). Errors name the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(prefix) = &self.stat_prefix {
+            let ok = !prefix.is_empty()
+                && prefix.len() <= 64
+                && prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(ConfigError::new(
+                    "stat_prefix",
+                    format!(
+                        "{prefix:?} is not a stat name part: use 1 to 64 letters, digits, `_` or `-` (no dots)"
+                    ),
+                ));
+            }
+        }
         crate::rules::validate_config(self)
     }
+}
+
+/// The problem reported for an empty plugin configuration.
+pub const EMPTY_CONFIG: &str = "the plugin configuration is empty: set it to a JSON object with at least \
+     `issuers` (in Envoy, the `value` of the filter's `configuration` StringValue; in Istio, `pluginConfig`)";
+
+/// The top-level keys whose presence [`Config::from_json`] checks against `control_plane`.
+#[derive(Deserialize)]
+struct ControlPlaneBlocks {
+    #[serde(default)]
+    revocation: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    usage: Option<serde::de::IgnoredAny>,
+}
+
+/// A syntax error: the configuration is not JSON (or not one JSON value), with where and what to do.
+fn not_json(e: &serde_json::Error) -> ConfigError {
+    ConfigError::new(
+        "config",
+        format!(
+            "the plugin configuration is not valid JSON: {} at line {} column {}; \
+             it must be one JSON object such as {{\"issuers\": [...]}} (YAML is not read here)",
+            strip_position(&e.to_string()),
+            e.line(),
+            e.column()
+        ),
+    )
 }
 
 /// Turns a serde path error into a [`ConfigError`] whose field is the full path of the offending key:
 /// for "missing field `x`" and "unknown field `x`" the key itself is appended to the path.
 fn path_error(err: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    if err.inner().is_syntax() || err.inner().is_eof() {
+        return not_json(err.inner());
+    }
     let path = err.path().to_string();
     let message = strip_position(&err.inner().to_string());
     let base = if path == "." { String::new() } else { path };
@@ -918,7 +1043,7 @@ mod tests {
             (json!({"roles_claim": "a..b"}), "roles_claim"),
             (json!({"realm": "a\"b"}), "realm"),
             (
-                json!({"forward_claims": [{"claim": "sub", "header": "X-Sub"}]}),
+                json!({"forward_claims": [{"claim": "sub", "header": "X Sub"}]}),
                 "forward_claims[0].header",
             ),
             (
@@ -938,9 +1063,13 @@ mod tests {
                 "control_plane.api_key",
             ),
             (
-                json!({"revocation": {"feed_path": "feed"}}),
+                json!({"control_plane": {"cluster": "c", "api_key": "k", "edge_name": "e"},
+                       "revocation": {"feed_path": "feed"}}),
                 "revocation.feed_path",
             ),
+            (json!({"stat_prefix": ""}), "stat_prefix"),
+            (json!({"stat_prefix": "a.b"}), "stat_prefix"),
+            (json!({"stat_prefix": "x".repeat(65)}), "stat_prefix"),
             (json!({"required_claims": [""]}), "required_claims[0]"),
         ];
         for (extra, field) in top_cases {
@@ -961,6 +1090,120 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap();
+    }
+
+    #[test]
+    fn text_that_is_not_json_is_refused_as_such_with_line_and_column() {
+        for (text, expected) in [
+            (
+                "issuers:\n  - issuer: i\n",
+                "the plugin configuration is not valid JSON: expected value at line 1 column 1; ",
+            ),
+            (
+                "{\"issuers\": [",
+                "the plugin configuration is not valid JSON: EOF while parsing a list at line 1 column 13; ",
+            ),
+            (
+                "{\"issuers\": []} x",
+                "the plugin configuration is not valid JSON: trailing characters at line 1 column 17; ",
+            ),
+        ] {
+            let err = Config::from_json(text.as_bytes()).unwrap_err();
+            assert_eq!(err.field, "config", "{text}");
+            assert!(err.problem.starts_with(expected), "{text}: {}", err.problem);
+            assert!(err.problem.contains("one JSON object"), "{}", err.problem);
+        }
+        for empty in ["", "  \n"] {
+            let err = Config::from_json(empty.as_bytes()).unwrap_err();
+            assert_eq!(
+                (err.field.as_str(), err.problem.as_str()),
+                ("config", EMPTY_CONFIG)
+            );
+        }
+    }
+
+    #[test]
+    fn revocation_or_usage_without_a_control_plane_is_refused_naming_the_block() {
+        for key in ["revocation", "usage"] {
+            let err = Config::from_json(config_json(json!({key: {}})).to_string().as_bytes())
+                .unwrap_err();
+            assert_eq!(err.field, key);
+            assert!(
+                err.problem
+                    .starts_with("does nothing without a control_plane block"),
+                "{}",
+                err.problem
+            );
+            assert!(
+                err.problem.ends_with(&format!("or remove `{key}`")),
+                "{}",
+                err.problem
+            );
+        }
+        let with = config_json(json!({
+            "control_plane": {"cluster": "c", "api_key": "k", "edge_name": "e"},
+            "revocation": {}, "usage": {}
+        }));
+        assert!(Config::from_json(with.to_string().as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn header_names_are_read_in_any_case() {
+        let c = crate::test_support::config(json!({
+            "forward_claims": [{"claim": "sub", "header": "X-Jwt-Sub"}],
+            "forward_payload_header": "X-Payload"
+        }));
+        c.validate().unwrap();
+        assert_eq!(c.forward_claims[0].header, "x-jwt-sub");
+        assert_eq!(c.forward_payload_header.as_deref(), Some("x-payload"));
+    }
+
+    #[test]
+    fn stat_prefix_names_the_instance() {
+        let c = crate::test_support::config(json!({"stat_prefix": "public-api_2"}));
+        c.validate().unwrap();
+        assert_eq!(c.stat_prefix.as_deref(), Some("public-api_2"));
+        assert_eq!(crate::test_support::config(json!({})).stat_prefix, None);
+    }
+
+    #[test]
+    fn the_default_authority_is_a_host_name_even_for_istio_cluster_names() {
+        for (cluster, expected) in [
+            ("idp", "idp"),
+            ("keycloak.example.com:8443", "keycloak.example.com:8443"),
+            (
+                "outbound|8080||keycloak.identity.svc.cluster.local",
+                "keycloak.identity.svc.cluster.local:8080",
+            ),
+            (
+                "outbound|443|v1|keycloak.example.com",
+                "keycloak.example.com",
+            ),
+            ("outbound|80||admin.svc", "admin.svc"),
+            ("outbound|8080||", "outbound|8080||"),
+            ("a|b", "a|b"),
+        ] {
+            assert_eq!(default_authority(cluster), expected, "{cluster}");
+        }
+        let remote: RemoteJwksConfig = serde_json::from_value(json!({
+            "cluster": "outbound|8080||keycloak.identity.svc.cluster.local", "path": "/certs"
+        }))
+        .unwrap();
+        assert_eq!(
+            remote.authority(),
+            "keycloak.identity.svc.cluster.local:8080"
+        );
+        let set: RemoteJwksConfig = serde_json::from_value(json!({
+            "cluster": "outbound|8080||keycloak.identity.svc.cluster.local", "path": "/certs",
+            "authority": "keycloak.example.com"
+        }))
+        .unwrap();
+        assert_eq!(set.authority(), "keycloak.example.com");
+        let cp: ControlPlaneConfig = serde_json::from_value(
+            json!({"cluster": "outbound|8080||admin.edgewarden.svc.cluster.local", "api_key": "k", "edge_name": "e"}),
+        )
+        .unwrap();
+        assert_eq!(cp.authority(), "admin.edgewarden.svc.cluster.local:8080");
     }
 
     #[test]

@@ -289,9 +289,11 @@ pub fn start_fetch(
         }
         Err(e) => {
             host.count(Stat::JwksFetchFailure);
+            host.count(Stat::JwksFetchNotDispatched);
             vm.jwks.borrow_mut().refused(issuer, now);
             Err(format!(
-                "edgewarden: jwks fetch for issuer {} via cluster {} not dispatched: {e}",
+                "edgewarden: jwks fetch for issuer {} not dispatched ({e}): is cluster `{}` defined in Envoy? \
+                 Until a fetch succeeds, tokens of this issuer are refused with unknown_kid",
                 remote.issuer, remote.cluster
             ))
         }

@@ -1,5 +1,7 @@
 //! Envoy stats for the filter, defined once per VM through proxy-wasm metrics.
-//! Names are an interface (dashboards and tests read them): `edgewarden.<name>` as defined here;
+//! Names are an interface (dashboards and tests read them): `edgewarden.<name>` as defined here, or
+//! `edgewarden.<stat_prefix>.<name>` when the configuration names the plugin instance (Envoy keys a plugin metric
+//! by its name alone, so two filters defining the same name share one counter and overwrite one gauge).
 //! Envoy exposes plugin-defined metrics under the `wasmcustom.` prefix (`wasmcustom.edgewarden.requests_allowed`).
 
 use std::cell::RefCell;
@@ -25,6 +27,8 @@ pub enum Stat {
     JwksFetch,
     /// A JWKS fetch that failed (dispatch error, timeout, non-200, unusable body); the old keys stay.
     JwksFetchFailure,
+    /// A JWKS fetch Envoy refused to send (most often: the `remote_jwks.cluster` is not defined in Envoy).
+    JwksFetchNotDispatched,
     /// A key-set refetch triggered by a token naming an unknown `kid`.
     JwksRefetch,
     /// An unknown-`kid` refetch refused by `min_refetch_interval_seconds`.
@@ -58,54 +62,52 @@ pub enum Gauge {
     RevocationEntries,
 }
 
-/// Gauge names, in definition order.
+/// Gauge names without the `edgewarden.` namespace, in definition order.
 const GAUGES: &[(Gauge, &str)] = &[
-    (Gauge::RevocationCursor, "edgewarden.revocation_cursor"),
-    (
-        Gauge::RevocationStaleness,
-        "edgewarden.revocation_staleness_seconds",
-    ),
-    (Gauge::RevocationEntries, "edgewarden.revocation_entries"),
+    (Gauge::RevocationCursor, "revocation_cursor"),
+    (Gauge::RevocationStaleness, "revocation_staleness_seconds"),
+    (Gauge::RevocationEntries, "revocation_entries"),
 ];
 
-/// Counter names without the per-reason families, in definition order.
+/// Counter names without the namespace and the per-reason families, in definition order.
 const FIXED: &[(Stat, &str)] = &[
-    (Stat::Allowed, "edgewarden.requests_allowed"),
-    (
-        Stat::ReportOnlyWouldDeny,
-        "edgewarden.report_only_would_deny",
-    ),
-    (Stat::CacheHit, "edgewarden.cache_hits"),
-    (Stat::CacheMiss, "edgewarden.cache_misses"),
-    (Stat::JwksFetch, "edgewarden.jwks_fetches"),
-    (Stat::JwksFetchFailure, "edgewarden.jwks_fetch_failures"),
-    (Stat::JwksRefetch, "edgewarden.jwks_refetches"),
-    (
-        Stat::JwksRefetchRateLimited,
-        "edgewarden.jwks_refetch_rate_limited",
-    ),
-    (Stat::JwksShared, "edgewarden.jwks_shared_updates"),
-    (Stat::RevocationPoll, "edgewarden.revocation_polls"),
-    (
-        Stat::RevocationPollFailure,
-        "edgewarden.revocation_poll_failures",
-    ),
-    (Stat::RevocationUpdate, "edgewarden.revocation_updates"),
-    (
-        Stat::RevocationStaleAllowed,
-        "edgewarden.revocation_stale_allowed",
-    ),
-    (Stat::UsageReport, "edgewarden.usage_reports"),
-    (Stat::UsageReportFailure, "edgewarden.usage_report_failures"),
-    (Stat::UsageDropped, "edgewarden.usage_dropped"),
+    (Stat::Allowed, "requests_allowed"),
+    (Stat::ReportOnlyWouldDeny, "report_only_would_deny"),
+    (Stat::CacheHit, "cache_hits"),
+    (Stat::CacheMiss, "cache_misses"),
+    (Stat::JwksFetch, "jwks_fetches"),
+    (Stat::JwksFetchFailure, "jwks_fetch_failures"),
+    (Stat::JwksFetchNotDispatched, "jwks_fetch_not_dispatched"),
+    (Stat::JwksRefetch, "jwks_refetches"),
+    (Stat::JwksRefetchRateLimited, "jwks_refetch_rate_limited"),
+    (Stat::JwksShared, "jwks_shared_updates"),
+    (Stat::RevocationPoll, "revocation_polls"),
+    (Stat::RevocationPollFailure, "revocation_poll_failures"),
+    (Stat::RevocationUpdate, "revocation_updates"),
+    (Stat::RevocationStaleAllowed, "revocation_stale_allowed"),
+    (Stat::UsageReport, "usage_reports"),
+    (Stat::UsageReportFailure, "usage_report_failures"),
+    (Stat::UsageDropped, "usage_dropped"),
 ];
 
-/// The name of a gauge as defined (without Envoy's `wasmcustom.` prefix).
+/// The namespace of every metric name.
+pub const NAMESPACE: &str = "edgewarden";
+
+/// The full name of metric `short` for a plugin instance: `edgewarden.<short>`, or
+/// `edgewarden.<stat_prefix>.<short>` with a `stat_prefix`.
+pub fn full_name(stat_prefix: Option<&str>, short: &str) -> String {
+    match stat_prefix {
+        Some(p) => format!("{NAMESPACE}.{p}.{short}"),
+        None => format!("{NAMESPACE}.{short}"),
+    }
+}
+
+/// The short name of a gauge (without the namespace and any `stat_prefix`).
 pub fn gauge_name(gauge: Gauge) -> &'static str {
     GAUGES
         .iter()
         .find(|(g, _)| *g == gauge)
-        .map_or("edgewarden.unknown_gauge", |(_, n)| n)
+        .map_or("unknown_gauge", |(_, n)| n)
 }
 
 /// Reasons that can deny a request (everything in `Reason::ALL` except the two allowing ones).
@@ -116,13 +118,16 @@ pub fn denial_reasons() -> impl Iterator<Item = Reason> {
         .filter(|r| !matches!(r, Reason::Allowed | Reason::Anonymous))
 }
 
-/// Every metric name the filter defines, in definition order (documentation and tests use this).
+/// Every metric name the filter defines without `stat_prefix`, in definition order (documentation and tests use this).
 pub fn all_names() -> Vec<String> {
+    short_names().iter().map(|n| full_name(None, n)).collect()
+}
+
+/// Every metric's short name: counters, the per-reason families, then gauges.
+fn short_names() -> Vec<String> {
     let mut names: Vec<String> = FIXED.iter().map(|(_, n)| (*n).to_string()).collect();
-    names.extend(denial_reasons().map(|r| format!("edgewarden.requests_denied.{}", r.as_str())));
-    names.extend(
-        denial_reasons().map(|r| format!("edgewarden.report_only_would_deny.{}", r.as_str())),
-    );
+    names.extend(denial_reasons().map(|r| format!("requests_denied.{}", r.as_str())));
+    names.extend(denial_reasons().map(|r| format!("report_only_would_deny.{}", r.as_str())));
     names.extend(GAUGES.iter().map(|(_, n)| (*n).to_string()));
     names
 }
@@ -141,27 +146,30 @@ pub struct Metrics {
 
 impl Metrics {
     /// Defines every counter through `define` and every gauge through `define_gauge`
-    /// (proxy-wasm `define_metric` with the counter and gauge types in the filter).
+    /// (proxy-wasm `define_metric` with the counter and gauge types in the filter), named for the plugin
+    /// instance `stat_prefix` (see [`full_name`]). Runs once per VM at configure time: requests only look ids up.
     pub fn define(
+        stat_prefix: Option<&str>,
         mut define: impl FnMut(&str) -> Option<u32>,
         mut define_gauge: impl FnMut(&str) -> Option<u32>,
     ) -> Metrics {
+        let name = |short: &str| full_name(stat_prefix, short);
         let mut m = Metrics::default();
-        for (gauge, name) in GAUGES {
-            if let Some(id) = define_gauge(name) {
+        for (gauge, short) in GAUGES {
+            if let Some(id) = define_gauge(&name(short)) {
                 m.gauges.push((*gauge, id));
             }
         }
-        for (stat, name) in FIXED {
-            if let Some(id) = define(name) {
+        for (stat, short) in FIXED {
+            if let Some(id) = define(&name(short)) {
                 m.fixed.push((*stat, id));
             }
         }
         for r in denial_reasons() {
-            if let Some(id) = define(&format!("edgewarden.requests_denied.{}", r.as_str())) {
+            if let Some(id) = define(&name(&format!("requests_denied.{}", r.as_str()))) {
                 m.denied.push((r, id));
             }
-            if let Some(id) = define(&format!("edgewarden.report_only_would_deny.{}", r.as_str())) {
+            if let Some(id) = define(&name(&format!("report_only_would_deny.{}", r.as_str()))) {
                 m.report_only.push((r, id));
             }
         }
@@ -223,6 +231,7 @@ mod tests {
     fn numbered() -> Metrics {
         let mut next = 0u32;
         Metrics::define(
+            None,
             |_| {
                 next += 1;
                 Some(next)
@@ -267,13 +276,62 @@ mod tests {
     }
 
     #[test]
+    fn a_stat_prefix_names_every_metric_of_the_instance_and_none_keeps_the_plain_names() {
+        let mut plain = Vec::new();
+        let mut gauges = Vec::new();
+        Metrics::define(
+            None,
+            |n| {
+                plain.push(n.to_string());
+                None
+            },
+            |n| {
+                gauges.push(n.to_string());
+                None
+            },
+        );
+        let mut all: Vec<String> = gauges.into_iter().chain(plain).collect();
+        let mut expected = all_names();
+        all.sort();
+        expected.sort();
+        assert_eq!(all, expected);
+        assert!(all.contains(&"edgewarden.revocation_staleness_seconds".to_string()));
+
+        let named = RefCell::new(Vec::new());
+        Metrics::define(
+            Some("public"),
+            |n| {
+                named.borrow_mut().push(n.to_string());
+                Some(1)
+            },
+            |n| {
+                named.borrow_mut().push(n.to_string());
+                Some(2)
+            },
+        );
+        let named = named.into_inner();
+        assert_eq!(named.len(), all.len());
+        assert!(
+            named.iter().all(|n| n.starts_with("edgewarden.public.")),
+            "{named:?}"
+        );
+        for short in short_names() {
+            assert!(
+                named.contains(&format!("edgewarden.public.{short}")),
+                "{short}"
+            );
+        }
+    }
+
+    #[test]
     fn readme_documents_every_counter_and_reason() {
         let readme = include_str!("../README.md");
-        for name in FIXED
+        for short in FIXED
             .iter()
             .map(|(_, n)| n)
             .chain(GAUGES.iter().map(|(_, n)| n))
         {
+            let name = full_name(None, short);
             assert!(
                 readme.contains(&format!("`{name}`")),
                 "README.md lacks {name}"

@@ -83,6 +83,15 @@ impl Keys {
         }
     }
 
+    /// The keys of a named plugin instance (`stat_prefix`): its own lease and state, so each instance has a
+    /// poller that sets its own gauges even when two instances read the same feed.
+    fn for_instance(cluster: &str, feed_path: &str, instance: Option<&str>) -> Keys {
+        match instance {
+            None => Keys::new(cluster, feed_path),
+            Some(name) => Keys::new(&format!("{cluster}|instance={name}"), feed_path),
+        }
+    }
+
     fn delta(&self, seq: u64) -> String {
         format!("{}{}", self.delta_prefix, seq % RING)
     }
@@ -137,6 +146,17 @@ impl std::fmt::Debug for RevocationSync {
 }
 
 impl RevocationSync {
+    /// [`RevocationSync::new`] for the plugin instance named by `stat_prefix` (keys of its own when named).
+    pub fn for_instance(
+        mut self,
+        cp: &ControlPlaneConfig,
+        rc: &RevocationConfig,
+        stat_prefix: Option<&str>,
+    ) -> Self {
+        self.keys = Keys::for_instance(&cp.cluster, &rc.feed_path, stat_prefix);
+        self
+    }
+
     /// A follower that has seen nothing yet; `vm_id` must differ between the VMs of one Envoy.
     pub fn new(
         cp: &ControlPlaneConfig,
@@ -146,7 +166,7 @@ impl RevocationSync {
     ) -> RevocationSync {
         RevocationSync {
             cluster: cp.cluster.clone(),
-            authority: cp.authority.clone().unwrap_or_else(|| cp.cluster.clone()),
+            authority: cp.authority().into_owned(),
             authorization: format!("Bearer {}", cp.api_key),
             edge_name: cp.edge_name.clone(),
             feed_path: rc.feed_path.clone(),

@@ -7,6 +7,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use edgewarden_core::config::ConfigError;
 use edgewarden_core::engine::Engine;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -103,6 +104,11 @@ fn vm_identity(context_id: u32) -> u64 {
     (z ^ (z >> 31)).max(1)
 }
 
+/// The log line of a configuration the filter refuses (filter/README.md quotes these lines).
+pub fn config_error_line(e: &ConfigError) -> String {
+    format!("edgewarden: {e}")
+}
+
 impl Context for EdgeWardenRoot {
     fn on_done(&mut self) -> bool {
         if let Some(vm) = &self.vm {
@@ -169,7 +175,7 @@ impl RootContext for EdgeWardenRoot {
         let engine = match Engine::from_json(&bytes) {
             Ok(engine) => engine,
             Err(e) => {
-                host_log(LogLevel::Error, &format!("edgewarden: {e}"));
+                host_log(LogLevel::Error, &config_error_line(&e));
                 return false;
             }
         };
@@ -185,6 +191,7 @@ impl RootContext for EdgeWardenRoot {
             }
         }
         let metrics = Metrics::define(
+            engine.config().stat_prefix.as_deref(),
             |name| hostcalls::define_metric(MetricType::Counter, name).ok(),
             |name| hostcalls::define_metric(MetricType::Gauge, name).ok(),
         );
@@ -230,5 +237,77 @@ impl RootContext for EdgeWardenRoot {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    /// Configurations whose refusal filter/README.md shows, and the line the filter logs for each.
+    fn documented_refusals() -> Vec<(String, &'static str)> {
+        let issuer = r#"{"issuer": "i", "jwks": {"keys": []}}"#;
+        vec![
+            ("{}".to_string(), "edgewarden: invalid configuration: issuers: missing field"),
+            (
+                r#"{"issuers": [{"jwks": {"keys": []}}]}"#.to_string(),
+                "edgewarden: invalid configuration: issuers[0].issuer: missing field",
+            ),
+            (
+                format!(
+                    r#"{{"issuers": [{issuer}], "rules": [{{"match": {{"prefix": "/a"}}}}, {{"match": {{"prefix": "/b", "path": "/b"}}}}]}}"#
+                ),
+                "edgewarden: invalid configuration: rules[1].match: set exactly one of prefix or path, not both",
+            ),
+            (
+                "issuers:\n- issuer: i\n".to_string(),
+                "edgewarden: invalid configuration: config: the plugin configuration is not valid JSON: expected value at line 1 column 1; it must be one JSON object such as {\"issuers\": [...]} (YAML is not read here)",
+            ),
+            (
+                String::new(),
+                "edgewarden: invalid configuration: config: the plugin configuration is empty: set it to a JSON object with at least `issuers` (in Envoy, the `value` of the filter's `configuration` StringValue; in Istio, `pluginConfig`)",
+            ),
+            (
+                format!(r#"{{"issuers": [{issuer}], "revocation": {{"on_stale": "allow"}}}}"#),
+                "edgewarden: invalid configuration: revocation: does nothing without a control_plane block (the revocation feed is polled from the admin API named there): add \"control_plane\": {\"cluster\", \"api_key\", \"edge_name\"} or remove `revocation`",
+            ),
+            (
+                format!(
+                    r#"{{"issuers": [{issuer}], "control_plane": {{"cluster": "c", "api_key": "k", "edge_name": "e"}}, "revocation": {{"long_poll_seconds": 600}}}}"#
+                ),
+                "edgewarden: invalid configuration: revocation.long_poll_seconds: 600 is more than 300",
+            ),
+            (
+                format!(
+                    r#"{{"issuers": [{issuer}], "forward_claims": [{{"claim": "sub", "header": "X Jwt Sub"}}]}}"#
+                ),
+                "edgewarden: invalid configuration: forward_claims[0].header: \"x jwt sub\" is not a lower-case header name",
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_readme_shows_the_configuration_errors_the_filter_logs() {
+        let readme = include_str!("../README.md");
+        let documented: Vec<&str> = readme
+            .lines()
+            .filter(|l| l.starts_with("edgewarden: invalid configuration:"))
+            .collect();
+        let cases = documented_refusals();
+        for (config, expected) in &cases {
+            let e = match Engine::from_json(config.as_bytes()) {
+                Ok(_) => panic!("{config:?} was accepted"),
+                Err(e) => e,
+            };
+            assert_eq!(config_error_line(&e), *expected, "{config:?}");
+            assert!(documented.contains(expected), "README.md lacks: {expected}");
+        }
+        for line in documented {
+            assert!(
+                cases.iter().any(|(_, expected)| *expected == line),
+                "README.md shows a configuration error the filter does not log: {line}"
+            );
+        }
     }
 }

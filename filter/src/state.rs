@@ -111,7 +111,13 @@ impl VmState {
         };
         let control = config.control_plane.as_ref().map(|cp| Control {
             revocation: RefCell::new(EdgeRevocationState::from_config(config)),
-            sync: RefCell::new(RevocationSync::new(cp, &config.revocation, vm_id, now_ms)),
+            sync: RefCell::new(
+                RevocationSync::new(cp, &config.revocation, vm_id, now_ms).for_instance(
+                    cp,
+                    &config.revocation,
+                    config.stat_prefix.as_deref(),
+                ),
+            ),
             usage: RefCell::new(UsageReporter::new(cp, &config.usage, now_ms)),
         });
         let sources = config

@@ -279,8 +279,9 @@ impl Host for FakeHost {
         }
     }
     fn gauge(&self, gauge: Gauge, value: u64) {
-        self.gauges
-            .borrow_mut()
-            .insert(crate::metrics::gauge_name(gauge).to_string(), value);
+        self.gauges.borrow_mut().insert(
+            crate::metrics::full_name(None, crate::metrics::gauge_name(gauge)),
+            value,
+        );
     }
 }

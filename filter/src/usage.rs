@@ -180,7 +180,7 @@ impl UsageReporter {
     pub fn new(cp: &ControlPlaneConfig, usage: &UsageConfig, now_ms: u64) -> UsageReporter {
         UsageReporter {
             cluster: cp.cluster.clone(),
-            authority: cp.authority.clone().unwrap_or_else(|| cp.cluster.clone()),
+            authority: cp.authority().into_owned(),
             authorization: format!("Bearer {}", cp.api_key),
             edge_name: cp.edge_name.clone(),
             path: usage.path.clone(),

@@ -99,7 +99,9 @@ fn request_without_token_is_answered_401_with_bare_bearer_challenge() {
     );
     assert_eq!(header_of(headers, "content-type"), "application/json");
     let body: Value = serde_json::from_str(body).unwrap();
-    assert!(body.get("error").is_some(), "body {body}");
+    // RFC 6750 3.1: no error code for a request without authentication; the reason is for machines.
+    assert!(body.get("error").is_none(), "body {body}");
+    assert_eq!(body["reason"], "missing_token");
     assert_eq!(host.counted(Stat::Denied(Reason::MissingToken)), 1);
 }
 
@@ -444,6 +446,7 @@ fn refused_dispatch_denies_at_once_without_starting_the_rate_limit() {
     host.request(2, "/api", &[("authorization", &bearer(&token))]);
     assert_eq!(process(&mut host, &vm, 2, true), Outcome::Denied);
     assert_eq!(host.counted(Stat::JwksFetchFailure), 1);
+    assert_eq!(host.counted(Stat::JwksFetchNotDispatched), 1);
     host.refuse_dispatch = false;
     host.request(3, "/api", &[("authorization", &bearer(&token))]);
     assert_eq!(
@@ -489,4 +492,59 @@ fn key_set_published_by_another_worker_is_picked_up_before_fetching() {
     assert_eq!(process(&mut host, &vm_b, 3, true), Outcome::Continue);
     assert_eq!(host.dispatches(), 1);
     assert_eq!(host.counted(Stat::JwksShared), 1);
+}
+
+#[test]
+fn a_fetch_envoy_refuses_names_the_cluster_to_define() {
+    let vm = vm(json!({}));
+    let mut host = FakeHost::new();
+    host.refuse_dispatch = true;
+    let err = crate::jwks_fetch::start_fetch(
+        &mut host,
+        &vm,
+        0,
+        1,
+        crate::jwks_fetch::Trigger::Schedule,
+        NOW,
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("not dispatched (BadArgument): is cluster `idp` defined in Envoy?"),
+        "{err}"
+    );
+    assert!(err.contains("unknown_kid"), "{err}");
+    assert_eq!(host.counted(Stat::JwksFetchNotDispatched), 1);
+}
+
+#[test]
+fn key_set_fetches_send_the_configured_authority_or_a_host_name_derived_from_the_cluster() {
+    let token = mint(&keypair(2), "k2", claims("bob", NOW + 3600));
+    let cases = [
+        (json!({"cluster": "idp", "path": "/jwks.json"}), "idp"),
+        (
+            json!({"cluster": "outbound|8080||keycloak.identity.svc.cluster.local", "path": "/jwks.json"}),
+            "keycloak.identity.svc.cluster.local:8080",
+        ),
+        (
+            json!({"cluster": "outbound|8080||keycloak.identity.svc.cluster.local", "path": "/jwks.json",
+                   "authority": "keycloak.example.com"}),
+            "keycloak.example.com",
+        ),
+    ];
+    for (remote, expected) in cases {
+        let vm = vm(json!({"issuers": [{
+            "issuer": ISS, "audiences": ["api"], "jwks": {"keys": [jwk(&keypair(1), "k1")]},
+            "remote_jwks": remote.clone()
+        }]}));
+        let mut host = FakeHost::new();
+        host.request(2, "/api", &[("authorization", &bearer(&token))]);
+        assert_eq!(
+            process(&mut host, &vm, 2, true),
+            Outcome::FetchingJwks { issuer: 0 }
+        );
+        match host.ops.last() {
+            Some(Op::Dispatch { authority, .. }) => assert_eq!(authority, expected, "{remote}"),
+            other => panic!("no fetch dispatched for {remote}: {other:?}"),
+        }
+    }
 }

@@ -445,3 +445,70 @@ fn followers_load_a_large_snapshot_part_by_part() {
         names.len()
     );
 }
+
+/// A VM whose control plane is reached through `cluster`, optionally with an `authority` and a `stat_prefix`.
+fn vm_via(id: u64, cluster: &str, authority: Option<&str>, stat_prefix: Option<&str>) -> VmState {
+    let mut config = json!({
+        "issuers": [{"issuer": "https://issuer.test", "jwks": {"keys": [ed25519_jwk()]}}],
+        "control_plane": {"cluster": cluster, "api_key": "ewk_secret", "edge_name": "edge-1"},
+    });
+    if let Some(a) = authority {
+        config["control_plane"]["authority"] = json!(a);
+    }
+    if let Some(p) = stat_prefix {
+        config["stat_prefix"] = json!(p);
+    }
+    let engine = Engine::from_json(config.to_string().as_bytes()).unwrap();
+    VmState::with_identity(engine, Metrics::default(), id, NOW * 1000)
+}
+
+#[test]
+fn feed_polls_send_a_host_name_as_authority_never_an_istio_cluster_name() {
+    let cases = [
+        ("cp", None, "cp"),
+        (
+            "outbound|8080||edgewarden-admin.edgewarden.svc.cluster.local",
+            None,
+            "edgewarden-admin.edgewarden.svc.cluster.local:8080",
+        ),
+        (
+            "outbound|80||edgewarden-admin.edgewarden.svc.cluster.local",
+            None,
+            "edgewarden-admin.edgewarden.svc.cluster.local",
+        ),
+        (
+            "outbound|8080||edgewarden-admin.edgewarden.svc.cluster.local",
+            Some("admin.example.com"),
+            "admin.example.com",
+        ),
+    ];
+    for (cluster, authority, expected) in cases {
+        let vm = vm_via(11, cluster, authority, None);
+        let mut host = FakeHost::new();
+        tick(&mut host, &vm);
+        let call = host.calls.last().unwrap();
+        assert_eq!(call.cluster, cluster);
+        assert_eq!(call.header(":authority"), Some(expected), "{cluster}");
+    }
+}
+
+#[test]
+fn named_plugin_instances_on_one_feed_each_elect_their_own_poller() {
+    // Two filters in one Envoy reading the same feed: without names they share one poller (one VM polls for
+    // both); with a stat_prefix each has its own, so each sets its own gauges.
+    let a = vm_via(11, "cp", None, Some("public"));
+    let b = vm_via(22, "cp", None, Some("internal"));
+    let mut host_a = FakeHost::new();
+    let mut host_b = host_a.sibling();
+    tick(&mut host_a, &a);
+    tick(&mut host_b, &b);
+    assert_eq!(control(&a).sync.borrow().role(), Role::Poller);
+    assert_eq!(control(&b).sync.borrow().role(), Role::Poller);
+
+    let plain_a = vm_via(33, "cp", None, None);
+    let plain_b = vm_via(44, "cp", None, None);
+    tick(&mut host_a, &plain_a);
+    tick(&mut host_b, &plain_b);
+    assert_eq!(control(&plain_a).sync.borrow().role(), Role::Poller);
+    assert_eq!(control(&plain_b).sync.borrow().role(), Role::Follower);
+}

@@ -50,11 +50,25 @@ impl Refusal {
             "content-type {}",
             self.content_type
         );
+        // RFC 6750 3.1: an error code only when a token was presented; `reason` always.
         assert!(
-            self.body["error"].is_string(),
-            "no error in {}",
+            self.body["reason"].is_string(),
+            "no reason in {}",
             self.body_text
         );
+        if self.body["reason"] == "missing_token" {
+            assert!(
+                self.body.get("error").is_none(),
+                "an error code for a request without a token in {}",
+                self.body_text
+            );
+        } else {
+            assert!(
+                self.body["error"].is_string(),
+                "no error in {}",
+                self.body_text
+            );
+        }
         assert!(
             self.body["error_description"].is_string(),
             "no error_description in {}",
