@@ -13,6 +13,7 @@ mod robustness;
 mod shipped_configs;
 mod sources;
 mod stats;
+mod two_filters;
 
 use edgewarden_e2e::{jwks, TestKey, AUDIENCE, ISSUER};
 use serde_json::{json, Value};
