@@ -1,11 +1,15 @@
 //! Anomaly detection over usage reports and lifecycle events, and the API to triage the results.
 //! Detectors run after each usage batch is stored, over a sliding window of stored data; each anomaly
 //! has a kind, a severity, a subject (token, client, subject, address or edge), evidence and a state
-//! (open, acknowledged, resolved). [`raise`] deduplicates: while an anomaly of the same kind and subject
+//! (open, acknowledged, resolved). Raising deduplicates: while an anomaly of the same kind and subject
 //! is open or acknowledged, new findings update its evidence and occurrence count instead of adding rows.
+//! One edge's reports open at most `edge_cap` new anomalies per `edge_cap_window_seconds`; findings past
+//! the cap are counted (per kind, in the evidence, and in `occurrences`) in one `anomalies_suppressed`
+//! anomaly on that edge. Resolved anomalies are deleted after the retention (`--anomaly-retention-days`).
 //! Refresh-token reuse is raised by `oauth.rs` at the moment it happens.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::routing::get;
@@ -16,9 +20,9 @@ use sqlx::any::AnyRow;
 use sqlx::Row as _;
 
 use crate::auth::{Principal, Role};
-use crate::db::now;
+use crate::db::{now, Db};
 use crate::error::{ApiError, ApiResult};
-use crate::events::{self, Event};
+use crate::events::{self, Event, EventBus};
 use crate::extract::{Json, Query};
 use crate::revocations::{page_params, Page};
 use crate::secrets::random_id;
@@ -48,6 +52,11 @@ pub struct AnomalyConfig {
     /// How long after a revocation an edge may still allow the token (its poll interval and then some)
     /// before that is reported as a propagation failure.
     pub revocation_grace_seconds: i64,
+    /// New anomalies one edge's reports may open per [`AnomalyConfig::edge_cap_window_seconds`]; further
+    /// findings are counted in one `anomalies_suppressed` anomaly on the edge.
+    pub edge_cap: i64,
+    /// The window of the per-edge cap.
+    pub edge_cap_window_seconds: i64,
 }
 
 impl Default for AnomalyConfig {
@@ -62,6 +71,8 @@ impl Default for AnomalyConfig {
             token_addresses: 10,
             clock_skew_leeway_seconds: 60,
             revocation_grace_seconds: 10,
+            edge_cap: 100,
+            edge_cap_window_seconds: 3600,
         }
     }
 }
@@ -112,6 +123,17 @@ pub struct AnomalyArgs {
         default_value_t = 10
     )]
     pub anomaly_revocation_grace: i64,
+    /// New anomalies one edge's reports may open per cap window; further findings are counted in one
+    /// anomalies_suppressed anomaly on that edge.
+    #[arg(long, env = "EDGEWARDEN_ANOMALY_EDGE_CAP", default_value_t = 100)]
+    pub anomaly_edge_cap: i64,
+    /// Seconds of the per-edge anomaly cap's window.
+    #[arg(
+        long,
+        env = "EDGEWARDEN_ANOMALY_EDGE_CAP_WINDOW",
+        default_value_t = 3600
+    )]
+    pub anomaly_edge_cap_window: i64,
 }
 
 impl AnomalyArgs {
@@ -127,6 +149,8 @@ impl AnomalyArgs {
             token_addresses: self.anomaly_token_addresses.max(1),
             clock_skew_leeway_seconds: self.anomaly_clock_skew.max(0),
             revocation_grace_seconds: self.anomaly_revocation_grace.max(0),
+            edge_cap: self.anomaly_edge_cap.max(1),
+            edge_cap_window_seconds: self.anomaly_edge_cap_window.max(60),
         }
     }
 }
@@ -142,6 +166,7 @@ pub const KINDS: &[&str] = &[
     "token_many_addresses",
     "refresh_token_reuse",
     "insufficient_scope_burst",
+    SUPPRESSED_KIND,
 ];
 
 /// Reasons that are refusals (everything but allowed and anonymous).
@@ -149,59 +174,134 @@ fn is_failure(reason: &str) -> bool {
     !matches!(reason, "allowed" | "anonymous")
 }
 
-/// Raises (or refreshes) an anomaly: updates the open or acknowledged one with the same kind and subject,
-/// else opens a new one and records an `anomaly.opened` event. Returns the anomaly id.
-pub async fn raise(
-    state: &AppState,
-    kind: &str,
-    severity: &str,
-    subject_kind: &str,
-    subject: &str,
-    evidence: Value,
-) -> Result<String, sqlx::Error> {
-    let now = now();
-    // The common case, an anomaly already open, costs one statement and no transaction.
-    let existing: Option<String> = sqlx::query_scalar(
-        "UPDATE anomalies SET evidence = $1, occurrences = occurrences + 1, last_seen = $2, updated_at = $2 \
-         WHERE kind = $3 AND subject_kind = $4 AND subject = $5 AND state IN ('open', 'acknowledged') RETURNING id",
-    )
-    .bind(evidence.to_string())
-    .bind(now)
-    .bind(kind)
-    .bind(subject_kind)
-    .bind(subject)
-    .fetch_optional(&state.db.pool)
-    .await?;
-    if let Some(id) = existing {
-        return Ok(id);
-    }
-    let mut tx = state.db.pool.begin().await?;
-    let id = random_id("anm_");
-    sqlx::query(
-        "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, state, created_at, updated_at, occurrences, last_seen) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7, 1, $7)",
-    )
-    .bind(&id)
-    .bind(kind)
-    .bind(severity)
-    .bind(subject_kind)
-    .bind(subject)
-    .bind(evidence.to_string())
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    let mut event = Event::new("anomaly.opened", "system:anomalies")
-        .details(json!({"anomaly_id": id, "kind": kind, "severity": severity, "subject_kind": subject_kind, "subject": subject}));
-    event = match subject_kind {
-        "subject" => event.subject(subject),
-        "client" => event.client(subject),
-        "token" if !subject.starts_with("fp:") => event.jti(subject),
-        _ => event,
-    };
-    events::record(&state.events, &state.db, &mut tx, event).await?;
-    tx.commit().await?;
-    Ok(id)
+/// Runs the detectors and raises anomalies: the database, the event log and the thresholds, without the
+/// rest of the app (the usage pipeline's detector task holds one).
+#[derive(Debug)]
+pub struct Detector {
+    db: Db,
+    events: Arc<EventBus>,
+    config: AnomalyConfig,
 }
+
+/// Findings of one batch that the per-edge cap kept from opening new anomalies, per kind.
+#[derive(Debug, Default)]
+struct Suppressed(BTreeMap<String, i64>);
+
+impl Detector {
+    /// A detector over `db` recording to `events` with thresholds `config`.
+    pub fn new(db: Db, events: Arc<EventBus>, config: AnomalyConfig) -> Detector {
+        Detector { db, events, config }
+    }
+
+    /// Raises (or refreshes) an anomaly: updates the open or acknowledged one with the same kind and
+    /// subject (adding `occurrences`), else opens a new one and records an `anomaly.opened` event.
+    /// A finding from an edge's report opens a new anomaly only while that edge opened fewer than
+    /// [`AnomalyConfig::edge_cap`] within [`AnomalyConfig::edge_cap_window_seconds`]; past the cap it is
+    /// counted in `suppressed` instead. Returns the anomaly id, or `None` when suppressed.
+    #[allow(clippy::too_many_arguments)]
+    async fn raise(
+        &self,
+        edge: Option<(&str, &mut Suppressed)>,
+        kind: &str,
+        severity: &str,
+        subject_kind: &str,
+        subject: &str,
+        evidence: Value,
+        occurrences: i64,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let now = now();
+        // The common case, an anomaly already open, costs one statement and no transaction.
+        let existing: Option<String> = sqlx::query_scalar(
+            "UPDATE anomalies SET evidence = $1, occurrences = occurrences + $6, last_seen = $2, updated_at = $2 \
+             WHERE kind = $3 AND subject_kind = $4 AND subject = $5 AND state IN ('open', 'acknowledged') RETURNING id",
+        )
+        .bind(evidence.to_string())
+        .bind(now)
+        .bind(kind)
+        .bind(subject_kind)
+        .bind(subject)
+        .bind(occurrences)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        if let Some(id) = existing {
+            return Ok(Some(id));
+        }
+        let edge_name = match edge {
+            Some((edge, suppressed)) => {
+                let opened: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM anomalies WHERE edge = $1 AND created_at >= $2 AND kind <> $3",
+                )
+                .bind(edge)
+                .bind(now - self.config.edge_cap_window_seconds)
+                .bind(SUPPRESSED_KIND)
+                .fetch_one(&self.db.pool)
+                .await?;
+                if opened >= self.config.edge_cap {
+                    *suppressed.0.entry(kind.to_owned()).or_default() += 1;
+                    return Ok(None);
+                }
+                Some(edge)
+            }
+            None => None,
+        };
+        let mut tx = self.db.pool.begin().await?;
+        let id = random_id("anm_");
+        sqlx::query(
+            "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, state, created_at, updated_at, occurrences, last_seen, edge) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7, $8, $7, $9)",
+        )
+        .bind(&id)
+        .bind(kind)
+        .bind(severity)
+        .bind(subject_kind)
+        .bind(subject)
+        .bind(evidence.to_string())
+        .bind(now)
+        .bind(occurrences)
+        .bind(edge_name)
+        .execute(&mut *tx)
+        .await?;
+        let mut event = Event::new("anomaly.opened", "system:anomalies")
+            .details(json!({"anomaly_id": id, "kind": kind, "severity": severity, "subject_kind": subject_kind, "subject": subject}));
+        event = match subject_kind {
+            "subject" => event.subject(subject),
+            "client" => event.client(subject),
+            "token" if !subject.starts_with("fp:") => event.jti(subject),
+            _ => event,
+        };
+        events::record(&self.events, &self.db, &mut tx, event).await?;
+        tx.commit().await?;
+        Ok(Some(id))
+    }
+
+    /// A finding from `edge`'s report (subject to the edge's cap).
+    #[allow(clippy::too_many_arguments)]
+    async fn found(
+        &self,
+        edge: &str,
+        suppressed: &mut Suppressed,
+        kind: &str,
+        severity: &str,
+        subject_kind: &str,
+        subject: &str,
+        evidence: Value,
+    ) -> Result<(), sqlx::Error> {
+        self.raise(
+            Some((edge, suppressed)),
+            kind,
+            severity,
+            subject_kind,
+            subject,
+            evidence,
+            1,
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// The anomaly that counts an edge's findings kept out by the cap; never capped itself.
+pub const SUPPRESSED_KIND: &str = "anomalies_suppressed";
 
 /// Values per grouped window query.
 const GROUP_CHUNK: usize = 200;
@@ -217,7 +317,7 @@ fn in_list(first: usize, n: usize) -> String {
 /// Window sums of stored usage counts per value of `column`, for `reason` (or every refusal):
 /// one grouped query per 200 values instead of one query per value.
 async fn window_sums(
-    state: &AppState,
+    db: &Db,
     column: &'static str,
     values: &[&str],
     reason: Option<&str>,
@@ -241,7 +341,7 @@ async fn window_sums(
         for v in chunk {
             query = query.bind(*v);
         }
-        for row in query.fetch_all(&state.db.pool).await? {
+        for row in query.fetch_all(&db.pool).await? {
             out.insert(
                 row.try_get("k")?,
                 row.try_get::<Option<i64>, _>("n")?.unwrap_or(0),
@@ -253,7 +353,7 @@ async fn window_sums(
 
 /// Rows per value of `column` in `table` since `since` (a Unix-seconds `time_column`), grouped.
 async fn window_counts(
-    state: &AppState,
+    db: &Db,
     table: &'static str,
     column: &'static str,
     time_column: &'static str,
@@ -271,235 +371,274 @@ async fn window_counts(
         for v in chunk {
             query = query.bind(*v);
         }
-        for row in query.fetch_all(&state.db.pool).await? {
+        for row in query.fetch_all(&db.pool).await? {
             out.insert(row.try_get("k")?, row.try_get("n")?);
         }
     }
     Ok(out)
 }
 
-/// Runs every usage detector over a stored batch.
-pub async fn detect(state: &AppState, batch: &Ingested) -> Result<(), sqlx::Error> {
-    let cfg = &state.config.anomalies;
-    let now = now();
-    // Buckets are whole minutes, so the window starts at the minute containing its start.
-    let since = (now - cfg.window_seconds) - (now - cfg.window_seconds).rem_euclid(60);
-    let edge = batch.edge.as_str();
+impl Detector {
+    /// Runs every usage detector over a stored batch; new anomalies past the edge's cap are counted in one
+    /// `anomalies_suppressed` anomaly on the edge instead.
+    pub async fn detect(&self, batch: &Ingested) -> Result<(), sqlx::Error> {
+        let mut suppressed = Suppressed::default();
+        self.detect_into(batch, &mut suppressed).await?;
+        if !suppressed.0.is_empty() {
+            let n: i64 = suppressed.0.values().sum();
+            let evidence = json!({"suppressed": suppressed.0, "cap": self.config.edge_cap, "window_seconds": self.config.edge_cap_window_seconds,
+            "hint": "this edge's reports raised more new anomalies than the cap; occurrences counts the findings not opened"});
+            self.raise(
+                None,
+                SUPPRESSED_KIND,
+                "medium",
+                "edge",
+                &batch.edge,
+                evidence,
+                n,
+            )
+            .await?;
+        }
+        Ok(())
+    }
 
-    // Repeated failures from one address (failure samples carry the address).
-    let addresses: BTreeSet<&str> = batch
-        .failures
-        .iter()
-        .map(|f| f.client_address.as_str())
-        .take(200)
-        .collect();
-    let addresses: Vec<&str> = addresses.into_iter().collect();
-    let counts = window_counts(
-        state,
-        "usage_failures",
-        "client_address",
-        "at",
-        &addresses,
-        now - cfg.window_seconds,
-    )
-    .await?;
-    for (address, n) in counts
-        .into_iter()
-        .filter(|(_, n)| *n >= cfg.address_failures)
-    {
-        let reasons: Vec<&str> = batch
+    async fn detect_into(
+        &self,
+        batch: &Ingested,
+        suppressed: &mut Suppressed,
+    ) -> Result<(), sqlx::Error> {
+        let cfg = &self.config;
+        let state = self;
+        let now = now();
+        // Buckets are whole minutes, so the window starts at the minute containing its start.
+        let since = (now - cfg.window_seconds) - (now - cfg.window_seconds).rem_euclid(60);
+        let edge = batch.edge.as_str();
+
+        // Repeated failures from one address (failure samples carry the address).
+        let addresses: BTreeSet<&str> = batch
             .failures
             .iter()
-            .filter(|f| f.client_address == address)
-            .map(|f| f.reason.as_str())
+            .map(|f| f.client_address.as_str())
+            .take(200)
             .collect();
-        raise(state, "address_failures", "medium", "address", &address,
+        let addresses: Vec<&str> = addresses.into_iter().collect();
+        let counts = window_counts(
+            &state.db,
+            "usage_failures",
+            "client_address",
+            "at",
+            &addresses,
+            now - cfg.window_seconds,
+        )
+        .await?;
+        for (address, n) in counts
+            .into_iter()
+            .filter(|(_, n)| *n >= cfg.address_failures)
+        {
+            let reasons: Vec<&str> = batch
+                .failures
+                .iter()
+                .filter(|f| f.client_address == address)
+                .map(|f| f.reason.as_str())
+                .collect();
+            self.found(edge, suppressed, "address_failures", "medium", "address", &address,
             json!({"failures": n, "window_seconds": cfg.window_seconds, "threshold": cfg.address_failures, "edge": edge, "recent_reasons": reasons})).await?;
-    }
-
-    // Per-key sums of this batch, to pick candidates for the window queries.
-    let mut subjects: BTreeSet<&str> = BTreeSet::new();
-    let mut expired_clients: BTreeSet<&str> = BTreeSet::new();
-    let mut scope_clients: BTreeSet<&str> = BTreeSet::new();
-    let mut revoked_tokens: BTreeMap<&str, (&str, &str, &str)> = BTreeMap::new();
-    let mut allowed_jtis: BTreeMap<&str, &str> = BTreeMap::new();
-    for (token, subject, client, route, reason) in batch.counts.keys() {
-        if is_failure(reason) && !subject.is_empty() {
-            subjects.insert(subject);
         }
-        let client_or_subject = if client.is_empty() {
-            subject.as_str()
-        } else {
-            client.as_str()
-        };
-        match reason.as_str() {
-            "expired" if !client_or_subject.is_empty() => {
-                expired_clients.insert(client_or_subject);
-            }
-            "insufficient_scope" if !client_or_subject.is_empty() => {
-                scope_clients.insert(client_or_subject);
-            }
-            "revoked" if !token.is_empty() => {
-                revoked_tokens.insert(token, (subject, client, route));
-            }
-            "allowed" if !token.is_empty() && !token.starts_with("fp:") => {
-                allowed_jtis.insert(token, route);
-            }
-            _ => {}
-        }
-    }
 
-    let subjects: Vec<&str> = subjects.into_iter().take(1000).collect();
-    for (subject, n) in window_sums(state, "subject", &subjects, None, since).await? {
-        if n >= cfg.subject_failures {
-            raise(state, "subject_failures", "medium", "subject", &subject,
+        // Per-key sums of this batch, to pick candidates for the window queries.
+        let mut subjects: BTreeSet<&str> = BTreeSet::new();
+        let mut expired_clients: BTreeSet<&str> = BTreeSet::new();
+        let mut scope_clients: BTreeSet<&str> = BTreeSet::new();
+        let mut revoked_tokens: BTreeMap<&str, (&str, &str, &str)> = BTreeMap::new();
+        let mut allowed_jtis: BTreeMap<&str, &str> = BTreeMap::new();
+        for (token, subject, client, route, reason) in batch.counts.keys() {
+            if is_failure(reason) && !subject.is_empty() {
+                subjects.insert(subject);
+            }
+            let client_or_subject = if client.is_empty() {
+                subject.as_str()
+            } else {
+                client.as_str()
+            };
+            match reason.as_str() {
+                "expired" if !client_or_subject.is_empty() => {
+                    expired_clients.insert(client_or_subject);
+                }
+                "insufficient_scope" if !client_or_subject.is_empty() => {
+                    scope_clients.insert(client_or_subject);
+                }
+                "revoked" if !token.is_empty() => {
+                    revoked_tokens.insert(token, (subject, client, route));
+                }
+                "allowed" if !token.is_empty() && !token.starts_with("fp:") => {
+                    allowed_jtis.insert(token, route);
+                }
+                _ => {}
+            }
+        }
+
+        let subjects: Vec<&str> = subjects.into_iter().take(1000).collect();
+        for (subject, n) in window_sums(&state.db, "subject", &subjects, None, since).await? {
+            if n >= cfg.subject_failures {
+                self.found(edge, suppressed, "subject_failures", "medium", "subject", &subject,
                 json!({"failures": n, "window_seconds": cfg.window_seconds, "threshold": cfg.subject_failures, "edge": edge})).await?;
+            }
         }
-    }
 
-    let tokens: Vec<&str> = revoked_tokens.keys().copied().take(1000).collect();
-    for (token, n) in window_sums(state, "token", &tokens, Some("revoked"), since).await? {
-        let (subject, client, route) = revoked_tokens
-            .get(token.as_str())
-            .copied()
-            .unwrap_or_default();
-        if n >= cfg.revoked_uses {
-            raise(state, "revoked_token_use", "medium", "token", &token,
+        let tokens: Vec<&str> = revoked_tokens.keys().copied().take(1000).collect();
+        for (token, n) in window_sums(&state.db, "token", &tokens, Some("revoked"), since).await? {
+            let (subject, client, route) = revoked_tokens
+                .get(token.as_str())
+                .copied()
+                .unwrap_or_default();
+            if n >= cfg.revoked_uses {
+                self.found(edge, suppressed, "revoked_token_use", "medium", "token", &token,
                 json!({"uses": n, "window_seconds": cfg.window_seconds, "subject": subject, "client_id": client, "route": route, "edge": edge, "refused_by_edge": true})).await?;
+            }
         }
-    }
 
-    // An edge allowed a token revoked well before the interval: revocations are not reaching it.
-    let jtis: Vec<(&str, &str)> = allowed_jtis.into_iter().collect();
-    for chunk in jtis.chunks(200) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
+        // An edge allowed a token revoked well before the interval: revocations are not reaching it.
+        let jtis: Vec<(&str, &str)> = allowed_jtis.into_iter().collect();
+        for chunk in jtis.chunks(200) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
             "SELECT jti, subject, client_id, revoked_at FROM tokens WHERE revoked_at IS NOT NULL AND jti IN ({})",
             placeholders.join(", ")
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (jti, _) in chunk {
-            query = query.bind(*jti);
-        }
-        for row in query.fetch_all(&state.db.pool).await? {
-            let jti: String = row.try_get("jti")?;
-            let revoked_at: i64 = row.try_get("revoked_at")?;
-            let late = batch.interval_end - revoked_at;
-            if late > cfg.revocation_grace_seconds {
-                let route = chunk
-                    .iter()
-                    .find(|(j, _)| *j == jti)
-                    .map(|(_, r)| *r)
-                    .unwrap_or("");
-                raise(state, "revoked_token_allowed", "high", "token", &jti,
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (jti, _) in chunk {
+                query = query.bind(*jti);
+            }
+            for row in query.fetch_all(&state.db.pool).await? {
+                let jti: String = row.try_get("jti")?;
+                let revoked_at: i64 = row.try_get("revoked_at")?;
+                let late = batch.interval_end - revoked_at;
+                if late > cfg.revocation_grace_seconds {
+                    let route = chunk
+                        .iter()
+                        .find(|(j, _)| *j == jti)
+                        .map(|(_, r)| *r)
+                        .unwrap_or("");
+                    self.found(edge, suppressed, "revoked_token_allowed", "high", "token", &jti,
                     json!({"revoked_at": revoked_at, "allowed_until": batch.interval_end, "seconds_after_revocation": late,
                            "grace_seconds": cfg.revocation_grace_seconds, "edge": edge, "route": route,
                            "subject": row.try_get::<String, _>("subject")?, "client_id": row.try_get::<String, _>("client_id")?})).await?;
+                }
             }
         }
-    }
 
-    let client_bursts = [
-        (
-            expired_clients,
-            "expired",
-            "expired_token_use",
-            cfg.expired_uses,
-            "expired_uses",
-        ),
-        (
-            scope_clients,
-            "insufficient_scope",
-            "insufficient_scope_burst",
-            cfg.insufficient_scope,
-            "refusals",
-        ),
-    ];
-    for (candidates, reason, kind, threshold, label) in client_bursts {
-        let candidates: Vec<&str> = candidates.into_iter().take(1000).collect();
-        let mut sums = window_sums(state, "client_id", &candidates, Some(reason), since).await?;
-        // Tokens without a client_id are attributed to their subject.
-        let rest: Vec<&str> = candidates
+        let client_bursts = [
+            (
+                expired_clients,
+                "expired",
+                "expired_token_use",
+                cfg.expired_uses,
+                "expired_uses",
+            ),
+            (
+                scope_clients,
+                "insufficient_scope",
+                "insufficient_scope_burst",
+                cfg.insufficient_scope,
+                "refusals",
+            ),
+        ];
+        for (candidates, reason, kind, threshold, label) in client_bursts {
+            let candidates: Vec<&str> = candidates.into_iter().take(1000).collect();
+            let mut sums =
+                window_sums(&state.db, "client_id", &candidates, Some(reason), since).await?;
+            // Tokens without a client_id are attributed to their subject.
+            let rest: Vec<&str> = candidates
+                .iter()
+                .copied()
+                .filter(|c| !sums.contains_key(*c))
+                .collect();
+            sums.extend(window_sums(&state.db, "subject", &rest, Some(reason), since).await?);
+            for (client, n) in sums.into_iter().filter(|(_, n)| *n >= threshold) {
+                let mut evidence = json!({"window_seconds": cfg.window_seconds, "threshold": threshold, "edge": edge});
+                evidence[label] = json!(n);
+                if kind == "expired_token_use" {
+                    evidence["hint"] =
+                        json!("the client keeps sending expired tokens instead of refreshing them");
+                }
+                self.found(edge, suppressed, kind, "low", "client", &client, evidence)
+                    .await?;
+            }
+        }
+
+        let tokens: Vec<&str> = batch
+            .tokens_with_addresses
             .iter()
-            .copied()
-            .filter(|c| !sums.contains_key(*c))
+            .map(String::as_str)
+            .take(1000)
             .collect();
-        sums.extend(window_sums(state, "subject", &rest, Some(reason), since).await?);
-        for (client, n) in sums.into_iter().filter(|(_, n)| *n >= threshold) {
-            let mut evidence =
-                json!({"window_seconds": cfg.window_seconds, "threshold": threshold, "edge": edge});
-            evidence[label] = json!(n);
-            if kind == "expired_token_use" {
-                evidence["hint"] =
-                    json!("the client keeps sending expired tokens instead of refreshing them");
-            }
-            raise(state, kind, "low", "client", &client, evidence).await?;
-        }
-    }
-
-    let tokens: Vec<&str> = batch
-        .tokens_with_addresses
-        .iter()
-        .map(String::as_str)
-        .take(1000)
-        .collect();
-    let spread = window_counts(
-        state,
-        "token_addresses",
-        "token",
-        "last_seen",
-        &tokens,
-        now - cfg.window_seconds,
-    )
-    .await?;
-    for (token, n) in spread
-        .into_iter()
-        .filter(|(_, n)| *n >= cfg.token_addresses)
-    {
-        let sample: Vec<String> = sqlx::query_scalar(
+        let spread = window_counts(
+            &state.db,
+            "token_addresses",
+            "token",
+            "last_seen",
+            &tokens,
+            now - cfg.window_seconds,
+        )
+        .await?;
+        for (token, n) in spread
+            .into_iter()
+            .filter(|(_, n)| *n >= cfg.token_addresses)
+        {
+            let sample: Vec<String> = sqlx::query_scalar(
             "SELECT address FROM token_addresses WHERE token = $1 AND last_seen >= $2 ORDER BY address LIMIT 20",
         )
         .bind(&token)
         .bind(now - cfg.window_seconds)
         .fetch_all(&state.db.pool)
         .await?;
-        raise(state, "token_many_addresses", "high", "token", &token,
+            self.found(edge, suppressed, "token_many_addresses", "high", "token", &token,
             json!({"addresses": n, "window_seconds": cfg.window_seconds, "threshold": cfg.token_addresses, "sample": sample, "edge": edge})).await?;
-    }
-
-    // Clock skew: tokens minted in the future (the issuer's or client's clock), and edges whose clock runs ahead.
-    let mut skewed: BTreeMap<(String, String), Value> = BTreeMap::new();
-    for f in &batch.failures {
-        let ahead = [f.iat, f.nbf]
-            .into_iter()
-            .flatten()
-            .map(|t| t - f.at)
-            .max()
-            .unwrap_or(0);
-        let future_reason = matches!(f.reason.as_str(), "issued_in_future" | "not_yet_valid");
-        if ahead > cfg.clock_skew_leeway_seconds
-            || (future_reason && ahead > 0)
-            || (future_reason && f.iat.is_none() && f.nbf.is_none())
-        {
-            let (kind, subject) = match (&f.client_id, &f.subject, &f.jti) {
-                (Some(c), _, _) => ("client", c.clone()),
-                (None, Some(s), _) => ("subject", s.clone()),
-                (None, None, Some(j)) => ("token", j.clone()),
-                _ => ("address", f.client_address.clone()),
-            };
-            skewed.insert((kind.to_owned(), subject), json!({"seconds_ahead": ahead, "iat": f.iat, "nbf": f.nbf, "seen_at": f.at,
-                "reason": f.reason, "leeway_seconds": cfg.clock_skew_leeway_seconds, "edge": edge, "jti": f.jti}));
         }
-    }
-    for ((kind, subject), evidence) in skewed.into_iter().take(200) {
-        raise(state, "clock_skew", "medium", &kind, &subject, evidence).await?;
-    }
-    let edge_ahead = batch.interval_end - now;
-    if edge_ahead > cfg.clock_skew_leeway_seconds {
-        raise(state, "clock_skew", "medium", "edge", edge,
+
+        // Clock skew: tokens minted in the future (the issuer's or client's clock), and edges whose clock runs ahead.
+        let mut skewed: BTreeMap<(String, String), Value> = BTreeMap::new();
+        for f in &batch.failures {
+            let ahead = [f.iat, f.nbf]
+                .into_iter()
+                .flatten()
+                .map(|t| t - f.at)
+                .max()
+                .unwrap_or(0);
+            let future_reason = matches!(f.reason.as_str(), "issued_in_future" | "not_yet_valid");
+            if ahead > cfg.clock_skew_leeway_seconds
+                || (future_reason && ahead > 0)
+                || (future_reason && f.iat.is_none() && f.nbf.is_none())
+            {
+                let (kind, subject) = match (&f.client_id, &f.subject, &f.jti) {
+                    (Some(c), _, _) => ("client", c.clone()),
+                    (None, Some(s), _) => ("subject", s.clone()),
+                    (None, None, Some(j)) => ("token", j.clone()),
+                    _ => ("address", f.client_address.clone()),
+                };
+                skewed.insert((kind.to_owned(), subject), json!({"seconds_ahead": ahead, "iat": f.iat, "nbf": f.nbf, "seen_at": f.at,
+                "reason": f.reason, "leeway_seconds": cfg.clock_skew_leeway_seconds, "edge": edge, "jti": f.jti}));
+            }
+        }
+        for ((kind, subject), evidence) in skewed.into_iter().take(200) {
+            self.found(
+                edge,
+                suppressed,
+                "clock_skew",
+                "medium",
+                &kind,
+                &subject,
+                evidence,
+            )
+            .await?;
+        }
+        let edge_ahead = batch.interval_end - now;
+        if edge_ahead > cfg.clock_skew_leeway_seconds {
+            self.found(edge, suppressed, "clock_skew", "medium", "edge", edge,
             json!({"seconds_ahead": edge_ahead, "interval_end": batch.interval_end, "received_at": now, "leeway_seconds": cfg.clock_skew_leeway_seconds})).await?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 const COLUMNS: &str = "id, kind, severity, subject_kind, subject, evidence, state, occurrences, created_at, updated_at, last_seen";
@@ -652,6 +791,18 @@ async fn update(
     tx.commit().await?;
     tracing::info!(anomaly = %id, state = %new_state, actor = %principal.actor(), "anomaly triaged");
     Ok(Json(find(&state, &id).await?))
+}
+
+/// Deletes resolved anomalies whose last change is older than `retention_seconds` (open and
+/// acknowledged ones stay until triaged).
+pub async fn prune(db: &Db, retention_seconds: i64) -> Result<u64, sqlx::Error> {
+    crate::db::delete_in_chunks(
+        db,
+        "anomalies",
+        "state = 'resolved' AND updated_at < $1",
+        now() - retention_seconds,
+    )
+    .await
 }
 
 /// Open anomalies per kind, for `/metrics`.

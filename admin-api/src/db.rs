@@ -34,6 +34,45 @@ pub struct Db {
     pub url: String,
 }
 
+/// How long a SQLite connection waits for the write lock before a statement fails with "database is
+/// locked".
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Rows one retention statement deletes at most, so pruning never holds SQLite's write lock for long.
+const PRUNE_CHUNK: i64 = 5_000;
+
+/// Deletes the rows of `table` matching `condition` (SQL with `$1` bound to `bound`) in chunks of
+/// [`PRUNE_CHUNK`], each its own short statement, pausing between them so other writers get the lock.
+/// `table` and `condition` are constants of the callers, never input. Returns the rows deleted.
+pub async fn delete_in_chunks(
+    db: &Db,
+    table: &str,
+    condition: &str,
+    bound: i64,
+) -> Result<u64, sqlx::Error> {
+    // The physical row id: every SQLite table without `WITHOUT ROWID` has a rowid, every PostgreSQL row a ctid.
+    let row_id = match db.kind {
+        DbKind::Sqlite => "rowid",
+        DbKind::Postgres => "ctid",
+    };
+    let sql = format!(
+        "DELETE FROM {table} WHERE {row_id} IN (SELECT {row_id} FROM {table} WHERE {condition} LIMIT {PRUNE_CHUNK})"
+    );
+    let mut deleted = 0;
+    loop {
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(bound)
+            .execute(&db.pool)
+            .await?
+            .rows_affected();
+        deleted += done;
+        if (done as i64) < PRUNE_CHUNK {
+            return Ok(deleted);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Current time in Unix seconds.
 pub fn now() -> i64 {
     SystemTime::now()
@@ -65,6 +104,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite/0004_foreign_issuers.sql"),
     ),
     (
+        5,
+        "usage_flood",
+        include_str!("../migrations/sqlite/0005_usage_flood.sql"),
+    ),
+    (
         6,
         "edge_key_names",
         include_str!("../migrations/sqlite/0006_edge_key_names.sql"),
@@ -91,6 +135,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "foreign_issuers",
         include_str!("../migrations/postgres/0004_foreign_issuers.sql"),
+    ),
+    (
+        5,
+        "usage_flood",
+        include_str!("../migrations/postgres/0005_usage_flood.sql"),
     ),
     (
         6,
@@ -163,7 +212,23 @@ impl Db {
         }
         let options = AnyPoolOptions::new()
             .max_connections(if kind == DbKind::Sqlite { 8 } else { 16 })
-            .acquire_timeout(Duration::from_secs(10));
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if kind == DbKind::Sqlite {
+                        // A writer that finds SQLite's write lock taken waits for it (up to this long)
+                        // instead of failing with "database is locked". Usage ingestion holds the lock
+                        // for one short transaction at a time, so revocations wait milliseconds.
+                        sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "PRAGMA busy_timeout = {}",
+                            SQLITE_BUSY_TIMEOUT.as_millis()
+                        )))
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    Ok(())
+                })
+            });
         let pool = options
             .connect(&url)
             .await

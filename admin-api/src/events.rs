@@ -297,6 +297,20 @@ pub fn spawn_dispatcher(
     })
 }
 
+/// Deletes events older than `retention_seconds`, then the oldest beyond `max_rows`, in short chunks.
+pub async fn prune(db: &Db, retention_seconds: i64, max_rows: i64) -> Result<(), sqlx::Error> {
+    crate::db::delete_in_chunks(db, "events", "at < $1", now() - retention_seconds).await?;
+    let cut: Option<i64> =
+        sqlx::query_scalar("SELECT at FROM events ORDER BY at DESC LIMIT 1 OFFSET $1")
+            .bind(max_rows)
+            .fetch_optional(&db.pool)
+            .await?;
+    if let Some(cut) = cut {
+        crate::db::delete_in_chunks(db, "events", "at <= $1", cut).await?;
+    }
+    Ok(())
+}
+
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -80,6 +80,8 @@ pub struct AppState {
     pub webhooks: Arc<webhooks::Dispatcher>,
     /// This replica's Prometheus counters.
     pub metrics: Arc<metrics::Metrics>,
+    /// The usage ingestion queue, writer and detector of this replica.
+    pub usage: Arc<usage::Ingestor>,
     /// Background tasks (cursor refresh, LISTEN); aborted when the last clone of the state is dropped.
     _tasks: Arc<TaskGuard>,
 }
@@ -125,6 +127,15 @@ impl AppState {
             events.clone(),
             config.usage.clone(),
         ));
+        let metrics = Arc::new(metrics::Metrics::new());
+        let (usage, usage_tasks) = usage::Ingestor::start(
+            db.clone(),
+            events.clone(),
+            feed.clone(),
+            metrics.clone(),
+            &config,
+        );
+        tasks.extend(usage_tasks);
         if db.kind == DbKind::Postgres {
             tasks.push(listen_loop(&db, keys.clone(), feed.clone(), events.clone()).await?);
         }
@@ -155,7 +166,8 @@ impl AppState {
             dummy_hash,
             events,
             webhooks,
-            metrics: Arc::new(metrics::Metrics::new()),
+            metrics,
+            usage: Arc::new(usage),
             _tasks: Arc::new(TaskGuard(tasks)),
         })
     }

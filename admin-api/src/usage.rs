@@ -42,6 +42,7 @@
 //! Answer: `202 {"accepted_counts": n, "accepted_failures": m, "bucket": <minute>}`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,7 +58,7 @@ use sqlx::Row as _;
 use tokio::task::JoinHandle;
 
 use crate::auth::{ClientAddr, Principal, Role};
-use crate::db::{now, Db};
+use crate::db::{self, now, Db};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{self, Event, EventBus, StoredEvent};
 use crate::extract::{parse_json, Json, Query};
@@ -80,15 +81,31 @@ pub struct UsageConfig {
     pub max_failures: usize,
     /// How long per-minute counts are kept.
     pub count_retention_seconds: i64,
+    /// Most per-minute count rows kept (the oldest minutes go first).
+    pub count_max_rows: i64,
     /// How long failure samples are kept.
     pub failure_retention_seconds: i64,
     /// Most failure samples kept (the oldest go first).
     pub failure_max_rows: i64,
+    /// How long events are kept.
+    pub event_retention_seconds: i64,
+    /// Most events kept (the oldest go first).
+    pub event_max_rows: i64,
+    /// How long resolved anomalies are kept after their last change.
+    pub anomaly_retention_seconds: i64,
     /// How often each replica writes the edges' polls it saw to the database.
     pub edge_flush_seconds: u64,
     /// How long after a token expired or was revoked its last use is final and recorded as an event
     /// (edges report with a delay).
     pub last_use_grace_seconds: i64,
+    /// Entries (counts plus failures) queued for the writer at most on one replica; a batch that does not
+    /// fit is answered 503 with `Retry-After`.
+    pub queue_entries: usize,
+    /// Rows one ingestion transaction writes at most (a single larger batch still goes in one), which
+    /// bounds how long it holds SQLite's write lock.
+    pub max_rows_per_transaction: usize,
+    /// How often retention runs.
+    pub prune_interval_seconds: u64,
 }
 
 impl Default for UsageConfig {
@@ -97,26 +114,56 @@ impl Default for UsageConfig {
             max_counts: 10_000,
             max_failures: 1_000,
             count_retention_seconds: 30 * 86_400,
+            count_max_rows: 20_000_000,
             failure_retention_seconds: 7 * 86_400,
             failure_max_rows: 100_000,
+            event_retention_seconds: 365 * 86_400,
+            event_max_rows: 5_000_000,
+            anomaly_retention_seconds: 90 * 86_400,
             edge_flush_seconds: 10,
             last_use_grace_seconds: 120,
+            queue_entries: 200_000,
+            max_rows_per_transaction: 2_000,
+            prune_interval_seconds: 60,
         }
     }
 }
 
-/// `serve` flags for usage retention.
+/// `serve` flags for usage ingestion and retention.
 #[derive(clap::Args, Debug, Clone)]
 pub struct UsageArgs {
     /// Days per-minute usage counts are kept.
     #[arg(long, env = "EDGEWARDEN_USAGE_RETENTION_DAYS", default_value_t = 30)]
     pub usage_retention_days: i64,
+    /// Most per-minute usage count rows kept; the oldest minutes are deleted first.
+    #[arg(long, env = "EDGEWARDEN_USAGE_MAX_ROWS", default_value_t = 20_000_000)]
+    pub usage_max_rows: i64,
     /// Days failure samples reported by edges are kept.
     #[arg(long, env = "EDGEWARDEN_FAILURE_RETENTION_DAYS", default_value_t = 7)]
     pub failure_retention_days: i64,
     /// Most failure samples kept; the oldest are deleted first.
     #[arg(long, env = "EDGEWARDEN_FAILURE_MAX_ROWS", default_value_t = 100_000)]
     pub failure_max_rows: i64,
+    /// Days events (the audit log) are kept.
+    #[arg(long, env = "EDGEWARDEN_EVENT_RETENTION_DAYS", default_value_t = 365)]
+    pub event_retention_days: i64,
+    /// Most events kept; the oldest are deleted first.
+    #[arg(long, env = "EDGEWARDEN_EVENT_MAX_ROWS", default_value_t = 5_000_000)]
+    pub event_max_rows: i64,
+    /// Days resolved anomalies are kept after their last change (open and acknowledged ones stay).
+    #[arg(long, env = "EDGEWARDEN_ANOMALY_RETENTION_DAYS", default_value_t = 90)]
+    pub anomaly_retention_days: i64,
+    /// Usage entries (counts plus failures) queued at most per replica; batches beyond get 503 and
+    /// Retry-After.
+    #[arg(long, env = "EDGEWARDEN_USAGE_QUEUE", default_value_t = 200_000)]
+    pub usage_queue: usize,
+    /// Rows one usage write transaction holds at most (bounds how long SQLite's write lock is held).
+    #[arg(
+        long,
+        env = "EDGEWARDEN_USAGE_TRANSACTION_ROWS",
+        default_value_t = 2_000
+    )]
+    pub usage_transaction_rows: usize,
     /// Seconds between writes of the edges' last polls to the database (shown by GET /api/v1/edges).
     #[arg(long, env = "EDGEWARDEN_EDGE_FLUSH", default_value_t = 10)]
     pub edge_flush: u64,
@@ -127,8 +174,14 @@ impl UsageArgs {
     pub fn config(&self) -> UsageConfig {
         UsageConfig {
             count_retention_seconds: self.usage_retention_days.max(1) * 86_400,
+            count_max_rows: self.usage_max_rows.max(10_000),
             failure_retention_seconds: self.failure_retention_days.max(1) * 86_400,
             failure_max_rows: self.failure_max_rows.max(100),
+            event_retention_seconds: self.event_retention_days.max(1) * 86_400,
+            event_max_rows: self.event_max_rows.max(10_000),
+            anomaly_retention_seconds: self.anomaly_retention_days.max(1) * 86_400,
+            queue_entries: self.usage_queue.max(1),
+            max_rows_per_transaction: self.usage_transaction_rows.max(100),
             edge_flush_seconds: self.edge_flush.max(1),
             ..UsageConfig::default()
         }
@@ -418,6 +471,352 @@ fn placeholders(rows: usize, width: usize, skip: usize) -> String {
         .join(", ")
 }
 
+/// What the handler prepared from a validated batch, off the writer's path: summed counts, the
+/// (token, address) pairs, the uses per jti.
+#[derive(Debug)]
+struct Prepared {
+    ingested: Ingested,
+    bucket: i64,
+    dropped: u64,
+    /// Decisions reported (sum of the counts).
+    total: i64,
+    /// (token, address) pairs seen.
+    addresses: BTreeSet<(String, String)>,
+    /// Allowed uses per jti.
+    used: BTreeMap<String, i64>,
+    /// The address the batch came from.
+    address: String,
+}
+
+fn prepare(batch: UsageBatch, address: String) -> Prepared {
+    let bucket = batch.interval_start - batch.interval_start.rem_euclid(60);
+    let mut ingested = Ingested {
+        edge: batch.edge,
+        interval_start: batch.interval_start,
+        interval_end: batch.interval_end,
+        ..Ingested::default()
+    };
+    let mut addresses: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut used: BTreeMap<String, i64> = BTreeMap::new();
+    for c in batch.counts {
+        let token = token_key(&c.jti, &c.token_fingerprint);
+        if !token.is_empty() {
+            for a in c.addresses {
+                addresses.insert((token.clone(), a));
+            }
+        }
+        if let (Some(jti), "allowed") = (&c.jti, c.reason.as_str()) {
+            *used.entry(jti.clone()).or_default() += c.count;
+        }
+        let key = (
+            token,
+            c.subject.unwrap_or_default(),
+            c.client_id.unwrap_or_default(),
+            c.route,
+            c.reason,
+        );
+        *ingested.counts.entry(key).or_default() += c.count;
+    }
+    for f in &batch.failures {
+        if let Some(jti) = &f.jti {
+            addresses.insert((jti.clone(), f.client_address.clone()));
+        }
+    }
+    for (token, _) in &addresses {
+        ingested.tokens_with_addresses.insert(token.clone());
+    }
+    let total = ingested.counts.values().sum();
+    ingested.failures = batch.failures;
+    Prepared {
+        ingested,
+        bucket,
+        dropped: batch.dropped,
+        total,
+        addresses,
+        used,
+        address,
+    }
+}
+
+/// Size of a batch in the ingestion queue's unit: its entries (counts and failures), at least one.
+fn entries(batch: &UsageBatch) -> u32 {
+    (batch.counts.len() + batch.failures.len()).max(1) as u32
+}
+
+/// Why a queued batch could not be taken: answered 503 with `Retry-After`, never dropped silently.
+#[derive(Debug)]
+struct Refusal {
+    retry_after: u64,
+    message: String,
+}
+
+fn unavailable(refusal: Refusal) -> Response {
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({"error": {"code": "ingestion_busy", "message": refusal.message}})),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(refusal.retry_after),
+    );
+    response
+}
+
+/// One batch waiting for the writer, with the slot it holds in the queue and where its answer goes.
+struct Job {
+    prepared: Prepared,
+    _room: tokio::sync::OwnedSemaphorePermit,
+    reply: tokio::sync::oneshot::Sender<Result<(), Refusal>>,
+}
+
+/// Counters of the ingestion pipeline, for logs and tests.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Batches stored and run through the detectors.
+    pub stored: AtomicU64,
+    /// Batches refused with 503 because the queue was full.
+    pub refused_busy: AtomicU64,
+    /// Write transactions (each holding one or more batches).
+    pub transactions: AtomicU64,
+    /// Detector runs that failed (each retried; counted per failure).
+    pub detect_failures: AtomicU64,
+}
+
+/// The usage ingestion pipeline of one replica: handlers validate and prepare batches and queue them
+/// (bounded by entries, not batches, so memory stays bounded whatever the batch sizes); one writer task
+/// stores whole queued batches together in short transactions (group commit, at most
+/// [`UsageConfig::max_rows_per_transaction`] rows unless a single batch is larger); one detector task runs
+/// the anomaly detectors over every stored batch, in order; each batch is answered 202 only after both.
+/// A full queue is answered 503 with `Retry-After` at once. Revocations and issuance never queue behind
+/// usage: they use other pool connections and wait at most one short ingestion transaction for the
+/// SQLite write lock (see `db.rs` for the busy timeout).
+#[derive(Debug)]
+pub struct Ingestor {
+    jobs: tokio::sync::mpsc::UnboundedSender<JobBox>,
+    room: Arc<tokio::sync::Semaphore>,
+    capacity: u32,
+    /// Entries per second the writer managed lately (for `Retry-After`).
+    rate: Arc<AtomicU64>,
+    /// Batches parsed at once (one per core).
+    parsing: Arc<tokio::sync::Semaphore>,
+    /// Counters.
+    pub stats: Arc<IngestStats>,
+}
+
+/// A boxed job, so the channel's `Debug` does not need the job's.
+struct JobBox(Box<Job>);
+
+impl std::fmt::Debug for JobBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
+    }
+}
+
+impl Ingestor {
+    /// Starts the writer and detector tasks; returns the ingestor and the tasks' handles.
+    pub fn start(
+        db: Db,
+        bus: Arc<EventBus>,
+        feed: Arc<Feed>,
+        metrics: Arc<crate::metrics::Metrics>,
+        config: &crate::config::Config,
+    ) -> (Ingestor, Vec<JoinHandle<()>>) {
+        let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
+        // The detector's queue is small: when detection falls behind, the writer waits, the ingestion
+        // queue fills and edges are told to come back, so no batch goes undetected.
+        let (detect_tx, detect_rx) = tokio::sync::mpsc::channel(8);
+        let capacity = config
+            .usage
+            .queue_entries
+            .max(config.usage.max_counts + config.usage.max_failures)
+            .min(u32::MAX as usize / 2) as u32;
+        let stats = Arc::new(IngestStats::default());
+        let rate = Arc::new(AtomicU64::new(0));
+        let writer = tokio::spawn(writer(
+            db.clone(),
+            bus.clone(),
+            feed,
+            config.usage.max_rows_per_transaction,
+            rx,
+            detect_tx,
+            stats.clone(),
+            rate.clone(),
+        ));
+        let detector = tokio::spawn(detector(
+            crate::anomalies::Detector::new(db, bus, config.anomalies.clone()),
+            metrics,
+            detect_rx,
+            stats.clone(),
+        ));
+        (
+            Ingestor {
+                jobs,
+                room: Arc::new(tokio::sync::Semaphore::new(capacity as usize)),
+                capacity,
+                rate,
+                parsing: Arc::new(tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get()),
+                )),
+                stats,
+            },
+            vec![writer, detector],
+        )
+    }
+
+    /// The refusal for a batch that finds the queue full.
+    fn refusal(&self) -> Refusal {
+        self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+        let queued = u64::from(self.capacity) - self.room.available_permits() as u64;
+        let rate = self.rate.load(Ordering::Relaxed).max(1);
+        Refusal {
+            retry_after: (queued / rate).clamp(1, 30),
+            message: format!(
+                "usage ingestion is behind ({queued} entries queued on this replica); the batch was not stored: resend it after the Retry-After delay"
+            ),
+        }
+    }
+
+    /// A refusal when not even one entry fits in the queue.
+    fn full(&self) -> Option<Refusal> {
+        (self.room.available_permits() == 0).then(|| self.refusal())
+    }
+
+    /// Queues a prepared batch of `size` entries and waits for it to be stored and detected.
+    async fn submit(&self, prepared: Prepared, size: u32) -> Result<(), Refusal> {
+        let size = size.min(self.capacity);
+        let Ok(room) = self.room.clone().try_acquire_many_owned(size) else {
+            return Err(self.refusal());
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Job {
+            prepared,
+            _room: room,
+            reply,
+        };
+        if self.jobs.send(JobBox(Box::new(job))).is_err() {
+            return Err(stopped());
+        }
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+fn stopped() -> Refusal {
+    Refusal {
+        retry_after: 5,
+        message: "usage ingestion is stopping on this replica; the batch was not stored: resend it"
+            .into(),
+    }
+}
+
+/// The writer task: takes every batch queued so far (up to the row bound), stores them in one
+/// transaction, then hands them to the detector.
+#[allow(clippy::too_many_arguments)]
+async fn writer(
+    db: Db,
+    bus: Arc<EventBus>,
+    feed: Arc<Feed>,
+    max_rows: usize,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<JobBox>,
+    detect: tokio::sync::mpsc::Sender<Vec<Job>>,
+    stats: Arc<IngestStats>,
+    rate: Arc<AtomicU64>,
+) {
+    let mut next: Option<Job> = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(JobBox(job)) => *job,
+                None => return,
+            },
+        };
+        let mut rows = rows_of(&first.prepared);
+        let mut group = vec![first];
+        while rows < max_rows {
+            match rx.try_recv() {
+                Ok(JobBox(job)) => {
+                    let r = rows_of(&job.prepared);
+                    if rows + r > max_rows {
+                        next = Some(*job);
+                        break;
+                    }
+                    rows += r;
+                    group.push(*job);
+                }
+                Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        let result = store_group(&db, &bus, &feed, &group).await;
+        let elapsed = started.elapsed().as_secs_f64().max(0.000_1);
+        rate.store((rows as f64 / elapsed) as u64, Ordering::Relaxed);
+        stats.transactions.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                if detect.send(group).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batches = group.len(), rows, "cannot store usage batches; their edges are told to resend");
+                for job in group {
+                    let _ = job.reply.send(Err(Refusal {
+                        retry_after: 2,
+                        message: "the usage batch could not be stored now (database error); it was not stored: resend it".into(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Rows a batch writes (counts, failures, address pairs), for the per-transaction bound.
+fn rows_of(p: &Prepared) -> usize {
+    p.ingested.counts.len() + p.ingested.failures.len() + p.addresses.len() + p.used.len() + 1
+}
+
+/// The detector task: every stored batch, in order, through the anomaly detectors (a failure is retried,
+/// never skipped silently), then the batch is answered.
+async fn detector(
+    detector: crate::anomalies::Detector,
+    metrics: Arc<crate::metrics::Metrics>,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<Job>>,
+    stats: Arc<IngestStats>,
+) {
+    while let Some(group) = rx.recv().await {
+        for job in group {
+            let ingested = &job.prepared.ingested;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match detector.detect(ingested).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        stats.detect_failures.fetch_add(1, Ordering::Relaxed);
+                        if attempt >= 5 {
+                            // Stored but not fully examined: said loudly, counted, never silent.
+                            tracing::error!(error = %e, edge = %ingested.edge, "anomaly detection failed five times for a stored usage batch; giving up on it");
+                            break;
+                        }
+                        tracing::warn!(error = %e, edge = %ingested.edge, attempt, "anomaly detection failed for a usage batch; retrying");
+                        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                    }
+                }
+            }
+            metrics.usage_ingested(
+                job.prepared.total as u64,
+                job.prepared.ingested.failures.len() as u64,
+            );
+            stats.stored.fetch_add(1, Ordering::Relaxed);
+            if job.prepared.dropped > 0 {
+                tracing::warn!(edge = %ingested.edge, dropped = job.prepared.dropped, "edge dropped usage events");
+            }
+            let _ = job.reply.send(Ok(()));
+        }
+    }
+}
+
 async fn ingest(
     State(state): State<AppState>,
     principal: Principal,
@@ -441,77 +840,96 @@ async fn ingest(
             "usage batch is larger than {MAX_BATCH_BYTES} bytes"
         )));
     };
-    let batch: UsageBatch = parse_json(&body)?;
-    if let Some(message) = oversized(&batch, &state.config.usage) {
-        return Ok(too_large(message));
+    let usage = state.usage.clone();
+    if let Some(refusal) = usage.full() {
+        // Nothing fits: no need to spend CPU on parsing what cannot be queued.
+        return Ok(unavailable(refusal));
     }
-    validate(&batch)?;
+    // Parsing and checking a batch of up to 4 MiB is CPU work of milliseconds: it runs on the blocking
+    // pool, a few batches at a time, so the async workers stay free for revocations and the feed.
+    let slot = usage.parsing.clone().acquire_owned().await;
+    let limits = state.config.usage.clone();
+    let parsed = tokio::task::spawn_blocking(move || -> ApiResult<Result<_, Response>> {
+        let _slot = slot;
+        let batch: UsageBatch = parse_json(&body)?;
+        drop(body);
+        if let Some(message) = oversized(&batch, &limits) {
+            return Ok(Err(too_large(message)));
+        }
+        validate(&batch)?;
+        Ok(Ok(batch))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(anyhow::anyhow!("usage batch parser: {e}")))??;
+    let batch = match parsed {
+        Ok(batch) => batch,
+        Err(response) => return Ok(response),
+    };
     principal.require_edge(&batch.edge)?;
     let accepted_counts = batch.counts.len();
     let accepted_failures = batch.failures.len();
     let bucket = batch.interval_start - batch.interval_start.rem_euclid(60);
-    let ingested = store(&state, batch, &address).await?;
-    let total: i64 = ingested.counts.values().sum();
-    state
-        .metrics
-        .usage_ingested(total as u64, accepted_failures as u64);
-    if let Err(e) = crate::anomalies::detect(&state, &ingested).await {
-        // The batch is stored; a detector failure must not make the edge resend it.
-        tracing::error!(error = %e, edge = %ingested.edge, "anomaly detection failed for a usage batch");
+    let size = entries(&batch);
+    let prepared = tokio::task::spawn_blocking(move || prepare(batch, address))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("usage batch preparation: {e}")))?;
+    if let Err(refusal) = usage.submit(prepared, size).await {
+        return Ok(unavailable(refusal));
     }
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"accepted_counts": accepted_counts, "accepted_failures": accepted_failures, "bucket": bucket}))).into_response())
 }
 
-/// Stores a validated batch in one transaction and returns what the detectors need.
-async fn store(state: &AppState, batch: UsageBatch, address: &str) -> ApiResult<Ingested> {
+/// Stores a group of prepared batches in one transaction: counts summed per key across the group,
+/// failures, address pairs, token first/last use (one `token.first_use` event per token) and one
+/// `edges` row update per edge.
+async fn store_group(
+    db: &Db,
+    bus: &EventBus,
+    feed: &Feed,
+    group: &[Job],
+) -> Result<(), sqlx::Error> {
     let now = now();
-    let bucket = batch.interval_start - batch.interval_start.rem_euclid(60);
-    let mut ingested = Ingested {
-        edge: batch.edge.clone(),
-        interval_start: batch.interval_start,
-        interval_end: batch.interval_end,
-        ..Ingested::default()
-    };
-    let mut addresses: BTreeSet<(String, String)> = BTreeSet::new();
-    let mut used: BTreeMap<String, i64> = BTreeMap::new();
-    for c in &batch.counts {
-        let token = token_key(&c.jti, &c.token_fingerprint);
-        let key = (
-            token.clone(),
-            c.subject.clone().unwrap_or_default(),
-            c.client_id.clone().unwrap_or_default(),
-            c.route.clone(),
-            c.reason.clone(),
-        );
-        *ingested.counts.entry(key).or_default() += c.count;
-        if !token.is_empty() {
-            for a in &c.addresses {
-                addresses.insert((token.clone(), a.clone()));
-            }
+    type RowKey<'a> = (i64, &'a str, &'a CountKey);
+    let mut counts: BTreeMap<RowKey<'_>, i64> = BTreeMap::new();
+    let mut pairs: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    // jti -> (uses, last seen, index of the first batch that used it)
+    let mut used: BTreeMap<&str, (i64, i64, usize)> = BTreeMap::new();
+    // edge -> (reports, decisions, address)
+    let mut edges: BTreeMap<&str, (i64, i64, &str)> = BTreeMap::new();
+    for (i, job) in group.iter().enumerate() {
+        let p = &job.prepared;
+        let edge = p.ingested.edge.as_str();
+        for (key, n) in &p.ingested.counts {
+            *counts.entry((p.bucket, edge, key)).or_default() += n;
         }
-        if let (Some(jti), "allowed") = (&c.jti, c.reason.as_str()) {
-            *used.entry(jti.clone()).or_default() += c.count;
+        let seen_at = p.ingested.interval_end.min(now);
+        for (token, address) in &p.addresses {
+            let at = pairs.entry((token, address)).or_insert(seen_at);
+            *at = (*at).max(seen_at);
         }
+        for (jti, n) in &p.used {
+            let e = used.entry(jti).or_insert((0, p.ingested.interval_end, i));
+            e.0 += n;
+            e.1 = e.1.max(p.ingested.interval_end);
+        }
+        let e = edges.entry(edge).or_insert((0, 0, &p.address));
+        e.0 += 1;
+        e.1 += p.total;
+        e.2 = &p.address;
     }
-    for f in &batch.failures {
-        if let Some(jti) = &f.jti {
-            addresses.insert((jti.clone(), f.client_address.clone()));
-        }
-    }
-    let total: i64 = ingested.counts.values().sum();
-    let mut tx = state.db.pool.begin().await?;
-    let entries: Vec<(&CountKey, &i64)> = ingested.counts.iter().collect();
-    for chunk in entries.chunks(CHUNK) {
+    let mut tx = db.pool.begin().await?;
+    let rows: Vec<(&RowKey<'_>, &i64)> = counts.iter().collect();
+    for chunk in rows.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO usage_counts (bucket, edge, token, subject, client_id, route, reason, count) VALUES {} \
              ON CONFLICT (bucket, edge, token, subject, client_id, route, reason) DO UPDATE SET count = usage_counts.count + excluded.count",
             placeholders(chunk.len(), 8, 0)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for ((token, subject, client, route, reason), count) in chunk {
+        for ((bucket, edge, (token, subject, client, route, reason)), count) in chunk {
             query = query
-                .bind(bucket)
-                .bind(&batch.edge)
+                .bind(*bucket)
+                .bind(*edge)
                 .bind(token)
                 .bind(subject)
                 .bind(client)
@@ -521,16 +939,23 @@ async fn store(state: &AppState, batch: UsageBatch, address: &str) -> ApiResult<
         }
         query.execute(&mut *tx).await?;
     }
-    for chunk in batch.failures.chunks(CHUNK) {
+    let failures: Vec<(&str, &FailureEntry)> = group
+        .iter()
+        .flat_map(|j| {
+            let edge = j.prepared.ingested.edge.as_str();
+            j.prepared.ingested.failures.iter().map(move |f| (edge, f))
+        })
+        .collect();
+    for chunk in failures.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO usage_failures (id, edge, at, received_at, jti, subject, client_id, route, reason, client_address, iat, nbf) VALUES {}",
             placeholders(chunk.len(), 12, 0)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for f in chunk {
+        for (edge, f) in chunk {
             query = query
                 .bind(random_id("uf_"))
-                .bind(&batch.edge)
+                .bind(*edge)
                 .bind(f.at)
                 .bind(now)
                 .bind(&f.jti)
@@ -544,92 +969,91 @@ async fn store(state: &AppState, batch: UsageBatch, address: &str) -> ApiResult<
         }
         query.execute(&mut *tx).await?;
     }
-    let seen_at = batch.interval_end.min(now);
-    let pairs: Vec<&(String, String)> = addresses.iter().collect();
+    let pairs: Vec<(&(&str, &str), &i64)> = pairs.iter().collect();
     for chunk in pairs.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO token_addresses (token, address, first_seen, last_seen) VALUES {} \
-             ON CONFLICT (token, address) DO UPDATE SET last_seen = excluded.last_seen",
+             ON CONFLICT (token, address) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > token_addresses.last_seen THEN excluded.last_seen ELSE token_addresses.last_seen END",
             placeholders(chunk.len(), 4, 0)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (token, addr) in chunk {
-            query = query.bind(token).bind(addr).bind(seen_at).bind(seen_at);
-            ingested.tokens_with_addresses.insert(token.clone());
+        for ((token, addr), at) in chunk {
+            query = query.bind(*token).bind(*addr).bind(**at).bind(**at);
         }
         query.execute(&mut *tx).await?;
     }
-    let used: Vec<(&String, &i64)> = used.iter().collect();
+    let used: Vec<(&&str, &(i64, i64, usize))> = used.iter().collect();
     for chunk in used.chunks(CHUNK) {
         // First use: only rows still without one are claimed, so each token gets one event even
-        // when replicas ingest reports for it at the same moment.
+        // when replicas ingest reports for it at the same moment. VALUES columns are column1,
+        // column2 on both engines (SQLite has no column aliases there).
         let sql = format!(
-            "UPDATE tokens SET first_used_at = $1 WHERE first_used_at IS NULL AND jti IN ({}) RETURNING jti, subject, client_id",
-            (2..chunk.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+            "UPDATE tokens SET first_used_at = v.column2 FROM (VALUES {}) AS v \
+             WHERE tokens.jti = v.column1 AND tokens.first_used_at IS NULL RETURNING jti, subject, client_id",
+            placeholders(chunk.len(), 2, 0)
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(batch.interval_start);
-        for (jti, _) in chunk {
-            query = query.bind(*jti);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (jti, (_, _, first)) in chunk {
+            query = query
+                .bind(**jti)
+                .bind(group[*first].prepared.ingested.interval_start);
         }
         let first_uses = query.fetch_all(&mut *tx).await?;
-        // VALUES columns are column1, column2 on both engines (SQLite has no column aliases there).
         let sql = format!(
             "UPDATE tokens SET use_count = use_count + v.column2, \
-             last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $1 THEN $1 ELSE last_used_at END \
+             last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < v.column3 THEN v.column3 ELSE last_used_at END \
              FROM (VALUES {}) AS v WHERE tokens.jti = v.column1",
-            placeholders(chunk.len(), 2, 1)
+            placeholders(chunk.len(), 3, 0)
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(batch.interval_end);
-        for (jti, uses) in chunk {
-            query = query.bind(*jti).bind(**uses);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (jti, (uses, last, _)) in chunk {
+            query = query.bind(**jti).bind(*uses).bind(*last);
         }
         query.execute(&mut *tx).await?;
         for row in first_uses {
             let jti: String = row.try_get("jti")?;
-            let seen_from: Vec<&String> = addresses
+            let Some((_, (_, _, first))) = chunk.iter().find(|(j, _)| ***j == jti) else {
+                continue;
+            };
+            let p = &group[*first].prepared;
+            let seen_from: Vec<&String> = p
+                .addresses
                 .iter()
                 .filter(|(t, _)| *t == jti)
                 .map(|(_, a)| a)
                 .collect();
-            let event = Event::new("token.first_use", format!("edge:{}", batch.edge))
+            let event = Event::new("token.first_use", format!("edge:{}", p.ingested.edge))
                 .subject(row.try_get::<String, _>("subject")?)
                 .client(row.try_get::<String, _>("client_id")?)
-                .details(
-                    json!({"edge": batch.edge, "at": batch.interval_start, "addresses": seen_from}),
-                )
+                .details(json!({"edge": p.ingested.edge, "at": p.ingested.interval_start, "addresses": seen_from}))
                 .jti(jti);
-            events::record(&state.events, &state.db, &mut tx, event).await?;
+            events::record(bus, db, &mut tx, event).await?;
         }
     }
     // The edge's poll as this replica saw it rides along, so a report also refreshes the poll columns.
-    let poll = state
-        .feed
-        .edges()
-        .into_iter()
-        .find(|e| e.name == batch.edge);
-    sqlx::query(
-        "INSERT INTO edges (name, address, last_poll, feed_cursor, last_report, reports, events, first_seen) VALUES ($1, $2, $3, $4, $5, 1, $6, $5) \
-         ON CONFLICT (name) DO UPDATE SET address = excluded.address, last_report = excluded.last_report, \
-         reports = edges.reports + 1, events = edges.events + excluded.events, \
-         last_poll = CASE WHEN edges.last_poll IS NULL OR excluded.last_poll > edges.last_poll THEN excluded.last_poll ELSE edges.last_poll END, \
-         feed_cursor = CASE WHEN edges.last_poll IS NULL OR excluded.last_poll > edges.last_poll THEN excluded.feed_cursor ELSE edges.feed_cursor END",
-    )
-    .bind(&batch.edge)
-    .bind(address)
-    .bind(poll.as_ref().map(|p| p.last_poll))
-    .bind(poll.as_ref().map(|p| p.cursor))
-    .bind(now)
-    .bind(total)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    if batch.dropped > 0 {
-        tracing::warn!(edge = %batch.edge, dropped = batch.dropped, "edge dropped usage events");
+    let polls = feed.edges();
+    for (edge, (reports, decisions, address)) in &edges {
+        let poll = polls.iter().find(|e| e.name == *edge);
+        sqlx::query(
+            "INSERT INTO edges (name, address, last_poll, feed_cursor, last_report, reports, events, first_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $5) \
+             ON CONFLICT (name) DO UPDATE SET address = excluded.address, last_report = excluded.last_report, \
+             reports = edges.reports + excluded.reports, events = edges.events + excluded.events, \
+             last_poll = CASE WHEN edges.last_poll IS NULL OR excluded.last_poll > edges.last_poll THEN excluded.last_poll ELSE edges.last_poll END, \
+             feed_cursor = CASE WHEN edges.last_poll IS NULL OR excluded.last_poll > edges.last_poll THEN excluded.feed_cursor ELSE edges.feed_cursor END",
+        )
+        .bind(*edge)
+        .bind(*address)
+        .bind(poll.map(|p| p.last_poll))
+        .bind(poll.map(|p| p.cursor))
+        .bind(now)
+        .bind(*reports)
+        .bind(*decisions)
+        .execute(&mut *tx)
+        .await?;
     }
-    ingested.failures = batch.failures;
-    Ok(ingested)
+    tx.commit().await?;
+    Ok(())
 }
-
 /// Writes the edges' polls this replica saw (newer than what it last wrote) to the `edges` table.
 pub async fn flush_edges(
     db: &Db,
@@ -697,32 +1121,44 @@ pub async fn record_last_uses(db: &Db, bus: &EventBus, grace: i64) -> Result<usi
     Ok(recorded)
 }
 
-/// Deletes usage data past its retention.
+/// Deletes usage data, events and resolved anomalies past their retention (time, then row bounds), in
+/// short chunks so pruning never holds SQLite's write lock for long.
 pub async fn prune(db: &Db, config: &UsageConfig) -> Result<(), sqlx::Error> {
     let now = now();
-    sqlx::query("DELETE FROM usage_counts WHERE bucket < $1")
-        .bind(now - config.count_retention_seconds)
-        .execute(&db.pool)
-        .await?;
-    sqlx::query("DELETE FROM usage_failures WHERE at < $1")
-        .bind(now - config.failure_retention_seconds)
-        .execute(&db.pool)
-        .await?;
+    db::delete_in_chunks(
+        db,
+        "usage_counts",
+        "bucket < $1",
+        now - config.count_retention_seconds,
+    )
+    .await?;
+    let cut: Option<i64> = sqlx::query_scalar(
+        "SELECT bucket FROM usage_counts ORDER BY bucket DESC LIMIT 1 OFFSET $1",
+    )
+    .bind(config.count_max_rows)
+    .fetch_optional(&db.pool)
+    .await?;
+    if let Some(cut) = cut {
+        db::delete_in_chunks(db, "usage_counts", "bucket <= $1", cut).await?;
+    }
+    db::delete_in_chunks(
+        db,
+        "usage_failures",
+        "at < $1",
+        now - config.failure_retention_seconds,
+    )
+    .await?;
     let cut: Option<i64> =
         sqlx::query_scalar("SELECT at FROM usage_failures ORDER BY at DESC LIMIT 1 OFFSET $1")
             .bind(config.failure_max_rows)
             .fetch_optional(&db.pool)
             .await?;
     if let Some(cut) = cut {
-        sqlx::query("DELETE FROM usage_failures WHERE at <= $1")
-            .bind(cut)
-            .execute(&db.pool)
-            .await?;
+        db::delete_in_chunks(db, "usage_failures", "at <= $1", cut).await?;
     }
-    sqlx::query("DELETE FROM token_addresses WHERE last_seen < $1")
-        .bind(now - 7 * 86_400)
-        .execute(&db.pool)
-        .await?;
+    db::delete_in_chunks(db, "token_addresses", "last_seen < $1", now - 7 * 86_400).await?;
+    events::prune(db, config.event_retention_seconds, config.event_max_rows).await?;
+    crate::anomalies::prune(db, config.anomaly_retention_seconds).await?;
     Ok(())
 }
 
@@ -743,7 +1179,7 @@ pub fn spawn_maintenance(
             if let Err(e) = flush_edges(&db, &feed, &mut written).await {
                 tracing::warn!(error = %e, "cannot write edge polls");
             }
-            if last_slow.elapsed() >= Duration::from_secs(60) {
+            if last_slow.elapsed() >= Duration::from_secs(config.prune_interval_seconds.max(1)) {
                 last_slow = tokio::time::Instant::now();
                 if let Err(e) = record_last_uses(&db, &bus, config.last_use_grace_seconds).await {
                     tracing::warn!(error = %e, "cannot record last uses");

@@ -1,0 +1,370 @@
+//! Usage floods (issue 13, findings 3 and 4; issue 14): a flood of usage batches at the documented limits
+//! never makes a concurrent revocation or issuance fail or stall, and every batch is either stored (2xx)
+//! or refused with 503 and `Retry-After`, never half-stored; a flood of reports opens deduplicated
+//! anomalies within the per-edge cap and counts what the cap kept out; retention prunes usage, events and
+//! resolved anomalies. Each runs on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{header, StatusCode};
+use common::{Backend, TestApp, TestDb};
+use edgewarden_admin::db::now;
+use serde_json::{json, Value};
+
+both_backends!(
+    usage_flood_never_fails_or_stalls_revocations_and_issuance,
+    flood_of_findings_opens_deduplicated_anomalies_within_the_edge_cap,
+    retention_prunes_usage_events_and_resolved_anomalies,
+);
+
+/// Longest a revocation or an issuance may take during the flood (a debug build on a loaded machine;
+/// before the ingestion writer they failed with "database is locked" after 5 s or more).
+const WRITE_BOUND: Duration = Duration::from_secs(3);
+
+/// A batch at the documented limits (10,000 count entries, 1,000 failure samples) from `edge`.
+fn full_batch(edge: &str, seed: usize) -> (Value, i64) {
+    let now = now();
+    let mut total = 0;
+    let counts: Vec<Value> = (0..10_000)
+        .map(|i| {
+            let count = 1 + (i % 7) as i64;
+            total += count;
+            json!({
+                "jti": format!("flood-{seed}-{i}"),
+                "subject": format!("user-{}", i % 300),
+                "client_id": format!("client-{}", i % 20),
+                "route": format!("/api/items/{}", i % 50),
+                "reason": "allowed",
+                "count": count,
+                "addresses": [format!("10.{}.{}.{}", seed % 250, i % 250, 1 + i % 200)],
+            })
+        })
+        .collect();
+    let failures: Vec<Value> = (0..1_000)
+        .map(|i| {
+            json!({"reason": "bad_signature", "client_address": format!("198.51.{}.{}", seed % 250, i % 25),
+                   "at": now - 5, "route": "/api/items"})
+        })
+        .collect();
+    (
+        json!({"edge": edge, "interval_start": now - 10, "interval_end": now, "counts": counts, "failures": failures}),
+        total,
+    )
+}
+
+async fn usage_flood_never_fails_or_stalls_revocations_and_issuance(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    // Room for a few full batches: the rest of the flood is told to come back.
+    config.usage.queue_entries = 40_000;
+    let app = Arc::new(TestApp::with_config(config, db).await);
+    app.client("billing", &["read"], &[]).await;
+
+    const BATCHES: usize = 32;
+    let batches: Vec<(String, Value, i64)> = (0..BATCHES)
+        .map(|i| {
+            let edge = format!("flood-edge-{i:02}");
+            let (body, total) = full_batch(&edge, i);
+            (edge, body, total)
+        })
+        .collect();
+    let mut posts = Vec::new();
+    for (edge, body, total) in batches {
+        let app = app.clone();
+        posts.push(tokio::spawn(async move {
+            let answer = app.post("/api/v1/usage", Some(&app.admin_key), body).await;
+            (edge, total, answer)
+        }));
+    }
+    // Revocations and issuance while the flood is being ingested.
+    let mut writes = Vec::new();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..6 {
+        let started = Instant::now();
+        let answer = app
+            .post(
+                "/api/v1/revocations",
+                Some(&app.admin_key),
+                json!({"subject": format!("flood-victim-{i}"), "reason": "flood test"}),
+            )
+            .await;
+        writes.push(("revocation", answer.status, started.elapsed(), answer.body));
+        let started = Instant::now();
+        let answer = app
+            .post(
+                "/api/v1/tokens",
+                Some(&app.admin_key),
+                json!({"subject": format!("flood-user-{i}"), "client_id": "billing", "scopes": ["read"], "ttl_seconds": 600}),
+            )
+            .await;
+        writes.push(("issuance", answer.status, started.elapsed(), answer.body));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut stored = 0;
+    let mut refused = 0;
+    for post in posts {
+        let (edge, total, answer) = post.await.expect("post task");
+        let sum: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(SUM(count) AS BIGINT) FROM usage_counts WHERE edge = $1",
+        )
+        .bind(&edge)
+        .fetch_one(&app.state.db.pool)
+        .await
+        .expect("sum");
+        match answer.status {
+            StatusCode::ACCEPTED => {
+                stored += 1;
+                assert_eq!(sum, Some(total), "{edge}: a 202 batch is stored whole");
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                refused += 1;
+                let retry: u64 = answer
+                    .headers
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{edge}: 503 without a Retry-After in seconds"));
+                assert!(retry >= 1, "{edge}: Retry-After {retry}");
+                assert_eq!(answer.code(), "ingestion_busy", "{}", answer.body);
+                assert_eq!(sum, None, "{edge}: a refused batch leaves nothing behind");
+            }
+            other => panic!("{edge}: usage batch answered {other}: {}", answer.body),
+        }
+    }
+    let took: Vec<String> = writes
+        .iter()
+        .map(|(what, status, took, _)| format!("{what} {status} {took:?}"))
+        .collect();
+    eprintln!("{stored} batches stored, {refused} refused; {}", took.join(", "));
+    assert!(stored >= 1, "no batch of the flood was stored");
+    assert_eq!(stored + refused, BATCHES);
+    for (what, status, took, body) in &writes {
+        assert!(
+            status.is_success(),
+            "a {what} during the usage flood answered {status}: {body}"
+        );
+        assert!(
+            *took < WRITE_BOUND,
+            "a {what} during the usage flood took {took:?} (bound {WRITE_BOUND:?})"
+        );
+    }
+    // Every stored batch went through the detectors: its 1,000 failures from 25 addresses (40 each, over
+    // the threshold of 20) opened address anomalies from its edge, none was skipped.
+    let opened: i64 = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT edge) FROM anomalies WHERE kind = 'address_failures' AND edge IS NOT NULL",
+    )
+    .fetch_one(&app.state.db.pool)
+    .await
+    .expect("anomalies");
+    assert_eq!(
+        opened, stored as i64,
+        "each stored batch's edge opened address anomalies"
+    );
+}
+
+/// One report from `edge` with a revoked-token refusal for each of `tokens`.
+fn revoked_uses(edge: &str, tokens: std::ops::Range<usize>) -> Value {
+    let now = now();
+    let counts: Vec<Value> = tokens
+        .map(|i| json!({"jti": format!("stolen-{i:04}"), "route": "/api/orders", "reason": "revoked", "count": 3}))
+        .collect();
+    json!({"edge": edge, "interval_start": now - 10, "interval_end": now, "counts": counts})
+}
+
+async fn flood_of_findings_opens_deduplicated_anomalies_within_the_edge_cap(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    config.anomalies.edge_cap = 50;
+    let app = TestApp::with_config(config, db).await;
+    // The same 200 revoked tokens reported twice by one edge: 400 findings.
+    for _ in 0..2 {
+        app.post(
+            "/api/v1/usage",
+            Some(&app.admin_key),
+            revoked_uses("noisy-edge", 0..200),
+        )
+        .await
+        .expect(StatusCode::ACCEPTED);
+    }
+    let page = app
+        .get(
+            "/api/v1/anomalies?kind=revoked_token_use&limit=500",
+            Some(&app.admin_key),
+        )
+        .await
+        .expect(StatusCode::OK)
+        .body;
+    assert_eq!(page["total"], 50, "the edge's cap of new anomalies holds");
+    let items = page["items"].as_array().expect("items");
+    assert!(
+        items.iter().all(|a| a["occurrences"] == 2),
+        "the second report of the same token adds an occurrence, not a row: {items:?}"
+    );
+    let suppressed = app
+        .get(
+            "/api/v1/anomalies?kind=anomalies_suppressed",
+            Some(&app.admin_key),
+        )
+        .await
+        .expect(StatusCode::OK)
+        .body;
+    assert_eq!(suppressed["total"], 1, "{suppressed}");
+    let s = &suppressed["items"][0];
+    assert_eq!(s["subject_kind"], "edge");
+    assert_eq!(s["subject"], "noisy-edge");
+    assert_eq!(
+        s["occurrences"], 300,
+        "150 findings kept out per report are counted"
+    );
+    assert_eq!(s["evidence"]["suppressed"]["revoked_token_use"], 150);
+    assert_eq!(s["evidence"]["cap"], 50);
+    let opened = app
+        .get("/api/v1/events?kind=anomaly.opened", Some(&app.admin_key))
+        .await
+        .expect(StatusCode::OK)
+        .body;
+    assert_eq!(
+        opened["total"], 51,
+        "one event per opened anomaly, one for the suppression"
+    );
+    // Another edge has its own cap.
+    app.post(
+        "/api/v1/usage",
+        Some(&app.admin_key),
+        revoked_uses("quiet-edge", 1000..1010),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
+    let page = app
+        .get(
+            "/api/v1/anomalies?kind=revoked_token_use&limit=1",
+            Some(&app.admin_key),
+        )
+        .await
+        .expect(StatusCode::OK)
+        .body;
+    assert_eq!(page["total"], 60);
+}
+
+async fn retention_prunes_usage_events_and_resolved_anomalies(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let db = &app.state.db;
+    let now = now();
+    let day = 86_400;
+    let mut config = app.state.config.usage.clone();
+    config.event_retention_seconds = 30 * day;
+    config.anomaly_retention_seconds = 10 * day;
+    config.count_retention_seconds = 5 * day;
+    config.failure_retention_seconds = 2 * day;
+    // More old usage rows than one pruning chunk.
+    for chunk in 0..120 {
+        let mut sql = String::from("INSERT INTO usage_counts (bucket, edge, token, subject, client_id, route, reason, count) VALUES ");
+        let rows: Vec<String> = (0..100)
+            .map(|i| {
+                format!(
+                    "({}, 'e', 't{chunk}-{i}', '', '', '/r', 'allowed', 1)",
+                    now - 6 * day
+                )
+            })
+            .collect();
+        sql.push_str(&rows.join(", "));
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&db.pool)
+            .await
+            .expect("old counts");
+    }
+    let recent = now - now.rem_euclid(60);
+    sqlx::query("INSERT INTO usage_counts (bucket, edge, token, subject, client_id, route, reason, count) VALUES ($1, 'e', 'fresh', '', '', '/r', 'allowed', 4)")
+        .bind(recent)
+        .execute(&db.pool)
+        .await
+        .expect("recent count");
+    for (id, at) in [("uf_old", now - 3 * day), ("uf_new", now - 60)] {
+        sqlx::query("INSERT INTO usage_failures (id, edge, at, received_at, reason, client_address) VALUES ($1, 'e', $2, $2, 'expired', '10.0.0.1')")
+            .bind(id)
+            .bind(at)
+            .execute(&db.pool)
+            .await
+            .expect("failure");
+    }
+    for (id, at) in [
+        ("evt_00000000000001old", now - 40 * day),
+        ("evt_00000000000002new", now - day),
+    ] {
+        sqlx::query("INSERT INTO events (id, at, kind, actor, details) VALUES ($1, $2, 'anomaly.opened', 'test', '{}')")
+            .bind(id)
+            .bind(at)
+            .execute(&db.pool)
+            .await
+            .expect("event");
+    }
+    for (id, state, updated) in [
+        ("anm_resolved_old", "resolved", now - 20 * day),
+        ("anm_resolved_new", "resolved", now - day),
+        ("anm_open_old", "open", now - 20 * day),
+    ] {
+        sqlx::query("INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, state, created_at, updated_at) VALUES ($1, 'clock_skew', 'low', 'edge', 'e', '{}', $2, $3, $3)")
+            .bind(id)
+            .bind(state)
+            .bind(updated)
+            .execute(&db.pool)
+            .await
+            .expect("anomaly");
+    }
+    edgewarden_admin::usage::prune(db, &config)
+        .await
+        .expect("prune");
+    let ids = |table: &'static str, column: &'static str| async move {
+        let mut v: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT {column} FROM {table} WHERE {column} NOT LIKE 'evt\\_%' ESCAPE '\\' OR {column} LIKE '%old' OR {column} LIKE '%new'"
+        )))
+        .fetch_all(&db.pool)
+        .await
+        .expect("ids");
+        v.sort();
+        v
+    };
+    assert_eq!(ids("usage_counts", "token").await, ["fresh"]);
+    assert_eq!(ids("usage_failures", "id").await, ["uf_new"]);
+    assert_eq!(
+        ids("events", "id").await,
+        ["evt_00000000000002new"],
+        "events past their retention are deleted"
+    );
+    assert_eq!(
+        ids("anomalies", "id").await,
+        ["anm_open_old", "anm_resolved_new"],
+        "resolved anomalies past their retention are deleted, open ones stay"
+    );
+    // The hourly rollup follows the counts it sums.
+    let hourly: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM usage_hourly WHERE edge = 'e'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("hourly");
+    assert_eq!(hourly, 4);
+
+    // Row bounds: the oldest go first.
+    // Newer than anything the app itself recorded, so the two kept are two of these.
+    for i in 0..3 {
+        sqlx::query("INSERT INTO events (id, at, kind, actor, details) VALUES ($1, $2, 'anomaly.opened', 'test', '{}')")
+            .bind(format!("evt_0000000000001{i}new"))
+            .bind(now + 100 + i)
+            .execute(&db.pool)
+            .await
+            .expect("event");
+    }
+    config.event_max_rows = 2;
+    edgewarden_admin::usage::prune(db, &config)
+        .await
+        .expect("prune");
+    assert_eq!(
+        ids("events", "id").await,
+        ["evt_00000000000011new", "evt_00000000000012new"],
+        "beyond the row bound the oldest events are deleted"
+    );
+}
