@@ -242,7 +242,7 @@ impl RootContext for EdgeWardenRoot {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    #![allow(clippy::panic)]
     use super::*;
 
     /// Configurations whose refusal filter/README.md shows, and the line the filter logs for each.
