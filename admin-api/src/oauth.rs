@@ -141,6 +141,16 @@ async fn authenticate(
         .ok_or_else(|| ApiError::oauth("invalid_client", "unknown client or wrong secret"))
 }
 
+/// An API key whose role may not use this endpoint: 403, in the RFC 6749 5.2 shape like every other
+/// `/oauth/*` error (`unauthorized_client`: the caller is authenticated but not allowed this).
+fn refused(description: String) -> ApiError {
+    ApiError::OAuth {
+        status: axum::http::StatusCode::FORBIDDEN,
+        error: "unauthorized_client",
+        description,
+    }
+}
+
 fn no_store(body: Value) -> Response {
     let mut response = axum::Json(body).into_response();
     response
@@ -190,8 +200,8 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
             (client, p.actor())
         }
         Caller::Key(p) => {
-            return Err(ApiError::Forbidden(format!(
-                "role {} may not use the token endpoint: authenticate as a client or with a service key",
+            return Err(refused(format!(
+                "role {} may not use the token endpoint: authenticate as a client (HTTP Basic or client_secret_post) or with a service key",
                 p.role
             )))
         }
@@ -422,9 +432,10 @@ fn caller_client(caller: &Caller, action: &str) -> ApiResult<Option<String>> {
             Ok(Some(p.client_id.clone().unwrap_or_default()))
         }
         Caller::Key(p) if p.role == Role::Auditor && action == "introspect" => Ok(None),
-        Caller::Key(p) => Err(ApiError::Forbidden(format!(
-            "role {} may not {action} tokens",
-            p.role
+        Caller::Key(p) => Err(refused(format!(
+            "role {} may not {action} tokens: use a client's credentials, an admin key or a service key{}",
+            p.role,
+            if action == "introspect" { " (or an auditor key)" } else { "" }
         ))),
     }
 }

@@ -57,6 +57,30 @@ pub struct Grant {
 }
 
 /// Validates a requested grant against `client`'s registration; every failure names its field.
+/// What to do when an issuance asks for something the client's `field` does not list: which field to set,
+/// and how (`PATCH /api/v1/clients/{id}`, or the field of `POST /api/v1/clients` when registering it).
+fn not_in_client_list(client: &Client, field: &str, list: &[String], wanted: &str) -> String {
+    let mut wanted_list: Vec<&str> = list.iter().map(String::as_str).collect();
+    wanted_list.push(wanted);
+    let current = if list.is_empty() {
+        format!("its {field} is empty")
+    } else {
+        format!("its {field} are {}", list.join(", "))
+    };
+    format!(
+        "{current}; add it to the client's {field} with PATCH /api/v1/clients/{} {{\"{field}\": {}}}",
+        client.client_id,
+        format!(
+            "[{}]",
+            wanted_list
+                .iter()
+                .map(|w| serde_json::Value::from(*w).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    )
+}
+
 pub fn check_grant(
     state: &AppState,
     client: &Client,
@@ -78,8 +102,9 @@ pub fn check_grant(
             return Err(ApiError::field(
                 format!("scopes[{i}]"),
                 format!(
-                    "scopes[{i}]: scope {scope:?} is not allowed for client {:?}",
-                    client.client_id
+                    "scopes[{i}]: scope {scope:?} is not allowed for client {:?}: {}",
+                    client.client_id,
+                    not_in_client_list(client, "allowed_scopes", &client.allowed_scopes, scope)
                 ),
             ));
         }
@@ -89,8 +114,9 @@ pub fn check_grant(
             return Err(ApiError::field(
                 format!("roles[{i}]"),
                 format!(
-                    "roles[{i}]: role {role:?} is not allowed for client {:?}",
-                    client.client_id
+                    "roles[{i}]: role {role:?} is not allowed for client {:?}: {}",
+                    client.client_id,
+                    not_in_client_list(client, "allowed_roles", &client.allowed_roles, role)
                 ),
             ));
         }
@@ -109,10 +135,19 @@ pub fn check_grant(
                 client.audiences.contains(aud)
             };
             if !allowed {
+                let hint = if client.audiences.is_empty() {
+                    format!(
+                        "a client without audiences may only name the default audience {:?}; {}",
+                        state.config.default_audience,
+                        not_in_client_list(client, "audiences", &client.audiences, aud)
+                    )
+                } else {
+                    not_in_client_list(client, "audiences", &client.audiences, aud)
+                };
                 return Err(ApiError::field(
                     "audience",
                     format!(
-                        "audience: {aud:?} (index {i}) is not registered for client {:?}",
+                        "audience: {aud:?} (index {i}) is not registered for client {:?}: {hint}",
                         client.client_id
                     ),
                 ));

@@ -219,7 +219,7 @@ impl Dispatcher {
         let mut any = false;
         for (id, _) in hooks
             .iter()
-            .filter(|(_, kinds)| kinds.iter().any(|k| k == &event.kind || k == "*"))
+            .filter(|(_, kinds)| kinds.iter().any(|k| kind_matches(k, &event.kind)))
         {
             let delivery = format!("dlv_{}", &sha256_hex(&format!("{id}/{}", event.id))[..24]);
             let result = sqlx::query(
@@ -492,18 +492,40 @@ pub fn redacted_url(url: &str) -> String {
     parsed.to_string()
 }
 
+/// Whether a webhook subscribed to `pattern` gets an event of `kind`: `*` for every kind, an exact kind,
+/// or `<prefix>.*` for every kind under the prefix (`token.*`), as the event stream's `kind` filter reads it.
+fn kind_matches(pattern: &str, kind: &str) -> bool {
+    match pattern.strip_suffix(".*") {
+        _ if pattern == "*" => true,
+        Some(prefix) => kind
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('.')),
+        None => pattern == kind,
+    }
+}
+
 fn check_kinds(kinds: &[String]) -> ApiResult<()> {
     if kinds.is_empty() {
         return Err(ApiError::field(
             "kinds",
-            "kinds: name at least one event kind, or \"*\"",
+            "kinds: name at least one event kind, a prefix like \"token.*\", or \"*\"",
         ));
     }
     for (i, kind) in kinds.iter().enumerate() {
-        if kind != "*" && !KINDS.contains(&kind.as_str()) {
+        let known = kind == "*"
+            || KINDS.contains(&kind.as_str())
+            || kind.strip_suffix(".*").is_some_and(|prefix| {
+                KINDS
+                    .iter()
+                    .any(|k| kind_matches(&format!("{prefix}.*"), k))
+            });
+        if !known {
             return Err(ApiError::field(
                 format!("kinds[{i}]"),
-                format!("kinds[{i}]: unknown event kind {kind:?}"),
+                format!(
+                    "kinds[{i}]: {kind:?} is not a known event kind or prefix: use \"*\", a prefix like \"token.*\", or one of {}",
+                    KINDS.join(", ")
+                ),
             ));
         }
     }
@@ -597,12 +619,18 @@ async fn show(
     Ok(Json(find(&state, &id).await?))
 }
 
-#[derive(Deserialize)]
+/// `PATCH /api/v1/webhooks/{id}`: the fields to change; absent fields keep their value.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateRequest {
+#[schemars(rename = "WebhookUpdate")]
+pub(crate) struct UpdateRequest {
+    /// Where events are POSTed (https, or http to a loopback address).
     url: Option<String>,
+    /// Event kinds delivered (`*` for all, a kind such as `token.revoked`, or a `prefix.*` such as `token.*`).
     kinds: Option<Vec<String>>,
+    /// Free text.
     description: Option<String>,
+    /// False pauses deliveries, true resumes them.
     active: Option<bool>,
 }
 
@@ -689,7 +717,8 @@ async fn delete(
 }
 
 /// One delivery of an event to a webhook.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "WebhookDelivery")]
 pub struct Delivery {
     /// Id (`dlv_...`).
     pub id: String,
@@ -779,6 +808,23 @@ async fn deliveries(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_take_the_prefix_form_the_event_stream_takes() {
+        let kinds = |k: &[&str]| check_kinds(&k.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(kinds(&["token.*"]).is_ok());
+        assert!(kinds(&["*", "anomaly.*", "revocation.created"]).is_ok());
+        let err = kinds(&["token.issued", "tok.*"]).unwrap_err().to_string();
+        assert!(err.contains("kinds[1]") && err.contains("token.*"), "{err}");
+        assert!(kinds(&["nope.*"]).is_err());
+        assert!(kinds(&[]).is_err());
+        assert!(kind_matches("token.*", "token.revoked"));
+        assert!(kind_matches("*", "anomaly.opened"));
+        assert!(kind_matches("token.issued", "token.issued"));
+        assert!(!kind_matches("token.*", "tokens.revoked"));
+        assert!(!kind_matches("token.*", "refresh_family.revoked"));
+        assert!(!kind_matches("token.issued", "token.revoked"));
+    }
 
     #[test]
     fn credentials_in_a_webhook_url_are_redacted_in_events() {

@@ -6,18 +6,22 @@ use crate::Role;
 
 /// A registered client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Client {
     /// Identifier, also the `client_id` claim.
     pub client_id: String,
     /// Display name.
     pub name: String,
-    /// Scopes its tokens may carry.
+    /// Scopes (the `scope` claim) its tokens may carry: every scope an issuance asks for must be listed
+    /// here, and an empty list allows none. A `client_credentials` grant without `scope` gets all of them.
     pub allowed_scopes: Vec<String>,
-    /// Roles its tokens may carry.
+    /// Roles (the `roles` claim) its tokens may carry; an empty list allows none.
     pub allowed_roles: Vec<String>,
-    /// Audiences its tokens may name; the first is the default.
+    /// Audiences (`aud`) its tokens may name; the first is the default when an issuance names none.
+    /// An empty list allows only the admin API's `--default-audience` (default `edgewarden`).
     pub audiences: Vec<String>,
-    /// Longest access-token lifetime.
+    /// Longest access-token lifetime in seconds: a longer `ttl_seconds` is refused, and an issuance without
+    /// one gets this or 3600, whichever is shorter (never more than the admin API's `--max-token-lifetime`).
     pub max_lifetime_seconds: i64,
     /// Whether it has a secret (and so may use `/oauth/*` client authentication).
     pub has_secret: bool,
@@ -29,6 +33,7 @@ pub struct Client {
 
 /// A client together with its newly generated secret (shown once).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ClientWithSecret {
     /// The client.
     #[serde(flatten)]
@@ -39,6 +44,7 @@ pub struct ClientWithSecret {
 
 /// An API key as listed (never the key).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ApiKeySummary {
     /// Public id.
     pub id: String,
@@ -48,16 +54,17 @@ pub struct ApiKeySummary {
     pub role: String,
     /// Client it is bound to.
     pub client_id: Option<String>,
+    /// Edge names an edge key may poll the feed and report usage as; empty for other roles and for
+    /// edge keys created before keys were bound to edges (those may still act as any edge).
+    #[serde(default)]
+    pub edges: Vec<String>,
     /// Creation time.
     pub created_at: i64,
 }
 
 /// A freshly created API key: the secret is shown once and never stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-    /// Edge names an edge key may poll the feed and report usage as; empty for other roles and for
-    /// edge keys created before keys were bound to edges (those may still act as any edge).
-    #[serde(default)]
-    pub edges: Vec<String>,
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NewApiKey {
     /// Public id of the key.
     pub id: String,
@@ -69,16 +76,17 @@ pub struct NewApiKey {
     pub name: String,
     /// Client it is bound to.
     pub client_id: Option<String>,
+    /// Edge names the key may poll the feed and report usage as (edge keys).
+    #[serde(default)]
+    pub edges: Vec<String>,
 }
 
 /// A signing key as listed by `GET /api/v1/keys`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct KeyInfo {
     /// Key id (RFC 7638 thumbprint).
     pub kid: String,
-    /// Edge names the key may poll the feed and report usage as (edge keys).
-    #[serde(default)]
-    pub edges: Vec<String>,
     /// Algorithm.
     pub alg: String,
     /// `active` or `retired`.
@@ -93,6 +101,7 @@ pub struct KeyInfo {
 
 /// A webhook.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Webhook {
     /// Id (`whk_...`).
     pub id: String,
@@ -115,6 +124,7 @@ pub struct Webhook {
 
 /// `POST /api/v1/clients`: register a client.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewClientRequest {
     /// Identifier, also the `client_id` claim.
@@ -122,22 +132,26 @@ pub struct NewClientRequest {
     /// Display name (the id when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Scopes its tokens may carry.
+    /// Scopes (the `scope` claim) its tokens may carry: every scope an issuance asks for must be listed
+    /// here. Absent or empty allows none, so list the scopes before issuing scoped tokens.
     #[serde(default)]
     pub allowed_scopes: Vec<String>,
-    /// Roles its tokens may carry.
+    /// Roles (the `roles` claim) its tokens may carry; absent or empty allows none.
     #[serde(default)]
     pub allowed_roles: Vec<String>,
-    /// Audiences its tokens may name; the first is the default.
+    /// Audiences (`aud`) its tokens may name; the first is the default when an issuance names none.
+    /// Absent or empty allows only the admin API's `--default-audience` (default `edgewarden`).
     #[serde(default)]
     pub audiences: Vec<String>,
-    /// Longest access-token lifetime (the server's maximum when absent).
+    /// Longest access-token lifetime in seconds, 1 up to the admin API's `--max-token-lifetime`
+    /// (default 86400); 3600 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lifetime_seconds: Option<i64>,
 }
 
 /// `POST /api/v1/api-keys`: create an API key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKeyRequest {
     /// Role granted.
@@ -148,10 +162,17 @@ pub struct NewApiKeyRequest {
     /// Client it is bound to (required for `service` keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// For `edge` keys: the edge names (`x-edgewarden-edge`, usage `edge`) the key may poll the feed and
+    /// report usage as; a poll or report under any other name is refused with 403. Only edge keys
+    /// take it; an edge key created without it is unbound and may act as any edge (as keys created
+    /// before this field existed do).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edges: Vec<String>,
 }
 
 /// `POST /api/v1/webhooks`: create a webhook (its signing secret is in the answer only).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhookRequest {
     /// Where events are POSTed (https, or http to a loopback address).
@@ -162,9 +183,3 @@ pub struct NewWebhookRequest {
     #[serde(default)]
     pub description: String,
 }
-    /// For `edge` keys: the edge names (`x-edgewarden-edge`, usage `edge`) the key may poll the feed and
-    /// report usage as; a poll or report under any other name is refused with 403. Only edge keys
-    /// take it; an edge key created without it is unbound and may act as any edge (as keys created
-    /// before this field existed do).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub edges: Vec<String>,

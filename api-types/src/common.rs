@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 /// One page of a list.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "{T}Page"))]
 pub struct Page<T> {
     /// The items on this page.
     pub items: Vec<T>,
@@ -20,6 +22,7 @@ pub struct Page<T> {
 
 /// Every error the admin API answers: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ErrorBody {
     /// The error itself.
     pub error: ErrorDetail,
@@ -27,6 +30,7 @@ pub struct ErrorBody {
 
 /// The inside of [`ErrorBody`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ErrorDetail {
     /// Machine-readable code (`unauthorized`, `forbidden`, `invalid_request`, `not_found`, ...).
     pub code: String,
@@ -39,6 +43,7 @@ pub struct ErrorDetail {
 
 /// What a caller may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything.
@@ -89,6 +94,7 @@ impl FromStr for Role {
 
 /// `POST /api/v1/session`: a dashboard login.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// User name.
@@ -99,6 +105,7 @@ pub struct LoginRequest {
 
 /// What `POST` and `GET /api/v1/session` answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SessionInfo {
     /// Who is logged in.
     pub username: String,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// `POST /api/v1/issuers`: an issuer and exactly one source of its keys.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewIssuerRequest {
     /// The issuer exactly as its tokens carry it in `iss` (an absolute URL, or any printable string).
@@ -20,6 +21,7 @@ pub struct NewIssuerRequest {
 
 /// A trusted issuer, as `GET /api/v1/issuers` lists it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TrustedIssuer {
     /// The `iss` its tokens carry.
     pub issuer: String,

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 /// `GET /api/v1/overview?range=1h|24h|7d`: the figures the dashboard's overview shows at a glance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Overview {
     /// Server time the figures were computed at (Unix seconds).
     pub now: i64,
@@ -46,6 +47,7 @@ pub struct Overview {
 
 /// Token figures of the overview.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TokenCounts {
     /// Tokens issued within the range.
     pub issued_in_range: i64,
@@ -59,6 +61,7 @@ pub struct TokenCounts {
 
 /// Decision totals of the overview.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DecisionTotals {
     /// Requests the edges allowed.
     pub allowed: i64,
@@ -70,6 +73,7 @@ pub struct DecisionTotals {
 
 /// One reason and how often it occurred.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ReasonCount {
     /// Reason code as the edge reports it.
     pub reason: String,
@@ -79,6 +83,7 @@ pub struct ReasonCount {
 
 /// Counts per anomaly severity.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SeverityCounts {
     /// `high`.
     pub high: i64,
@@ -90,6 +95,7 @@ pub struct SeverityCounts {
 
 /// Edges by sync state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EdgeCounts {
     /// Every edge the admin API has heard from.
     pub total: i64,
@@ -103,6 +109,7 @@ pub struct EdgeCounts {
 
 /// `GET /api/v1/revocations/propagation?cursor=N`: which edges have applied the feed change at `cursor`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Propagation {
     /// The feed cursor of the revocation.
     pub cursor: i64,
@@ -118,6 +125,7 @@ pub struct Propagation {
 
 /// One edge's progress towards a revocation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EdgePropagation {
     /// Edge name.
     pub edge: String,

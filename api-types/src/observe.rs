@@ -8,6 +8,7 @@ use serde_json::Value;
 
 /// `GET /api/v1/usage/timeseries`: decisions over time.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Series {
     /// `minute` or `hour`.
     pub bucket: String,
@@ -21,6 +22,7 @@ pub struct Series {
 
 /// One bucket of a usage time series.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Point {
     /// Bucket start (Unix seconds).
     pub t: i64,
@@ -32,6 +34,7 @@ pub struct Point {
 
 /// A failure sample an edge reported.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Failure {
     /// Id (`uf_...`).
     pub id: String,
@@ -59,6 +62,7 @@ pub struct Failure {
 
 /// One edge as the dashboard shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Edge {
     /// Name from `x-edgewarden-edge` / the usage batch.
     pub name: String,
@@ -84,6 +88,7 @@ pub struct Edge {
 
 /// An anomaly as the API answers it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Anomaly {
     /// Id (`anm_...`).
     pub id: String,
@@ -111,6 +116,7 @@ pub struct Anomaly {
 
 /// `PATCH /api/v1/anomalies/{id}`: triage.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AnomalyUpdate {
     /// `open`, `acknowledged` or `resolved`.
@@ -119,6 +125,7 @@ pub struct AnomalyUpdate {
 
 /// A recorded event, as the API answers it and webhooks deliver it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StoredEvent {
     /// Time-ordered id (`evt_...`).
     pub id: String,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// a foreign issuer must be registered with `POST /api/v1/issuers`. A `token` is verified against the
 /// admin API's own keys and every trusted issuer's, and its `iss`, `jti` and `exp` are recorded.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// A token id.
@@ -35,6 +36,7 @@ pub struct RevokeRequest {
 
 /// A stored revocation, as answered by the API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Revocation {
     /// `jti`, `subject` or `client`.
     pub kind: String,

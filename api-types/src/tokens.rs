@@ -6,6 +6,7 @@ use crate::{Failure, StoredEvent};
 
 /// `POST /api/v1/tokens`: what to issue.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct IssueRequest {
     /// The `sub` claim.
@@ -31,6 +32,7 @@ pub struct IssueRequest {
 
 /// One audience or a list of them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum Audience {
     /// A single audience.
@@ -41,6 +43,7 @@ pub enum Audience {
 
 /// An issued access token (and refresh token): the only time the token itself is shown.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Issued {
     /// The signed JWT.
     pub access_token: String,
@@ -57,6 +60,7 @@ pub struct Issued {
 
 /// A token record (never the token itself).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TokenRecord {
     /// Token id.
     pub jti: String,
@@ -90,6 +94,7 @@ pub struct TokenRecord {
 
 /// `GET /api/v1/tokens/{jti}/timeline`: everything known of one token.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Timeline {
     /// The token id asked about.
     pub jti: String,
@@ -105,6 +110,7 @@ pub struct Timeline {
 
 /// The summary part of a [`Timeline`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TimelineToken {
     /// `sub`.
     pub subject: String,
@@ -126,6 +132,7 @@ pub struct TimelineToken {
 
 /// One row of a token's usage.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TokenUsage {
     /// Bucket start (Unix seconds).
     pub t: i64,

