@@ -6,6 +6,7 @@ mod claims;
 mod config;
 mod control_plane;
 mod dashboard;
+mod docs_true;
 mod foreign_issuers;
 mod jwks_rotation;
 mod report_only;
