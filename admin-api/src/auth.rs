@@ -140,12 +140,40 @@ fn warn_unbound_once(principal: &Principal, edge: &str) {
     }
 }
 
+/// How often one address's bad API keys or refused logins leave a log line and an event, at most.
+pub const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// Logs and records (throttled per address) a request with an API key that is unknown or deleted.
+/// Neither the key nor any part of it is written anywhere.
+async fn report_bad_api_key(state: &AppState, address: &str, method: &Method, path: &str) {
+    if !state.api_keys.report("auth.bad_api_key", address) {
+        return;
+    }
+    tracing::warn!(
+        address,
+        %method,
+        path,
+        "request with an unknown or deleted api key (logged once a minute per address)"
+    );
+    crate::events::record_or_log(
+        state,
+        crate::events::Event::new("auth.bad_api_key", format!("address:{address}")).details(
+            serde_json::json!({"address": address, "method": method.as_str(), "path": path,
+                               "note": "first of this minute from this address"}),
+        ),
+    )
+    .await;
+}
+
 /// Recently validated API keys, so thousands of edges polling every second cost no database read.
 /// A key deleted on this replica is evicted at once; on other replicas within `ttl`.
+/// It also holds the throttle of credential-failure reports (bad keys, refused logins): at most one
+/// log line and event per kind and address a minute, whatever the flood.
 #[derive(Debug)]
 pub struct ApiKeyCache {
     ttl: Duration,
     entries: Mutex<HashMap<String, (Principal, Instant)>>,
+    reports: crate::ratelimit::Throttle,
 }
 
 impl ApiKeyCache {
@@ -154,6 +182,7 @@ impl ApiKeyCache {
         ApiKeyCache {
             ttl,
             entries: Mutex::new(HashMap::new()),
+            reports: crate::ratelimit::Throttle::new(REPORT_EVERY),
         }
     }
 
@@ -171,6 +200,12 @@ impl ApiKeyCache {
             entries.clear();
         }
         entries.insert(hash, (principal, Instant::now()));
+    }
+
+    /// True when a credential failure of `kind` from `address` should be logged and recorded now
+    /// (the first of its kind from that address this minute).
+    pub fn report(&self, kind: &str, address: &str) -> bool {
+        self.reports.allow(&format!("{kind} {address}"))
     }
 
     /// Forgets every cached key with this id (after it is deleted).
@@ -472,8 +507,9 @@ pub async fn enforce_roles(
         return ApiError::Forbidden(format!("{method} {path} has no access rule")).into_response();
     };
     let roles: Vec<&str> = op.roles.split(' ').collect();
+    let api = path.starts_with("/api/");
     if roles.contains(&"public") || roles.contains(&"client") {
-        return next.run(request).await;
+        return json_rejection(api, next.run(request).await).await;
     }
     let (mut parts, body) = request.into_parts();
     let principal = match Principal::authenticate(&mut parts, &state).await {
@@ -481,18 +517,58 @@ pub async fn enforce_roles(
         Err(e) => return e.into_response(),
     };
     if !roles.contains(&principal.role.as_str()) {
-        let action = op
+        let what = op
             .summary
             .split(" (")
             .next()
             .unwrap_or(op.summary)
             .to_lowercase();
-        return ApiError::Forbidden(format!("role {} may not {action}", principal.role))
-            .into_response();
+        return ApiError::Forbidden(format!(
+            "role {} may not call {} {path} ({what}); roles allowed: {}",
+            principal.role,
+            method.to_ascii_uppercase(),
+            roles.join(", ")
+        ))
+        .into_response();
     }
     parts.extensions.insert(principal);
-    next.run(axum::extract::Request::from_parts(parts, body))
+    json_rejection(
+        api,
+        next.run(axum::extract::Request::from_parts(parts, body))
+            .await,
+    )
+    .await
+}
+
+/// axum's own extractors reject in plain text (a path parameter that is not valid UTF-8, say); under
+/// `/api/` every error is answered in the API's JSON shape, so such a 4xx is rewritten into it with the
+/// same status and text. `/oauth/*` keeps its own (RFC 6749) shape.
+async fn json_rejection(api: bool, response: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let plain = response.status().is_client_error()
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/plain"));
+    if !api || !plain {
+        return response;
+    }
+    let status = response.status();
+    let text = axum::body::to_bytes(response.into_body(), 16 * 1024)
         .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_lowercase();
+    let code = match status.as_u16() {
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        _ => "invalid_request",
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
 }
 
 impl FromRequestParts<AppState> for Principal {
@@ -513,9 +589,12 @@ impl Principal {
     /// Resolves the request's API key or session cookie (checking CSRF on mutations).
     pub async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, ApiError> {
         if let Some(key) = bearer(&parts.headers)? {
-            return lookup_api_key(state, key)
-                .await?
-                .ok_or_else(|| ApiError::Unauthorized("unknown or deleted api key".into()));
+            if let Some(principal) = lookup_api_key(state, key).await? {
+                return Ok(principal);
+            }
+            let address = client_address(&parts.extensions);
+            report_bad_api_key(state, &address, &parts.method, parts.uri.path()).await;
+            return Err(ApiError::Unauthorized("unknown or deleted api key".into()));
         }
         if let Some(session) = cookie(&parts.headers, SESSION_COOKIE) {
             let (principal, csrf_hash) =
@@ -559,12 +638,7 @@ pub async fn create_user(
     if username.trim().is_empty() {
         return Err(ApiError::field("username", "username: must not be empty"));
     }
-    if password.len() < 12 {
-        return Err(ApiError::field(
-            "password",
-            format!("password: {} characters, minimum 12", password.len()),
-        ));
-    }
+    check_password("password", password)?;
     let hash = crate::secrets::hash_password(password, argon)?;
     let id = random_id("usr_");
     let result = sqlx::query("INSERT INTO users (id, username, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5)")
@@ -582,6 +656,67 @@ pub async fn create_user(
         ))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Shortest password accepted for a dashboard user.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+
+/// 400 naming `field` unless `password` is long enough (at least [`MIN_PASSWORD_CHARS`] characters).
+pub fn check_password(field: &str, password: &str) -> Result<(), ApiError> {
+    let chars = password.chars().count();
+    if chars < MIN_PASSWORD_CHARS {
+        return Err(ApiError::field(
+            field,
+            format!("{field}: {chars} characters, minimum {MIN_PASSWORD_CHARS}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Stores a new password hash for user `user_id` and ends every session of that user except the
+/// one whose id hash is `keep` (the session that asked for the change). Returns the sessions ended.
+pub async fn set_password_hash(
+    db: &Db,
+    user_id: &str,
+    hash: &str,
+    keep: Option<&str>,
+) -> Result<u64, ApiError> {
+    let mut tx = db.pool.begin().await?;
+    sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+        .bind(hash)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    let ended = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id_hash <> $2")
+        .bind(user_id)
+        .bind(keep.unwrap_or(""))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(ended)
+}
+
+/// Sets the password of user `username` (the CLI's `user password`) and ends all of their sessions.
+/// Returns the sessions ended; 404 when there is no such user.
+pub async fn set_password(
+    db: &Db,
+    argon: &crate::config::Argon2Params,
+    username: &str,
+    password: &str,
+) -> Result<u64, ApiError> {
+    check_password("password", password)?;
+    let user_id: Option<String> = sqlx::query_scalar("SELECT id FROM users WHERE username = $1")
+        .bind(username)
+        .fetch_optional(&db.pool)
+        .await?;
+    let Some(user_id) = user_id else {
+        return Err(ApiError::NotFound(format!(
+            "no user {username:?}; create one with `edgewarden-admin user create --username {username}`"
+        )));
+    };
+    let hash = crate::secrets::hash_password(password, argon)?;
+    set_password_hash(db, &user_id, &hash, None).await
 }
 
 /// True when a database error is a uniqueness violation (both engines).

@@ -302,16 +302,44 @@ async fn remove(
         &principal.actor(),
     )
     .await?;
+    // Its API keys go with it, so a client created again with the same id does not revive them.
+    let mut tx = state.db.pool.begin().await?;
+    let keys: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM api_keys WHERE client_id = $1 AND revoked_at IS NULL ORDER BY id",
+    )
+    .bind(&client_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE client_id = $2 AND revoked_at IS NULL")
+        .bind(now())
+        .bind(&client_id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("DELETE FROM clients WHERE client_id = $1")
         .bind(&client_id)
-        .execute(&state.db.pool)
+        .execute(&mut *tx)
         .await?;
-    tracing::info!(client_id = %client_id, actor = %principal.actor(), "client deleted");
+    tx.commit().await?;
+    for id in &keys {
+        state.api_keys.evict_id(id);
+    }
+    tracing::info!(client_id = %client_id, actor = %principal.actor(), api_keys = keys.len(), "client deleted with its api keys");
     crate::events::record_or_log(
         &state,
-        crate::events::Event::new("client.deleted", principal.actor()).client(&client_id),
+        crate::events::Event::new("client.deleted", principal.actor())
+            .client(&client_id)
+            .details(serde_json::json!({"api_keys_deleted": keys})),
     )
     .await;
+    for id in &keys {
+        crate::events::record_or_log(
+            &state,
+            crate::events::Event::new("api_key.deleted", principal.actor())
+                .client(&client_id)
+                .details(serde_json::json!({"id": id, "reason": "client deleted"})),
+        )
+        .await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

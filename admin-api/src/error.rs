@@ -30,6 +30,12 @@ pub enum ApiError {
     /// The request conflicts with existing state (duplicate id, ...).
     #[error("{0}")]
     Conflict(String),
+    /// The body is larger than the endpoint accepts (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The body's content type is not one the endpoint reads (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// Too many requests; retry after the given number of seconds.
     #[error("rate limit exceeded, retry in {retry_after}s")]
     RateLimited {
@@ -93,19 +99,24 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::OAuth { status, .. } => *status,
             ApiError::Database(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    fn code(&self) -> &'static str {
+    /// The machine-readable `error.code` of this error.
+    pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest { .. } => "invalid_request",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
+            ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::OAuth { error, .. } => error,
             ApiError::Database(_) | ApiError::Internal(_) => "internal",

@@ -13,7 +13,8 @@ use crate::error::ApiError;
 /// Largest JSON body accepted (usage batches are the biggest legitimate bodies).
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// A JSON body; rejections are 400s in the API's error shape naming the field.
+/// A JSON body; rejections are in the API's error shape: 415 without a JSON content type, 413 over
+/// the size limit, 400 naming the field for a body that does not fit the type.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -61,24 +62,62 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or("");
-            if !ct.starts_with("application/json") && !ct.contains("+json") {
-                return Err(ApiError::bad_request(format!(
-                    "content-type must be application/json, got {ct}"
-                )));
-            }
-        }
-        let body = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
-            .await
-            .map_err(|_| {
-                ApiError::bad_request(format!(
-                    "body is unreadable or larger than {MAX_BODY_BYTES} bytes"
-                ))
-            })?;
         let _ = state;
+        require_json(req.headers())?;
+        let body = read_limited(req, MAX_BODY_BYTES, "json body").await?;
         parse_json(&body).map(Json)
     }
+}
+
+/// 415 unless the request says its body is JSON (`application/json`, or a `+json` type): a body sent
+/// as a form or text, or with no content type, is refused rather than read as JSON.
+pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let ct = headers.get(header::CONTENT_TYPE).map(|v| {
+        v.to_str()
+            .unwrap_or("(not ascii)")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    match ct {
+        Some(ct) if ct.starts_with("application/json") || ct.split(';').next().is_some_and(|t| t.ends_with("+json")) => Ok(()),
+        Some(ct) => Err(ApiError::UnsupportedMediaType(format!(
+            "content-type must be application/json, got {ct}: send the body as json with `content-type: application/json`"
+        ))),
+        None => Err(ApiError::UnsupportedMediaType(
+            "content-type is missing: send the body as json with `content-type: application/json`".into(),
+        )),
+    }
+}
+
+/// Reads a whole body of at most `max` bytes: 413 when it is larger (said by `content-length` or found
+/// while reading), 400 when it cannot be read.
+pub async fn read_limited(req: Request, max: usize, what: &str) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::TooLarge(format!(
+            "{what} is larger than {max} bytes, the most accepted"
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(req.into_body(), max)
+        .await
+        .map_err(|e| {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(err) = source {
+                // http-body-util's LengthLimitError (a dev-dependency only here), by its text.
+                if err.to_string() == "length limit exceeded" {
+                    return too_large();
+                }
+                source = err.source();
+            }
+            ApiError::bad_request(format!("{what} is unreadable: {e}"))
+        })
 }
 
 /// A query string; rejections are 400s naming the parameter.

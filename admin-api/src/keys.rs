@@ -213,13 +213,22 @@ fn parse_master_key(text: &str) -> anyhow::Result<[u8; 32]> {
             .decode(text)
             .or_else(|_| URL_SAFE_NO_PAD.decode(text))
             .map_err(|_| {
-                anyhow::anyhow!("master key must be 64 hex characters or base64 of 32 bytes")
+                anyhow::anyhow!("master key is neither hex nor base64: {MASTER_KEY_FORMS}")
             })?
     };
-    bytes
-        .try_into()
-        .map_err(|b: Vec<u8>| anyhow::anyhow!("master key is {} bytes, expected 32", b.len()))
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        anyhow::anyhow!(
+            "master key is {} bytes, expected 32: {MASTER_KEY_FORMS}",
+            b.len()
+        )
+    })
 }
+
+/// What a master key may look like, for the errors that refuse one.
+const MASTER_KEY_FORMS: &str =
+    "give EDGEWARDEN_MASTER_KEY (--master-key) as 64 hex characters or as \
+     base64 of 32 bytes (`openssl rand -hex 32` makes one), or a file holding one with \
+     --master-key-file (EDGEWARDEN_MASTER_KEY_FILE)";
 
 fn create_master_key_file(path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use edgewarden_admin::auth::{create_checked_api_key, create_user, Role};
+use edgewarden_admin::auth::{create_checked_api_key, create_user, set_password, Role};
 use edgewarden_admin::config::{Config, MasterKeySource, RateLimit, ServeLimits};
 use edgewarden_admin::db::Db;
 use edgewarden_admin::events::Event;
@@ -18,7 +18,17 @@ use edgewarden_admin::{app, AppState};
 /// EdgeWarden admin API: issues, refreshes, revokes and introspects tokens and publishes the
 /// revocation feed that EdgeWarden edges poll.
 #[derive(Parser, Debug)]
-#[command(name = "edgewarden-admin", version, about)]
+#[command(
+    name = "edgewarden-admin",
+    version,
+    about,
+    after_help = "Each subcommand has flags of its own, each with its environment variable:\n  \
+    edgewarden-admin serve --help            every serve flag (listen address, issuer, master key, \
+    timeouts and limits, login lockout, usage, anomaly, event and webhook settings)\n  \
+    edgewarden-admin api-key create --help   roles, --client-id, --edge\n  \
+    edgewarden-admin user --help             user create, user password\n  \
+    edgewarden-admin issuer --help           trusted foreign issuers"
+)]
 struct Cli {
     #[command(flatten)]
     common: Common,
@@ -199,6 +209,17 @@ enum UserCommand {
         #[arg(long, default_value = "admin")]
         role: Role,
     },
+    /// Set a dashboard user's password and end all of the user's sessions (for instance the first
+    /// admin's one-time password, or a forgotten one). Logged-in users change their own with
+    /// `POST /api/v1/session/password`.
+    Password {
+        /// Login name.
+        #[arg(long)]
+        username: String,
+        /// New password (at least 12 characters); when omitted a random one is generated and printed.
+        #[arg(long, env = "EDGEWARDEN_USER_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
 }
 
 fn base_config(common: &Common) -> Config {
@@ -371,7 +392,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             create_user(&db, &config.argon2, &username, &password, role)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+            cli_event(
+                &db,
+                Event::new("user.created", CLI_ACTOR)
+                    .details(serde_json::json!({"username": username, "role": role})),
+            )
+            .await?;
             eprintln!("created {role} user {username:?}");
+            if generated {
+                println!("{password}");
+            }
+            Ok(())
+        }
+        Command::User(UserCommand::Password { username, password }) => {
+            let db = Db::connect(&config).await?;
+            let (password, generated) = match password {
+                Some(p) => (p, false),
+                None => (edgewarden_admin::secrets::random_secret(""), true),
+            };
+            let ended = set_password(&db, &config.argon2, &username, &password)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            cli_event(
+                &db,
+                Event::new("user.password_changed", CLI_ACTOR).details(
+                    serde_json::json!({"username": username, "other_sessions_ended": ended}),
+                ),
+            )
+            .await?;
+            eprintln!("set the password of user {username:?}; {ended} of their sessions ended");
             if generated {
                 println!("{password}");
             }
@@ -382,14 +431,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config: Config, listen: SocketAddr) -> anyhow::Result<()> {
     let bootstrap = config.bootstrap_admin;
+    let data_dir = config.data_dir.clone();
     let state = AppState::new(config).await?;
     if bootstrap {
         if let Some(password) = state.bootstrap_admin().await? {
-            // Printed once, to the terminal only; it is stored as an argon2id hash.
-            println!("created the first admin user: username admin, password {password}");
-            println!(
-                "log in to the dashboard with it and keep it safe; it will not be shown again"
-            );
+            // Never printed: stdout and stderr of a service end up in its log. A file only the
+            // service's user can read holds it until the operator has used it.
+            let path = data_dir.join(INITIAL_PASSWORD_FILE);
+            match write_private(&path, &format!("{password}\n")) {
+                Ok(()) => tracing::warn!(
+                    path = %path.display(),
+                    "created the first admin user \"admin\"; its one-time password is in this file \
+                     (mode 0600): log in, change it (`edgewarden-admin user password --username admin`, \
+                     or POST /api/v1/session/password) and delete the file"
+                ),
+                Err(e) => tracing::error!(
+                    path = %path.display(),
+                    error = format!("{e:#}"),
+                    "created the first admin user \"admin\" but cannot write its password file; \
+                     set a password with `edgewarden-admin user password --username admin`"
+                ),
+            }
         }
     }
     let listener = tokio::net::TcpListener::bind(listen)
@@ -401,5 +463,39 @@ async fn serve(config: Config, listen: SocketAddr) -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;
+    Ok(())
+}
+
+/// Where `serve` puts the first admin's one-time password, in the data directory.
+const INITIAL_PASSWORD_FILE: &str = "initial-admin-password";
+
+/// Writes `text` to `path` readable by this user only (0600), creating the directory (0700) if needed.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+        }
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    // An older file keeps its mode through open(); make it private before writing.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(text.as_bytes())?;
     Ok(())
 }

@@ -159,9 +159,10 @@ impl AccountLockout {
     }
 
     /// Counts a wrong password for `account`, locking it once the count reaches the threshold.
-    pub fn failed(&self, account: &str) {
+    /// True when this failure locked an account that was not locked (for the log and the event).
+    pub fn failed(&self, account: &str) -> bool {
         if self.failures == 0 {
-            return;
+            return false;
         }
         let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
         if accounts.len() >= MAX_KEYS {
@@ -175,10 +176,13 @@ impl AccountLockout {
         let (count, until) = accounts.entry(key(account)).or_insert((0, None));
         *count = count.saturating_add(1);
         if *count >= self.failures {
+            let was_locked = until.is_some_and(|u| u > Instant::now());
             let doublings = (*count - self.failures).min(20);
             let lock = self.base.saturating_mul(1 << doublings).min(self.max);
             *until = Some(Instant::now() + lock);
+            return !was_locked;
         }
+        false
     }
 
     /// Forgets the failures of `account` after a correct password.
@@ -188,12 +192,65 @@ impl AccountLockout {
     }
 }
 
+/// Lets one thing through per key and interval: how often a refused login or a bad API key from one
+/// address leaves a log line and an event, so a flood of them cannot flood the log or the events table.
+#[derive(Debug)]
+pub struct Throttle {
+    every: Duration,
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl Throttle {
+    /// At most one per key and `every`.
+    pub fn new(every: Duration) -> Throttle {
+        Throttle {
+            every,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// True when nothing passed for `key` within the interval (and notes that something passes now).
+    pub fn allow(&self, key: &str) -> bool {
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.len() >= MAX_KEYS && !last.contains_key(key) {
+            last.retain(|_, at| now.duration_since(*at) < self.every);
+            if last.len() >= MAX_KEYS {
+                last.clear();
+            }
+        }
+        match last.get(key) {
+            Some(at) if now.duration_since(*at) < self.every => false,
+            _ => {
+                last.insert(key.to_owned(), now);
+                true
+            }
+        }
+    }
+}
+
 /// Accounts are keyed by name, hashed when long so a huge username cannot grow memory.
 fn key(account: &str) -> String {
     if account.len() <= 128 {
         account.to_owned()
     } else {
         crate::secrets::sha256_hex(account)
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::Throttle;
+    use std::time::Duration;
+
+    #[test]
+    fn throttle_lets_one_through_per_key_and_interval() {
+        let throttle = Throttle::new(Duration::from_millis(200));
+        assert!(throttle.allow("10.0.0.1"));
+        assert!(!throttle.allow("10.0.0.1"));
+        assert!(throttle.allow("10.0.0.2"));
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(throttle.allow("10.0.0.1"));
     }
 }
 

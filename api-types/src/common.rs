@@ -103,6 +103,17 @@ pub struct LoginRequest {
     pub password: String,
 }
 
+/// `POST /api/v1/session/password`: the logged-in user changes their own password.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    /// The password the user logs in with now.
+    pub current_password: String,
+    /// The new password, at least 12 characters.
+    pub new_password: String,
+}
+
 /// What `POST` and `GET /api/v1/session` answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -14,7 +14,7 @@ pub use admin::{
     ApiKeySummary, Client, ClientWithSecret, KeyInfo, NewApiKey, NewApiKeyRequest,
     NewClientRequest, NewWebhookRequest, Webhook,
 };
-pub use common::{ErrorBody, ErrorDetail, LoginRequest, Page, Role, SessionInfo};
+pub use common::{ErrorBody, ErrorDetail, LoginRequest, Page, PasswordChange, Role, SessionInfo};
 pub use issuers::{NewIssuerRequest, TrustedIssuer};
 pub use observe::{
     Anomaly, AnomalyUpdate, Edge, Failure, Point, Series, StoredEvent, EDGE_SILENT_AFTER_SECONDS,

@@ -190,10 +190,11 @@ impl AdminApi {
         }
     }
 
-    /// The one-time password of the `admin` user that the first `serve` on an empty store prints on stdout.
+    /// The one-time password of the `admin` user that the first `serve` on an empty store writes to
+    /// `<data dir>/initial-admin-password` (mode 0600; never to its log).
     pub fn bootstrap_password(&self) -> Option<String> {
-        let text = std::fs::read_to_string(&self.log).ok()?;
-        bootstrap_password_in(&text)
+        let text = std::fs::read_to_string(self.setup.dir.join("initial-admin-password")).ok()?;
+        Some(text.trim().to_string()).filter(|p| !p.is_empty())
     }
 
     /// `POST path` with `body` and the bearer `key`; anything but `expected` is an error naming the answer.
@@ -284,15 +285,6 @@ impl Drop for AdminApi {
     }
 }
 
-/// The password in `serve`'s line `created the first admin user: username admin, password <password>`.
-fn bootstrap_password_in(log: &str) -> Option<String> {
-    const PREFIX: &str = "created the first admin user: username admin, password ";
-    log.lines()
-        .find_map(|l| l.trim().strip_prefix(PREFIX))
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(str::to_string)
-}
-
 /// The last `n` lines of a log file, for error messages.
 pub fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -316,15 +308,6 @@ pub fn plain_json_string(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bootstrap_password_is_read_from_the_serve_output() {
-        let log = "2026-01-01T00:00:00Z  WARN created master key file\n\
-                   created the first admin user: username admin, password Xy3_abc-DEF\n\
-                   log in to the dashboard with it and keep it safe; it will not be shown again\n";
-        assert_eq!(bootstrap_password_in(log).as_deref(), Some("Xy3_abc-DEF"));
-        assert_eq!(bootstrap_password_in("serving\n"), None);
-    }
 
     #[test]
     fn only_plain_strings_go_into_templates_unescaped() {

@@ -78,7 +78,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut api = setup.serve(api_addr, &[])?;
     let password = api.bootstrap_password().ok_or_else(|| {
         util::Error::msg(format!(
-            "the first `serve` printed no admin password; see {}",
+            "the first `serve` wrote no admin password to {}; see {}",
+            dir.join("initial-admin-password").display(),
             api.log.display()
         ))
     })?;
@@ -187,7 +188,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
 Dashboard:   {dashboard_url}
 Admin login: user admin, password {password}
-             (the one-time password the first `serve` printed; it opens the dashboard, or an API session with curl)
+             (the one-time password the first `serve` wrote to initial-admin-password in the store; it opens the dashboard, or an API session with curl)
 Admin API:   {api_base}  (store: {store}; log: {api_log})
 Everything here is for this throwaway demo only; the next `cargo xtask demo` starts a new store.
 
