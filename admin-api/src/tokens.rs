@@ -56,7 +56,6 @@ pub struct Grant {
     pub ttl_seconds: i64,
 }
 
-/// Validates a requested grant against `client`'s registration; every failure names its field.
 /// What to do when an issuance asks for something the client's `field` does not list: which field to set,
 /// and how (`PATCH /api/v1/clients/{id}`, or the field of `POST /api/v1/clients` when registering it).
 fn not_in_client_list(client: &Client, field: &str, list: &[String], wanted: &str) -> String {
@@ -67,20 +66,18 @@ fn not_in_client_list(client: &Client, field: &str, list: &[String], wanted: &st
     } else {
         format!("its {field} are {}", list.join(", "))
     };
+    let wanted_json = wanted_list
+        .iter()
+        .map(|w| serde_json::Value::from(*w).to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
-        "{current}; add it to the client's {field} with PATCH /api/v1/clients/{} {{\"{field}\": {}}}",
+        "{current}; add it to the client's {field} with PATCH /api/v1/clients/{} {{\"{field}\": [{wanted_json}]}}",
         client.client_id,
-        format!(
-            "[{}]",
-            wanted_list
-                .iter()
-                .map(|w| serde_json::Value::from(*w).to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
     )
 }
 
+/// Validates a requested grant against `client`'s registration; every failure names its field.
 pub fn check_grant(
     state: &AppState,
     client: &Client,
