@@ -570,12 +570,15 @@ struct RotateRequest {
 async fn rotate(
     State(state): State<AppState>,
     principal: Principal,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     principal.require(&[Role::Admin], "rotate signing keys")?;
+    // The body is optional; when there is one, it is json like every other body.
     let request: RotateRequest = if body.is_empty() {
         RotateRequest::default()
     } else {
+        crate::extract::require_json(&headers)?;
         crate::extract::parse_json(&body)?
     };
     let kid = state

@@ -715,6 +715,19 @@ async fn oversized_json_is_413_and_json_needs_its_content_type(backend: Backend)
     app.get("/api/v1/clients/plain", Some(&app.admin_key))
         .await
         .expect(StatusCode::NOT_FOUND);
+    // The optional body of a key rotation too.
+    let answer = app
+        .call(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/api/v1/keys/rotate")
+                .header(header::AUTHORIZATION, format!("Bearer {}", app.admin_key))
+                .body(Body::from(json!({"alg": "EdDSA"}).to_string()))
+                .unwrap(),
+        )
+        .await
+        .expect(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(answer.code(), "unsupported_media_type");
     // A +json type is json.
     let answer = app
         .call(
