@@ -1,6 +1,7 @@
 //! End-to-end tests through a real Envoy loading the built filter: one test binary, one module per area.
 //! Run with `cargo xtask test` (it installs Envoy, builds the `.wasm` and sets the environment).
 
+mod authority;
 mod challenges;
 mod claims;
 mod config;
