@@ -1162,12 +1162,9 @@ pub fn document() -> Value {
             _ => json!([{"apiKey": []}, {"session": []}]),
         };
         if let Some(content_type) = op.body {
-            let schema = request.unwrap_or_else(|| {
-                panic!(
-                    "{} {} takes a body but has no request schema in openapi::bodies",
-                    op.method, op.path
-                )
-            });
+            // A row added to OPERATIONS without a schema in `bodies` is a bare object here (the served
+            // document never panics); the unit test below fails until `bodies` names one.
+            let schema = request.unwrap_or_else(|| json!({"type": "object"}));
             // An empty body rotates to the configured algorithm.
             let required = op.path != "/api/v1/keys/rotate";
             operation["requestBody"] =
