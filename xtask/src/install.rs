@@ -142,12 +142,18 @@ pub fn openapi_validator() -> Result<PathBuf> {
         None => {}
     }
     let venv = openapi_validator_venv();
-    if !python.is_file() {
-        if util::output(Command::new("python3").args(["-m", "venv", "--help"])).is_err() {
-            println!("    python3 -m venv is missing; installing it with apt");
+    // A virtualenv without pip (one a failed creation left behind) is made again.
+    if util::output(Command::new(&python).args(["-m", "pip", "--version"])).is_err() {
+        // Debian ships `venv` without `ensurepip` unless python3-venv is installed.
+        if util::output(Command::new("python3").args(["-c", "import venv, ensurepip"])).is_err() {
+            println!("    python3's venv cannot install pip; installing python3-venv with apt");
             apt_install(&["python3-venv"])?;
         }
-        util::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        util::run(
+            Command::new("python3")
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv),
+        )?;
     }
     util::run(Command::new(&python).args([
         "-m",
