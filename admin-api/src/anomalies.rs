@@ -187,6 +187,15 @@ pub struct Detector {
 #[derive(Debug, Default)]
 struct Suppressed(BTreeMap<String, i64>);
 
+/// A batch's findings, collected so the anomalies they refresh are updated in a few multi-row
+/// statements instead of one write per finding: (kind, subject kind, subject) to (severity, latest
+/// evidence, occurrences).
+#[derive(Debug, Default)]
+struct Findings {
+    pending: BTreeMap<(String, String, String), (String, Value, i64)>,
+    suppressed: Suppressed,
+}
+
 impl Detector {
     /// A detector over `db` recording to `events` with thresholds `config`.
     pub fn new(db: Db, events: Arc<EventBus>, config: AnomalyConfig) -> Detector {
@@ -274,29 +283,75 @@ impl Detector {
         Ok(Some(id))
     }
 
-    /// A finding from `edge`'s report (subject to the edge's cap).
+    /// A finding from a report: collected, raised by [`Detector::flush`].
     #[allow(clippy::too_many_arguments)]
     async fn found(
         &self,
-        edge: &str,
-        suppressed: &mut Suppressed,
+        _edge: &str,
+        findings: &mut Findings,
         kind: &str,
         severity: &str,
         subject_kind: &str,
         subject: &str,
         evidence: Value,
     ) -> Result<(), sqlx::Error> {
-        self.raise(
-            Some((edge, suppressed)),
-            kind,
-            severity,
-            subject_kind,
-            subject,
-            evidence,
-            1,
-        )
-        .await
-        .map(|_| ())
+        let entry = findings
+            .pending
+            .entry((kind.to_owned(), subject_kind.to_owned(), subject.to_owned()))
+            .or_insert_with(|| (severity.to_owned(), Value::Null, 0));
+        entry.1 = evidence;
+        entry.2 += 1;
+        Ok(())
+    }
+
+    /// Raises a batch's findings from `edge`: the open or acknowledged anomalies they refresh in one
+    /// multi-row update per 100, then the rest one by one, each opening a new anomaly within the edge's cap.
+    async fn flush(&self, edge: &str, findings: &mut Findings) -> Result<(), sqlx::Error> {
+        let pending: Vec<_> = std::mem::take(&mut findings.pending).into_iter().collect();
+        let now = now();
+        let mut refreshed: BTreeSet<(String, String, String)> = BTreeSet::new();
+        for chunk in pending.chunks(100) {
+            // VALUES columns are column1, column2, ... on both engines; only placeholders are interpolated.
+            let sql = format!(
+                "UPDATE anomalies SET evidence = v.column4, occurrences = occurrences + v.column5, last_seen = $1, updated_at = $1 \
+                 FROM (VALUES {}) AS v WHERE anomalies.kind = v.column1 AND anomalies.subject_kind = v.column2 \
+                 AND anomalies.subject = v.column3 AND anomalies.state IN ('open', 'acknowledged') RETURNING kind, subject_kind, subject",
+                crate::usage::placeholders(chunk.len(), 5, 1)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            for ((kind, subject_kind, subject), (_, evidence, n)) in chunk {
+                query = query
+                    .bind(kind)
+                    .bind(subject_kind)
+                    .bind(subject)
+                    .bind(evidence.to_string())
+                    .bind(*n);
+            }
+            for row in query.fetch_all(&self.db.pool).await? {
+                refreshed.insert((
+                    row.try_get("kind")?,
+                    row.try_get("subject_kind")?,
+                    row.try_get("subject")?,
+                ));
+            }
+        }
+        for (key, (severity, evidence, n)) in pending {
+            if refreshed.contains(&key) {
+                continue;
+            }
+            let (kind, subject_kind, subject) = key;
+            self.raise(
+                Some((edge, &mut findings.suppressed)),
+                &kind,
+                &severity,
+                &subject_kind,
+                &subject,
+                evidence,
+                n,
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -382,8 +437,10 @@ impl Detector {
     /// Runs every usage detector over a stored batch; new anomalies past the edge's cap are counted in one
     /// `anomalies_suppressed` anomaly on the edge instead.
     pub async fn detect(&self, batch: &Ingested) -> Result<(), sqlx::Error> {
-        let mut suppressed = Suppressed::default();
-        self.detect_into(batch, &mut suppressed).await?;
+        let mut findings = Findings::default();
+        self.detect_into(batch, &mut findings).await?;
+        self.flush(&batch.edge, &mut findings).await?;
+        let suppressed = findings.suppressed;
         if !suppressed.0.is_empty() {
             let n: i64 = suppressed.0.values().sum();
             let evidence = json!({"suppressed": suppressed.0, "cap": self.config.edge_cap, "window_seconds": self.config.edge_cap_window_seconds,
@@ -405,7 +462,7 @@ impl Detector {
     async fn detect_into(
         &self,
         batch: &Ingested,
-        suppressed: &mut Suppressed,
+        suppressed: &mut Findings,
     ) -> Result<(), sqlx::Error> {
         let cfg = &self.config;
         let state = self;
@@ -581,17 +638,31 @@ impl Detector {
             now - cfg.window_seconds,
         )
         .await?;
-        for (token, n) in spread
+        let spread: Vec<(String, i64)> = spread
             .into_iter()
             .filter(|(_, n)| *n >= cfg.token_addresses)
-        {
-            let sample: Vec<String> = sqlx::query_scalar(
-            "SELECT address FROM token_addresses WHERE token = $1 AND last_seen >= $2 ORDER BY address LIMIT 20",
-        )
-        .bind(&token)
-        .bind(now - cfg.window_seconds)
-        .fetch_all(&state.db.pool)
-        .await?;
+            .collect();
+        // Up to 20 addresses of each such token, in one query per 200 tokens.
+        let mut samples: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for chunk in spread.chunks(GROUP_CHUNK) {
+            let sql = format!(
+                "SELECT token, address FROM (SELECT token, address, ROW_NUMBER() OVER (PARTITION BY token ORDER BY address) AS rn \
+                 FROM token_addresses WHERE last_seen >= $1 AND token IN ({})) AS t WHERE rn <= 20 ORDER BY token, address",
+                in_list(2, chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now - cfg.window_seconds);
+            for (token, _) in chunk {
+                query = query.bind(token);
+            }
+            for row in query.fetch_all(&state.db.pool).await? {
+                samples
+                    .entry(row.try_get("token")?)
+                    .or_default()
+                    .push(row.try_get("address")?);
+            }
+        }
+        for (token, n) in spread {
+            let sample = samples.remove(&token).unwrap_or_default();
             self.found(edge, suppressed, "token_many_addresses", "high", "token", &token,
             json!({"addresses": n, "window_seconds": cfg.window_seconds, "threshold": cfg.token_addresses, "sample": sample, "edge": edge})).await?;
         }

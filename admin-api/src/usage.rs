@@ -459,7 +459,7 @@ const CHUNK: usize = 100;
 
 /// `($s+1, $s+2, ...), (...)` for `rows` rows of `width` placeholders, numbered after `skip`.
 /// Only placeholders are interpolated into SQL; every value is bound.
-fn placeholders(rows: usize, width: usize, skip: usize) -> String {
+pub(crate) fn placeholders(rows: usize, width: usize, skip: usize) -> String {
     (0..rows)
         .map(|r| {
             let cols: Vec<String> = (1..=width)
