@@ -1,13 +1,22 @@
 //! The admin API benchmark: the real `edgewarden-admin serve` (release build) on SQLite and on PostgreSQL,
 //! seeded with 100,000 active revocations. `feed`: 1,000 edges poll the revocation feed with `If-None-Match`
 //! (mostly 304s) while a few revocations land, plus the cost of a full snapshot and of the resulting delta.
-//! `usage`: edges post usage batches (200 count entries and 20 failure samples each).
+//! `usage` (issue 14): edges post usage batches (200 count entries and 20 failure samples each) as fast as the
+//! service takes them, while a revocation is made every 50 ms; printed beside the targets (PostgreSQL at least
+//! 1,000 batches/s, SQLite 200, revocation p99 under 100 ms). `abuse` (issue 13): slow clients past the
+//! connection bound, a burst of wrong-password logins and a flood of usage batches at the documented limits,
+//! all at once, while revocations and `/healthz` are timed and the service's memory is sampled; printed every
+//! second and beside the targets (no failed revocation, revocation p99 under 100 ms, `/healthz` p99 under
+//! 50 ms, memory under 512 MB).
 //! The load generator is std threads with keep-alive HTTP/1.1 over `TcpStream`, on the same 2 cores as the service.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -30,9 +39,27 @@ const REVOCATIONS_DURING_RUN: usize = 5;
 const FEED_WARMUP: Duration = Duration::from_secs(1);
 /// Edges reporting usage, and the shape of each batch.
 const USAGE_EDGES: usize = 50;
-const USAGE_CONNECTIONS: usize = 4;
+/// Enough batches in flight for the service's writer to group several per transaction.
+const USAGE_CONNECTIONS: usize = 32;
 const COUNTS_PER_BATCH: usize = 200;
 const FAILURES_PER_BATCH: usize = 20;
+/// The connection bound every bench service is started with (`--max-connections`).
+const MAX_CONNECTIONS: usize = 1_000;
+/// Slow clients in the abuse scenario: more than the bound, each sending a header byte every half second.
+const SLOW_CLIENTS: usize = 1_100;
+/// Clients looping wrong-password logins in the abuse scenario.
+const LOGIN_CLIENTS: usize = 100;
+/// Connections posting usage batches at the documented limits in the abuse scenario.
+const FLOOD_CONNECTIONS: usize = 8;
+/// Entries of a flood batch: the documented limits.
+const FLOOD_COUNTS: usize = 10_000;
+const FLOOD_FAILURES: usize = 1_000;
+/// How often the probes revoke (and, twice as often, ask `/healthz`).
+const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// Targets of issue 13 and 14.
+const REVOCATION_P99_TARGET: Duration = Duration::from_millis(100);
+const HEALTHZ_P99_TARGET: Duration = Duration::from_millis(50);
+const RSS_TARGET_MB: f64 = 512.0;
 
 /// Which store a run uses.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -74,7 +101,35 @@ struct UsageResult {
     p50: Duration,
     p99: Duration,
     errors: u64,
+    /// Batches answered 503 (queue full) and sent again.
+    busy: u64,
     cpu_per_batch: Duration,
+    /// Revocations made during the run.
+    revocations: Probe,
+}
+
+/// What the abuse run measured.
+struct AbuseResult {
+    revocations: Probe,
+    healthz: Probe,
+    peak_rss_mb: f64,
+    stored: u64,
+    refused: u64,
+    flood_errors: u64,
+    logins: std::collections::BTreeMap<u16, u64>,
+    login_errors: u64,
+    slow_opened: u64,
+    slow_cut: u64,
+}
+
+impl Store {
+    /// Issue 14's target: batches of 200 entries per second.
+    fn ingest_target(self) -> f64 {
+        match self {
+            Store::Sqlite => 200.0,
+            Store::Postgres => 1_000.0,
+        }
+    }
 }
 
 /// Every scenario name, for `--only`.
@@ -85,6 +140,7 @@ pub fn scenarios() -> Vec<String> {
             [
                 format!("admin-feed-{}", s.label()),
                 format!("admin-usage-{}", s.label()),
+                format!("admin-abuse-{}", s.label()),
             ]
         })
         .collect()
@@ -93,27 +149,44 @@ pub fn scenarios() -> Vec<String> {
 /// Runs the admin scenarios whose names match `--only` and prints the table.
 pub fn run(options: &Options) -> Result<()> {
     let wanted = |name: &str| options.matches(name);
-    let plan: Vec<(Store, bool, bool)> = [Store::Sqlite, Store::Postgres]
+    let plan: Vec<(Store, bool, bool, bool)> = [Store::Sqlite, Store::Postgres]
         .into_iter()
         .map(|s| {
             (
                 s,
                 wanted(&format!("admin-feed-{}", s.label())),
                 wanted(&format!("admin-usage-{}", s.label())),
+                wanted(&format!("admin-abuse-{}", s.label())),
             )
         })
-        .filter(|(_, feed, usage)| *feed || *usage)
+        .filter(|(_, feed, usage, abuse)| *feed || *usage || *abuse)
         .collect();
     if plan.is_empty() {
         println!("    no admin scenario matches --only; skipped");
         return Ok(());
     }
-    let bin = admin_api::build()?;
+    // `EDGEWARDEN_BENCH_ADMIN_BIN` measures another build of the service (say, one from before a change)
+    // with the same load; by default the current tree is built.
+    let bin = match std::env::var_os("EDGEWARDEN_BENCH_ADMIN_BIN") {
+        Some(bin) => {
+            let bin = std::path::PathBuf::from(bin);
+            if !bin.is_file() {
+                bail!("EDGEWARDEN_BENCH_ADMIN_BIN={}: no such file", bin.display());
+            }
+            println!(
+                "    measuring {} (EDGEWARDEN_BENCH_ADMIN_BIN)",
+                bin.display()
+            );
+            bin
+        }
+        None => admin_api::build()?,
+    };
     let load_before = load_average();
     let mut feed_rows = Vec::new();
     let mut usage_rows = Vec::new();
+    let mut abuse_rows = Vec::new();
     let mut skipped = Vec::new();
-    for (store, feed, usage) in plan {
+    for (store, feed, usage, abuse) in plan {
         let postgres = match store {
             Store::Sqlite => None,
             Store::Postgres => match postgres_server() {
@@ -136,9 +209,22 @@ pub fn run(options: &Options) -> Result<()> {
             usage_rows.push((store, r));
         }
         drop(service);
+        if abuse {
+            // A fresh service: the abuse run must not inherit the other runs' data or connections.
+            let service = Service::start(&bin, store, postgres.as_deref())?;
+            let r = bench_abuse(&service, options.duration)?;
+            abuse_rows.push((store, r));
+        }
     }
     let load_after = load_average();
-    let report = report(&feed_rows, &usage_rows, &load_before, &load_after, &skipped);
+    let report = report(
+        &feed_rows,
+        &usage_rows,
+        &abuse_rows,
+        &load_before,
+        &load_after,
+        &skipped,
+    );
     println!("\n{report}");
     let out = util::target_dir().join("bench/admin-results.json");
     if let Some(dir) = out.parent() {
@@ -146,7 +232,7 @@ pub fn run(options: &Options) -> Result<()> {
     }
     std::fs::write(
         &out,
-        serde_json::to_string_pretty(&results_json(&feed_rows, &usage_rows))?,
+        serde_json::to_string_pretty(&results_json(&feed_rows, &usage_rows, &abuse_rows))?,
     )?;
     println!("    results written to {}", out.display());
     Ok(())
@@ -238,7 +324,8 @@ impl Service {
         );
 
         let addr = SocketAddr::from(([127, 0, 0, 1], util::free_port()?));
-        let api = setup.serve(addr, &["--no-bootstrap-admin"])?;
+        let bound = MAX_CONNECTIONS.to_string();
+        let api = setup.serve(addr, &["--no-bootstrap-admin", "--max-connections", &bound])?;
         println!("    edgewarden-admin serving on {addr} (pid {})", api.pid());
         Ok(Service {
             api,
@@ -558,6 +645,25 @@ impl Rng {
 /// subjects, clients and routes, some refusals, and failure samples from a range of client addresses.
 /// Returns the JSON body, its count entries and the decisions they sum to.
 fn usage_batch(edge: usize, now: i64, rng: &mut Rng) -> (String, u64, u64) {
+    sized_usage_batch(
+        &format!("bench-usage-edge-{edge:02}"),
+        edge,
+        now,
+        rng,
+        COUNTS_PER_BATCH,
+        FAILURES_PER_BATCH,
+    )
+}
+
+/// [`usage_batch`] with `counts` count entries and `failures` failure samples, from the edge `name`.
+fn sized_usage_batch(
+    name: &str,
+    edge: usize,
+    now: i64,
+    rng: &mut Rng,
+    counts: usize,
+    failures: usize,
+) -> (String, u64, u64) {
     const ROUTES: [&str; 8] = [
         "/api/orders",
         "/api/orders/{id}",
@@ -576,7 +682,8 @@ fn usage_batch(edge: usize, now: i64, rng: &mut Rng) -> (String, u64, u64) {
         "wrong_audience",
     ];
     let mut decisions = 0;
-    let counts: Vec<Value> = (0..COUNTS_PER_BATCH)
+    let entries = counts;
+    let counts: Vec<Value> = (0..counts)
         .map(|_| {
             let token = rng.below(5_000);
             let reason = if rng.below(10) == 0 {
@@ -597,7 +704,7 @@ fn usage_batch(edge: usize, now: i64, rng: &mut Rng) -> (String, u64, u64) {
             })
         })
         .collect();
-    let failures: Vec<Value> = (0..FAILURES_PER_BATCH)
+    let failures: Vec<Value> = (0..failures)
         .map(|_| {
             let token = rng.below(5_000);
             let at = now - rng.below(10) as i64;
@@ -614,17 +721,130 @@ fn usage_batch(edge: usize, now: i64, rng: &mut Rng) -> (String, u64, u64) {
         })
         .collect();
     let body = json!({
-        "edge": format!("bench-usage-edge-{edge:02}"),
+        "edge": name,
         "interval_start": now - 10,
         "interval_end": now,
         "dropped": 0,
         "counts": counts,
         "failures": failures,
     });
-    (body.to_string(), COUNTS_PER_BATCH as u64, decisions)
+    (body.to_string(), entries as u64, decisions)
 }
 
-/// 50 edges post usage batches as fast as the service accepts them.
+/// Latencies and failures of one kind of probe request, shared with the thread that prints while a run goes.
+#[derive(Default, Clone)]
+struct Probe {
+    latencies: Vec<Duration>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Probe {
+    fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        quantile(&sorted, q)
+    }
+}
+
+/// Sends `request` on `conn`, opening (or, once, reopening) the connection as needed: a connection the
+/// service closed at its bound is not a failed request, but the time to reconnect is counted.
+fn exchange_reconnecting(
+    conn: &mut Option<Conn>,
+    addr: SocketAddr,
+    request: &[u8],
+) -> Result<crate::http::Reply> {
+    let mut last = None;
+    for _ in 0..2 {
+        if conn.is_none() {
+            match Conn::open(addr) {
+                Ok(c) => *conn = Some(c),
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        match c.exchange(request) {
+            Ok(reply) => return Ok(reply),
+            Err(e) => {
+                *conn = None;
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| util::Error::msg("no connection")))
+}
+
+/// Starts a thread that sends a request every `every` until `stop`, recording into `probe`: a revocation
+/// of a fresh subject (`revoke`) answered 201, or `GET /healthz` answered 200.
+fn spawn_probe(
+    service: &Service,
+    revoke: bool,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+    probe: Arc<Mutex<Probe>>,
+) -> std::thread::JoinHandle<()> {
+    let addr = service.api.addr;
+    let key = service.admin_key.clone();
+    std::thread::spawn(move || {
+        let mut conn = None;
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let (request, want) = if revoke {
+                let body = json!({"subject": format!("bench-probe-{}-{n}", unix_now()), "reason": "bench probe"});
+                (
+                    post_request(addr, "/api/v1/revocations", &key, &body.to_string()),
+                    201,
+                )
+            } else {
+                (get_request(addr, "/healthz", &[]), 200)
+            };
+            let started = Instant::now();
+            let result = exchange_reconnecting(&mut conn, addr, &request);
+            let took = started.elapsed();
+            let mut p = probe.lock().unwrap_or_else(|e| e.into_inner());
+            p.latencies.push(took);
+            match result {
+                Ok(reply) if reply.status == want => {}
+                Ok(reply) => {
+                    p.errors += 1;
+                    p.first_error.get_or_insert(format!(
+                        "answered {}: {}",
+                        reply.status,
+                        String::from_utf8_lossy(&reply.body)
+                    ));
+                }
+                Err(e) => {
+                    p.errors += 1;
+                    p.first_error.get_or_insert(e.to_string());
+                }
+            }
+            drop(p);
+            if let Some(rest) = every.checked_sub(took) {
+                std::thread::sleep(rest);
+            }
+        }
+    })
+}
+
+/// The service's resident memory in MB, from `/proc/<pid>/status`.
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// 50 edges post usage batches over 32 connections as fast as the service accepts them (a 503 is sent
+/// again after 50 ms), while a subject is revoked every 50 ms.
 fn bench_usage(service: &Service, duration: Duration) -> Result<UsageResult> {
     let now = unix_now();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -639,9 +859,19 @@ fn bench_usage(service: &Service, duration: Duration) -> Result<UsageResult> {
             )
         })
         .collect();
-    let batches = std::sync::Arc::new(batches);
+    let batches = Arc::new(batches);
     let bytes = batches[0].0.len();
     let pid = service.api.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let revocations = Arc::new(Mutex::new(Probe::default()));
+    let prober = spawn_probe(
+        service,
+        true,
+        PROBE_EVERY,
+        stop.clone(),
+        revocations.clone(),
+    );
+    let busy = Arc::new(AtomicU64::new(0));
     let cpu_before = process_cpu(pid)?;
     let started = Instant::now();
     let deadline = started + duration;
@@ -649,6 +879,7 @@ fn bench_usage(service: &Service, duration: Duration) -> Result<UsageResult> {
     for worker in 0..USAGE_CONNECTIONS {
         let batches = batches.clone();
         let addr = service.api.addr;
+        let busy = busy.clone();
         handles.push(std::thread::spawn(move || -> Result<Tally> {
             let mut conn = Conn::open(addr)?;
             let mut tally = Tally::default();
@@ -658,17 +889,21 @@ fn bench_usage(service: &Service, duration: Duration) -> Result<UsageResult> {
                 i += USAGE_CONNECTIONS;
                 let sent = Instant::now();
                 let reply = conn.exchange(request)?;
-                tally.latencies.push(sent.elapsed());
-                if reply.status == 202 {
-                    tally.ok += 1;
-                    tally.entries += entries;
-                    tally.decisions += decisions;
-                } else {
-                    tally.error(format!(
-                        "usage batch answered {}: {}",
-                        reply.status,
+                match reply.status {
+                    202 => {
+                        tally.latencies.push(sent.elapsed());
+                        tally.ok += 1;
+                        tally.entries += entries;
+                        tally.decisions += decisions;
+                    }
+                    503 => {
+                        busy.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    other => tally.error(format!(
+                        "usage batch answered {other}: {}",
                         String::from_utf8_lossy(&reply.body)
-                    ));
+                    )),
                 }
             }
             Ok(tally)
@@ -683,6 +918,8 @@ fn bench_usage(service: &Service, duration: Duration) -> Result<UsageResult> {
     }
     let elapsed = started.elapsed();
     let cpu = process_cpu(pid)?.saturating_sub(cpu_before);
+    stop.store(true, Ordering::Relaxed);
+    let _ = prober.join();
     if let Some(e) = &tally.first_error {
         println!("    {} failed batches; first: {e}", tally.errors);
     }
@@ -691,6 +928,13 @@ fn bench_usage(service: &Service, duration: Duration) -> Result<UsageResult> {
     }
     tally.latencies.sort();
     let secs = elapsed.as_secs_f64();
+    let revocations = revocations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(e) = &revocations.first_error {
+        println!("    {} failed revocations; first: {e}", revocations.errors);
+    }
     let result = UsageResult {
         batches_per_second: tally.ok as f64 / secs,
         entries_per_second: tally.entries as f64 / secs,
@@ -698,13 +942,232 @@ fn bench_usage(service: &Service, duration: Duration) -> Result<UsageResult> {
         p50: quantile(&tally.latencies, 0.5),
         p99: quantile(&tally.latencies, 0.99),
         errors: tally.errors,
+        busy: busy.load(Ordering::Relaxed),
         cpu_per_batch: cpu / tally.ok as u32,
+        revocations,
     };
     println!(
-        "    {} batches ({bytes} bytes, {COUNTS_PER_BATCH} counts + {FAILURES_PER_BATCH} failures each) from {USAGE_EDGES} edges in {elapsed:.1?}: {:.0} batches/s, {:.0} count entries/s",
-        tally.ok, result.batches_per_second, result.entries_per_second
+        "    {} batches ({bytes} bytes, {COUNTS_PER_BATCH} counts + {FAILURES_PER_BATCH} failures each) from {USAGE_EDGES} edges in {elapsed:.1?}: {:.0} batches/s, {:.0} count entries/s, {} answered 503; revocation p99 {:.1} ms",
+        tally.ok,
+        result.batches_per_second,
+        result.entries_per_second,
+        result.busy,
+        ms(result.revocations.quantile(0.99))
     );
     Ok(result)
+}
+
+/// Keeps `SLOW_CLIENTS` connections sending a request header one byte every half second (reopening the
+/// ones the service cuts) until `stop`; returns (opened, cut).
+fn slow_clients(addr: SocketAddr, stop: Arc<AtomicBool>) -> (u64, u64) {
+    const HEADER: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: bench\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut clients: Vec<(TcpStream, usize)> = Vec::with_capacity(SLOW_CLIENTS);
+    let (mut opened, mut cut) = (0, 0);
+    while !stop.load(Ordering::Relaxed) {
+        while clients.len() < SLOW_CLIENTS && !stop.load(Ordering::Relaxed) {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                Ok(s) => {
+                    let _ = s.set_nonblocking(true);
+                    clients.push((s, 0));
+                    opened += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        clients.retain_mut(|(s, sent)| {
+            let byte = [HEADER[*sent % HEADER.len()]];
+            match s.write(&byte) {
+                Ok(_) => {
+                    *sent += 1;
+                    true
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+                Err(_) => {
+                    cut += 1;
+                    false
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    (opened, cut)
+}
+
+/// Slow clients past the connection bound, 100 clients looping wrong-password logins and 8 connections
+/// posting batches at the documented limits, all at once, while a revocation is made every 50 ms and
+/// `/healthz` asked every 25 ms; prints the figures every second and returns them.
+fn bench_abuse(service: &Service, duration: Duration) -> Result<AbuseResult> {
+    let addr = service.api.addr;
+    let pid = service.api.pid();
+    let now = unix_now();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let floods: Vec<Vec<u8>> = (0..FLOOD_CONNECTIONS)
+        .map(|i| {
+            let (body, _, _) = sized_usage_batch(
+                &format!("bench-flood-edge-{i}"),
+                i,
+                now,
+                &mut rng,
+                FLOOD_COUNTS,
+                FLOOD_FAILURES,
+            );
+            post_request(addr, "/api/v1/usage", &service.edge_key, &body)
+        })
+        .collect();
+    println!(
+        "    abuse: {SLOW_CLIENTS} slow clients (bound {MAX_CONNECTIONS}), {LOGIN_CLIENTS} clients looping wrong logins, {FLOOD_CONNECTIONS} connections posting {FLOOD_COUNTS}-count batches ({} bytes)",
+        floods[0].len()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let revocations = Arc::new(Mutex::new(Probe::default()));
+    let healthz = Arc::new(Mutex::new(Probe::default()));
+    let mut probes = vec![
+        spawn_probe(
+            service,
+            true,
+            PROBE_EVERY,
+            stop.clone(),
+            revocations.clone(),
+        ),
+        spawn_probe(
+            service,
+            false,
+            PROBE_EVERY / 2,
+            stop.clone(),
+            healthz.clone(),
+        ),
+    ];
+    let slow = {
+        let stop = stop.clone();
+        std::thread::spawn(move || slow_clients(addr, stop))
+    };
+    let stored = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let flood_errors = Arc::new(AtomicU64::new(0));
+    for request in floods {
+        let (stop, stored, refused, errors) = (
+            stop.clone(),
+            stored.clone(),
+            refused.clone(),
+            flood_errors.clone(),
+        );
+        probes.push(std::thread::spawn(move || {
+            let mut conn = None;
+            while !stop.load(Ordering::Relaxed) {
+                match exchange_reconnecting(&mut conn, addr, &request) {
+                    Ok(r) if r.status == 202 => {
+                        stored.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) if r.status == 503 => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        // An attacker would not wait; a short pause keeps this thread from spinning.
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+        }));
+    }
+    let logins = Arc::new(Mutex::new(std::collections::BTreeMap::<u16, u64>::new()));
+    let login_errors = Arc::new(AtomicU64::new(0));
+    for i in 0..LOGIN_CLIENTS {
+        let (stop, logins, errors) = (stop.clone(), logins.clone(), login_errors.clone());
+        probes.push(std::thread::spawn(move || {
+            let body = json!({"username": "admin", "password": format!("wrong-password-{i}")}).to_string();
+            let request = format!(
+                "POST /api/v1/session HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes();
+            let mut conn = None;
+            while !stop.load(Ordering::Relaxed) {
+                match exchange_reconnecting(&mut conn, addr, &request) {
+                    Ok(r) => {
+                        *logins
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(r.status)
+                            .or_default() += 1;
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }));
+    }
+    let started = Instant::now();
+    let mut peak_rss: f64 = 0.0;
+    let mut next_print = started + Duration::from_secs(1);
+    while started.elapsed() < duration {
+        std::thread::sleep(Duration::from_millis(200));
+        peak_rss = peak_rss.max(rss_mb(pid));
+        if Instant::now() >= next_print {
+            next_print += Duration::from_secs(1);
+            let r = revocations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let h = healthz.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            println!(
+                "    {:>3.0}s: revocations {} (failed {}) p50 {:.1} ms p99 {:.1} ms; healthz p99 {:.1} ms (failed {}); rss {:.0} MB (peak {:.0}); usage stored {} refused {} failed {}",
+                started.elapsed().as_secs_f64(),
+                r.latencies.len(),
+                r.errors,
+                ms(r.quantile(0.5)),
+                ms(r.quantile(0.99)),
+                ms(h.quantile(0.99)),
+                h.errors,
+                rss_mb(pid),
+                peak_rss,
+                stored.load(Ordering::Relaxed),
+                refused.load(Ordering::Relaxed),
+                flood_errors.load(Ordering::Relaxed),
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for p in probes {
+        let _ = p.join();
+    }
+    let (slow_opened, slow_cut) = slow.join().unwrap_or((0, 0));
+    peak_rss = peak_rss.max(rss_mb(pid));
+    let revocations = revocations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let healthz = healthz.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for (what, p) in [("revocation", &revocations), ("healthz", &healthz)] {
+        if let Some(e) = &p.first_error {
+            println!("    {} failed {what} probes; first: {e}", p.errors);
+        }
+    }
+    let logins = logins.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(AbuseResult {
+        revocations,
+        healthz,
+        peak_rss_mb: peak_rss,
+        stored: stored.load(Ordering::Relaxed),
+        refused: refused.load(Ordering::Relaxed),
+        flood_errors: flood_errors.load(Ordering::Relaxed),
+        logins,
+        login_errors: login_errors.load(Ordering::Relaxed),
+        slow_opened,
+        slow_cut,
+    })
+}
+
+/// "ok" or "MISSED", beside a target.
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "MISSED"
+    }
 }
 
 fn unix_now() -> i64 {
@@ -730,6 +1193,7 @@ fn load_average() -> String {
 fn report(
     feed: &[(Store, FeedResult)],
     usage: &[(Store, UsageResult)],
+    abuse: &[(Store, AbuseResult)],
     load_before: &str,
     load_after: &str,
     skipped: &[String],
@@ -781,34 +1245,124 @@ fn report(
     if !usage.is_empty() {
         let _ = writeln!(
             out,
-            "\nusage: {USAGE_EDGES} edges over {USAGE_CONNECTIONS} keep-alive connections, {COUNTS_PER_BATCH} count entries + {FAILURES_PER_BATCH} failure samples per batch"
+            "\nusage: {USAGE_EDGES} edges over {USAGE_CONNECTIONS} keep-alive connections, {COUNTS_PER_BATCH} count entries + {FAILURES_PER_BATCH} failure samples per batch, a revocation every {} ms",
+            PROBE_EVERY.as_millis()
         );
         let _ = writeln!(
             out,
-            "{:<9} {:>10} {:>14} {:>13} {:>8} {:>8} {:>7} {:>11}",
+            "{:<9} {:>10} {:>17} {:>14} {:>13} {:>8} {:>8} {:>7} {:>7} {:>11} {:>22}",
             "store",
             "batches/s",
+            "target",
             "count entries/s",
             "decisions/s",
             "p50 ms",
             "p99 ms",
+            "503s",
             "errors",
-            "cpu/batch"
+            "cpu/batch",
+            "revocation p99 (<100)"
         );
         for (store, r) in usage {
+            let target = store.ingest_target();
+            let revocation_p99 = r.revocations.quantile(0.99);
             let _ = writeln!(
                 out,
-                "{:<9} {:>10.1} {:>14.0} {:>13.0} {:>8.1} {:>8.1} {:>7} {:>9.1}ms",
+                "{:<9} {:>10.1} {:>17} {:>14.0} {:>13.0} {:>8.1} {:>8.1} {:>7} {:>7} {:>9.1}ms {:>22}",
                 store.label(),
                 r.batches_per_second,
+                format!(">= {target:.0} {}", verdict(r.batches_per_second >= target)),
                 r.entries_per_second,
                 r.decisions_per_second,
                 ms(r.p50),
                 ms(r.p99),
+                r.busy,
                 r.errors,
                 ms(r.cpu_per_batch),
+                format!(
+                    "{:.1} ms, {} failed {}",
+                    ms(revocation_p99),
+                    r.revocations.errors,
+                    verdict(revocation_p99 < REVOCATION_P99_TARGET && r.revocations.errors == 0)
+                ),
             );
         }
+    }
+    for (store, r) in abuse {
+        let _ = writeln!(
+            out,
+            "\nabuse ({}): {SLOW_CLIENTS} slow clients at a bound of {MAX_CONNECTIONS} ({} opened, {} cut by the service), {LOGIN_CLIENTS} clients looping wrong logins, {FLOOD_CONNECTIONS} connections flooding {FLOOD_COUNTS}-count batches",
+            store.label(),
+            r.slow_opened,
+            r.slow_cut
+        );
+        let _ = writeln!(
+            out,
+            "{:<24} {:>14} {:>12} {:>7}",
+            "", "measured", "target", ""
+        );
+        let rev_p99 = r.revocations.quantile(0.99);
+        let health_p99 = r.healthz.quantile(0.99);
+        let rows = [
+            (
+                "revocations failed",
+                format!(
+                    "{} of {}",
+                    r.revocations.errors,
+                    r.revocations.latencies.len()
+                ),
+                "0".to_string(),
+                r.revocations.errors == 0 && !r.revocations.latencies.is_empty(),
+            ),
+            (
+                "revocation p50",
+                format!("{:.1} ms", ms(r.revocations.quantile(0.5))),
+                String::new(),
+                true,
+            ),
+            (
+                "revocation p99",
+                format!("{:.1} ms", ms(rev_p99)),
+                "< 100 ms".to_string(),
+                rev_p99 < REVOCATION_P99_TARGET,
+            ),
+            (
+                "/healthz p99",
+                format!("{:.1} ms", ms(health_p99)),
+                "< 50 ms".to_string(),
+                health_p99 < HEALTHZ_P99_TARGET,
+            ),
+            (
+                "/healthz failed",
+                format!("{} of {}", r.healthz.errors, r.healthz.latencies.len()),
+                "0".to_string(),
+                r.healthz.errors == 0,
+            ),
+            (
+                "peak memory (RSS)",
+                format!("{:.0} MB", r.peak_rss_mb),
+                "< 512 MB".to_string(),
+                r.peak_rss_mb < RSS_TARGET_MB,
+            ),
+        ];
+        for (name, measured, target, ok) in rows {
+            let mark = if target.is_empty() { "" } else { verdict(ok) };
+            let _ = writeln!(out, "{name:<24} {measured:>14} {target:>12} {mark:>7}");
+        }
+        let logins: Vec<String> = r
+            .logins
+            .iter()
+            .map(|(status, n)| format!("{n}x {status}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "usage flood: {} batches stored, {} refused with 503, {} failed; logins: {} ({} connection errors)",
+            r.stored,
+            r.refused,
+            r.flood_errors,
+            logins.join(", "),
+            r.login_errors
+        );
     }
     let _ = writeln!(
         out,
@@ -820,7 +1374,11 @@ fn report(
     out
 }
 
-fn results_json(feed: &[(Store, FeedResult)], usage: &[(Store, UsageResult)]) -> Value {
+fn results_json(
+    feed: &[(Store, FeedResult)],
+    usage: &[(Store, UsageResult)],
+    abuse: &[(Store, AbuseResult)],
+) -> Value {
     let mut out = serde_json::Map::new();
     for (store, r) in feed {
         out.insert(
@@ -850,7 +1408,30 @@ fn results_json(feed: &[(Store, FeedResult)], usage: &[(Store, UsageResult)]) ->
                 "p50_ms": ms(r.p50),
                 "p99_ms": ms(r.p99),
                 "errors": r.errors,
+                "busy_503": r.busy,
                 "cpu_per_batch_ms": ms(r.cpu_per_batch),
+                "target_batches_per_second": store.ingest_target(),
+                "revocation_p50_ms": ms(r.revocations.quantile(0.5)),
+                "revocation_p99_ms": ms(r.revocations.quantile(0.99)),
+                "revocation_errors": r.revocations.errors,
+            }),
+        );
+    }
+    for (store, r) in abuse {
+        out.insert(
+            format!("admin-abuse-{}", store.label()),
+            json!({
+                "revocations": r.revocations.latencies.len(),
+                "revocation_errors": r.revocations.errors,
+                "revocation_p50_ms": ms(r.revocations.quantile(0.5)),
+                "revocation_p99_ms": ms(r.revocations.quantile(0.99)),
+                "healthz_p99_ms": ms(r.healthz.quantile(0.99)),
+                "healthz_errors": r.healthz.errors,
+                "peak_rss_mb": r.peak_rss_mb,
+                "usage_stored": r.stored,
+                "usage_refused_503": r.refused,
+                "usage_failed": r.flood_errors,
+                "logins": r.logins.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             }),
         );
     }

@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: runs the benchmark suites in one go and prints their tables.
 //! Each suite is a module with `scenarios()` (the names `--only` matches) and `run(&Options)`:
-//! `filter` compares EdgeWarden with Envoy's native `jwt_authn`, `admin` measures the admin API's feed and
-//! usage ingestion, `propagation` times a revocation from the admin API's answer to the edge's first 401,
+//! `filter` compares EdgeWarden with Envoy's native `jwt_authn`, `admin` measures the admin API's feed,
+//! usage ingestion and behaviour under abuse, `propagation` times a revocation from the admin API's answer to the edge's first 401,
 //! `memory` measures what a million revoked jtis cost each Envoy VM and the whole Envoy process,
 //! `dashboard` times every admin API call a dashboard page makes at a million tokens.
 
