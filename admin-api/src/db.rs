@@ -113,6 +113,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "edge_key_names",
         include_str!("../migrations/sqlite/0006_edge_key_names.sql"),
     ),
+    (
+        7,
+        "issuer_token_lifetime",
+        include_str!("../migrations/sqlite/0007_issuer_token_lifetime.sql"),
+    ),
 ];
 /// (version, name, sql) of each PostgreSQL migration.
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -145,6 +150,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "edge_key_names",
         include_str!("../migrations/postgres/0006_edge_key_names.sql"),
+    ),
+    (
+        7,
+        "issuer_token_lifetime",
+        include_str!("../migrations/postgres/0007_issuer_token_lifetime.sql"),
     ),
 ];
 

@@ -88,9 +88,19 @@ enum IssuerCommand {
         /// A file holding the issuer's JWKS document (`{"keys": [...]}`).
         #[arg(long)]
         jwks_file: Option<PathBuf>,
+        /// The longest lifetime of the issuer's access tokens, in seconds: its subject and client
+        /// revocations stay in the feed this long (default 86400).
+        #[arg(long)]
+        max_token_lifetime: Option<i64>,
     },
     /// List the trusted foreign issuers as JSON.
     List,
+    /// Stop trusting a foreign issuer; revocations already recorded for it stay until they expire.
+    Remove {
+        /// The issuer as registered.
+        #[arg(long)]
+        issuer: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -187,6 +197,11 @@ enum ApiKeyCommand {
         /// The client a service key acts for (required for --role service; the client must exist).
         #[arg(long)]
         client_id: Option<String>,
+        /// For --role edge: an edge name (`edge_name` in the filter's configuration) the key may poll
+        /// the feed and report usage as; repeat for several. A poll or report under any other name is
+        /// refused. Without it the edge key is unbound and may act as any edge.
+        #[arg(long = "edge", value_name = "NAME")]
+        edges: Vec<String>,
     },
 }
 
@@ -197,11 +212,6 @@ enum UserCommand {
         /// Login name.
         #[arg(long)]
         username: String,
-        /// For --role edge: an edge name (`edge_name` in the filter's configuration) the key may poll
-        /// the feed and report usage as; repeat for several. A poll or report under any other name is
-        /// refused. Without it the edge key is unbound and may act as any edge.
-        #[arg(long = "edge", value_name = "NAME")]
-        edges: Vec<String>,
         /// Password (at least 12 characters); when omitted a random one is generated and printed.
         #[arg(long, env = "EDGEWARDEN_USER_PASSWORD", hide_env_values = true)]
         password: Option<String>,
@@ -222,16 +232,6 @@ enum UserCommand {
     },
 }
 
-fn base_config(common: &Common) -> Config {
-    let mut config = Config::new(&common.data_dir);
-    config.database_url = common.database_url.clone().filter(|u| !u.is_empty());
-    config
-}
-
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    // One line with the whole cause chain, never a backtrace: this is what operators read.
 /// The actor recorded for actions taken with this binary's subcommands.
 const CLI_ACTOR: &str = "cli";
 
@@ -251,6 +251,16 @@ async fn cli_event(db: &Db, event: Event) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn base_config(common: &Common) -> Config {
+    let mut config = Config::new(&common.data_dir);
+    config.database_url = common.database_url.clone().filter(|u| !u.is_empty());
+    config
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // One line with the whole cause chain, never a backtrace: this is what operators read.
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -316,23 +326,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             role,
             name,
             client_id,
+            edges,
         }) => {
             let db = Db::connect(&config).await?;
             let name = name.unwrap_or_else(|| format!("{role} key"));
             let key = create_checked_api_key(&db, role, &name, client_id.as_deref(), &edges)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            eprintln!(
-                "created {} api key {} ({}); it is shown only once:",
-                key.role, key.id, key.name
-            );
-            edges,
-            println!("{}", key.key);
-            Ok(())
-        }
-        Command::Issuer(IssuerCommand::Add {
-            issuer,
-            jwks_uri,
             cli_event(
                 &db,
                 Event::new("api_key.created", CLI_ACTOR).details(serde_json::json!({
@@ -341,13 +341,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })),
             )
             .await?;
-            jwks_file,
-        }) => {
-            let jwks = match jwks_file {
-                Some(file) => {
+            eprintln!(
+                "created {} api key {} ({}); it is shown only once:",
+                key.role, key.id, key.name
+            );
             if key.role == Role::Edge && key.edges.is_empty() {
                 eprintln!("warning: this edge key is bound to no edge name and may act as any edge; pass --edge <name> to bind it");
             }
+            println!("{}", key.key);
+            Ok(())
+        }
+        Command::Issuer(IssuerCommand::Add {
+            issuer,
+            jwks_uri,
+            jwks_file,
+            max_token_lifetime,
+        }) => {
+            let jwks = match jwks_file {
+                Some(file) => {
                     let text = std::fs::read_to_string(&file)
                         .with_context(|| format!("cannot read --jwks-file {}", file.display()))?;
                     Some(
@@ -363,11 +374,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 issuer,
                 jwks_uri,
                 jwks,
+                max_token_lifetime_seconds: max_token_lifetime,
             };
-            let trusted = edgewarden_admin::issuers::register(&db, request, "cli")
+            let bus = edgewarden_admin::events::EventBus::new();
+            let trusted = edgewarden_admin::issuers::register(&db, &bus, request, "cli")
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             eprintln!("trusted issuer {:?}", trusted.issuer);
+            Ok(())
+        }
+        Command::Issuer(IssuerCommand::Remove { issuer }) => {
+            let db = Db::connect(&config).await?;
+            let bus = edgewarden_admin::events::EventBus::new();
+            edgewarden_admin::issuers::unregister(&db, &bus, &issuer, "cli")
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!("no longer trusting issuer {issuer:?}");
             Ok(())
         }
         Command::Issuer(IssuerCommand::List) => {

@@ -358,14 +358,14 @@ pub enum Issuer {
         /// The issuer's `iss`.
         issuer: String,
         /// When the entry may leave the feed: a foreign jti's expiry (required), or for a subject or
-        /// client at most the longest foreign token lifetime (default [`FOREIGN_TOKEN_LIFETIME_SECONDS`]).
+        /// client the issuer's longest token lifetime (default [`FOREIGN_TOKEN_LIFETIME_SECONDS`]).
         expires_at: Option<i64>,
     },
 }
 
-/// How long the admin API assumes a foreign issuer's tokens live at most: a foreign subject or client
-/// revocation without `expires_at` stays in the feed this long, covering every token issued before it.
-pub const FOREIGN_TOKEN_LIFETIME_SECONDS: i64 = 86_400;
+/// How long a foreign subject or client revocation stays in the feed when neither the request nor the
+/// issuer's registration says (the handler fills in the issuer's `max_token_lifetime_seconds`).
+pub const FOREIGN_TOKEN_LIFETIME_SECONDS: i64 = crate::issuers::DEFAULT_TOKEN_LIFETIME_SECONDS;
 
 /// Latest `expires_at` accepted for a foreign revocation, from now: a year. The feed keeps an entry until
 /// then, so a typo in a Unix time must not pin it for centuries.
@@ -545,15 +545,18 @@ async fn create(
         Some(issuer) if issuer == state.keys.issuer() => Issuer::Own,
         Some(issuer) => {
             crate::extract::check_identifier("issuer", &issuer, crate::issuers::MAX_ISSUER_LEN)?;
-            if !crate::issuers::is_trusted(&state.db, &issuer).await? {
+            let Some(lifetime) = crate::issuers::token_lifetime(&state.db, &issuer).await? else {
                 return Err(ApiError::field(
                     "issuer",
                     format!("issuer: {issuer:?} is not a trusted issuer; register it with POST /api/v1/issuers"),
                 ));
-            }
+            };
+            // A subject or client entry covers every token issued before it, so it stays as long as
+            // the issuer's tokens live; a jti entry needs the token's own exp (checked below).
+            let default_expiry = (!matches!(target, Target::Jti(_))).then(|| now() + lifetime);
             Issuer::Foreign {
                 issuer,
-                expires_at: req.expires_at,
+                expires_at: req.expires_at.or(default_expiry),
             }
         }
     };
@@ -712,6 +715,8 @@ impl Target {
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     kind: Option<String>,
+    /// Only entries for this exact value (a jti, subject or client id), of any issuer.
+    value: Option<String>,
     limit: Option<i64>,
     offset: Option<i64>,
 }
@@ -749,22 +754,25 @@ async fn list(
             format!("kind: {kind:?} is not one of jti, subject, client"),
         ));
     }
+    let value = q.value.unwrap_or_default();
     let now = now();
     let total: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM revocations WHERE expires_at > $1 AND ($2 = '' OR kind = $2)",
+        "SELECT COUNT(*) FROM revocations WHERE expires_at > $1 AND ($2 = '' OR kind = $2) AND ($3 = '' OR value = $3)",
     )
     .bind(now)
     .bind(&kind)
+    .bind(&value)
     .fetch_one(&state.db.pool)
     .await?;
     let rows = sqlx::query(
         "SELECT kind, value, issuer, reason, actor, revoked_at, expires_at, seq FROM revocations \
-         WHERE expires_at > $1 AND ($2 = '' OR kind = $2) ORDER BY seq DESC, kind, value, issuer LIMIT $3 OFFSET $4",
+         WHERE expires_at > $1 AND ($2 = '' OR kind = $2) AND ($5 = '' OR value = $5) ORDER BY seq DESC, kind, value, issuer LIMIT $3 OFFSET $4",
     )
     .bind(now)
     .bind(&kind)
     .bind(limit)
     .bind(offset)
+    .bind(&value)
     .fetch_all(&state.db.pool)
     .await?;
     let items = rows

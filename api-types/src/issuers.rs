@@ -17,6 +17,11 @@ pub struct NewIssuerRequest {
     /// The issuer's JWKS document itself (`{"keys": [...]}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<serde_json::Value>,
+    /// The longest lifetime of the issuer's access tokens, in seconds (default 86400, at most a year): a
+    /// revocation of one of its subjects or clients stays in the feed this long, covering every token
+    /// issued before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_lifetime_seconds: Option<i64>,
 }
 
 /// A trusted issuer, as `GET /api/v1/issuers` lists it.
@@ -31,6 +36,8 @@ pub struct TrustedIssuer {
     /// Its JWKS document, when registered inline (public keys only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<serde_json::Value>,
+    /// How long its subject and client revocations stay in the feed, in seconds.
+    pub max_token_lifetime_seconds: i64,
     /// When it was registered (Unix seconds).
     pub created_at: i64,
     /// Who registered it.

@@ -172,6 +172,8 @@ pub const EVENT_KINDS: &[&str] = &[
     "webhook.created",
     "webhook.updated",
     "webhook.deleted",
+    "issuer.trusted",
+    "issuer.removed",
 ];
 
 /// An edge whose last feed poll is older than this is `stale`: it may be enforcing an old revocation state.

@@ -362,3 +362,44 @@ pub async fn remove_issuer(issuer: &str) -> ApiResult<()> {
     .await
     .map(|_| ())
 }
+
+/// What the token debugger needs of this admin API: its issuer, its JWKS document as an edge fetches it,
+/// and its clock.
+#[derive(Clone, Debug)]
+pub struct OwnIssuer {
+    /// The `iss` of the tokens it issues.
+    pub issuer: String,
+    /// `/.well-known/jwks.json`, as text.
+    pub jwks: String,
+    /// The admin API's clock from the JWKS answer's `Date` header (Unix seconds), if it sent one.
+    pub server_time: Option<f64>,
+    /// This browser's clock when that answer arrived (Unix seconds).
+    pub fetched_at: f64,
+}
+
+/// The admin API's public metadata and keys (no credential needed, nothing about a token is sent).
+pub async fn own_issuer() -> ApiResult<OwnIssuer> {
+    let metadata: serde_json::Value = get("/.well-known/oauth-authorization-server").await?;
+    let issuer = metadata
+        .get("issuer")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| ApiError::Server("the metadata document names no issuer".to_owned()))?
+        .to_owned();
+    let response = send(Method::GET, "/.well-known/jwks.json", None).await?;
+    let fetched_at = js_sys::Date::now() / 1000.0;
+    let server_time = response
+        .headers()
+        .get("date")
+        .map(|d| js_sys::Date::parse(&d) / 1000.0)
+        .filter(|t| t.is_finite());
+    let jwks = response
+        .text()
+        .await
+        .map_err(|e| ApiError::Server(format!("unexpected answer: {e}")))?;
+    Ok(OwnIssuer {
+        issuer,
+        jwks,
+        server_time,
+        fetched_at,
+    })
+}

@@ -97,6 +97,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("anomalies") view=pages::anomalies::Anomalies />
                     <Route path=path!("edges") view=pages::edges::Edges />
                     <Route path=path!("events") view=pages::events::Events />
+                    <Route path=path!("debugger") view=pages::debugger::Debugger />
                     <Route path=path!("settings") view=pages::settings::Settings />
                 </ParentRoute>
             </Routes>
@@ -164,6 +165,7 @@ fn Header() -> impl IntoView {
                 <A href="/anomalies">"Anomalies"</A>
                 <A href="/edges">"Edges"</A>
                 <A href="/events">"Events"</A>
+                <A href="/debugger">"Debugger"</A>
                 <A href="/settings">"Settings"</A>
             </nav>
             <div class="who">

@@ -2,6 +2,7 @@
 //! filtered view can be bookmarked and shared.
 
 pub mod anomalies;
+pub mod debugger;
 pub mod edges;
 pub mod events;
 pub mod issue;
