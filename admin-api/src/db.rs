@@ -32,6 +32,10 @@ pub struct Db {
     pub kind: DbKind,
     /// The URL it was opened with (PostgreSQL LISTEN needs it for its own connection).
     pub url: String,
+    /// Turns at SQLite's single write lock for this process's long-lived writers (usage ingestion) and
+    /// revocations: a fair queue, so a revocation is woken the moment the ingestion transaction before
+    /// it commits instead of polling SQLite's busy handler (whose sleeps grow to 100 ms).
+    write_turn: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How long a SQLite connection waits for the write lock before a statement fails with "database is
@@ -250,9 +254,24 @@ impl Db {
                 .await
                 .context("cannot enable WAL mode")?;
         }
-        let db = Db { pool, kind, url };
+        let db = Db {
+            pool,
+            kind,
+            url,
+            write_turn: Default::default(),
+        };
         db.migrate().await?;
         Ok(db)
+    }
+
+    /// Waits for this process's turn to write to SQLite (see `write_turn`); the turn lasts until the
+    /// guard is dropped, after the transaction commits. `None` with PostgreSQL, whose writers do not
+    /// share one lock.
+    pub async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.kind {
+            DbKind::Sqlite => Some(self.write_turn.lock().await),
+            DbKind::Postgres => None,
+        }
     }
 
     /// Applies the embedded migrations for this engine.

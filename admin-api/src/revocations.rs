@@ -392,6 +392,8 @@ pub async fn revoke_for(
     actor: &str,
 ) -> ApiResult<Revocation> {
     let now = now();
+    // With SQLite, wait in line behind at most one usage transaction instead of polling for the lock.
+    let _turn = state.db.write_turn().await;
     let mut tx = state.db.pool.begin().await?;
     let seq = begin_change(&mut tx).await?;
     let value = target.value();

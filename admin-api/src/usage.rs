@@ -917,6 +917,7 @@ async fn store_group(
         e.1 += p.total;
         e.2 = &p.address;
     }
+    let _turn = db.write_turn().await;
     let mut tx = db.pool.begin().await?;
     let rows: Vec<(&RowKey<'_>, &i64)> = counts.iter().collect();
     for chunk in rows.chunks(CHUNK) {
