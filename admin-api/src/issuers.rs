@@ -97,7 +97,7 @@ pub async fn unregister(db: &Db, bus: &EventBus, issuer: &str, actor: &str) -> A
     crate::events::record(
         bus,
         db,
-        &mut *tx,
+        &mut tx,
         Event::new("issuer.removed", actor).details(json!({ "issuer": issuer })),
     )
     .await?;
@@ -168,7 +168,7 @@ pub async fn register(
     crate::events::record(
         bus,
         db,
-        &mut *tx,
+        &mut tx,
         Event::new("issuer.trusted", actor).details(json!({
             "issuer": req.issuer,
             "jwks_uri": jwks_uri,
