@@ -46,7 +46,7 @@ pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(15);
 const PRUNE_CHUNK: i64 = 5_000;
 
 /// Deletes the rows of `table` matching `condition` (SQL with `$1` bound to `bound`) in chunks of
-/// [`PRUNE_CHUNK`], each its own short statement, pausing between them so other writers get the lock.
+/// `PRUNE_CHUNK`, each its own short statement, pausing between them so other writers get the lock.
 /// `table` and `condition` are constants of the callers, never input. Returns the rows deleted.
 pub async fn delete_in_chunks(
     db: &Db,
