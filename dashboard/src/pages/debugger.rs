@@ -55,6 +55,8 @@ fn Workbench(own: OwnIssuer) -> impl IntoView {
     let config_text = RwSignal::new(String::new());
     let jwks_text = RwSignal::new(String::new());
     let result = RwSignal::new(None::<Result<Analysis, String>>);
+    // Counts decisions, so a page (or a test) can tell a new answer from the previous one.
+    let runs = RwSignal::new(0u32);
 
     let decide = move || {
         let method_v = Some(method.get_untracked().trim().to_uppercase())
@@ -79,6 +81,7 @@ fn Workbench(own: OwnIssuer) -> impl IntoView {
                 &path_v,
             )
         });
+        runs.update(|n| *n += 1);
         result.set(Some(analysis));
     };
 
@@ -117,8 +120,8 @@ fn Workbench(own: OwnIssuer) -> impl IntoView {
             <button type="submit">"Decide"</button>
         </form>
         {move || result.get().map(|r| match r {
-            Err(message) => view! { <div class="error" role="alert" id="debug-error"><p>{message}</p></div> }.into_any(),
-            Ok(a) => view! { <Report analysis=a own_issuer=own.with_value(|o| o.issuer.clone()) /> }.into_any(),
+            Err(message) => view! { <div class="error" role="alert" id="debug-error" data-run=runs.get_untracked().to_string()><p>{message}</p></div> }.into_any(),
+            Ok(a) => view! { <Report analysis=a own_issuer=own.with_value(|o| o.issuer.clone()) run=runs.get_untracked() /> }.into_any(),
         })}
     }
 }
@@ -375,7 +378,7 @@ fn time_lines(claims: &Value, now: u64, leeway: u64) -> Vec<(&'static str, Strin
 }
 
 #[component]
-fn Report(analysis: Analysis, own_issuer: String) -> impl IntoView {
+fn Report(analysis: Analysis, own_issuer: String, run: u32) -> impl IntoView {
     let a = analysis;
     let times = time_lines(&a.claims, a.now, a.leeway);
     let skew_line = match a.skew {
@@ -453,7 +456,7 @@ fn Report(analysis: Analysis, own_issuer: String) -> impl IntoView {
     view! {
         <section aria-labelledby="verdict-h" class="debug-report">
             <h2 id="verdict-h">"Decision"</h2>
-            <p class=verdict_class id="debug-verdict" data-reason=a.reason data-status=a.status.to_string()>{verdict}</p>
+            <p class=verdict_class id="debug-verdict" data-reason=a.reason data-status=a.status.to_string() data-run=run.to_string()>{verdict}</p>
             {a.www_authenticate.clone().map(|h| view! {
                 <p>"WWW-Authenticate: " <code id="debug-challenge">{h}</code></p>
                 <p>"Body: " <code id="debug-body">{a.body.clone().unwrap_or_default()}</code></p>

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use edgewarden_e2e::browser::dashboard_dist;
 use edgewarden_e2e::{
-    claims, eventually, AdminApi, Browser, Issued, Stack, TestKey, TokenBuilder, AUDIENCE,
-    CONTROL_PLANE_CLUSTER, E2E_CLIENT, EDGE_NAME, JWKS_PATH,
+    claims, eventually, AdminApi, Browser, Issued, Stack, TestKey, TokenBuilder, TokenRequest,
+    AUDIENCE, CONTROL_PLANE_CLUSTER, E2E_CLIENT, EDGE_NAME, JWKS_PATH,
 };
 use fantoccini::Locator;
 use serde_json::{json, Value};
@@ -844,4 +844,229 @@ async fn every_page_passes_axe_and_is_screenshotted() {
         "serious or critical accessibility violations (axe-core):\n{}",
         unexpected.join("\n")
     );
+}
+
+/// Decides `token` for `GET /read` in the debugger page (already open, with the edge's configuration
+/// pasted) and returns what it shows: status, `WWW-Authenticate`, body, reason, and how long it took (ms).
+async fn debug_in_page(browser: &Browser, token: &str) -> (u16, String, String, String, f64) {
+    browser
+        .execute(
+            r#"
+            const [token] = arguments;
+            const last = document.querySelector('[data-run]');
+            window.__debugRun = last ? Number(last.dataset.run) : 0;
+            const area = document.querySelector('textarea[name=debug_token]');
+            area.value = token;
+            area.dispatchEvent(new Event('input', { bubbles: true }));
+            document.querySelector('form.debugger button[type=submit]').click();
+            "#,
+            vec![json!(token)],
+        )
+        .await;
+    browser
+        .wait_until("the debugger's decision", Duration::from_secs(10), || async {
+            let got = browser
+                .execute(
+                    r#"
+                    const error = document.getElementById('debug-error');
+                    if (error && Number(error.dataset.run) > window.__debugRun) { return ['error', error.textContent]; }
+                    const v = document.getElementById('debug-verdict');
+                    if (!v || Number(v.dataset.run) <= window.__debugRun) { return null; }
+                    const text = id => (document.getElementById(id) || { textContent: '' }).textContent;
+                    return [Number(v.dataset.status), text('debug-challenge'), text('debug-body'), v.dataset.reason, text('debug-took')];
+                    "#,
+                    vec![],
+                )
+                .await;
+            let row = got.as_array()?.clone();
+            assert_ne!(row[0], "error", "the debugger refused to decide: {}", row[1]);
+            let took = row[4]
+                .as_str()?
+                .split_whitespace()
+                .nth(4)?
+                .parse::<f64>()
+                .ok()?;
+            Some((
+                row[0].as_u64()? as u16,
+                row[1].as_str()?.to_owned(),
+                row[2].as_str()?.to_owned(),
+                row[3].as_str()?.to_owned(),
+                took,
+            ))
+        })
+        .await
+}
+
+#[tokio::test]
+async fn the_token_debugger_decides_like_the_edge_and_never_sends_the_token() {
+    let (admin, stack, browser) = start_with_edge().await;
+    let alice = admin.issue_for("alice").await;
+    wait_passes(&stack, &alice.access_token, "alice's token").await;
+    let no_scope = admin
+        .issue(&TokenRequest {
+            scopes: Vec::new(),
+            ..TokenRequest::new("nora")
+        })
+        .await;
+    let revoked = admin.issue_for("mallory").await;
+    admin.revoke_jti(&revoked.jti).await;
+    wait_refused_as_revoked(&stack, &revoked.access_token, "mallory's revoked token").await;
+    let bob = admin.issue_for("bob").await;
+
+    // A signature that no longer matches: the last character of the signature changed.
+    let mut tampered = alice.access_token.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let rows: Vec<(&str, String)> = vec![
+        ("valid", alice.access_token.clone()),
+        ("missing scope", no_scope.access_token.clone()),
+        ("tampered signature", tampered),
+        (
+            "foreign issuer",
+            TokenBuilder::new(TestKey::Es256A).scope("read").sign(),
+        ),
+        (
+            "unknown kid",
+            TokenBuilder::new(TestKey::Es256A)
+                .claim("iss", admin.issuer())
+                .scope("read")
+                .sign(),
+        ),
+        (
+            "alg none",
+            TokenBuilder::new(TestKey::Es256A)
+                .header("alg", "none")
+                .claim("iss", admin.issuer())
+                .sign(),
+        ),
+        (
+            "expired, of an unknown key",
+            TokenBuilder::new(TestKey::Es256A)
+                .claim("iss", admin.issuer())
+                .expires_in(-3600)
+                .sign(),
+        ),
+    ];
+
+    log_in(&browser, &admin, ADMIN_USER, ADMIN_PASSWORD).await;
+    open(&browser, &admin, "/debugger?method=GET&path=%2Fread").await;
+    browser.wait_for("textarea[name=debug_token]").await;
+    // Record every request the page makes from here on, with its body.
+    browser
+        .execute(
+            r#"
+            window.__requests = [];
+            const original = window.fetch;
+            window.fetch = function (input, init) {
+                const url = typeof input === 'string' ? input : (input && input.url) || String(input);
+                window.__requests.push({ url, method: (init && init.method) || 'GET', body: init && init.body ? String(init.body) : '' });
+                return original.apply(this, arguments);
+            };
+            const send = XMLHttpRequest.prototype.send;
+            XMLHttpRequest.prototype.send = function (body) {
+                window.__requests.push({ url: 'xhr', method: 'XHR', body: body ? String(body) : '' });
+                return send.apply(this, arguments);
+            };
+            document.querySelector('input[name=debug_source][value=config]').click();
+            "#,
+            vec![],
+        )
+        .await;
+    let config = plugin_config(&admin).to_string();
+    browser
+        .execute(
+            r#"
+            const area = document.querySelector('textarea[name=debug_config]');
+            area.value = arguments[0];
+            area.dispatchEvent(new Event('input', { bubbles: true }));
+            "#,
+            vec![json!(config)],
+        )
+        .await;
+
+    let mut mismatches = Vec::new();
+    let mut slowest: f64 = 0.0;
+    for (name, token) in &rows {
+        let edge = call_edge(&stack, token).await;
+        let (status, challenge, body, reason, took) = debug_in_page(&browser, token).await;
+        slowest = slowest.max(took);
+        eprintln!(
+            "debugger row {name:<20} edge {} / debugger {status} {reason} ({took:.2} ms)",
+            edge.status
+        );
+        let edge_body = if edge.status == 200 {
+            String::new()
+        } else {
+            edge.body.clone()
+        };
+        if (edge.status, edge.challenge.as_str(), edge_body.as_str())
+            != (status, challenge.as_str(), body.as_str())
+        {
+            mismatches.push(format!(
+                "{name}: edge {} {:?} {:?}; debugger {status} {challenge:?} {body:?}",
+                edge.status, edge.challenge, edge.body
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "the debugger and the edge disagree:\n{}",
+        mismatches.join("\n")
+    );
+    // Reported, not asserted: a timing on a shared machine is not a test.
+    eprintln!("debugger: slowest decode-and-decide {slowest:.2} ms in the browser (engine built per decision)");
+
+    // A revoked token: the engine alone would pass it; the page looks the jti up and says it is revoked.
+    debug_in_page(&browser, &revoked.access_token).await;
+    browser.wait_for_text("#debug-revocation", "revoked").await;
+    // Revoke an active token from the debugger: the edge refuses it afterwards.
+    debug_in_page(&browser, &bob.access_token).await;
+    browser
+        .wait_for_text("#debug-revocation", "not revoked")
+        .await;
+    browser.screenshot("debugger").await;
+    browser
+        .button("Revoke this token")
+        .await
+        .click()
+        .await
+        .expect("click Revoke");
+    browser
+        .button("Revoke")
+        .await
+        .click()
+        .await
+        .expect("confirm");
+    browser.wait_for("#debug-revoked").await;
+    wait_refused_as_revoked(
+        &stack,
+        &bob.access_token,
+        "bob's token revoked from the debugger",
+    )
+    .await;
+
+    // No request carried a token, nothing stored one.
+    let requests = browser
+        .execute(
+            "return JSON.stringify({ recorded: window.__requests, resources: performance.getEntriesByType('resource').map(e => e.name), local: JSON.stringify(localStorage), session: JSON.stringify(sessionStorage), cookie: document.cookie, url: location.href });",
+            vec![],
+        )
+        .await;
+    let seen = requests.as_str().unwrap_or_default().to_owned();
+    assert!(
+        seen.contains("/api/v1/revocations"),
+        "the recorder saw no request: {seen}"
+    );
+    let mut pasted = rows.clone();
+    pasted.push(("revoked", revoked.access_token.clone()));
+    pasted.push(("bob", bob.access_token.clone()));
+    for (name, token) in &pasted {
+        let signature = token.rsplit('.').next().unwrap_or_default();
+        let payload = token.split('.').nth(1).unwrap_or_default();
+        assert!(
+            !seen.contains(signature) && !seen.contains(payload),
+            "the {name} token (or part of it) left the page or was stored: {seen}"
+        );
+    }
+    browser.axe("debugger").await;
 }
