@@ -187,6 +187,7 @@ pub fn run(args: &[String]) -> Result<()> {
 ==> EdgeWarden demo is running (Ctrl-C to stop)
 
 Dashboard:   {dashboard_url}
+Debugger:    {dashboard_url}debugger  (paste a token to see what the edge decides and why; it never leaves the browser)
 Admin login: user admin, password {password}
              (the one-time password the first `serve` wrote to initial-admin-password in the store; it opens the dashboard, or an API session with curl)
 Admin API:   {api_base}  (store: {store}; log: {api_log})
