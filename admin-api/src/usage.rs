@@ -824,17 +824,8 @@ async fn ingest(
     req: Request,
 ) -> ApiResult<Response> {
     principal.require(&[Role::Admin, Role::Edge], "report usage")?;
-    if let Some(ct) = req
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    {
-        if !ct.starts_with("application/json") {
-            return Err(ApiError::bad_request(format!(
-                "content-type must be application/json, got {ct}"
-            )));
-        }
-    }
+    // The same rule as every other JSON body: a missing or other content type is a 415.
+    crate::extract::require_json(req.headers())?;
     let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_BATCH_BYTES).await else {
         return Ok(too_large(format!(
             "usage batch is larger than {MAX_BATCH_BYTES} bytes"

@@ -715,6 +715,21 @@ async fn oversized_json_is_413_and_json_needs_its_content_type(backend: Backend)
     app.get("/api/v1/clients/plain", Some(&app.admin_key))
         .await
         .expect(StatusCode::NOT_FOUND);
+    // Usage reports too: a batch without a JSON content type is refused, not parsed.
+    for content_type in [None, Some("text/plain")] {
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/usage")
+            .header(header::AUTHORIZATION, format!("Bearer {}", app.admin_key));
+        if let Some(ct) = content_type {
+            builder = builder.header(header::CONTENT_TYPE, ct);
+        }
+        let answer = app
+            .call(builder.body(Body::from("{}")).unwrap())
+            .await
+            .expect(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(answer.code(), "unsupported_media_type", "{content_type:?}");
+    }
     // The optional body of a key rotation too.
     let answer = app
         .call(
