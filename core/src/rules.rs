@@ -412,7 +412,7 @@ pub(crate) fn validate_config(c: &Config) -> Result<(), ConfigError> {
         if !is_header_name(&fc.header) {
             return Err(ConfigError::new(
                 format!("forward_claims[{i}].header"),
-                format!("{:?} is not a lower-case header name", fc.header),
+                format!("{:?} is not a header name (letters, digits and !#$%&'*+-.^_`|~ only; any case, read lower-cased)", fc.header),
             ));
         }
     }
@@ -420,7 +420,7 @@ pub(crate) fn validate_config(c: &Config) -> Result<(), ConfigError> {
         if !is_header_name(h) {
             return Err(ConfigError::new(
                 "forward_payload_header",
-                format!("{h:?} is not a lower-case header name"),
+                format!("{h:?} is not a header name (letters, digits and !#$%&'*+-.^_`|~ only; any case, read lower-cased)"),
             ));
         }
     }

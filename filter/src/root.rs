@@ -282,7 +282,7 @@ mod tests {
                 format!(
                     r#"{{"issuers": [{issuer}], "forward_claims": [{{"claim": "sub", "header": "X Jwt Sub"}}]}}"#
                 ),
-                "edgewarden: invalid configuration: forward_claims[0].header: \"x jwt sub\" is not a lower-case header name",
+                "edgewarden: invalid configuration: forward_claims[0].header: \"x jwt sub\" is not a header name (letters, digits and !#$%&'*+-.^_`|~ only; any case, read lower-cased)",
             ),
         ]
     }

@@ -426,7 +426,9 @@ fn Report(analysis: Analysis, own_issuer: String, run: u32) -> impl IntoView {
     };
     let header = serde_json::to_string_pretty(&a.header).unwrap_or_default();
     let claims = serde_json::to_string_pretty(&a.claims).unwrap_or_default();
-    let verdict = if a.verdict_allowed {
+    let verdict = if a.verdict_allowed && a.reason == "allowed" {
+        format!("allowed: {}", a.description)
+    } else if a.verdict_allowed {
         format!("allowed ({}): {}", a.reason, a.description)
     } else {
         format!("refused with {} ({}): {}", a.status, a.reason, a.description)
