@@ -57,6 +57,7 @@ fn Workbench(own: OwnIssuer) -> impl IntoView {
     let result = RwSignal::new(None::<Result<Analysis, String>>);
     // Counts decisions, so a page (or a test) can tell a new answer from the previous one.
     let runs = RwSignal::new(0u32);
+    let engines = StoredValue::new_local(None::<((Option<String>, String), Engine)>);
 
     let decide = move || {
         let method_v = Some(method.get_untracked().trim().to_uppercase())
@@ -71,15 +72,27 @@ fn Workbench(own: OwnIssuer) -> impl IntoView {
         } else {
             None
         };
-        let analysis = own.with_value(|own| {
-            analyze(
-                own,
-                config.as_deref(),
-                &jwks_text.get_untracked(),
-                &paste.get_untracked(),
-                &method_v,
-                &path_v,
-            )
+        let jwks = jwks_text.get_untracked();
+        // The engine is built once per configuration (parsing it and its keys is most of the work), as
+        // the filter builds it once per configuration load, and reused for every token decided after.
+        let key = (config.clone(), jwks.clone());
+        let fresh = engines.with_value(|e| e.as_ref().is_none_or(|(k, _)| *k != key));
+        if fresh {
+            let built = own.with_value(|own| build_engine(own, config.as_deref(), &jwks));
+            engines.set_value(built.ok().map(|engine| (key.clone(), engine)));
+        }
+        let token = paste.get_untracked();
+        let decided = engines.with_value(|e| {
+            e.as_ref().map(|(_, engine)| {
+                own.with_value(|own| analyze(engine, own, &token, &method_v, &path_v))
+            })
+        });
+        // Building failed: build again for its message (it names the field at fault).
+        let analysis = decided.unwrap_or_else(|| {
+            Err(own
+                .with_value(|own| build_engine(own, config.as_deref(), &jwks))
+                .err()
+                .unwrap_or_default())
         });
         runs.update(|n| *n += 1);
         result.set(Some(analysis));
@@ -155,9 +168,8 @@ fn now_ms() -> f64 {
 }
 
 fn analyze(
+    engine: &Engine,
     own: &OwnIssuer,
-    config: Option<&str>,
-    jwks: &str,
     paste: &str,
     method: &str,
     path: &str,
@@ -166,7 +178,6 @@ fn analyze(
     let token = find_token(paste).ok_or_else(|| {
         "no token found: paste a JWT (three base64url parts separated by dots), an Authorization header or a curl line that carries one".to_owned()
     })?;
-    let engine = build_engine(own, config, jwks)?;
     let (header, claims) = decode(&token)?;
     let now = (js_sys::Date::now() / 1000.0) as u64;
     let leeway = engine.config().clock_skew_seconds;

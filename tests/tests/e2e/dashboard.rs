@@ -1014,7 +1014,7 @@ async fn the_token_debugger_decides_like_the_edge_and_never_sends_the_token() {
         mismatches.join("\n")
     );
     // Reported, not asserted: a timing on a shared machine is not a test.
-    eprintln!("debugger: slowest decode-and-decide {slowest:.2} ms in the browser (engine built per decision)");
+    eprintln!("debugger: slowest decode-and-decide {slowest:.2} ms in the browser (the engine is built once per configuration)");
 
     // A revoked token: the engine alone would pass it; the page looks the jti up and says it is revoked.
     debug_in_page(&browser, &revoked.access_token).await;
