@@ -267,12 +267,10 @@ async fn source(db: &Db, issuer: &str) -> Result<Option<Source>, sqlx::Error> {
 
 /// The longest token lifetime registered for `issuer`, or `None` when it is not a trusted foreign issuer.
 pub async fn token_lifetime(db: &Db, issuer: &str) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT max_token_lifetime_seconds FROM trusted_issuers WHERE issuer = $1",
-    )
-    .bind(issuer)
-    .fetch_optional(&db.pool)
-    .await
+    sqlx::query_scalar("SELECT max_token_lifetime_seconds FROM trusted_issuers WHERE issuer = $1")
+        .bind(issuer)
+        .fetch_optional(&db.pool)
+        .await
 }
 
 /// JWKS documents fetched from `jwks_uri`s, by URI, with when they were fetched. Shared by every app in

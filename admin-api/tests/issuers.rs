@@ -4,10 +4,10 @@
 
 mod common;
 
+use axum::http::Method;
 use axum::http::StatusCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use axum::http::Method;
 use common::{Backend, TestApp};
 use edgewarden_admin::auth::Role;
 use p256::ecdsa::signature::Signer as _;
@@ -689,7 +689,10 @@ async fn issuer_changes_are_events_and_removal_stops_trusting_without_unrevoking
     assert_eq!(trusted.len(), 1, "{trusted:?}");
     assert_eq!(trusted[0]["details"]["issuer"], IDP);
     assert_eq!(trusted[0]["details"]["inline_jwks"], true);
-    assert!(trusted[0]["actor"].as_str().unwrap().starts_with("api_key:"));
+    assert!(trusted[0]["actor"]
+        .as_str()
+        .unwrap()
+        .starts_with("api_key:"));
     let token = idp.sign(&json!({"iss": IDP, "sub": "carol", "jti": "j-1", "exp": now() + 300}));
     app.post(
         "/api/v1/revocations",
@@ -722,7 +725,10 @@ async fn issuer_changes_are_events_and_removal_stops_trusting_without_unrevoking
         .json(Method::DELETE, &uri, Some(&app.admin_key), None)
         .await
         .expect(StatusCode::NOT_FOUND);
-    assert!(again.body["error"]["message"].as_str().unwrap().contains("GET /api/v1/issuers"));
+    assert!(again.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("GET /api/v1/issuers"));
 
     // Its identifiers can no longer be revoked, nor its tokens presented...
     app.post(
@@ -821,6 +827,12 @@ async fn subject_revocation_stays_as_long_as_the_issuers_tokens_live(backend: Ba
             .unwrap()
     };
     let after = now();
-    assert!((before + 3600..=after + 3600).contains(&expiry("carol")), "{feed}");
-    assert!((before + 86_400..=after + 86_400).contains(&expiry("dave")), "{feed}");
+    assert!(
+        (before + 3600..=after + 3600).contains(&expiry("carol")),
+        "{feed}"
+    );
+    assert!(
+        (before + 86_400..=after + 86_400).contains(&expiry("dave")),
+        "{feed}"
+    );
 }

@@ -316,7 +316,10 @@ fn describe_rule(rule: &RuleConfig) -> String {
         ));
     }
     if !rule.require_roles.is_empty() {
-        words.push(format!("requires a role of: {}", rule.require_roles.join(" ")));
+        words.push(format!(
+            "requires a role of: {}",
+            rule.require_roles.join(" ")
+        ));
     }
     words.join("; ")
 }
@@ -370,7 +373,10 @@ fn time_lines(claims: &Value, now: u64, leeway: u64) -> Vec<(&'static str, Strin
         let verdict = if nbf <= now + leeway {
             "in force".to_owned()
         } else {
-            format!("not valid yet: starts {} (leeway {leeway} s)", ago(now - nbf))
+            format!(
+                "not valid yet: starts {} (leeway {leeway} s)",
+                ago(now - nbf)
+            )
         };
         lines.push(("nbf", format!("{} — {verdict}", utc(nbf))));
     }
@@ -442,7 +448,10 @@ fn Report(analysis: Analysis, own_issuer: String, run: u32) -> impl IntoView {
     } else if a.verdict_allowed {
         format!("allowed ({}): {}", a.reason, a.description)
     } else {
-        format!("refused with {} ({}): {}", a.status, a.reason, a.description)
+        format!(
+            "refused with {} ({}): {}",
+            a.status, a.reason, a.description
+        )
     };
     let verdict_class = if a.verdict_allowed {
         "verdict allowed"
@@ -455,17 +464,25 @@ fn Report(analysis: Analysis, own_issuer: String, run: u32) -> impl IntoView {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    let lookups: Vec<(&'static str, String)> = [("jti", "jti"), ("subject", "sub"), ("client", "client_id")]
-        .into_iter()
-        .filter_map(|(kind, claim)| {
-            a.claims
-                .get(claim)
-                .or_else(|| (claim == "client_id").then(|| a.claims.get("azp")).flatten())
-                .and_then(Value::as_str)
-                .map(|v| (kind, v.to_owned()))
-        })
-        .collect();
-    let took = format!("decoded and decided in {:.2} ms, in this browser", a.took_ms);
+    let lookups: Vec<(&'static str, String)> =
+        [("jti", "jti"), ("subject", "sub"), ("client", "client_id")]
+            .into_iter()
+            .filter_map(|(kind, claim)| {
+                a.claims
+                    .get(claim)
+                    .or_else(|| {
+                        (claim == "client_id")
+                            .then(|| a.claims.get("azp"))
+                            .flatten()
+                    })
+                    .and_then(Value::as_str)
+                    .map(|v| (kind, v.to_owned()))
+            })
+            .collect();
+    let took = format!(
+        "decoded and decided in {:.2} ms, in this browser",
+        a.took_ms
+    );
     view! {
         <section aria-labelledby="verdict-h" class="debug-report">
             <h2 id="verdict-h">"Decision"</h2>
@@ -509,10 +526,14 @@ fn RevocationCheck(
         async move {
             let mut hits: Vec<Revocation> = Vec::new();
             for (kind, value) in &lookups {
-                let page = api::revocations(&[("kind", (*kind).to_owned()), ("value", value.clone())]).await?;
+                let page =
+                    api::revocations(&[("kind", (*kind).to_owned()), ("value", value.clone())])
+                        .await?;
                 hits.extend(page.items.into_iter().filter(|r| {
                     // An entry with no issuer (recorded before revocations named one) applies to all.
-                    r.issuer.as_deref().is_none_or(|i| i == iss || (i == own_issuer && iss.is_empty()))
+                    r.issuer
+                        .as_deref()
+                        .is_none_or(|i| i == iss || (i == own_issuer && iss.is_empty()))
                 }));
             }
             Ok::<_, api::ApiError>((lookups, hits))
