@@ -57,7 +57,8 @@ fn Workbench(own: OwnIssuer) -> impl IntoView {
     let result = RwSignal::new(None::<Result<Analysis, String>>);
     // Counts decisions, so a page (or a test) can tell a new answer from the previous one.
     let runs = RwSignal::new(0u32);
-    let engines = StoredValue::new_local(None::<((Option<String>, String), Engine)>);
+    let engines =
+        StoredValue::new_local(None::<((Option<String>, String), Result<Engine, String>)>);
 
     let decide = move || {
         let method_v = Some(method.get_untracked().trim().to_uppercase())
@@ -78,21 +79,17 @@ fn Workbench(own: OwnIssuer) -> impl IntoView {
         let key = (config.clone(), jwks.clone());
         let fresh = engines.with_value(|e| e.as_ref().is_none_or(|(k, _)| *k != key));
         if fresh {
+            // A configuration the filter would refuse is kept with its message (it names the field).
             let built = own.with_value(|own| build_engine(own, config.as_deref(), &jwks));
-            engines.set_value(built.ok().map(|engine| (key.clone(), engine)));
+            engines.set_value(Some((key, built)));
         }
         let token = paste.get_untracked();
-        let decided = engines.with_value(|e| {
-            e.as_ref().map(|(_, engine)| {
+        let analysis = engines.with_value(|e| match e.as_ref().map(|(_, built)| built) {
+            Some(Ok(engine)) => {
                 own.with_value(|own| analyze(engine, own, &token, &method_v, &path_v))
-            })
-        });
-        // Building failed: build again for its message (it names the field at fault).
-        let analysis = decided.unwrap_or_else(|| {
-            Err(own
-                .with_value(|own| build_engine(own, config.as_deref(), &jwks))
-                .err()
-                .unwrap_or_default())
+            }
+            Some(Err(message)) => Err(message.clone()),
+            None => Err("no engine was built".to_owned()),
         });
         runs.update(|n| *n += 1);
         result.set(Some(analysis));
