@@ -761,6 +761,82 @@ impl Config {
     }
 }
 
+/// What stands in a reported configuration where a secret was left out.
+pub const REDACTED: &str = "<redacted>";
+
+/// JWK members that hold secret key material: the HMAC key (`k`) and the private parts of RSA, EC and OKP keys.
+const SECRET_JWK_MEMBERS: &[&str] = &["k", "d", "p", "q", "dp", "dq", "qi", "oth"];
+
+/// The plugin configuration as an edge reports it to the admin API: the JSON it was given, with
+/// `control_plane.api_key` and every secret member of an inline JWK (`k`, `d`, ...) replaced by [`REDACTED`],
+/// written compactly. The document stays a configuration the engine parses (apart from the redacted keys), so
+/// the dashboard can read it and the debugger decide with it. `None` if the bytes are not one JSON object.
+pub fn redacted_config(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    doc.as_object()?;
+    if let Some(key) = doc
+        .get_mut("control_plane")
+        .and_then(|cp| cp.get_mut("api_key"))
+    {
+        *key = serde_json::Value::String(REDACTED.to_string());
+    }
+    for jwk in inline_jwks_mut(&mut doc) {
+        for member in SECRET_JWK_MEMBERS {
+            if let Some(value) = jwk.get_mut(*member) {
+                *value = serde_json::Value::String(REDACTED.to_string());
+            }
+        }
+    }
+    serde_json::to_vec(&doc).ok()
+}
+
+/// The hash an edge reports its configuration by: lower-case hex SHA-256 of the [`redacted_config`] bytes.
+pub fn config_hash(redacted: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(redacted)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Where a reported configuration still carries a secret: the field path of every `control_plane.api_key` or
+/// secret JWK member whose value is not [`REDACTED`]. The admin API refuses such a document.
+pub fn unredacted_secrets(doc: &serde_json::Value) -> Vec<String> {
+    let mut found = Vec::new();
+    let redacted = |v: &serde_json::Value| v.as_str() == Some(REDACTED);
+    if let Some(key) = doc.get("control_plane").and_then(|cp| cp.get("api_key")) {
+        if !redacted(key) {
+            found.push("control_plane.api_key".to_string());
+        }
+    }
+    if let Some(issuers) = doc.get("issuers").and_then(serde_json::Value::as_array) {
+        for (i, issuer) in issuers.iter().enumerate() {
+            let keys = issuer
+                .get("jwks")
+                .and_then(|j| j.get("keys"))
+                .and_then(serde_json::Value::as_array);
+            for (j, jwk) in keys.into_iter().flatten().enumerate() {
+                for member in SECRET_JWK_MEMBERS {
+                    if jwk.get(*member).is_some_and(|v| !redacted(v)) {
+                        found.push(format!("issuers[{i}].jwks.keys[{j}].{member}"));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Every inline JWK object of a configuration document (`issuers[].jwks.keys[]`).
+fn inline_jwks_mut(doc: &mut serde_json::Value) -> impl Iterator<Item = &mut serde_json::Value> {
+    doc.get_mut("issuers")
+        .and_then(serde_json::Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter_map(|issuer| issuer.get_mut("jwks")?.get_mut("keys")?.as_array_mut())
+        .flatten()
+}
+
 /// The problem reported for an empty plugin configuration.
 pub const EMPTY_CONFIG: &str = "the plugin configuration is empty: set it to a JSON object with at least \
      `issuers` (in Envoy, the `value` of the filter's `configuration` StringValue; in Istio, `pluginConfig`)";
@@ -847,6 +923,51 @@ mod tests {
         Config::from_json(v.to_string().as_bytes())
             .and_then(|c| c.validate().map(|_| c))
             .unwrap_err()
+    }
+
+    #[test]
+    fn a_reported_configuration_leaves_out_the_api_key_and_inline_secrets() {
+        let config = json!({
+            "issuers": [{"issuer": "i", "jwks": {"keys": [
+                {"kty": "oct", "kid": "h", "alg": "HS256", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"},
+                {"kty": "EC", "crv": "P-256", "x": "x", "y": "y", "d": "private"},
+            ]}}],
+            "control_plane": {"cluster": "c", "api_key": "ew_live_key", "edge_name": "e"},
+            "clock_skew_seconds": 30,
+        });
+        let bytes = config.to_string();
+        let redacted = redacted_config(bytes.as_bytes()).unwrap();
+        let text = String::from_utf8(redacted.clone()).unwrap();
+        for secret in ["ew_live_key", "c2VjcmV0", "private"] {
+            assert!(!text.contains(secret), "{secret} left in {text}");
+        }
+        let doc: serde_json::Value = serde_json::from_slice(&redacted).unwrap();
+        assert_eq!(doc["control_plane"]["api_key"], REDACTED);
+        assert_eq!(doc["control_plane"]["edge_name"], "e");
+        assert_eq!(doc["issuers"][0]["jwks"]["keys"][0]["k"], REDACTED);
+        assert_eq!(doc["issuers"][0]["jwks"]["keys"][0]["kid"], "h");
+        assert_eq!(doc["issuers"][0]["jwks"]["keys"][1]["d"], REDACTED);
+        assert_eq!(doc["clock_skew_seconds"], 30);
+        assert!(unredacted_secrets(&doc).is_empty());
+        assert_eq!(
+            unredacted_secrets(&config),
+            vec![
+                "control_plane.api_key",
+                "issuers[0].jwks.keys[0].k",
+                "issuers[0].jwks.keys[1].d"
+            ]
+        );
+        // The same configuration gives the same document and hash; another one another hash.
+        assert_eq!(redacted_config(bytes.as_bytes()).unwrap(), redacted);
+        let hash = config_hash(&redacted);
+        assert_eq!(hash.len(), 64);
+        assert!(hash
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        let other = redacted_config(br#"{"issuers": [], "clock_skew_seconds": 5}"#).unwrap();
+        assert_ne!(config_hash(&other), hash);
+        assert_eq!(redacted_config(b"[1, 2]"), None);
+        assert_eq!(redacted_config(b"not json"), None);
     }
 
     #[test]
