@@ -238,6 +238,22 @@ impl Engine {
         match &parsed.kid {
             Some(kid) => {
                 let Some(key) = all().find(|k| k.kid() == Some(kid.as_str())) else {
+                    // A key the issuer publishes for an algorithm this edge does not verify: refetching cannot help,
+                    // and the answer names the algorithm rather than calling the key unknown.
+                    if let Some(alg) = keys
+                        .inline
+                        .unsupported_alg(kid)
+                        .or_else(|| keys.remote.unsupported_alg(kid))
+                    {
+                        return Err(Rejection::new(
+                            Reason::DisallowedAlgorithm,
+                            format!(
+                                "algorithm {alg} is not supported by this edge (key {} of issuer {})",
+                                show(kid),
+                                show(&self.issuer_name(issuer))
+                            ),
+                        ));
+                    }
                     return Err(Rejection {
                         reason: Reason::UnknownKid,
                         description: format!(

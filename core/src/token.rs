@@ -256,10 +256,15 @@ pub(crate) fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, Rejecti
     let alg = Alg::parse(&alg_name).ok_or_else(|| {
         Rejection::new(
             Reason::DisallowedAlgorithm,
-            format!(
-                "algorithm {} is not allowed (allowed: ES256, RS256, PS256, EdDSA, HS256)",
-                show(&alg_name)
-            ),
+            if crate::jwks::is_unsupported_signature_alg(&alg_name) {
+                // A registered algorithm (ES384, RS512): the name is one of a fixed list, safe to show bare.
+                format!("algorithm {alg_name} is not supported by this edge (it verifies ES256, RS256, PS256, EdDSA, HS256)")
+            } else {
+                format!(
+                    "algorithm {} is not allowed (allowed: ES256, RS256, PS256, EdDSA, HS256)",
+                    show(&alg_name)
+                )
+            },
         )
     })?;
     if header.contains_key("crit") {

@@ -619,6 +619,118 @@ fn unknown_kid_asks_for_a_refetch_only_when_the_issuer_has_remote_keys() {
 }
 
 #[test]
+fn a_token_naming_a_key_of_an_algorithm_this_edge_does_not_verify_is_refused_for_its_algorithm() {
+    // The issuer's remote set: its ES256 signing key, an ES384 key and an RSA key over 4096 bits. The set loads
+    // (the other two are left out), the ES256 key verifies, and a token naming a left-out key is refused naming
+    // the algorithm instead of an unknown kid, without asking for a refetch that could not help.
+    let mut engine = engine(json!({}));
+    let mut n = vec![0xffu8; 1024];
+    n[1023] = 0xfb;
+    let jwks = json!({"keys": [
+        public_jwk("ec_b", None),
+        public_jwk("ec384_public", None),
+        {"kty": "RSA", "kid": "rsa-8192", "n": b64(&n), "e": "AQAB"},
+    ]})
+    .to_string();
+    assert_eq!(engine.set_remote_jwks(1, jwks.as_bytes()), Ok(1));
+    let remote_claims = claims_with(json!({"iss": REMOTE_ISSUER}));
+    let good = sign(
+        &header("ES256", "ec-2"),
+        &remote_claims,
+        Signer::Es256("ec_b"),
+    );
+    assert!(verify(&engine, &good).is_ok());
+
+    // A token asking for RS256 with the 8192-bit key's kid: parsed, then refused at key selection.
+    let big = sign(
+        &header("RS256", "rsa-8192"),
+        &remote_claims,
+        Signer::Rs256("rsa2048"),
+    );
+    let err = verify(&engine, &big).unwrap_err();
+    assert_eq!(
+        (err.reason, err.description.as_str(), err.refetch_jwks),
+        (
+            Reason::DisallowedAlgorithm,
+            "algorithm RS256 with a 8192-bit key is not supported by this edge (key \"rsa-8192\" of issuer \"https://remote.test\")",
+            None
+        )
+    );
+    // A token asking for ES384 with the ES384 key's kid is refused for its algorithm, before any key is looked up.
+    let es384 = sign(&header("ES384", "ec-384"), &remote_claims, Signer::Unsigned);
+    let err = verify(&engine, &es384).unwrap_err();
+    assert_eq!(
+        (err.reason, err.description.as_str(), err.refetch_jwks),
+        (
+            Reason::DisallowedAlgorithm,
+            "algorithm ES384 is not supported by this edge (it verifies ES256, RS256, PS256, EdDSA, HS256)",
+            None
+        )
+    );
+    // A token asking for ES256 with the ES384 key's kid (an algorithm swap) is refused the same way.
+    let swapped = sign(
+        &header("ES256", "ec-384"),
+        &remote_claims,
+        Signer::Es256("ec_b"),
+    );
+    let err = verify(&engine, &swapped).unwrap_err();
+    assert_eq!(err.reason, Reason::DisallowedAlgorithm);
+    assert!(
+        err.description
+            .starts_with("algorithm ES384 is not supported by this edge (key \"ec-384\""),
+        "{}",
+        err.description
+    );
+    // A kid nobody published is still unknown, and may still be refetched.
+    let unknown = sign(
+        &header("ES256", "ec-9"),
+        &remote_claims,
+        Signer::Es256("ec_b"),
+    );
+    let err = verify(&engine, &unknown).unwrap_err();
+    assert_eq!(
+        (err.reason, err.refetch_jwks),
+        (Reason::UnknownKid, Some(1))
+    );
+    // Through the whole decision the answer is invalid_token with that description.
+    let decision = engine.evaluate(
+        &Request {
+            method: "GET",
+            path: "/",
+            token: Some(&big),
+        },
+        None,
+        &NoRevocations,
+        NOW,
+    );
+    assert_eq!(decision.status, 401);
+    assert_eq!(
+        crate::challenge::error_code(&decision),
+        Some("invalid_token")
+    );
+    assert!(decision
+        .description
+        .starts_with("algorithm RS256 with a 8192-bit key is not supported by this edge"));
+}
+
+#[test]
+fn inline_keys_of_an_algorithm_this_edge_does_not_verify_are_left_out_too() {
+    let mut config = config_json(json!({}));
+    config["issuers"][0]["jwks"]["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(public_jwk("ec384_public", None));
+    let engine = Engine::from_json(config.to_string().as_bytes()).unwrap();
+    let inline = engine.inline_keys(0).unwrap();
+    assert_eq!(inline.unsupported_alg("ec-384"), Some("ES384"));
+    let swapped = sign(&header("ES256", "ec-384"), &claims(), Signer::Es256("ec"));
+    assert_eq!(
+        verify(&engine, &swapped).unwrap_err().reason,
+        Reason::DisallowedAlgorithm
+    );
+}
+
+#[test]
 fn remote_jwks_refuses_symmetric_keys_and_keeps_the_previous_set_on_error() {
     let mut engine = engine(json!({}));
     let good = json!({"keys": [public_jwk("ec_b", None)]}).to_string();
