@@ -27,6 +27,7 @@ pub fn run() -> Result<()> {
     chromium()?;
     axe_core()?;
     openapi_validator()?;
+    registry_tools()?;
     println!("\ninstall: everything is in place");
     Ok(())
 }
@@ -199,6 +200,64 @@ pub fn chromium() -> Result<()> {
     }
     println!("    installed {CHROMIUM_BIN} and {CHROMEDRIVER_BIN}");
     Ok(())
+}
+
+/// Where Debian's `docker-registry` package puts the registry (the CNCF distribution registry) the OCI image
+/// test pushes the filter's image to.
+pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+/// Where Debian's `skopeo` package puts skopeo, which copies the image from its layout to the registry and back.
+pub const SKOPEO_BIN: &str = "/usr/bin/skopeo";
+
+/// Installs docker-registry and skopeo from Debian when either is missing (`tests/tests/oci.rs` pushes the
+/// image `cargo xtask package` writes to a real registry and pulls it back). Debian starts the package's own
+/// registry service on port 5000 for every address; a fresh install stops and disables it again, since the
+/// test runs its own registry on loopback and nothing here should leave an open registry behind.
+pub fn registry_tools() -> Result<()> {
+    util::step("docker-registry and skopeo (the OCI image test pushes the filter's image and pulls it back)");
+    let missing: Vec<(&str, &str)> = [(REGISTRY_BIN, "docker-registry"), (SKOPEO_BIN, "skopeo")]
+        .into_iter()
+        .filter(|(bin, _)| !std::path::Path::new(bin).is_file())
+        .collect();
+    if missing.is_empty() {
+        println!("    {REGISTRY_BIN} and {SKOPEO_BIN} already installed");
+        return Ok(());
+    }
+    let packages: Vec<&str> = missing.iter().map(|(_, package)| *package).collect();
+    println!(
+        "    {} missing (about 20 s with apt)",
+        packages.join(" and ")
+    );
+    apt_install(&packages)?;
+    for (bin, package) in &missing {
+        if !std::path::Path::new(bin).is_file() {
+            bail!("apt installed {package} but {bin} is still missing");
+        }
+    }
+    if packages.contains(&"docker-registry") {
+        stop_registry_service();
+    }
+    println!("    installed {}", packages.join(" and "));
+    Ok(())
+}
+
+/// Disables and stops the registry service Debian's package enables (and starts where a service manager runs).
+fn stop_registry_service() {
+    let quiet = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if util::have("systemctl") {
+        // `disable` works without a running systemd (it removes the links); `stop` needs one.
+        if quiet("systemctl", &["disable", "docker-registry.service"]) {
+            println!("    disabled the docker-registry service Debian enabled (the test runs its own registry on loopback)");
+        }
+        quiet("systemctl", &["stop", "docker-registry.service"]);
+    } else if std::path::Path::new("/etc/init.d/docker-registry").is_file() {
+        quiet("/etc/init.d/docker-registry", &["stop"]);
+        quiet("update-rc.d", &["docker-registry", "disable"]);
+    }
 }
 
 /// The npm project of the browser tests: `package.json` and the committed `package-lock.json`.

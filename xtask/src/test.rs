@@ -24,6 +24,8 @@ pub fn run(extra: &[String]) -> Result<()> {
     let axe = install::axe_js();
     let openapi_python = install::openapi_validator_python();
     let postgres = postgres_url()?;
+    // The OCI image test runs `cargo xtask package` as this very binary, so it packages with the code under test.
+    let xtask = std::env::current_exe()?;
 
     util::step("cargo test --workspace (unit, component, end-to-end through Envoy, browser)");
     println!("    EDGEWARDEN_ENVOY_BIN={}", envoy.display());
@@ -40,6 +42,9 @@ pub fn run(extra: &[String]) -> Result<()> {
         "    EDGEWARDEN_OPENAPI_VALIDATOR_PYTHON={}",
         openapi_python.display()
     );
+    println!("    EDGEWARDEN_XTASK_BIN={}", xtask.display());
+    println!("    EDGEWARDEN_REGISTRY_BIN={}", install::REGISTRY_BIN);
+    println!("    EDGEWARDEN_SKOPEO_BIN={}", install::SKOPEO_BIN);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     util::run(
         Command::new(cargo)
@@ -53,7 +58,10 @@ pub fn run(extra: &[String]) -> Result<()> {
             .env("EDGEWARDEN_CHROMIUM_BIN", install::CHROMIUM_BIN)
             .env("EDGEWARDEN_CHROMEDRIVER_BIN", install::CHROMEDRIVER_BIN)
             .env("EDGEWARDEN_AXE_JS", &axe)
-            .env("EDGEWARDEN_OPENAPI_VALIDATOR_PYTHON", &openapi_python),
+            .env("EDGEWARDEN_OPENAPI_VALIDATOR_PYTHON", &openapi_python)
+            .env("EDGEWARDEN_XTASK_BIN", &xtask)
+            .env("EDGEWARDEN_REGISTRY_BIN", install::REGISTRY_BIN)
+            .env("EDGEWARDEN_SKOPEO_BIN", install::SKOPEO_BIN),
     )?;
     println!("\ntest: every test passed");
     Ok(())
