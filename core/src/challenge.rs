@@ -1,6 +1,7 @@
-//! RFC 6750 answers for refused requests: the `WWW-Authenticate` challenge and the JSON body.
-//! The challenge carries only a short fixed phrase per reason (never token-derived text), the body
-//! the full description; both are built here so the filter and the admin API answer identically.
+//! RFC 6750 answers for refused requests: the `WWW-Authenticate` challenge and the JSON body, and for gRPC calls
+//! the gRPC status. The challenge carries only a short fixed phrase per reason (never token-derived text), the body
+//! (and a gRPC call's `grpc-message`) the full description; all are built here so the filter and the admin API answer
+//! identically.
 
 use crate::decision::{Decision, Reason};
 
@@ -71,6 +72,32 @@ pub fn json_body(d: &Decision) -> String {
     serde_json::Value::Object(body).to_string()
 }
 
+/// gRPC status `UNAUTHENTICATED`: what a refused gRPC call gets where HTTP would answer 401.
+pub const GRPC_UNAUTHENTICATED: u32 = 16;
+/// gRPC status `PERMISSION_DENIED`: what a refused gRPC call gets where HTTP would answer 403.
+pub const GRPC_PERMISSION_DENIED: u32 = 7;
+
+/// The gRPC status a refused decision answers a gRPC call with, as Envoy's own filters (`jwt_authn`, `ext_authz`)
+/// map their 401 and 403: [`GRPC_UNAUTHENTICATED`] or [`GRPC_PERMISSION_DENIED`]; `None` for an allowed decision.
+/// The call's `grpc-message` is the decision's description, the same text as the JSON body's `error_description`.
+pub fn grpc_status(d: &Decision) -> Option<u32> {
+    match d.status {
+        401 => Some(GRPC_UNAUTHENTICATED),
+        403 => Some(GRPC_PERMISSION_DENIED),
+        _ => None,
+    }
+}
+
+/// Whether a request with this `content-type` is a gRPC call, decided exactly as Envoy decides it for its own local
+/// replies: `application/grpc` or `application/grpc+<codec>` (`application/grpc-web` is not; Envoy's `grpc_web`
+/// filter turns it into gRPC first). Envoy answers only such a request as gRPC, so only such a request may get one.
+pub fn is_grpc_content_type(content_type: &str) -> bool {
+    match content_type.strip_prefix("application/grpc") {
+        Some(rest) => rest.is_empty() || rest.starts_with('+'),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +148,36 @@ mod tests {
         ];
         for (d, expected) in cases {
             assert_eq!(www_authenticate("edgewarden", &d), expected);
+        }
+    }
+
+    #[test]
+    fn refusals_map_to_grpc_statuses_as_envoy_maps_401_and_403() {
+        for reason in Reason::ALL {
+            let d = decision(*reason, "x", None);
+            let expected = match reason.status() {
+                401 => Some(16),
+                403 => Some(7),
+                _ => None,
+            };
+            assert_eq!(grpc_status(&d), expected, "{reason}");
+        }
+    }
+
+    #[test]
+    fn grpc_content_types_are_recognised_as_envoy_recognises_them() {
+        for (content_type, grpc) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("application/grpc+json", true),
+            ("application/grpc-web", false),
+            ("application/grpc-web+proto", false),
+            ("application/grpcx", false),
+            ("application/json", false),
+            ("Application/grpc", false),
+            ("", false),
+        ] {
+            assert_eq!(is_grpc_content_type(content_type), grpc, "{content_type}");
         }
     }
 

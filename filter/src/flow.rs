@@ -1,6 +1,9 @@
 //! The per-request logic: read the request through [`Host`], ask the engine, and turn its [`Decision`] into
-//! header edits, a local 401/403, a report-only mark, or a pause while a key set is fetched.
+//! header edits, a local 401/403 (a trailers-only gRPC answer for a gRPC call), a report-only mark, or a pause
+//! while a key set is fetched; every final decision is also published as request properties for the access log.
 //! It is host-agnostic so the unit tests below drive it with a recording double instead of Envoy.
+
+use std::borrow::Cow;
 
 use edgewarden_core::cache::CacheOutcome;
 use edgewarden_core::challenge;
@@ -167,13 +170,63 @@ fn refetch(
     }
 }
 
-/// Applies a decision to the request: header hygiene always, then pass, mark or deny.
+/// The request properties every final decision sets (Envoy filter state `wasm.edgewarden.<field>`): the reason,
+/// the matched rule's route label, and the verified token's `sub`, `client_id` and `jti` when it has them.
+pub const DECISION_PROPERTIES: [&str; 5] = [
+    "edgewarden.reason",
+    "edgewarden.rule",
+    "edgewarden.sub",
+    "edgewarden.client_id",
+    "edgewarden.jti",
+];
+
+/// Longest claim value published as a property; longer ones are cut (at a character boundary).
+pub const MAX_PROPERTY_BYTES: usize = 256;
+
+/// Publishes the decision for the access log and later filters: one property per field, so each costs one host
+/// call and an access log or RBAC rule reads each alone. Only claims of a verified token are published, never
+/// the token itself, and a claim is cut to [`MAX_PROPERTY_BYTES`] without control characters (an access log
+/// line must not be split by a claim).
+fn publish_decision(host: &mut dyn Host, settings: &Settings, decision: &Decision) {
+    let [reason, rule, sub, client_id, jti] = DECISION_PROPERTIES;
+    host.set_request_property(reason, decision.reason.as_str());
+    host.set_request_property(rule, settings.route_label(decision.rule));
+    if let Some(token) = &decision.token {
+        for (name, value) in [
+            (sub, &token.sub),
+            (client_id, &token.client_id),
+            (jti, &token.jti),
+        ] {
+            if let Some(value) = value {
+                host.set_request_property(name, &loggable(value));
+            }
+        }
+    }
+}
+
+/// `value` without control characters, at most [`MAX_PROPERTY_BYTES`] long; borrowed when it already is.
+fn loggable(value: &str) -> Cow<'_, str> {
+    if value.len() <= MAX_PROPERTY_BYTES && !value.chars().any(char::is_control) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len().min(MAX_PROPERTY_BYTES));
+    for c in value.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > MAX_PROPERTY_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    Cow::Owned(out)
+}
+
+/// Applies a decision to the request: header hygiene always, the decision published, then pass, mark or deny.
 pub fn apply(
     host: &mut dyn Host,
     settings: &Settings,
     headers: &HeaderMap,
     decision: &Decision,
 ) -> Outcome {
+    publish_decision(host, settings, decision);
     // Client-sent copies of headers the filter owns are removed on every request, whatever the decision,
     // so the upstream can trust them. Only headers actually present cost a host call.
     for name in settings
@@ -213,16 +266,31 @@ pub fn apply(
             Outcome::Continue
         }
         Verdict::Deny => {
-            deny(host, settings, decision);
+            deny(host, settings, headers, decision);
             Outcome::Denied
         }
     }
 }
 
-/// Answers 401/403 per RFC 6750 with the JSON error body; never echoes the token.
-fn deny(host: &mut dyn Host, settings: &Settings, decision: &Decision) {
+/// Answers 401/403 per RFC 6750 with the JSON error body; never echoes the token. A gRPC call gets what Envoy's own
+/// filters give one: HTTP 200, trailers-only, `grpc-status` 16 (UNAUTHENTICATED) or 7 (PERMISSION_DENIED) and the
+/// description as `grpc-message`, with the same `WWW-Authenticate` challenge.
+fn deny(host: &mut dyn Host, settings: &Settings, headers: &HeaderMap, decision: &Decision) {
     host.count(Stat::Denied(decision.reason));
     let challenge = challenge::www_authenticate(&settings.realm, decision);
+    if let Some(grpc_status) = challenge::grpc_status(decision) {
+        if headers
+            .get("content-type")
+            .is_some_and(challenge::is_grpc_content_type)
+        {
+            host.send_grpc_response(
+                grpc_status,
+                &decision.description,
+                &[("www-authenticate", challenge.as_str())],
+            );
+            return;
+        }
+    }
     let body = challenge::json_body(decision);
     host.send_response(
         decision.status,

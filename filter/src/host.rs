@@ -6,7 +6,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use proxy_wasm::types::{BufferType, GrpcStatusCode, LogLevel, MapType};
 
 use crate::headers::{self, HeaderMap};
 use crate::metrics::{Gauge, Metrics, Stat};
@@ -27,6 +27,12 @@ pub trait Host {
     fn remove_request_header(&mut self, name: &str);
     /// Answers the request locally; the request never reaches the upstream.
     fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &str);
+    /// Answers a gRPC call locally as gRPC does: HTTP 200, trailers-only, `grpc-status` `grpc_status` and
+    /// `grpc-message` `message` (Envoy percent-encodes it), plus `headers`; the call never reaches the upstream.
+    fn send_grpc_response(&mut self, grpc_status: u32, message: &str, headers: &[(&str, &str)]);
+    /// Sets a property of the current request that the access log and later filters read: Envoy keeps it as the
+    /// filter state object `wasm.<name>` (a proxy-wasm filter cannot write dynamic metadata; see `filter/README.md`).
+    fn set_request_property(&mut self, name: &str, value: &str);
     /// Resumes a request paused by an earlier callback.
     fn resume_request(&mut self);
     /// Starts an HTTP call through an Envoy cluster (`headers` include the pseudo-headers); returns the callout token.
@@ -131,6 +137,29 @@ pub fn address_without_port(address: &str) -> &str {
     }
 }
 
+/// The SDK's enum for a gRPC status code; a code outside 0..=16 (none is ever passed) is `UNKNOWN`.
+fn grpc_status_code(code: u32) -> GrpcStatusCode {
+    match code {
+        0 => GrpcStatusCode::Ok,
+        1 => GrpcStatusCode::Cancelled,
+        3 => GrpcStatusCode::InvalidArgument,
+        4 => GrpcStatusCode::DeadlineExceeded,
+        5 => GrpcStatusCode::NotFound,
+        6 => GrpcStatusCode::AlreadyExists,
+        7 => GrpcStatusCode::PermissionDenied,
+        8 => GrpcStatusCode::ResourceExhausted,
+        9 => GrpcStatusCode::FailedPrecondition,
+        10 => GrpcStatusCode::Aborted,
+        11 => GrpcStatusCode::OutOfRange,
+        12 => GrpcStatusCode::Unimplemented,
+        13 => GrpcStatusCode::Internal,
+        14 => GrpcStatusCode::Unavailable,
+        15 => GrpcStatusCode::DataLoss,
+        16 => GrpcStatusCode::Unauthenticated,
+        _ => GrpcStatusCode::Unknown,
+    }
+}
+
 /// Reads the `:status` and body of the HTTP call response being delivered; a body larger than `max_body`
 /// bytes is not read at all (`body: None`, `body_size` tells the caller why).
 ///
@@ -217,6 +246,31 @@ impl Host for ProxyHost<'_> {
         }
     }
 
+    fn send_grpc_response(&mut self, grpc_status: u32, message: &str, headers: &[(&str, &str)]) {
+        let metadata: Vec<(&str, &[u8])> =
+            headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        if let Err(s) =
+            hostcalls::send_grpc_response(grpc_status_code(grpc_status), Some(message), metadata)
+        {
+            self.log(
+                LogLevel::Error,
+                &format!("edgewarden: local grpc response failed: {s:?}"),
+            );
+        }
+    }
+
+    fn set_request_property(&mut self, name: &str, value: &str) {
+        // Envoy answers NotFound only outside a request and BadArgument only for a property declared read-only or
+        // typed, which this filter never declares; any value is accepted as bytes. So the SDK's panic on other
+        // statuses is out of reach of anything a request sends.
+        if let Err(s) = hostcalls::set_property(vec![name], Some(value.as_bytes())) {
+            self.log(
+                LogLevel::Debug,
+                &format!("edgewarden: property {name} not set: {s:?}"),
+            );
+        }
+    }
+
     fn resume_request(&mut self) {
         if let Err(s) = hostcalls::resume_http_request() {
             self.log(
@@ -289,6 +343,14 @@ impl Host for ProxyHost<'_> {
 mod tests {
     #![allow(clippy::indexing_slicing)]
     use super::*;
+
+    #[test]
+    fn grpc_status_codes_keep_their_number() {
+        for code in 0..=16u32 {
+            assert_eq!(grpc_status_code(code) as u32, code);
+        }
+        assert_eq!(grpc_status_code(17) as u32, 2);
+    }
 
     #[test]
     fn addresses_lose_their_port() {

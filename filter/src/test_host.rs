@@ -33,6 +33,13 @@ pub enum Op {
         headers: Vec<(String, String)>,
         body: String,
     },
+    /// A local gRPC answer (HTTP 200, trailers-only).
+    GrpcRespond {
+        ctx: u32,
+        grpc_status: u32,
+        message: String,
+        headers: Vec<(String, String)>,
+    },
     Resume(u32),
     Dispatch {
         cluster: String,
@@ -64,6 +71,9 @@ impl Call {
 /// A recorded local response: context, status, headers, body.
 pub type Response = (u32, u16, Vec<(String, String)>, String);
 
+/// A recorded local gRPC answer: context, gRPC status, message, headers.
+pub type GrpcResponse = (u32, u32, String, Vec<(String, String)>);
+
 /// Shared data as Envoy keeps it: value and a version that changes on every write.
 pub type SharedData = RefCell<HashMap<String, (Vec<u8>, u32)>>;
 
@@ -82,6 +92,8 @@ pub struct FakeHost {
     pub refuse_dispatch: bool,
     pub shared: std::rc::Rc<SharedData>,
     pub address: Option<String>,
+    /// Request properties set per context (Envoy's `wasm.<name>` filter state), in the order set.
+    pub properties: HashMap<u32, Vec<(String, String)>>,
 }
 
 impl FakeHost {
@@ -152,6 +164,32 @@ impl FakeHost {
             .collect()
     }
 
+    /// The local gRPC answers: context, gRPC status, message, headers.
+    pub fn grpc_responses(&self) -> Vec<GrpcResponse> {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::GrpcRespond {
+                    ctx,
+                    grpc_status,
+                    message,
+                    headers,
+                } => Some((*ctx, *grpc_status, message.clone(), headers.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The request property `name` of context `ctx` (the last value set).
+    pub fn property(&self, ctx: u32, name: &str) -> Option<String> {
+        self.properties
+            .get(&ctx)?
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
     pub fn dispatches(&self) -> usize {
         self.ops
             .iter()
@@ -205,6 +243,23 @@ impl Host for FakeHost {
                 .collect(),
             body: body.to_string(),
         });
+    }
+    fn send_grpc_response(&mut self, grpc_status: u32, message: &str, headers: &[(&str, &str)]) {
+        self.ops.push(Op::GrpcRespond {
+            ctx: self.effective,
+            grpc_status,
+            message: message.to_string(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        });
+    }
+    fn set_request_property(&mut self, name: &str, value: &str) {
+        self.properties
+            .entry(self.effective)
+            .or_default()
+            .push((name.to_string(), value.to_string()));
     }
     fn resume_request(&mut self) {
         self.ops.push(Op::Resume(self.effective));

@@ -548,3 +548,197 @@ fn key_set_fetches_send_the_configured_authority_or_a_host_name_derived_from_the
         }
     }
 }
+
+const GRPC: (&str, &str) = ("content-type", "application/grpc");
+
+#[test]
+fn grpc_call_without_token_gets_unauthenticated_with_the_description_and_the_challenge() {
+    let vm = vm(json!({}));
+    let mut host = FakeHost::new();
+    host.request(2, "/pkg.Svc/Method", &[GRPC, ("te", "trailers")]);
+    assert_eq!(process(&mut host, &vm, 2, true), Outcome::Denied);
+    assert!(host.responses().is_empty(), "no HTTP answer to a gRPC call");
+    let answers = host.grpc_responses();
+    assert_eq!(answers.len(), 1);
+    let (ctx, grpc_status, message, headers) = &answers[0];
+    assert_eq!(
+        (*ctx, *grpc_status, message.as_str()),
+        (2, 16, "no token presented")
+    );
+    assert_eq!(
+        header_of(headers, "www-authenticate"),
+        r#"Bearer realm="edgewarden""#
+    );
+    assert_eq!(host.counted(Stat::Denied(Reason::MissingToken)), 1);
+}
+
+#[test]
+fn grpc_call_with_expired_token_gets_unauthenticated_and_missing_scope_permission_denied() {
+    let vm = vm(json!({}));
+    let expired = mint(&keypair(1), "k1", claims("alice", NOW - 3600));
+    let mut host = FakeHost::new();
+    host.request(
+        2,
+        "/pkg.Svc/Method",
+        &[
+            ("content-type", "application/grpc+proto"),
+            ("authorization", &bearer(&expired)),
+        ],
+    );
+    assert_eq!(process(&mut host, &vm, 2, true), Outcome::Denied);
+    let (_, grpc_status, message, headers) = host.grpc_responses().remove(0);
+    assert_eq!(grpc_status, 16);
+    // The same description the HTTP answer's error_description carries, never the token.
+    assert!(message.starts_with("token expired 3600s ago"), "{message}");
+    assert!(!message.contains(&expired));
+    assert!(header_of(&headers, "www-authenticate").contains(r#"error="invalid_token""#));
+
+    let valid = mint(&keypair(1), "k1", claims("alice", NOW + 3600));
+    host.request(
+        3,
+        "/admin/pkg.Svc/Method",
+        &[GRPC, ("authorization", &bearer(&valid))],
+    );
+    assert_eq!(process(&mut host, &vm, 3, true), Outcome::Denied);
+    let (ctx, grpc_status, message, headers) = host.grpc_responses().remove(1);
+    assert_eq!((ctx, grpc_status), (3, 7));
+    assert!(message.contains("admin"), "{message}");
+    let challenge = header_of(&headers, "www-authenticate");
+    assert!(
+        challenge.contains(r#"error="insufficient_scope""#),
+        "{challenge}"
+    );
+    assert!(challenge.contains(r#"scope="admin""#), "{challenge}");
+    // An allowed gRPC call goes through untouched.
+    host.request(
+        4,
+        "/pkg.Svc/Method",
+        &[GRPC, ("authorization", &bearer(&valid))],
+    );
+    assert_eq!(process(&mut host, &vm, 4, true), Outcome::Continue);
+    assert_eq!(host.grpc_responses().len(), 2);
+}
+
+#[test]
+fn only_what_envoy_treats_as_grpc_gets_a_grpc_answer() {
+    // grpc-web (without Envoy's grpc_web filter in front) and JSON get the HTTP answer, as Envoy would give them.
+    let vm = vm(json!({}));
+    let mut host = FakeHost::new();
+    for (ctx, content_type) in [
+        (2, "application/grpc-web"),
+        (3, "application/json"),
+        (4, "text/plain"),
+    ] {
+        host.request(ctx, "/pkg.Svc/Method", &[("content-type", content_type)]);
+        assert_eq!(process(&mut host, &vm, ctx, true), Outcome::Denied);
+    }
+    assert!(host.grpc_responses().is_empty());
+    assert_eq!(host.responses().len(), 3);
+}
+
+#[test]
+fn report_only_never_answers_a_grpc_call() {
+    let vm = vm(json!({"report_only": true}));
+    let mut host = FakeHost::new();
+    host.request(2, "/pkg.Svc/Method", &[GRPC]);
+    assert_eq!(process(&mut host, &vm, 2, true), Outcome::Continue);
+    assert!(host.grpc_responses().is_empty() && host.responses().is_empty());
+    // The decision it would have made is still published.
+    assert_eq!(
+        host.property(2, "edgewarden.reason").as_deref(),
+        Some("missing_token")
+    );
+}
+
+#[test]
+fn every_decision_is_published_as_request_properties_never_the_token() {
+    let vm = vm(json!({}));
+    let mut host = FakeHost::new();
+    let mut allowed_claims = claims("alice", NOW + 3600);
+    allowed_claims["jti"] = json!("jti-1");
+    allowed_claims["client_id"] = json!("billing");
+    let token = mint(&keypair(1), "k1", allowed_claims);
+
+    // Allowed: reason, rule, sub, client_id, jti.
+    host.request(2, "/api/orders", &[("authorization", &bearer(&token))]);
+    assert_eq!(process(&mut host, &vm, 2, true), Outcome::Continue);
+    let published = |host: &FakeHost, ctx| -> Vec<(String, String)> {
+        host.properties.get(&ctx).cloned().unwrap_or_default()
+    };
+    assert_eq!(
+        published(&host, 2),
+        [
+            ("edgewarden.reason", "allowed"),
+            ("edgewarden.rule", "*"),
+            ("edgewarden.sub", "alice"),
+            ("edgewarden.client_id", "billing"),
+            ("edgewarden.jti", "jti-1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+    );
+
+    // Refused with a verified token (missing scope on a rule): the token's claims, the rule's label.
+    host.request(3, "/admin/users", &[("authorization", &bearer(&token))]);
+    assert_eq!(process(&mut host, &vm, 3, true), Outcome::Denied);
+    assert_eq!(
+        host.property(3, "edgewarden.reason").as_deref(),
+        Some("insufficient_scope")
+    );
+    assert_eq!(
+        host.property(3, "edgewarden.rule").as_deref(),
+        Some("/admin")
+    );
+    assert_eq!(host.property(3, "edgewarden.sub").as_deref(), Some("alice"));
+
+    // Refused before any verification: no claim of an unverified token is published.
+    let mut forged_claims = claims("mallory", NOW + 3600);
+    forged_claims["jti"] = json!("jti-2");
+    let forged = mint(&keypair(2), "k1", forged_claims);
+    host.request(4, "/api", &[("authorization", &bearer(&forged))]);
+    assert_eq!(process(&mut host, &vm, 4, true), Outcome::Denied);
+    assert_eq!(
+        host.property(4, "edgewarden.reason").as_deref(),
+        Some("bad_signature")
+    );
+    assert_eq!(host.property(4, "edgewarden.sub"), None);
+    assert_eq!(host.property(4, "edgewarden.jti"), None);
+
+    // Anonymous on an anonymous rule.
+    host.request(5, "/public/x", &[]);
+    assert_eq!(process(&mut host, &vm, 5, true), Outcome::Continue);
+    assert_eq!(
+        published(&host, 5),
+        [
+            ("edgewarden.reason", "anonymous"),
+            ("edgewarden.rule", "/public")
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+    );
+
+    for values in host.properties.values() {
+        for (name, value) in values {
+            assert!(
+                !value.contains(&token) && !value.contains(&forged),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn published_claims_lose_control_characters_and_are_bounded() {
+    let vm = vm(json!({}));
+    let mut host = FakeHost::new();
+    let mut c = claims("alice\r\n10.0.0.1 - - \"GET /forged\"", NOW + 3600);
+    c["jti"] = json!("é".repeat(200));
+    let token = mint(&keypair(1), "k1", c);
+    host.request(2, "/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(process(&mut host, &vm, 2, true), Outcome::Continue);
+    assert_eq!(
+        host.property(2, "edgewarden.sub").as_deref(),
+        Some("alice10.0.0.1 - - \"GET /forged\"")
+    );
+    let jti = host.property(2, "edgewarden.jti").unwrap();
+    assert_eq!(jti, "é".repeat(128));
+    assert!(jti.len() <= super::MAX_PROPERTY_BYTES);
+}
