@@ -122,6 +122,16 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "issuer_token_lifetime",
         include_str!("../migrations/sqlite/0007_issuer_token_lifetime.sql"),
     ),
+    (
+        8,
+        "usage_at_scale",
+        include_str!("../migrations/sqlite/0008_usage_at_scale.sql"),
+    ),
+    (
+        9,
+        "edge_instances",
+        include_str!("../migrations/sqlite/0009_edge_instances.sql"),
+    ),
 ];
 /// (version, name, sql) of each PostgreSQL migration.
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -159,6 +169,16 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "issuer_token_lifetime",
         include_str!("../migrations/postgres/0007_issuer_token_lifetime.sql"),
+    ),
+    (
+        8,
+        "usage_at_scale",
+        include_str!("../migrations/postgres/0008_usage_at_scale.sql"),
+    ),
+    (
+        9,
+        "edge_instances",
+        include_str!("../migrations/postgres/0009_edge_instances.sql"),
     ),
 ];
 

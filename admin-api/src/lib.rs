@@ -14,6 +14,7 @@ pub mod edges;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod feed_cache;
 pub mod issuers;
 pub mod keys;
 pub mod metrics;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub keys: Arc<KeyManager>,
     /// The revocation feed's cursor and long-poll signal.
     pub feed: Arc<Feed>,
+    /// Feed answers shared by the polls a change wakes together.
+    pub feed_cache: Arc<feed_cache::FeedCache>,
     /// Validated API keys, cached briefly.
     pub api_keys: Arc<ApiKeyCache>,
     /// Rate limit of dashboard logins, per address.
@@ -82,6 +85,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The usage ingestion queue, writer and detector of this replica.
     pub usage: Arc<usage::Ingestor>,
+    /// The edge instances this replica saw polling, and which configuration hashes are stored.
+    pub edge_instances: Arc<edges::Instances>,
     /// Background tasks (cursor refresh, LISTEN); aborted when the last clone of the state is dropped.
     _tasks: Arc<TaskGuard>,
 }
@@ -136,6 +141,12 @@ impl AppState {
             &config,
         );
         tasks.extend(usage_tasks);
+        let edge_instances = Arc::new(edges::Instances::new());
+        tasks.push(edges::spawn_flush(
+            db.clone(),
+            edge_instances.clone(),
+            Duration::from_secs(config.usage.edge_flush_seconds),
+        ));
         if db.kind == DbKind::Postgres {
             tasks.push(listen_loop(&db, keys.clone(), feed.clone(), events.clone()).await?);
         }
@@ -147,6 +158,7 @@ impl AppState {
             ))),
             login_limiter: Arc::new(RateLimiter::new(config.login_rate_limit)),
             token_limiter: Arc::new(RateLimiter::new(config.token_rate_limit)),
+            feed_cache: Arc::new(feed_cache::FeedCache::default()),
             held_requests: Arc::new(tokio::sync::Semaphore::new(
                 config.serve.max_held_requests(),
             )),
@@ -168,6 +180,7 @@ impl AppState {
             webhooks,
             metrics,
             usage: Arc::new(usage),
+            edge_instances,
             _tasks: Arc::new(TaskGuard(tasks)),
         })
     }
@@ -296,6 +309,7 @@ pub fn app(state: AppState) -> Router {
         .merge(metrics::router())
         .merge(openapi::router())
         .merge(overview::router())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), edges::feed_config_hint))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::enforce_roles))
         .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
         // Everything no route matched: the dashboard's files and client routes, or the JSON 404 under the

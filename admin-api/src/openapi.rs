@@ -475,6 +475,26 @@ pub const OPERATIONS: &[Operation] = &[
         200,
     ),
     op(
+        "post",
+        "/api/v1/edges/config",
+        "edges",
+        "An edge reports the configuration it runs, secrets left out (x-edgewarden-edge names it)",
+        "admin edge",
+        &[],
+        JSON,
+        200,
+    ),
+    op(
+        "get",
+        "/api/v1/edges/configs/{hash}",
+        "edges",
+        "A configuration an edge reported, by its hash",
+        "admin auditor",
+        &[],
+        None,
+        200,
+    ),
+    op(
         "get",
         "/api/v1/anomalies",
         "anomalies",
@@ -867,6 +887,13 @@ impl Schemas {
             }),
         );
         add(
+            "EdgeConfigDocument",
+            json!({
+                "type": "object",
+                "description": "The plugin configuration an edge runs, as the filter reports it: `control_plane.api_key` and inline key secrets (`k`, `d`, ...) replaced by \"<redacted>\" (a document carrying one is refused). Its SHA-256 is the hash the edge sends on its polls; at most 256 KiB.",
+            }),
+        );
+        add(
             "UsageAccepted",
             json!({
                 "type": "object",
@@ -1049,6 +1076,11 @@ fn bodies(op: &Operation, s: &mut Schemas) -> (Option<Value>, Option<Value>) {
         ),
         ("get", "/api/v1/issuers") => (None, Some(s.response::<Vec<t::TrustedIssuer>>())),
         ("get", "/api/v1/edges") => (None, Some(s.response::<t::Page<t::Edge>>())),
+        ("post", "/api/v1/edges/config") => (
+            Some(s.named("EdgeConfigDocument")),
+            Some(s.response::<t::EdgeConfigAccepted>()),
+        ),
+        ("get", "/api/v1/edges/configs/{hash}") => (None, Some(s.response::<t::EdgeConfig>())),
         ("get", "/api/v1/anomalies") => (None, Some(s.response::<t::Page<t::Anomaly>>())),
         ("get", "/api/v1/anomalies/{id}") => (None, Some(s.response::<t::Anomaly>())),
         ("patch", "/api/v1/anomalies/{id}") => (

@@ -1065,6 +1065,8 @@ async fn feed(
     {
         principal.require_edge(name)?;
         let at_ms = now_ms();
+        // Per Envoy instance, and whether the admin API has the configuration it reports (crate::edges).
+        crate::edges::record_poll(&state, name, &headers, since, &address, at_ms).await;
         let previous = state.feed.record_poll(EdgePoll {
             name: name.to_owned(),
             last_poll: at_ms / 1000,
@@ -1134,10 +1136,19 @@ async fn feed(
             return Ok(response);
         }
     }
-    let body = match q.limit {
-        None => load_feed(&state.db, since).await?,
-        Some(limit) => load_feed_page(&state.db, since, limit, None).await?,
+    let Some(limit) = q.limit else {
+        // Unpaged: every poll woken by the same change shares one read (`feed_cache`).
+        let cached = state.feed_cache.delta(&state.db, since, current).await?;
+        state.feed.advance(cached.cursor);
+        let mut response = (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            cached.body,
+        )
+            .into_response();
+        set_feed_headers(response.headers_mut(), &etag(cached.cursor));
+        return Ok(response);
     };
+    let body = load_feed_page(&state.db, since, limit, None).await?;
     let tag = etag(body.cursor);
     state.feed.advance(body.cursor);
     let mut response = Json(body).into_response();

@@ -17,7 +17,8 @@ pub use admin::{
 pub use common::{ErrorBody, ErrorDetail, LoginRequest, Page, PasswordChange, Role, SessionInfo};
 pub use issuers::{NewIssuerRequest, TrustedIssuer};
 pub use observe::{
-    Anomaly, AnomalyUpdate, Edge, Failure, Point, Series, StoredEvent, EDGE_SILENT_AFTER_SECONDS,
+    Anomaly, AnomalyUpdate, Edge, EdgeConfig, EdgeConfigAccepted, EdgeInstance, Failure, Point,
+    Series, StoredEvent, EDGE_CONFIG_MAX_BYTES, EDGE_SILENT_AFTER_SECONDS,
     EDGE_STALE_AFTER_SECONDS, EVENT_KINDS,
 };
 pub use revocations::{Revocation, RevokeRequest};

@@ -84,7 +84,70 @@ pub struct Edge {
     pub usage_events: i64,
     /// First time seen.
     pub first_seen: i64,
+    /// Every Envoy that polled under this name, each with its own poll, cursor, staleness and configuration
+    /// (an edge that sends no instance id shows up as one instance with an empty `instance`).
+    #[serde(default)]
+    pub instances: Vec<EdgeInstance>,
+    /// Whether the instances reported different configurations (more than one distinct `config_hash`).
+    #[serde(default)]
+    pub configs_differ: bool,
 }
+
+/// One Envoy process polling under an edge name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct EdgeInstance {
+    /// The id the Envoy process made for itself at start (`x-edgewarden-instance`); empty for an edge that
+    /// sends none (a filter from before instances were told apart).
+    pub instance: String,
+    /// Envoy's node id (`--service-node`, `x-edgewarden-node`), when it sent one.
+    pub node: Option<String>,
+    /// Address of its last poll.
+    pub address: Option<String>,
+    /// Unix seconds of its last feed poll.
+    pub last_poll: Option<i64>,
+    /// Cursor it sent on its last poll (what it has applied).
+    pub feed_cursor: Option<i64>,
+    /// How many feed changes it is behind the current cursor.
+    pub cursor_lag: Option<i64>,
+    /// Seconds since its last poll.
+    pub staleness_seconds: Option<i64>,
+    /// SHA-256 (hex) of the configuration it runs, secrets left out (`x-edgewarden-config-hash`).
+    pub config_hash: Option<String>,
+    /// Whether the admin API holds that configuration (`GET /api/v1/edges/configs/{hash}`).
+    pub config_known: bool,
+    /// Unix seconds it was first seen.
+    pub first_seen: i64,
+}
+
+/// `GET /api/v1/edges/configs/{hash}`: a configuration an edge reported, secrets left out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct EdgeConfig {
+    /// SHA-256 (hex) of the document as the edge sent it.
+    pub hash: String,
+    /// The plugin configuration, with `control_plane.api_key` and inline key secrets replaced by `<redacted>`.
+    pub document: Value,
+    /// Unix seconds it was first reported.
+    pub first_seen: i64,
+    /// The edge name that reported it first.
+    pub edge: String,
+    /// The instance that reported it first (empty when it sent none).
+    pub instance: String,
+}
+
+/// `POST /api/v1/edges/config`: the configuration was stored (201) or already known (200).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct EdgeConfigAccepted {
+    /// SHA-256 (hex) of the document, the hash the edge reports on its polls.
+    pub hash: String,
+    /// True if this upload stored it, false if the admin API had it already.
+    pub stored: bool,
+}
+
+/// Largest configuration document an edge may report (`POST /api/v1/edges/config`), in bytes.
+pub const EDGE_CONFIG_MAX_BYTES: usize = 256 * 1024;
 
 /// An anomaly as the API answers it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
