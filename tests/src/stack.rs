@@ -284,6 +284,44 @@ impl Stack {
         }
     }
 
+    /// Starts a stack like [`Stack::start_with_clusters`] whose Envoy bootstrap `customise` edits first (JSON, as
+    /// Envoy reads it): an access log on the connection manager, HTTP/2 to the upstream, another filter beside ours.
+    /// The listener is the first of `static_resources.listeners`; the wasm filter is the first HTTP filter.
+    /// `customise` also gets a fresh directory for the files it points Envoy at (an access log).
+    pub async fn start_customised(
+        plugin_config: Value,
+        jwks: Value,
+        extra_clusters: &[(&str, SocketAddr)],
+        customise: impl FnOnce(&mut Value, &Path),
+    ) -> Stack {
+        let upstream = Upstream::start().await;
+        let jwks = JwksServer::start(jwks).await;
+        let mut config = bootstrap(
+            &plugin_config.to_string(),
+            &filter_wasm(),
+            upstream.addr,
+            jwks.addr,
+            extra_clusters,
+        );
+        customise(&mut config, &run_dir());
+        let mut envoy = EnvoyProcess::spawn(&config);
+        let (admin, listener) = wait_ready(&mut envoy).await;
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .expect("http client");
+        Stack {
+            envoy,
+            bootstrap: config,
+            admin,
+            listener,
+            upstream,
+            jwks,
+            client,
+        }
+    }
+
     /// Kills Envoy (SIGKILL) and reaps it; the listener port refuses connections until `restart`.
     pub fn kill_envoy(&mut self) {
         self.envoy.kill();

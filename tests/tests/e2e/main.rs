@@ -9,6 +9,8 @@ mod control_plane;
 mod dashboard;
 mod docs_true;
 mod foreign_issuers;
+mod grpc;
+mod istio;
 mod jwks_rotation;
 mod report_only;
 mod robustness;
