@@ -17,6 +17,8 @@ use crate::host::{CallResponse, Host};
 use crate::metrics::{Gauge, Stat};
 use crate::state::Control;
 
+pub mod report;
+
 /// Largest feed answer the poller reads (a full snapshot of a million revoked jtis is about 60 MB of JSON).
 pub const MAX_FEED_BYTES: usize = 256 * 1024 * 1024;
 /// Entries the poller asks for per feed page (`limit=`): about 1.2 MB of JSON, far below Envoy's 32 MiB limit
@@ -130,6 +132,8 @@ pub struct RevocationSync {
     failures: u32,
     started_ms: u64,
     last_failure_log_ms: Option<u64>,
+    /// The configuration this edge reports on its polls, and its upload.
+    report: Option<report::ConfigReport>,
 }
 
 impl std::fmt::Debug for RevocationSync {
@@ -188,7 +192,23 @@ impl RevocationSync {
             failures: 0,
             started_ms: now_ms,
             last_failure_log_ms: None,
+            report: None,
         }
+    }
+
+    /// Sets the configuration this edge reports (see [`report`]).
+    pub fn set_report(&mut self, report: Option<report::ConfigReport>) {
+        self.report = report;
+    }
+
+    /// The configuration this edge reports, if any.
+    pub fn report(&self) -> Option<&report::ConfigReport> {
+        self.report.as_ref()
+    }
+
+    /// Whether `token` is this VM's configuration upload in flight.
+    pub fn owns_upload(&self, token: u32) -> bool {
+        self.report.as_ref().is_some_and(|r| r.owns(token))
     }
 
     /// Whether this VM polls.
@@ -574,6 +594,7 @@ fn start_poll(host: &mut dyn Host, control: &Control, now_ms: u64) {
         )
     };
     let tag = format!("\"c{cursor}\"");
+    let identity = report::poll_headers(host, control, now_ms);
     let mut headers = vec![
         (":method", "GET"),
         (":path", path.as_str()),
@@ -582,6 +603,7 @@ fn start_poll(host: &mut dyn Host, control: &Control, now_ms: u64) {
         ("x-edgewarden-edge", edge.as_str()),
         ("accept", "application/json"),
     ];
+    headers.extend(identity.iter().map(|(k, v)| (*k, v.as_str())));
     if conditional {
         headers.push(("if-none-match", tag.as_str()));
     }

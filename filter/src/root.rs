@@ -11,13 +11,14 @@ use edgewarden_core::config::ConfigError;
 use edgewarden_core::engine::Engine;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{BufferType, ContextType, LogLevel, MapType, MetricType};
 
 use crate::flow;
 use crate::host::{flush_metrics, host_log, host_now_ms, http_call_response, Host, ProxyHost};
 use crate::http::EdgeWarden;
 use crate::jwks_fetch::{self, Trigger};
 use crate::metrics::Metrics;
+use crate::revocation_sync::report;
 use crate::state::VmState;
 use crate::{revocation_sync, usage};
 
@@ -137,13 +138,26 @@ impl Context for EdgeWardenRoot {
             if control.sync.borrow().owns(token_id) {
                 let resp =
                     http_call_response(num_headers, body_size, revocation_sync::MAX_FEED_BYTES);
-                revocation_sync::on_poll_response(
-                    &mut host,
-                    control,
-                    token_id,
-                    &resp,
-                    host_now_ms(),
-                );
+                // A failed call has no header map to read (asking would make the SDK panic).
+                let hint = (num_headers > 0)
+                    .then(|| {
+                        hostcalls::get_map_value_bytes(
+                            MapType::HttpCallResponseHeaders,
+                            report::CONFIG_HINT_HEADER,
+                        )
+                        .ok()
+                        .flatten()
+                    })
+                    .flatten();
+                let now_ms = host_now_ms();
+                revocation_sync::on_poll_response(&mut host, control, token_id, &resp, now_ms);
+                report::on_poll_hint(&mut host, control, hint.as_deref(), now_ms);
+                return;
+            }
+            if control.sync.borrow().owns_upload(token_id) {
+                let resp =
+                    http_call_response(num_headers, body_size, report::MAX_UPLOAD_ANSWER_BYTES);
+                report::on_upload_response(&mut host, control, token_id, &resp);
                 return;
             }
             if control.usage.borrow().owns(token_id) {
@@ -208,6 +222,13 @@ impl RootContext for EdgeWardenRoot {
         } else {
             STATS_TICK
         };
+        if let Some(control) = &vm.control {
+            // What this edge tells the admin API about itself on its polls: computed once per configuration.
+            let node = hostcalls::get_property(vec!["node", "id"]).ok().flatten();
+            let feed_path = vm.engine.borrow().config().revocation.feed_path.clone();
+            let report = report::ConfigReport::new(&bytes, node.as_deref(), &feed_path);
+            control.sync.borrow_mut().set_report(report);
+        }
         self.vm = Some(vm);
         if let Err(s) = hostcalls::set_tick_period(period) {
             host_log(

@@ -512,3 +512,168 @@ fn named_plugin_instances_on_one_feed_each_elect_their_own_poller() {
     assert_eq!(control(&plain_a).sync.borrow().role(), Role::Poller);
     assert_eq!(control(&plain_b).sync.borrow().role(), Role::Follower);
 }
+
+/// A VM whose poller reports its configuration, as the root context sets it up, with Envoy node `node`.
+fn reporting_vm(id: u64, leeway: u64) -> (VmState, Vec<u8>) {
+    let config = json!({
+        "issuers": [{"issuer": "https://issuer.test", "jwks": {"keys": [
+            ed25519_jwk(),
+            {"kty": "oct", "kid": "hs", "alg": "HS256", "k": "aG1hYy1rZXktdGhhdC1pcy1sb25nLWVub3VnaC0zMi1ieXRlcw"},
+        ]}}],
+        "clock_skew_seconds": leeway,
+        "control_plane": {"cluster": "cp", "api_key": "ewk_secret", "edge_name": "edge-1"},
+    })
+    .to_string()
+    .into_bytes();
+    let engine = Engine::from_json(&config).unwrap();
+    let vm = VmState::with_identity(engine, Metrics::default(), id, NOW * 1000);
+    let report = report::ConfigReport::new(&config, Some(b"node-a"), "/api/v1/revocations/feed");
+    assert!(report.is_some());
+    control(&vm).sync.borrow_mut().set_report(report);
+    (vm, config)
+}
+
+#[test]
+fn every_vm_of_one_envoy_sends_the_same_instance_id_and_the_configuration_hash() {
+    let (a, _) = reporting_vm(11, 60);
+    let (b, _) = reporting_vm(22, 60);
+    let mut host_a = FakeHost::new();
+    let mut host_b = host_a.sibling();
+    tick(&mut host_a, &a);
+    let first = host_a.calls[0].clone();
+    let instance = first.header("x-edgewarden-instance").unwrap().to_owned();
+    assert_eq!(instance.len(), 16);
+    assert!(instance.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(first.header("x-edgewarden-node"), Some("node-a"));
+    let hash = control(&a).sync.borrow().report().unwrap().hash.clone();
+    assert_eq!(
+        first.header("x-edgewarden-config-hash"),
+        Some(hash.as_str())
+    );
+    // The other VM takes the lease over and polls with the same instance id (shared data), same hash.
+    release(&mut host_a, control(&a));
+    host_b.advance_ms(100);
+    tick(&mut host_b, &b);
+    let second = host_b.calls.last().unwrap();
+    assert_eq!(
+        second.header("x-edgewarden-instance"),
+        Some(instance.as_str())
+    );
+    assert_eq!(
+        second.header("x-edgewarden-config-hash"),
+        Some(hash.as_str())
+    );
+    // Another configuration, another hash.
+    let (c, _) = reporting_vm(33, 5);
+    assert_ne!(control(&c).sync.borrow().report().unwrap().hash, hash);
+}
+
+#[test]
+fn an_unknown_configuration_is_posted_once_without_its_secrets() {
+    let (a, config) = reporting_vm(11, 60);
+    let mut host = FakeHost::new();
+    tick(&mut host, &a);
+    let poll = host.calls.last().unwrap().token;
+    let now = host.now_ms;
+    assert!(on_poll_response(
+        &mut host,
+        control(&a),
+        poll,
+        &ok(feed(1, true, &[])),
+        now
+    ));
+    report::on_poll_hint(&mut host, control(&a), Some(b"unknown"), now);
+    let upload = host.last_call("/api/v1/edges/config").unwrap().clone();
+    assert_eq!(upload.header(":method"), Some("POST"));
+    assert_eq!(upload.header("authorization"), Some("Bearer ewk_secret"));
+    assert_eq!(upload.header("x-edgewarden-edge"), Some("edge-1"));
+    assert_eq!(upload.header("content-type"), Some("application/json"));
+    let body = upload.body.clone().unwrap();
+    let text = String::from_utf8(body.clone()).unwrap();
+    assert!(
+        !text.contains("ewk_secret") && !text.contains("aG1hYy1rZXk"),
+        "{text}"
+    );
+    assert_eq!(
+        upload.header("x-edgewarden-config-hash"),
+        Some(edgewarden_core::config::config_hash(&body).as_str())
+    );
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    let original: Value = serde_json::from_slice(&config).unwrap();
+    assert_eq!(doc["clock_skew_seconds"], original["clock_skew_seconds"]);
+    assert_eq!(doc["control_plane"]["api_key"], "<redacted>");
+    assert!(control(&a).sync.borrow().owns_upload(upload.token));
+
+    // Asked again while the upload is out, or soon after it failed: nothing more is sent.
+    let uploads = |host: &FakeHost| {
+        host.calls
+            .iter()
+            .filter(|c| c.header(":path") == Some("/api/v1/edges/config"))
+            .count()
+    };
+    report::on_poll_hint(&mut host, control(&a), Some(b"unknown"), now + 10);
+    assert_eq!(uploads(&host), 1);
+    assert!(report::on_upload_response(
+        &mut host,
+        control(&a),
+        upload.token,
+        &status(Some(503))
+    ));
+    assert!(host
+        .logs
+        .borrow()
+        .iter()
+        .any(|(level, line)| *level == LogLevel::Warn
+            && line.contains("did not take this edge's configuration")
+            && line.contains("status 503")));
+    report::on_poll_hint(&mut host, control(&a), Some(b"unknown"), now + 1_000);
+    assert_eq!(uploads(&host), 1, "retried only after the upload interval");
+    report::on_poll_hint(
+        &mut host,
+        control(&a),
+        Some(b"unknown"),
+        now + report::UPLOAD_INTERVAL_MS,
+    );
+    assert_eq!(uploads(&host), 2);
+    let token = host.calls.last().unwrap().token;
+    assert!(report::on_upload_response(
+        &mut host,
+        control(&a),
+        token,
+        &ok(b"{}".to_vec())
+    ));
+    assert!(
+        !report::on_upload_response(&mut host, control(&a), token, &ok(Vec::new())),
+        "answered once"
+    );
+}
+
+#[test]
+fn a_malformed_configuration_hint_is_logged_and_ignored() {
+    let (a, _) = reporting_vm(11, 60);
+    let mut host = FakeHost::new();
+    tick(&mut host, &a);
+    let calls = host.calls.len();
+    let now = host.now_ms;
+    for hint in [&b"\xff\xfe"[..], b"maybe", b""] {
+        report::on_poll_hint(&mut host, control(&a), Some(hint), now);
+    }
+    report::on_poll_hint(&mut host, control(&a), None, now);
+    assert_eq!(
+        host.calls.len(),
+        calls,
+        "no upload on a hint that is not `unknown`"
+    );
+    let warned: Vec<String> = host
+        .logs
+        .borrow()
+        .iter()
+        .filter(|(level, line)| *level == LogLevel::Warn && line.contains("x-edgewarden-config"))
+        .map(|(_, line)| line.clone())
+        .collect();
+    assert_eq!(warned.len(), 1, "logged once per interval: {warned:?}");
+    // A VM without a report (no configuration to report) ignores hints too.
+    let plain = vm(22, json!({}));
+    report::on_poll_hint(&mut host, control(&plain), Some(b"unknown"), now);
+    assert_eq!(host.calls.len(), calls);
+}
