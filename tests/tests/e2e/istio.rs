@@ -1,5 +1,5 @@
-//! envoy/istio-wasmplugin.yaml as Istio runs it. The manifest is read as YAML, and its `pluginConfig` becomes the
-//! bytes istiod hands the filter: `protomarshal.ToJSON` of the `google.protobuf.Struct` (golang/protobuf's jsonpb:
+//! envoy/istio-wasmplugin.yaml as Istio runs it. The manifest is read as YAML (saphyr), and its `pluginConfig`
+//! becomes the bytes istiod hands the filter: `protomarshal.ToJSON` of the `google.protobuf.Struct` (jsonpb:
 //! compact, keys sorted, every number a double written by Go's encoding/json, HTML-safe string escapes) in the
 //! `configuration` StringValue of a Wasm filter named `<namespace>.<name>`, root id `pluginName`, the V8
 //! runtime, the agent's environment variables and `failure_policy` from `failStrategy` (pilot's
@@ -27,6 +27,7 @@ use edgewarden_e2e::{echo, eventually, jwks, now, AdminApi, TestKey, TokenBuilde
 use jwt_compact::alg::Es256;
 use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{Algorithm, AlgorithmSignature};
+use saphyr::{LoadableYamlNode as _, Scalar, Yaml};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -41,10 +42,48 @@ fn repo_file(path: &str) -> String {
     std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// The manifest, parsed with serde_yaml_ng (YAML 1.2, what the repository's other YAML checks use).
+/// The manifest as JSON, the form the Kubernetes API server stores it in and istiod reads it from; parsed with
+/// saphyr (YAML 1.2 in safe Rust).
 fn manifest() -> Value {
-    serde_yaml_ng::from_str(&repo_file("envoy/istio-wasmplugin.yaml"))
-        .expect("envoy/istio-wasmplugin.yaml is YAML")
+    let text = repo_file("envoy/istio-wasmplugin.yaml");
+    let documents = Yaml::load_from_str(&text)
+        .unwrap_or_else(|e| panic!("envoy/istio-wasmplugin.yaml is not YAML: {e}"));
+    assert_eq!(
+        documents.len(),
+        1,
+        "envoy/istio-wasmplugin.yaml should hold one document"
+    );
+    yaml_to_json(&documents[0], "")
+}
+
+/// A YAML node as JSON; `at` is its path, for the message when the manifest holds what JSON cannot.
+fn yaml_to_json(node: &Yaml<'_>, at: &str) -> Value {
+    match node {
+        Yaml::Value(Scalar::Null) => Value::Null,
+        Yaml::Value(Scalar::Boolean(b)) => json!(b),
+        Yaml::Value(Scalar::Integer(i)) => json!(i),
+        Yaml::Value(Scalar::FloatingPoint(f)) => json!(f.into_inner()),
+        Yaml::Value(Scalar::String(s)) => json!(s.as_ref()),
+        Yaml::Sequence(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| yaml_to_json(item, &format!("{at}[{i}]")))
+                .collect(),
+        ),
+        Yaml::Mapping(map) => Value::Object(
+            map.iter()
+                .map(|(key, value)| {
+                    let Yaml::Value(Scalar::String(key)) = key else {
+                        panic!("{at}: a key that is not a string ({key:?}): Kubernetes objects are JSON");
+                    };
+                    let path = format!("{at}.{key}");
+                    (key.to_string(), yaml_to_json(value, &path))
+                })
+                .collect(),
+        ),
+        other => panic!("{at}: {other:?} has no JSON form (tags, aliases and bad values are not used in a manifest)"),
+    }
 }
 
 /// `value` as golang/protobuf's jsonpb writes a `google.protobuf.Struct` with no indent, which is what istiod's
