@@ -28,6 +28,7 @@ pub fn run() -> Result<()> {
     axe_core()?;
     openapi_validator()?;
     registry_tools()?;
+    afl()?;
     println!("\ninstall: everything is in place");
     Ok(())
 }
@@ -175,6 +176,77 @@ pub fn openapi_validator() -> Result<PathBuf> {
             venv.display()
         ),
     }
+}
+
+/// The `cargo-afl` release the fuzz targets are built with; `fuzz/Cargo.toml` pins the same `afl` crate.
+pub const AFL_VERSION: &str = "0.18.2";
+
+/// Where cargo-afl keeps the AFL++ it built for the current rustc (`afl-fuzz`, the instrumentation runtime):
+/// `$XDG_DATA_HOME/afl.rs/rustc-<version>-<commit>/afl.rs-<cargo-afl version>/`.
+fn afl_runtime_dir() -> Result<PathBuf> {
+    let rustc = util::output(Command::new("rustc").arg("-vV"))?;
+    let field = |name: &str| {
+        rustc
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let commit: String = field("commit-hash:").chars().take(7).collect();
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .ok_or_else(|| {
+            util::Error::msg("neither XDG_DATA_HOME nor HOME is set: cargo-afl needs one")
+        })?;
+    Ok(data
+        .join("afl.rs")
+        .join(format!("rustc-{}-{commit}", field("release:")))
+        .join(format!("afl.rs-{AFL_VERSION}")))
+}
+
+/// Installs `cargo-afl` (pinned, from crates.io) and the AFL++ it builds from the sources it ships, for the
+/// fuzz targets in `fuzz/` (`cargo xtask fuzz`, and the smoke in `cargo xtask test`); about 90 s when missing.
+pub fn afl() -> Result<()> {
+    util::step(&format!(
+        "cargo-afl {AFL_VERSION} and AFL++ (coverage-guided fuzzing on the stable toolchain)"
+    ));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let pinned = format!("cargo-afl {AFL_VERSION} ");
+    let installed = util::output(Command::new(&cargo).args(["afl", "--version"])).ok();
+    let fuzz_bin = afl_runtime_dir()?.join("afl/bin/afl-fuzz");
+    let right_version = installed.as_deref().is_some_and(|v| v.starts_with(&pinned));
+    if right_version && fuzz_bin.is_file() {
+        println!("    {} already installed", installed.unwrap_or_default().trim());
+        return Ok(());
+    }
+    if !right_version {
+        if let Some(other) = &installed {
+            println!("    found {}; replacing it with {AFL_VERSION}", other.trim());
+        }
+        println!("    compiling cargo-afl {AFL_VERSION} from crates.io, which builds AFL++ from the sources it ships (about 90 s)");
+        util::run(Command::new(&cargo).args([
+            "install",
+            "cargo-afl",
+            "--version",
+            AFL_VERSION,
+            "--locked",
+            "--force",
+        ]))?;
+    }
+    if !fuzz_bin.is_file() {
+        // Installing cargo-afl builds AFL++ for the rustc of that moment; a rustc updated since needs its own.
+        println!("    building AFL++ for this rustc");
+        util::run(Command::new(&cargo).args(["afl", "config", "--build", "--force"]))?;
+    }
+    if !fuzz_bin.is_file() {
+        bail!(
+            "cargo-afl {AFL_VERSION} is installed but {} is missing: run `cargo afl config --build --force` and read its output",
+            fuzz_bin.display()
+        );
+    }
+    println!("    installed cargo-afl {AFL_VERSION} and {}", fuzz_bin.display());
+    Ok(())
 }
 
 /// Installs Chromium and chromedriver from Debian when either is missing.

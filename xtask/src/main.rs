@@ -10,6 +10,7 @@ mod dashboard;
 mod demo;
 mod demo_upstream;
 mod envoy;
+mod fuzz;
 mod http;
 mod install;
 mod package;
@@ -40,7 +41,13 @@ commands:
             options: --port <listener, default 10000> --admin-port <default 9901> --upstream-port <default 10001>
                      --admin-api-port <default 8080>
   test      install, build the filter and the dashboard, then run every test (unit, component, end-to-end through
-            a real Envoy, browser tests in headless Chromium)
+            a real Envoy, browser tests in headless Chromium), then the fuzz smoke (every fuzz target's corpus
+            replayed and 20 s of AFL++ each)
+  fuzz      fuzz the parsers of outside bytes with AFL++ (cargo-afl, stable Rust): tokens through the filter, key sets,
+            the plugin configuration, the revocation feed (JSON and binary), shared state, header maps, admin API
+            bodies; replays fuzz/corpus/<target> first; prints executions, corpus, edges, crashes and hangs
+            usage: cargo xtask fuzz [target] [--minutes <per target, default 10>] [--seconds <n>]
+                   [--merge: add inputs with new coverage to fuzz/corpus] [--seeds: rewrite the seed corpora]
   bench     compare Envoy without auth, Envoy's native jwt_authn and EdgeWarden (ES256 and RS256), then
             the admin API's feed and usage ingestion on SQLite and PostgreSQL (100,000 revocations, 1,000 edges),
             then revocation propagation (admin API's 201 to the edge's first 401 and to every worker's, 100 rounds)
@@ -66,6 +73,7 @@ fn main() -> ExitCode {
         "demo" => demo::run(rest),
         "test" => test::run(rest),
         "bench" => bench::run(rest),
+        "fuzz" => fuzz::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::util::{self, bail, Result};
-use crate::{build, dashboard, install};
+use crate::{build, dashboard, fuzz, install};
 
 /// Where the admin API suite finds PostgreSQL unless the caller overrides it (issue 3 runs its suite on SQLite and on this).
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -63,6 +63,10 @@ pub fn run(extra: &[String]) -> Result<()> {
             .env("EDGEWARDEN_REGISTRY_BIN", install::REGISTRY_BIN)
             .env("EDGEWARDEN_SKOPEO_BIN", install::SKOPEO_BIN),
     )?;
+    // The fuzz smoke runs with the whole suite, not with a filtered run (`cargo xtask test -p ... -- name`).
+    if extra.is_empty() {
+        fuzz::smoke()?;
+    }
     println!("\ntest: every test passed");
     Ok(())
 }

@@ -1,0 +1,398 @@
+//! `cargo xtask fuzz [target] [--minutes N | --seconds N] [--merge] [--seeds]`: coverage-guided fuzzing of
+//! every parser that reads outside bytes, with AFL++ through `cargo-afl` (stable Rust; libFuzzer needs
+//! nightly). The targets are in `fuzz/` (its own workspace), built with AFL++ instrumentation into
+//! `target/afl`. Each run first replays the target's corpus (`fuzz/corpus/<target>/`) with the instrumented
+//! binary outside AFL, so a known crashing input fails at once with its file name, then fuzzes it.
+//! `cargo xtask test` calls [`smoke`]: every target, its corpus replayed and a short bounded AFL run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::install;
+use crate::util::{self, bail, Result};
+
+/// Every target, as `fuzz/src/bin/<target>.rs` and `fuzz/corpus/<target>/` name them.
+pub const TARGETS: [&str; 9] = [
+    "token",
+    "token_generated",
+    "config",
+    "jwks",
+    "feed",
+    "feed_binary",
+    "shared_state",
+    "headers",
+    "admin",
+];
+
+/// Seconds of AFL per target in `cargo xtask test`: enough to run the corpus and a few hundred thousand
+/// mutations, short enough that nine targets add about three minutes.
+pub const SMOKE_SECONDS: u64 = 20;
+
+/// A hang is an input that runs longer than this (AFL's `-t`, in milliseconds): the slowest seed takes
+/// milliseconds, and a shared 2-core machine must not turn a slow moment into a reported hang.
+const HANG_MS: u64 = 5000;
+
+fn fuzz_dir() -> PathBuf {
+    util::project_root().join("fuzz")
+}
+
+fn corpus_dir(target: &str) -> PathBuf {
+    fuzz_dir().join("corpus").join(target)
+}
+
+/// Where the instrumented build goes: its RUSTFLAGS differ from every other build's.
+fn afl_target_dir() -> PathBuf {
+    util::target_dir().join("afl")
+}
+
+fn binary(name: &str) -> PathBuf {
+    afl_target_dir().join("release").join(name)
+}
+
+fn output_dir(target: &str) -> PathBuf {
+    afl_target_dir().join("out").join(target)
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}
+
+/// Runs `cargo xtask fuzz` with its arguments.
+pub fn run(args: &[String]) -> Result<()> {
+    let mut targets: Vec<&str> = Vec::new();
+    let mut seconds = 10 * 60;
+    let mut merge = false;
+    let mut seeds = false;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--minutes" | "--seconds" => {
+                let Some(value) = rest.next().and_then(|v| v.parse::<u64>().ok()) else {
+                    bail!("{arg} needs a whole number, for example `{arg} 10`");
+                };
+                seconds = if arg == "--minutes" { value * 60 } else { value };
+            }
+            "--merge" => merge = true,
+            "--seeds" => seeds = true,
+            name => match TARGETS.iter().find(|t| **t == name) {
+                Some(t) => targets.push(t),
+                None => bail!(
+                    "unknown fuzz target or option `{name}`: the targets are {}; options --minutes N, --seconds N, --merge, --seeds",
+                    TARGETS.join(", ")
+                ),
+            },
+        }
+    }
+    if targets.is_empty() {
+        targets = TARGETS.to_vec();
+    }
+    install::afl()?;
+    build()?;
+    if seeds {
+        write_seeds()?;
+    }
+    let mut reports = Vec::new();
+    for target in &targets {
+        replay(target)?;
+        let report = fuzz(target, seconds)?;
+        if merge {
+            merge_queue(target)?;
+        }
+        reports.push(report);
+    }
+    summarize(&reports)
+}
+
+/// What `cargo xtask test` runs: every target's corpus replayed, then [`SMOKE_SECONDS`] of AFL on each; fails
+/// on a corpus input that crashes or hangs and on any crash or hang AFL finds in the bounded run.
+pub fn smoke() -> Result<()> {
+    install::afl()?;
+    build()?;
+    let mut reports = Vec::new();
+    for target in TARGETS {
+        replay(target)?;
+        reports.push(fuzz(target, SMOKE_SECONDS)?);
+    }
+    summarize(&reports)
+}
+
+/// Builds every target with AFL++ instrumentation into `target/afl`.
+fn build() -> Result<()> {
+    util::step("build the fuzz targets with AFL++ instrumentation (target/afl; the first build takes a few minutes)");
+    util::run(
+        Command::new(cargo())
+            .current_dir(fuzz_dir())
+            .args(["afl", "build", "--release", "--locked", "--bins"])
+            .env("CARGO_TARGET_DIR", afl_target_dir()),
+    )
+}
+
+/// Writes the seed corpora (`fuzz/src/seeds.rs`) into `fuzz/corpus`.
+fn write_seeds() -> Result<()> {
+    util::step("seed corpora");
+    util::run(Command::new(binary("fuzz-seeds")).arg(fuzz_dir().join("corpus")))
+}
+
+fn corpus_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| {
+            util::Error::msg(format!(
+                "cannot read {}: {e}; run `cargo xtask fuzz --seeds` to make the seed corpora",
+                dir.display()
+            ))
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Runs the instrumented binary on every corpus file (outside AFL it reads one input from stdin); a crash,
+/// a non-zero exit or a run past the hang limit names the file and how to reproduce it.
+fn replay(target: &str) -> Result<()> {
+    let files = corpus_files(&corpus_dir(target))?;
+    if files.is_empty() {
+        bail!(
+            "{} is empty: run `cargo xtask fuzz --seeds`",
+            corpus_dir(target).display()
+        );
+    }
+    util::step(&format!("{target}: replay {} corpus inputs", files.len()));
+    let bin = binary(target);
+    let started = Instant::now();
+    for file in &files {
+        let input = std::fs::File::open(file)?;
+        let mut child = Command::new(&bin)
+            .stdin(input)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| util::Error::msg(format!("cannot start {}: {e}", bin.display())))?;
+        let begun = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break Some(status);
+            }
+            if begun.elapsed() > Duration::from_millis(HANG_MS * 2) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        match status {
+            Some(s) if s.success() => {}
+            Some(s) => {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!(
+                    "fuzz target {target} crashed ({s}) on corpus input {}:\n{}\nreproduce: {} < {}",
+                    file.display(),
+                    tail.join("\n"),
+                    bin.display(),
+                    file.display()
+                );
+            }
+            None => bail!(
+                "fuzz target {target} ran over {} ms on corpus input {} (a hang); reproduce: {} < {}",
+                HANG_MS * 2,
+                file.display(),
+                bin.display(),
+                file.display()
+            ),
+        }
+    }
+    println!(
+        "    {} inputs in {:.1?}, none crashed",
+        files.len(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// One target's figures from AFL's `fuzzer_stats`.
+#[derive(Debug, Default)]
+struct Report {
+    target: String,
+    seconds: u64,
+    execs: u64,
+    execs_per_sec: f64,
+    corpus: u64,
+    edges: u64,
+    total_edges: u64,
+    crashes: u64,
+    hangs: u64,
+    last_find: u64,
+}
+
+/// Runs afl-fuzz on `target` for `seconds` from its corpus into a fresh `target/afl/out/<target>`.
+fn fuzz(target: &str, seconds: u64) -> Result<Report> {
+    util::step(&format!("{target}: AFL++ for {seconds} s"));
+    let out = output_dir(target);
+    if out.exists() {
+        std::fs::remove_dir_all(&out)?;
+    }
+    std::fs::create_dir_all(out.parent().unwrap_or(&out))?;
+    let mut cmd = Command::new(cargo());
+    cmd.args(["afl", "fuzz", "-i"])
+        .arg(corpus_dir(target))
+        .arg("-o")
+        .arg(&out)
+        .args(["-V", &seconds.to_string(), "-t", &HANG_MS.to_string(), "--"])
+        .arg(binary(target))
+        // No curses screen (CI has no terminal): a status line now and then instead.
+        .env("AFL_NO_UI", "1")
+        // A shared machine or a container: the CPU governor and core dump settings are not ours to change.
+        .env("AFL_SKIP_CPUFREQ", "1")
+        .env("AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES", "1")
+        .env("AFL_NO_AFFINITY", "1")
+        // Two cores shared with builds and other runs: calibrate quickly, and do not stop on a slow seed.
+        .env("AFL_FAST_CAL", "1")
+        .env("AFL_NO_CRASH_README", "1");
+    let status = cmd
+        .status()
+        .map_err(|e| util::Error::msg(format!("cannot start cargo afl fuzz: {e}")))?;
+    let report = read_stats(target, seconds, &out.join("default/fuzzer_stats"))?;
+    if !status.success() {
+        bail!("afl-fuzz failed on {target} with {status} (its output above says why)");
+    }
+    Ok(report)
+}
+
+fn read_stats(target: &str, seconds: u64, path: &Path) -> Result<Report> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        util::Error::msg(format!(
+            "afl-fuzz wrote no statistics for {target} ({}: {e}); its output above says why",
+            path.display()
+        ))
+    })?;
+    let field = |name: &str| -> Option<&str> {
+        text.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim())
+    };
+    let int = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let last_find = int("last_find");
+    let start = int("start_time");
+    Ok(Report {
+        target: target.to_string(),
+        seconds,
+        execs: int("execs_done"),
+        execs_per_sec: field("execs_per_sec")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        corpus: int("corpus_count"),
+        edges: int("edges_found"),
+        total_edges: int("total_edges"),
+        crashes: int("saved_crashes"),
+        hangs: int("saved_hangs"),
+        last_find: if last_find > start {
+            last_find - start
+        } else {
+            0
+        },
+    })
+}
+
+/// Minimises what AFL kept for `target` together with its corpus (`afl-cmin`) and adds the inputs that bring
+/// new coverage to `fuzz/corpus/<target>/` as `id-<hash>` files.
+fn merge_queue(target: &str) -> Result<()> {
+    util::step(&format!(
+        "{target}: merge new coverage into {}",
+        corpus_dir(target).display()
+    ));
+    let queue = output_dir(target).join("default/queue");
+    let minimized = output_dir(target).join("cmin");
+    if minimized.exists() {
+        std::fs::remove_dir_all(&minimized)?;
+    }
+    util::run(
+        Command::new(cargo())
+            .args(["afl", "cmin", "-i"])
+            .arg(&queue)
+            .arg("-o")
+            .arg(&minimized)
+            .args(["-t", &HANG_MS.to_string(), "--"])
+            .arg(binary(target))
+            .env("AFL_SKIP_CPUFREQ", "1")
+            .env("AFL_NO_AFFINITY", "1"),
+    )?;
+    let existing: Vec<Vec<u8>> = corpus_files(&corpus_dir(target))?
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .collect();
+    let mut added = 0;
+    for file in corpus_files(&minimized)? {
+        let bytes = std::fs::read(&file)?;
+        if existing.contains(&bytes) {
+            continue;
+        }
+        use sha2::Digest as _;
+        let hash = sha2::Sha256::digest(&bytes);
+        let name: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        std::fs::write(corpus_dir(target).join(format!("id-{name}")), &bytes)?;
+        added += 1;
+    }
+    println!("    added {added} inputs");
+    Ok(())
+}
+
+/// Prints the table of figures and fails on any crash or hang.
+fn summarize(reports: &[Report]) -> Result<()> {
+    util::step("fuzzing figures");
+    println!(
+        "    {:<16} {:>6} {:>12} {:>9} {:>7} {:>15} {:>10} {:>7} {:>6}",
+        "target",
+        "secs",
+        "executions",
+        "exec/s",
+        "corpus",
+        "edges",
+        "last find",
+        "crashes",
+        "hangs"
+    );
+    for r in reports {
+        println!(
+            "    {:<16} {:>6} {:>12} {:>9.0} {:>7} {:>15} {:>9}s {:>7} {:>6}",
+            r.target,
+            r.seconds,
+            r.execs,
+            r.execs_per_sec,
+            r.corpus,
+            format!("{}/{}", r.edges, r.total_edges),
+            r.last_find,
+            r.crashes,
+            r.hangs
+        );
+    }
+    let failed: Vec<&Report> = reports.iter().filter(|r| r.crashes + r.hangs > 0).collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let mut message = String::from("fuzzing found inputs that crash or hang:");
+    for r in failed {
+        for kind in ["crashes", "hangs"] {
+            let dir = output_dir(&r.target).join("default").join(kind);
+            for file in corpus_files(&dir).unwrap_or_default() {
+                if file.file_name().is_some_and(|n| n != "README.txt") {
+                    message.push_str(&format!(
+                        "\n  {} ({kind}): reproduce with `{} < {}`, then add it as a unit test beside the code it breaks",
+                        r.target,
+                        binary(&r.target).display(),
+                        file.display()
+                    ));
+                }
+            }
+        }
+    }
+    Err(util::Error::msg(message))
+}
