@@ -275,6 +275,11 @@ const MAX_LOAD_PERCENT: usize = 85;
 const MIN_LOAD_PERCENT_X10: usize = 625;
 /// Smallest table allocated once anything is stored.
 const MIN_CAPACITY: usize = 16;
+/// Most entries a table is sized for ahead of their arrival: a sizing hint from outside (a paged feed's `total`,
+/// a shared snapshot's manifest) that announced more once aborted the VM on an allocation it could never make.
+pub const MAX_PRESIZED_ENTRIES: usize = 1 << 20;
+/// Most subjects or clients a map is sized for ahead of their arrival (see [`MAX_PRESIZED_ENTRIES`]).
+pub const MAX_PRESIZED_PRINCIPALS: usize = 1 << 16;
 
 /// Open-addressing table of revoked jti keys and their expiries: linear probing with Robin Hood ordering,
 /// so a lookup for an absent key (the common case: most tokens are not revoked) stops as soon as it meets
@@ -620,11 +625,21 @@ impl RevocationSet {
     }
 
     /// A set sized for the given entry counts, at cursor 0 (the first page of a paged snapshot says them).
+    /// Counts are hints from outside (a feed answer's `total`, a shared manifest): they are capped at
+    /// [`MAX_PRESIZED_ENTRIES`] jtis and [`MAX_PRESIZED_PRINCIPALS`] subjects or clients, and a table grows past
+    /// that only as entries really arrive.
     pub fn with_capacity(jtis: usize, subjects: usize, clients: usize) -> RevocationSet {
+        let principals = |n: usize| n.min(MAX_PRESIZED_PRINCIPALS);
         RevocationSet {
-            jtis: JtiTable::with_entries(jtis),
-            subjects: PrincipalMap::with_capacity_and_hasher(subjects, Default::default()),
-            clients: PrincipalMap::with_capacity_and_hasher(clients, Default::default()),
+            jtis: JtiTable::with_entries(jtis.min(MAX_PRESIZED_ENTRIES)),
+            subjects: PrincipalMap::with_capacity_and_hasher(
+                principals(subjects),
+                Default::default(),
+            ),
+            clients: PrincipalMap::with_capacity_and_hasher(
+                principals(clients),
+                Default::default(),
+            ),
             cursor: 0,
             feed_now: 0,
         }
@@ -632,7 +647,9 @@ impl RevocationSet {
 
     /// Grows the jti table once to hold `total` entries at the target load, so loading a snapshot in parts
     /// never rebuilds it part by part (each rebuild briefly holds the old and the new table).
+    /// `total` is a hint, capped like [`RevocationSet::with_capacity`]'s.
     pub fn reserve_jtis(&mut self, total: usize) {
+        let total = total.min(MAX_PRESIZED_ENTRIES);
         if capacity_for(total) > self.jtis.slots.len() {
             self.jtis.rebuild(total.max(self.jtis.len));
         }
@@ -899,6 +916,21 @@ impl RevocationView for EdgeRevocationState {
 mod tests {
     use super::*;
     use crate::feed::{FeedUpdate, RevokedJti, RevokedPrincipal};
+
+    /// Found by the `feed` fuzz target: a paged answer whose `total` announced 10^11 jtis aborted the VM.
+    #[test]
+    fn sizing_hints_from_outside_are_capped_and_the_table_still_grows() {
+        let mut set = RevocationSet::with_capacity(usize::MAX, usize::MAX, usize::MAX);
+        assert!(
+            set.memory_bytes() < 64 << 20,
+            "{} bytes",
+            set.memory_bytes()
+        );
+        set.reserve_jtis(usize::MAX);
+        set.reserve_jtis(100_000_000_000);
+        set.insert_jti(RevocationKey::of("a"), T);
+        assert_eq!(set.jti_expiry("a"), Some(T));
+    }
 
     const T: u64 = 1_767_000_000;
 
