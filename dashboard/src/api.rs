@@ -269,6 +269,11 @@ pub async fn edges() -> ApiResult<Page<Edge>> {
     get("/api/v1/edges?limit=500").await
 }
 
+/// A configuration an edge reported, by its hash (secrets left out by the edge).
+pub async fn edge_config(hash: &str) -> ApiResult<edgewarden_api_types::EdgeConfig> {
+    get(&format!("/api/v1/edges/configs/{}", encode(hash))).await
+}
+
 /// The event log, filtered (`kind`, `actor`, `subject`, `since`, `until`, `limit`, `offset`).
 pub async fn events(filters: &[(&str, String)]) -> ApiResult<Page<StoredEvent>> {
     get(&with_query("/api/v1/events", filters)).await

@@ -52,7 +52,33 @@ fn Workbench(own: OwnIssuer) -> impl IntoView {
     let method = RwSignal::new(method_q.get_untracked());
     let path = RwSignal::new(path_q.get_untracked());
     let use_config = RwSignal::new(false);
+    let from_edge = RwSignal::new(false);
+    let picked = RwSignal::new(String::new());
+    let pick_note = RwSignal::new(None::<String>);
     let config_text = RwSignal::new(String::new());
+    let reported = LocalResource::new(|| async { api::edges().await });
+    // Picking an edge fills the configuration with the one it reported (secrets left out by the edge).
+    let pick = move |hash: String| {
+        picked.set(hash.clone());
+        if hash.is_empty() {
+            return;
+        }
+        pick_note.set(Some("loading the edge's configuration…".to_owned()));
+        leptos::task::spawn_local(async move {
+            match api::edge_config(&hash).await {
+                Ok(doc) => {
+                    config_text
+                        .set(serde_json::to_string_pretty(&doc.document).unwrap_or_default());
+                    pick_note.set(Some(format!(
+                        "configuration {} reported by edge {}; secrets stay at the edge",
+                        crate::pages::edges::short_hash(&doc.hash),
+                        doc.edge
+                    )));
+                }
+                Err(e) => pick_note.set(Some(format!("cannot load that configuration: {e}"))),
+            }
+        });
+    };
     let jwks_text = RwSignal::new(String::new());
     let result = RwSignal::new(None::<Result<Analysis, String>>);
     // Counts decisions, so a page (or a test) can tell a new answer from the previous one.
@@ -111,14 +137,48 @@ fn Workbench(own: OwnIssuer) -> impl IntoView {
             <fieldset>
                 <legend>"Decide as"</legend>
                 <label class="choice">
-                    <input type="radio" name="debug_source" value="own" prop:checked=move || !use_config.get() on:change=move |_| use_config.set(false) />
+                    <input type="radio" name="debug_source" value="own" prop:checked=move || !use_config.get() on:change=move |_| { use_config.set(false); from_edge.set(false); } />
                     {move || own.with_value(|o| format!("an edge that trusts this admin API ({}), no rules", o.issuer))}
                 </label>
                 <label class="choice">
-                    <input type="radio" name="debug_source" value="config" prop:checked=move || use_config.get() on:change=move |_| use_config.set(true) />
+                    <input type="radio" name="debug_source" value="config" prop:checked=move || use_config.get() && !from_edge.get() on:change=move |_| { use_config.set(true); from_edge.set(false); } />
                     "an edge with this filter configuration"
                 </label>
+                <label class="choice">
+                    <input type="radio" name="debug_source" value="edge" prop:checked=move || from_edge.get() on:change=move |_| { use_config.set(true); from_edge.set(true); } />
+                    "one of the edges, with the configuration it reported"
+                </label>
             </fieldset>
+            <Show when=move || from_edge.get()>
+                <Transition fallback=Loading>
+                    {move || Suspend::new(async move {
+                        match reported.await {
+                            Err(e) => view! { <ErrorView error=e /> }.into_any(),
+                            Ok(page) => {
+                                let options: Vec<(String, String)> = page.items.iter().flat_map(|e| {
+                                    e.instances.iter().filter(|i| i.config_known).filter_map(|i| {
+                                        let hash = i.config_hash.clone()?;
+                                        Some((hash.clone(), format!("{} / {} — configuration {}", e.name, crate::pages::edges::instance_label(i), crate::pages::edges::short_hash(&hash))))
+                                    }).collect::<Vec<_>>()
+                                }).collect();
+                                if options.is_empty() {
+                                    view! { <p class="muted">"No edge has reported its configuration yet: edges report it on their first poll after start."</p> }.into_any()
+                                } else {
+                                    view! {
+                                        <label class="wide">"Edge"
+                                            <select name="debug_edge" prop:value=move || picked.get() on:change:target=move |ev| pick(ev.target().value())>
+                                                <option value="">"Pick an edge instance…"</option>
+                                                {options.into_iter().map(|(hash, label)| view! { <option value=hash>{label}</option> }).collect::<Vec<_>>()}
+                                            </select>
+                                        </label>
+                                    }.into_any()
+                                }
+                            }
+                        }
+                    })}
+                </Transition>
+                {move || pick_note.get().map(|note| view! { <p class="muted" id="debug-picked" role="status">{note}</p> })}
+            </Show>
             <Show when=move || use_config.get()>
                 <label class="wide">"Filter configuration (the pluginConfig JSON)"
                     <textarea name="debug_config" rows="8" spellcheck="false" prop:value=config_text on:input:target=move |ev| config_text.set(ev.target().value())></textarea>
@@ -227,7 +287,8 @@ fn build_engine(own: &OwnIssuer, config: Option<&str>, jwks: &str) -> Result<Eng
         return Engine::from_json(config.to_string().as_bytes())
             .map_err(|e| format!("this admin API's keys are not usable: {e}"));
     };
-    let mut engine = Engine::from_json(config.trim().as_bytes())
+    let config = without_redacted_keys(config.trim())?;
+    let mut engine = Engine::from_json(config.as_bytes())
         .map_err(|e| format!("the filter would refuse this configuration at load: {e}"))?;
     let issuers: Vec<(String, bool)> = engine
         .config()
@@ -251,6 +312,48 @@ fn build_engine(own: &OwnIssuer, config: Option<&str>, jwks: &str) -> Result<Eng
             .map_err(|e| format!("issuers[{index}] ({issuer}): the JWKS is not usable: {e}"))?;
     }
     Ok(engine)
+}
+
+/// A configuration an edge reported has its inline secret keys replaced by `"<redacted>"` (they never leave
+/// the edge): those keys are left out here, so the rest decides as the edge does. An issuer left with no
+/// key at all cannot be decided for, and says so. Text that is not a JSON object is passed on unchanged
+/// for the engine's parser to name the problem.
+fn without_redacted_keys(config: &str) -> Result<String, String> {
+    use edgewarden_core::config::REDACTED;
+    let Ok(mut doc) = serde_json::from_str::<Value>(config) else {
+        return Ok(config.to_owned());
+    };
+    let Some(issuers) = doc.get_mut("issuers").and_then(Value::as_array_mut) else {
+        return Ok(config.to_owned());
+    };
+    let mut changed = false;
+    for (index, issuer) in issuers.iter_mut().enumerate() {
+        let Some(keys) = issuer
+            .get_mut("jwks")
+            .and_then(|j| j.get_mut("keys"))
+            .and_then(Value::as_array_mut)
+        else {
+            continue;
+        };
+        let before = keys.len();
+        keys.retain(|k| {
+            !k.as_object()
+                .is_some_and(|o| o.values().any(|v| v.as_str() == Some(REDACTED)))
+        });
+        if keys.len() != before {
+            changed = true;
+            if keys.is_empty() {
+                return Err(format!(
+                    "issuers[{index}] verifies with inline secret keys, which the edge keeps to itself (\"{REDACTED}\" in its report): paste its configuration with the keys to decide tokens of that issuer"
+                ));
+            }
+        }
+    }
+    Ok(if changed {
+        doc.to_string()
+    } else {
+        config.to_owned()
+    })
 }
 
 /// The first JWT-shaped word of a paste: a raw token, `Authorization: Bearer <t>`, `Bearer <t>` or a
@@ -284,7 +387,8 @@ fn decode(token: &str) -> Result<(Value, Value), String> {
     Ok((part("header")?, part("payload")?))
 }
 
-fn describe_rule(rule: &RuleConfig) -> String {
+/// A rule in words: what it matches and what it requires.
+pub(crate) fn describe_rule(rule: &RuleConfig) -> String {
     let mut words = Vec::new();
     let methods = if rule.r#match.methods.is_empty() {
         "any method".to_owned()
