@@ -42,6 +42,8 @@ const USAGE_EDGES: usize = 50;
 /// Enough batches in flight for the service's writer to group several per transaction.
 const USAGE_CONNECTIONS: usize = 32;
 const COUNTS_PER_BATCH: usize = 200;
+/// How long the usage scenario runs without `--duration` (issue 14: "sustained for a minute").
+const USAGE_SUSTAINED: Duration = Duration::from_secs(60);
 const FAILURES_PER_BATCH: usize = 20;
 /// The connection bound every bench service is started with (`--max-connections`).
 const MAX_CONNECTIONS: usize = 1_000;
@@ -146,6 +148,15 @@ pub fn scenarios() -> Vec<String> {
         .collect()
 }
 
+/// How long the usage scenario sustains its load: issue 14's minute, unless `--duration` says otherwise.
+fn usage_duration(options: &Options) -> Duration {
+    if std::env::args().any(|a| a == "--duration" || a.starts_with("--duration=")) {
+        options.duration
+    } else {
+        USAGE_SUSTAINED
+    }
+}
+
 /// Runs the admin scenarios whose names match `--only` and prints the table.
 pub fn run(options: &Options) -> Result<()> {
     let wanted = |name: &str| options.matches(name);
@@ -205,7 +216,7 @@ pub fn run(options: &Options) -> Result<()> {
             feed_rows.push((store, r));
         }
         if usage {
-            let r = bench_usage(&service, options.duration)?;
+            let r = bench_usage(&service, usage_duration(options))?;
             usage_rows.push((store, r));
         }
         drop(service);
@@ -300,6 +311,8 @@ impl Service {
         ));
         let mut setup = Setup::fresh(bin, dir)?;
         setup.master_key = Some(admin_api::BENCH_MASTER_KEY.to_string());
+        // The ingestion pipeline's own per-stage timings (every 5 s), printed after a usage run.
+        setup.log_level = "warn,edgewarden_admin::usage=info";
         let postgres = match server {
             Some(server) => {
                 let name = format!("edgewarden_bench_{}_{}", std::process::id(), unix_now());
@@ -684,7 +697,7 @@ fn sized_usage_batch(
     let mut decisions = 0;
     let entries = counts;
     let counts: Vec<Value> = (0..counts)
-        .map(|_| {
+        .map(|i| {
             let token = rng.below(5_000);
             let reason = if rng.below(10) == 0 {
                 REFUSALS[rng.below(REFUSALS.len() as u64) as usize]
@@ -693,8 +706,14 @@ fn sized_usage_batch(
             };
             let count = 1 + rng.below(100);
             decisions += count;
+            // The first entry's jti is the slot `Template::stamp` numbers each send with.
+            let jti = if i == 0 {
+                SEQ_SLOT.to_string()
+            } else {
+                format!("benchtok{token:014}")
+            };
             json!({
-                "jti": format!("benchtok{token:014}"),
+                "jti": jti,
                 "subject": format!("user-{}", token % 500),
                 "client_id": format!("client-{}", token % 50),
                 "route": ROUTES[rng.below(ROUTES.len() as u64) as usize],
@@ -729,6 +748,46 @@ fn sized_usage_batch(
         "failures": failures,
     });
     (body.to_string(), entries as u64, decisions)
+}
+
+/// The jti of a batch's first count entry, which `Template::stamp` replaces with a sequence number of
+/// the same width.
+const SEQ_SLOT: &str = "benchseq000000000000";
+
+/// Sends so far, across every posting thread: the sequence numbers of the batches.
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// A prebuilt usage request whose body carries a sequence number (in its first count entry's jti),
+/// so every send is a distinct batch: the service stores a resent identical batch once, as edges
+/// resend a batch whose answer they did not get.
+struct Template {
+    bytes: Vec<u8>,
+    slot: usize,
+}
+
+impl Template {
+    fn new(request: Vec<u8>) -> Template {
+        let slot = request
+            .windows(SEQ_SLOT.len())
+            .position(|w| w == SEQ_SLOT.as_bytes())
+            .map_or(0, |at| at + "benchseq".len());
+        Template {
+            bytes: request,
+            slot,
+        }
+    }
+
+    /// The request with the next sequence number in its slot.
+    fn stamp(&self) -> Vec<u8> {
+        let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+        let digits = format!("{n:012}");
+        let mut bytes = self.bytes.clone();
+        if self.slot > 0 {
+            bytes[self.slot..self.slot + 12]
+                .copy_from_slice(&digits.as_bytes()[digits.len() - 12..]);
+        }
+        bytes
+    }
 }
 
 /// Latencies and failures of one kind of probe request, shared with the thread that prints while a run goes.
@@ -849,18 +908,23 @@ fn bench_usage(service: &Service, duration: Duration) -> Result<UsageResult> {
     let now = unix_now();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     // Built up front so the load generator spends its CPU on sending, not on JSON.
-    let batches: Vec<(Vec<u8>, u64, u64)> = (0..USAGE_EDGES)
+    let batches: Vec<(Template, u64, u64)> = (0..USAGE_EDGES)
         .map(|edge| {
             let (body, entries, decisions) = usage_batch(edge, now, &mut rng);
             (
-                post_request(service.api.addr, "/api/v1/usage", &service.edge_key, &body),
+                Template::new(post_request(
+                    service.api.addr,
+                    "/api/v1/usage",
+                    &service.edge_key,
+                    &body,
+                )),
                 entries,
                 decisions,
             )
         })
         .collect();
     let batches = Arc::new(batches);
-    let bytes = batches[0].0.len();
+    let bytes = batches[0].0.bytes.len();
     let pid = service.api.pid();
     let stop = Arc::new(AtomicBool::new(false));
     let revocations = Arc::new(Mutex::new(Probe::default()));
@@ -885,10 +949,11 @@ fn bench_usage(service: &Service, duration: Duration) -> Result<UsageResult> {
             let mut tally = Tally::default();
             let mut i = worker;
             while Instant::now() < deadline {
-                let (request, entries, decisions) = &batches[i % batches.len()];
+                let (template, entries, decisions) = &batches[i % batches.len()];
                 i += USAGE_CONNECTIONS;
+                let request = template.stamp();
                 let sent = Instant::now();
-                let reply = conn.exchange(request)?;
+                let reply = conn.exchange(&request)?;
                 match reply.status {
                     202 => {
                         tally.latencies.push(sent.elapsed());
@@ -946,6 +1011,7 @@ fn bench_usage(service: &Service, duration: Duration) -> Result<UsageResult> {
         cpu_per_batch: cpu / tally.ok as u32,
         revocations,
     };
+    print_stage_timings(service);
     println!(
         "    {} batches ({bytes} bytes, {COUNTS_PER_BATCH} counts + {FAILURES_PER_BATCH} failures each) from {USAGE_EDGES} edges in {elapsed:.1?}: {:.0} batches/s, {:.0} count entries/s, {} answered 503; revocation p99 {:.1} ms",
         tally.ok,
@@ -955,6 +1021,21 @@ fn bench_usage(service: &Service, duration: Duration) -> Result<UsageResult> {
         ms(result.revocations.quantile(0.99))
     );
     Ok(result)
+}
+
+/// Prints the last per-stage timing lines the service logged (`usage ingestion: ...`): where a batch's
+/// time went inside the service.
+fn print_stage_timings(service: &Service) {
+    let Ok(log) = std::fs::read_to_string(&service.api.log) else {
+        return;
+    };
+    let lines: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once("usage ingestion: ").map(|(_, rest)| rest))
+        .collect();
+    for line in lines.iter().rev().take(3).rev() {
+        println!("    service: {line}");
+    }
 }
 
 /// Keeps `SLOW_CLIENTS` connections sending a request header one byte every half second (reopening the
@@ -1001,7 +1082,7 @@ fn bench_abuse(service: &Service, duration: Duration) -> Result<AbuseResult> {
     let pid = service.api.pid();
     let now = unix_now();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    let floods: Vec<Vec<u8>> = (0..FLOOD_CONNECTIONS)
+    let floods: Vec<Template> = (0..FLOOD_CONNECTIONS)
         .map(|i| {
             let (body, _, _) = sized_usage_batch(
                 &format!("bench-flood-edge-{i}"),
@@ -1011,12 +1092,17 @@ fn bench_abuse(service: &Service, duration: Duration) -> Result<AbuseResult> {
                 FLOOD_COUNTS,
                 FLOOD_FAILURES,
             );
-            post_request(addr, "/api/v1/usage", &service.edge_key, &body)
+            Template::new(post_request(
+                addr,
+                "/api/v1/usage",
+                &service.edge_key,
+                &body,
+            ))
         })
         .collect();
     println!(
         "    abuse: {SLOW_CLIENTS} slow clients (bound {MAX_CONNECTIONS}), {LOGIN_CLIENTS} clients looping wrong logins, {FLOOD_CONNECTIONS} connections posting {FLOOD_COUNTS}-count batches ({} bytes)",
-        floods[0].len()
+        floods[0].bytes.len()
     );
     let stop = Arc::new(AtomicBool::new(false));
     let revocations = Arc::new(Mutex::new(Probe::default()));
@@ -1044,7 +1130,7 @@ fn bench_abuse(service: &Service, duration: Duration) -> Result<AbuseResult> {
     let stored = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let flood_errors = Arc::new(AtomicU64::new(0));
-    for request in floods {
+    for template in floods {
         let (stop, stored, refused, errors) = (
             stop.clone(),
             stored.clone(),
@@ -1054,6 +1140,7 @@ fn bench_abuse(service: &Service, duration: Duration) -> Result<AbuseResult> {
         probes.push(std::thread::spawn(move || {
             let mut conn = None;
             while !stop.load(Ordering::Relaxed) {
+                let request = template.stamp();
                 match exchange_reconnecting(&mut conn, addr, &request) {
                     Ok(r) if r.status == 202 => {
                         stored.fetch_add(1, Ordering::Relaxed);
