@@ -91,6 +91,30 @@ async fn start_with_edge() -> (AdminApi, Stack, Browser) {
     (admin, stack, browser)
 }
 
+/// Waits until the admin API lists `instances` instances of the edge, each with a configuration it holds.
+async fn wait_configs_reported(admin: &AdminApi, instances: usize) {
+    eventually(
+        &format!("{instances} instances of the edge with their configuration reported"),
+        REPORTED,
+        || async {
+            let edge = admin
+                .edge(EDGE_NAME)
+                .await
+                .ok_or("the edge is not listed")?;
+            let reported = edge["instances"]
+                .as_array()
+                .map(|all| all.iter().filter(|i| i["config_known"] == true).count())
+                .unwrap_or(0);
+            if reported == instances {
+                Ok(())
+            } else {
+                Err(format!("{edge}"))
+            }
+        },
+    )
+    .await;
+}
+
 /// What the edge answered one request: status, `www-authenticate`, body.
 #[derive(Debug)]
 struct Outcome {
@@ -779,6 +803,11 @@ async fn a_mutation_from_the_page_without_the_csrf_header_is_refused() {
 async fn every_page_passes_axe_and_is_screenshotted() {
     let (admin, stack, browser) = start_with_edge().await;
     let (alice, _) = populate(&admin, &stack).await;
+    // A second Envoy under the same edge name with another leeway: two instances whose configurations differ.
+    let mut other = plugin_config(&admin);
+    other["clock_skew_seconds"] = json!(5);
+    let _second = Stack::start_with_control_plane(other, admin.addr).await;
+    wait_configs_reported(&admin, 2).await;
     let mut failures = Vec::new();
     let mut seen_known = Vec::new();
 
@@ -801,7 +830,12 @@ async fn every_page_passes_axe_and_is_screenshotted() {
             "li.card.anomaly",
             "revoked token use",
         ),
-        ("edges", "/edges", "table tbody th", EDGE_NAME),
+        (
+            "edges",
+            "/edges",
+            "section.edge-detail p.differs",
+            "configurations differ",
+        ),
         ("events", "/events", "ol.events summary", "token.issued"),
         ("settings", "/settings", "table tbody th", E2E_CLIENT),
     ];
@@ -818,6 +852,30 @@ async fn every_page_passes_axe_and_is_screenshotted() {
             shot.display()
         );
         failures.extend(browser.serious_axe_violations(name).await);
+        if name == "edges" {
+            // Both instances listed under the one name, each configuration shown, the leeway marked as differing.
+            let seen = browser
+                .execute(
+                    "return { rows: document.querySelectorAll('section.edge-detail table.instances tbody tr').length, configs: document.querySelectorAll('section.edge-detail .edge-config').length, differs: Array.from(document.querySelectorAll('section.edge-detail dt')).filter(dt => dt.textContent.includes('differs')).map(dt => dt.textContent), leeways: Array.from(document.querySelectorAll('section.edge-detail dd.differs-value')).map(dd => dd.textContent) };",
+                    vec![],
+                )
+                .await;
+            assert_eq!(seen["rows"], 2, "two instances on the edges page: {seen}");
+            assert_eq!(
+                seen["configs"], 2,
+                "two configurations on the edges page: {seen}"
+            );
+            assert_eq!(
+                seen["differs"],
+                json!(["Leeway differs", "Leeway differs"]),
+                "only the leeway is marked as differing, in both configurations: {seen}"
+            );
+            let leeways = seen["leeways"].to_string();
+            assert!(
+                leeways.contains("60 s") && leeways.contains("5 s"),
+                "{seen}"
+            );
+        }
     }
     // Known dashboard defects, each to be removed with its fix: the test fails when one no longer occurs.
     let mut unexpected = Vec::new();
@@ -949,6 +1007,8 @@ async fn the_token_debugger_decides_like_the_edge_and_never_sends_the_token() {
     ];
 
     log_in(&browser, &admin, ADMIN_USER, ADMIN_PASSWORD).await;
+    // The edge's configuration is known to the admin API before the page lists the edges to pick from.
+    wait_configs_reported(&admin, 1).await;
     open(&browser, &admin, "/debugger?method=GET&path=%2Fread").await;
     browser.wait_for("textarea[name=debug_token]").await;
     // Record every request the page makes from here on, with its body.
@@ -1015,6 +1075,60 @@ async fn the_token_debugger_decides_like_the_edge_and_never_sends_the_token() {
     );
     // Reported, not asserted: a timing on a shared machine is not a test.
     eprintln!("debugger: slowest decode-and-decide {slowest:.2} ms in the browser (the engine is built once per configuration)");
+
+    // The same decisions with the configuration the edge reported, picked from the list instead of pasted.
+    browser
+        .execute(
+            "document.querySelector('input[name=debug_source][value=edge]').click();",
+            vec![],
+        )
+        .await;
+    browser
+        .wait_for("select[name=debug_edge] option:nth-child(2)")
+        .await;
+    browser
+        .execute(
+            r#"
+            const select = document.querySelector('select[name=debug_edge]');
+            select.value = select.options[1].value;
+            select.dispatchEvent(new Event('change', { bubbles: true }));
+            "#,
+            vec![],
+        )
+        .await;
+    browser
+        .wait_for_text("#debug-picked", "reported by edge")
+        .await;
+    let picked = browser
+        .execute(
+            "return document.querySelector('textarea[name=debug_config]').value;",
+            vec![],
+        )
+        .await;
+    let picked = picked.as_str().unwrap_or_default().to_owned();
+    assert!(
+        picked.contains("<redacted>") && !picked.contains(&admin.edge_key),
+        "the picked configuration is the edge's, without its key: {picked}"
+    );
+    for (name, token) in rows.iter().take(3) {
+        let edge = call_edge(&stack, token).await;
+        let (status, challenge, body, reason, _) = debug_in_page(&browser, token).await;
+        eprintln!(
+            "debugger (picked edge) row {name:<20} edge {} / debugger {status} {reason}",
+            edge.status
+        );
+        let edge_body = if edge.status == 200 {
+            String::new()
+        } else {
+            edge.body.clone()
+        };
+        assert_eq!(
+            (edge.status, edge.challenge.as_str(), edge_body.as_str()),
+            (status, challenge.as_str(), body.as_str()),
+            "{name}: the debugger with the picked edge's configuration disagrees with the edge"
+        );
+    }
+    browser.screenshot("debugger-picked-edge").await;
 
     // A revoked token: the engine alone would pass it; the page looks the jti up and says it is revoked.
     debug_in_page(&browser, &revoked.access_token).await;
