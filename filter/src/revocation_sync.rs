@@ -402,7 +402,8 @@ fn take_over(host: &mut dyn Host, control: &Control) {
         .map_or(0, |mark| mark.seq);
     let seq = {
         let mut sync = control.sync.borrow_mut();
-        sync.seq = sync.seq.max(published) + 1;
+        // saturating: the published mark is shared data any VM may have written (a mark at u64::MAX overflowed).
+        sync.seq = sync.seq.max(published).saturating_add(1);
         sync.listing = None;
         sync.seq
     };
@@ -511,7 +512,8 @@ fn catch_up(host: &mut dyn Host, control: &Control, mark: &SyncMark) -> bool {
         }
     }
     control.sync.borrow_mut().seq = mark.snapshot_seq;
-    mark.snapshot_seq == mark.seq || apply_deltas(host, control, mark.snapshot_seq + 1, mark.seq)
+    mark.snapshot_seq == mark.seq
+        || apply_deltas(host, control, mark.snapshot_seq.saturating_add(1), mark.seq)
 }
 
 /// Applies the deltas `from..=to` from the ring in order; stops at the first one missing or refused.

@@ -677,3 +677,22 @@ fn a_malformed_configuration_hint_is_logged_and_ignored() {
     report::on_poll_hint(&mut host, control(&plain), Some(b"unknown"), now);
     assert_eq!(host.calls.len(), calls);
 }
+
+/// Found by the `shared_state` fuzz target: a shared mark at sequence number u64::MAX made the VM taking the
+/// lease over overflow computing the next one (a panic with overflow checks, a wrap to 0 without).
+#[test]
+fn a_mark_at_the_last_sequence_number_does_not_overflow_a_take_over() {
+    let a = vm(11, json!({}));
+    let mut host = FakeHost::new();
+    let mark = SyncMark {
+        cursor: 0,
+        last_sync: None,
+        seq: u64::MAX,
+        snapshot_seq: u64::MAX,
+    };
+    let key = control(&a).sync.borrow().keys.mark.clone();
+    host.set_shared(&key, &mark.to_bytes());
+    tick(&mut host, &a);
+    assert_eq!(control(&a).sync.borrow().role(), Role::Poller);
+    assert_eq!(control(&a).sync.borrow().seq(), u64::MAX);
+}
