@@ -123,7 +123,7 @@ pub fn generated_config(o: &[u8; 8]) -> Value {
         json!({"match": {"prefix": "/"}, "require_roles": ["admin", "ops"]}),
         json!({"match": {"path": "/health", "methods": ["GET", "HEAD"]}, "allow_anonymous": true}),
         json!({"match": {"prefix": "/api/v2/"}, "require_scopes": ["read"], "require_any_scopes": ["x", "y"]}),
-        json!({"match": {"prefix": "/%61pi"}, "require_scopes": ["odd"]}),
+        json!({"match": {"prefix": "/api/v1", "methods": ["DELETE"]}, "require_roles": ["admin"]}),
     ];
     let rules: Vec<Value> = rule_pool
         .iter()
@@ -193,8 +193,12 @@ pub fn token_generated(data: &[u8]) {
         cache
             .entry(o)
             .or_insert_with(|| {
-                let mut engine =
-                    Engine::from_json(generated_config(&o).to_string().as_bytes()).ok()?;
+                let mut engine = Engine::from_json(generated_config(&o).to_string().as_bytes())
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "generated configuration {o:?} is refused ({e}); fix generated_config"
+                        )
+                    });
                 engine
                     .set_remote_jwks(1, fixtures::remote_jwks().to_string().as_bytes())
                     .ok()?;

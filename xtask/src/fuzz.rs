@@ -302,44 +302,44 @@ fn read_stats(target: &str, seconds: u64, path: &Path) -> Result<Report> {
     })
 }
 
-/// Minimises what AFL kept for `target` together with its corpus (`afl-cmin`) and adds the inputs that bring
-/// new coverage to `fuzz/corpus/<target>/` as `id-<hash>` files.
+/// Most inputs one `--merge` adds to a corpus, and the largest it adds: the corpora stay small enough to keep
+/// in the repository and to replay in seconds.
+const MERGE_MAX_INPUTS: usize = 60;
+const MERGE_MAX_BYTES: u64 = 2048;
+
+/// Adds to `fuzz/corpus/<target>/`, as `id-<hash>` files, the inputs AFL kept because they reached new edges
+/// (`+cov` in their queue name), smallest first, at most [`MERGE_MAX_INPUTS`] of at most [`MERGE_MAX_BYTES`].
+/// (`afl-cmin` would minimise better, but records no edges from these persistent-mode binaries.)
 fn merge_queue(target: &str) -> Result<()> {
     util::step(&format!(
         "{target}: merge new coverage into {}",
         corpus_dir(target).display()
     ));
     let queue = output_dir(target).join("default/queue");
-    let minimized = output_dir(target).join("cmin");
-    if minimized.exists() {
-        std::fs::remove_dir_all(&minimized)?;
-    }
-    util::run(
-        Command::new(cargo())
-            .args(["afl", "cmin", "-i"])
-            .arg(&queue)
-            .arg("-o")
-            .arg(&minimized)
-            .args(["-t", &HANG_MS.to_string(), "--"])
-            .arg(binary(target))
-            .env("AFL_SKIP_CPUFREQ", "1")
-            .env("AFL_NO_AFFINITY", "1"),
-    )?;
-    let existing: Vec<Vec<u8>> = corpus_files(&corpus_dir(target))?
-        .iter()
-        .filter_map(|p| std::fs::read(p).ok())
+    let mut found: Vec<(u64, PathBuf)> = corpus_files(&queue)?
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().contains("+cov"))
+        })
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.len(), p)))
+        .filter(|(len, _)| (1..=MERGE_MAX_BYTES).contains(len))
         .collect();
+    found.sort();
     let mut added = 0;
-    for file in corpus_files(&minimized)? {
-        let bytes = std::fs::read(&file)?;
-        if existing.contains(&bytes) {
-            continue;
+    for (_, file) in found {
+        if added == MERGE_MAX_INPUTS {
+            break;
         }
+        let bytes = std::fs::read(&file)?;
         use sha2::Digest as _;
         let hash = sha2::Sha256::digest(&bytes);
         let name: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        std::fs::write(corpus_dir(target).join(format!("id-{name}")), &bytes)?;
-        added += 1;
+        let dest = corpus_dir(target).join(format!("id-{name}"));
+        if !dest.exists() {
+            std::fs::write(dest, &bytes)?;
+            added += 1;
+        }
     }
     println!("    added {added} inputs");
     Ok(())
