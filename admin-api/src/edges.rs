@@ -2,9 +2,10 @@
 //! staleness and its last usage report, and under each name every Envoy instance that polled as it, with
 //! its own poll, cursor, staleness and the hash of the configuration it runs.
 //! Polls are tracked in each replica's memory (cheap enough for thousands of edges polling every second)
-//! and flushed to the `edges` and `edge_instances` tables periodically; an instance is written at once only
-//! when it is new to this replica, its cursor advanced or its configuration changed, so a poll answered 304
-//! touches no database. This view merges the tables with this replica's memory, so it is right on any replica.
+//! and flushed to the `edges` and `edge_instances` tables periodically, in one transaction per flush; a poll
+//! itself never writes (a 304 touches no database, and the burst of advancing polls after a revocation does
+//! not queue behind SQLite's writer). This view merges the tables with this replica's memory, so it is right
+//! on any replica.
 //!
 //! Edges report the configuration they run, secrets left out (`edgewarden_core::config::redacted_config`):
 //! its hash on every poll (`x-edgewarden-config-hash`), and the document itself with
@@ -110,8 +111,8 @@ impl Instances {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a poll; true when it must be written now (an instance new to this replica, a cursor that
-    /// advanced, a changed configuration or node).
+    /// Records a poll; true when it changed what the database should hold (an instance new to this replica, a
+    /// cursor that advanced, a changed configuration or node); the periodic flush writes it.
     fn record(&self, edge: &str, instance: &str, poll: InstancePoll) -> bool {
         let mut inner = self.lock();
         let key = (edge.to_owned(), instance.to_owned());
@@ -232,7 +233,7 @@ fn hash_of(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The feed handler's hook, after the poll's edge name was checked against its key: records the instance
-/// (writing it only when it is new to this replica, its cursor advanced or its configuration changed) and,
+/// in this replica's memory (the periodic flush writes it) and,
 /// when its configuration hash is not known to be stored, looks the hash up (at most every few seconds),
 /// so the answer can ask for the document. Failures are logged; the poll is answered regardless.
 pub async fn record_poll(
@@ -254,11 +255,10 @@ pub async fn record_poll(
         config_hash: hash_of(headers),
     };
     let hash = poll.config_hash.clone();
-    if state.edge_instances.record(edge, &instance, poll.clone()) {
-        if let Err(e) = write_instances(&state.db, &[((edge, instance.as_str()), &poll)]).await {
-            tracing::warn!(error = %e, edge, instance, "cannot record the edge instance's poll");
-        }
-    }
+    // Written by the periodic flush (`spawn_flush`), never by the poll itself: after a revocation every
+    // edge's next poll advances its cursor, and ten thousand single-row writes in that second kept the
+    // next revocation waiting for SQLite's writer for seconds (the fleet bench, issue 12).
+    let _ = state.edge_instances.record(edge, &instance, poll.clone());
     if let Some(hash) = hash {
         if state.edge_instances.hash_state(&hash, at).is_none() {
             match config_stored(&state.db, &hash).await {
@@ -307,6 +307,9 @@ async fn write_instances(
     db: &Db,
     rows: &[((&str, &str), &InstancePoll)],
 ) -> Result<(), sqlx::Error> {
+    // One transaction (one fsync) in the write turn revocations share, however many rows.
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool.begin().await?;
     for chunk in rows.chunks(FLUSH_CHUNK) {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| {
@@ -349,8 +352,9 @@ async fn write_instances(
                 .bind(poll.cursor)
                 .bind(poll.config_hash.clone());
         }
-        query.execute(&db.pool).await?;
+        query.execute(&mut *tx).await?;
     }
+    tx.commit().await?;
     Ok(())
 }
 
