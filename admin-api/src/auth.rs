@@ -385,23 +385,11 @@ pub async fn credential_revoked(
     principal: Principal,
     recheck: Recheck,
 ) {
-    let mut tick = tokio::time::interval(REVALIDATE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick completes at once, and the request was authenticated a moment ago.
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        match still_valid(&state, &headers, &principal, recheck).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot re-check the credential of a held request")
-            }
-        }
-    }
+    // One check per distinct credential for all the requests that hold it (`held.rs`).
+    crate::held::credential_revoked(state, headers, principal, recheck).await
 }
 
-async fn still_valid(
+pub(crate) async fn still_valid(
     state: &AppState,
     headers: &HeaderMap,
     principal: &Principal,

@@ -15,6 +15,8 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod feed_cache;
+pub mod feed_marks;
+pub mod held;
 pub mod issuers;
 pub mod keys;
 pub mod metrics;
@@ -63,6 +65,10 @@ pub struct AppState {
     pub feed: Arc<Feed>,
     /// Feed answers shared by the polls a change wakes together.
     pub feed_cache: Arc<feed_cache::FeedCache>,
+    /// Edges' cursor marks waiting for their batch write.
+    pub cursor_marks: Arc<feed_marks::CursorMarks>,
+    /// Credentials of held requests (long-polls, event streams), re-checked once each per tick.
+    pub held_credentials: Arc<held::HeldCredentials>,
     /// Validated API keys, cached briefly.
     pub api_keys: Arc<ApiKeyCache>,
     /// Rate limit of dashboard logins, per address.
@@ -132,6 +138,8 @@ impl AppState {
             events.clone(),
             config.usage.clone(),
         ));
+        let cursor_marks = Arc::new(feed_marks::CursorMarks::default());
+        tasks.push(feed_marks::spawn_flusher(db.clone(), cursor_marks.clone()));
         let metrics = Arc::new(metrics::Metrics::new());
         let (usage, usage_tasks) = usage::Ingestor::start(
             db.clone(),
@@ -159,6 +167,8 @@ impl AppState {
             login_limiter: Arc::new(RateLimiter::new(config.login_rate_limit)),
             token_limiter: Arc::new(RateLimiter::new(config.token_rate_limit)),
             feed_cache: Arc::new(feed_cache::FeedCache::default()),
+            cursor_marks,
+            held_credentials: Arc::new(held::HeldCredentials::default()),
             held_requests: Arc::new(tokio::sync::Semaphore::new(
                 config.serve.max_held_requests(),
             )),

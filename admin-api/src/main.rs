@@ -150,8 +150,10 @@ struct ServeArgs {
     /// Failed-or-not login attempts allowed per address per minute.
     #[arg(long, env = "EDGEWARDEN_LOGIN_RATE", default_value_t = 5)]
     login_per_minute: u32,
-    /// Most connections open at once; at the bound the longest idle one is closed to make room.
-    #[arg(long, env = "EDGEWARDEN_MAX_CONNECTIONS", default_value_t = 10_000)]
+    /// Most connections open at once; at the bound the longest idle one is closed to make room. Nine
+    /// tenths of them may be held requests (long-polls, event streams): one per edge. The open-file
+    /// limit is raised to fit, or the bound lowered to the limit with a warning.
+    #[arg(long, env = "EDGEWARDEN_MAX_CONNECTIONS", default_value_t = 16_384)]
     max_connections: usize,
     /// Seconds a client has to send a complete request header (also bounds a keep-alive wait).
     #[arg(long, env = "EDGEWARDEN_HEADER_TIMEOUT", default_value_t = 10)]
@@ -454,6 +456,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(config: Config, listen: SocketAddr) -> anyhow::Result<()> {
     let bootstrap = config.bootstrap_admin;
     let data_dir = config.data_dir.clone();
+    let mut config = config;
+    edgewarden_admin::serve::fit_descriptor_limit(&mut config.serve);
     let state = AppState::new(config).await?;
     if bootstrap {
         if let Some(password) = state.bootstrap_admin().await? {

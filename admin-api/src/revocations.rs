@@ -173,27 +173,6 @@ pub fn now_ms() -> i64 {
 /// A day: propagation is watched right after a revocation, and marks grow with edges times changes.
 pub const PROPAGATION_HISTORY_MS: i64 = 86_400 * 1000;
 
-/// Records that `edge` polled with `cursor` at `at_ms`, keeping the earliest time any replica saw it.
-/// Called only when the edge's cursor advanced (at most once per feed change per edge and replica).
-pub async fn record_cursor_mark(
-    db: &Db,
-    edge: &str,
-    cursor: i64,
-    at_ms: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO edge_cursor_marks (edge, cursor, first_seen_ms) VALUES ($1, $2, $3) \
-         ON CONFLICT (edge, cursor) DO UPDATE SET first_seen_ms = excluded.first_seen_ms \
-         WHERE excluded.first_seen_ms < edge_cursor_marks.first_seen_ms",
-    )
-    .bind(edge)
-    .bind(cursor)
-    .bind(at_ms)
-    .execute(&db.pool)
-    .await?;
-    Ok(())
-}
-
 /// What a revocation targets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -1073,12 +1052,11 @@ async fn feed(
             cursor: since,
             address,
         });
-        // Only an advance is written, so the 304 answered from memory stays free of database writes
-        // while nothing changes; a replica that has not seen the edge yet writes once (the earliest wins).
+        // Only an advance is noted, so the 304 answered from memory stays free of database writes
+        // while nothing changes; a replica that has not seen the edge yet notes it once (the earliest
+        // wins). Notes are written in batches (`feed_marks`), never by the poll itself.
         if since > 0 && previous.is_none_or(|p| since > p) {
-            if let Err(e) = record_cursor_mark(&state.db, name, since, at_ms).await {
-                tracing::warn!(error = %e, edge = name, "cannot record the edge's feed cursor");
-            }
+            state.cursor_marks.record(name, since, at_ms);
         }
     }
     let mut current = state.feed.current();
@@ -1368,6 +1346,10 @@ async fn propagation(
     use edgewarden_api_types::{EdgePropagation, Propagation};
 
     principal.require(&[Role::Admin, Role::Auditor], "read revocation propagation")?;
+    // Marks still waiting for their batch are written first, so the answer includes every poll seen.
+    if let Err(e) = state.cursor_marks.flush(&state.db).await {
+        tracing::warn!(error = %e, "cannot write the edges' cursor marks");
+    }
     let cursor = match q.cursor {
         Some(c) if c > 0 => c,
         Some(c) => {

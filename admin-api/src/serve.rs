@@ -93,6 +93,43 @@ pub async fn serve(
     Ok(())
 }
 
+/// Descriptors kept for everything but client connections: the database pool, the listener, files,
+/// outgoing webhook and JWKS connections.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// Makes room for `limits.max_connections` open sockets: raises this process's soft open-file limit up
+/// to its hard limit (services often start with a soft limit of 1,024), and when even the hard limit is
+/// too low, lowers the bound to fit and says so. A bound above the descriptor limit would fail as
+/// `accept error: Too many open files` with `/healthz` unreachable, which the bound exists to prevent.
+pub fn fit_descriptor_limit(limits: &mut ServeLimits) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let wanted = limits.max_connections as u64 + RESERVED_DESCRIPTORS;
+    let mut current = getrlimit(Resource::Nofile);
+    let soft = current.current.unwrap_or(u64::MAX);
+    if soft < wanted {
+        let raised = current.maximum.map_or(wanted, |hard| hard.min(wanted));
+        if raised > soft {
+            current.current = Some(raised);
+            match setrlimit(Resource::Nofile, current.clone()) {
+                Ok(()) => tracing::info!(from = soft, to = raised, "raised the open-file limit for the connection bound"),
+                Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+            }
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    if soft < wanted {
+        let fitted = soft.saturating_sub(RESERVED_DESCRIPTORS).max(16) as usize;
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            open_file_limit = soft,
+            lowered_to = fitted,
+            "the open-file limit is too low for --max-connections; the bound is lowered to fit. Raise the \
+             limit (systemd: LimitNOFILE=, shell: ulimit -n) to serve more edges"
+        );
+        limits.max_connections = fitted;
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     addr: SocketAddr,

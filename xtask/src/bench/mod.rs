@@ -8,6 +8,7 @@
 mod admin;
 mod dashboard;
 mod filter;
+mod fleet;
 mod memory;
 mod propagation;
 mod wrk;
@@ -67,9 +68,9 @@ const SUITES: &[Suite] = &[
     },
     Suite {
         name: "admin",
-        scenarios: admin::scenarios,
+        scenarios: admin_scenarios,
         needs_filter: false,
-        run: admin::run,
+        run: admin_run,
     },
     Suite {
         name: "propagation",
@@ -90,6 +91,19 @@ const SUITES: &[Suite] = &[
         run: dashboard::run,
     },
 ];
+
+/// The admin suite's scenarios: feed, usage and abuse (`admin.rs`), then the fleet of long-polling edges (`fleet.rs`).
+fn admin_scenarios() -> Vec<String> {
+    let mut names = admin::scenarios();
+    names.extend(fleet::scenarios());
+    names
+}
+
+/// Runs the admin suite: the feed, usage and abuse scenarios, then the fleet.
+fn admin_run(options: &Options) -> Result<()> {
+    admin::run(options)?;
+    fleet::run(options)
+}
 
 /// Parses options, installs and builds what the selected suites need, then runs them.
 pub fn run(args: &[String]) -> Result<()> {
