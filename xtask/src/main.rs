@@ -49,7 +49,7 @@ commands:
             usage: cargo xtask fuzz [target] [--minutes <per target, default 10>] [--seconds <n>]
                    [--merge: add inputs with new coverage to fuzz/corpus] [--seeds: rewrite the seed corpora]
   bench     compare Envoy without auth, Envoy's native jwt_authn and EdgeWarden (ES256 and RS256), then
-            the admin API's feed and usage ingestion on SQLite and PostgreSQL (100,000 revocations, 1,000 edges),
+            the admin API's feed and usage ingestion on SQLite and PostgreSQL (100,000 revocations, 1,000 edges) and 10,000 edges long-polling one replica,
             then revocation propagation (admin API's 201 to the edge's first 401 and to every worker's, 100 rounds)
             and the memory a million revoked jtis cost each VM, then every dashboard API call's p50/p95 against
             300 ms with a million tokens and ten million usage rows (seeded on SQLite and PostgreSQL) and the
