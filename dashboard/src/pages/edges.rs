@@ -51,8 +51,11 @@ pub fn instance_label(i: &EdgeInstance) -> String {
     }
 }
 
+/// Rows of a configuration as the page shows them: a label and its values.
+type Rows = Vec<(&'static str, Vec<String>)>;
+
 /// What the Edges page shows of one reported configuration, row by row, as the engine reads it.
-fn describe(config: &Config) -> Vec<(&'static str, Vec<String>)> {
+fn describe(config: &Config) -> Rows {
     let issuers = config
         .issuers
         .iter()
@@ -250,7 +253,7 @@ fn EdgeDetail(edge: Edge, configs: HashMap<String, Result<EdgeConfig, String>>) 
                 .push(instance_label(i));
         }
     }
-    let described: Vec<(String, Result<Vec<(&'static str, Vec<String>)>, String>)> = order
+    let described: Vec<(String, Result<Rows, String>)> = order
         .iter()
         .map(|hash| {
             let parsed = match configs.get(hash) {
@@ -265,7 +268,7 @@ fn EdgeDetail(edge: Edge, configs: HashMap<String, Result<EdgeConfig, String>>) 
         .collect();
     // A row differs when two readable configurations disagree on it.
     let differing: Vec<&'static str> = {
-        let readable: Vec<&Vec<(&'static str, Vec<String>)>> = described
+        let readable: Vec<&Rows> = described
             .iter()
             .filter_map(|(_, d)| d.as_ref().ok())
             .collect();
