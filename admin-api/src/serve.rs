@@ -110,7 +110,7 @@ pub fn fit_descriptor_limit(limits: &mut ServeLimits) {
         let raised = current.maximum.map_or(wanted, |hard| hard.min(wanted));
         if raised > soft {
             current.current = Some(raised);
-            match setrlimit(Resource::Nofile, current.clone()) {
+            match setrlimit(Resource::Nofile, current) {
                 Ok(()) => tracing::info!(from = soft, to = raised, "raised the open-file limit for the connection bound"),
                 Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
             }
