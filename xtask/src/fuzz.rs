@@ -294,11 +294,7 @@ fn read_stats(target: &str, seconds: u64, path: &Path) -> Result<Report> {
         total_edges: int("total_edges"),
         crashes: int("saved_crashes"),
         hangs: int("saved_hangs"),
-        last_find: if last_find > start {
-            last_find - start
-        } else {
-            0
-        },
+        last_find: last_find.saturating_sub(start),
     })
 }
 
