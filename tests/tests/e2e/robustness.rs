@@ -94,9 +94,12 @@ async fn a_key_set_answer_over_envoys_limit_is_a_failed_fetch_not_a_dead_vm() {
     let token = TokenBuilder::new(TestKey::Es256A).sign();
     let response = stack.get_with_token("/api", &token).send().await.unwrap();
     assert_eq!(response.status(), 200, "the inline issuer still works");
+    // Envoy drops the oversized answer (no response); on a loaded machine its callout timeout may
+    // fire first (504). Either way the fetch failed and is logged as a failure, and the VM lives.
+    let log = stack.envoy_log();
     assert!(
-        stack.envoy_log().contains("no response"),
-        "the failure is logged as such"
+        log.contains("no response") || log.contains("status 504"),
+        "the failure is logged as such; log:\n{log}"
     );
     assert_no_panic(&stack);
 }
