@@ -358,7 +358,7 @@ pub fn on_fetch_response(
                 let skipped = if skipped.is_empty() {
                     String::new()
                 } else {
-                    format!(" (left out, not signature keys: {skipped})")
+                    format!(" (left out: {skipped})")
                 };
                 host.log(
                     LogLevel::Info,

@@ -198,7 +198,7 @@ impl RootContext for EdgeWardenRoot {
                 host_log(
                     LogLevel::Info,
                     &format!(
-                        "edgewarden: issuers[{i}].jwks: left out, not signature keys: {}",
+                        "edgewarden: issuers[{i}].jwks: left out: {}",
                         keys.skipped().join("; ")
                     ),
                 );
