@@ -40,9 +40,13 @@ async fn sensitive(backend: Backend) -> TestApp {
     TestApp::with_config(config, db).await
 }
 
+/// A batch from `edge`; each call's body is distinct (`dropped` numbers it), as successive reports of a
+/// real edge are: the service counts a resent identical body once.
 fn batch(edge: &str, counts: Value, failures: Value) -> Value {
+    static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let now = now();
-    json!({"edge": edge, "interval_start": now - 10, "interval_end": now, "counts": counts, "failures": failures})
+    json!({"edge": edge, "interval_start": now - 10, "interval_end": now, "dropped": n, "counts": counts, "failures": failures})
 }
 
 async fn anomalies(app: &TestApp, query: &str) -> Vec<Value> {
