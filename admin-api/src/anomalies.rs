@@ -258,32 +258,6 @@ impl Detector {
             }
             None => None,
         };
-        self.open(
-            edge_name,
-            kind,
-            severity,
-            subject_kind,
-            subject,
-            evidence,
-            occurrences,
-        )
-        .await
-        .map(Some)
-    }
-
-    /// Opens a new anomaly and records its `anomaly.opened` event; returns its id.
-    #[allow(clippy::too_many_arguments)]
-    async fn open(
-        &self,
-        edge_name: Option<&str>,
-        kind: &str,
-        severity: &str,
-        subject_kind: &str,
-        subject: &str,
-        evidence: Value,
-        occurrences: i64,
-    ) -> Result<String, sqlx::Error> {
-        let now = now();
         let mut tx = self.db.pool.begin().await?;
         let id = random_id("anm_");
         sqlx::query(
@@ -311,7 +285,7 @@ impl Detector {
         };
         events::record(&self.events, &self.db, &mut tx, event).await?;
         tx.commit().await?;
-        Ok(id)
+        Ok(Some(id))
     }
 
     /// A finding from a report: collected, raised by [`Detector::flush`].
@@ -366,35 +340,13 @@ impl Detector {
                 ));
             }
         }
-        // The rest open new anomalies within the edge's cap: the number it opened is read once and
-        // counted on here, the same figure a query per finding would give, so findings past the cap
-        // cost nothing but a counter.
-        let mut opened: Option<i64> = None;
         for (key, (severity, evidence, n)) in pending {
             if refreshed.contains(&key) {
                 continue;
             }
-            let count = match opened {
-                Some(count) => count,
-                None => {
-                    sqlx::query_scalar(
-                        "SELECT COUNT(*) FROM anomalies WHERE edge = $1 AND created_at >= $2 AND kind <> $3",
-                    )
-                    .bind(edge)
-                    .bind(now - self.config.edge_cap_window_seconds)
-                    .bind(SUPPRESSED_KIND)
-                    .fetch_one(&self.db.pool)
-                    .await?
-                }
-            };
             let (kind, subject_kind, subject) = key;
-            if count >= self.config.edge_cap {
-                *findings.suppressed.0.entry(kind).or_default() += 1;
-                opened = Some(count);
-                continue;
-            }
-            self.open(
-                Some(edge),
+            self.raise(
+                Some((edge, &mut findings.suppressed)),
                 &kind,
                 &severity,
                 &subject_kind,
@@ -403,7 +355,6 @@ impl Detector {
                 n,
             )
             .await?;
-            opened = Some(count + 1);
         }
         Ok(())
     }
@@ -423,31 +374,28 @@ fn in_list(first: usize, n: usize) -> String {
         .join(", ")
 }
 
-/// Window sums of refusals per value of `dimension` (`subject`, `client_id`, `token`: the stored usage
-/// counts of that column; `address`: failure samples per client address), for `reason` (or every
-/// refusal), from the per-minute rollup `usage_refusals` the usage writer keeps with the counts (see
-/// `usage::refusal_dimensions` for what it holds): one grouped query per 200 values, each reading a few
-/// rollup rows per value however many decisions the window holds.
+/// Window sums of stored usage counts per value of `column`, for `reason` (or every refusal):
+/// one grouped query per 200 values instead of one query per value.
 async fn window_sums(
     db: &Db,
-    dimension: &'static str,
+    column: &'static str,
     values: &[&str],
     reason: Option<&str>,
     since: i64,
 ) -> Result<BTreeMap<String, i64>, sqlx::Error> {
     let mut out = BTreeMap::new();
+    // `column` is one of a few constants below, never input.
     let reason_clause = match reason {
-        Some(_) => "reason = $3",
-        None => "$3 = $3",
+        Some(_) => "reason = $2",
+        None => "reason NOT IN ('allowed', 'anonymous') AND $2 = $2",
     };
     for chunk in values.chunks(GROUP_CHUNK) {
         let sql = format!(
-            "SELECT value AS k, CAST(SUM(count) AS BIGINT) AS n FROM usage_refusals \
-             WHERE dimension = $1 AND bucket >= $2 AND {reason_clause} AND value IN ({}) GROUP BY value",
-            in_list(4, chunk.len())
+            "SELECT {column} AS k, CAST(SUM(count) AS BIGINT) AS n FROM usage_counts \
+             WHERE bucket >= $1 AND {reason_clause} AND {column} IN ({}) GROUP BY {column}",
+            in_list(3, chunk.len())
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(dimension)
             .bind(since)
             .bind(reason.unwrap_or(""));
         for v in chunk {
@@ -536,7 +484,15 @@ impl Detector {
             .take(200)
             .collect();
         let addresses: Vec<&str> = addresses.into_iter().collect();
-        let counts = window_sums(&state.db, "address", &addresses, None, since).await?;
+        let counts = window_counts(
+            &state.db,
+            "usage_failures",
+            "client_address",
+            "at",
+            &addresses,
+            now - cfg.window_seconds,
+        )
+        .await?;
         for (address, n) in counts
             .into_iter()
             .filter(|(_, n)| *n >= cfg.address_failures)
