@@ -124,13 +124,8 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         8,
-        "usage_at_scale",
-        include_str!("../migrations/sqlite/0008_usage_at_scale.sql"),
-    ),
-    (
-        9,
         "edge_instances",
-        include_str!("../migrations/sqlite/0009_edge_instances.sql"),
+        include_str!("../migrations/sqlite/0008_edge_instances.sql"),
     ),
 ];
 /// (version, name, sql) of each PostgreSQL migration.
@@ -172,13 +167,8 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         8,
-        "usage_at_scale",
-        include_str!("../migrations/postgres/0008_usage_at_scale.sql"),
-    ),
-    (
-        9,
         "edge_instances",
-        include_str!("../migrations/postgres/0009_edge_instances.sql"),
+        include_str!("../migrations/postgres/0008_edge_instances.sql"),
     ),
 ];
 

@@ -1,5 +1,5 @@
--- EdgeWarden admin API: every Envoy polling under an edge name, and the configurations edges report (PostgreSQL).
--- Keep in step with migrations/sqlite/0009_edge_instances.sql.
+-- EdgeWarden admin API: every Envoy polling under an edge name, and the configurations edges report (SQLite).
+-- Keep in step with migrations/postgres/0008_edge_instances.sql.
 
 -- One row per (edge name, instance): instance is the id an Envoy process makes for itself at start
 -- (x-edgewarden-instance), '' for an edge that sends none. Written when an instance is first seen, when
