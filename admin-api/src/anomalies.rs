@@ -444,6 +444,10 @@ impl Detector {
     pub async fn detect(&self, batch: &Ingested) -> Result<(), sqlx::Error> {
         let mut findings = Findings::default();
         self.detect_into(batch, &mut findings).await?;
+        // The findings' writes take SQLite's write turn like every other writer: outside it they met a
+        // revocation holding the turn at SQLite's lock, and its busy handler's back-off kept the revocation
+        // waiting seconds during a usage flood (tests/flood.rs).
+        let _turn = self.db.write_turn().await;
         self.flush(&batch.edge, &mut findings).await?;
         let suppressed = findings.suppressed;
         if !suppressed.0.is_empty() {

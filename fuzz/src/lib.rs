@@ -17,7 +17,8 @@ mod targets;
 
 pub use targets::*;
 
-/// Every target by name, as `cargo xtask fuzz <target>` and `fuzz/corpus/<target>/` name them.
+/// Every target by name, as `cargo xtask fuzz <target>` and `fuzz/corpus/<target>/` name them; `admin`
+/// (feature `admin`) is left out of this list because it needs the admin API built.
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("token", targets::token),
     ("token_generated", targets::token_generated),
@@ -27,5 +28,4 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("feed_binary", targets::feed_binary),
     ("shared_state", targets::shared_state),
     ("headers", targets::headers),
-    ("admin", targets::admin),
 ];

@@ -574,6 +574,7 @@ pub fn headers(data: &[u8]) {
 /// an OAuth form, credential headers); the rest goes through the admin API's own parser for it
 /// (`extract::parse_json`, `parse_form`, `Continuation::decode`, `auth::bearer`/`cookie`) and the checks it
 /// applies before any database is touched, and every refusal is rendered as the JSON error answer.
+#[cfg(feature = "admin")]
 pub fn admin(data: &[u8]) {
     use axum::response::IntoResponse;
     use edgewarden_admin::error::ApiError;
