@@ -355,14 +355,20 @@ impl Drop for Service {
         // The service first: PostgreSQL refuses to drop a database with open connections.
         self.api.stop();
         if let Some((server, name)) = &self.postgres {
-            match psql(
-                server,
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            ) {
-                Ok(_) => println!("    dropped database {name}"),
-                Err(e) => println!("    could not drop database {name}: {e}"),
-            }
+            drop_database(server, name);
         }
+    }
+}
+
+/// Drops a bench database on `server` (its service stopped first: PostgreSQL refuses to drop a database
+/// with open connections), saying whether it could.
+pub(super) fn drop_database(server: &str, name: &str) {
+    match psql(
+        server,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    ) {
+        Ok(_) => println!("    dropped database {name}"),
+        Err(e) => println!("    could not drop database {name}: {e}"),
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::admin::{postgres_server, psql, with_database};
+use super::admin::{drop_database, postgres_server, psql, with_database};
 use super::{process_cpu, quantile, Options};
 use crate::admin_api::{self, AdminApi, Setup};
 use crate::util::{self, bail, Result};
@@ -213,13 +213,7 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.api.stop();
         if let Some((server, name)) = &self.postgres {
-            match psql(
-                server,
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            ) {
-                Ok(_) => println!("    dropped database {name}"),
-                Err(e) => println!("    could not drop database {name}: {e}"),
-            }
+            drop_database(server, name);
         }
     }
 }
