@@ -266,22 +266,7 @@ impl Stack {
             jwks.addr,
             extra_clusters,
         );
-        let mut envoy = EnvoyProcess::spawn(&config);
-        let (admin, listener) = wait_ready(&mut envoy).await;
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(15))
-            .build()
-            .expect("http client");
-        Stack {
-            envoy,
-            bootstrap: config,
-            admin,
-            listener,
-            upstream,
-            jwks,
-            client,
-        }
+        Stack::launch(config, upstream, jwks).await
     }
 
     /// Starts a stack like [`Stack::start_with_clusters`] whose Envoy bootstrap `customise` edits first (JSON, as
@@ -304,6 +289,11 @@ impl Stack {
             extra_clusters,
         );
         customise(&mut config, &run_dir());
+        Stack::launch(config, upstream, jwks).await
+    }
+
+    /// Starts Envoy with `config` beside its `upstream` and `jwks` servers and waits until it is ready.
+    async fn launch(config: Value, upstream: Upstream, jwks: JwksServer) -> Stack {
         let mut envoy = EnvoyProcess::spawn(&config);
         let (admin, listener) = wait_ready(&mut envoy).await;
         let client = reqwest::Client::builder()
