@@ -17,7 +17,8 @@ use crate::util::{bail, Error, Result};
 
 /// Callbacks neither the filter nor the proxy-wasm floor implements. Kept: `proxy_on_context_create`,
 /// `proxy_on_request_headers`, `proxy_on_http_call_response`, `proxy_on_done`, `proxy_on_delete` (the SDK frees
-/// the context there), `proxy_on_vm_start`, `proxy_on_configure`, `proxy_on_tick`, `proxy_on_memory_allocate`.
+/// the context there), `proxy_on_vm_start`, `proxy_on_configure`, `proxy_on_tick`, `proxy_on_queue_ready` (the
+/// revocation poller wakes the other VMs through shared queues), `proxy_on_memory_allocate`.
 pub const UNUSED_CALLBACKS: &[&str] = &[
     "proxy_on_request_body",
     "proxy_on_request_trailers",
@@ -30,7 +31,6 @@ pub const UNUSED_CALLBACKS: &[&str] = &[
     "proxy_on_downstream_connection_close",
     "proxy_on_upstream_data",
     "proxy_on_upstream_connection_close",
-    "proxy_on_queue_ready",
     "proxy_on_foreign_function",
     "proxy_on_grpc_receive_initial_metadata",
     "proxy_on_grpc_receive",
