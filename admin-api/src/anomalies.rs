@@ -183,17 +183,65 @@ pub struct Detector {
     config: AnomalyConfig,
 }
 
-/// Findings of one batch that the per-edge cap kept from opening new anomalies, per kind.
-#[derive(Debug, Default)]
-struct Suppressed(BTreeMap<String, i64>);
+/// A finding's key: (kind, subject kind, subject); at most one open or acknowledged anomaly per key.
+type Key = (String, String, String);
 
-/// A batch's findings, collected so the anomalies they refresh are updated in a few multi-row
-/// statements instead of one write per finding: (kind, subject kind, subject) to (severity, latest
-/// evidence, occurrences).
+/// One (kind, subject) the detectors found in a group of batches.
+#[derive(Debug)]
+struct Finding {
+    severity: String,
+    /// Evidence from the last batch that found it.
+    evidence: Value,
+    /// (index of the batch in the group, findings in that batch), in batch order.
+    seen: Vec<(usize, i64)>,
+}
+
+/// A group's findings, collected so they are raised in a few multi-row statements instead of one or two
+/// writes per finding, with the result of raising each batch's findings in turn.
 #[derive(Debug, Default)]
 struct Findings {
-    pending: BTreeMap<(String, String, String), (String, Value, i64)>,
-    suppressed: Suppressed,
+    pending: BTreeMap<Key, Finding>,
+}
+
+impl Findings {
+    /// Records that batch `batch` of the group found `kind` on `subject`.
+    fn add(
+        &mut self,
+        batch: usize,
+        kind: &str,
+        severity: &str,
+        subject_kind: &str,
+        subject: &str,
+        evidence: Value,
+    ) {
+        let entry = self
+            .pending
+            .entry((kind.to_owned(), subject_kind.to_owned(), subject.to_owned()))
+            .or_insert_with(|| Finding {
+                severity: severity.to_owned(),
+                evidence: Value::Null,
+                seen: Vec::new(),
+            });
+        match entry.seen.binary_search_by_key(&batch, |(b, _)| *b) {
+            Ok(at) => entry.seen[at].1 += 1,
+            Err(at) => entry.seen.insert(at, (batch, 1)),
+        }
+        if entry.seen.last().is_some_and(|(b, _)| *b == batch) {
+            entry.evidence = evidence;
+        }
+    }
+}
+
+/// The event recorded when an anomaly opens.
+fn opened_event(id: &str, kind: &str, severity: &str, subject_kind: &str, subject: &str) -> Event {
+    let event = Event::new("anomaly.opened", "system:anomalies")
+        .details(json!({"anomaly_id": id, "kind": kind, "severity": severity, "subject_kind": subject_kind, "subject": subject}));
+    match subject_kind {
+        "subject" => event.subject(subject),
+        "client" => event.client(subject),
+        "token" if !subject.starts_with("fp:") => event.jti(subject),
+        _ => event,
+    }
 }
 
 impl Detector {
@@ -207,22 +255,18 @@ impl Detector {
         Detector { db, events, config }
     }
 
-    /// Raises (or refreshes) an anomaly: updates the open or acknowledged one with the same kind and
-    /// subject (adding `occurrences`), else opens a new one and records an `anomaly.opened` event.
-    /// A finding from an edge's report opens a new anomaly only while that edge opened fewer than
-    /// [`AnomalyConfig::edge_cap`] within [`AnomalyConfig::edge_cap_window_seconds`]; past the cap it is
-    /// counted in `suppressed` instead. Returns the anomaly id, or `None` when suppressed.
-    #[allow(clippy::too_many_arguments)]
+    /// Raises (or refreshes) an anomaly that no cap applies to: updates the open or acknowledged one
+    /// with the same kind and subject (adding `occurrences`), else opens a new one and records an
+    /// `anomaly.opened` event.
     async fn raise(
         &self,
-        edge: Option<(&str, &mut Suppressed)>,
         kind: &str,
         severity: &str,
         subject_kind: &str,
         subject: &str,
         evidence: Value,
         occurrences: i64,
-    ) -> Result<Option<String>, sqlx::Error> {
+    ) -> Result<(), sqlx::Error> {
         let now = now();
         // The common case, an anomaly already open, costs one statement and no transaction.
         let existing: Option<String> = sqlx::query_scalar(
@@ -237,32 +281,14 @@ impl Detector {
         .bind(occurrences)
         .fetch_optional(&self.db.pool)
         .await?;
-        if let Some(id) = existing {
-            return Ok(Some(id));
+        if existing.is_some() {
+            return Ok(());
         }
-        let edge_name = match edge {
-            Some((edge, suppressed)) => {
-                let opened: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM anomalies WHERE edge = $1 AND created_at >= $2 AND kind <> $3",
-                )
-                .bind(edge)
-                .bind(now - self.config.edge_cap_window_seconds)
-                .bind(SUPPRESSED_KIND)
-                .fetch_one(&self.db.pool)
-                .await?;
-                if opened >= self.config.edge_cap {
-                    *suppressed.0.entry(kind.to_owned()).or_default() += 1;
-                    return Ok(None);
-                }
-                Some(edge)
-            }
-            None => None,
-        };
         let mut tx = self.db.pool.begin().await?;
         let id = random_id("anm_");
         sqlx::query(
-            "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, state, created_at, updated_at, occurrences, last_seen, edge) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7, $8, $7, $9)",
+            "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, state, created_at, updated_at, occurrences, last_seen) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7, $8, $7)",
         )
         .bind(&id)
         .bind(kind)
@@ -272,49 +298,30 @@ impl Detector {
         .bind(evidence.to_string())
         .bind(now)
         .bind(occurrences)
-        .bind(edge_name)
         .execute(&mut *tx)
         .await?;
-        let mut event = Event::new("anomaly.opened", "system:anomalies")
-            .details(json!({"anomaly_id": id, "kind": kind, "severity": severity, "subject_kind": subject_kind, "subject": subject}));
-        event = match subject_kind {
-            "subject" => event.subject(subject),
-            "client" => event.client(subject),
-            "token" if !subject.starts_with("fp:") => event.jti(subject),
-            _ => event,
-        };
+        let event = opened_event(&id, kind, severity, subject_kind, subject);
         events::record(&self.events, &self.db, &mut tx, event).await?;
         tx.commit().await?;
-        Ok(Some(id))
-    }
-
-    /// A finding from a report: collected, raised by [`Detector::flush`].
-    #[allow(clippy::too_many_arguments)]
-    async fn found(
-        &self,
-        _edge: &str,
-        findings: &mut Findings,
-        kind: &str,
-        severity: &str,
-        subject_kind: &str,
-        subject: &str,
-        evidence: Value,
-    ) -> Result<(), sqlx::Error> {
-        let entry = findings
-            .pending
-            .entry((kind.to_owned(), subject_kind.to_owned(), subject.to_owned()))
-            .or_insert_with(|| (severity.to_owned(), Value::Null, 0));
-        entry.1 = evidence;
-        entry.2 += 1;
         Ok(())
     }
 
-    /// Raises a batch's findings from `edge`: the open or acknowledged anomalies they refresh in one
-    /// multi-row update per 100, then the rest one by one, each opening a new anomaly within the edge's cap.
-    async fn flush(&self, edge: &str, findings: &mut Findings) -> Result<(), sqlx::Error> {
-        let pending: Vec<_> = std::mem::take(&mut findings.pending).into_iter().collect();
+    /// Raises a group's findings with the result of raising each batch's in turn, in a few statements:
+    /// 1. the open or acknowledged anomalies they refresh, in one multi-row update per 100 (each adds
+    ///    every batch's occurrences and takes the last evidence);
+    /// 2. the rest, walking the batches in order: a finding opens a new anomaly (charged to that batch's
+    ///    edge) while the edge is under its cap, read once per edge, else it is counted as suppressed
+    ///    for that batch; once opened, later batches' findings add to it;
+    /// 3. the new anomalies in multi-row inserts and their `anomaly.opened` events, in one transaction;
+    /// 4. per edge, one `anomalies_suppressed` refresh adding every batch's suppressed findings, with the
+    ///    last such batch's counts per kind as evidence.
+    ///
+    /// The caller holds the write turn, and this replica's detector task is the only one raising, so
+    /// nothing opens an anomaly between the reads here and the writes.
+    async fn flush(&self, batches: &[&Ingested], findings: Findings) -> Result<(), sqlx::Error> {
+        let pending: Vec<(Key, Finding)> = findings.pending.into_iter().collect();
         let now = now();
-        let mut refreshed: BTreeSet<(String, String, String)> = BTreeSet::new();
+        let mut refreshed: BTreeSet<Key> = BTreeSet::new();
         for chunk in pending.chunks(100) {
             // VALUES columns are column1, column2, ... on both engines; only placeholders are interpolated.
             let sql = format!(
@@ -324,13 +331,13 @@ impl Detector {
                 crate::usage::placeholders(chunk.len(), 5, 1)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-            for ((kind, subject_kind, subject), (_, evidence, n)) in chunk {
+            for ((kind, subject_kind, subject), f) in chunk {
                 query = query
                     .bind(kind)
                     .bind(subject_kind)
                     .bind(subject)
-                    .bind(evidence.to_string())
-                    .bind(*n);
+                    .bind(f.evidence.to_string())
+                    .bind(f.seen.iter().map(|(_, n)| n).sum::<i64>());
             }
             for row in query.fetch_all(&self.db.pool).await? {
                 refreshed.insert((
@@ -340,21 +347,119 @@ impl Detector {
                 ));
             }
         }
-        for (key, (severity, evidence, n)) in pending {
-            if refreshed.contains(&key) {
+        // The new findings of each batch, in key order (as one batch's raising walks them).
+        let mut by_batch: Vec<Vec<usize>> = vec![Vec::new(); batches.len()];
+        for (i, (key, f)) in pending.iter().enumerate() {
+            if !refreshed.contains(key) {
+                for (b, _) in &f.seen {
+                    by_batch[*b].push(i);
+                }
+            }
+        }
+        let edges: BTreeSet<&str> = by_batch
+            .iter()
+            .enumerate()
+            .filter(|(_, found)| !found.is_empty())
+            .map(|(b, _)| batches[b].edge.as_str())
+            .collect();
+        let mut room: BTreeMap<&str, i64> = edges
+            .iter()
+            .map(|edge| (*edge, self.config.edge_cap))
+            .collect();
+        let edges: Vec<&str> = edges.into_iter().collect();
+        for chunk in edges.chunks(GROUP_CHUNK) {
+            let sql = format!(
+                "SELECT edge, COUNT(*) AS n FROM anomalies WHERE created_at >= $1 AND kind <> $2 AND edge IN ({}) GROUP BY edge",
+                in_list(3, chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(now - self.config.edge_cap_window_seconds)
+                .bind(SUPPRESSED_KIND);
+            for edge in chunk {
+                query = query.bind(*edge);
+            }
+            for row in query.fetch_all(&self.db.pool).await? {
+                let edge: String = row.try_get("edge")?;
+                let opened: i64 = row.try_get("n")?;
+                if let Some(r) = room.get_mut(edge.as_str()) {
+                    *r = self.config.edge_cap - opened;
+                }
+            }
+        }
+        // pending index -> (batch that opened it, anomaly id), in the order they opened.
+        let mut opened: BTreeMap<usize, (usize, String)> = BTreeMap::new();
+        let mut order: Vec<usize> = Vec::new();
+        let mut suppressed: Vec<BTreeMap<&str, i64>> = vec![BTreeMap::new(); batches.len()];
+        for (b, found) in by_batch.iter().enumerate() {
+            let edge = batches[b].edge.as_str();
+            for &i in found {
+                if opened.contains_key(&i) {
+                    continue;
+                }
+                let r = room.entry(edge).or_insert(self.config.edge_cap);
+                if *r > 0 {
+                    *r -= 1;
+                    opened.insert(i, (b, random_id("anm_")));
+                    order.push(i);
+                } else {
+                    *suppressed[b].entry(pending[i].0 .0.as_str()).or_default() += 1;
+                }
+            }
+        }
+        if !order.is_empty() {
+            let mut tx = self.db.pool.begin().await?;
+            for chunk in order.chunks(100) {
+                let sql = format!(
+                    "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, occurrences, edge, state, created_at, updated_at, last_seen) \
+                     SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, 'open', $1, $1, $1 FROM (VALUES {}) AS v",
+                    crate::usage::placeholders(chunk.len(), 8, 1)
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+                for &i in chunk {
+                    let ((kind, subject_kind, subject), f) = &pending[i];
+                    let (b, id) = &opened[&i];
+                    let occurrences: i64 = f
+                        .seen
+                        .iter()
+                        .filter(|(seen, _)| seen >= b)
+                        .map(|(_, n)| n)
+                        .sum();
+                    query = query
+                        .bind(id)
+                        .bind(kind)
+                        .bind(&f.severity)
+                        .bind(subject_kind)
+                        .bind(subject)
+                        .bind(f.evidence.to_string())
+                        .bind(occurrences)
+                        .bind(batches[*b].edge.as_str());
+                }
+                query.execute(&mut *tx).await?;
+            }
+            for &i in &order {
+                let ((kind, subject_kind, subject), f) = &pending[i];
+                let event = opened_event(&opened[&i].1, kind, &f.severity, subject_kind, subject);
+                events::record(&self.events, &self.db, &mut tx, event).await?;
+            }
+            tx.commit().await?;
+        }
+        // Per edge: suppressed findings of all its batches, and the last such batch's counts per kind.
+        let mut per_edge: BTreeMap<&str, (i64, &BTreeMap<&str, i64>)> = BTreeMap::new();
+        for (b, kinds) in suppressed.iter().enumerate() {
+            if kinds.is_empty() {
                 continue;
             }
-            let (kind, subject_kind, subject) = key;
-            self.raise(
-                Some((edge, &mut findings.suppressed)),
-                &kind,
-                &severity,
-                &subject_kind,
-                &subject,
-                evidence,
-                n,
-            )
-            .await?;
+            let e = per_edge
+                .entry(batches[b].edge.as_str())
+                .or_insert((0, kinds));
+            e.0 += kinds.values().sum::<i64>();
+            e.1 = kinds;
+        }
+        for (edge, (n, kinds)) in per_edge {
+            let evidence = json!({"suppressed": kinds, "cap": self.config.edge_cap, "window_seconds": self.config.edge_cap_window_seconds,
+            "hint": "this edge's reports raised more new anomalies than the cap; occurrences counts the findings not opened"});
+            self.raise(SUPPRESSED_KIND, "medium", "edge", edge, evidence, n)
+                .await?;
         }
         Ok(())
     }
@@ -438,284 +543,363 @@ async fn window_counts(
     Ok(out)
 }
 
+/// The union of each batch's candidates, for one window query over the whole group.
+fn union<'a>(per_batch: &[Vec<&'a str>]) -> Vec<&'a str> {
+    let all: BTreeSet<&str> = per_batch.iter().flatten().copied().collect();
+    all.into_iter().collect()
+}
+
+/// What the count-based detectors look at in one batch's counts.
+#[derive(Default)]
+struct Candidates<'a> {
+    subjects: Vec<&'a str>,
+    expired_clients: Vec<&'a str>,
+    scope_clients: Vec<&'a str>,
+    /// Tokens refused as revoked, with the (subject, client, route) of their last entry.
+    revoked_tokens: BTreeMap<&'a str, (&'a str, &'a str, &'a str)>,
+    /// Jtis allowed, with a route.
+    allowed_jtis: BTreeMap<&'a str, &'a str>,
+}
+
+fn candidates(batch: &Ingested) -> Candidates<'_> {
+    let mut subjects: BTreeSet<&str> = BTreeSet::new();
+    let mut expired_clients: BTreeSet<&str> = BTreeSet::new();
+    let mut scope_clients: BTreeSet<&str> = BTreeSet::new();
+    let mut c = Candidates::default();
+    for (token, subject, client, route, reason) in batch.counts.keys() {
+        if is_failure(reason) && !subject.is_empty() {
+            subjects.insert(subject);
+        }
+        let client_or_subject = if client.is_empty() {
+            subject.as_str()
+        } else {
+            client.as_str()
+        };
+        match reason.as_str() {
+            "expired" if !client_or_subject.is_empty() => {
+                expired_clients.insert(client_or_subject);
+            }
+            "insufficient_scope" if !client_or_subject.is_empty() => {
+                scope_clients.insert(client_or_subject);
+            }
+            "revoked" if !token.is_empty() => {
+                c.revoked_tokens.insert(token, (subject, client, route));
+            }
+            "allowed" if !token.is_empty() && !token.starts_with("fp:") => {
+                c.allowed_jtis.insert(token, route);
+            }
+            _ => {}
+        }
+    }
+    c.subjects = subjects.into_iter().take(1000).collect();
+    c.expired_clients = expired_clients.into_iter().take(1000).collect();
+    c.scope_clients = scope_clients.into_iter().take(1000).collect();
+    c
+}
+
 impl Detector {
     /// Runs every usage detector over a stored batch; new anomalies past the edge's cap are counted in one
     /// `anomalies_suppressed` anomaly on the edge instead.
     pub async fn detect(&self, batch: &Ingested) -> Result<(), sqlx::Error> {
+        self.detect_group(&[batch]).await
+    }
+
+    /// Runs every usage detector over a group of stored batches (from any edges, in the order they
+    /// arrived) with one window query per detector for the whole group, and raises the findings with the
+    /// result of [`Detector::detect`] on each batch in turn over the same stored data.
+    pub async fn detect_group(&self, batches: &[&Ingested]) -> Result<(), sqlx::Error> {
+        if batches.is_empty() {
+            return Ok(());
+        }
         let mut findings = Findings::default();
-        self.detect_into(batch, &mut findings).await?;
+        self.detect_into(batches, &mut findings).await?;
         // The findings' writes take SQLite's write turn like every other writer: outside it they met a
         // revocation holding the turn at SQLite's lock, and its busy handler's back-off kept the revocation
         // waiting seconds during a usage flood (tests/flood.rs).
         let _turn = self.db.write_turn().await;
-        self.flush(&batch.edge, &mut findings).await?;
-        let suppressed = findings.suppressed;
-        if !suppressed.0.is_empty() {
-            let n: i64 = suppressed.0.values().sum();
-            let evidence = json!({"suppressed": suppressed.0, "cap": self.config.edge_cap, "window_seconds": self.config.edge_cap_window_seconds,
-            "hint": "this edge's reports raised more new anomalies than the cap; occurrences counts the findings not opened"});
-            self.raise(
-                None,
-                SUPPRESSED_KIND,
-                "medium",
-                "edge",
-                &batch.edge,
-                evidence,
-                n,
-            )
-            .await?;
-        }
-        Ok(())
+        self.flush(batches, findings).await
     }
 
     async fn detect_into(
         &self,
-        batch: &Ingested,
-        suppressed: &mut Findings,
+        batches: &[&Ingested],
+        found: &mut Findings,
     ) -> Result<(), sqlx::Error> {
         let cfg = &self.config;
-        let state = self;
+        let db = &self.db;
         let now = now();
         // Buckets are whole minutes, so the window starts at the minute containing its start.
         let since = (now - cfg.window_seconds) - (now - cfg.window_seconds).rem_euclid(60);
-        let edge = batch.edge.as_str();
 
         // Repeated failures from one address (failure samples carry the address).
-        let addresses: BTreeSet<&str> = batch
-            .failures
+        let addresses: Vec<Vec<&str>> = batches
             .iter()
-            .map(|f| f.client_address.as_str())
-            .take(200)
+            .map(|batch| {
+                let a: BTreeSet<&str> = batch
+                    .failures
+                    .iter()
+                    .map(|f| f.client_address.as_str())
+                    .take(200)
+                    .collect();
+                a.into_iter().collect()
+            })
             .collect();
-        let addresses: Vec<&str> = addresses.into_iter().collect();
         let counts = window_counts(
-            &state.db,
+            db,
             "usage_failures",
             "client_address",
             "at",
-            &addresses,
+            &union(&addresses),
             now - cfg.window_seconds,
         )
         .await?;
-        for (address, n) in counts
-            .into_iter()
-            .filter(|(_, n)| *n >= cfg.address_failures)
-        {
-            let reasons: Vec<&str> = batch
-                .failures
-                .iter()
-                .filter(|f| f.client_address == address)
-                .map(|f| f.reason.as_str())
-                .collect();
-            self.found(edge, suppressed, "address_failures", "medium", "address", &address,
-            json!({"failures": n, "window_seconds": cfg.window_seconds, "threshold": cfg.address_failures, "edge": edge, "recent_reasons": reasons})).await?;
-        }
-
-        // Per-key sums of this batch, to pick candidates for the window queries.
-        let mut subjects: BTreeSet<&str> = BTreeSet::new();
-        let mut expired_clients: BTreeSet<&str> = BTreeSet::new();
-        let mut scope_clients: BTreeSet<&str> = BTreeSet::new();
-        let mut revoked_tokens: BTreeMap<&str, (&str, &str, &str)> = BTreeMap::new();
-        let mut allowed_jtis: BTreeMap<&str, &str> = BTreeMap::new();
-        for (token, subject, client, route, reason) in batch.counts.keys() {
-            if is_failure(reason) && !subject.is_empty() {
-                subjects.insert(subject);
-            }
-            let client_or_subject = if client.is_empty() {
-                subject.as_str()
-            } else {
-                client.as_str()
-            };
-            match reason.as_str() {
-                "expired" if !client_or_subject.is_empty() => {
-                    expired_clients.insert(client_or_subject);
+        for (b, batch) in batches.iter().enumerate() {
+            let edge = batch.edge.as_str();
+            for address in &addresses[b] {
+                let Some(&n) = counts.get(*address) else {
+                    continue;
+                };
+                if n < cfg.address_failures {
+                    continue;
                 }
-                "insufficient_scope" if !client_or_subject.is_empty() => {
-                    scope_clients.insert(client_or_subject);
-                }
-                "revoked" if !token.is_empty() => {
-                    revoked_tokens.insert(token, (subject, client, route));
-                }
-                "allowed" if !token.is_empty() && !token.starts_with("fp:") => {
-                    allowed_jtis.insert(token, route);
-                }
-                _ => {}
+                let reasons: Vec<&str> = batch
+                    .failures
+                    .iter()
+                    .filter(|f| f.client_address == *address)
+                    .map(|f| f.reason.as_str())
+                    .collect();
+                found.add(b, "address_failures", "medium", "address", address,
+                json!({"failures": n, "window_seconds": cfg.window_seconds, "threshold": cfg.address_failures, "edge": edge, "recent_reasons": reasons}));
             }
         }
 
-        let subjects: Vec<&str> = subjects.into_iter().take(1000).collect();
-        for (subject, n) in window_sums(&state.db, "subject", &subjects, None, since).await? {
-            if n >= cfg.subject_failures {
-                self.found(edge, suppressed, "subject_failures", "medium", "subject", &subject,
-                json!({"failures": n, "window_seconds": cfg.window_seconds, "threshold": cfg.subject_failures, "edge": edge})).await?;
+        let candidates: Vec<Candidates<'_>> = batches.iter().map(|b| candidates(b)).collect();
+
+        let subjects: Vec<Vec<&str>> = candidates.iter().map(|c| c.subjects.clone()).collect();
+        let sums = window_sums(db, "subject", &union(&subjects), None, since).await?;
+        for (b, batch) in batches.iter().enumerate() {
+            for subject in &subjects[b] {
+                let Some(&n) = sums.get(*subject) else {
+                    continue;
+                };
+                if n >= cfg.subject_failures {
+                    found.add(b, "subject_failures", "medium", "subject", subject,
+                    json!({"failures": n, "window_seconds": cfg.window_seconds, "threshold": cfg.subject_failures, "edge": batch.edge}));
+                }
             }
         }
 
-        let tokens: Vec<&str> = revoked_tokens.keys().copied().take(1000).collect();
-        for (token, n) in window_sums(&state.db, "token", &tokens, Some("revoked"), since).await? {
-            let (subject, client, route) = revoked_tokens
-                .get(token.as_str())
-                .copied()
-                .unwrap_or_default();
-            if n >= cfg.revoked_uses {
-                self.found(edge, suppressed, "revoked_token_use", "medium", "token", &token,
-                json!({"uses": n, "window_seconds": cfg.window_seconds, "subject": subject, "client_id": client, "route": route, "edge": edge, "refused_by_edge": true})).await?;
+        let tokens: Vec<Vec<&str>> = candidates
+            .iter()
+            .map(|c| c.revoked_tokens.keys().copied().take(1000).collect())
+            .collect();
+        let sums = window_sums(db, "token", &union(&tokens), Some("revoked"), since).await?;
+        for (b, batch) in batches.iter().enumerate() {
+            for token in &tokens[b] {
+                let Some(&n) = sums.get(*token) else {
+                    continue;
+                };
+                let (subject, client, route) = candidates[b]
+                    .revoked_tokens
+                    .get(token)
+                    .copied()
+                    .unwrap_or_default();
+                if n >= cfg.revoked_uses {
+                    found.add(b, "revoked_token_use", "medium", "token", token,
+                    json!({"uses": n, "window_seconds": cfg.window_seconds, "subject": subject, "client_id": client, "route": route, "edge": batch.edge, "refused_by_edge": true}));
+                }
             }
         }
 
         // An edge allowed a token revoked well before the interval: revocations are not reaching it.
-        let jtis: Vec<(&str, &str)> = allowed_jtis.into_iter().collect();
-        for chunk in jtis.chunks(200) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let jtis: BTreeSet<&str> = candidates
+            .iter()
+            .flat_map(|c| c.allowed_jtis.keys().copied())
+            .collect();
+        let jtis: Vec<&str> = jtis.into_iter().collect();
+        // jti -> (subject, client, revoked_at) of the revoked ones.
+        let mut revoked: BTreeMap<String, (String, String, i64)> = BTreeMap::new();
+        for chunk in jtis.chunks(GROUP_CHUNK) {
             let sql = format!(
-            "SELECT jti, subject, client_id, revoked_at FROM tokens WHERE revoked_at IS NOT NULL AND jti IN ({})",
-            placeholders.join(", ")
-        );
+                "SELECT jti, subject, client_id, revoked_at FROM tokens WHERE revoked_at IS NOT NULL AND jti IN ({})",
+                in_list(1, chunk.len())
+            );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (jti, _) in chunk {
+            for jti in chunk {
                 query = query.bind(*jti);
             }
-            for row in query.fetch_all(&state.db.pool).await? {
-                let jti: String = row.try_get("jti")?;
-                let revoked_at: i64 = row.try_get("revoked_at")?;
-                let late = batch.interval_end - revoked_at;
-                if late > cfg.revocation_grace_seconds {
-                    let route = chunk
-                        .iter()
-                        .find(|(j, _)| *j == jti)
-                        .map(|(_, r)| *r)
-                        .unwrap_or("");
-                    self.found(edge, suppressed, "revoked_token_allowed", "high", "token", &jti,
-                    json!({"revoked_at": revoked_at, "allowed_until": batch.interval_end, "seconds_after_revocation": late,
-                           "grace_seconds": cfg.revocation_grace_seconds, "edge": edge, "route": route,
-                           "subject": row.try_get::<String, _>("subject")?, "client_id": row.try_get::<String, _>("client_id")?})).await?;
+            for row in query.fetch_all(&db.pool).await? {
+                revoked.insert(
+                    row.try_get("jti")?,
+                    (
+                        row.try_get("subject")?,
+                        row.try_get("client_id")?,
+                        row.try_get("revoked_at")?,
+                    ),
+                );
+            }
+        }
+        if !revoked.is_empty() {
+            for (b, batch) in batches.iter().enumerate() {
+                for (jti, route) in &candidates[b].allowed_jtis {
+                    let Some((subject, client, revoked_at)) = revoked.get(*jti) else {
+                        continue;
+                    };
+                    let late = batch.interval_end - revoked_at;
+                    if late > cfg.revocation_grace_seconds {
+                        found.add(b, "revoked_token_allowed", "high", "token", jti,
+                        json!({"revoked_at": revoked_at, "allowed_until": batch.interval_end, "seconds_after_revocation": late,
+                               "grace_seconds": cfg.revocation_grace_seconds, "edge": batch.edge, "route": route,
+                               "subject": subject, "client_id": client}));
+                    }
                 }
             }
         }
 
         let client_bursts = [
             (
-                expired_clients,
+                candidates
+                    .iter()
+                    .map(|c| c.expired_clients.clone())
+                    .collect::<Vec<_>>(),
                 "expired",
                 "expired_token_use",
                 cfg.expired_uses,
                 "expired_uses",
             ),
             (
-                scope_clients,
+                candidates
+                    .iter()
+                    .map(|c| c.scope_clients.clone())
+                    .collect::<Vec<_>>(),
                 "insufficient_scope",
                 "insufficient_scope_burst",
                 cfg.insufficient_scope,
                 "refusals",
             ),
         ];
-        for (candidates, reason, kind, threshold, label) in client_bursts {
-            let candidates: Vec<&str> = candidates.into_iter().take(1000).collect();
-            let mut sums =
-                window_sums(&state.db, "client_id", &candidates, Some(reason), since).await?;
+        for (per_batch, reason, kind, threshold, label) in client_bursts {
+            let all = union(&per_batch);
+            let by_client = window_sums(db, "client_id", &all, Some(reason), since).await?;
             // Tokens without a client_id are attributed to their subject.
-            let rest: Vec<&str> = candidates
+            let rest: Vec<&str> = all
                 .iter()
                 .copied()
-                .filter(|c| !sums.contains_key(*c))
+                .filter(|c| !by_client.contains_key(*c))
                 .collect();
-            sums.extend(window_sums(&state.db, "subject", &rest, Some(reason), since).await?);
-            for (client, n) in sums.into_iter().filter(|(_, n)| *n >= threshold) {
-                let mut evidence = json!({"window_seconds": cfg.window_seconds, "threshold": threshold, "edge": edge});
-                evidence[label] = json!(n);
-                if kind == "expired_token_use" {
-                    evidence["hint"] =
-                        json!("the client keeps sending expired tokens instead of refreshing them");
+            let by_subject = window_sums(db, "subject", &rest, Some(reason), since).await?;
+            for (b, batch) in batches.iter().enumerate() {
+                for client in &per_batch[b] {
+                    let Some(&n) = by_client.get(*client).or_else(|| by_subject.get(*client))
+                    else {
+                        continue;
+                    };
+                    if n < threshold {
+                        continue;
+                    }
+                    let mut evidence = json!({"window_seconds": cfg.window_seconds, "threshold": threshold, "edge": batch.edge});
+                    evidence[label] = json!(n);
+                    if kind == "expired_token_use" {
+                        evidence["hint"] = json!(
+                            "the client keeps sending expired tokens instead of refreshing them"
+                        );
+                    }
+                    found.add(b, kind, "low", "client", client, evidence);
                 }
-                self.found(edge, suppressed, kind, "low", "client", &client, evidence)
-                    .await?;
             }
         }
 
-        let tokens: Vec<&str> = batch
-            .tokens_with_addresses
+        let tokens: Vec<Vec<&str>> = batches
             .iter()
-            .map(String::as_str)
-            .take(1000)
+            .map(|batch| {
+                batch
+                    .tokens_with_addresses
+                    .iter()
+                    .map(String::as_str)
+                    .take(1000)
+                    .collect()
+            })
             .collect();
         let spread = window_counts(
-            &state.db,
+            db,
             "token_addresses",
             "token",
             "last_seen",
-            &tokens,
+            &union(&tokens),
             now - cfg.window_seconds,
         )
         .await?;
-        let spread: Vec<(String, i64)> = spread
+        let spread: BTreeMap<String, i64> = spread
             .into_iter()
             .filter(|(_, n)| *n >= cfg.token_addresses)
             .collect();
         // Up to 20 addresses of each such token, in one query per 200 tokens.
         let mut samples: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for chunk in spread.chunks(GROUP_CHUNK) {
+        let wide: Vec<&String> = spread.keys().collect();
+        for chunk in wide.chunks(GROUP_CHUNK) {
             let sql = format!(
                 "SELECT token, address FROM (SELECT token, address, ROW_NUMBER() OVER (PARTITION BY token ORDER BY address) AS rn \
                  FROM token_addresses WHERE last_seen >= $1 AND token IN ({})) AS t WHERE rn <= 20 ORDER BY token, address",
                 in_list(2, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now - cfg.window_seconds);
-            for (token, _) in chunk {
-                query = query.bind(token);
+            for token in chunk {
+                query = query.bind(*token);
             }
-            for row in query.fetch_all(&state.db.pool).await? {
+            for row in query.fetch_all(&db.pool).await? {
                 samples
                     .entry(row.try_get("token")?)
                     .or_default()
                     .push(row.try_get("address")?);
             }
         }
-        for (token, n) in spread {
-            let sample = samples.remove(&token).unwrap_or_default();
-            self.found(edge, suppressed, "token_many_addresses", "high", "token", &token,
-            json!({"addresses": n, "window_seconds": cfg.window_seconds, "threshold": cfg.token_addresses, "sample": sample, "edge": edge})).await?;
-        }
-
-        // Clock skew: tokens minted in the future (the issuer's or client's clock), and edges whose clock runs ahead.
-        let mut skewed: BTreeMap<(String, String), Value> = BTreeMap::new();
-        for f in &batch.failures {
-            let ahead = [f.iat, f.nbf]
-                .into_iter()
-                .flatten()
-                .map(|t| t - f.at)
-                .max()
-                .unwrap_or(0);
-            let future_reason = matches!(f.reason.as_str(), "issued_in_future" | "not_yet_valid");
-            if ahead > cfg.clock_skew_leeway_seconds
-                || (future_reason && ahead > 0)
-                || (future_reason && f.iat.is_none() && f.nbf.is_none())
-            {
-                let (kind, subject) = match (&f.client_id, &f.subject, &f.jti) {
-                    (Some(c), _, _) => ("client", c.clone()),
-                    (None, Some(s), _) => ("subject", s.clone()),
-                    (None, None, Some(j)) => ("token", j.clone()),
-                    _ => ("address", f.client_address.clone()),
+        for (b, batch) in batches.iter().enumerate() {
+            for token in &tokens[b] {
+                let Some(&n) = spread.get(*token) else {
+                    continue;
                 };
-                skewed.insert((kind.to_owned(), subject), json!({"seconds_ahead": ahead, "iat": f.iat, "nbf": f.nbf, "seen_at": f.at,
-                "reason": f.reason, "leeway_seconds": cfg.clock_skew_leeway_seconds, "edge": edge, "jti": f.jti}));
+                let sample = samples.get(*token).cloned().unwrap_or_default();
+                found.add(b, "token_many_addresses", "high", "token", token,
+                json!({"addresses": n, "window_seconds": cfg.window_seconds, "threshold": cfg.token_addresses, "sample": sample, "edge": batch.edge}));
             }
         }
-        for ((kind, subject), evidence) in skewed.into_iter().take(200) {
-            self.found(
-                edge,
-                suppressed,
-                "clock_skew",
-                "medium",
-                &kind,
-                &subject,
-                evidence,
-            )
-            .await?;
-        }
-        let edge_ahead = batch.interval_end - now;
-        if edge_ahead > cfg.clock_skew_leeway_seconds {
-            self.found(edge, suppressed, "clock_skew", "medium", "edge", edge,
-            json!({"seconds_ahead": edge_ahead, "interval_end": batch.interval_end, "received_at": now, "leeway_seconds": cfg.clock_skew_leeway_seconds})).await?;
+
+        // Clock skew: tokens minted in the future (the issuer's or client's clock), and edges whose clock
+        // runs ahead. Read from the batch alone.
+        for (b, batch) in batches.iter().enumerate() {
+            let edge = batch.edge.as_str();
+            let mut skewed: BTreeMap<(String, String), Value> = BTreeMap::new();
+            for f in &batch.failures {
+                let ahead = [f.iat, f.nbf]
+                    .into_iter()
+                    .flatten()
+                    .map(|t| t - f.at)
+                    .max()
+                    .unwrap_or(0);
+                let future_reason =
+                    matches!(f.reason.as_str(), "issued_in_future" | "not_yet_valid");
+                if ahead > cfg.clock_skew_leeway_seconds
+                    || (future_reason && ahead > 0)
+                    || (future_reason && f.iat.is_none() && f.nbf.is_none())
+                {
+                    let (kind, subject) = match (&f.client_id, &f.subject, &f.jti) {
+                        (Some(c), _, _) => ("client", c.clone()),
+                        (None, Some(s), _) => ("subject", s.clone()),
+                        (None, None, Some(j)) => ("token", j.clone()),
+                        _ => ("address", f.client_address.clone()),
+                    };
+                    skewed.insert((kind.to_owned(), subject), json!({"seconds_ahead": ahead, "iat": f.iat, "nbf": f.nbf, "seen_at": f.at,
+                    "reason": f.reason, "leeway_seconds": cfg.clock_skew_leeway_seconds, "edge": edge, "jti": f.jti}));
+                }
+            }
+            for ((kind, subject), evidence) in skewed.into_iter().take(200) {
+                found.add(b, "clock_skew", "medium", &kind, &subject, evidence);
+            }
+            let edge_ahead = batch.interval_end - now;
+            if edge_ahead > cfg.clock_skew_leeway_seconds {
+                found.add(b, "clock_skew", "medium", "edge", edge,
+                json!({"seconds_ahead": edge_ahead, "interval_end": batch.interval_end, "received_at": now, "leeway_seconds": cfg.clock_skew_leeway_seconds}));
+            }
         }
         Ok(())
     }

@@ -538,6 +538,12 @@ fn prepare(batch: UsageBatch, address: String) -> Prepared {
     }
 }
 
+/// What the anomaly detectors see of a validated batch (the pipeline's own preparation), for callers
+/// that run [`crate::anomalies::Detector`] themselves.
+pub fn ingested(batch: UsageBatch) -> Ingested {
+    prepare(batch, String::new()).ingested
+}
+
 /// Size of a batch in the ingestion queue's unit: its entries (counts and failures), at least one.
 fn entries(batch: &UsageBatch) -> u32 {
     (batch.counts.len() + batch.failures.len()).max(1) as u32
@@ -581,6 +587,41 @@ pub struct IngestStats {
     pub transactions: AtomicU64,
     /// Detector runs that failed (each retried; counted per failure).
     pub detect_failures: AtomicU64,
+    /// Detector runs (each over one or more batches).
+    pub detect_groups: AtomicU64,
+    /// Time spent in write transactions, microseconds.
+    pub write_micros: AtomicU64,
+    /// Time spent detecting, microseconds.
+    pub detect_micros: AtomicU64,
+}
+
+impl IngestStats {
+    /// The counters as one log line's figures: batches, transactions, detector runs, and the write and
+    /// detection time per batch since `before` (a snapshot taken with this function's second value).
+    fn since(&self, before: [u64; 5]) -> (String, [u64; 5]) {
+        let now = [
+            self.stored.load(Ordering::Relaxed),
+            self.transactions.load(Ordering::Relaxed),
+            self.detect_groups.load(Ordering::Relaxed),
+            self.write_micros.load(Ordering::Relaxed),
+            self.detect_micros.load(Ordering::Relaxed),
+        ];
+        let d: Vec<u64> = now.iter().zip(before).map(|(a, b)| a - b).collect();
+        let per = |micros: u64| micros as f64 / 1000.0 / d[0].max(1) as f64;
+        (
+            format!(
+                "{} batches in {} transactions and {} detector runs; per batch: write {:.2} ms, detection {:.2} ms; {} refused busy, {} detection failures",
+                d[0],
+                d[1],
+                d[2],
+                per(d[3]),
+                per(d[4]),
+                self.refused_busy.load(Ordering::Relaxed),
+                self.detect_failures.load(Ordering::Relaxed)
+            ),
+            now,
+        )
+    }
 }
 
 /// The usage ingestion pipeline of one replica: handlers validate and prepare batches and queue them
@@ -749,6 +790,9 @@ async fn writer(
         }
         let started = std::time::Instant::now();
         let result = store_group(&db, &bus, &feed, &group).await;
+        stats
+            .write_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let elapsed = started.elapsed().as_secs_f64().max(0.000_1);
         rate.store((rows as f64 / elapsed) as u64, Ordering::Relaxed);
         stats.transactions.fetch_add(1, Ordering::Relaxed);
@@ -776,34 +820,52 @@ fn rows_of(p: &Prepared) -> usize {
     p.ingested.counts.len() + p.ingested.failures.len() + p.addresses.len() + p.used.len() + 1
 }
 
+/// Batches the detector examines together at most: its window queries and anomaly writes are made once
+/// per group, which is what lets detection keep up with the writer.
+const DETECT_GROUP: usize = 64;
+
 /// The detector task: every stored batch, in order, through the anomaly detectors (a failure is retried,
-/// never skipped silently), then the batch is answered.
+/// never skipped silently), then the batch is answered. The groups stored while it was busy are examined
+/// together ([`crate::anomalies::Detector::detect_group`], the same result as one batch at a time).
 async fn detector(
     detector: crate::anomalies::Detector,
     metrics: Arc<crate::metrics::Metrics>,
     mut rx: tokio::sync::mpsc::Receiver<Vec<Job>>,
     stats: Arc<IngestStats>,
 ) {
-    while let Some(group) = rx.recv().await {
-        for job in group {
-            let ingested = &job.prepared.ingested;
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match detector.detect(ingested).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        stats.detect_failures.fetch_add(1, Ordering::Relaxed);
-                        if attempt >= 5 {
-                            // Stored but not fully examined: said loudly, counted, never silent.
-                            tracing::error!(error = %e, edge = %ingested.edge, "anomaly detection failed five times for a stored usage batch; giving up on it");
-                            break;
-                        }
-                        tracing::warn!(error = %e, edge = %ingested.edge, attempt, "anomaly detection failed for a usage batch; retrying");
-                        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+    let mut logged = (std::time::Instant::now(), [0; 5]);
+    while let Some(mut group) = rx.recv().await {
+        while group.len() < DETECT_GROUP {
+            match rx.try_recv() {
+                Ok(more) => group.extend(more),
+                Err(_) => break,
+            }
+        }
+        let batches: Vec<&Ingested> = group.iter().map(|j| &j.prepared.ingested).collect();
+        let started = std::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match detector.detect_group(&batches).await {
+                Ok(()) => break,
+                Err(e) => {
+                    stats.detect_failures.fetch_add(1, Ordering::Relaxed);
+                    if attempt >= 5 {
+                        // Stored but not fully examined: said loudly, counted, never silent.
+                        tracing::error!(error = %e, batches = batches.len(), "anomaly detection failed five times for stored usage batches; giving up on them");
+                        break;
                     }
+                    tracing::warn!(error = %e, batches = batches.len(), attempt, "anomaly detection failed for usage batches; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
                 }
             }
+        }
+        stats
+            .detect_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        stats.detect_groups.fetch_add(1, Ordering::Relaxed);
+        for job in group {
+            let ingested = &job.prepared.ingested;
             metrics.usage_ingested(
                 job.prepared.total as u64,
                 job.prepared.ingested.failures.len() as u64,
@@ -813,6 +875,12 @@ async fn detector(
                 tracing::warn!(edge = %ingested.edge, dropped = job.prepared.dropped, "edge dropped usage events");
             }
             let _ = job.reply.send(Ok(()));
+        }
+        // Where the time goes, every 5 s while batches arrive (the admin bench prints these lines).
+        if logged.0.elapsed() >= Duration::from_secs(5) {
+            let (line, now) = stats.since(logged.1);
+            tracing::info!("usage ingestion: {line}");
+            logged = (std::time::Instant::now(), now);
         }
     }
 }
