@@ -2,8 +2,9 @@
 //! The VMs of a plugin elect a poller through a lease in proxy-wasm shared data (compare-and-swap, renewed on
 //! every tick, taken over when it lapses). The poller long-polls the admin API's feed through the
 //! `control_plane` cluster, applies each answer, and publishes the change for the others: a delta in a ring of
-//! slots, a full snapshot now and then, and a small mark. Every other VM reads the mark on its 100 ms tick and
-//! catches up delta by delta, or from the snapshot when it fell too far behind.
+//! slots, a full snapshot now and then, and a small mark, then wakes every other VM through its own shared
+//! queue ([`wake`]). A woken VM reads the mark at once (and every VM on its 100 ms tick, should a wake be
+//! lost) and catches up delta by delta, or from the snapshot when it fell too far behind.
 //! Nothing here can fail a request: a poll that fails leaves the last state in place and its age decides.
 
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::metrics::{Gauge, Stat};
 use crate::state::Control;
 
 pub mod report;
+pub mod wake;
 
 /// Largest feed answer the poller reads (a full snapshot of a million revoked jtis is about 60 MB of JSON).
 pub const MAX_FEED_BYTES: usize = 256 * 1024 * 1024;
@@ -72,6 +74,9 @@ struct Keys {
     mark: String,
     snapshot: String,
     delta_prefix: String,
+    /// The registry of VMs to wake after a change ([`wake`]).
+    wakers: String,
+    wake_prefix: String,
 }
 
 impl Keys {
@@ -82,6 +87,8 @@ impl Keys {
             mark: format!("{base}mark"),
             snapshot: format!("{base}snapshot"),
             delta_prefix: format!("{base}delta."),
+            wakers: format!("{base}wakers"),
+            wake_prefix: format!("{base}wake."),
         }
     }
 
@@ -96,6 +103,11 @@ impl Keys {
 
     fn delta(&self, seq: u64) -> String {
         format!("{}{}", self.delta_prefix, seq % RING)
+    }
+
+    /// The name of VM `vm_id`'s wake queue.
+    fn wake(&self, vm_id: u64) -> String {
+        format!("{}{vm_id:016x}", self.wake_prefix)
     }
 
     fn part(&self, index: u32) -> String {
@@ -125,6 +137,10 @@ pub struct RevocationSync {
     snapshot_seq: u64,
     /// Version of the mark this VM last caught up with.
     mark_cas: Option<u32>,
+    /// This VM's wake queue, once registered (on its first tick).
+    wake_queue: Option<u32>,
+    /// Sequence number of the last change the followers were woken for (poller).
+    woken_seq: u64,
     inflight: Option<Inflight>,
     /// A paged listing in progress: the pages after the first are asked for at once.
     listing: Option<Listing>,
@@ -186,6 +202,8 @@ impl RevocationSync {
             seq: 0,
             snapshot_seq: 0,
             mark_cas: None,
+            wake_queue: None,
+            woken_seq: 0,
             inflight: None,
             listing: None,
             next_poll_ms: 0,
@@ -427,6 +445,7 @@ pub fn release(host: &mut dyn Host, control: &Control) {
             host.set_shared_if(&key, &encode_lease(0, 0), cas);
         }
     }
+    wake::unregister(host, control);
     control.sync.borrow_mut().role = Role::Follower;
 }
 

@@ -2,7 +2,8 @@
 //! a bad one with the field named, so Envoy rejects it), defines the metrics, creates the per-request contexts,
 //! and runs the timers: remote JWKS once a second (key sets other workers published, periodic refreshes and
 //! retries), and with a control plane every 100 ms the revocation lease, poll or catch-up, and usage flushes.
-//! Callout answers are routed by token to the feed poller, the usage reporter or the JWKS fetcher.
+//! Callout answers are routed by token to the feed poller, the usage reporter or the JWKS fetcher; after the
+//! poller publishes a change it wakes the other VMs' queues, and `on_queue_ready` catches a follower up at once.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::http::EdgeWarden;
 use crate::jwks_fetch::{self, Trigger};
 use crate::metrics::Metrics;
 use crate::revocation_sync::report;
+use crate::revocation_sync::wake::{self, ProxyQueues};
 use crate::state::VmState;
 use crate::{revocation_sync, usage};
 
@@ -57,6 +59,9 @@ impl EdgeWardenRoot {
         if let Some(control) = &vm.control {
             let mut host = ProxyHost::new(&vm.metrics);
             revocation_sync::on_tick(&mut host, control, now_ms);
+            // A VM that just took the lease over republished: wake the others for that too.
+            wake::keep_registered(&mut host, &mut ProxyQueues, control, now_ms);
+            wake::wake_followers(&mut host, &mut ProxyQueues, control, now_ms);
             usage::on_tick(&mut host, &control.usage, now_ms);
         }
         flush_metrics(&vm.metrics);
@@ -151,6 +156,7 @@ impl Context for EdgeWardenRoot {
                     .flatten();
                 let now_ms = host_now_ms();
                 revocation_sync::on_poll_response(&mut host, control, token_id, &resp, now_ms);
+                wake::wake_followers(&mut host, &mut ProxyQueues, control, now_ms);
                 report::on_poll_hint(&mut host, control, hint.as_deref(), now_ms);
                 return;
             }
@@ -250,6 +256,16 @@ impl RootContext for EdgeWardenRoot {
 
     fn on_tick(&mut self) {
         self.tick();
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        let Some(vm) = self.vm.clone() else {
+            return;
+        };
+        if let Some(control) = &vm.control {
+            let mut host = ProxyHost::new(&vm.metrics);
+            wake::on_queue_ready(&mut host, &mut ProxyQueues, control, queue_id);
+        }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

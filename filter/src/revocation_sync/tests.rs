@@ -696,3 +696,165 @@ fn a_mark_at_the_last_sequence_number_does_not_overflow_a_take_over() {
     assert_eq!(control(&a).sync.borrow().role(), Role::Poller);
     assert_eq!(control(&a).sync.borrow().seq(), u64::MAX);
 }
+
+/// The host's shared queues as one Envoy holds them for every VM of a plugin: names to ids, the values queued,
+/// and the `on_queue_ready` calls the host owes, in order.
+#[derive(Default)]
+struct QueueWorld {
+    names: std::collections::HashMap<String, u32>,
+    values: std::collections::HashMap<u32, std::collections::VecDeque<Vec<u8>>>,
+    ready: Vec<u32>,
+}
+
+/// One VM's view of the [`QueueWorld`].
+#[derive(Clone, Default)]
+struct FakeQueues(std::rc::Rc<std::cell::RefCell<QueueWorld>>);
+
+impl wake::Queues for FakeQueues {
+    fn register(&mut self, name: &str) -> Option<u32> {
+        let mut world = self.0.borrow_mut();
+        let next = world.names.len() as u32 + 1;
+        let id = *world.names.entry(name.to_string()).or_insert(next);
+        world.values.entry(id).or_default();
+        Some(id)
+    }
+    fn resolve(&mut self, name: &str) -> Option<u32> {
+        self.0.borrow().names.get(name).copied()
+    }
+    fn enqueue(&mut self, queue: u32, value: &[u8]) -> bool {
+        let mut world = self.0.borrow_mut();
+        let Some(values) = world.values.get_mut(&queue) else {
+            return false;
+        };
+        values.push_back(value.to_vec());
+        world.ready.push(queue);
+        true
+    }
+    fn dequeue(&mut self, queue: u32) -> Option<Vec<u8>> {
+        self.0.borrow_mut().values.get_mut(&queue)?.pop_front()
+    }
+}
+
+impl FakeQueues {
+    /// Takes the `on_queue_ready` calls owed so far.
+    fn take_ready(&self) -> Vec<u32> {
+        std::mem::take(&mut self.0.borrow_mut().ready)
+    }
+}
+
+/// One timer step as the root context runs it with a control plane: sync, wake registration, wake-ups.
+fn tick_waking(host: &mut FakeHost, queues: &mut FakeQueues, vm: &VmState) {
+    let now = host.now_ms;
+    on_tick(host, control(vm), now);
+    wake::keep_registered(host, queues, control(vm), now);
+    wake::wake_followers(host, queues, control(vm), now);
+}
+
+/// Answers `vm`'s poll and wakes the followers, as the root context does.
+fn answer_waking(host: &mut FakeHost, queues: &mut FakeQueues, vm: &VmState, resp: &CallResponse) {
+    answer(host, vm, resp);
+    let now = host.now_ms;
+    wake::wake_followers(host, queues, control(vm), now);
+}
+
+/// Delivers the owed `on_queue_ready` calls to whichever VM owns each queue; how many VMs took one.
+fn deliver(queues: &mut FakeQueues, vms: &mut [(&mut FakeHost, &VmState)]) -> usize {
+    let mut taken = 0;
+    for queue in queues.take_ready() {
+        for (host, vm) in vms.iter_mut() {
+            if wake::on_queue_ready(*host, queues, control(vm), queue) {
+                taken += 1;
+            }
+        }
+    }
+    taken
+}
+
+#[test]
+fn a_published_change_wakes_every_follower_at_once_without_a_tick() {
+    let (a, b, c) = (vm(11, json!({})), vm(22, json!({})), vm(33, json!({})));
+    let mut host_a = FakeHost::new();
+    let (mut host_b, mut host_c) = (host_a.sibling(), host_a.sibling());
+    let mut queues = FakeQueues::default();
+    tick_waking(&mut host_a, &mut queues, &a);
+    tick_waking(&mut host_b, &mut queues, &b);
+    tick_waking(&mut host_c, &mut queues, &c);
+    assert_eq!(control(&a).sync.borrow().role(), Role::Poller);
+    answer_waking(&mut host_a, &mut queues, &a, &ok(feed(1, true, &["j1"])));
+    // No tick of b or c runs from here on: only the wake-ups bring them the changes.
+    assert!(!revoked(&b, "j1") && !revoked(&c, "j1"));
+    let woken = deliver(
+        &mut queues,
+        &mut [(&mut host_a, &a), (&mut host_b, &b), (&mut host_c, &c)],
+    );
+    assert_eq!(
+        woken, 2,
+        "one wake-up for each follower, none for the poller"
+    );
+    assert!(revoked(&b, "j1") && revoked(&c, "j1"));
+    assert!(control(&b).revocation.borrow().stale(NOW).is_none());
+
+    answer_waking(&mut host_a, &mut queues, &a, &ok(feed(2, false, &["j2"])));
+    deliver(
+        &mut queues,
+        &mut [(&mut host_a, &a), (&mut host_b, &b), (&mut host_c, &c)],
+    );
+    assert!(revoked(&b, "j2") && revoked(&c, "j2"), "delta applied");
+    assert_eq!(
+        control(&c).sync.borrow().seq(),
+        control(&a).sync.borrow().seq()
+    );
+    // The answer that changed nothing wakes no one; nor does a second call for the same change.
+    answer_waking(&mut host_a, &mut queues, &a, &status(Some(304)));
+    let now = host_a.now_ms;
+    wake::wake_followers(&mut host_a, &mut queues, control(&a), now);
+    assert!(queues.take_ready().is_empty());
+    // The wake-ups were drained.
+    assert!(queues.0.borrow().values.values().all(|v| v.is_empty()));
+}
+
+#[test]
+fn a_vm_shutting_down_or_lapsed_is_no_longer_woken_and_a_dropped_one_lists_itself_again() {
+    let (a, b, c) = (vm(11, json!({})), vm(22, json!({})), vm(33, json!({})));
+    let mut host_a = FakeHost::new();
+    let (mut host_b, mut host_c) = (host_a.sibling(), host_a.sibling());
+    let mut queues = FakeQueues::default();
+    tick_waking(&mut host_a, &mut queues, &a);
+    tick_waking(&mut host_b, &mut queues, &b);
+    tick_waking(&mut host_c, &mut queues, &c);
+    release(&mut host_c, control(&c));
+    answer_waking(&mut host_a, &mut queues, &a, &ok(feed(1, true, &["j1"])));
+    let c_queue = control(&c).sync.borrow().wake_queue;
+    let ready = queues.take_ready();
+    assert_eq!(ready.len(), 1, "only b: {ready:?}");
+    assert!(!ready.contains(&c_queue.unwrap()));
+
+    // b stops renewing (its VM hangs): once its entry lapses it is not woken either.
+    host_a.advance_ms(wake::ENTRY_MS + 1);
+    tick_waking(&mut host_a, &mut queues, &a);
+    answer_waking(&mut host_a, &mut queues, &a, &ok(feed(2, false, &["j2"])));
+    assert!(queues.take_ready().is_empty());
+
+    // A registry lost to a concurrent write (or unusable) is rebuilt by each VM's next tick.
+    let key = control(&a).sync.borrow().keys.wakers.clone();
+    host_a.set_shared(&key, b"not a registry");
+    host_b.now_ms = host_a.now_ms;
+    tick_waking(&mut host_b, &mut queues, &b);
+    let listed = wake::decode_registry(&host_b.get_shared(&key).unwrap().0);
+    assert_eq!(listed.iter().map(|e| e.0).collect::<Vec<_>>(), vec![22]);
+    answer_waking(&mut host_a, &mut queues, &a, &ok(feed(3, false, &["j3"])));
+    deliver(&mut queues, &mut [(&mut host_a, &a), (&mut host_b, &b)]);
+    assert!(revoked(&b, "j3"));
+}
+
+#[test]
+fn the_wake_registry_reads_only_whole_records() {
+    assert!(wake::decode_registry(b"").is_empty());
+    assert!(wake::decode_registry(&[0; 17]).is_empty());
+    assert!(wake::decode_registry(&vec![0; 16 * (wake::MAX_ENTRIES + 1)]).is_empty());
+    let entries = vec![(1, 2), (u64::MAX, 0)];
+    assert_eq!(
+        wake::decode_registry(&wake::encode_registry(&entries)),
+        entries
+    );
+}
