@@ -8,9 +8,9 @@
 //! on any replica.
 //!
 //! Edges report the configuration they run, secrets left out (`edgewarden_core::config::redacted_config`):
-//! its hash on every poll (`x-edgewarden-config-hash`), and the document itself with
-//! `POST /api/v1/edges/config` when a poll's answer says the hash is unknown (`x-edgewarden-config: unknown`).
-//! `GET /api/v1/edges/configs/{hash}` answers the document.
+//! its hash on every poll and every usage report (`x-edgewarden-config-hash`), and the document itself with
+//! `POST /api/v1/edges/config` when a poll's or a usage report's answer says the hash is unknown
+//! (`x-edgewarden-config: unknown`). `GET /api/v1/edges/configs/{hash}` answers the document.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -57,6 +57,8 @@ pub const CONFIG_HASH_HEADER: &str = "x-edgewarden-config-hash";
 pub const CONFIG_HINT_HEADER: &str = "x-edgewarden-config";
 /// The feed's path, whose answers carry [`CONFIG_HINT_HEADER`].
 const FEED_PATH: &str = "/api/v1/revocations/feed";
+/// The usage reports' path, whose answers carry [`CONFIG_HINT_HEADER`] too.
+const USAGE_PATH: &str = "/api/v1/usage";
 /// Instances one replica tracks in memory; past it, new ones are neither tracked nor written.
 const MAX_INSTANCES: usize = 100_000;
 /// Hashes one replica remembers as known or as looked up and missing.
@@ -167,6 +169,21 @@ impl Instances {
         }
     }
 
+    /// Takes `hash` as the configuration of an instance this replica tracks (from a usage report, which says
+    /// nothing about polls); an instance it does not track is left to its polls. True when it changed; the
+    /// periodic flush writes it with the instance's next poll.
+    fn note_config(&self, edge: &str, instance: &str, hash: &str) -> bool {
+        let mut inner = self.lock();
+        let key = (edge.to_owned(), instance.to_owned());
+        match inner.polls.get_mut(&key) {
+            Some(poll) if poll.config_hash.as_deref() != Some(hash) => {
+                poll.config_hash = Some(hash.to_owned());
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether a poll carrying `hash` is to be told the admin API lacks its document: looked up and missing,
     /// and not stored since.
     fn asks_for(&self, hash: &str) -> bool {
@@ -260,12 +277,18 @@ pub async fn record_poll(
     // next revocation waiting for SQLite's writer for seconds (the fleet bench, issue 12).
     let _ = state.edge_instances.record(edge, &instance, poll.clone());
     if let Some(hash) = hash {
-        if state.edge_instances.hash_state(&hash, at).is_none() {
-            match config_stored(&state.db, &hash).await {
-                Ok(known) => state.edge_instances.set_known(&hash, known, at),
-                Err(e) => {
-                    tracing::warn!(error = %e, edge, "cannot look the edge's configuration hash up")
-                }
+        look_hash_up(state, edge, &hash, at).await;
+    }
+}
+
+/// Looks `hash` up in the database unless this replica knows, or looked moments ago, whether it is there;
+/// failures are logged and leave it unknown either way.
+async fn look_hash_up(state: &AppState, edge: &str, hash: &str, at: i64) {
+    if state.edge_instances.hash_state(hash, at).is_none() {
+        match config_stored(&state.db, hash).await {
+            Ok(known) => state.edge_instances.set_known(hash, known, at),
+            Err(e) => {
+                tracing::warn!(error = %e, edge, "cannot look the edge's configuration hash up")
             }
         }
     }
@@ -298,6 +321,50 @@ pub async fn feed_config_hint(
                 .headers_mut()
                 .insert(CONFIG_HINT_HEADER, HeaderValue::from_static("unknown"));
         }
+    }
+    response
+}
+
+/// Middleware on the usage routes: an accepted usage report carries the edge's configuration hash like a
+/// poll (`x-edgewarden-config-hash`, with `x-edgewarden-edge` and `x-edgewarden-instance`). The hash is
+/// looked up as a poll's is; an instance this replica tracks takes it as its configuration (its poll, cursor
+/// and node stay the poll's); and when the admin API lacks the document the answer carries
+/// `x-edgewarden-config: unknown`, so the edge posts it. A report the handler refused, or whose key may not
+/// act as the edge it names, changes nothing.
+pub async fn usage_config_hint(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let reported = (request.method() == axum::http::Method::POST
+        && request.uri().path() == USAGE_PATH)
+        .then(|| {
+            let headers = request.headers();
+            let edge = headers
+                .get(EDGE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|n| !n.is_empty() && n.len() <= 200)?
+                .to_owned();
+            // Set by `auth::enforce_roles`, which runs before this route layer.
+            let principal = request.extensions().get::<Principal>()?;
+            principal.require_edge(&edge).ok()?;
+            Some((edge, instance_of(headers), hash_of(headers)?))
+        })
+        .flatten();
+    let mut response = next.run(request).await;
+    let Some((edge, instance, hash)) = reported else {
+        return response;
+    };
+    if !response.status().is_success() {
+        return response;
+    }
+    let at = now();
+    state.edge_instances.note_config(&edge, &instance, &hash);
+    look_hash_up(&state, &edge, &hash, at).await;
+    if state.edge_instances.asks_for(&hash) {
+        response
+            .headers_mut()
+            .insert(CONFIG_HINT_HEADER, HeaderValue::from_static("unknown"));
     }
     response
 }

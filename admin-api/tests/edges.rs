@@ -1,6 +1,7 @@
 //! Edges per Envoy instance and the configurations they report (issues 10 and 12), each run on SQLite and
 //! on PostgreSQL: instances of one edge name listed apart, a 304 that writes nothing, a configuration asked
-//! for, stored once and served, and documents that carry a secret refused.
+//! for (by a poll's answer or a usage report's), stored once and served, and documents that carry a secret
+//! refused.
 
 mod common;
 
@@ -17,6 +18,7 @@ both_backends!(
     a_not_modified_poll_writes_nothing_and_an_advanced_cursor_writes_the_instance,
     an_unknown_configuration_is_asked_for_stored_once_and_served_without_secrets,
     configurations_with_a_secret_a_wrong_hash_or_the_wrong_edge_are_refused,
+    a_usage_report_carries_the_configuration_hash_and_an_unknown_one_is_asked_for,
 );
 
 /// A plugin configuration as an Envoy holds it, with its secrets.
@@ -84,6 +86,42 @@ async fn upload(
     }
     app.call(request.body(Body::from(body.to_vec())).unwrap())
         .await
+}
+
+/// One usage report as the filter posts it: `x-edgewarden-edge` naming `header_edge`, the instance and the
+/// configuration hash, and a one-decision batch for `body_edge`.
+async fn usage_report(
+    app: &TestApp,
+    key: &str,
+    header_edge: &str,
+    body_edge: &str,
+    hash: Option<&str>,
+) -> Answer {
+    static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = edgewarden_admin::db::now();
+    let batch = json!({
+        "edge": body_edge, "interval_start": now - 10, "interval_end": now, "dropped": n,
+        "counts": [{"jti": format!("usage-{n}"), "route": "/orders", "reason": "allowed", "count": 1}],
+        "failures": [],
+    });
+    let mut request = Request::post("/api/v1/usage")
+        .header(header::AUTHORIZATION, format!("Bearer {key}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-edgewarden-edge", header_edge)
+        .header("x-edgewarden-instance", "eeee000000000005");
+    if let Some(hash) = hash {
+        request = request.header("x-edgewarden-config-hash", hash);
+    }
+    app.call(request.body(Body::from(batch.to_string())).unwrap())
+        .await
+}
+
+fn hint(answer: &Answer) -> Option<&str> {
+    answer
+        .headers
+        .get("x-edgewarden-config")
+        .map(|v| v.to_str().unwrap())
 }
 
 async fn edges(app: &TestApp) -> Vec<Edge> {
@@ -467,4 +505,102 @@ async fn configurations_with_a_secret_a_wrong_hash_or_the_wrong_edge_are_refused
         .as_str()
         .unwrap()
         .contains("x-edgewarden-edge"));
+}
+
+async fn a_usage_report_carries_the_configuration_hash_and_an_unknown_one_is_asked_for(
+    backend: Backend,
+) {
+    let app = start(backend).await;
+    let key = app.api_key(Role::Edge, None).await;
+    let (document, hash) = reported(&plugin_config("edge-1", 60));
+    let (_, other_hash) = reported(&plugin_config("edge-1", 5));
+
+    // Accepted, with a hash the admin API lacks: the answer asks for the document.
+    let first = usage_report(&app, &key, "edge-1", "edge-1", Some(&hash))
+        .await
+        .expect(StatusCode::ACCEPTED);
+    assert_eq!(hint(&first), Some("unknown"));
+    assert_eq!(
+        first.body["accepted_counts"], 1,
+        "the handler's answer is kept"
+    );
+    // Without a hash, or refused by the handler, nothing is asked.
+    let plain = usage_report(&app, &key, "edge-1", "edge-1", None)
+        .await
+        .expect(StatusCode::ACCEPTED);
+    assert_eq!(hint(&plain), None);
+    let refused = app
+        .call(
+            Request::post("/api/v1/usage")
+                .header(header::AUTHORIZATION, format!("Bearer {key}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("x-edgewarden-edge", "edge-1")
+                .header("x-edgewarden-config-hash", &hash)
+                .body(Body::from("{\"edge\": 1}"))
+                .unwrap(),
+        )
+        .await;
+    assert!(refused.status.is_client_error(), "{:?}", refused.status);
+    assert_eq!(hint(&refused), None);
+    // A key bound to edge-2 may report edge-2's usage but not speak for edge-1's configuration.
+    let bound = app
+        .post(
+            "/api/v1/api-keys",
+            Some(&app.admin_key),
+            json!({"role": "edge", "name": "bound edge", "edges": ["edge-2"]}),
+        )
+        .await
+        .expect(StatusCode::CREATED)
+        .body["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let elsewhere = usage_report(&app, &bound, "edge-1", "edge-2", Some(&hash))
+        .await
+        .expect(StatusCode::ACCEPTED);
+    assert_eq!(hint(&elsewhere), None);
+
+    // Once stored, it is no longer asked for.
+    upload(
+        &app,
+        &key,
+        "edge-1",
+        &document,
+        Some(&hash),
+        "application/json",
+    )
+    .await
+    .expect(StatusCode::OK);
+    let known = usage_report(&app, &key, "edge-1", "edge-1", Some(&hash))
+        .await
+        .expect(StatusCode::ACCEPTED);
+    assert_eq!(hint(&known), None);
+
+    // An instance that polled with one configuration and reports usage with another takes the new one,
+    // which is asked for; its poll stays the poll's.
+    poll(
+        &app,
+        &key,
+        "edge-1",
+        Some("eeee000000000005"),
+        Some(&hash),
+        0,
+        None,
+    )
+    .await
+    .expect(StatusCode::OK);
+    let before = edges(&app).await[0].instances[0].clone();
+    assert_eq!(before.config_hash.as_deref(), Some(hash.as_str()));
+    let changed = usage_report(&app, &key, "edge-1", "edge-1", Some(&other_hash))
+        .await
+        .expect(StatusCode::ACCEPTED);
+    assert_eq!(hint(&changed), Some("unknown"));
+    let after = edges(&app).await[0].instances[0].clone();
+    assert_eq!(after.instance, "eeee000000000005");
+    assert_eq!(after.config_hash.as_deref(), Some(other_hash.as_str()));
+    assert!(!after.config_known);
+    assert_eq!(
+        (after.last_poll, after.feed_cursor),
+        (before.last_poll, before.feed_cursor)
+    );
 }
