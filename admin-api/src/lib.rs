@@ -312,7 +312,7 @@ pub fn app(state: AppState) -> Router {
         .merge(issuers::router())
         .merge(oauth::router())
         .merge(events::router())
-        .merge(usage::router())
+        .merge(usage::router().route_layer(axum::middleware::from_fn_with_state(state.clone(), edges::usage_config_hint)))
         .merge(edges::router())
         .merge(anomalies::router())
         .merge(webhooks::router())
