@@ -5,6 +5,9 @@
 //! Recording never makes a request wait: it touches memory only (plus one host call for the client address
 //! on an entry's first [`ADDRESS_FIRST`] requests and then on one in [`ADDRESS_EVERY`], while it holds fewer than 32). The buffer holds at most `usage.max_buffered_events` entries and
 //! samples across unsent batches; beyond that the oldest go first, and what was dropped is counted and reported.
+//! Each post carries the hash of the configuration this edge runs (`x-edgewarden-config-hash`), as feed polls
+//! do, and an answer saying the admin API lacks that configuration (`x-edgewarden-config: unknown`) makes the
+//! edge post the document, as a poll's answer does ([`crate::revocation_sync::report`]).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -18,6 +21,8 @@ use serde::Serialize;
 
 use crate::host::{CallResponse, Host};
 use crate::metrics::Stat;
+use crate::revocation_sync::report;
+use crate::state::Control;
 
 /// Client addresses kept per count entry (what the admin API accepts).
 pub const MAX_ADDRESSES: usize = 32;
@@ -144,6 +149,8 @@ pub struct UsageReporter {
     authorization: String,
     edge_name: String,
     path: String,
+    /// The hash of the configuration this edge reports (`report::ConfigReport`), sent with every post.
+    config_hash: Option<String>,
     flush_interval_ms: u64,
     max_events: usize,
     timeout_ms: u64,
@@ -184,6 +191,7 @@ impl UsageReporter {
             authorization: format!("Bearer {}", cp.api_key),
             edge_name: cp.edge_name.clone(),
             path: usage.path.clone(),
+            config_hash: None,
             flush_interval_ms: usage.flush_interval_ms,
             max_events: usage.max_buffered_events,
             timeout_ms: cp.timeout_ms,
@@ -199,6 +207,11 @@ impl UsageReporter {
             next_flush_ms: now_ms.saturating_add(usage.flush_interval_ms),
             last_failure_log_ms: None,
         }
+    }
+
+    /// Sets the hash of the configuration this edge reports; every later post carries it.
+    pub fn set_config_hash(&mut self, hash: Option<String>) {
+        self.config_hash = hash;
     }
 
     /// Entries and samples held (current and unsent).
@@ -403,7 +416,7 @@ fn send_next(host: &mut dyn Host, reporter: &std::cell::RefCell<UsageReporter>, 
                 return;
             }
         };
-        let headers = vec![
+        let mut headers = vec![
             (":method".to_string(), "POST".to_string()),
             (":path".to_string(), r.path.clone()),
             (":authority".to_string(), r.authority.clone()),
@@ -411,6 +424,9 @@ fn send_next(host: &mut dyn Host, reporter: &std::cell::RefCell<UsageReporter>, 
             ("content-type".to_string(), "application/json".to_string()),
             ("x-edgewarden-edge".to_string(), r.edge_name.clone()),
         ];
+        if let Some(hash) = &r.config_hash {
+            headers.push((report::CONFIG_HASH_HEADER.to_string(), hash.clone()));
+        }
         (
             r.cluster.clone(),
             headers,
@@ -516,6 +532,24 @@ pub fn on_report_response(
             "no response (timeout, reset or no healthy upstream)",
         ),
     }
+    true
+}
+
+/// Handles the admin API's answer to a usage post ([`on_report_response`]) and its configuration hint
+/// (`hint`: the raw `x-edgewarden-config` value, if any): `unknown` posts the configuration as a poll's
+/// answer does, through the same upload and its rate limit. False if `token` was not ours.
+pub fn on_report_answer(
+    host: &mut dyn Host,
+    control: &Control,
+    token: u32,
+    resp: &CallResponse,
+    hint: Option<&[u8]>,
+    now_ms: u64,
+) -> bool {
+    if !on_report_response(host, &control.usage, token, resp, now_ms) {
+        return false;
+    }
+    report::on_poll_hint(host, control, hint, now_ms);
     true
 }
 

@@ -325,3 +325,149 @@ fn refusals_beyond_the_sample_limit_are_counted_but_not_sampled() {
         MAX_FAILURES_PER_BATCH as u64 + 10
     );
 }
+
+/// A VM with a control plane whose configuration report is set as the root context sets it: on the
+/// feed poller and, its hash, on the usage reporter.
+fn reporting_vm() -> crate::state::VmState {
+    let config = serde_json::json!({
+        "issuers": [{"issuer": "https://issuer.test", "jwks": {"keys": [
+            {"kty": "oct", "kid": "hs", "alg": "HS256", "k": "aG1hYy1rZXktdGhhdC1pcy1sb25nLWVub3VnaC0zMi1ieXRlcw"},
+        ]}}],
+        "control_plane": {"cluster": "cp", "api_key": "ewk_secret", "edge_name": "edge-1"},
+        "usage": {"flush_interval_ms": 1000},
+    })
+    .to_string()
+    .into_bytes();
+    let engine = edgewarden_core::engine::Engine::from_json(&config).unwrap();
+    let vm = crate::state::VmState::with_identity(
+        engine,
+        crate::metrics::Metrics::default(),
+        7,
+        NOW * 1000,
+    );
+    let report = report::ConfigReport::new(&config, None, "/api/v1/revocations/feed").unwrap();
+    let control = vm.control.as_ref().unwrap();
+    control
+        .usage
+        .borrow_mut()
+        .set_config_hash(Some(report.hash.clone()));
+    control.sync.borrow_mut().set_report(Some(report));
+    vm
+}
+
+#[test]
+fn every_usage_post_carries_the_configuration_hash() {
+    let r = reporter(100);
+    record(&r, &decision(Reason::Allowed, None), "10.0.0.1");
+    let mut host = FakeHost::new();
+    host.advance_ms(1000);
+    flush(&mut host, &r).expect("a batch");
+    assert_eq!(
+        host.calls
+            .last()
+            .unwrap()
+            .header("x-edgewarden-config-hash"),
+        None,
+        "no configuration reported, no hash"
+    );
+    answer(&mut host, &r, Some(202));
+
+    let hash = "ab".repeat(32);
+    r.borrow_mut().set_config_hash(Some(hash.clone()));
+    record(&r, &decision(Reason::Allowed, None), "10.0.0.1");
+    host.advance_ms(1000);
+    flush(&mut host, &r).expect("a batch");
+    assert_eq!(
+        host.calls
+            .last()
+            .unwrap()
+            .header("x-edgewarden-config-hash"),
+        Some(hash.as_str())
+    );
+}
+
+#[test]
+fn a_usage_answer_asking_for_the_configuration_gets_it_posted_once() {
+    let vm = reporting_vm();
+    let control = vm.control.as_ref().unwrap();
+    let hash = control.sync.borrow().report().unwrap().hash.clone();
+    let mut host = FakeHost::new();
+    record(&control.usage, &decision(Reason::Allowed, None), "10.0.0.1");
+    host.advance_ms(1000);
+    flush(&mut host, &control.usage).expect("a batch");
+    let post = host.calls.last().unwrap().clone();
+    assert_eq!(post.header(":path"), Some("/api/v1/usage"));
+    assert_eq!(post.header("x-edgewarden-config-hash"), Some(hash.as_str()));
+    let uploads = |host: &FakeHost| {
+        host.calls
+            .iter()
+            .filter(|c| c.header(":path") == Some("/api/v1/edges/config"))
+            .count()
+    };
+    let accepted = CallResponse {
+        status: Some(202),
+        body: None,
+        body_size: 0,
+    };
+    let now = host.now_ms;
+    assert!(
+        !on_report_answer(
+            &mut host,
+            control,
+            post.token + 100,
+            &accepted,
+            Some(b"unknown"),
+            now
+        ),
+        "not our post"
+    );
+    assert_eq!(uploads(&host), 0);
+    assert!(on_report_answer(
+        &mut host,
+        control,
+        post.token,
+        &accepted,
+        Some(b"unknown"),
+        now
+    ));
+    assert_eq!(control.usage.borrow().pending(), 0, "the batch is accepted");
+    let upload = host.last_call("/api/v1/edges/config").unwrap().clone();
+    assert_eq!(upload.header(":method"), Some("POST"));
+    assert_eq!(upload.header("x-edgewarden-edge"), Some("edge-1"));
+    assert_eq!(
+        upload.header("x-edgewarden-config-hash"),
+        Some(hash.as_str())
+    );
+    let body = String::from_utf8(upload.body.clone().unwrap()).unwrap();
+    assert!(
+        !body.contains("ewk_secret") && !body.contains("aG1hYy1rZXk"),
+        "{body}"
+    );
+    assert!(control.sync.borrow().owns_upload(upload.token));
+
+    // The next usage answer asks again while the upload is out: nothing more is sent; without the hint,
+    // nothing is sent either.
+    record(&control.usage, &decision(Reason::Allowed, None), "10.0.0.1");
+    host.advance_ms(1000);
+    flush(&mut host, &control.usage).expect("a batch");
+    let next = host.calls.last().unwrap().token;
+    let now = host.now_ms;
+    assert!(on_report_answer(
+        &mut host,
+        control,
+        next,
+        &accepted,
+        Some(b"unknown"),
+        now
+    ));
+    assert_eq!(uploads(&host), 1);
+    record(&control.usage, &decision(Reason::Allowed, None), "10.0.0.1");
+    host.advance_ms(report::UPLOAD_INTERVAL_MS);
+    flush(&mut host, &control.usage).expect("a batch");
+    let last = host.calls.last().unwrap().token;
+    let now = host.now_ms;
+    assert!(on_report_answer(
+        &mut host, control, last, &accepted, None, now
+    ));
+    assert_eq!(uploads(&host), 1);
+}
