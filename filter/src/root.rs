@@ -143,17 +143,7 @@ impl Context for EdgeWardenRoot {
             if control.sync.borrow().owns(token_id) {
                 let resp =
                     http_call_response(num_headers, body_size, revocation_sync::MAX_FEED_BYTES);
-                // A failed call has no header map to read (asking would make the SDK panic).
-                let hint = (num_headers > 0)
-                    .then(|| {
-                        hostcalls::get_map_value_bytes(
-                            MapType::HttpCallResponseHeaders,
-                            report::CONFIG_HINT_HEADER,
-                        )
-                        .ok()
-                        .flatten()
-                    })
-                    .flatten();
+                let hint = config_hint(num_headers);
                 let now_ms = host_now_ms();
                 revocation_sync::on_poll_response(&mut host, control, token_id, &resp, now_ms);
                 wake::wake_followers(&mut host, &mut ProxyQueues, control, now_ms);
@@ -168,12 +158,15 @@ impl Context for EdgeWardenRoot {
             }
             if control.usage.borrow().owns(token_id) {
                 let resp = http_call_response(num_headers, body_size, usage::MAX_ANSWER_BYTES);
-                usage::on_report_response(
+                let hint = config_hint(num_headers);
+                let now_ms = host_now_ms();
+                usage::on_report_answer(
                     &mut host,
-                    &control.usage,
+                    control,
                     token_id,
                     &resp,
-                    host_now_ms(),
+                    hint.as_deref(),
+                    now_ms,
                 );
                 return;
             }
@@ -184,6 +177,21 @@ impl Context for EdgeWardenRoot {
             flow::resolve_waiters(&mut host, &vm, &waiters, self.context_id);
         }
     }
+}
+
+/// The admin API's `x-edgewarden-config` hint on a callout answer (feed poll or usage report), if any.
+fn config_hint(num_headers: usize) -> Option<Vec<u8>> {
+    // A failed call has no header map to read (asking would make the SDK panic).
+    (num_headers > 0)
+        .then(|| {
+            hostcalls::get_map_value_bytes(
+                MapType::HttpCallResponseHeaders,
+                report::CONFIG_HINT_HEADER,
+            )
+            .ok()
+            .flatten()
+        })
+        .flatten()
 }
 
 impl RootContext for EdgeWardenRoot {
@@ -229,10 +237,12 @@ impl RootContext for EdgeWardenRoot {
             STATS_TICK
         };
         if let Some(control) = &vm.control {
-            // What this edge tells the admin API about itself on its polls: computed once per configuration.
+            // What this edge tells the admin API about itself on its polls and usage reports: computed once per configuration.
             let node = hostcalls::get_property(vec!["node", "id"]).ok().flatten();
             let feed_path = vm.engine.borrow().config().revocation.feed_path.clone();
             let report = report::ConfigReport::new(&bytes, node.as_deref(), &feed_path);
+            let hash = report.as_ref().map(|r| r.hash.clone());
+            control.usage.borrow_mut().set_config_hash(hash);
             control.sync.borrow_mut().set_report(report);
         }
         self.vm = Some(vm);
