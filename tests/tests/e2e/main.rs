@@ -21,6 +21,7 @@ mod shipped_configs;
 mod sources;
 mod stats;
 mod two_filters;
+mod wake;
 
 use edgewarden_e2e::{jwks, TestKey, AUDIENCE, ISSUER};
 use serde_json::{json, Value};
