@@ -281,7 +281,7 @@ fn scenario_name(alg: &str, proxy: Proxy, pool: Pool) -> String {
 }
 
 /// Writes the token files for `alg`: the distinct pool and the single hot token (valid for 2 hours).
-fn token_files(alg: &str, key_name: &str) -> Result<(PathBuf, PathBuf)> {
+pub(super) fn token_files(alg: &str, key_name: &str) -> Result<(PathBuf, PathBuf)> {
     let dir = util::target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
     let key = SigningKey::demo(key_name)?;

@@ -3,12 +3,14 @@
 //! `filter` compares EdgeWarden with Envoy's native `jwt_authn`, `admin` measures the admin API's feed,
 //! usage ingestion and behaviour under abuse, `propagation` times a revocation from the admin API's answer to the edge's first 401,
 //! `memory` measures what a million revoked jtis cost each Envoy VM and the whole Envoy process,
-//! `dashboard` times every admin API call a dashboard page makes at a million tokens.
+//! `dashboard` times every admin API call a dashboard page makes at a million tokens,
+//! `instructions` counts instructions per request under callgrind (only with `--suite instructions`: it takes minutes).
 
 mod admin;
 mod dashboard;
 mod filter;
 mod fleet;
+mod instructions;
 mod memory;
 mod propagation;
 mod wrk;
@@ -90,7 +92,16 @@ const SUITES: &[Suite] = &[
         needs_filter: false,
         run: dashboard::run,
     },
+    Suite {
+        name: "instructions",
+        scenarios: instructions::scenarios,
+        needs_filter: true,
+        run: instructions::run,
+    },
 ];
+
+/// Suites that run only when `--suite` names them.
+const ONLY_WHEN_NAMED: &[&str] = &["instructions"];
 
 /// The admin suite's scenarios: feed, usage and abuse (`admin.rs`), then the fleet of long-polling edges (`fleet.rs`).
 fn admin_scenarios() -> Vec<String> {
@@ -148,7 +159,10 @@ pub fn run(args: &[String]) -> Result<()> {
     // so `--only admin` or `--only memory` neither starts nor builds what the other suites need.
     let selected: Vec<&Suite> = SUITES
         .iter()
-        .filter(|s| suite.is_none_or(|wanted| wanted == s.name))
+        .filter(|s| match suite {
+            Some(wanted) => wanted == s.name,
+            None => !ONLY_WHEN_NAMED.contains(&s.name),
+        })
         .filter(|s| options.matches_any((s.scenarios)().iter()))
         .collect();
     if selected.is_empty() {
