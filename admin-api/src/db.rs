@@ -127,6 +127,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "edge_instances",
         include_str!("../migrations/sqlite/0008_edge_instances.sql"),
     ),
+    (
+        9,
+        "usage_rollup_in_writer",
+        include_str!("../migrations/sqlite/0009_usage_rollup_in_writer.sql"),
+    ),
 ];
 /// (version, name, sql) of each PostgreSQL migration.
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -169,6 +174,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         8,
         "edge_instances",
         include_str!("../migrations/postgres/0008_edge_instances.sql"),
+    ),
+    (
+        9,
+        "usage_rollup_in_writer",
+        include_str!("../migrations/postgres/0009_usage_rollup_in_writer.sql"),
     ),
 ];
 

@@ -999,6 +999,27 @@ async fn store_group(
         }
         query.execute(&mut *tx).await?;
     }
+    // The hourly rollup the pages read, summed here per (hour, edge, reason): one multi-row upsert per
+    // group instead of a trigger firing per inserted row (a third of the write's time with the trigger).
+    let mut hourly: BTreeMap<(i64, &str, &str), i64> = BTreeMap::new();
+    for ((bucket, edge, (_, _, _, _, reason)), n) in &counts {
+        *hourly
+            .entry((bucket - bucket.rem_euclid(3600), edge, reason.as_str()))
+            .or_default() += n;
+    }
+    let hourly: Vec<(&(i64, &str, &str), &i64)> = hourly.iter().collect();
+    for chunk in hourly.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO usage_hourly (hour, edge, reason, count) VALUES {} \
+             ON CONFLICT (hour, edge, reason) DO UPDATE SET count = usage_hourly.count + excluded.count",
+            placeholders(chunk.len(), 4, 0)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for ((hour, edge, reason), n) in chunk {
+            query = query.bind(*hour).bind(*edge).bind(*reason).bind(**n);
+        }
+        query.execute(&mut *tx).await?;
+    }
     let failures: Vec<(&str, &FailureEntry)> = group
         .iter()
         .flat_map(|j| {

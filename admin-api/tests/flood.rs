@@ -282,6 +282,16 @@ async fn retention_prunes_usage_events_and_resolved_anomalies(backend: Backend) 
         .execute(&db.pool)
         .await
         .expect("recent count");
+    // The hourly rollup of those counts, as the ingestion writer adds it beside them.
+    let old_hour = (now - 6 * day) - (now - 6 * day).rem_euclid(3600);
+    for (hour, count) in [(old_hour, 12_000), (recent - recent.rem_euclid(3600), 4)] {
+        sqlx::query("INSERT INTO usage_hourly (hour, edge, reason, count) VALUES ($1, 'e', 'allowed', $2)")
+            .bind(hour)
+            .bind(count)
+            .execute(&db.pool)
+            .await
+            .expect("hourly rollup");
+    }
     for (id, at) in [("uf_old", now - 3 * day), ("uf_new", now - 60)] {
         sqlx::query("INSERT INTO usage_failures (id, edge, at, received_at, reason, client_address) VALUES ($1, 'e', $2, $2, 'expired', '10.0.0.1')")
             .bind(id)
@@ -339,7 +349,7 @@ async fn retention_prunes_usage_events_and_resolved_anomalies(backend: Backend) 
         ["anm_open_old", "anm_resolved_new"],
         "resolved anomalies past their retention are deleted, open ones stay"
     );
-    // The hourly rollup follows the counts it sums.
+    // The hourly rollup follows the counts retention deletes (a trigger on delete subtracts them).
     let hourly: i64 = sqlx::query_scalar(
         "SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM usage_hourly WHERE edge = 'e'",
     )

@@ -1,0 +1,10 @@
+-- EdgeWarden admin API: the hourly usage rollup written by the ingestion writer (PostgreSQL).
+-- Keep in step with migrations/sqlite/0009_usage_rollup_in_writer.sql.
+
+-- The writer sums each group of usage batches per (hour, edge, reason) and adds them to `usage_hourly`
+-- in one multi-row upsert; the per-row trigger on insert and update cost a third of each write.
+-- Deletes (retention) still subtract through the same function, so the rollup stays the sum of the
+-- minute counts it covers.
+DROP TRIGGER usage_hourly_apply ON usage_counts;
+CREATE TRIGGER usage_hourly_apply AFTER DELETE ON usage_counts
+    FOR EACH ROW EXECUTE FUNCTION usage_hourly_apply();
