@@ -1,7 +1,8 @@
-//! Durability of acknowledged revocations: the real `edgewarden-admin` binary is started, a revocation
-//! is acknowledged, the process is killed with SIGKILL at once, and after a restart the revocation is
-//! still in the feed and the token introspects inactive. Also exercises `api-key create` from the CLI.
-//! Run on SQLite and PostgreSQL.
+//! Durability of acknowledged writes: the real `edgewarden-admin` binary is started, a revocation is
+//! acknowledged, the process is killed with SIGKILL at once, and after a restart the revocation is still
+//! in the feed and the token introspects inactive; usage batches posted concurrently until a SIGKILL are
+//! each either answered 202 and stored whole, or not answered and not stored (issue 14: a 2xx means
+//! stored, not queued). Also exercises `api-key create` from the CLI. Run on SQLite and PostgreSQL.
 
 mod common;
 
@@ -11,7 +12,10 @@ use std::time::{Duration, Instant};
 use common::{Backend, TestDb};
 use serde_json::{json, Value};
 
-both_backends!(revocation_acknowledged_before_sigkill_survives_restart);
+both_backends!(
+    revocation_acknowledged_before_sigkill_survives_restart,
+    usage_acknowledged_before_sigkill_is_stored_whole,
+);
 
 const MASTER_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
@@ -89,9 +93,9 @@ async fn send(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-async fn revocation_acknowledged_before_sigkill_survives_restart(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let output = command(&db)
+/// An admin API key made with the CLI.
+fn cli_key(db: &TestDb) -> String {
+    let output = command(db)
         .args([
             "api-key",
             "create",
@@ -109,6 +113,12 @@ async fn revocation_acknowledged_before_sigkill_survives_restart(backend: Backen
     );
     let key = String::from_utf8(output.stdout).unwrap().trim().to_owned();
     assert!(key.starts_with("ewk_"), "cli prints the key: {key:?}");
+    key
+}
+
+async fn revocation_acknowledged_before_sigkill_survives_restart(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let key = cli_key(&db);
 
     let port = free_port();
     let mut server = start(&db, port).await;
@@ -171,4 +181,106 @@ async fn revocation_acknowledged_before_sigkill_survives_restart(backend: Backen
     assert_eq!(intro, json!({"active": false}));
     server.kill().expect("sigkill");
     server.wait().expect("reaped");
+}
+
+/// Usage batch `n` of a posting task: 200 count entries from its own edge, summing to `n`-dependent
+/// decisions, so what is stored tells which batches arrived.
+fn usage_batch(edge: &str, n: usize) -> (Value, i64) {
+    let now = edgewarden_admin::db::now();
+    let counts: Vec<Value> = (0..200)
+        .map(|i| {
+            json!({"jti": format!("{edge}-{n}-{i}"), "subject": format!("user-{}", i % 40), "route": "/api/orders",
+                   "reason": "allowed", "count": 1 + i % 3, "addresses": [format!("10.9.{}.{}", n % 250, 1 + i % 200)]})
+        })
+        .collect();
+    let total = (0..200).map(|i| 1 + i % 3).sum();
+    (
+        json!({"edge": edge, "interval_start": now - 10, "interval_end": now, "counts": counts}),
+        total,
+    )
+}
+
+async fn usage_acknowledged_before_sigkill_is_stored_whole(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let key = cli_key(&db);
+    let port = free_port();
+    let mut server = start(&db, port).await;
+    let url = format!("http://127.0.0.1:{port}/api/v1/usage");
+    // Eight edges post batches back to back, each on a fresh connection (the kill closes every
+    // connection; a reused one would fail the next request for the wrong reason).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut posters = Vec::new();
+    for e in 0..8 {
+        let (url, key, stop) = (url.clone(), key.clone(), stop.clone());
+        posters.push(tokio::spawn(async move {
+            let edge = format!("durable-edge-{e}");
+            // (batch number, answered 202)
+            let mut sent: Vec<(usize, bool)> = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (body, _) = usage_batch(&edge, n);
+                let answer = reqwest::Client::new()
+                    .post(&url)
+                    .header("authorization", format!("Bearer {key}"))
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                match answer {
+                    Ok(r) if r.status().as_u16() == 202 => sent.push((n, true)),
+                    Ok(r) if r.status().as_u16() == 503 => sent.push((n, false)),
+                    Ok(r) => panic!("{edge}: batch {n} answered {}", r.status()),
+                    // The kill cut this request: not acknowledged, so the edge would resend it.
+                    Err(_) => {
+                        sent.push((n, false));
+                        break;
+                    }
+                }
+                n += 1;
+            }
+            (edge, sent)
+        }));
+    }
+    // Let acknowledgements pile up, then SIGKILL while batches are in flight.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    server.kill().expect("sigkill");
+    server.wait().expect("reaped");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let store = edgewarden_admin::db::Db::connect(&db.config())
+        .await
+        .expect("open the store");
+    let mut acknowledged = 0;
+    for poster in posters {
+        let (edge, sent) = poster.await.expect("poster");
+        for (n, answered) in sent {
+            let (_, total) = usage_batch(&edge, n);
+            let stored: Option<i64> = sqlx::query_scalar(
+                "SELECT CAST(SUM(count) AS BIGINT) FROM usage_counts WHERE edge = $1 AND token LIKE $2",
+            )
+            .bind(&edge)
+            .bind(format!("{edge}-{n}-%"))
+            .fetch_one(&store.pool)
+            .await
+            .expect("sum");
+            if answered {
+                acknowledged += 1;
+                assert_eq!(
+                    stored,
+                    Some(total),
+                    "{edge}: batch {n} was answered 202 before the kill and is stored whole"
+                );
+            } else {
+                assert!(
+                    stored.is_none() || stored == Some(total),
+                    "{edge}: batch {n}, not acknowledged, is stored whole or not at all: {stored:?}"
+                );
+            }
+        }
+    }
+    assert!(
+        acknowledged > 0,
+        "no usage batch was acknowledged before the kill"
+    );
+    store.pool.close().await;
 }

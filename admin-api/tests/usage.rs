@@ -24,6 +24,7 @@ both_backends!(
     edges_show_polls_from_memory_and_reports_from_the_database,
     last_use_is_recorded_once_after_the_token_expires,
     usage_timeseries_buckets_by_minute_and_hour_with_filters,
+    detecting_a_group_of_batches_equals_detecting_each_in_turn,
 );
 
 /// An app whose detectors fire on small numbers, so tests stay short.
@@ -806,4 +807,115 @@ async fn usage_timeseries_buckets_by_minute_and_hour_with_filters(backend: Backe
         .await
         .expect(StatusCode::BAD_REQUEST);
     assert_eq!(bad.body["error"]["field"], "since");
+}
+
+/// The anomalies and `anomaly.opened` events in the store, without ids and times: what detection decided.
+async fn detected(app: &TestApp) -> (Vec<(String, String, String, i64, String, String)>, i64) {
+    let rows: Vec<(String, String, String, i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT kind, subject_kind, subject, occurrences, evidence, edge FROM anomalies ORDER BY kind, subject_kind, subject",
+    )
+    .fetch_all(&app.state.db.pool)
+    .await
+    .unwrap();
+    let events: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE kind = 'anomaly.opened'")
+            .fetch_one(&app.state.db.pool)
+            .await
+            .unwrap();
+    let rows = rows
+        .into_iter()
+        .map(|(k, sk, s, n, e, edge)| (k, sk, s, n, e, edge.unwrap_or_default()))
+        .collect();
+    (rows, events)
+}
+
+async fn forget_anomalies(app: &TestApp) {
+    for sql in [
+        "DELETE FROM anomalies",
+        "DELETE FROM events WHERE kind = 'anomaly.opened'",
+    ] {
+        sqlx::query(sql).execute(&app.state.db.pool).await.unwrap();
+    }
+}
+
+async fn detecting_a_group_of_batches_equals_detecting_each_in_turn(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    config.anomalies.address_failures = 3;
+    config.anomalies.subject_failures = 4;
+    config.anomalies.token_addresses = 3;
+    // A small cap, so which batch's edge opens a finding and which are suppressed matters.
+    config.anomalies.edge_cap = 6;
+    let app = TestApp::with_config(config, db).await;
+    // Six batches from three edges, interleaved, whose findings overlap: revoked tokens seen by several
+    // batches and edges, failing addresses and subjects, tokens from many addresses, a skewed client.
+    let edges = ["edge-a", "edge-b", "edge-a", "edge-c", "edge-b", "edge-a"];
+    let bodies: Vec<Value> = edges
+        .iter()
+        .enumerate()
+        .map(|(b, edge)| {
+            let counts: Vec<Value> = (b * 2..b * 2 + 7)
+                .map(|k| json!({"jti": format!("stolen-{k:02}"), "subject": format!("user-{}", k % 4), "route": "/api/orders",
+                                "reason": "revoked", "count": 2, "addresses": [format!("10.1.{b}.{}", k % 3)]}))
+                .collect();
+            let failures: Vec<Value> = (0..8)
+                .map(|i| json!({"reason": "bad_signature", "client_address": format!("192.0.2.{}", (b + i) % 5), "at": now() - 5,
+                                "client_id": if i == 0 { Value::from(format!("skewed-{}", b % 2)) } else { Value::Null },
+                                "iat": if i == 0 { Value::from(now() + 600) } else { Value::Null }}))
+                .collect();
+            batch(edge, Value::from(counts), Value::from(failures))
+        })
+        .collect();
+    for body in &bodies {
+        app.post("/api/v1/usage", Some(&app.admin_key), body.clone())
+            .await
+            .expect(StatusCode::ACCEPTED);
+    }
+    let batches: Vec<edgewarden_admin::usage::Ingested> = bodies
+        .iter()
+        .map(|b| edgewarden_admin::usage::ingested(serde_json::from_value(b.clone()).unwrap()))
+        .collect();
+    let detector = edgewarden_admin::anomalies::Detector::new(
+        app.state.db.clone(),
+        app.state.events.clone(),
+        app.state.config.anomalies.clone(),
+    );
+    // The same stored data, detected one batch at a time, then as one group.
+    forget_anomalies(&app).await;
+    for b in &batches {
+        detector.detect(b).await.unwrap();
+    }
+    let one_by_one = detected(&app).await;
+    forget_anomalies(&app).await;
+    detector
+        .detect_group(&batches.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let grouped = detected(&app).await;
+    let kinds: std::collections::BTreeSet<&str> =
+        one_by_one.0.iter().map(|a| a.0.as_str()).collect();
+    for kind in [
+        "revoked_token_use",
+        "address_failures",
+        "clock_skew",
+        "anomalies_suppressed",
+    ] {
+        assert!(kinds.contains(kind), "{kind} opened: {:?}", one_by_one.0);
+    }
+    // The cap kept the rest out: counted per kind on each edge.
+    let suppressed: String = one_by_one
+        .0
+        .iter()
+        .filter(|a| a.0 == "anomalies_suppressed")
+        .map(|a| a.4.clone())
+        .collect();
+    for kind in ["subject_failures", "token_many_addresses"] {
+        assert!(suppressed.contains(kind), "{kind} found: {suppressed}");
+    }
+    assert!(
+        one_by_one.0.iter().any(|a| a.3 > 1),
+        "some finding repeats across batches: {:?}",
+        one_by_one.0
+    );
+    assert_eq!(grouped, one_by_one);
 }
