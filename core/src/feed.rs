@@ -2,7 +2,8 @@
 //! [`FeedUpdate::from_json`] parses the admin API's `GET /api/v1/revocations/feed` answer, hashing every
 //! `jti`, subject and client id on the way in so no identifier string outlives parsing. [`RevocationSet::to_bytes`]
 //! and [`FeedUpdate::to_bytes`] encode a whole state or a delta as flat little-endian records for proxy-wasm
-//! shared data (20 bytes a revoked jti, so a million-entry snapshot is about 20 MB, not 60 MB of JSON);
+//! shared data (12 bytes a revoked jti: its key's 64-bit fingerprint and expiry, so a million-entry snapshot is
+//! about 12 MB, not 60 MB of JSON);
 //! decoding checks every length and a checksum, and never panics or half-applies on any input.
 //!
 //! # Sharing state between worker VMs (what the filter is expected to do)
@@ -438,14 +439,16 @@ pub enum DecodeError {
 
 /// Version of the binary record layout (and of [`RevocationKey`]'s hash functions): bump on any change.
 /// Version 3 has version 2's layout, but its keys may be issuer-scoped ([`RevocationKey::scoped`]), which a
-/// build that reads version 2 would never look up: it refuses them and fails stale, not open.
-pub const FORMAT_VERSION: u8 = 3;
+/// build that reads version 2 would never look up: it refuses them and fails stale, not open. Version 4 carries
+/// a jti as its key's 64-bit fingerprint ([`RevocationKey::fingerprint`]), which a version 3 reader would take
+/// for a whole key and never match: refused as well.
+pub const FORMAT_VERSION: u8 = 4;
 const MAGIC: [u8; 4] = *b"EWRV";
 /// magic 4, version 1, kind 1, reserved 2, base cursor 8, cursor 8, now 8, three u32 counts.
 const HEADER_BYTES: usize = 44;
 const CHECKSUM_BYTES: usize = 8;
-/// Key 16 bytes and expiry u32.
-const JTI_BYTES: usize = 20;
+/// Key fingerprint 8 bytes and expiry u32.
+const JTI_BYTES: usize = 12;
 /// Key 16 bytes, revoked_at u64, expires_at u64.
 const PRINCIPAL_BYTES: usize = 32;
 
@@ -483,7 +486,8 @@ impl Writer {
     }
 
     fn jti(&mut self, key: RevocationKey, exp: u32) {
-        self.bytes.extend_from_slice(&key.0.to_le_bytes());
+        self.bytes
+            .extend_from_slice(&key.fingerprint().to_le_bytes());
         self.bytes.extend_from_slice(&exp.to_le_bytes());
     }
 
@@ -602,8 +606,8 @@ impl<'a> Record<'a> {
             .unwrap_or_default()
             .chunks_exact(JTI_BYTES)
             .map(|chunk| {
-                let key = RevocationKey(u128::from_le_bytes(array(chunk, 0)));
-                (key, u64::from(u32::from_le_bytes(array(chunk, 16))))
+                let key = RevocationKey::from_fingerprint(u64::from_le_bytes(array(chunk, 0)));
+                (key, u64::from(u32::from_le_bytes(array(chunk, 8))))
             })
     }
 
@@ -628,7 +632,7 @@ impl<'a> Record<'a> {
 }
 
 impl RevocationSet {
-    /// Encodes the whole state as a full-snapshot record (header, 20 bytes per jti, 32 per subject or client,
+    /// Encodes the whole state as a full-snapshot record (header, 12 bytes per jti, 32 per subject or client,
     /// checksum) for other VMs to load with [`RevocationSet::from_bytes`] or [`RevocationSet::apply_bytes`].
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut writer = Writer::new(
@@ -1209,7 +1213,12 @@ mod tests {
         };
         let bytes = delta.to_bytes(17);
         let decoded = FeedUpdate::from_bytes(&bytes).unwrap();
-        assert_eq!((decoded.base_cursor, &decoded.update), (17, &delta));
+        // Jtis travel as their keys' fingerprints, which look up the same entries.
+        let mut sent = delta.clone();
+        for jti in &mut sent.revoked_jtis {
+            jti.key = RevocationKey::from_fingerprint(jti.key.fingerprint());
+        }
+        assert_eq!((decoded.base_cursor, &decoded.update), (17, &sent));
 
         let mut at_base = populated();
         let mut expected = populated();
@@ -1267,18 +1276,18 @@ mod tests {
             ("one byte appended", appended, "header describes"),
             ("json", br#"{"cursor": 1, "full": true, "now": 0, "revoked_jtis": []}"#.to_vec(), "EWRV magic"),
             ("magic", patched(0, b"EWRX"), "EWRV magic"),
-            ("version", patched(4, &[2]), "format version 2, this build reads version 3"),
+            ("version", patched(4, &[2]), "format version 2, this build reads version 4"),
             ("kind", resealed(patched(5, &[9])), "unknown record kind 9"),
             ("reserved", resealed(patched(6, &[1])), "reserved bytes are not zero"),
             ("full with a base", resealed(patched(8, &[1])), "full snapshot with base cursor 1"),
-            ("jti count overflow", patched(32, &u32::MAX.to_le_bytes()), "but its header describes 85899346048"),
+            ("jti count overflow", patched(32, &u32::MAX.to_le_bytes()), "but its header describes 51539607688"),
             ("all counts overflow", patched(32, &[0xff; 12]), "header describes"),
             ("subject count off by one", patched(36, &3u32.to_le_bytes()), "header describes"),
             ("flipped entry bit", patched(HEADER_BYTES + 3, &[good[HEADER_BYTES + 3] ^ 1]), "checksum mismatch"),
             ("flipped checksum", patched(good.len() - 1, &[good[good.len() - 1] ^ 0x80]), "checksum mismatch"),
             ("zero expiry", resealed({
                 let mut b = small.clone();
-                b[HEADER_BYTES + 16..HEADER_BYTES + 20].copy_from_slice(&[0; 4]);
+                b[HEADER_BYTES + 8..HEADER_BYTES + 12].copy_from_slice(&[0; 4]);
                 b
             }), "entry 0 of the jti list has expiry 0"),
         ];
