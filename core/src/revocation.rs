@@ -41,8 +41,9 @@ impl RevocationView for NoRevocations {
 /// It is MurmurHash3 x64-128 (seed 0) of the UTF-8 bytes: fixed rather than randomly keyed, because every
 /// worker VM must derive the same key from the same string and the keys travel between VMs in
 /// [`RevocationSet::to_bytes`]. A collision can only make an unrevoked token look revoked (never the reverse),
-/// and an accidental one among a million entries has probability about 2^-88; an attacker cannot exploit a
-/// crafted collision without being able to mint signed tokens in the first place. Murmur3 is about ten lines of
+/// and an accidental one among a million entries has probability about 2^-88 (the jti table keeps only a
+/// 64-bit fingerprint of the key, which raises that to about 2^-44: see [`RevocationKey::fingerprint`]); an
+/// attacker cannot exploit a crafted collision without being able to mint signed tokens in the first place. Murmur3 is about ten lines of
 /// arithmetic, fast in Wasm (no 128-bit multiplies) and has published test vectors; no crate is needed.
 ///
 /// An entry that names its issuer is stored under [`RevocationKey::scoped`], which puts the issuer into the
