@@ -390,7 +390,19 @@ pub async fn own_issuer() -> ApiResult<OwnIssuer> {
         .and_then(serde_json::Value::as_str)
         .ok_or_else(|| ApiError::Server("the metadata document names no issuer".to_owned()))?
         .to_owned();
-    let response = send(Method::GET, "/.well-known/jwks.json", None).await?;
+    // Never from the browser's cache: a cached answer's Date header is as old as the answer, and the
+    // debugger's clock difference is computed from it (an answer cached 8 s earlier showed 8 s of skew).
+    let response = RequestBuilder::new("/.well-known/jwks.json")
+        .header("accept", "application/json")
+        .cache(web_sys::RequestCache::NoStore)
+        .build()
+        .map_err(|e| ApiError::Network(e.to_string()))?
+        .send()
+        .await
+        .map_err(|e| ApiError::Network(e.to_string()))?;
+    if !response.ok() {
+        return Err(error_of(response).await);
+    }
     let fetched_at = js_sys::Date::now() / 1000.0;
     let server_time = response
         .headers()

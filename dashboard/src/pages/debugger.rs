@@ -3,15 +3,19 @@
 //! against this admin API's issuer or a pasted filter configuration, for a method and path.
 //! The token never leaves the page: it lives in a signal only (no URL, no storage), and the only
 //! requests made are for the admin API's public metadata and JWKS and, by `jti`, subject or client,
-//! its revocation list.
+//! its revocation list. The revocations found are decided by the engine's own revocation check, as the
+//! edge's copy of the feed is, so a revoked token gets the edge's answer word for word.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use edgewarden_api_types::{Revocation, RevokeRequest};
 use edgewarden_core::challenge;
 use edgewarden_core::config::RuleConfig;
+use edgewarden_core::decision::Decision;
 use edgewarden_core::engine::{Engine, Request};
-use edgewarden_core::revocation::NoRevocations;
+use edgewarden_core::revocation::{
+    NoRevocations, PrincipalRevocation, RevocationKey, RevocationSet, RevocationView,
+};
 use edgewarden_core::token::{Rejection, VerifiedToken};
 use leptos::prelude::*;
 use serde_json::{json, Value};
@@ -80,8 +84,9 @@ fn Workbench(own: OwnIssuer) -> impl IntoView {
         });
     };
     let jwks_text = RwSignal::new(String::new());
-    let result = RwSignal::new(None::<Result<Analysis, String>>);
-    // Counts decisions, so a page (or a test) can tell a new answer from the previous one.
+    let result = RwSignal::new(None::<(u32, Result<Analysis, String>)>);
+    // Counts decisions, so a page (or a test) can tell a new answer from the previous one, and an answer
+    // still waiting for its revocation lookup from a newer one.
     let runs = RwSignal::new(0u32);
     let engines =
         StoredValue::new_local(None::<((Option<String>, String), Result<Engine, String>)>);
@@ -117,8 +122,38 @@ fn Workbench(own: OwnIssuer) -> impl IntoView {
             Some(Err(message)) => Err(message.clone()),
             None => Err("no engine was built".to_owned()),
         });
-        runs.update(|n| *n += 1);
-        result.set(Some(analysis));
+        let run = runs.get_untracked() + 1;
+        runs.set(run);
+        let mut analysis = match analysis {
+            Ok(a) if !a.lookups.is_empty() => a,
+            other => {
+                result.set(Some((run, other)));
+                return;
+            }
+        };
+        // The edge decides with its copy of the feed; the page looks the token's jti, subject and client up
+        // (by value, never sending the token) and decides again with what it found, at the same `now`.
+        leptos::task::spawn_local(async move {
+            let found = look_up_revocations(&analysis.lookups).await;
+            if runs.get_untracked() != run {
+                return; // a newer decision was asked for meanwhile
+            }
+            if let (Ok(hits), Some(jwt)) = (&found, find_token(&token)) {
+                let set = revocation_set(hits);
+                engines.with_value(|e| {
+                    if let Some((_, Ok(engine))) = e.as_ref() {
+                        let request = Request {
+                            method: &method_v,
+                            path: &path_v,
+                            token: Some(&jwt),
+                        };
+                        analysis.decide(engine, &request, &set);
+                    }
+                });
+            }
+            analysis.revocations = Some(found.map_err(|e| e.to_string()));
+            result.set(Some((run, Ok(analysis))));
+        });
     };
 
     view! {
@@ -189,9 +224,9 @@ fn Workbench(own: OwnIssuer) -> impl IntoView {
             </Show>
             <button type="submit">"Decide"</button>
         </form>
-        {move || result.get().map(|r| match r {
-            Err(message) => view! { <div class="error" role="alert" id="debug-error" data-run=runs.get_untracked().to_string()><p>{message}</p></div> }.into_any(),
-            Ok(a) => view! { <Report analysis=a own_issuer=own.with_value(|o| o.issuer.clone()) run=runs.get_untracked() /> }.into_any(),
+        {move || result.get().map(|(run, r)| match r {
+            Err(message) => view! { <div class="error" role="alert" id="debug-error" data-run=run.to_string()><p>{message}</p></div> }.into_any(),
+            Ok(a) => view! { <Report analysis=a own_issuer=own.with_value(|o| o.issuer.clone()) run=run /> }.into_any(),
         })}
     }
 }
@@ -215,6 +250,92 @@ struct Analysis {
     body: Option<String>,
     /// How long decoding and deciding took in this browser, in milliseconds.
     took_ms: f64,
+    /// What the edge would answer at the admin API's clock instead of this browser's, when that differs:
+    /// (status, reason, description).
+    at_server_clock: Option<(u16, &'static str, String)>,
+    /// The token's jti, subject and client, as looked up in the revocation list.
+    lookups: Vec<(&'static str, String)>,
+    /// The revocations found for them (`None`: not looked up, nothing to look up by).
+    revocations: Option<Result<Vec<Revocation>, String>>,
+}
+
+impl Analysis {
+    /// Decides `request` with `revocations` at this analysis's `now` (and at the admin API's clock when
+    /// the two differ by more than the `Date` header's one-second resolution) and records the answer.
+    fn decide(&mut self, engine: &Engine, request: &Request<'_>, revocations: &dyn RevocationView) {
+        let decision = engine.evaluate(request, None, revocations, self.now);
+        let realm = &engine.config().realm;
+        let allowed = decision.is_allowed();
+        self.verdict_allowed = allowed;
+        self.status = decision.status;
+        self.reason = decision.reason.as_str();
+        self.description = decision.description.to_string();
+        self.www_authenticate = (!allowed).then(|| challenge::www_authenticate(realm, &decision));
+        self.body = (!allowed).then(|| challenge::json_body(&decision));
+        self.at_server_clock = self
+            .skew
+            .filter(|s| s.unsigned_abs() > SKEW_RESOLUTION)
+            .map(|s| self.now.saturating_add_signed(-s))
+            .map(|server_now| engine.evaluate(request, None, revocations, server_now))
+            .filter(|other: &Decision| other.reason != decision.reason)
+            .map(|other| {
+                (
+                    other.status,
+                    other.reason.as_str(),
+                    other.description.to_string(),
+                )
+            });
+    }
+}
+
+/// Seconds of clock difference the admin API's `Date` header cannot tell from none (it has whole seconds,
+/// and the answer takes time to arrive).
+const SKEW_RESOLUTION: u64 = 2;
+
+/// The token's identifiers the revocation list is searched by: `jti`, `sub` and `client_id` (or `azp`).
+fn lookups_of(claims: &Value) -> Vec<(&'static str, String)> {
+    [("jti", "jti"), ("subject", "sub"), ("client", "client_id")]
+        .into_iter()
+        .filter_map(|(kind, claim)| {
+            claims
+                .get(claim)
+                .or_else(|| (claim == "client_id").then(|| claims.get("azp")).flatten())
+                .and_then(Value::as_str)
+                .map(|v| (kind, v.to_owned()))
+        })
+        .collect()
+}
+
+/// Every revocation that names one of `lookups`, of any issuer (the engine's check scopes them).
+async fn look_up_revocations(
+    lookups: &[(&'static str, String)],
+) -> Result<Vec<Revocation>, api::ApiError> {
+    let mut hits = Vec::new();
+    for (kind, value) in lookups {
+        let page =
+            api::revocations(&[("kind", (*kind).to_owned()), ("value", value.clone())]).await?;
+        hits.extend(page.items);
+    }
+    Ok(hits)
+}
+
+/// The revocation state an edge would hold for `hits`, keyed as the feed keys them.
+fn revocation_set(hits: &[Revocation]) -> RevocationSet {
+    let mut set = RevocationSet::new();
+    for r in hits {
+        let key = RevocationKey::of_entry(r.issuer.as_deref(), &r.value);
+        let principal = PrincipalRevocation {
+            revoked_at: r.revoked_at.max(0) as u64,
+            expires_at: r.expires_at.max(0) as u64,
+        };
+        match r.kind.as_str() {
+            "jti" => set.insert_jti(key, principal.expires_at),
+            "subject" => set.insert_subject(key, principal),
+            "client" => set.insert_client(key, principal),
+            _ => {}
+        }
+    }
+    set
 }
 
 fn now_ms() -> f64 {
@@ -253,11 +374,8 @@ fn analyze(
         path,
         token: Some(&token),
     };
-    let decision = engine.evaluate(&request, None, &NoRevocations, now);
-    let realm = engine.config().realm.clone();
-    let allowed = decision.is_allowed();
-    let took_ms = now_ms() - started;
-    Ok(Analysis {
+    let lookups = lookups_of(&claims);
+    let mut analysis = Analysis {
         header,
         claims,
         now,
@@ -267,14 +385,20 @@ fn analyze(
             .map(|server| (own.fetched_at - server).round() as i64),
         signature,
         rule,
-        verdict_allowed: allowed,
-        status: decision.status,
-        reason: decision.reason.as_str(),
-        description: decision.description.to_string(),
-        www_authenticate: (!allowed).then(|| challenge::www_authenticate(&realm, &decision)),
-        body: (!allowed).then(|| challenge::json_body(&decision)),
-        took_ms,
-    })
+        verdict_allowed: false,
+        status: 0,
+        reason: "",
+        description: String::new(),
+        www_authenticate: None,
+        body: None,
+        took_ms: 0.0,
+        at_server_clock: None,
+        lookups,
+        revocations: None,
+    };
+    analysis.decide(engine, &request, &NoRevocations);
+    analysis.took_ms = now_ms() - started;
+    Ok(analysis)
 }
 
 /// The engine an edge would run: this admin API's issuer and keys, or a pasted configuration (validated
@@ -501,22 +625,27 @@ fn Report(analysis: Analysis, own_issuer: String, run: u32) -> impl IntoView {
     let times = time_lines(&a.claims, a.now, a.leeway);
     let skew_line = match a.skew {
         None => "the admin API sent no Date header: clock difference unknown".to_owned(),
-        Some(s) if s.unsigned_abs() <= 2 => format!(
-            "this browser and the admin API agree within {} s",
-            s.unsigned_abs()
+        Some(s) if s.unsigned_abs() <= SKEW_RESOLUTION => format!(
+            "this browser and the admin API agree within {SKEW_RESOLUTION} s (the Date header has whole seconds): the clock does not explain this answer"
         ),
         Some(s) => {
             let direction = if s > 0 { "ahead of" } else { "behind" };
             let matters = if s.unsigned_abs() > a.leeway {
                 format!(
-                    "more than the edge's leeway of {} s: times above are off by that much",
+                    "more than the edge's leeway of {} s: the times below are off by that much",
                     a.leeway
                 )
             } else {
                 format!("within the edge's leeway of {} s", a.leeway)
             };
+            let explains = match &a.at_server_clock {
+                Some((status, reason, description)) => format!(
+                    "by the admin API's clock the edge would answer {status} ({reason}): {description}; the clock difference explains this answer"
+                ),
+                None => "by the admin API's clock the answer is the same: the clock difference does not explain it".to_owned(),
+            };
             format!(
-                "this browser's clock is {} s {direction} the admin API's; {matters}",
+                "this browser's clock is {} s {direction} the admin API's; {matters}; {explains}",
                 s.unsigned_abs()
             )
         }
@@ -565,21 +694,8 @@ fn Report(analysis: Analysis, own_issuer: String, run: u32) -> impl IntoView {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    let lookups: Vec<(&'static str, String)> =
-        [("jti", "jti"), ("subject", "sub"), ("client", "client_id")]
-            .into_iter()
-            .filter_map(|(kind, claim)| {
-                a.claims
-                    .get(claim)
-                    .or_else(|| {
-                        (claim == "client_id")
-                            .then(|| a.claims.get("azp"))
-                            .flatten()
-                    })
-                    .and_then(Value::as_str)
-                    .map(|v| (kind, v.to_owned()))
-            })
-            .collect();
+    let lookups = a.lookups.clone();
+    let revocations = a.revocations.clone().unwrap_or_else(|| Ok(Vec::new()));
     let took = format!(
         "decoded and decided in {:.2} ms, in this browser",
         a.took_ms
@@ -599,7 +715,7 @@ fn Report(analysis: Analysis, own_issuer: String, run: u32) -> impl IntoView {
                 <dt>"Clock"</dt><dd id="debug-clock">{skew_line}</dd>
                 {times.into_iter().map(|(name, line)| view! { <dt>{name}</dt><dd class="mono">{line}</dd> }).collect::<Vec<_>>()}
             </dl>
-            <RevocationCheck lookups=lookups iss=iss own_issuer=own_issuer exp=a.claims.get("exp").and_then(Value::as_i64) />
+            <RevocationCheck lookups=lookups found=revocations iss=iss own_issuer=own_issuer exp=a.claims.get("exp").and_then(Value::as_i64) />
             <h2>"Header"</h2>
             <pre class="mono" id="debug-header">{header}</pre>
             <h2>"Claims"</h2>
@@ -608,37 +724,29 @@ fn Report(analysis: Analysis, own_issuer: String, run: u32) -> impl IntoView {
     }
 }
 
-/// Whether the token's jti, subject or client is revoked for its issuer, looked up by value (never by
-/// sending the token), with a Revoke button for admins.
+/// Whether the token's jti, subject or client is revoked for its issuer (`found`: what the lookup by value
+/// found, never by sending the token), with a Revoke button for admins.
 #[component]
 fn RevocationCheck(
     lookups: Vec<(&'static str, String)>,
+    found: Result<Vec<Revocation>, String>,
     iss: String,
     own_issuer: String,
     exp: Option<i64>,
 ) -> impl IntoView {
     let ctx = expect_context::<Ctx>();
     let own = iss == own_issuer;
-    let iss_for_lookup = iss.clone();
-    let found = LocalResource::new(move || {
-        let lookups = lookups.clone();
-        let iss = iss_for_lookup.clone();
-        let own_issuer = own_issuer.clone();
-        async move {
-            let mut hits: Vec<Revocation> = Vec::new();
-            for (kind, value) in &lookups {
-                let page =
-                    api::revocations(&[("kind", (*kind).to_owned()), ("value", value.clone())])
-                        .await?;
-                hits.extend(page.items.into_iter().filter(|r| {
-                    // An entry with no issuer (recorded before revocations named one) applies to all.
-                    r.issuer
-                        .as_deref()
-                        .is_none_or(|i| i == iss || (i == own_issuer && iss.is_empty()))
-                }));
-            }
-            Ok::<_, api::ApiError>((lookups, hits))
-        }
+    let found = found.map(|hits| {
+        let hits: Vec<Revocation> = hits
+            .into_iter()
+            .filter(|r| {
+                // An entry with no issuer (recorded before revocations named one) applies to all.
+                r.issuer
+                    .as_deref()
+                    .is_none_or(|i| i == iss || (i == own_issuer && iss.is_empty()))
+            })
+            .collect();
+        (lookups, hits)
     });
     let revoke = Action::new_local(move |r: &RevokeRequest| {
         let r = r.clone();
@@ -648,10 +756,8 @@ fn RevocationCheck(
     let iss = StoredValue::new(iss);
     view! {
         <h2>"Revocation"</h2>
-        <Transition fallback=Loading>
-            {move || Suspend::new(async move {
-                match found.await {
-                    Err(e) => view! { <ErrorView error=e /> }.into_any(),
+        {match found {
+                    Err(e) => view! { <p class="error" role="alert" id="debug-revocation">{format!("revocations not checked, so the decision above leaves them out: {e}")}</p> }.into_any(),
                     Ok((lookups, hits)) => {
                         let summary = if hits.is_empty() {
                             "not revoked: no revocation names its jti, subject or client".to_owned()
@@ -679,9 +785,7 @@ fn RevocationCheck(
                             </Show>
                         }.into_any()
                     }
-                }
-            })}
-        </Transition>
+        }}
         {move || confirming.get().map(|request| {
             let message = format!(
                 "Revoke token {}? Every edge refuses it within seconds.",
