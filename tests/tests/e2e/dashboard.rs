@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use edgewarden_e2e::browser::dashboard_dist;
 use edgewarden_e2e::{
-    claims, eventually, AdminApi, Browser, Issued, Stack, TestKey, TokenBuilder, TokenRequest,
-    AUDIENCE, CONTROL_PLANE_CLUSTER, E2E_CLIENT, EDGE_NAME, JWKS_PATH,
+    claims, eventually, jwks, now, AdminApi, Browser, Issued, Stack, TestKey, TokenBuilder,
+    TokenRequest, AUDIENCE, CONTROL_PLANE_CLUSTER, E2E_CLIENT, EDGE_NAME, JWKS_PATH,
 };
 use fantoccini::Locator;
 use serde_json::{json, Value};
@@ -66,6 +66,37 @@ fn plugin_config(admin: &AdminApi) -> Value {
             {"match": {"prefix": "/read"}, "require_scopes": ["read"]},
         ],
     })
+}
+
+/// An issuer the debugger test's edge trusts with an inline key set, so the test signs any claims it
+/// likes (the admin API issues no back-dated tokens); registered with the admin API as trusted, so its
+/// tokens' jtis and subjects can be revoked.
+const TRUSTED_ISSUER: &str = "https://trusted.e2e.edgewarden.test";
+/// The key of [`TRUSTED_ISSUER`]; `TestKey::Es256A` stays foreign to the edge.
+const TRUSTED_KEY: TestKey = TestKey::Es256B;
+/// The debugger test's clock leeway (`clock_skew_seconds`, the engine's default, spelled out).
+const LEEWAY: u64 = 60;
+
+/// [`plugin_config`] plus [`TRUSTED_ISSUER`] with its key inline and an explicit leeway.
+fn debugger_config(admin: &AdminApi) -> Value {
+    let mut config = plugin_config(admin);
+    config["clock_skew_seconds"] = json!(LEEWAY);
+    if let Some(issuers) = config["issuers"].as_array_mut() {
+        issuers.push(json!({
+            "issuer": TRUSTED_ISSUER,
+            "audiences": [AUDIENCE],
+            "jwks": jwks(&[TRUSTED_KEY]),
+        }));
+    }
+    config
+}
+
+/// A token of [`TRUSTED_ISSUER`] for `subject` with scope `read`, valid for an hour.
+fn trusted(subject: &str) -> TokenBuilder {
+    TokenBuilder::new(TRUSTED_KEY)
+        .claim("iss", TRUSTED_ISSUER)
+        .subject(subject)
+        .scope("read")
 }
 
 /// The admin API with the dashboard and the two dashboard users, after checking that the binary
@@ -955,9 +986,67 @@ async fn debug_in_page(browser: &Browser, token: &str) -> (u16, String, String, 
         .await
 }
 
+/// One row of the debugger's equivalence table: a token fixed in advance, or one signed for the second
+/// it is decided in (its description names seconds, so the edge and the page must decide in that second).
+enum Row {
+    Fixed(String),
+    Timed(fn(u64) -> String),
+}
+
+/// What one row got from the edge and from the debugger.
+struct Answers {
+    token: String,
+    edge: Outcome,
+    page: (u16, String, String, String, f64),
+}
+
+/// Runs `row` through the edge (`GET /read`) and the debugger page. A timed row starts just after a
+/// second begins and is tried again (at most five times) unless the edge's and the page's answers both
+/// came within that second, so its `now` is the same for both.
+async fn run_row(stack: &Stack, browser: &Browser, row: &Row) -> Answers {
+    let make = match row {
+        Row::Fixed(token) => {
+            let edge = call_edge(stack, token).await;
+            let page = debug_in_page(browser, token).await;
+            return Answers {
+                token: token.clone(),
+                edge,
+                page,
+            };
+        }
+        Row::Timed(make) => make,
+    };
+    for _ in 0..5 {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let into_second = Duration::from_nanos(u64::from(since_epoch.subsec_nanos()));
+        tokio::time::sleep(Duration::from_millis(1020) - into_second).await;
+        let second = now();
+        let token = make(second);
+        let edge = call_edge(stack, &token).await;
+        let page = debug_in_page(browser, &token).await;
+        if now() == second {
+            return Answers { token, edge, page };
+        }
+        eprintln!("debugger row crossed a second boundary, trying again");
+    }
+    panic!(
+        "five tries of a timed row each crossed a second boundary: the machine is too slow for it"
+    );
+}
+
 #[tokio::test]
 async fn the_token_debugger_decides_like_the_edge_and_never_sends_the_token() {
-    let (admin, stack, browser) = start_with_edge().await;
+    let (admin, browser) = tokio::join!(start_admin(), Browser::start());
+    let stack = Stack::start_with_control_plane(debugger_config(&admin), admin.addr).await;
+    admin
+        .post(
+            "/api/v1/issuers",
+            &json!({"issuer": TRUSTED_ISSUER, "jwks": jwks(&[TRUSTED_KEY])}),
+        )
+        .await
+        .expect(201, "register the trusted test issuer");
     let alice = admin.issue_for("alice").await;
     wait_passes(&stack, &alice.access_token, "alice's token").await;
     let no_scope = admin
@@ -971,11 +1060,31 @@ async fn the_token_debugger_decides_like_the_edge_and_never_sends_the_token() {
     wait_refused_as_revoked(&stack, &revoked.access_token, "mallory's revoked token").await;
     let bob = admin.issue_for("bob").await;
 
+    // Tokens of the trusted inline issuer, revoked through the admin API by jti and by subject.
+    let rita = trusted("rita").sign();
+    let rita_claims = claims(&rita);
+    admin
+        .revoke(json!({"jti": rita_claims["jti"], "issuer": TRUSTED_ISSUER, "expires_at": rita_claims["exp"]}))
+        .await;
+    let sam = trusted("sam").claim("iat", now() - 10).sign();
+    admin
+        .revoke(json!({"subject": "sam", "issuer": TRUSTED_ISSUER}))
+        .await;
+    let trusted_valid = trusted("tess").sign();
+    wait_passes(
+        &stack,
+        &trusted_valid,
+        "a token of the trusted inline issuer",
+    )
+    .await;
+    wait_refused_as_revoked(&stack, &rita, "the trusted issuer's token revoked by jti").await;
+    wait_refused_as_revoked(&stack, &sam, "the trusted issuer's subject revoked").await;
+
     // A signature that no longer matches: the last character of the signature changed.
     let mut tampered = alice.access_token.clone();
     let last = tampered.pop().unwrap();
     tampered.push(if last == 'A' { 'B' } else { 'A' });
-    let rows: Vec<(&str, String)> = vec![
+    let fixed: Vec<(&str, String)> = vec![
         ("valid", alice.access_token.clone()),
         ("missing scope", no_scope.access_token.clone()),
         ("tampered signature", tampered),
@@ -1004,7 +1113,57 @@ async fn the_token_debugger_decides_like_the_edge_and_never_sends_the_token() {
                 .expires_in(-3600)
                 .sign(),
         ),
+        ("trusted issuer, valid", trusted_valid.clone()),
+        (
+            "wrong audience",
+            trusted("tess").claim("aud", "another-api").sign(),
+        ),
+        (
+            "wrong issuer, trusted key",
+            trusted("tess")
+                .claim("iss", "https://other.e2e.edgewarden.test")
+                .sign(),
+        ),
+        ("revoked jti", rita.clone()),
+        ("revoked subject", sam.clone()),
     ];
+    // exp + leeway <= now is expired: at `now - leeway` exactly, one second before it (still accepted)
+    // and one second past it; nbf beyond the leeway is not valid yet.
+    let timed: Vec<(&str, fn(u64) -> String)> = vec![
+        ("expired at leeway", |now| {
+            trusted("tess")
+                .claim("iat", now - LEEWAY - 300)
+                .claim("exp", now - LEEWAY)
+                .sign()
+        }),
+        ("expired past leeway", |now| {
+            trusted("tess")
+                .claim("iat", now - LEEWAY - 300)
+                .claim("exp", now - LEEWAY - 1)
+                .sign()
+        }),
+        ("expired within leeway", |now| {
+            trusted("tess")
+                .claim("iat", now - LEEWAY - 300)
+                .claim("exp", now - LEEWAY + 1)
+                .sign()
+        }),
+        ("not yet valid", |now| {
+            trusted("tess")
+                .claim("iat", now)
+                .claim("nbf", now + LEEWAY + 30)
+                .sign()
+        }),
+    ];
+    let rows: Vec<(&str, Row)> = fixed
+        .iter()
+        .map(|(name, token)| (*name, Row::Fixed(token.clone())))
+        .chain(
+            timed
+                .into_iter()
+                .map(|(name, make)| (name, Row::Timed(make))),
+        )
+        .collect();
 
     log_in(&browser, &admin, ADMIN_USER, ADMIN_PASSWORD).await;
     // The edge's configuration is known to the admin API before the page lists the edges to pick from.
@@ -1032,7 +1191,7 @@ async fn the_token_debugger_decides_like_the_edge_and_never_sends_the_token() {
             vec![],
         )
         .await;
-    let config = plugin_config(&admin).to_string();
+    let config = debugger_config(&admin).to_string();
     browser
         .execute(
             r#"
@@ -1046,13 +1205,22 @@ async fn the_token_debugger_decides_like_the_edge_and_never_sends_the_token() {
 
     let mut mismatches = Vec::new();
     let mut slowest: f64 = 0.0;
-    for (name, token) in &rows {
-        let edge = call_edge(&stack, token).await;
-        let (status, challenge, body, reason, took) = debug_in_page(&browser, token).await;
+    // Every token pasted into the page, for the check that none left it.
+    let mut pasted: Vec<(String, String)> = Vec::new();
+    for (name, row) in &rows {
+        let Answers { token, edge, page } = run_row(&stack, &browser, row).await;
+        let (status, challenge, body, reason, took) = page;
+        pasted.push((name.to_string(), token));
         slowest = slowest.max(took);
+        let edge_reason = serde_json::from_str::<Value>(&edge.body)
+            .ok()
+            .and_then(|b| b["reason"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "allowed".to_owned());
         eprintln!(
-            "debugger row {name:<20} edge {} / debugger {status} {reason} ({took:.2} ms)",
-            edge.status
+            "debugger row {name:<26} edge {} {edge_reason} / debugger {status} {reason} ({took:.2} ms); description: edge {:?} / debugger {:?}",
+            edge.status,
+            if edge.status == 200 { "" } else { edge.body.as_str() },
+            body
         );
         let edge_body = if edge.status == 200 {
             String::new()
@@ -1073,6 +1241,13 @@ async fn the_token_debugger_decides_like_the_edge_and_never_sends_the_token() {
         "the debugger and the edge disagree:\n{}",
         mismatches.join("\n")
     );
+    // The browser and the admin API run on one machine: the page says their clocks agree.
+    browser
+        .wait_for_text(
+            "#debug-clock",
+            "this browser and the admin API agree within",
+        )
+        .await;
     // Reported, not asserted: a timing on a shared machine is not a test.
     eprintln!("debugger: slowest decode-and-decide {slowest:.2} ms in the browser (the engine is built once per configuration)");
 
@@ -1110,7 +1285,7 @@ async fn the_token_debugger_decides_like_the_edge_and_never_sends_the_token() {
         picked.contains("<redacted>") && !picked.contains(&admin.edge_key),
         "the picked configuration is the edge's, without its key: {picked}"
     );
-    for (name, token) in rows.iter().take(3) {
+    for (name, token) in fixed.iter().take(3) {
         let edge = call_edge(&stack, token).await;
         let (status, challenge, body, reason, _) = debug_in_page(&browser, token).await;
         eprintln!(
@@ -1159,6 +1334,61 @@ async fn the_token_debugger_decides_like_the_edge_and_never_sends_the_token() {
     )
     .await;
 
+    // A browser whose clock runs an hour ahead: alice's token (ten minutes long) is expired by that clock
+    // only. The page is opened again so it reads the admin API's Date header with that clock.
+    browser
+        .execute(
+            r#"
+            const real = Date.now.bind(Date);
+            window.__realNow = real;
+            Date.now = () => real() + 3600 * 1000;
+            document.querySelector('nav a[href="/"]').click();
+            "#,
+            vec![],
+        )
+        .await;
+    browser
+        .wait_until("the overview", Duration::from_secs(10), || async {
+            (browser.path_and_query().await == "/").then_some(())
+        })
+        .await;
+    browser
+        .execute(
+            "document.querySelector('nav a[href=\"/debugger\"]').click();",
+            vec![],
+        )
+        .await;
+    browser.wait_for("textarea[name=debug_token]").await;
+    let (status, _, _, reason, _) = debug_in_page(&browser, &alice.access_token).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (401, "expired"),
+        "by this browser's clock alice's token is expired"
+    );
+    let clock = browser
+        .wait_for_text("#debug-clock", "the clock difference explains this answer")
+        .await
+        .text()
+        .await
+        .unwrap_or_default();
+    eprintln!("debugger clock line with the browser an hour ahead: {clock}");
+    assert!(
+        clock.contains("ahead of the admin API's")
+            && clock.contains("the edge would answer 200 (allowed)"),
+        "{clock}"
+    );
+    // The Date header has whole seconds and the answer takes a moment: an hour, give or take two seconds.
+    let skew: u64 = clock
+        .split_whitespace()
+        .nth(4)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    assert!((3599..=3602).contains(&skew), "{clock}");
+    browser.screenshot("debugger-clock-ahead").await;
+    browser
+        .execute("Date.now = window.__realNow;", vec![])
+        .await;
+
     // No request carried a token, nothing stored one.
     let requests = browser
         .execute(
@@ -1171,9 +1401,8 @@ async fn the_token_debugger_decides_like_the_edge_and_never_sends_the_token() {
         seen.contains("/api/v1/revocations"),
         "the recorder saw no request: {seen}"
     );
-    let mut pasted = rows.clone();
-    pasted.push(("revoked", revoked.access_token.clone()));
-    pasted.push(("bob", bob.access_token.clone()));
+    pasted.push(("revoked".to_owned(), revoked.access_token.clone()));
+    pasted.push(("bob".to_owned(), bob.access_token.clone()));
     for (name, token) in &pasted {
         let signature = token.rsplit('.').next().unwrap_or_default();
         let payload = token.split('.').nth(1).unwrap_or_default();
