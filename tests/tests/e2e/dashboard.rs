@@ -990,8 +990,11 @@ async fn debug_in_page(browser: &Browser, token: &str) -> (u16, String, String, 
 /// it is decided in (its description names seconds, so the edge and the page must decide in that second).
 enum Row {
     Fixed(String),
-    Timed(fn(u64) -> String),
+    Timed(Signer),
 }
+
+/// Signs a timed row's token for the second (Unix time) it is decided in.
+type Signer = fn(u64) -> String;
 
 /// What one row got from the edge and from the debugger.
 struct Answers {
@@ -1129,7 +1132,7 @@ async fn the_token_debugger_decides_like_the_edge_and_never_sends_the_token() {
     ];
     // exp + leeway <= now is expired: at `now - leeway` exactly, one second before it (still accepted)
     // and one second past it; nbf beyond the leeway is not valid yet.
-    let timed: Vec<(&str, fn(u64) -> String)> = vec![
+    let timed: Vec<(&str, Signer)> = vec![
         ("expired at leeway", |now| {
             trusted("tess")
                 .claim("iat", now - LEEWAY - 300)
