@@ -1,7 +1,7 @@
 //! Anomaly detection over usage reports and lifecycle events, and the API to triage the results.
-//! Detectors run after each usage batch is stored, over a sliding window of stored data; each anomaly
-//! has a kind, a severity, a subject (token, client, subject, address or edge), evidence and a state
-//! (open, acknowledged, resolved). Raising deduplicates: while an anomaly of the same kind and subject
+//! Detectors run after usage batches are stored (a group at a time, with the result of one batch at a
+//! time), over a sliding window of stored data; each anomaly has a kind, a severity, a subject (token,
+//! client, subject, address or edge), evidence and a state (open, acknowledged, resolved). Raising deduplicates: while an anomaly of the same kind and subject
 //! is open or acknowledged, new findings update its evidence and occurrence count instead of adding rows.
 //! One edge's reports open at most `edge_cap` new anomalies per `edge_cap_window_seconds`; findings past
 //! the cap are counted (per kind, in the evidence, and in `occurrences`) in one `anomalies_suppressed`

@@ -101,8 +101,9 @@ pub struct UsageConfig {
     /// Entries (counts plus failures) queued for the writer at most on one replica; a batch that does not
     /// fit is answered 503 with `Retry-After`.
     pub queue_entries: usize,
-    /// Rows one ingestion transaction writes at most (a single larger batch still goes in one), which
-    /// bounds how long it holds SQLite's write lock.
+    /// Rows one ingestion transaction writes at most (a larger batch is stored in parts of this size,
+    /// each its own transaction, with a ledger so a resent batch is not counted twice), which bounds how
+    /// long it holds SQLite's write lock.
     pub max_rows_per_transaction: usize,
     /// How often retention runs.
     pub prune_interval_seconds: u64,
@@ -233,7 +234,7 @@ pub struct CountEntry {
 }
 
 /// One refused request.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailureEntry {
     /// Token id, if the token was readable.
@@ -486,6 +487,10 @@ struct Prepared {
     used: BTreeMap<String, i64>,
     /// The address the batch came from.
     address: String,
+    /// Reports this counts for the edge (1; 0 for every part of a split batch but the last).
+    reports: i64,
+    /// SHA-256 of the body (hex): the key of the parts ledger when the batch is stored in parts.
+    digest: Option<String>,
 }
 
 fn prepare(batch: UsageBatch, address: String) -> Prepared {
@@ -535,7 +540,90 @@ fn prepare(batch: UsageBatch, address: String) -> Prepared {
         addresses,
         used,
         address,
+        reports: 1,
+        digest: None,
     }
+}
+
+/// A batch larger than `max_rows` rows cut into parts of at most `max_rows` rows each (counts, failures,
+/// address pairs, token uses), each stored in its own transaction; only the last part counts the report
+/// and its decisions for the edge.
+fn split(p: &Prepared, max_rows: usize) -> Vec<Prepared> {
+    let max = max_rows.max(1);
+    let empty = || Prepared {
+        ingested: Ingested {
+            edge: p.ingested.edge.clone(),
+            interval_start: p.ingested.interval_start,
+            interval_end: p.ingested.interval_end,
+            ..Ingested::default()
+        },
+        bucket: p.bucket,
+        dropped: 0,
+        total: 0,
+        addresses: BTreeSet::new(),
+        used: BTreeMap::new(),
+        address: p.address.clone(),
+        reports: 0,
+        digest: None,
+    };
+    let mut pieces = vec![empty()];
+    let mut rows = 0;
+    let mut next = |pieces: &mut Vec<Prepared>| -> usize {
+        if rows >= max {
+            pieces.push(empty());
+            rows = 0;
+        }
+        rows += 1;
+        pieces.len() - 1
+    };
+    for (key, n) in &p.ingested.counts {
+        let i = next(&mut pieces);
+        pieces[i].ingested.counts.insert(key.clone(), *n);
+    }
+    for f in &p.ingested.failures {
+        let i = next(&mut pieces);
+        pieces[i].ingested.failures.push(f.clone());
+    }
+    for pair in &p.addresses {
+        let i = next(&mut pieces);
+        pieces[i].addresses.insert(pair.clone());
+    }
+    for (jti, n) in &p.used {
+        let i = next(&mut pieces);
+        pieces[i].used.insert(jti.clone(), *n);
+    }
+    if let Some(last) = pieces.last_mut() {
+        last.total = p.total;
+        last.reports = p.reports;
+    }
+    pieces
+}
+
+/// Stores one batch larger than `max_rows` in parts, each its own short transaction taking the write turn
+/// (so a revocation gets SQLite's lock between two parts instead of waiting for the whole batch). The
+/// parts ledger (`usage_parts`, keyed by the body's digest, written in each part's transaction) says how
+/// many parts are stored: a batch resent after a failure or a crash between parts stores only the rest,
+/// and one resent after all its parts were stored stores nothing, so no part is counted twice.
+async fn store_in_parts(
+    db: &Db,
+    bus: &EventBus,
+    feed: &Feed,
+    p: &Prepared,
+    max_rows: usize,
+) -> Result<usize, sqlx::Error> {
+    let Some(digest) = p.digest.as_deref() else {
+        return store_group(db, bus, feed, &[p], None).await.map(|()| 1);
+    };
+    let pieces = split(p, max_rows);
+    let done: Option<i64> = sqlx::query_scalar("SELECT done FROM usage_parts WHERE batch = $1")
+        .bind(digest)
+        .fetch_optional(&db.pool)
+        .await?;
+    let done = done.unwrap_or(0).max(0) as usize;
+    for (k, piece) in pieces.iter().enumerate().skip(done) {
+        store_group(db, bus, feed, &[piece], Some((digest, k as i64 + 1))).await?;
+    }
+    Ok(pieces.len().saturating_sub(done))
 }
 
 /// What the anomaly detectors see of a validated batch (the pipeline's own preparation), for callers
@@ -627,8 +715,10 @@ impl IngestStats {
 /// The usage ingestion pipeline of one replica: handlers validate and prepare batches and queue them
 /// (bounded by entries, not batches, so memory stays bounded whatever the batch sizes); one writer task
 /// stores whole queued batches together in short transactions (group commit, at most
-/// [`UsageConfig::max_rows_per_transaction`] rows unless a single batch is larger); one detector task runs
-/// the anomaly detectors over every stored batch, in order; each batch is answered 202 only after both.
+/// [`UsageConfig::max_rows_per_transaction`] rows; a larger batch is stored alone in parts of that size,
+/// each its own transaction, see `store_in_parts`); one detector task runs
+/// the anomaly detectors over every stored batch, the groups stored while it was busy together; each batch
+/// is answered 202 only after both, so a 202 means stored, never only queued.
 /// A full queue is answered 503 with `Retry-After` at once. Revocations and issuance never queue behind
 /// usage: they use other pool connections and wait at most one short ingestion transaction for the
 /// SQLite write lock (see `db.rs` for the busy timeout).
@@ -789,7 +879,18 @@ async fn writer(
             }
         }
         let started = std::time::Instant::now();
-        let result = store_group(&db, &bus, &feed, &group).await;
+        let result = if group.len() == 1 && rows > max_rows {
+            store_in_parts(&db, &bus, &feed, &group[0].prepared, max_rows)
+                .await
+                .map(|parts| {
+                    stats
+                        .transactions
+                        .fetch_add(parts.saturating_sub(1) as u64, Ordering::Relaxed);
+                })
+        } else {
+            let batches: Vec<&Prepared> = group.iter().map(|j| &j.prepared).collect();
+            store_group(&db, &bus, &feed, &batches, None).await
+        };
         stats
             .write_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -911,17 +1012,19 @@ async fn ingest(
     let parsed = tokio::task::spawn_blocking(move || -> ApiResult<Result<_, Response>> {
         let _slot = slot;
         let batch: UsageBatch = parse_json(&body)?;
+        // The parts ledger's key, should the batch be too large for one transaction.
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
         drop(body);
         if let Some(message) = oversized(&batch, &limits) {
             return Ok(Err(too_large(message)));
         }
         validate(&batch)?;
-        Ok(Ok(batch))
+        Ok(Ok((batch, digest)))
     })
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("usage batch parser: {e}")))??;
-    let batch = match parsed {
-        Ok(batch) => batch,
+    let (batch, digest) = match parsed {
+        Ok(parsed) => parsed,
         Err(response) => return Ok(response),
     };
     principal.require_edge(&batch.edge)?;
@@ -929,9 +1032,12 @@ async fn ingest(
     let accepted_failures = batch.failures.len();
     let bucket = batch.interval_start - batch.interval_start.rem_euclid(60);
     let size = entries(&batch);
-    let prepared = tokio::task::spawn_blocking(move || prepare(batch, address))
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("usage batch preparation: {e}")))?;
+    let prepared = tokio::task::spawn_blocking(move || Prepared {
+        digest: Some(digest),
+        ..prepare(batch, address)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(anyhow::anyhow!("usage batch preparation: {e}")))?;
     if let Err(refusal) = usage.submit(prepared, size).await {
         return Ok(unavailable(refusal));
     }
@@ -940,12 +1046,14 @@ async fn ingest(
 
 /// Stores a group of prepared batches in one transaction: counts summed per key across the group,
 /// failures, address pairs, token first/last use (one `token.first_use` event per token) and one
-/// `edges` row update per edge.
+/// `edges` row update per edge; with `ledger` (digest, parts stored), the part of a split batch it
+/// stores is recorded in the same transaction.
 async fn store_group(
     db: &Db,
     bus: &EventBus,
     feed: &Feed,
-    group: &[Job],
+    group: &[&Prepared],
+    ledger: Option<(&str, i64)>,
 ) -> Result<(), sqlx::Error> {
     let now = now();
     type RowKey<'a> = (i64, &'a str, &'a CountKey);
@@ -955,8 +1063,7 @@ async fn store_group(
     let mut used: BTreeMap<&str, (i64, i64, usize)> = BTreeMap::new();
     // edge -> (reports, decisions, address)
     let mut edges: BTreeMap<&str, (i64, i64, &str)> = BTreeMap::new();
-    for (i, job) in group.iter().enumerate() {
-        let p = &job.prepared;
+    for (i, p) in group.iter().enumerate() {
         let edge = p.ingested.edge.as_str();
         for (key, n) in &p.ingested.counts {
             *counts.entry((p.bucket, edge, key)).or_default() += n;
@@ -972,7 +1079,7 @@ async fn store_group(
             e.1 = e.1.max(p.ingested.interval_end);
         }
         let e = edges.entry(edge).or_insert((0, 0, &p.address));
-        e.0 += 1;
+        e.0 += p.reports;
         e.1 += p.total;
         e.2 = &p.address;
     }
@@ -1023,8 +1130,8 @@ async fn store_group(
     let failures: Vec<(&str, &FailureEntry)> = group
         .iter()
         .flat_map(|j| {
-            let edge = j.prepared.ingested.edge.as_str();
-            j.prepared.ingested.failures.iter().map(move |f| (edge, f))
+            let edge = j.ingested.edge.as_str();
+            j.ingested.failures.iter().map(move |f| (edge, f))
         })
         .collect();
     for chunk in failures.chunks(CHUNK) {
@@ -1077,7 +1184,7 @@ async fn store_group(
         for (jti, (_, _, first)) in chunk {
             query = query
                 .bind(**jti)
-                .bind(group[*first].prepared.ingested.interval_start);
+                .bind(group[*first].ingested.interval_start);
         }
         let first_uses = query.fetch_all(&mut *tx).await?;
         let sql = format!(
@@ -1096,7 +1203,7 @@ async fn store_group(
             let Some((_, (_, _, first))) = chunk.iter().find(|(j, _)| ***j == jti) else {
                 continue;
             };
-            let p = &group[*first].prepared;
+            let p = group[*first];
             let seen_from: Vec<&String> = p
                 .addresses
                 .iter()
@@ -1129,6 +1236,17 @@ async fn store_group(
         .bind(now)
         .bind(*reports)
         .bind(*decisions)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if let Some((digest, done)) = ledger {
+        sqlx::query(
+            "INSERT INTO usage_parts (batch, done, at) VALUES ($1, $2, $3) \
+             ON CONFLICT (batch) DO UPDATE SET done = excluded.done, at = excluded.at",
+        )
+        .bind(digest)
+        .bind(done)
+        .bind(now)
         .execute(&mut *tx)
         .await?;
     }
@@ -1238,6 +1356,8 @@ pub async fn prune(db: &Db, config: &UsageConfig) -> Result<(), sqlx::Error> {
         db::delete_in_chunks(db, "usage_failures", "at <= $1", cut).await?;
     }
     db::delete_in_chunks(db, "token_addresses", "last_seen < $1", now - 7 * 86_400).await?;
+    // A split batch is resent within minutes if at all; a day of its ledger is plenty.
+    db::delete_in_chunks(db, "usage_parts", "at < $1", now - 86_400).await?;
     events::prune(db, config.event_retention_seconds, config.event_max_rows).await?;
     crate::anomalies::prune(db, config.anomaly_retention_seconds).await?;
     Ok(())

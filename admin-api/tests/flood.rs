@@ -18,6 +18,7 @@ both_backends!(
     usage_flood_never_fails_or_stalls_revocations_and_issuance,
     flood_of_findings_opens_deduplicated_anomalies_within_the_edge_cap,
     retention_prunes_usage_events_and_resolved_anomalies,
+    oversized_batch_is_stored_in_parts_and_counted_once_when_resent,
 );
 
 /// Longest a revocation or an issuance may take during the flood (a debug build on a loaded machine;
@@ -138,7 +139,10 @@ async fn usage_flood_never_fails_or_stalls_revocations_and_issuance(backend: Bac
         .iter()
         .map(|(what, status, took, _)| format!("{what} {status} {took:?}"))
         .collect();
-    eprintln!("{stored} batches stored, {refused} refused; {}", took.join(", "));
+    eprintln!(
+        "{stored} batches stored, {refused} refused; {}",
+        took.join(", ")
+    );
     assert!(stored >= 1, "no batch of the flood was stored");
     assert_eq!(stored + refused, BATCHES);
     for (what, status, took, body) in &writes {
@@ -285,12 +289,14 @@ async fn retention_prunes_usage_events_and_resolved_anomalies(backend: Backend) 
     // The hourly rollup of those counts, as the ingestion writer adds it beside them.
     let old_hour = (now - 6 * day) - (now - 6 * day).rem_euclid(3600);
     for (hour, count) in [(old_hour, 12_000), (recent - recent.rem_euclid(3600), 4)] {
-        sqlx::query("INSERT INTO usage_hourly (hour, edge, reason, count) VALUES ($1, 'e', 'allowed', $2)")
-            .bind(hour)
-            .bind(count)
-            .execute(&db.pool)
-            .await
-            .expect("hourly rollup");
+        sqlx::query(
+            "INSERT INTO usage_hourly (hour, edge, reason, count) VALUES ($1, 'e', 'allowed', $2)",
+        )
+        .bind(hour)
+        .bind(count)
+        .execute(&db.pool)
+        .await
+        .expect("hourly rollup");
     }
     for (id, at) in [("uf_old", now - 3 * day), ("uf_new", now - 60)] {
         sqlx::query("INSERT INTO usage_failures (id, edge, at, received_at, reason, client_address) VALUES ($1, 'e', $2, $2, 'expired', '10.0.0.1')")
@@ -377,4 +383,63 @@ async fn retention_prunes_usage_events_and_resolved_anomalies(backend: Backend) 
         ["evt_00000000000011new", "evt_00000000000012new"],
         "beyond the row bound the oldest events are deleted"
     );
+}
+
+async fn oversized_batch_is_stored_in_parts_and_counted_once_when_resent(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    // Far fewer rows per transaction than one full batch writes (about 31,000): it goes in parts.
+    config.usage.max_rows_per_transaction = 2_000;
+    let app = TestApp::with_config(config, db).await;
+    let (body, total) = full_batch("big-edge", 7);
+    let transactions = || {
+        app.state
+            .usage
+            .stats
+            .transactions
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = transactions();
+    app.post("/api/v1/usage", Some(&app.admin_key), body.clone())
+        .await
+        .expect(StatusCode::ACCEPTED);
+    let parts = transactions() - before;
+    assert!(
+        parts >= 10,
+        "a batch of ~31,000 rows in parts of 2,000: {parts} transactions"
+    );
+    let done: i64 = sqlx::query_scalar("SELECT done FROM usage_parts")
+        .fetch_one(&app.state.db.pool)
+        .await
+        .expect("ledger");
+    assert_eq!(done as u64, parts, "the ledger counts every part stored");
+    // The edge did not get (or trust) the answer and sends the same batch again: nothing more is counted.
+    app.post("/api/v1/usage", Some(&app.admin_key), body)
+        .await
+        .expect(StatusCode::ACCEPTED);
+    let sum: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(SUM(count) AS BIGINT) FROM usage_counts WHERE edge = 'big-edge'",
+    )
+    .fetch_one(&app.state.db.pool)
+    .await
+    .expect("sum");
+    assert_eq!(sum, Some(total), "the resent batch is counted once");
+    let failures: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM usage_failures WHERE edge = 'big-edge'")
+            .fetch_one(&app.state.db.pool)
+            .await
+            .expect("failures");
+    assert_eq!(failures, 1_000);
+    let hourly: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM usage_hourly WHERE edge = 'big-edge'",
+    )
+    .fetch_one(&app.state.db.pool)
+    .await
+    .expect("hourly");
+    assert_eq!(hourly, total, "the rollup counts the batch once too");
+    let reports: i64 = sqlx::query_scalar("SELECT reports FROM edges WHERE name = 'big-edge'")
+        .fetch_one(&app.state.db.pool)
+        .await
+        .expect("edge");
+    assert_eq!(reports, 1, "the parts are one report");
 }

@@ -14,3 +14,13 @@ CREATE TRIGGER usage_hourly_apply AFTER DELETE ON usage_counts
 -- refusals in the window instead of every decision it made.
 CREATE INDEX usage_counts_refusals_subject ON usage_counts (subject, bucket) WHERE reason NOT IN ('allowed', 'anonymous');
 CREATE INDEX usage_counts_refusals_client ON usage_counts (client_id, bucket) WHERE reason NOT IN ('allowed', 'anonymous');
+
+-- The parts ledger: a batch too large for one short transaction is stored in parts, each in its own
+-- transaction that also records here how many parts of the batch (keyed by its body's SHA-256) are
+-- stored, so a resent batch stores only the parts that are not. Kept a day.
+CREATE TABLE usage_parts (
+    batch TEXT PRIMARY KEY,
+    done BIGINT NOT NULL,
+    at BIGINT NOT NULL
+);
+CREATE INDEX usage_parts_at ON usage_parts (at);
