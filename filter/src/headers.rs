@@ -8,22 +8,32 @@
 //! Text rules are the ones the filter has always applied: names are ASCII tokens (Envoy's codecs refuse
 //! anything else); a value that is not UTF-8 (any client can send `X-Anything: \xff`) keeps its valid parts and
 //! gets U+FFFD for the rest, so a credential carrying such bytes fails to parse as a token instead of failing
-//! the VM. Only such values are copied.
+//! the VM. Only such values are copied, and only once they are read: nothing is checked up front.
 
+use std::cell::OnceCell;
 use std::ops::Range;
 
-/// Where a name or a value's text is: in the buffer (valid UTF-8), or copied and repaired.
+/// Where one name or value sits in the buffer, and its repaired copy once one was needed (text that is not
+/// UTF-8, made on first access: most headers of a request are never looked at, so none is checked up front).
 #[derive(Debug, Clone)]
-enum Text {
-    Raw(Range<usize>),
-    Lossy(usize),
+struct Text {
+    range: Range<usize>,
+    repaired: OnceCell<Box<str>>,
+}
+
+impl Text {
+    fn new(range: Range<usize>) -> Text {
+        Text {
+            range,
+            repaired: OnceCell::new(),
+        }
+    }
 }
 
 /// Request headers in Envoy's serialised form, with the position of each pair.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderMap {
     buf: Vec<u8>,
-    lossy: Vec<String>,
     entries: Vec<(Text, Text)>,
 }
 
@@ -31,34 +41,26 @@ impl HeaderMap {
     /// Parses a map in proxy-wasm's serialised form. A buffer that does not follow it (Envoy never sends one)
     /// yields the pairs read before the fault.
     pub fn from_serialized(buf: Vec<u8>) -> HeaderMap {
-        let mut map = HeaderMap {
-            buf,
-            lossy: Vec::new(),
-            entries: Vec::new(),
-        };
-        let count = read_u32(&map.buf, 0).unwrap_or(0);
+        let count = read_u32(&buf, 0).unwrap_or(0);
         let mut data = count.saturating_mul(8).saturating_add(4);
         let mut entries = Vec::with_capacity(count.min(256));
         for n in 0..count {
             let sizes = n.saturating_mul(8).saturating_add(4);
             let (Some(name_len), Some(value_len)) =
-                (read_u32(&map.buf, sizes), read_u32(&map.buf, sizes + 4))
+                (read_u32(&buf, sizes), read_u32(&buf, sizes + 4))
             else {
                 break;
             };
             let name = data..data.saturating_add(name_len);
             let value_start = name.end.saturating_add(1);
             let value = value_start..value_start.saturating_add(value_len);
-            if value.end > map.buf.len() {
+            if value.end > buf.len() {
                 break;
             }
             data = value.end.saturating_add(1);
-            let name = map.text(name);
-            let value = map.text(value);
-            entries.push((name, value));
+            entries.push((Text::new(name), Text::new(value)));
         }
-        map.entries = entries;
-        map
+        HeaderMap { buf, entries }
     }
 
     /// A map holding `pairs`, through the same serialised form Envoy sends (tests and native builds).
@@ -66,43 +68,26 @@ impl HeaderMap {
         HeaderMap::from_serialized(serialize(pairs))
     }
 
-    /// The text at `range`: in place when it is UTF-8, otherwise a repaired copy.
-    fn text(&mut self, range: Range<usize>) -> Text {
-        let Some(bytes) = self.buf.get(range.clone()) else {
-            return Text::Raw(0..0);
-        };
-        match std::str::from_utf8(bytes) {
-            Ok(_) => Text::Raw(range),
-            Err(_) => {
-                self.lossy.push(String::from_utf8_lossy(bytes).into_owned());
-                Text::Lossy(self.lossy.len() - 1)
-            }
-        }
-    }
-
-    /// The bytes of a name or value (a repaired copy's for one that was not UTF-8).
+    /// The raw bytes of a name or value, as the client sent them.
     fn bytes(&self, text: &Text) -> &[u8] {
-        match text {
-            Text::Raw(range) => self.buf.get(range.clone()).unwrap_or_default(),
-            Text::Lossy(i) => self.lossy.get(*i).map_or(&[], |s| s.as_bytes()),
-        }
+        self.buf.get(text.range.clone()).unwrap_or_default()
     }
 
-    fn str(&self, text: &Text) -> &str {
-        match text {
-            Text::Raw(range) => self
-                .buf
-                .get(range.clone())
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .unwrap_or(""),
-            Text::Lossy(i) => self.lossy.get(*i).map_or("", String::as_str),
+    /// A name or value as text: in place when it is UTF-8, otherwise its repaired copy (made once).
+    fn str<'a>(&'a self, text: &'a Text) -> &'a str {
+        let bytes = self.bytes(text);
+        match std::str::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(_) => text
+                .repaired
+                .get_or_init(|| String::from_utf8_lossy(bytes).into()),
         }
     }
 
     /// The first value of header `name` (compared case-insensitively).
     pub fn get(&self, name: &str) -> Option<&str> {
-        // Names compared as bytes (ASCII case folding is all the comparison does); a value is only turned into
-        // text once its name matched.
+        // Names compared as bytes (ASCII case folding is all the comparison does; a name that is not UTF-8 can
+        // never equal an ASCII one); a value is only turned into text once its name matched.
         self.entries
             .iter()
             .find(|(k, _)| self.bytes(k).eq_ignore_ascii_case(name.as_bytes()))
@@ -124,6 +109,16 @@ impl HeaderMap {
     /// Whether the map holds no pair.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// How many names and values have needed a repaired copy so far (tests).
+    #[cfg(test)]
+    fn repaired(&self) -> usize {
+        self.entries
+            .iter()
+            .flat_map(|(k, v)| [k, v])
+            .filter(|t| t.repaired.get().is_some())
+            .count()
     }
 }
 
@@ -207,7 +202,7 @@ mod tests {
             .map(|(_, v)| v)
             .collect();
         assert_eq!(cookies, ["a=1", "b=2"]);
-        assert!(map.lossy.is_empty(), "valid text is never copied");
+        assert_eq!(map.repaired(), 0, "valid text is never copied");
     }
 
     #[test]
@@ -216,8 +211,15 @@ mod tests {
             ("x-evil", b"caf\xe9\xff".as_slice()),
             ("authorization", b"Bearer abc".as_slice()),
         ]);
-        assert_eq!(map.get("x-evil"), Some("caf\u{fffd}\u{fffd}"));
         assert_eq!(map.get("authorization"), Some("Bearer abc"));
+        assert_eq!(
+            map.repaired(),
+            0,
+            "a value is repaired only when it is read"
+        );
+        assert_eq!(map.get("x-evil"), Some("caf\u{fffd}\u{fffd}"));
+        assert_eq!(map.get("x-evil"), Some("caf\u{fffd}\u{fffd}"));
+        assert_eq!(map.repaired(), 1);
     }
 
     #[test]
