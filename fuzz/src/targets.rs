@@ -535,7 +535,7 @@ pub fn shared_state(data: &[u8]) {
 }
 
 /// `headers`: the request-header buffer as Envoy serialises it (`proxy_get_header_map_pairs`, the buffer the
-/// filter's one `unsafe` call takes over). Whatever pairs are read must serialise and read back identically
+/// first of the filter's two `unsafe` calls takes over). Whatever pairs are read must serialise and read back identically
 /// (asserted); then the filter decides the request those headers describe.
 pub fn headers(data: &[u8]) {
     let map = HeaderMap::from_serialized(data.to_vec());
