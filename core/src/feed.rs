@@ -24,6 +24,8 @@
 
 use std::borrow::Cow;
 
+pub mod snapshot;
+
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
 
