@@ -28,6 +28,7 @@ pub mod revocations;
 pub mod secrets;
 pub mod serve;
 pub mod session;
+pub mod snapshot;
 pub mod tokens;
 pub mod usage;
 pub mod webhooks;
@@ -309,6 +310,7 @@ pub fn app(state: AppState) -> Router {
         .merge(clients::router())
         .merge(tokens::router())
         .merge(revocations::router())
+        .merge(snapshot::router())
         .merge(issuers::router())
         .merge(oauth::router())
         .merge(events::router())
