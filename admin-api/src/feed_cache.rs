@@ -39,6 +39,8 @@ type Slot = Arc<OnceCell<CachedFeed>>;
 #[derive(Debug, Default)]
 pub struct FeedCache {
     entries: Mutex<HashMap<(i64, i64), (Instant, Slot)>>,
+    /// Edge snapshots (`crate::snapshot`), built once for every edge asking at the same cursor.
+    pub snapshots: crate::snapshot::SnapshotCache,
 }
 
 impl FeedCache {
