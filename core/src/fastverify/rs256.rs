@@ -1,8 +1,11 @@
 //! RS256 (RSASSA-PKCS1-v1_5 with SHA-256) verification with per-key Montgomery constants.
 //!
 //! With the usual public exponent 65537 a verify is 16 modular squarings and one multiplication.
-//! This file does them with 32-bit limbs and 64-bit accumulators (native on wasm32, where
-//! 128-bit arithmetic is emulated), with `-n^-1 mod 2^32` and `R^2 mod n` computed once per key.
+//! This file does them with 28-bit limbs in 32-bit words, so a 64-bit accumulator takes a whole
+//! column of 56-bit products without carries (128-bit arithmetic is emulated on wasm32), with
+//! `-n^-1 mod 2^28` and `R^2 mod n` computed once per key. Every column sum is a dot product of
+//! two contiguous slices (one operand stored reversed); with WebAssembly SIMD it takes four
+//! products per two `i64x2.extmul` instructions (`dot` below).
 //! The padding is checked by building the expected encoded message and comparing whole blocks
 //! (RFC 8017 section 8.2.2), never by parsing it. Only public data is handled, so the code is
 //! not constant-time; nothing here may be reused for decryption or signing.
@@ -41,6 +44,11 @@ pub enum Rs256KeyError {
     },
 }
 
+/// Bits per limb: products of two limbs are below 2^56, so a u64 holds the sum of 256 of them.
+const LIMB_BITS: u32 = 28;
+/// Mask of one limb's bits.
+const LIMB_MASK: u32 = (1 << LIMB_BITS) - 1;
+
 /// Verifies RS256 signatures for one RSA public key.
 ///
 /// Accept/reject decisions match `rsa::RsaPublicKey::verify(Pkcs1v15Sign::new::<Sha256>(), ..)`:
@@ -48,16 +56,23 @@ pub enum Rs256KeyError {
 /// one valid encoding of the digest (DigestInfo with explicit NULL parameters).
 #[derive(Clone)]
 pub struct Rs256Verifier {
-    /// Modulus as little-endian 32-bit limbs, no leading zero limbs.
+    /// Modulus as little-endian 28-bit limbs (`k` of them, enough for its bit length).
     n: Vec<u32>,
-    /// `-n^-1 mod 2^32`, the Montgomery reduction factor.
+    /// The modulus' limbs in reverse order (most significant first), [`padded`], so that the
+    /// column sums of the Montgomery reduction are dot products of two slices read forwards.
+    n_reversed: Vec<u32>,
+    /// `-n^-1 mod 2^28`, the Montgomery reduction factor.
     n0_inv: u32,
-    /// `R^2 mod n` with `R = 2^(32 * limbs)`, to enter the Montgomery domain.
+    /// `R^2 mod n` with `R = 2^(28 * k)`, to enter the Montgomery domain.
     r_squared: Vec<u32>,
+    /// `R^2 mod n` reversed and [`padded`], the multiplicand that enters the Montgomery domain.
+    r_squared_reversed: Vec<u32>,
     /// The public exponent.
     e: u64,
     /// Modulus length in bytes (`k` in RFC 8017): the required signature length.
     modulus_len: usize,
+    /// Bit length of the modulus.
+    modulus_bits: usize,
 }
 
 impl std::fmt::Debug for Rs256Verifier {
@@ -92,27 +107,36 @@ impl Rs256Verifier {
             return Err(exponent_error);
         }
 
-        let limbs = be_bytes_to_limbs(n, n.len().div_ceil(4));
-        let n0_inv = neg_inverse_mod_2_32(limbs.first().copied().unwrap_or(1));
-        let r_squared = r_squared_mod(&limbs);
+        let limbs = be_bytes_to_limbs(n, bits.div_ceil(LIMB_BITS as usize));
+        let n0_inv = neg_inverse_mod_2_32(limbs.first().copied().unwrap_or(1)) & LIMB_MASK;
+        let r_squared = r_squared_mod(&limbs, bits);
+        let k = limbs.len();
+        let n_reversed = padded_reversed(&limbs, k);
+        let r_squared_reversed = padded_reversed(&r_squared, k);
         Ok(Self {
             n: limbs,
+            n_reversed,
             n0_inv,
             r_squared,
+            r_squared_reversed,
             e,
             modulus_len: n.len(),
+            modulus_bits: bits,
         })
     }
 
     /// Bit length of the modulus.
     pub fn modulus_bits(&self) -> usize {
-        let top = self.n.last().copied().unwrap_or(0);
-        (self.n.len() * 32).saturating_sub(top.leading_zeros() as usize)
+        self.modulus_bits
     }
 
     /// Heap bytes held by this verifier.
     pub fn heap_bytes(&self) -> usize {
-        (self.n.capacity() + self.r_squared.capacity()) * 4
+        (self.n.capacity()
+            + self.n_reversed.capacity()
+            + self.r_squared.capacity()
+            + self.r_squared_reversed.capacity())
+            * 4
     }
 
     /// Checks a JWS RS256 signature over `signing_input`.
@@ -140,34 +164,43 @@ impl Rs256Verifier {
     /// RSAVP1: `s^e mod n` as a k-octet big-endian block, or `None` if `s >= n`.
     fn public_op(&self, signature: &[u8]) -> Option<Vec<u8>> {
         let k = self.n.len();
-        let s = be_bytes_to_limbs(signature, k);
-        // be_bytes_to_limbs keeps every byte when it fits k limbs; the length check in
-        // verify_prehash guarantees that, so a too-large value is caught here.
-        if signature.len() > k * 4 || !less_than(&s, &self.n) {
+        // The signature has exactly modulus_len bytes (checked by the caller, and here), so it
+        // fits k limbs and its value is kept whole.
+        if signature.len() != self.modulus_len {
             return None;
         }
-        let mut scratch = vec![0u32; k];
-        // s * R mod n: the Montgomery form of s.
-        let mut s_mont = vec![0u32; k];
-        self.mont_mul(&s, &self.r_squared, &mut s_mont, &mut scratch);
-        let mut acc = s_mont.clone();
-        let mut tmp = vec![0u32; k];
+        let s = be_bytes_to_limbs(signature, k);
+        if !less_than(&s, &self.n) {
+            return None;
+        }
+        let mut work = Workspace::new(k);
+        // s * R mod n: the Montgomery form of s, kept reversed as the fixed multiplicand.
+        let mut s_mont = padded(&[], k);
+        self.mont_mul(
+            &padded(&s, k),
+            &self.r_squared_reversed,
+            &mut s_mont,
+            &mut work,
+        );
+        let s_mont_reversed = padded_reversed(unpadded(&s_mont, k), k);
+        let mut acc = s_mont;
+        let mut tmp = padded(&[], k);
         let top_bit = 63 - self.e.leading_zeros();
         // Left-to-right square-and-multiply over the bits between the top and the lowest one;
         // for 65537 that is 15 squarings and no multiplication (the 16th squaring is below).
         for bit in (1..top_bit).rev() {
-            self.mont_sqr(&acc, &mut tmp, &mut scratch);
+            self.mont_sqr(&acc, &mut tmp, &mut work);
             std::mem::swap(&mut acc, &mut tmp);
             if (self.e >> bit) & 1 == 1 {
-                self.mont_mul(&acc, &s_mont, &mut tmp, &mut scratch);
+                self.mont_mul(&acc, &s_mont_reversed, &mut tmp, &mut work);
                 std::mem::swap(&mut acc, &mut tmp);
             }
         }
         // Lowest bit (always 1, e is odd): square, then multiply by plain s, since
         // MontMul(x*R, s) = x*s mod n, which also leaves the Montgomery domain.
-        self.mont_sqr(&acc, &mut tmp, &mut scratch);
-        self.mont_mul(&tmp, &s, &mut acc, &mut scratch);
-        Some(limbs_to_be_bytes(&acc, self.modulus_len))
+        self.mont_sqr(&acc, &mut tmp, &mut work);
+        self.mont_mul(&tmp, &padded_reversed(&s, k), &mut acc, &mut work);
+        Some(limbs_to_be_bytes(unpadded(&acc, k), self.modulus_len))
     }
 
     /// EMSA-PKCS1-v1_5 encoding of the digest: `00 01 FF..FF 00 || DigestInfo || H`.
@@ -187,106 +220,260 @@ impl Rs256Verifier {
         Some(encoded)
     }
 
-    /// Montgomery multiplication `out = a * b * R^-1 mod n` for `a, b < n`.
-    ///
-    /// Product scanning (one column of the 2k-limb result at a time, Montgomery reduction
-    /// interleaved) with split accumulators: each 32x32->64-bit product is added as its low and
-    /// high halves into two u64 sums, so there is no carry chain per product. On wasm32 under V8
-    /// this measured about 1.7x faster than operand scanning (CIOS). Column sums stay below
-    /// 2 * 256 * 2^32 < 2^42 for the largest modulus, so the u64 sums cannot overflow.
-    fn mont_mul(&self, a: &[u32], b: &[u32], out: &mut [u32], m: &mut [u32]) {
-        self.mont_product(a, Some(b), out, m);
+    /// Montgomery multiplication `out = a * b * R^-1 mod n` for `a, b < n`, with `b` given as
+    /// its limbs in reverse order. Operands and result are [`padded`].
+    fn mont_mul(&self, a: &[u32], b_reversed: &[u32], out: &mut [u32], work: &mut Workspace) {
+        self.mont_product(a, Some(b_reversed), out, work);
     }
 
     /// Montgomery squaring `out = a^2 * R^-1 mod n` for `a < n`: as [`Self::mont_mul`], but
     /// each cross product `a_i * a_j` (i != j) is computed once and doubled, saving about a
     /// quarter of the limb multiplications.
-    fn mont_sqr(&self, a: &[u32], out: &mut [u32], m: &mut [u32]) {
-        self.mont_product(a, None, out, m);
+    fn mont_sqr(&self, a: &[u32], out: &mut [u32], work: &mut Workspace) {
+        self.mont_product(a, None, out, work);
     }
 
-    /// Shared body of [`Self::mont_mul`] (`b` is `Some`) and [`Self::mont_sqr`] (`b` is `None`).
-    /// `m` is scratch space of the modulus' limb count for the reduction factors.
-    fn mont_product(&self, a: &[u32], b: Option<&[u32]>, out: &mut [u32], m: &mut [u32]) {
+    /// Shared body of [`Self::mont_mul`] (`b_reversed` is `Some`) and [`Self::mont_sqr`]
+    /// (`None`).
+    ///
+    /// Product scanning: one column of the 2k-limb result at a time, with the Montgomery
+    /// reduction interleaved. Column `i` adds `a_j * b_(i-j)` and `m_j * n_(i-j)`; with `b` and
+    /// `n` stored reversed, each of those sums is a dot product of two forward slices. Every
+    /// buffer has [`PAD`] zero limbs on both sides, so a range can be widened to a multiple of
+    /// four pairs: each added pair has a zero factor (a padding limb, or a reduction factor `m_j`
+    /// not chosen yet, which is zero). The two sums are kept apart (each below
+    /// `k * 2^56 < 2^64` for k <= 147 limbs, 4096 bits) and split into 28-bit halves before they
+    /// meet the carry. The result is below `2n`.
+    fn mont_product(
+        &self,
+        a: &[u32],
+        b_reversed: Option<&[u32]>,
+        out: &mut [u32],
+        work: &mut Workspace,
+    ) {
         let n = self.n.as_slice();
+        let n_reversed = self.n_reversed.as_slice();
+        let n0 = u64::from(n.first().copied().unwrap_or(0));
         let k = n.len();
-        // The running column value is lo + hi * 2^32.
-        let mut lo = 0u64;
-        let mut hi = 0u64;
+        let m = work.factors.as_mut_slice();
+        m.fill(0);
+        let a_reversed: &[u32] = match b_reversed {
+            Some(b_reversed) => b_reversed,
+            None => {
+                for (slot, &limb) in work.reversed.iter_mut().zip(a.iter().rev()) {
+                    *slot = limb;
+                }
+                &work.reversed
+            }
+        };
+        let mask = u64::from(LIMB_MASK);
+        let mut carry = 0u64;
         for i in 0..(2 * k).saturating_sub(1) {
-            // Limb pairs (j, i - j) with both indices below k.
+            // Limb pairs (j, i - j) with both indices below k, from j = start; the reversed
+            // operand holds limb i - j at k - 1 - i + j, so those pairs start at `offset` there.
             let start = i.saturating_sub(k - 1);
-            match b {
-                Some(b) => {
-                    let end = i.min(k - 1) + 1;
-                    let pairs = a.get(start..end).zip(b.get(i + 1 - end..=i - start));
-                    if let Some((left, right)) = pairs {
-                        for (&x, &y) in left.iter().zip(right.iter().rev()) {
-                            mac(&mut lo, &mut hi, x, y);
-                        }
-                    }
-                }
+            let offset = (k - 1 + start) - i;
+            // Pairs up to the last j below k and i (m_j for j >= i is still zero).
+            let upper = (i.min(k - 1) + 1 - start).next_multiple_of(4);
+            let (products, reduction) = match b_reversed {
+                Some(_) => dot2(
+                    a.get(PAD + start..PAD + start + upper),
+                    a_reversed.get(PAD + offset..PAD + offset + upper),
+                    m.get(PAD + start..PAD + start + upper),
+                    n_reversed.get(PAD + offset..PAD + offset + upper),
+                ),
                 None => {
-                    // Cross products with j < i - j, doubled, plus the square term a_(i/2)^2.
-                    let end = i.div_ceil(2);
-                    let mut cross_lo = 0u64;
-                    let mut cross_hi = 0u64;
-                    if start < end {
-                        let pairs = a.get(start..end).zip(a.get(i + 1 - end..=i - start));
-                        if let Some((left, right)) = pairs {
-                            for (&x, &y) in left.iter().zip(right.iter().rev()) {
-                                mac(&mut cross_lo, &mut cross_hi, x, y);
-                            }
-                        }
-                    }
-                    lo += 2 * cross_lo;
-                    hi += 2 * cross_hi;
-                    if i % 2 == 0 {
-                        let x = a.get(i / 2).copied().unwrap_or(0);
-                        mac(&mut lo, &mut hi, x, x);
-                    }
+                    // Cross products with j < i - j, doubled, plus the square term a_(i/2)^2;
+                    // the cross range is widened downwards, into the leading padding.
+                    let mid = i.div_ceil(2);
+                    let lower = mid.saturating_sub(start).next_multiple_of(4);
+                    let (from, to) = ((PAD + mid).saturating_sub(lower), PAD + mid);
+                    let cross = dot(
+                        a.get(from..to),
+                        a_reversed.get(from + offset - start..to + offset - start),
+                    );
+                    let square = if i % 2 == 0 {
+                        let x = u64::from(a.get(PAD + i / 2).copied().unwrap_or(0));
+                        x * x
+                    } else {
+                        0
+                    };
+                    let reduction = dot(
+                        m.get(PAD + start..PAD + start + upper),
+                        n_reversed.get(PAD + offset..PAD + offset + upper),
+                    );
+                    (2 * cross + square, reduction)
                 }
-            }
-            // Reduction terms m_j * n_(i-j) for the factors already chosen (j < i).
-            let m_end = i.min(k);
-            if start < m_end {
-                let pairs = m.get(start..m_end).zip(n.get(i + 1 - m_end..=i - start));
-                if let Some((left, right)) = pairs {
-                    for (&x, &y) in left.iter().zip(right.iter().rev()) {
-                        mac(&mut lo, &mut hi, x, y);
-                    }
-                }
-            }
+            };
+            let mut low = (products & mask) + (reduction & mask) + (carry & mask);
+            let high = (products >> LIMB_BITS) + (reduction >> LIMB_BITS) + (carry >> LIMB_BITS);
             if i < k {
                 // Choose m_i so that this column's low limb becomes zero, then drop it.
-                let m_i = (lo as u32).wrapping_mul(self.n0_inv);
-                if let Some(slot) = m.get_mut(i) {
+                let m_i = (low as u32).wrapping_mul(self.n0_inv) & LIMB_MASK;
+                if let Some(slot) = m.get_mut(PAD + i) {
                     *slot = m_i;
                 }
-                mac(&mut lo, &mut hi, m_i, n.first().copied().unwrap_or(0));
-            } else if let Some(slot) = out.get_mut(i - k) {
-                *slot = lo as u32;
+                low += u64::from(m_i) * n0;
+            } else if let Some(slot) = out.get_mut(PAD + i - k) {
+                *slot = low as u32 & LIMB_MASK;
             }
-            // Carry into the next column: (lo + hi * 2^32) >> 32.
-            lo = (lo >> 32) + hi;
-            hi = 0;
+            carry = high + (low >> LIMB_BITS);
         }
-        if let Some(slot) = out.get_mut(k - 1) {
-            *slot = lo as u32;
+        if let Some(slot) = out.get_mut(PAD + k - 1) {
+            *slot = carry as u32 & LIMB_MASK;
         }
-        // The result (with `lo >> 32` as an extra top limb) is below 2n.
-        if lo >> 32 != 0 || !less_than(out, n) {
-            sub_in_place(out, n);
+        // The result (with `carry >> 28` as an extra top limb) is below 2n.
+        if let Some(result) = out.get_mut(PAD..PAD + k) {
+            if carry >> LIMB_BITS != 0 || !less_than(result, n) {
+                sub_in_place(result, n);
+            }
         }
     }
 }
 
-/// Adds the 32x32-bit product `x * y` into split accumulators (low half, high half).
+/// Zero limbs on each side of every Montgomery operand: ranges of pairs are widened to a
+/// multiple of four (one SIMD step) into them.
+const PAD: usize = 4;
+
+/// `limbs` (at most `k`) zero-extended to `k` limbs with [`PAD`] zero limbs on each side.
+fn padded(limbs: &[u32], k: usize) -> Vec<u32> {
+    let mut out = vec![0u32; k + 2 * PAD];
+    for (slot, &limb) in out.iter_mut().skip(PAD).zip(limbs.iter().take(k)) {
+        *slot = limb;
+    }
+    out
+}
+
+/// [`padded`] of the `k` limbs in reverse order.
+fn padded_reversed(limbs: &[u32], k: usize) -> Vec<u32> {
+    let mut out = vec![0u32; k + 2 * PAD];
+    for (slot, &limb) in out.iter_mut().skip(PAD).zip(limbs.iter().take(k).rev()) {
+        *slot = limb;
+    }
+    out
+}
+
+/// The `k` value limbs of a [`padded`] buffer.
+fn unpadded(limbs: &[u32], k: usize) -> &[u32] {
+    limbs.get(PAD..PAD + k).unwrap_or(&[])
+}
+
+/// Scratch space for one exponentiation, so the Montgomery products do not allocate.
+struct Workspace {
+    /// The reduction factors `m_j` of the product under way, [`padded`].
+    factors: Vec<u32>,
+    /// The squared operand's limbs in reverse order, [`padded`].
+    reversed: Vec<u32>,
+}
+
+impl Workspace {
+    fn new(k: usize) -> Self {
+        Self {
+            factors: padded(&[], k),
+            reversed: padded(&[], k),
+        }
+    }
+}
+
+/// `sum(x[t] * y[t])` over two slices of the same length, a multiple of four, of limbs below
+/// 2^28, at most 256 pairs (so the sum fits a u64); zero if either slice is missing.
 #[inline(always)]
-fn mac(lo: &mut u64, hi: &mut u64, x: u32, y: u32) {
-    let product = u64::from(x) * u64::from(y);
-    *lo += product & 0xffff_ffff;
-    *hi += product >> 32;
+fn dot(x: Option<&[u32]>, y: Option<&[u32]>) -> u64 {
+    match (x, y) {
+        (Some(x), Some(y)) => kernel::dot(x, y),
+        _ => 0,
+    }
+}
+
+/// [`dot`] of `x, y` and of `m, n` in one pass (all four slices of the same length).
+#[inline(always)]
+fn dot2(x: Option<&[u32]>, y: Option<&[u32]>, m: Option<&[u32]>, n: Option<&[u32]>) -> (u64, u64) {
+    match (x, y, m, n) {
+        (Some(x), Some(y), Some(m), Some(n)) => kernel::dot2(x, y, m, n),
+        _ => (dot(x, y), dot(m, n)),
+    }
+}
+
+/// The portable dot products, one product at a time: what every target but wasm32 with
+/// simd128 runs, and what the tests compare the SIMD kernel with.
+#[cfg_attr(
+    all(target_arch = "wasm32", target_feature = "simd128"),
+    allow(dead_code)
+)]
+mod portable {
+    /// `sum(x[t] * y[t])`.
+    #[inline(always)]
+    pub(super) fn dot(x: &[u32], y: &[u32]) -> u64 {
+        x.iter()
+            .zip(y)
+            .map(|(&a, &b)| u64::from(a) * u64::from(b))
+            .sum()
+    }
+
+    /// `(dot(x, y), dot(m, n))`.
+    #[inline(always)]
+    pub(super) fn dot2(x: &[u32], y: &[u32], m: &[u32], n: &[u32]) -> (u64, u64) {
+        (dot(x, y), dot(m, n))
+    }
+}
+
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+use portable as kernel;
+
+/// The dot products with WebAssembly SIMD: four products per two `i64x2.extmul` instructions
+/// (32x32->64-bit, two lanes each), for slices whose length is a multiple of four.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod kernel {
+    use super::LIMB_MASK;
+    use core::arch::wasm32::{
+        u32x4, u32x4_splat, u64x2_add, u64x2_extmul_high_u32x4, u64x2_extmul_low_u32x4,
+        u64x2_extract_lane, u64x2_splat, v128, v128_and,
+    };
+
+    /// Four limbs as a vector. Masking with the limb mask changes no value, but without it
+    /// LLVM folds the loads into extending loads and emits i64x2.mul, which V8 emulates with
+    /// several instructions.
+    #[inline(always)]
+    fn load(limbs: &[u32]) -> v128 {
+        match limbs {
+            &[a, b, c, d] => v128_and(u32x4(a, b, c, d), u32x4_splat(LIMB_MASK)),
+            _ => u64x2_splat(0),
+        }
+    }
+
+    /// `sum + x * y` lane-wise over the four 32-bit lanes, as two 64-bit lanes.
+    #[inline(always)]
+    fn mul_add(sum: v128, x: v128, y: v128) -> v128 {
+        let sum = u64x2_add(sum, u64x2_extmul_low_u32x4(x, y));
+        u64x2_add(sum, u64x2_extmul_high_u32x4(x, y))
+    }
+
+    fn total(sum: v128) -> u64 {
+        u64x2_extract_lane::<0>(sum) + u64x2_extract_lane::<1>(sum)
+    }
+
+    /// `sum(x[t] * y[t])`; a tail shorter than four is ignored (callers pass multiples of four).
+    #[inline(always)]
+    pub(super) fn dot(x: &[u32], y: &[u32]) -> u64 {
+        let mut sum = u64x2_splat(0);
+        for (x, y) in x.chunks_exact(4).zip(y.chunks_exact(4)) {
+            sum = mul_add(sum, load(x), load(y));
+        }
+        total(sum)
+    }
+
+    /// `(dot(x, y), dot(m, n))` in one loop.
+    #[inline(always)]
+    pub(super) fn dot2(x: &[u32], y: &[u32], m: &[u32], n: &[u32]) -> (u64, u64) {
+        let mut products = u64x2_splat(0);
+        let mut reduction = u64x2_splat(0);
+        let pairs = x.chunks_exact(4).zip(y.chunks_exact(4));
+        for ((x, y), (m, n)) in pairs.zip(m.chunks_exact(4).zip(n.chunks_exact(4))) {
+            products = mul_add(products, load(x), load(y));
+            reduction = mul_add(reduction, load(m), load(n));
+        }
+        (total(products), total(reduction))
+    }
 }
 
 /// `bytes` without its leading zero octets.
@@ -303,24 +490,33 @@ fn bit_length(bytes: &[u8]) -> usize {
     }
 }
 
-/// Big-endian bytes to `limbs` little-endian 32-bit limbs; bytes beyond `4 * limbs` are dropped
+/// Big-endian bytes to `limbs` little-endian 28-bit limbs; bits beyond `28 * limbs` are dropped
 /// (callers check lengths first).
 fn be_bytes_to_limbs(bytes: &[u8], limbs: usize) -> Vec<u32> {
     let mut out = vec![0u32; limbs];
     for (i, &byte) in bytes.iter().rev().enumerate() {
-        if let Some(limb) = out.get_mut(i / 4) {
-            *limb |= u32::from(byte) << (8 * (i % 4));
+        let bit = i * 8;
+        let (limb, shift) = (bit / LIMB_BITS as usize, (bit % LIMB_BITS as usize) as u32);
+        let value = u64::from(byte) << shift;
+        if let Some(slot) = out.get_mut(limb) {
+            *slot |= value as u32 & LIMB_MASK;
+        }
+        if let Some(slot) = out.get_mut(limb + 1) {
+            *slot |= (value >> LIMB_BITS) as u32;
         }
     }
     out
 }
 
-/// Little-endian limbs to exactly `len` big-endian bytes (the value must fit).
+/// Little-endian 28-bit limbs to exactly `len` big-endian bytes (the value must fit).
 fn limbs_to_be_bytes(limbs: &[u32], len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
     for (i, byte) in out.iter_mut().rev().enumerate() {
-        let limb = limbs.get(i / 4).copied().unwrap_or(0);
-        *byte = (limb >> (8 * (i % 4))) as u8;
+        let bit = i * 8;
+        let (limb, shift) = (bit / LIMB_BITS as usize, bit % LIMB_BITS as usize);
+        let low = u64::from(limbs.get(limb).copied().unwrap_or(0));
+        let high = u64::from(limbs.get(limb + 1).copied().unwrap_or(0));
+        *byte = ((low | (high << LIMB_BITS)) >> shift) as u8;
     }
     out
 }
@@ -335,15 +531,13 @@ fn less_than(a: &[u32], b: &[u32]) -> bool {
     false
 }
 
-/// `a -= b` modulo `2^(32 * len)` for equal-length little-endian limb slices.
+/// `a -= b` modulo `2^(28 * len)` for equal-length little-endian limb slices.
 fn sub_in_place(a: &mut [u32], b: &[u32]) {
-    let mut borrow = 0u64;
+    let mut borrow = 0u32;
     for (x, &y) in a.iter_mut().zip(b) {
-        let diff = u64::from(*x)
-            .wrapping_sub(u64::from(y))
-            .wrapping_sub(borrow);
-        *x = diff as u32;
-        borrow = (diff >> 63) & 1;
+        let diff = x.wrapping_sub(y).wrapping_sub(borrow);
+        *x = diff & LIMB_MASK;
+        borrow = diff >> 31;
     }
 }
 
@@ -357,24 +551,23 @@ fn neg_inverse_mod_2_32(n0: u32) -> u32 {
     inverse.wrapping_neg()
 }
 
-/// `2^(64 * limbs) mod n` by repeated doubling; key-load time only (about 64k limb operations
-/// per 2048-bit key).
-fn r_squared_mod(n: &[u32]) -> Vec<u32> {
+/// `2^(56 * k) mod n` (`R^2` for `k` limbs) by repeated doubling from `2^(bits - 1) < n`;
+/// key-load time only (about 150k limb operations per 2048-bit key).
+fn r_squared_mod(n: &[u32], bits: usize) -> Vec<u32> {
     let k = n.len();
-    // Start from 2^(bits-1) < n, then double the remaining times.
-    let bits = (k * 32).saturating_sub(n.last().copied().unwrap_or(0).leading_zeros() as usize);
+    let limb_bits = LIMB_BITS as usize;
     let mut x = vec![0u32; k];
     let top = bits.saturating_sub(1);
-    if let Some(limb) = x.get_mut(top / 32) {
-        *limb = 1 << (top % 32);
+    if let Some(limb) = x.get_mut(top / limb_bits) {
+        *limb = 1 << (top % limb_bits);
     }
-    for _ in top..(64 * k) {
-        // x = 2x mod n, with x < n before and after.
+    for _ in top..(2 * limb_bits * k) {
+        // x = 2x mod n, with x < n before and after; 2x may carry into a 29th bit of the top limb.
         let mut carry = 0u32;
         for limb in x.iter_mut() {
-            let next = *limb >> 31;
-            *limb = (*limb << 1) | carry;
-            carry = next;
+            let doubled = (*limb << 1) | carry;
+            *limb = doubled & LIMB_MASK;
+            carry = doubled >> LIMB_BITS;
         }
         if carry != 0 || !less_than(&x, n) {
             sub_in_place(&mut x, n);

@@ -358,14 +358,64 @@ fn montgomery_constants_are_consistent() {
     for n0 in [1u32, 3, 0xffff_ffff, 0x8000_0001, 0x1234_5677] {
         assert_eq!(n0.wrapping_mul(neg_inverse_mod_2_32(n0)), u32::MAX);
     }
-    let key = private_key(RSA3072).to_public_key();
-    let verifier = verifier_for(&key);
-    let r2 = BigUint::from_bytes_be(&limbs_to_be_bytes(
-        &verifier.r_squared,
-        verifier.n.len() * 4,
-    ));
-    let expected = (BigUint::from(1u32) << (64 * verifier.n.len())) % key.n();
-    assert_eq!(r2, expected);
+    for der in [RSA2048, RSA3072, RSA4096] {
+        let key = private_key(der).to_public_key();
+        let verifier = verifier_for(&key);
+        let k = verifier.n.len();
+        assert_eq!(k, verifier.modulus_bits().div_ceil(LIMB_BITS as usize));
+        let n0 = verifier.n[0];
+        assert_eq!(n0.wrapping_mul(verifier.n0_inv) & LIMB_MASK, LIMB_MASK);
+        let limbs_value =
+            |limbs: &[u32]| BigUint::from_bytes_be(&limbs_to_be_bytes(limbs, verifier.modulus_len));
+        assert_eq!(&limbs_value(&verifier.n), key.n());
+        let r2 = limbs_value(&verifier.r_squared);
+        let expected = (BigUint::from(1u32) << (2 * LIMB_BITS as usize * k)) % key.n();
+        assert_eq!(r2, expected);
+    }
+}
+
+#[test]
+fn limb_conversion_round_trips_and_limbs_stay_below_2_to_the_28() {
+    let mut rng = ChaCha20Rng::seed_from_u64(6);
+    for len in [1usize, 2, 3, 7, 8, 255, 256, 384, 512] {
+        let mut bytes = vec![0u8; len];
+        rng.fill_bytes(&mut bytes);
+        let limbs = be_bytes_to_limbs(&bytes, (len * 8).div_ceil(LIMB_BITS as usize));
+        assert!(limbs.iter().all(|&limb| limb <= LIMB_MASK));
+        assert_eq!(limbs_to_be_bytes(&limbs, len), bytes);
+    }
+}
+
+/// Column sums are dot products: the kernel in use (SIMD on wasm32 with simd128) against the
+/// portable one and exact 128-bit sums, at the largest limbs and at every length a 4096-bit
+/// modulus produces (multiples of four, up to 148).
+#[test]
+fn dot_product_kernel_matches_the_portable_one() {
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let max = vec![LIMB_MASK; 148];
+    let exact = |x: &[u32], y: &[u32]| -> u128 {
+        x.iter()
+            .zip(y)
+            .map(|(&a, &b)| u128::from(a) * u128::from(b))
+            .sum()
+    };
+    for len in (0..=148).step_by(4) {
+        let max = &max[..len];
+        assert_eq!(u128::from(kernel::dot(max, max)), exact(max, max));
+        let random = |rng: &mut ChaCha20Rng| -> Vec<u32> {
+            (0..len).map(|_| rng.next_u32() & LIMB_MASK).collect()
+        };
+        let (x, y, m, n) = (
+            random(&mut rng),
+            random(&mut rng),
+            random(&mut rng),
+            random(&mut rng),
+        );
+        assert_eq!(kernel::dot(&x, &y), portable::dot(&x, &y));
+        assert_eq!(u128::from(kernel::dot(&x, &y)), exact(&x, &y));
+        assert_eq!(kernel::dot2(&x, &y, &m, &n), portable::dot2(&x, &y, &m, &n));
+        assert_eq!(kernel::dot2(&x, &y, max, max).1, kernel::dot(max, max));
+    }
 }
 
 #[test]
