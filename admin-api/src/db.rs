@@ -33,9 +33,37 @@ pub struct Db {
     /// The URL it was opened with (PostgreSQL LISTEN needs it for its own connection).
     pub url: String,
     /// Turns at SQLite's single write lock for this process's long-lived writers (usage ingestion) and
-    /// revocations: a fair queue, so a revocation is woken the moment the ingestion transaction before
-    /// it commits instead of polling SQLite's busy handler (whose sleeps grow to 100 ms).
-    write_turn: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// revocations: a queue, so a revocation is woken the moment the ingestion transaction before it
+    /// commits instead of polling SQLite's busy handler (whose sleeps grow to 100 ms), and in which
+    /// bulk writers give way to waiting priority writers (see [`Db::bulk_write_turn`]).
+    write_turn: std::sync::Arc<WriteTurn>,
+}
+
+/// SQLite's write lock as this process queues for it: a fair mutex, plus the number of priority
+/// writers waiting for it, for which bulk writers stand aside.
+#[derive(Debug, Default)]
+struct WriteTurn {
+    lock: tokio::sync::Mutex<()>,
+    /// Priority writers waiting for `lock`.
+    urgent: std::sync::atomic::AtomicUsize,
+    /// Woken when no priority writer waits any more.
+    clear: tokio::sync::Notify,
+}
+
+/// A priority writer counted as waiting until it holds the lock (or gives up waiting).
+struct Waiting<'a>(&'a WriteTurn);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .urgent
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.clear.notify_waiters();
+        }
+    }
 }
 
 /// How long a SQLite connection waits for the write lock before a statement fails with "database is
@@ -284,13 +312,44 @@ impl Db {
         Ok(db)
     }
 
-    /// Waits for this process's turn to write to SQLite (see `write_turn`); the turn lasts until the
+    /// Waits for this process's turn to write to SQLite (see `write_turn`), ahead of any bulk writer
+    /// waiting ([`Db::bulk_write_turn`]); the turn lasts until the
     /// guard is dropped, after the transaction commits. `None` with PostgreSQL, whose writers do not
     /// share one lock.
     pub async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match self.kind {
-            DbKind::Sqlite => Some(self.write_turn.lock().await),
-            DbKind::Postgres => None,
+        if self.kind != DbKind::Sqlite {
+            return None;
+        }
+        let turn = &*self.write_turn;
+        turn.urgent
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let waiting = Waiting(turn);
+        let guard = turn.lock.lock().await;
+        drop(waiting);
+        Some(guard)
+    }
+
+    /// [`Db::write_turn`] for bulk writers (usage ingestion, anomaly detection): it waits while any
+    /// priority writer waits, and a bulk writer that got the lock with one waiting hands it on, so a
+    /// revocation waits for at most the one bulk transaction in progress, never for a queue of them.
+    pub async fn bulk_write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if self.kind != DbKind::Sqlite {
+            return None;
+        }
+        let turn = &*self.write_turn;
+        loop {
+            let clear = turn.clear.notified();
+            tokio::pin!(clear);
+            // Registered before the check, so a notification between the two is not missed.
+            clear.as_mut().enable();
+            if turn.urgent.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                let guard = turn.lock.lock().await;
+                if turn.urgent.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    return Some(guard);
+                }
+                drop(guard);
+            }
+            clear.await;
         }
     }
 
