@@ -2,6 +2,7 @@
 //! valid signatures, and many malformed or forged ones.
 
 use super::*;
+use p256::elliptic_curve::ops::Invert;
 use p256::{
     ecdsa::{
         signature::{hazmat::PrehashVerifier, Signer},
@@ -350,4 +351,28 @@ fn random_key_encodings_never_panic() {
         let split = bytes.len() / 2;
         let _ = Es256Verifier::from_affine_coordinates(&bytes[..split], &bytes[split..]);
     }
+}
+
+#[test]
+fn scalar_inversion_matches_invert_vartime() {
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let minus_one = -Scalar::ONE;
+    let mut samples = vec![
+        Scalar::ONE,
+        Scalar::ONE.double(),
+        minus_one,
+        minus_one.double(),
+    ];
+    for _ in 0..500 {
+        let mut bytes = [0u8; 32];
+        rng.fill_bytes(&mut bytes);
+        samples.push(<Scalar as Reduce<U256>>::reduce_bytes(&FieldBytes::from(
+            bytes,
+        )));
+    }
+    for s in samples.into_iter().filter(|s| *s != Scalar::ZERO) {
+        let expected = Option::<Scalar>::from(s.invert_vartime()).expect("nonzero");
+        assert_eq!(invert_mod_order(&s), Some(expected));
+    }
+    assert_eq!(invert_mod_order(&Scalar::ZERO), None);
 }
