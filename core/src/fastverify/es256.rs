@@ -93,12 +93,6 @@ struct Projective {
 }
 
 impl Projective {
-    const IDENTITY: Self = Self {
-        x: FieldElement::ZERO,
-        y: FieldElement::ONE,
-        z: FieldElement::ZERO,
-    };
-
     fn from_affine(p: &Affine) -> Self {
         Self {
             x: p.x,
@@ -130,28 +124,6 @@ impl Projective {
         }
     }
 
-    /// RCB Algorithm 5: complete mixed addition with an affine point that is not the identity.
-    fn add_affine(&self, rhs: &Affine, b: &FieldElement) -> Self {
-        let xx = self.x * rhs.x;
-        let yy = self.y * rhs.y;
-        let xy_pairs = ((self.x + self.y) * (rhs.x + rhs.y)) - (xx + yy);
-        let yz_pairs = (rhs.y * self.z) + self.y;
-        let xz_pairs = (rhs.x * self.z) + self.x;
-        let bz_part = xz_pairs - (*b * self.z);
-        let bz3_part = bz_part.double() + bz_part;
-        let yy_m_bzz3 = yy - bz3_part;
-        let yy_p_bzz3 = yy + bz3_part;
-        let z3 = self.z.double() + self.z;
-        let bxz_part = (*b * xz_pairs) - (z3 + xx);
-        let bxz3_part = bxz_part.double() + bxz_part;
-        let xx3_m_zz3 = xx.double() + xx - z3;
-        Self {
-            x: (yy_p_bzz3 * xy_pairs) - (yz_pairs * bxz3_part),
-            y: (yy_p_bzz3 * yy_m_bzz3) + (xx3_m_zz3 * bxz3_part),
-            z: (yy_m_bzz3 * yz_pairs) + (xy_pairs * xx3_m_zz3),
-        }
-    }
-
     /// RCB Algorithm 6: exception-free doubling.
     fn double(&self, b: &FieldElement) -> Self {
         let xx = self.x.square();
@@ -173,6 +145,78 @@ impl Projective {
         let yz2 = (self.y * self.z).double();
         let x = x_frag - (bxz6_part * yz2);
         let z = (yz2 * yy).double().double();
+        Self { x, y, z }
+    }
+}
+
+/// Jacobian point `(X : Y : Z)`, `x = X/Z^2`, `y = Y/Z^3`; `Z == 0` is the identity: the
+/// accumulator of a verify.
+///
+/// A mixed addition here is 7 multiplications and 4 squarings (add-2007-bl), against 13
+/// multiplications for the complete projective formula, about a fifth less per verify. The
+/// formula is not complete, so the cases it does not cover are tested for and handled exactly
+/// (identity accumulator, `P + P`, `P + (-P)`): every input gives the same point as the complete
+/// formulas, so decisions do not change.
+#[derive(Clone, Copy)]
+struct Jacobian {
+    x: FieldElement,
+    y: FieldElement,
+    z: FieldElement,
+}
+
+impl Jacobian {
+    const IDENTITY: Self = Self {
+        x: FieldElement::ONE,
+        y: FieldElement::ONE,
+        z: FieldElement::ZERO,
+    };
+
+    /// `self + rhs` for an affine point that is not the identity (add-2007-bl with Z2 = 1).
+    fn add_affine(&self, rhs: &Affine) -> Self {
+        if bool::from(self.z.is_zero()) {
+            return Self {
+                x: rhs.x,
+                y: rhs.y,
+                z: FieldElement::ONE,
+            };
+        }
+        let z1z1 = self.z.square();
+        let u2 = rhs.x * z1z1;
+        let s2 = rhs.y * self.z * z1z1;
+        let h = u2 - self.x;
+        let r = (s2 - self.y).double();
+        if bool::from(h.is_zero()) {
+            // Same x: the same point (double it) or its negation (the sum is the identity).
+            return if bool::from(r.is_zero()) {
+                self.double()
+            } else {
+                Self::IDENTITY
+            };
+        }
+        let hh = h.square();
+        let i = hh.double().double();
+        let j = h * i;
+        let v = self.x * i;
+        let x = r.square() - j - v.double();
+        let y = r * (v - x) - (self.y * j).double();
+        let z = (self.z + h).square() - z1z1 - hh;
+        Self { x, y, z }
+    }
+
+    /// `2 * self` for `a = -3` (dbl-2001-b); the identity doubles to itself (Z stays 0). Only
+    /// reached when an addition meets the accumulator's own point.
+    fn double(&self) -> Self {
+        let delta = self.z.square();
+        let gamma = self.y.square();
+        let beta = self.x * gamma;
+        let alpha = {
+            let t = (self.x - delta) * (self.x + delta);
+            t.double() + t
+        };
+        let beta4 = beta.double().double();
+        let x = alpha.square() - beta4.double();
+        let z = (self.y + self.z).square() - gamma - delta;
+        let y = alpha * (beta4 - x) - gamma.square().double().double().double();
         Self { x, y, z }
     }
 }
@@ -240,7 +284,7 @@ impl FixedBaseTable {
     /// Adds `k * P` into `acc`, given `k`'s signed digits from [`signed_digits`].
     ///
     /// Variable-time on purpose: `k` is derived from public signature data only.
-    fn accumulate(&self, acc: &mut Projective, digits: &[i32], b: &FieldElement) {
+    fn accumulate(&self, acc: &mut Jacobian, digits: &[i32]) {
         for (window, &digit) in digits.iter().enumerate().take(self.windows) {
             if digit == 0 {
                 continue;
@@ -254,13 +298,13 @@ impl FixedBaseTable {
                 continue;
             };
             if digit > 0 {
-                *acc = acc.add_affine(entry, b);
+                *acc = acc.add_affine(entry);
             } else {
                 let negated = Affine {
                     x: entry.x,
                     y: -entry.y,
                 };
-                *acc = acc.add_affine(&negated, b);
+                *acc = acc.add_affine(&negated);
             }
         }
     }
@@ -468,33 +512,34 @@ impl Es256Verifier {
                 None => return false,
             },
         };
-        let b = curve_b();
         let bits = self.key_table.window_bits;
         let mut digits = [0i32; MAX_WINDOWS];
-        let mut acc = Projective::IDENTITY;
+        let mut acc = Jacobian::IDENTITY;
         let used = signed_digits(&u1.to_bytes(), bits, &mut digits);
-        generator_table.accumulate(&mut acc, digits.get(..used).unwrap_or(&[]), &b);
+        generator_table.accumulate(&mut acc, digits.get(..used).unwrap_or(&[]));
         let used = signed_digits(&u2.to_bytes(), bits, &mut digits);
         self.key_table
-            .accumulate(&mut acc, digits.get(..used).unwrap_or(&[]), &b);
+            .accumulate(&mut acc, digits.get(..used).unwrap_or(&[]));
         x_reduces_to_r(&acc, &r)
     }
 }
 
-/// Whether `R = acc` is not the identity and `x(R) mod n == r`, without inverting Z.
+/// Whether `R = acc` is not the identity and `x(R) mod n == r`, without inverting Z
+/// (`x = X/Z^2`, so `x == r` iff `r * Z^2 == X`).
 ///
 /// `x(R) = X/Z` is below p, and p < 2n, so `x mod n == r` iff `x == r` or `x == r + n`, the
 /// latter only possible when `r + n < p`.
-fn x_reduces_to_r(acc: &Projective, r: &Scalar) -> bool {
+fn x_reduces_to_r(acc: &Jacobian, r: &Scalar) -> bool {
     if bool::from(acc.z.is_zero()) {
         return false;
     }
+    let zz = acc.z.square();
     let r_bytes = r.to_bytes();
     // r < n < p, so it is a valid field element.
     let Some(r_field) = Option::<FieldElement>::from(FieldElement::from_bytes(&r_bytes)) else {
         return false;
     };
-    if r_field * acc.z == acc.x {
+    if r_field * zz == acc.x {
         return true;
     }
     let r_int = U256::from_be_slice(&r_bytes);
@@ -508,7 +553,7 @@ fn x_reduces_to_r(acc: &Projective, r: &Scalar) -> bool {
     else {
         return false;
     };
-    r_plus_n * acc.z == acc.x
+    r_plus_n * zz == acc.x
 }
 
 /// `s^-1 mod n` for a nonzero scalar, by the binary extended Euclidean algorithm (Guide to Elliptic

@@ -223,9 +223,10 @@ fn x_coordinate_above_the_order_matches_r_minus_n() {
         };
         found += 1;
         let z = FieldElement::random(&mut rng);
-        let point = Projective {
-            x: x * z,
-            y: y * z,
+        let zz = z.square();
+        let point = Jacobian {
+            x: x * zz,
+            y: y * zz * z,
             z,
         };
         let r_expected = <Scalar as Reduce<U256>>::reduce_bytes(&x.to_bytes());
@@ -375,4 +376,56 @@ fn scalar_inversion_matches_invert_vartime() {
         assert_eq!(invert_mod_order(&s), Some(expected));
     }
     assert_eq!(invert_mod_order(&Scalar::ZERO), None);
+}
+
+/// Affine coordinates of a Jacobian point, `None` for the identity.
+fn jacobian_affine(p: &Jacobian) -> Option<(FieldElement, FieldElement)> {
+    let z_inv = Option::<FieldElement>::from(p.z.invert())?;
+    let zz_inv = z_inv.square();
+    Some((p.x * zz_inv, p.y * zz_inv * z_inv))
+}
+
+/// Affine coordinates of a projective point, `None` for the identity.
+fn projective_affine(p: &Projective) -> Option<(FieldElement, FieldElement)> {
+    let z_inv = Option::<FieldElement>::from(p.z.invert())?;
+    Some((p.x * z_inv, p.y * z_inv))
+}
+
+/// The verify's Jacobian accumulator against the complete projective formulas, including the
+/// cases its addition formula does not cover by itself: the identity, `P + P` and `P + (-P)`.
+#[test]
+fn jacobian_accumulator_agrees_with_the_complete_formulas() {
+    let b = curve_b();
+    let g = generator_affine().expect("generator");
+    let mut points = vec![Projective::from_affine(&g)];
+    for _ in 0..20 {
+        let last = *points.last().expect("nonempty");
+        points.push(last.add(&points[0], &b).double(&b));
+    }
+    let affine = batch_normalize(&points).expect("no identity");
+    let mut rng = ChaCha20Rng::seed_from_u64(21);
+    for (i, p) in affine.iter().enumerate() {
+        let q = &affine[(i + 7) % affine.len()];
+        // A Jacobian representation of p with a random Z.
+        let z = FieldElement::random(&mut rng);
+        let jp = Jacobian {
+            x: p.x * z.square(),
+            y: p.y * z.square() * z,
+            z,
+        };
+        let sum = jp.add_affine(q);
+        let expected = Projective::from_affine(p).add(&Projective::from_affine(q), &b);
+        assert_eq!(jacobian_affine(&sum), projective_affine(&expected));
+        let doubled = jp.add_affine(p);
+        let expected = Projective::from_affine(p).double(&b);
+        assert_eq!(jacobian_affine(&doubled), projective_affine(&expected));
+        assert_eq!(jacobian_affine(&jp.double()), projective_affine(&expected));
+        let negated = Affine { x: p.x, y: -p.y };
+        assert!(bool::from(jp.add_affine(&negated).z.is_zero()));
+        assert_eq!(
+            jacobian_affine(&Jacobian::IDENTITY.add_affine(p)),
+            Some((p.x, p.y))
+        );
+        assert!(bool::from(Jacobian::IDENTITY.double().z.is_zero()));
+    }
 }
