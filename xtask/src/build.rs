@@ -24,7 +24,13 @@ pub fn floor() -> Result<PathBuf> {
     build_wasm("edgewarden-floor", floor_wasm())
 }
 
-/// `cargo build --release --target wasm32-wasip1 -p <package>`, then checks `artifact` is there.
+/// Code generation for the filter and the floor: WebAssembly SIMD (simd128), which Envoy's V8 runs; the RS256
+/// arithmetic uses it (`core/src/fastverify/rs256.rs`). Both modules get the same flags, so building one does not
+/// rebuild the other's dependencies.
+const WASM_RUSTFLAGS: &str = r#"target.wasm32-wasip1.rustflags=["-C", "target-feature=+simd128"]"#;
+
+/// `cargo build --release --target wasm32-wasip1 -p <package>` with [`WASM_RUSTFLAGS`], then checks `artifact` is
+/// there.
 fn build_wasm(package: &str, artifact: PathBuf) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     util::run(Command::new(cargo).current_dir(util::project_root()).args([
@@ -32,6 +38,8 @@ fn build_wasm(package: &str, artifact: PathBuf) -> Result<PathBuf> {
         "--release",
         "--target",
         "wasm32-wasip1",
+        "--config",
+        WASM_RUSTFLAGS,
         "-p",
         package,
     ]))?;
