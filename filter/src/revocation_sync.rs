@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use edgewarden_core::config::{ControlPlaneConfig, RevocationConfig};
+use edgewarden_core::feed::snapshot::{SnapshotPage, SnapshotProgress, SNAPSHOT_CONTENT_TYPE};
 use edgewarden_core::feed::{FeedUpdate, SyncMark};
 use edgewarden_core::revocation::RevocationSet;
 use proxy_wasm::types::LogLevel;
@@ -56,6 +57,15 @@ struct Inflight {
     token: u32,
     started_ms: u64,
     long_poll: bool,
+    /// A page of the edge snapshot rather than a feed poll.
+    snapshot: bool,
+}
+
+/// An edge snapshot being loaded page by page (`GET .../revocations/snapshot`): assembled aside like a paged
+/// full listing, swapped in at its last page.
+struct SnapshotListing {
+    progress: SnapshotProgress,
+    building: RevocationSet,
 }
 
 /// A feed listing that comes in pages. A full one is assembled aside and replaces the state only once its
@@ -144,6 +154,11 @@ pub struct RevocationSync {
     inflight: Option<Inflight>,
     /// A paged listing in progress: the pages after the first are asked for at once.
     listing: Option<Listing>,
+    /// The edge snapshot's path, when the feed path names the admin API's feed and the admin API has not
+    /// answered it with 404: a cold start (cursor 0) loads the snapshot instead of the JSON feed's listing.
+    snapshot_path: Option<String>,
+    /// An edge snapshot being loaded.
+    snapshot: Option<SnapshotListing>,
     next_poll_ms: u64,
     failures: u32,
     started_ms: u64,
@@ -206,6 +221,8 @@ impl RevocationSync {
             woken_seq: 0,
             inflight: None,
             listing: None,
+            snapshot_path: snapshot_path(&rc.feed_path),
+            snapshot: None,
             next_poll_ms: 0,
             failures: 0,
             started_ms: now_ms,
@@ -243,6 +260,15 @@ impl RevocationSync {
     pub fn seq(&self) -> u64 {
         self.seq
     }
+}
+
+/// The edge snapshot's path beside the feed's: `<prefix>/revocations/feed` gives `<prefix>/revocations/snapshot`;
+/// any other feed path (a proxy in between, a query string) keeps the edge on the JSON feed.
+fn snapshot_path(feed_path: &str) -> Option<String> {
+    feed_path
+        .strip_suffix("/revocations/feed")
+        .filter(|prefix| !prefix.contains(['?', '#']))
+        .map(|prefix| format!("{prefix}/revocations/snapshot"))
 }
 
 fn encode_lease(owner: u64, expires_ms: u64) -> [u8; 16] {
@@ -423,6 +449,7 @@ fn take_over(host: &mut dyn Host, control: &Control) {
         // saturating: the published mark is shared data any VM may have written (a mark at u64::MAX overflowed).
         sync.seq = sync.seq.max(published).saturating_add(1);
         sync.listing = None;
+        sync.snapshot = None;
         sync.seq
     };
     publish_snapshot(host, control, seq);
@@ -565,6 +592,23 @@ fn start_poll(host: &mut dyn Host, control: &Control, now_ms: u64) {
         let revocation = control.revocation.borrow();
         (revocation.set().cursor(), revocation.last_sync().is_some())
     };
+    let snapshot_page = {
+        let sync = control.sync.borrow();
+        // Never synced: a state loaded from the snapshot at cursor 0 (an empty store) counts as synced, so
+        // the next poll goes to the feed rather than back to the snapshot.
+        let cold = cursor == 0 && !synced && sync.listing.is_none();
+        match (&sync.snapshot_path, &sync.snapshot) {
+            (Some(path), Some(listing)) => {
+                Some(format!("{path}?{}", listing.progress.next_query()))
+            }
+            (Some(path), None) if cold => Some(path.clone()),
+            _ => None,
+        }
+    };
+    if let Some(path) = snapshot_page {
+        start_snapshot_page(host, control, now_ms, &path);
+        return;
+    }
     let (cluster, authority, authorization, edge, path, wait, timeout_ms, conditional) = {
         let sync = control.sync.borrow();
         let page = |since: u64| format!("{}?since={since}&limit={PAGE_ENTRIES}", sync.feed_path);
@@ -635,6 +679,7 @@ fn start_poll(host: &mut dyn Host, control: &Control, now_ms: u64) {
                 token,
                 started_ms: now_ms,
                 long_poll: wait > 0,
+                snapshot: false,
             });
         }
         Err(e) => failed(
@@ -644,6 +689,90 @@ fn start_poll(host: &mut dyn Host, control: &Control, now_ms: u64) {
             &format!("not dispatched ({e}): is cluster `{cluster}` defined in Envoy?"),
         ),
     }
+}
+
+/// Asks for one page of the edge snapshot (`path` carries the query of the page after the last one loaded).
+fn start_snapshot_page(host: &mut dyn Host, control: &Control, now_ms: u64, path: &str) {
+    let (cluster, authority, authorization, edge, timeout_ms) = {
+        let sync = control.sync.borrow();
+        (
+            sync.cluster.clone(),
+            sync.authority.clone(),
+            sync.authorization.clone(),
+            sync.edge_name.clone(),
+            sync.timeout_ms.max(sync.snapshot_timeout_ms),
+        )
+    };
+    let identity = report::poll_headers(host, control, now_ms);
+    let mut headers = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", authority.as_str()),
+        ("authorization", authorization.as_str()),
+        ("x-edgewarden-edge", edge.as_str()),
+        ("accept", SNAPSHOT_CONTENT_TYPE),
+    ];
+    headers.extend(identity.iter().map(|(k, v)| (*k, v.as_str())));
+    match host.dispatch(&cluster, &headers, None, Duration::from_millis(timeout_ms)) {
+        Ok(token) => {
+            control.sync.borrow_mut().inflight = Some(Inflight {
+                token,
+                started_ms: now_ms,
+                long_poll: false,
+                snapshot: true,
+            });
+        }
+        Err(e) => failed(
+            host,
+            control,
+            now_ms,
+            &format!("not dispatched ({e}): is cluster `{cluster}` defined in Envoy?"),
+        ),
+    }
+}
+
+/// Applies one verified page of the edge snapshot as the poller: the first starts a state sized for the
+/// whole snapshot aside, each next one must follow the last (same snapshot, next page), and the last swaps
+/// the state in and publishes it. Anything refused leaves the current state (and its age) as it was.
+fn apply_snapshot_page(
+    host: &mut dyn Host,
+    control: &Control,
+    body: &[u8],
+    now: u64,
+) -> Result<bool, String> {
+    let page = SnapshotPage::parse(body).map_err(|e| format!("snapshot page refused: {e}"))?;
+    let listing = control.sync.borrow_mut().snapshot.take();
+    let mut building = match listing {
+        Some(listing) => {
+            page.check_follows(&listing.progress)
+                .map_err(|e| format!("snapshot page refused: {e}"))?;
+            listing.building
+        }
+        None if page.page == 0 => page.new_set(),
+        None => {
+            return Err(format!(
+                "snapshot page refused: page {} answered where page 0 was asked",
+                page.page
+            ))
+        }
+    };
+    page.apply_to(&mut building);
+    if !page.is_last() {
+        control.sync.borrow_mut().snapshot = Some(SnapshotListing {
+            progress: page.progress(),
+            building,
+        });
+        return Ok(true);
+    }
+    {
+        let mut revocation = control.revocation.borrow_mut();
+        revocation.replace_set(building);
+        revocation.record_sync(now);
+        revocation.prune_if_due(now);
+    }
+    log_loaded(host, control, "replaced by the edge snapshot");
+    publish_change(host, control, None, true);
+    Ok(true)
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters (continuations are base64url already;
@@ -688,8 +817,30 @@ pub fn on_poll_response(
         return true;
     }
     let now = now_ms / 1000;
+    if inflight.snapshot && matches!(resp.status, Some(404 | 405)) {
+        // An admin API from before the edge snapshot: the JSON feed's listing from now on.
+        let path = {
+            let mut sync = control.sync.borrow_mut();
+            sync.snapshot = None;
+            sync.next_poll_ms = now_ms;
+            sync.snapshot_path.take()
+        };
+        host.log(
+            LogLevel::Info,
+            &format!(
+                "edgewarden: the admin API has no edge snapshot at {}; syncing through the JSON feed",
+                path.unwrap_or_default()
+            ),
+        );
+        start_poll(host, control, now_ms);
+        publish_gauges(host, control, now_ms);
+        return true;
+    }
     let outcome = match (resp.status, &resp.body) {
         (None, _) => Err("no response (timeout, reset or no healthy upstream)".to_string()),
+        (Some(200), Some(body)) if inflight.snapshot => {
+            apply_snapshot_page(host, control, body, now)
+        }
         (Some(304), _) => {
             control.revocation.borrow_mut().record_sync(now);
             Ok(false)
@@ -880,8 +1031,9 @@ fn failed(host: &mut dyn Host, control: &Control, now_ms: u64, problem: &str) {
     let (log, failures, cluster, path) = {
         let mut sync = control.sync.borrow_mut();
         // A listing cut short starts over (a full one was being assembled aside; a delta one resumes from
-        // the cursor it kept).
+        // the cursor it kept); so does a snapshot.
         sync.listing = None;
+        sync.snapshot = None;
         sync.failures = sync.failures.saturating_add(1);
         let shift = sync.failures.saturating_sub(1).min(16);
         let backoff = sync

@@ -486,8 +486,10 @@ impl SnapshotBuilder {
         };
         cuts.windows(2)
             .enumerate()
-            .map(|(index, window)| {
-                let (from, to) = (window[0], window[1]);
+            .filter_map(|(index, window)| {
+                let &[from, to] = window else {
+                    return None;
+                };
                 let counts = SnapshotCounts {
                     jtis: count(from, to, 0, jti_bytes, JTI_BYTES),
                     subjects: count(from, to, jti_bytes, subject_end, PRINCIPAL_BYTES),
@@ -513,7 +515,7 @@ impl SnapshotBuilder {
                 page.extend_from_slice(entries.get(from..to).unwrap_or_default());
                 let checksum = murmur3_x64_128(&page);
                 page.extend_from_slice(&checksum.to_le_bytes());
-                page
+                Some(page)
             })
             .collect()
     }

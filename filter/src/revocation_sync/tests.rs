@@ -34,7 +34,19 @@ fn vm(id: u64, revocation: Value) -> VmState {
         "revocation": revocation,
     });
     let engine = Engine::from_json(config.to_string().as_bytes()).unwrap();
-    VmState::with_identity(engine, Metrics::default(), id, NOW * 1000)
+    json_feed_only(VmState::with_identity(
+        engine,
+        Metrics::default(),
+        id,
+        NOW * 1000,
+    ))
+}
+
+/// A VM that syncs through the JSON feed alone, as against an admin API without the edge snapshot (most
+/// tests here are about the feed; the snapshot's own tests use [`vm_with_snapshot`]).
+fn json_feed_only(vm: VmState) -> VmState {
+    control(&vm).sync.borrow_mut().snapshot_path = None;
+    vm
 }
 
 fn control(vm: &VmState) -> &Control {
@@ -459,7 +471,12 @@ fn vm_via(id: u64, cluster: &str, authority: Option<&str>, stat_prefix: Option<&
         config["stat_prefix"] = json!(p);
     }
     let engine = Engine::from_json(config.to_string().as_bytes()).unwrap();
-    VmState::with_identity(engine, Metrics::default(), id, NOW * 1000)
+    json_feed_only(VmState::with_identity(
+        engine,
+        Metrics::default(),
+        id,
+        NOW * 1000,
+    ))
 }
 
 #[test]
@@ -526,7 +543,12 @@ fn reporting_vm(id: u64, leeway: u64) -> (VmState, Vec<u8>) {
     .to_string()
     .into_bytes();
     let engine = Engine::from_json(&config).unwrap();
-    let vm = VmState::with_identity(engine, Metrics::default(), id, NOW * 1000);
+    let vm = json_feed_only(VmState::with_identity(
+        engine,
+        Metrics::default(),
+        id,
+        NOW * 1000,
+    ));
     let report = report::ConfigReport::new(&config, Some(b"node-a"), "/api/v1/revocations/feed");
     assert!(report.is_some());
     control(&vm).sync.borrow_mut().set_report(report);
@@ -857,4 +879,176 @@ fn the_wake_registry_reads_only_whole_records() {
         wake::decode_registry(&wake::encode_registry(&entries)),
         entries
     );
+}
+
+/// A VM that loads the edge snapshot on a cold start, as against today's admin API.
+fn vm_with_snapshot(id: u64) -> VmState {
+    let v = vm(id, json!({}));
+    control(&v).sync.borrow_mut().snapshot_path = snapshot_path("/api/v1/revocations/feed");
+    v
+}
+
+/// The edge snapshot of `jtis` (unscoped, unexpired) at `cursor`, in pages of about `per_page` jtis.
+fn snapshot_pages(cursor: u64, jtis: &[&str], per_page: usize) -> Vec<Vec<u8>> {
+    let mut builder = edgewarden_core::feed::snapshot::SnapshotBuilder::new();
+    for jti in jtis {
+        builder.jti(None, jti, NOW + 3600);
+    }
+    builder.finish(cursor, NOW, per_page * 12)
+}
+
+fn last_path(host: &FakeHost) -> String {
+    host.calls
+        .last()
+        .unwrap()
+        .header(":path")
+        .unwrap()
+        .to_string()
+}
+
+fn warnings(host: &FakeHost) -> Vec<String> {
+    host.logs
+        .borrow()
+        .iter()
+        .filter(|(l, _)| *l == LogLevel::Warn)
+        .map(|(_, m)| m.clone())
+        .collect()
+}
+
+#[test]
+fn snapshot_path_sits_beside_the_feed_or_is_not_used() {
+    assert_eq!(
+        snapshot_path("/api/v1/revocations/feed").as_deref(),
+        Some("/api/v1/revocations/snapshot")
+    );
+    assert_eq!(
+        snapshot_path("/cp/api/v1/revocations/feed").as_deref(),
+        Some("/cp/api/v1/revocations/snapshot")
+    );
+    assert_eq!(snapshot_path("/custom/feed"), None);
+    assert_eq!(snapshot_path("/x?y=/revocations/feed"), None);
+}
+
+#[test]
+fn a_cold_start_loads_the_snapshot_page_by_page_then_follows_the_feed_from_its_cursor() {
+    let a = vm_with_snapshot(11);
+    let b = vm_with_snapshot(22);
+    let mut host_a = FakeHost::new();
+    let mut host_b = host_a.sibling();
+    tick(&mut host_a, &a);
+    assert_eq!(last_path(&host_a), "/api/v1/revocations/snapshot");
+    let call = host_a.calls.last().unwrap();
+    assert_eq!(call.header("accept"), Some(SNAPSHOT_CONTENT_TYPE));
+    assert_eq!(call.header("authorization"), Some("Bearer ewk_secret"));
+    let jtis: Vec<String> = (0..10).map(|i| format!("j{i}")).collect();
+    let names: Vec<&str> = jtis.iter().map(String::as_str).collect();
+    let pages = snapshot_pages(7, &names, 4);
+    assert_eq!(pages.len(), 3);
+    let id = SnapshotPage::parse(&pages[0]).unwrap().id;
+    answer(&mut host_a, &a, &ok(pages[0].clone()));
+    // Assembled aside: nothing is enforced (or published) from a part of the snapshot.
+    assert!(!revoked(&a, "j0") && !revoked(&a, "j9"));
+    assert!(control(&a).revocation.borrow().last_sync().is_none());
+    assert_eq!(
+        last_path(&host_a),
+        format!("/api/v1/revocations/snapshot?page=1&id={id:016x}&cursor=7&now={NOW}")
+    );
+    answer(&mut host_a, &a, &ok(pages[1].clone()));
+    answer(&mut host_a, &a, &ok(pages[2].clone()));
+    assert!(names.iter().all(|j| revoked(&a, j)));
+    assert_eq!(control(&a).revocation.borrow().set().cursor(), 7);
+    assert!(control(&a).revocation.borrow().last_sync().is_some());
+    // Deltas continue from the snapshot's cursor through the JSON feed.
+    assert!(
+        last_path(&host_a).starts_with("/api/v1/revocations/feed?since=7&limit=25000"),
+        "{}",
+        last_path(&host_a)
+    );
+    tick(&mut host_b, &b);
+    assert!(
+        names.iter().all(|j| revoked(&b, j)),
+        "published to followers"
+    );
+    assert!(warnings(&host_a).is_empty(), "{:?}", warnings(&host_a));
+}
+
+#[test]
+fn a_refused_snapshot_page_keeps_the_state_unsynced_and_starts_over() {
+    let pages = snapshot_pages(3, &["j1", "j2", "j3"], 2);
+    let mut bad_checksum = pages[0].clone();
+    let last = bad_checksum.len() - 1;
+    bad_checksum[last] ^= 1;
+    let mut bad_version = pages[0].clone();
+    bad_version[4] = 9;
+    let truncated = pages[0][..pages[0].len() - 5].to_vec();
+    let other = snapshot_pages(3, &["k1", "k2", "k3"], 2);
+    for (name, first, second, expect) in [
+        ("checksum", bad_checksum, None, "checksum"),
+        ("version", bad_version, None, "version 9"),
+        ("truncated", truncated, None, "bytes but its header"),
+        (
+            "other snapshot",
+            pages[0].clone(),
+            Some(other[1].clone()),
+            "does not follow",
+        ),
+        ("JSON", feed(3, true, &["j1"]), None, "magic"),
+    ] {
+        let a = vm_with_snapshot(11);
+        let mut host = FakeHost::new();
+        tick(&mut host, &a);
+        answer(&mut host, &a, &ok(first));
+        if let Some(second) = second {
+            answer(&mut host, &a, &ok(second));
+        }
+        assert!(!revoked(&a, "j1"), "{name}: nothing applied");
+        let now = host.now();
+        assert!(
+            control(&a).revocation.borrow().stale(now).is_some(),
+            "{name}: still unsynced, so fail-closed"
+        );
+        let warned = warnings(&host);
+        assert!(
+            warned.len() == 1 && warned[0].contains(expect) && warned[0].contains("refused"),
+            "{name}: {warned:?}"
+        );
+        assert_eq!(host.counted(Stat::RevocationPollFailure), 1, "{name}");
+        host.advance_ms(MAX_BACKOFF_MS);
+        tick(&mut host, &a);
+        assert_eq!(
+            last_path(&host),
+            "/api/v1/revocations/snapshot",
+            "{name}: starts over"
+        );
+        for page in &pages {
+            answer(&mut host, &a, &ok(page.clone()));
+        }
+        assert!(revoked(&a, "j1") && revoked(&a, "j3"), "{name}: then loads");
+    }
+}
+
+#[test]
+fn an_admin_api_without_the_snapshot_keeps_the_edge_on_the_json_feed() {
+    let a = vm_with_snapshot(11);
+    let mut host = FakeHost::new();
+    tick(&mut host, &a);
+    answer(&mut host, &a, &status(Some(404)));
+    assert_eq!(
+        last_path(&host),
+        "/api/v1/revocations/feed?since=0&limit=25000",
+        "asked the feed at once"
+    );
+    assert_eq!(host.counted(Stat::RevocationPollFailure), 0);
+    answer(&mut host, &a, &ok(feed(2, true, &["j1"])));
+    assert!(revoked(&a, "j1"));
+}
+
+#[test]
+fn an_empty_snapshot_at_cursor_zero_counts_as_synced() {
+    let a = vm_with_snapshot(11);
+    let mut host = FakeHost::new();
+    tick(&mut host, &a);
+    answer(&mut host, &a, &ok(snapshot_pages(0, &[], 10)[0].clone()));
+    assert!(control(&a).revocation.borrow().last_sync().is_some());
+    assert!(last_path(&host).starts_with("/api/v1/revocations/feed?since=0"));
 }
