@@ -335,6 +335,16 @@ pub const OPERATIONS: &[Operation] = &[
         200,
     ),
     op(
+        "get",
+        "/api/v1/revocations/snapshot",
+        "revocations",
+        "Edge snapshot: the revocation state at one feed cursor in checksummed binary pages",
+        "admin auditor edge",
+        &["page", "id", "cursor", "now"],
+        None,
+        200,
+    ),
+    op(
         "post",
         "/oauth/token",
         "oauth",
@@ -1127,6 +1137,8 @@ pub fn document() -> Value {
                 "wait",
                 "stale_after",
                 "cursor",
+                "page",
+                "now",
             ]
             .contains(q)
             {
@@ -1143,6 +1155,9 @@ pub fn document() -> Value {
             (_, "/api/v1/events/stream") => {
                 Some(json!({"text/event-stream": {"schema": {"type": "string"}}}))
             }
+            (_, "/api/v1/revocations/snapshot") => Some(
+                json!({"application/vnd.edgewarden.snapshot": {"schema": {"type": "string", "format": "binary"}}}),
+            ),
             _ => response.map(|schema| json!({"application/json": {"schema": schema}})),
         };
         let mut ok = json!({"description": description(op, op.ok)});
@@ -1155,6 +1170,12 @@ pub fn document() -> Value {
             responses.insert(
                 "304".into(),
                 json!({"description": "nothing changed since the cursor (If-None-Match)"}),
+            );
+        }
+        if op.path == "/api/v1/revocations/snapshot" {
+            responses.insert(
+                "409".into(),
+                json!({"description": "that snapshot can no longer be built: start again at page 0"}),
             );
         }
         let oauth = op.path.starts_with("/oauth/");
