@@ -1,8 +1,10 @@
 //! `GET /api/v1/overview?range=1h|24h|7d`: the figures the dashboard's overview shows at a glance, in one
 //! call: tokens issued, revoked and expired in the range and active now, decisions in the range by reason,
 //! open anomalies by severity and edges by sync state.
-//! Every figure is an indexed count or a sum over the hourly decision rollup (`usage_hourly`, kept by
-//! triggers on `usage_counts`), so the answer stays fast with millions of tokens and usage rows.
+//! Every figure is an indexed count or a sum over the hourly decision rollup (`usage_hourly`, which the
+//! usage ingestion writer adds to in the transaction that stores the counts, and a trigger on delete from
+//! `usage_counts` lowers as retention removes them), so the answer stays fast with millions of tokens and
+//! usage rows.
 
 use axum::extract::State;
 use axum::routing::get;
