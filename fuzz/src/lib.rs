@@ -1,5 +1,5 @@
 //! Fuzz targets for everything in EdgeWarden that reads bytes from outside: request tokens and headers, key
-//! sets, the plugin configuration, the revocation feed (JSON and the binary records VMs share), the shared
+//! sets, the plugin configuration, the revocation feed (JSON, the edge snapshot's binary pages and the binary records VMs share), the shared
 //! data other worker VMs write, and the admin API's request bodies.
 //!
 //! Each target is a plain function of the input bytes, so `cargo xtask fuzz` runs it under AFL++ (one binary
@@ -26,6 +26,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("jwks", targets::jwks),
     ("feed", targets::feed),
     ("feed_binary", targets::feed_binary),
+    ("snapshot", targets::snapshot),
     ("shared_state", targets::shared_state),
     ("headers", targets::headers),
 ];

@@ -256,6 +256,8 @@ pub fn published_state() -> BTreeMap<String, Vec<u8>> {
     };
     let mut host = FuzzHost::at(NOW * 1000);
     let answers = [
+        // The cold poller asks for the edge snapshot first: a page of it (the JSON answers after are deltas).
+        Value::Null,
         fixtures::feed_json(),
         json!({"cursor": 9, "full": false, "now": NOW, "revoked_jtis": [{"jti": "late", "exp": NOW + 60}],
                "revoked_subjects": [], "revoked_clients": []}),
@@ -269,7 +271,11 @@ pub fn published_state() -> BTreeMap<String, Vec<u8>> {
         let Some(&(token, _, _)) = host.calls.last() else {
             break;
         };
-        let body = answer.to_string().into_bytes();
+        let body = if answer.is_null() {
+            snapshot_pages().swap_remove(0)
+        } else {
+            answer.to_string().into_bytes()
+        };
         let resp = CallResponse {
             status: Some(200),
             body_size: body.len(),
@@ -286,6 +292,43 @@ pub fn published_state() -> BTreeMap<String, Vec<u8>> {
         .iter()
         .map(|(k, (v, _))| (k.clone(), v.clone()))
         .collect()
+}
+
+/// The fixed feed's state as one edge snapshot page (cursor 7), as the admin API would build it.
+pub fn snapshot_pages() -> Vec<Vec<u8>> {
+    let mut builder = edgewarden_core::feed::snapshot::SnapshotBuilder::new();
+    for jti in ["revoked-1", "revoked-2", "old"] {
+        builder.jti(Some(fixtures::ISSUER), jti, NOW + 3600);
+    }
+    builder.jti(None, "any-issuer", NOW + 60);
+    builder.principal(
+        true,
+        Some(fixtures::ISSUER),
+        "mallory",
+        edgewarden_core::revocation::PrincipalRevocation {
+            revoked_at: NOW - 10,
+            expires_at: NOW + 3600,
+        },
+    );
+    builder.principal(
+        false,
+        None,
+        "leaky-client",
+        edgewarden_core::revocation::PrincipalRevocation {
+            revoked_at: NOW - 10,
+            expires_at: NOW + 3600,
+        },
+    );
+    builder.finish(7, NOW, 1 << 20)
+}
+
+/// A snapshot of a few dozen jtis in pages of five.
+fn paged_snapshot() -> Vec<Vec<u8>> {
+    let mut builder = edgewarden_core::feed::snapshot::SnapshotBuilder::new();
+    for i in 0..30 {
+        builder.jti(Some(fixtures::ISSUER), &format!("jti-{i}"), NOW + 600);
+    }
+    builder.finish(30, NOW, 5 * 12)
 }
 
 /// Every seed, by target: `(target, name, bytes)`.
@@ -434,6 +477,27 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
         let mut bytes = vec![0u8];
         bytes.extend_from_slice(&record);
         add("feed_binary", name, bytes);
+    }
+    // snapshot: mode byte 0 (checksum recomputed) in front of real pages: one page, the first and last of a
+    // paged snapshot, and an empty state.
+    let pages = snapshot_pages();
+    let empty = edgewarden_core::feed::snapshot::SnapshotBuilder::new().finish(4, NOW, 1 << 20);
+    for (name, page) in [("whole", pages.first()), ("empty", empty.first())]
+        .into_iter()
+        .chain(
+            paged_snapshot()
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let name: &'static str = if i == 0 { "paged-first" } else { "paged-next" };
+                    (name, Some(p))
+                })
+                .take(2),
+        )
+    {
+        let mut bytes = vec![0u8];
+        bytes.extend_from_slice(page.map(Vec::as_slice).unwrap_or_default());
+        add("snapshot", name, bytes);
     }
     // shared_state: what a real poller published, whole and in parts.
     let published = published_state();

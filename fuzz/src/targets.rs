@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
 use edgewarden_core::engine::Engine;
+use edgewarden_core::feed::snapshot::SnapshotPage;
 use edgewarden_core::feed::{FeedUpdate, SyncMark};
 use edgewarden_core::jwks::KeySet;
 use edgewarden_core::revocation::RevocationSet;
@@ -374,6 +375,7 @@ pub fn feed(data: &[u8]) {
     let mut host = FuzzHost::at(NOW * 1000);
     let now_ms = host.now_ms;
     revocation_sync::on_tick(&mut host, pc, now_ms);
+    decline_snapshot(&mut host, pc);
     for _ in 0..2 {
         let Some(&(token, _, _)) = host.calls.last() else {
             break;
@@ -384,6 +386,86 @@ pub fn feed(data: &[u8]) {
         if host.calls.len() == calls {
             break;
         }
+    }
+    host.now_ms += 100;
+    let now_ms = host.now_ms;
+    revocation_sync::on_tick(&mut host, fc, now_ms);
+    let bearer = format!("Bearer {}", fixture_token());
+    host.headers = HeaderMap::from_pairs(&[
+        (":method", "GET"),
+        (":path", "/api/x"),
+        ("authorization", bearer.as_str()),
+    ]);
+    flow::process(&mut host, &follower, 1, false);
+    flow::process(&mut host, &poller, 2, false);
+}
+
+/// Answers a cold poller's edge snapshot request with 404, as an admin API without the endpoint would: the
+/// poller then asks the JSON feed at once, which is what `feed` fuzzes.
+fn decline_snapshot(host: &mut FuzzHost, control: &edgewarden_filter::state::Control) {
+    let Some(&(token, _, _)) = host.calls.last() else {
+        return;
+    };
+    let not_found = CallResponse {
+        status: Some(404),
+        body_size: 0,
+        body: None,
+    };
+    let now_ms = host.now_ms;
+    revocation_sync::on_poll_response(host, control, token, &not_found, now_ms);
+}
+
+/// `snapshot`: one page of the edge snapshot (`GET /api/v1/revocations/snapshot`) as the admin API answers a
+/// cold poller. The first byte is a mode: bit 0 clear means the page's checksum is recomputed first (so
+/// mutations reach the parser behind it). The page goes through core's parser and loader (a page that parses
+/// loads at most the entries it announces: asserted), then answers a real poller's snapshot request, up to
+/// three times (its page 0 and the pages it asks for next); a page refused leaves the poller unsynced
+/// (asserted), and a follower then catches up and decides a request.
+pub fn snapshot(data: &[u8]) {
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    CHECKED.call_once(checksum::check_against_core);
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let mut page = rest.to_vec();
+    if mode & 1 == 0 {
+        checksum::fix_snapshot(&mut page);
+    }
+    let parsed = SnapshotPage::parse(&page);
+    if let Ok(parsed) = &parsed {
+        let mut set = parsed.new_set();
+        parsed.apply_to(&mut set);
+        assert!(
+            set.jti_count() <= parsed.counts.jtis as usize
+                && set.subject_count() <= parsed.counts.subjects as usize
+                && set.client_count() <= parsed.counts.clients as usize,
+            "a page loaded more entries than it announces"
+        );
+    }
+    let poller = vm_with(fixtures::engine().clone(), 1, false);
+    let follower = vm_with(fixtures::engine().clone(), 2, false);
+    let (Some(pc), Some(fc)) = (&poller.control, &follower.control) else {
+        panic!("the fixed configuration has no control plane");
+    };
+    let mut host = FuzzHost::at(NOW * 1000);
+    let now_ms = host.now_ms;
+    revocation_sync::on_tick(&mut host, pc, now_ms);
+    for _ in 0..3 {
+        let Some(&(token, _, _)) = host.calls.last() else {
+            break;
+        };
+        let calls = host.calls.len();
+        let now_ms = host.now_ms;
+        revocation_sync::on_poll_response(&mut host, pc, token, &ok(&page), now_ms);
+        if host.calls.len() == calls {
+            break;
+        }
+    }
+    if parsed.is_err() {
+        assert!(
+            pc.revocation.borrow().last_sync().is_none(),
+            "a refused snapshot page synced the poller"
+        );
     }
     host.now_ms += 100;
     let now_ms = host.now_ms;

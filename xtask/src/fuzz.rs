@@ -13,20 +13,21 @@ use crate::install;
 use crate::util::{self, bail, Result};
 
 /// Every target, as `fuzz/src/bin/<target>.rs` and `fuzz/corpus/<target>/` name them.
-pub const TARGETS: [&str; 9] = [
+pub const TARGETS: [&str; 10] = [
     "token",
     "token_generated",
     "config",
     "jwks",
     "feed",
     "feed_binary",
+    "snapshot",
     "shared_state",
     "headers",
     "admin",
 ];
 
 /// Seconds of AFL per target in `cargo xtask test`: enough to run the corpus and a few hundred thousand
-/// mutations, short enough that nine targets add about three minutes.
+/// mutations, short enough that ten targets add about three and a half minutes.
 pub const SMOKE_SECONDS: u64 = 20;
 
 /// A hang is an input that runs longer than this (AFL's `-t`, in milliseconds): the slowest seed takes
