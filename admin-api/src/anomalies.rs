@@ -617,8 +617,8 @@ impl Detector {
         self.detect_into(batches, &mut findings).await?;
         // The findings' writes take SQLite's write turn like every other writer: outside it they met a
         // revocation holding the turn at SQLite's lock, and its busy handler's back-off kept the revocation
-        // waiting seconds during a usage flood (tests/flood.rs).
-        let _turn = self.db.write_turn().await;
+        // waiting seconds during a usage flood (tests/flood.rs). A bulk turn: waiting revocations go first.
+        let _turn = self.db.bulk_write_turn().await;
         self.flush(batches, findings).await
     }
 

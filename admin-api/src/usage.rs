@@ -637,6 +637,68 @@ fn entries(batch: &UsageBatch) -> u32 {
     (batch.counts.len() + batch.failures.len()).max(1) as u32
 }
 
+/// Fewest bytes one entry takes in a batch body: the shortest valid count entry,
+/// `{"route":"/","reason":"allowed","count":1},` is 42 bytes (a failure sample is longer).
+const MIN_ENTRY_BYTES: usize = 40;
+
+/// How much CPU priority the parser threads give up (a nice increment; 19 is the lowest priority).
+const PARSER_NICE: i32 = 10;
+
+/// A job for the parser threads.
+type ParseJob = Box<dyn FnOnce() + Send>;
+
+/// The threads that parse, check and prepare usage batches (one per core), at a lower CPU priority
+/// than the async workers and the database connections' threads, so that when a usage flood takes
+/// every core, revocations, issuance and the feed still get theirs first. A batch waits for a free
+/// parser in arrival order. Only these threads are lowered (Linux keeps a nice value per thread).
+#[derive(Clone, Debug)]
+struct Parsers {
+    jobs: std::sync::mpsc::Sender<ParseJob>,
+}
+
+impl Parsers {
+    fn start(threads: usize) -> Parsers {
+        let (jobs, rx) = std::sync::mpsc::channel::<ParseJob>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("usage-parse-{i}"))
+                .spawn(move || {
+                    #[cfg(unix)]
+                    if let Err(e) = rustix::process::nice(PARSER_NICE) {
+                        tracing::warn!(error = %e, "cannot lower the usage parser's CPU priority");
+                    }
+                    loop {
+                        // The lock is held only while waiting for the next job, never while running one.
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a usage parser thread");
+            }
+        }
+        Parsers { jobs }
+    }
+
+    /// Runs `work` on a parser thread and returns its result.
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: ParseJob = Box::new(move || {
+            let _ = tx.send(work());
+        });
+        self.jobs.send(job).ok()?;
+        rx.await.ok()
+    }
+}
+
 /// Why a queued batch could not be taken: answered 503 with `Retry-After`, never dropped silently.
 #[derive(Debug)]
 struct Refusal {
@@ -712,16 +774,19 @@ impl IngestStats {
     }
 }
 
-/// The usage ingestion pipeline of one replica: handlers validate and prepare batches and queue them
-/// (bounded by entries, not batches, so memory stays bounded whatever the batch sizes); one writer task
+/// The usage ingestion pipeline of one replica: handlers take room in the queue (bounded by entries, not
+/// batches, so memory stays bounded whatever the batch sizes; taken before parsing, so a flood past the
+/// bound costs no parsing), validate and prepare batches on low-priority parser threads and queue them;
+/// one writer task
 /// stores whole queued batches together in short transactions (group commit, at most
 /// [`UsageConfig::max_rows_per_transaction`] rows; a larger batch is stored alone in parts of that size,
 /// each its own transaction, see `store_in_parts`); one detector task runs
 /// the anomaly detectors over every stored batch, the groups stored while it was busy together; each batch
 /// is answered 202 only after both, so a 202 means stored, never only queued.
 /// A full queue is answered 503 with `Retry-After` at once. Revocations and issuance never queue behind
-/// usage: they use other pool connections and wait at most one short ingestion transaction for the
-/// SQLite write lock (see `db.rs` for the busy timeout).
+/// usage: they use other pool connections, and with SQLite the writer and the detector take a bulk write
+/// turn ([`Db::bulk_write_turn`]) before each transaction, which stands aside while a revocation waits,
+/// so a revocation waits for at most the one short ingestion transaction in progress.
 #[derive(Debug)]
 pub struct Ingestor {
     jobs: tokio::sync::mpsc::UnboundedSender<JobBox>,
@@ -729,8 +794,8 @@ pub struct Ingestor {
     capacity: u32,
     /// Entries per second the writer managed lately (for `Retry-After`).
     rate: Arc<AtomicU64>,
-    /// Batches parsed at once (one per core).
-    parsing: Arc<tokio::sync::Semaphore>,
+    /// The threads that parse and prepare batches, at a lower CPU priority than the rest of the service.
+    parsers: Parsers,
     /// Counters.
     pub stats: Arc<IngestStats>,
 }
@@ -786,9 +851,9 @@ impl Ingestor {
                 room: Arc::new(tokio::sync::Semaphore::new(capacity as usize)),
                 capacity,
                 rate,
-                parsing: Arc::new(tokio::sync::Semaphore::new(
+                parsers: Parsers::start(
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
-                )),
+                ),
                 stats,
             },
             vec![writer, detector],
@@ -808,17 +873,30 @@ impl Ingestor {
         }
     }
 
-    /// A refusal when not even one entry fits in the queue.
-    fn full(&self) -> Option<Refusal> {
-        (self.room.available_permits() == 0).then(|| self.refusal())
+    /// Room in the queue for a body of `bytes` bytes, taken before it is parsed: as many entries as a
+    /// body that long can hold at most (see [`MIN_ENTRY_BYTES`]; the caller gives back the excess once
+    /// the batch is parsed). A flood is refused before it costs any parsing, which is most of a batch's
+    /// CPU: parsing batches that were then refused for want of room starved the revocations.
+    fn reserve(
+        &self,
+        bytes: usize,
+        limits: &UsageConfig,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
+        let most = (bytes / MIN_ENTRY_BYTES + 1)
+            .min(limits.max_counts + limits.max_failures)
+            .min(self.capacity as usize) as u32;
+        self.room
+            .clone()
+            .try_acquire_many_owned(most.max(1))
+            .map_err(|_| self.refusal())
     }
 
-    /// Queues a prepared batch of `size` entries and waits for it to be stored and detected.
-    async fn submit(&self, prepared: Prepared, size: u32) -> Result<(), Refusal> {
-        let size = size.min(self.capacity);
-        let Ok(room) = self.room.clone().try_acquire_many_owned(size) else {
-            return Err(self.refusal());
-        };
+    /// Queues a prepared batch holding its room in the queue and waits for it to be stored and detected.
+    async fn submit(
+        &self,
+        prepared: Prepared,
+        room: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<(), Refusal> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job {
             prepared,
@@ -1001,44 +1079,61 @@ async fn ingest(
         )));
     };
     let usage = state.usage.clone();
-    if let Some(refusal) = usage.full() {
-        // Nothing fits: no need to spend CPU on parsing what cannot be queued.
-        return Ok(unavailable(refusal));
-    }
-    // Parsing and checking a batch of up to 4 MiB is CPU work of milliseconds: it runs on the blocking
-    // pool, a few batches at a time, so the async workers stay free for revocations and the feed.
-    let slot = usage.parsing.clone().acquire_owned().await;
     let limits = state.config.usage.clone();
-    let parsed = tokio::task::spawn_blocking(move || -> ApiResult<Result<_, Response>> {
-        let _slot = slot;
-        let batch: UsageBatch = parse_json(&body)?;
-        // The parts ledger's key, should the batch be too large for one transaction.
-        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
-        drop(body);
-        if let Some(message) = oversized(&batch, &limits) {
-            return Ok(Err(too_large(message)));
-        }
-        validate(&batch)?;
-        Ok(Ok((batch, digest)))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(anyhow::anyhow!("usage batch parser: {e}")))??;
-    let (batch, digest) = match parsed {
+    // Room in the queue first: what cannot be queued is refused before any CPU goes into parsing it.
+    let mut room = match usage.reserve(body.len(), &limits) {
+        Ok(room) => room,
+        Err(refusal) => return Ok(unavailable(refusal)),
+    };
+    // Parsing, checking and preparing a batch of up to 4 MiB is CPU work of milliseconds: it runs on the
+    // parser threads, one batch per core at a time and at a lower priority, so the async workers and
+    // the database connections stay free for revocations and the feed.
+    let parsed = usage
+        .parsers
+        .run(move || -> ApiResult<Result<_, Response>> {
+            let batch: UsageBatch = parse_json(&body)?;
+            // The parts ledger's key, should the batch be too large for one transaction.
+            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+            drop(body);
+            if let Some(message) = oversized(&batch, &limits) {
+                return Ok(Err(too_large(message)));
+            }
+            validate(&batch)?;
+            let shape = (
+                batch.counts.len(),
+                batch.failures.len(),
+                batch.interval_start - batch.interval_start.rem_euclid(60),
+                entries(&batch),
+            );
+            let prepared = Prepared {
+                digest: Some(digest),
+                ..prepare(batch, address)
+            };
+            Ok(Ok((prepared, shape)))
+        })
+        .await
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("usage batch parser stopped")))??;
+    let (prepared, (accepted_counts, accepted_failures, bucket, size)) = match parsed {
         Ok(parsed) => parsed,
         Err(response) => return Ok(response),
     };
-    principal.require_edge(&batch.edge)?;
-    let accepted_counts = batch.counts.len();
-    let accepted_failures = batch.failures.len();
-    let bucket = batch.interval_start - batch.interval_start.rem_euclid(60);
-    let size = entries(&batch);
-    let prepared = tokio::task::spawn_blocking(move || Prepared {
-        digest: Some(digest),
-        ..prepare(batch, address)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(anyhow::anyhow!("usage batch preparation: {e}")))?;
-    if let Err(refusal) = usage.submit(prepared, size).await {
+    principal.require_edge(&prepared.ingested.edge)?;
+    // Give back the room the body's length reserved beyond its entries (or take the little more a
+    // body denser than `MIN_ENTRY_BYTES` needs).
+    let size = size as usize;
+    if room.num_permits() > size {
+        drop(room.split(room.num_permits() - size));
+    } else if room.num_permits() < size {
+        match usage
+            .room
+            .clone()
+            .try_acquire_many_owned((size - room.num_permits()) as u32)
+        {
+            Ok(more) => room.merge(more),
+            Err(_) => return Ok(unavailable(usage.refusal())),
+        }
+    }
+    if let Err(refusal) = usage.submit(prepared, room).await {
         return Ok(unavailable(refusal));
     }
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"accepted_counts": accepted_counts, "accepted_failures": accepted_failures, "bucket": bucket}))).into_response())
@@ -1083,7 +1178,8 @@ async fn store_group(
         e.1 += p.total;
         e.2 = &p.address;
     }
-    let _turn = db.write_turn().await;
+    // A bulk writer: a revocation waiting for SQLite's lock goes first.
+    let _turn = db.bulk_write_turn().await;
     let mut tx = db.pool.begin().await?;
     let rows: Vec<(&RowKey<'_>, &i64)> = counts.iter().collect();
     for chunk in rows.chunks(CHUNK) {
