@@ -17,6 +17,7 @@ mod keysets;
 mod metadata;
 mod report_only;
 mod robustness;
+mod rsa_key_sizes;
 mod shipped_configs;
 mod sources;
 mod stats;
