@@ -1,6 +1,8 @@
 //! The revocation memory benchmark: what 1,000,000 revoked jtis cost at the edge, in a real Envoy.
-//! The real admin API (release build, SQLite) is seeded with a million unexpired jti revocations before it
-//! serves; Envoy (two workers) with the filter syncs them from its feed. The filter logs, at info, the table
+//! The real admin API (release build, SQLite, then PostgreSQL when one is reachable) is seeded with a million
+//! unexpired jti revocations before it serves; Envoy (two workers) with the filter syncs them: a cold poller
+//! loads the edge snapshot (`GET /api/v1/revocations/snapshot`), then follows the feed. The admin API's log says
+//! how long it took to build the snapshot from the store, printed beside the sync time. The filter logs, at info, the table
 //! size and each VM's linear memory when it loads a full state, which gives the per-VM cost against what the
 //! same VM logged with the empty state; Envoy's RSS gives the whole process. A revoked token refused on every
 //! worker proves the million-entry state enforces.
@@ -21,8 +23,10 @@ use crate::http::{self, get_request, Conn};
 use crate::install;
 use crate::util::{self, bail, Result};
 
-/// The one scenario, for `--only`.
+/// The scenario on SQLite, for `--only`.
 const SCENARIO: &str = "revocation-memory-1m";
+/// The scenario on PostgreSQL, for `--only`.
+const SCENARIO_POSTGRES: &str = "revocation-memory-1m-postgres";
 /// Revoked jtis seeded into the admin API (the issue's figure).
 const REVOCATIONS: u64 = 1_000_000;
 /// Rows per seeding transaction, so the seed can say how far along it is.
@@ -53,33 +57,139 @@ const AUDIENCE: &str = "bench-api";
 
 /// Every scenario name, for `--only`.
 pub fn scenarios() -> Vec<String> {
-    vec![SCENARIO.to_string()]
+    vec![SCENARIO.to_string(), SCENARIO_POSTGRES.to_string()]
 }
 
-/// Seeds the admin API, starts Envoy, waits for every VM to load the state, checks enforcement and prints
-/// the figures.
+/// The PostgreSQL server the PostgreSQL scenario creates its database on: `EDGEWARDEN_BENCH_POSTGRES_URL`, else
+/// `EDGEWARDEN_TEST_POSTGRES_URL` (the admin API's tests use it), else the local default; `None` when
+/// `pg_isready` does not answer for it (the scenario is then skipped, and says so).
+fn postgres_server() -> Option<String> {
+    let url = std::env::var("EDGEWARDEN_BENCH_POSTGRES_URL")
+        .or_else(|_| std::env::var("EDGEWARDEN_TEST_POSTGRES_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+    let ready = util::have("pg_isready")
+        && util::have("psql")
+        && Command::new("pg_isready")
+            .args(["-d", &url])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    ready.then_some(url)
+}
+
+/// Where the admin API keeps its state for one run.
+enum Store {
+    Sqlite,
+    /// The server's URL, and the database created for the run on it.
+    Postgres {
+        server: String,
+        database: String,
+    },
+}
+
+impl Store {
+    fn name(&self) -> &'static str {
+        match self {
+            Store::Sqlite => "sqlite",
+            Store::Postgres { .. } => "postgres",
+        }
+    }
+
+    fn scenario(&self) -> &'static str {
+        match self {
+            Store::Sqlite => SCENARIO,
+            Store::Postgres { .. } => SCENARIO_POSTGRES,
+        }
+    }
+
+    /// The run's database URL: the server's with the database name replaced.
+    fn database_url(&self) -> Option<String> {
+        match self {
+            Store::Sqlite => None,
+            Store::Postgres { server, database } => {
+                let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+                Some(format!("{base}/{database}"))
+            }
+        }
+    }
+}
+
+/// Runs the scenario on SQLite and on PostgreSQL (when reachable), each as selected by `--only`.
 pub fn run(options: &Options) -> Result<()> {
-    if !options.matches(SCENARIO) {
+    let mut results = serde_json::Map::new();
+    if options.matches(SCENARIO) {
+        results.extend(run_on(&Store::Sqlite)?);
+    }
+    if options.matches(SCENARIO_POSTGRES) {
+        match postgres_server() {
+            Some(server) => {
+                let database = format!("edgewarden_bench_memory_{}", std::process::id());
+                util::output(Command::new("psql").args([
+                    server.as_str(),
+                    "-qc",
+                    &format!("DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}"),
+                ]))?;
+                let store = Store::Postgres {
+                    server: server.clone(),
+                    database: database.clone(),
+                };
+                let outcome = run_on(&store);
+                let _ = util::output(Command::new("psql").args([
+                    server.as_str(),
+                    "-qc",
+                    &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+                ]));
+                results.extend(outcome?);
+            }
+            None => println!(
+                "    {SCENARIO_POSTGRES}: no PostgreSQL answers pg_isready (set EDGEWARDEN_BENCH_POSTGRES_URL); skipped"
+            ),
+        }
+    }
+    if results.is_empty() {
         println!("    no memory scenario matches --only; skipped");
         return Ok(());
     }
+    let out = util::target_dir().join("bench/memory-results.json");
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&Value::Object(results))?)?;
+    println!("raw figures: {}", out.display());
+    Ok(())
+}
+
+/// Seeds the admin API on `store`, starts Envoy, waits for every VM to load the state, checks enforcement and
+/// prints the figures; returns them for the results file.
+fn run_on(store: &Store) -> Result<serde_json::Map<String, Value>> {
     let bin = admin_api::build()?;
     util::step(&format!(
-        "admin api with {REVOCATIONS} revoked jtis for the memory bench"
+        "admin api ({}) with {REVOCATIONS} revoked jtis for the memory bench",
+        store.name()
     ));
-    let dir = util::target_dir().join(format!("bench/memory-{}", std::process::id()));
+    let dir = util::target_dir().join(format!(
+        "bench/memory-{}-{}",
+        store.name(),
+        std::process::id()
+    ));
     let mut setup = Setup::fresh(&bin, dir)?;
     setup.master_key = Some(admin_api::BENCH_MASTER_KEY.to_string());
+    setup.database_url = store.database_url();
+    // Info, for the line the snapshot logs when it is built.
+    setup.log_level = "info";
     // Creating the keys first also runs the migrations, so the seed writes into the real schema.
     let admin_key = setup.create_api_key("admin", "bench-admin")?;
     let edge_key = setup.create_api_key("edge", "bench-memory")?;
-    let seed_time = seed(&setup.dir)?;
+    let seed_time = match &setup.database_url {
+        None => seed(&setup.dir)?,
+        Some(url) => seed_postgres(url)?,
+    };
     let addr = SocketAddr::from(([127, 0, 0, 1], util::free_port()?));
     let mut api = setup.serve(addr, &["--no-bootstrap-admin"])?;
     api.create_client(&admin_key, CLIENT, &[], &[AUDIENCE])?;
     println!(
-        "    edgewarden-admin on {addr} (pid {}, sqlite, issuer {})",
+        "    edgewarden-admin on {addr} (pid {}, {}, issuer {})",
         api.pid(),
+        store.name(),
         api.issuer
     );
 
@@ -102,6 +212,8 @@ pub fn run(options: &Options) -> Result<()> {
         envoy.log.display()
     );
     let sync = wait_for_state(&mut envoy, &mut api, ready)?;
+    let snapshot_built =
+        snapshot_build_line(&std::fs::read_to_string(&api.log).unwrap_or_default());
     let rss_synced = process_memory_mb(envoy.pid(), "VmRSS")?;
     let rss_peak = process_memory_mb(envoy.pid(), "VmHWM")?;
 
@@ -116,21 +228,94 @@ pub fn run(options: &Options) -> Result<()> {
     drop(api);
 
     let figures = Figures {
+        store: store.name(),
+        scenario: store.scenario(),
         seed: seed_time,
         sync,
+        snapshot_built,
         rss_ready,
         rss_synced,
         rss_peak,
         refused_after,
     };
     println!("\n{}", figures.report());
-    let out = util::target_dir().join("bench/memory-results.json");
-    if let Some(parent) = out.parent() {
-        std::fs::create_dir_all(parent)?;
+    match figures.json() {
+        Value::Object(map) => Ok(map),
+        _ => Ok(serde_json::Map::new()),
     }
-    std::fs::write(&out, serde_json::to_string_pretty(&figures.json())?)?;
-    println!("raw figures: {}", out.display());
-    Ok(())
+}
+
+/// What the admin API logged about building the edge snapshot (`read_ms` from the store, `total_ms` with the
+/// encoding), if it built one: `(read_ms, total_ms)`.
+fn snapshot_build_line(log: &str) -> Option<(u64, u64)> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("revocation snapshot built"))?;
+    // Without the terminal colours tracing may put around field names.
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let line = plain.as_str();
+    let field = |name: &str| {
+        line.split(|c: char| c.is_whitespace() || c == ',')
+            .find_map(|part| part.strip_prefix(name))
+            .and_then(|v| {
+                v.trim_matches(|c: char| !c.is_ascii_digit())
+                    .parse::<u64>()
+                    .ok()
+            })
+    };
+    Some((field("read_ms=")?, field("total_ms=")?))
+}
+
+/// Inserts [`REVOCATIONS`] jti revocations into the PostgreSQL store at `url` and moves the feed cursor past
+/// them, like [`seed`], in transactions of [`SEED_CHUNK`] rows.
+fn seed_postgres(url: &str) -> Result<Duration> {
+    let now = unix_now();
+    let expires = now + SEED_LIFETIME_SECS;
+    let started = Instant::now();
+    let mut done = 0;
+    while done < REVOCATIONS {
+        let first = done + 1;
+        let last = (done + SEED_CHUNK).min(REVOCATIONS);
+        let sql = format!(
+            "BEGIN; \
+             INSERT INTO revocations (kind, value, seq, reason, actor, revoked_at, expires_at) \
+             SELECT 'jti', 'bench' || lpad(i::text, 17, '0'), i, 'bench', 'bench', {now}, {expires} \
+             FROM generate_series({first}, {last}) AS i; \
+             UPDATE feed_state SET current_cursor = {last} WHERE id = 1; COMMIT;"
+        );
+        util::output(Command::new("psql").args([url, "-qc", &sql]))?;
+        done = last;
+        println!(
+            "    seeded {done:>7}/{REVOCATIONS} jti revocations (expire in {} h), {:.1} s",
+            SEED_LIFETIME_SECS / 3600,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    util::output(Command::new("psql").args([url, "-qc", "ANALYZE revocations"]))?;
+    let cursor = util::output(Command::new("psql").args([
+        url,
+        "-tAc",
+        "SELECT current_cursor FROM feed_state WHERE id = 1",
+    ]))?;
+    if cursor.trim() != REVOCATIONS.to_string() {
+        bail!(
+            "after seeding, the feed cursor is `{}`, not {REVOCATIONS}",
+            cursor.trim()
+        );
+    }
+    Ok(started.elapsed())
 }
 
 /// Inserts [`REVOCATIONS`] jti revocations and moves the feed cursor past them, as the service would after
@@ -292,7 +477,8 @@ fn parse_state_line(line: &str) -> Option<StateLine> {
     let (_, message) = line.split_once("edgewarden: revocation state ")?;
     let (how, figures) = message.split_once(": ")?;
     let poller = match how {
-        "replaced by a paged snapshot" => true,
+        // The poller: from the edge snapshot, or from the JSON feed's listing (an admin API without it).
+        "replaced by the edge snapshot" | "replaced by a paged snapshot" => true,
         "loaded from the shared snapshot" => false,
         _ => return None,
     };
@@ -471,8 +657,12 @@ fn process_memory_mb(pid: u32, field: &str) -> Result<f64> {
 
 /// Everything the run measured.
 struct Figures {
+    store: &'static str,
+    scenario: &'static str,
     seed: Duration,
     sync: StateSync,
+    /// The admin API's snapshot build: ms reading the store, ms in all.
+    snapshot_built: Option<(u64, u64)>,
     rss_ready: f64,
     rss_synced: f64,
     rss_peak: f64,
@@ -489,13 +679,21 @@ impl Figures {
     fn report(&self) -> String {
         let mb = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         let mut out = format!(
-            "revocation memory: {REVOCATIONS} revoked jtis, admin API (sqlite) -> envoy ({WORKERS} workers on cpu {ENVOY_CPU}, {VMS} VMs)\n\
+            "revocation memory: {REVOCATIONS} revoked jtis, admin API ({}) -> envoy ({WORKERS} workers on cpu {ENVOY_CPU}, {VMS} VMs)\n\
              seeded in {:.1} s; from envoy ready: gauge at {REVOCATIONS} after {:.2} s, every VM loaded after {:.2} s\n\
+             {}\n\
              revocation table: {:.1} MB per VM ({:.1} bytes per jti)\n\
              {:<10} {:>15} {:>11} {:>10} {:>10}\n",
+            self.store,
             self.seed.as_secs_f64(),
             self.sync.gauge.as_secs_f64(),
             self.sync.everywhere.as_secs_f64(),
+            match self.snapshot_built {
+                Some((read, total)) => format!(
+                    "edge snapshot built by the admin API in {total} ms ({read} ms reading the store)"
+                ),
+                None => "no edge snapshot built (the poller synced through the JSON feed)".to_string(),
+            },
             self.table_mb(),
             self.table_mb() * 1e6 / REVOCATIONS as f64,
             "VM",
@@ -570,7 +768,10 @@ impl Figures {
             })
             .collect();
         json!({
-            SCENARIO: {
+            self.scenario: {
+                "store": self.store,
+                "snapshot_read_ms": self.snapshot_built.map(|b| b.0),
+                "snapshot_build_ms": self.snapshot_built.map(|b| b.1),
                 "revocations": REVOCATIONS,
                 "workers": WORKERS,
                 "seed_s": self.seed.as_secs_f64(),
@@ -606,6 +807,20 @@ mod tests {
 [2026-12-01 21:00:05.100][100][info][wasm] [source/extensions/common/wasm/context.cc:1192] wasm log edgewarden edgewarden: revocation state loaded from the shared snapshot: 1000000 entries, table 28.6 MB, VM memory 33.5 MB
 [2026-12-01 21:00:05.200][100][info][wasm] [source/extensions/common/wasm/context.cc:1192] wasm log edgewarden edgewarden: revocation state loaded from the shared snapshot: 1000000 entries, table 28.6 MB, VM memory 33.5 MB
 ";
+
+    #[test]
+    fn the_edge_snapshot_line_is_the_pollers_and_the_admin_build_line_is_read() {
+        let line = "[2026-12-04 08:05:05.377][29577][info][wasm] [source/extensions/common/wasm/context.cc:1151] wasm log edgewarden edgewarden: edgewarden: revocation state replaced by the edge snapshot: 1000000 entries, table 13.3 MB, VM memory 16.7 MB";
+        let parsed = parse_state_line(line).unwrap();
+        assert!(parsed.poller);
+        assert_eq!(parsed.thread, "29577");
+        assert_eq!(parsed.entries, 1_000_000);
+        let admin = "2026-12-04T08:05:04.9Z  INFO edgewarden_admin::snapshot: revocation snapshot built cursor=1000000 entries=1000000 pages=12 read_ms=812 total_ms=1034";
+        assert_eq!(snapshot_build_line(admin), Some((812, 1034)));
+        let coloured = "\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m revocation snapshot built \u{1b}[3mread_ms\u{1b}[0m\u{1b}[2m=\u{1b}[0m5 \u{1b}[3mtotal_ms\u{1b}[0m\u{1b}[2m=\u{1b}[0m9";
+        assert_eq!(snapshot_build_line(coloured), Some((5, 9)));
+        assert_eq!(snapshot_build_line("nothing here"), None);
+    }
 
     #[test]
     fn state_lines_are_parsed_with_their_thread() {
