@@ -164,3 +164,39 @@ async fn check_loop(state: AppState) {
         }
     }
 }
+
+/// How many woken long-polls are answered at once.
+///
+/// A revocation wakes every held poll together: with ten thousand edges that put ten thousand tasks in
+/// the runtime's queues at once, and a fresh request (`/healthz`, a revocation, the dashboard) waited
+/// behind all of them, close to a second in the fleet bench (issue 12). Woken polls now take a permit
+/// before building their answer and hold it until the answer is built: the rest wait in the permit
+/// queue (first come, first served), where they cost nothing, and the runtime's queues stay short, so
+/// other requests are served between them. No wave is delayed on purpose; answers go out as fast as the
+/// replica builds them.
+#[derive(Debug)]
+pub struct WakeGate {
+    permits: tokio::sync::Semaphore,
+}
+
+/// Permits per runtime worker thread: enough to keep every worker busy, few enough that a fresh request
+/// waits for a handful of answers, not for the whole wave.
+const WAKE_PERMITS_PER_WORKER: usize = 8;
+
+impl WakeGate {
+    /// A gate sized for this process's runtime (never more permits than requests can be held).
+    pub fn new(max_held: usize) -> WakeGate {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        WakeGate {
+            permits: tokio::sync::Semaphore::new(
+                (workers * WAKE_PERMITS_PER_WORKER).clamp(1, max_held.max(1)),
+            ),
+        }
+    }
+
+    /// Waits for a turn to answer a woken poll; the turn ends when the permit is dropped.
+    pub async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // The semaphore is never closed, so this is always `Some`.
+        self.permits.acquire().await.ok()
+    }
+}

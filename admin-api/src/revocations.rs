@@ -1071,6 +1071,7 @@ async fn feed(
     let held = (since == current && wait > 0)
         .then(|| state.held_requests.clone().try_acquire_owned().ok())
         .flatten();
+    let mut _turn = None;
     if let Some(_held) = held {
         let mut rx = state.feed.subscribe();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
@@ -1096,6 +1097,10 @@ async fn feed(
             }
         }
         current = state.feed.current();
+        if current != since {
+            // Woken by a change, with every other held poll: answer in turn (`held::WakeGate`).
+            _turn = state.wake_gate.turn().await;
+        }
     }
     let tag = etag(current);
     if since == current {
@@ -1119,7 +1124,10 @@ async fn feed(
         let cached = state.feed_cache.delta(&state.db, since, current).await?;
         state.feed.advance(cached.cursor);
         let mut response = (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             cached.body,
         )
             .into_response();
