@@ -111,7 +111,11 @@ pub fn fit_descriptor_limit(limits: &mut ServeLimits) {
         if raised > soft {
             current.current = Some(raised);
             match setrlimit(Resource::Nofile, current) {
-                Ok(()) => tracing::info!(from = soft, to = raised, "raised the open-file limit for the connection bound"),
+                Ok(()) => tracing::info!(
+                    from = soft,
+                    to = raised,
+                    "raised the open-file limit for the connection bound"
+                ),
                 Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
             }
         }
@@ -161,9 +165,20 @@ async fn serve_connection(
         .header_read_timeout(limits.header_timeout);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let tick = (limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut stopping = false;
     loop {
+        // No timer while a request is in progress (a held long-poll can last minutes): the connection waits
+        // for its last response to end, then sleeps until its idle time would run out. A tick per connection
+        // woke every held long-poll's task once a second for nothing (the fleet bench, issue 12).
+        let idle_for = conn.idle_for();
+        let busy = conn.busy.load(Ordering::Acquire) > 0;
+        let turn = async {
+            if busy {
+                conn.idle.notified().await;
+            } else {
+                tokio::time::sleep(limits.idle_timeout.saturating_sub(idle_for)).await;
+            }
+        };
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
@@ -173,7 +188,7 @@ async fn serve_connection(
             }
             // Evicted to make room under the bound: dropping the connection closes the socket.
             () = conn.evict.notified() => break,
-            () = tokio::time::sleep(tick) => {
+            () = turn => {
                 if conn.idle_for() >= limits.idle_timeout {
                     break;
                 }
@@ -196,6 +211,8 @@ struct Conn {
     /// When the connection last became idle (accepted, or its last response ended).
     idle_since: Mutex<Instant>,
     evict: tokio::sync::Notify,
+    /// Told when the last response in progress ends (a stored permit if the task is not waiting yet).
+    idle: tokio::sync::Notify,
 }
 
 impl Conn {
@@ -228,6 +245,7 @@ impl Registry {
             busy: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
             evict: tokio::sync::Notify::new(),
+            idle: tokio::sync::Notify::new(),
         });
         self.conns
             .lock()
@@ -277,7 +295,9 @@ impl Drop for BusyGuard {
     fn drop(&mut self) {
         // Reset the idle clock before the count reaches zero, so no reader sees a stale idle time.
         *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_one();
+        }
     }
 }
 
