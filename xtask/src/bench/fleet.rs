@@ -7,7 +7,8 @@
 //! replica's memory and open descriptors are sampled every second.
 //! Printed beside the targets: every edge has a revocation within 1 s at p99, the replica stays under
 //! 512 MB, `/healthz` answers within 50 ms throughout.
-//! The load generator is one std thread per edge (small stacks), on the same 2 cores as the service.
+//! The load generator drives every edge from one thread with an event loop (`fleet_edges.rs`), on the
+//! same 2 cores as the service; its CPU is printed beside the replica's.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -26,10 +27,10 @@ use crate::util::{self, bail, Result};
 /// Edges polling (the issue's figure); `EDGEWARDEN_BENCH_FLEET_EDGES` sets another.
 const EDGES: usize = 10_000;
 /// The `wait=` of every poll, as a filter with the default `max_staleness_seconds` sends it.
-const WAIT_SECONDS: u64 = 20;
+pub(super) const WAIT_SECONDS: u64 = 20;
 /// The filter's default `poll_interval_ms`: an answer that came back at once is followed by the next
 /// poll after this long.
-const POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub(super) const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Revocations measured, one at a time.
 const ROUNDS: usize = 10;
 /// How long a round waits for every edge before counting the rest as missed.
@@ -57,7 +58,10 @@ struct FleetResult {
     /// Edge-rounds that did not see the new cursor within the round's timeout.
     missed: u64,
     rounds: usize,
+    /// `/healthz` answer times while revocations landed, sorted.
     healthz: Vec<Duration>,
+    /// `/healthz` answer times while the edges connected and took their snapshot, sorted.
+    healthz_connecting: Vec<Duration>,
     healthz_errors: u64,
     healthz_first_error: Option<String>,
     peak_rss_mb: f64,
@@ -71,6 +75,8 @@ struct FleetResult {
     cpu_per_edge_round: Duration,
     /// The replica's CPU time over the measured rounds, in cores.
     cpu_share: f64,
+    /// The load generator's (this process's) CPU time over the measured rounds, in cores.
+    generator_share: f64,
 }
 
 /// Runs the fleet scenarios `--only` selects and prints their table.
@@ -219,112 +225,24 @@ impl Drop for Fleet {
 }
 
 /// What the polling edges share with the conductor.
-struct Shared {
+pub(super) struct Shared {
     /// The newest cursor each edge has received, and when.
-    seen: Vec<Mutex<(i64, Option<Instant>)>>,
+    pub(super) seen: Vec<Mutex<(i64, Option<Instant>)>>,
     /// Edges whose current poll is sent and not yet answered.
-    held: AtomicUsize,
-    /// Edges connected at least once.
-    connected: AtomicUsize,
-    not_modified: AtomicU64,
-    errors: AtomicU64,
-    first_error: Mutex<Option<String>>,
-    stop: AtomicBool,
+    pub(super) held: AtomicUsize,
+    /// Edges that had an answer at least once.
+    pub(super) connected: AtomicUsize,
+    pub(super) not_modified: AtomicU64,
+    pub(super) errors: AtomicU64,
+    pub(super) first_error: Mutex<Option<String>>,
+    pub(super) stop: AtomicBool,
 }
 
 impl Shared {
-    fn error(&self, message: String) {
+    pub(super) fn error(&self, message: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
         first.get_or_insert(message);
-    }
-}
-
-/// One edge: polls until `stop`, reconnecting after a failure (a second later).
-fn edge_loop(index: usize, addr: SocketAddr, key: Arc<String>, shared: Arc<Shared>) {
-    let name = format!("fleet-edge-{index:05}");
-    let mut since = 0i64;
-    let mut etag: Option<String> = None;
-    let mut conn: Option<BufReader<TcpStream>> = None;
-    let mut counted = false;
-    while !shared.stop.load(Ordering::Relaxed) {
-        if conn.is_none() {
-            match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(WAIT_SECONDS + 15)));
-                    conn = Some(BufReader::with_capacity(8 * 1024, stream));
-                    if !counted {
-                        counted = true;
-                        shared.connected.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Err(e) => {
-                    shared.error(format!("{name}: connect: {e}"));
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                }
-            }
-        }
-        let Some(reader) = conn.as_mut() else {
-            continue;
-        };
-        let mut request = format!(
-            "GET /api/v1/revocations/feed?since={since}&wait={WAIT_SECONDS} HTTP/1.1\r\nhost: {addr}\r\n\
-             authorization: Bearer {key}\r\nx-edgewarden-edge: {name}\r\n"
-        );
-        if let Some(tag) = &etag {
-            request.push_str(&format!("if-none-match: {tag}\r\n"));
-        }
-        request.push_str("\r\n");
-        shared.held.fetch_add(1, Ordering::Relaxed);
-        let sent = Instant::now();
-        let result = reader
-            .get_mut()
-            .write_all(request.as_bytes())
-            .map_err(|e| e.to_string())
-            .and_then(|()| read_reply(reader));
-        shared.held.fetch_sub(1, Ordering::Relaxed);
-        let arrived = Instant::now();
-        match result {
-            Ok((200, tag, body)) => {
-                match serde_json::from_slice::<Value>(&body)
-                    .ok()
-                    .and_then(|v| v["cursor"].as_i64())
-                {
-                    Some(cursor) => {
-                        since = cursor;
-                        etag = tag;
-                        *shared.seen[index].lock().unwrap_or_else(|e| e.into_inner()) =
-                            (cursor, Some(arrived));
-                    }
-                    None => shared.error(format!("{name}: a 200 without an integer cursor")),
-                }
-            }
-            Ok((304, _, _)) => {
-                shared.not_modified.fetch_add(1, Ordering::Relaxed);
-                // As the filter does: a 304 answered at once (no held-request slot) waits out the
-                // poll interval; one that ran its course is followed by the next poll at once.
-                if let Some(rest) = POLL_INTERVAL.checked_sub(sent.elapsed()) {
-                    std::thread::sleep(rest);
-                }
-            }
-            Ok((status, _, body)) => {
-                shared.error(format!(
-                    "{name}: answered {status}: {}",
-                    String::from_utf8_lossy(&body)
-                ));
-                conn = None;
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            Err(e) => {
-                if !shared.stop.load(Ordering::Relaxed) {
-                    shared.error(format!("{name}: {e}"));
-                }
-                conn = None;
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        }
     }
 }
 
@@ -447,16 +365,24 @@ fn bench_fleet(
 
     // Probes: /healthz on a fresh connection every 100 ms, memory and descriptors every second.
     let probes_stop = Arc::new(AtomicBool::new(false));
-    let health = Arc::new(Mutex::new((Vec::<Duration>::new(), 0u64, None::<String>)));
+    // Answers while the edges connect and take their snapshot, and while revocations land, kept apart.
+    let rounds_started = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(Mutex::new((
+        Vec::<(Duration, bool)>::new(),
+        0u64,
+        None::<String>,
+    )));
     let health_thread = {
         let stop = probes_stop.clone();
         let health = health.clone();
+        let rounds_started = rounds_started.clone();
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
+                let in_rounds = rounds_started.load(Ordering::Relaxed);
                 let result = healthz(addr);
                 let mut h = health.lock().unwrap_or_else(|e| e.into_inner());
                 match result {
-                    Ok(took) => h.0.push(took),
+                    Ok(took) => h.0.push((took, in_rounds)),
                     Err(e) => {
                         h.1 += 1;
                         h.2.get_or_insert(e);
@@ -485,24 +411,12 @@ fn bench_fleet(
 
     // Connect the edges; each takes the snapshot, then holds its long-poll.
     let started = Instant::now();
-    let mut threads = Vec::with_capacity(edges);
-    for index in 0..edges {
+    let generator = {
         let shared = shared.clone();
-        let key = key.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("edge-{index}"))
-            .stack_size(64 * 1024)
-            .spawn(move || edge_loop(index, addr, key, shared));
-        match spawned {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                bail!("cannot start edge thread {index}: {e}; lower EDGEWARDEN_BENCH_FLEET_EDGES")
-            }
-        }
-        if index % 1000 == 999 {
-            println!("    {} edges started", index + 1);
-        }
-    }
+        std::thread::Builder::new()
+            .name("fleet-edges".into())
+            .spawn(move || super::fleet_edges::run(edges, addr, &key, &shared))?
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let with_cursor = shared
@@ -531,7 +445,9 @@ fn bench_fleet(
     );
     let not_modified_before = shared.not_modified.load(Ordering::Relaxed);
     let measured_from = Instant::now();
+    rounds_started.store(true, Ordering::Relaxed);
     let cpu_before = process_cpu(pid)?;
+    let generator_before = process_cpu(std::process::id())?;
 
     let mut arrivals = Vec::new();
     let mut missed = 0u64;
@@ -606,17 +522,27 @@ fn bench_fleet(
     }
     let measured = measured_from.elapsed();
     let cpu = process_cpu(pid)?.saturating_sub(cpu_before);
+    let generator_cpu = process_cpu(std::process::id())?.saturating_sub(generator_before);
     let not_modified = shared.not_modified.load(Ordering::Relaxed) - not_modified_before;
 
     shared.stop.store(true, Ordering::Relaxed);
     probes_stop.store(true, Ordering::Relaxed);
     let _ = health_thread.join();
     let _ = sampler.join();
-    let (mut healthz_times, healthz_errors, healthz_first_error) = {
+    let (healthz_samples, healthz_errors, healthz_first_error) = {
         let h = health.lock().unwrap_or_else(|e| e.into_inner());
         (h.0.clone(), h.1, h.2.clone())
     };
-    healthz_times.sort();
+    let phase = |rounds: bool| {
+        let mut times: Vec<Duration> = healthz_samples
+            .iter()
+            .filter(|(_, in_rounds)| *in_rounds == rounds)
+            .map(|(took, _)| *took)
+            .collect();
+        times.sort();
+        times
+    };
+    let (healthz_connecting, healthz_times) = (phase(false), phase(true));
     let (peak_rss_mb, peak_fds) = *peak.lock().unwrap_or_else(|e| e.into_inner());
     let poll_errors = shared.errors.load(Ordering::Relaxed);
     let poll_first_error = shared
@@ -624,10 +550,11 @@ fn bench_fleet(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    // The edge threads wait in their long-polls: stopping the replica ends them.
     drop(fleet);
-    for t in threads {
-        let _ = t.join();
+    match generator.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bail!("the fleet's event loop failed: {e}"),
+        Err(_) => bail!("the fleet's event loop panicked"),
     }
     arrivals.sort();
     revoke_latency.sort();
@@ -639,6 +566,7 @@ fn bench_fleet(
         missed,
         rounds: ROUNDS,
         healthz: healthz_times,
+        healthz_connecting,
         healthz_errors,
         healthz_first_error,
         peak_rss_mb,
@@ -649,6 +577,7 @@ fn bench_fleet(
         revoke_latency,
         cpu_per_edge_round: cpu / (edges * ROUNDS) as u32,
         cpu_share: cpu.as_secs_f64() / measured.as_secs_f64(),
+        generator_share: generator_cpu.as_secs_f64() / measured.as_secs_f64(),
     })
 }
 
@@ -669,6 +598,7 @@ fn report(results: &[FleetResult]) -> String {
         let p99 = quantile(&r.arrivals, 0.99);
         let healthz_max = r.healthz.last().copied().unwrap_or_default();
         let healthz_p99 = quantile(&r.healthz, 0.99);
+        let connecting_max = r.healthz_connecting.last().copied().unwrap_or_default();
         let _ = writeln!(
             out,
             "  {:<8} {} edges (connected and synced in {:.1?}), {} revocations (answered p50 {:.1?}, max {:.1?})",
@@ -691,13 +621,18 @@ fn report(results: &[FleetResult]) -> String {
         );
         let _ = writeln!(
             out,
-            "           /healthz (fresh connection, every 100 ms): p50 {:.1?}  p99 {:.1?}  max {:.1?}  errors {}   target every answer < {:?}: {}",
+            "           /healthz (fresh connection, every 100 ms) during the rounds: p50 {:.1?}  p99 {:.1?}  max {:.1?}; \
+             while {} edges connected: p50 {:.1?}  p99 {:.1?}  max {:.1?}; errors {}   target every answer < {:?}: {}",
             quantile(&r.healthz, 0.5),
             healthz_p99,
             healthz_max,
+            r.edges,
+            quantile(&r.healthz_connecting, 0.5),
+            quantile(&r.healthz_connecting, 0.99),
+            connecting_max,
             r.healthz_errors,
             HEALTHZ_TARGET,
-            verdict(healthz_max < HEALTHZ_TARGET && r.healthz_errors == 0)
+            verdict(healthz_max.max(connecting_max) < HEALTHZ_TARGET && r.healthz_errors == 0)
         );
         if let Some(e) = &r.healthz_first_error {
             let _ = writeln!(out, "           first /healthz error: {e}");
@@ -713,8 +648,8 @@ fn report(results: &[FleetResult]) -> String {
         );
         let _ = writeln!(
             out,
-            "           replica CPU {:.1?} per edge and revocation ({:.2} cores over the rounds; the load generator shares the machine)",
-            r.cpu_per_edge_round, r.cpu_share
+            "           replica CPU {:.1?} per edge and revocation ({:.2} cores over the rounds); the load generator, on the same machine, {:.2} cores",
+            r.cpu_per_edge_round, r.cpu_share, r.generator_share
         );
         if let Some(e) = &r.poll_first_error {
             let _ = writeln!(out, "           first poll error: {e}");
@@ -738,12 +673,17 @@ fn results_json(results: &[FleetResult]) -> Value {
                     "missed": r.missed,
                     "healthz_ms": {"p50": ms(quantile(&r.healthz, 0.5)), "p99": ms(quantile(&r.healthz, 0.99)),
                         "max": ms(r.healthz.last().copied().unwrap_or_default())},
+                    "healthz_connecting_ms": {"p50": ms(quantile(&r.healthz_connecting, 0.5)),
+                        "p99": ms(quantile(&r.healthz_connecting, 0.99)),
+                        "max": ms(r.healthz_connecting.last().copied().unwrap_or_default())},
                     "healthz_errors": r.healthz_errors,
                     "peak_rss_mb": r.peak_rss_mb,
                     "peak_fds": r.peak_fds,
                     "not_modified_per_second": r.not_modified_per_second,
                     "poll_errors": r.poll_errors,
                     "cpu_per_edge_round_us": r.cpu_per_edge_round.as_secs_f64() * 1e6,
+                    "replica_cores": r.cpu_share,
+                    "generator_cores": r.generator_share,
                 })
             })
             .collect(),

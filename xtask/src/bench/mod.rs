@@ -10,6 +10,7 @@ mod admin;
 mod dashboard;
 mod filter;
 mod fleet;
+mod fleet_edges;
 mod instructions;
 mod memory;
 mod propagation;
