@@ -19,11 +19,14 @@ const RSA_3072: &str = include_str!("../../fixtures/keys/rs256-3072.private.jwk.
 const RSA_4096: &str = include_str!("../../fixtures/keys/rs256-4096.private.jwk.json");
 const RSA_2048_E3: &str = include_str!("../../fixtures/keys/rs256-2048-e3.private.jwk.json");
 
+/// Signs a JWS signing input with one fixture key.
+type Signer = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+
 /// One RSA key the issuer publishes, and how to sign with it.
 struct Key {
     kid: String,
     public: Value,
-    sign: Box<dyn Fn(&[u8]) -> Vec<u8>>,
+    sign: Signer,
 }
 
 fn fixture(text: &'static str) -> Key {
