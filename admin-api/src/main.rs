@@ -259,6 +259,10 @@ fn base_config(common: &Common) -> Config {
     config
 }
 
+/// jemalloc, not glibc's malloc: see the dependency's note in Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
