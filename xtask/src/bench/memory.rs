@@ -123,11 +123,13 @@ pub fn run(options: &Options) -> Result<()> {
         match postgres_server() {
             Some(server) => {
                 let database = format!("edgewarden_bench_memory_{}", std::process::id());
-                util::output(Command::new("psql").args([
-                    server.as_str(),
-                    "-qc",
-                    &format!("DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}"),
-                ]))?;
+                // Two commands: DROP DATABASE cannot run in the transaction one `-c` with two statements is.
+                for sql in [
+                    format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+                    format!("CREATE DATABASE {database}"),
+                ] {
+                    util::output(Command::new("psql").args([server.as_str(), "-qc", &sql]))?;
+                }
                 let store = Store::Postgres {
                     server: server.clone(),
                     database: database.clone(),
