@@ -919,3 +919,50 @@ async fn detecting_a_group_of_batches_equals_detecting_each_in_turn(backend: Bac
     );
     assert_eq!(grouped, one_by_one);
 }
+
+/// With SQLite, a revocation waiting for the write lock goes before every bulk writer (usage ingestion,
+/// detection) queued for it, even those that queued earlier: it waits for at most the one bulk
+/// transaction in progress (issue 13). A plain first-come queue would put it behind both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_revocation_goes_before_queued_bulk_writers_at_the_sqlite_lock() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    let app = TestApp::start(Backend::Sqlite).await;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    // An ingestion transaction in progress.
+    let in_progress = app.state.db.bulk_write_turn().await;
+    assert!(in_progress.is_some(), "SQLite has a write turn");
+    let mut waiters = Vec::new();
+    for (what, urgent) in [
+        ("detection", false),
+        ("ingestion", false),
+        ("revocation", true),
+    ] {
+        let (db, order) = (app.state.db.clone(), order.clone());
+        waiters.push(tokio::spawn(async move {
+            let _turn = if urgent {
+                db.write_turn().await
+            } else {
+                db.bulk_write_turn().await
+            };
+            order.lock().expect("order").push(what);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }));
+        // Each queues before the next arrives.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(in_progress);
+    for w in waiters {
+        tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .expect("every writer gets the lock")
+            .expect("writer task");
+    }
+    let order = order.lock().expect("order").clone();
+    assert_eq!(
+        order.first(),
+        Some(&"revocation"),
+        "the revocation goes first: {order:?}"
+    );
+    assert_eq!(order.len(), 3, "{order:?}");
+}
