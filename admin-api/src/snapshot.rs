@@ -61,11 +61,13 @@ pub struct Built {
 }
 
 type Slot = Arc<OnceCell<Arc<Built>>>;
+/// A snapshot's `(cursor, now)`, when its slot was made, and the slot.
+type Entry = ((i64, i64), Instant, Slot);
 
 /// Built snapshots by `(cursor, now)`, single-flight: edges asking at once share one read of the store.
 #[derive(Debug, Default)]
 pub struct SnapshotCache {
-    entries: Mutex<Vec<((i64, i64), Instant, Slot)>>,
+    entries: Mutex<Vec<Entry>>,
 }
 
 impl SnapshotCache {
