@@ -1074,7 +1074,13 @@ async fn feed(
     let mut _turn = None;
     if let Some(_held) = held {
         let mut rx = state.feed.subscribe();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+        // Up to a quarter shorter than asked, at random: a change answers every held poll at once, the
+        // edges poll again within the same second, and without the spread all their waits would also run
+        // out within one second, every `wait` seconds after each change (ten thousand 304s at once in the
+        // fleet bench). An edge whose wait ends early simply polls again.
+        let spread = rand::random::<f64>() * 0.25;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(wait).mul_f64(1.0 - spread);
         // A held poll answers 401 within a second of its key's deletion (or its session's end).
         let revoked = crate::auth::credential_revoked(
             state.clone(),
@@ -1097,10 +1103,9 @@ async fn feed(
             }
         }
         current = state.feed.current();
-        if current != since {
-            // Woken by a change, with every other held poll: answer in turn (`held::WakeGate`).
-            _turn = state.wake_gate.turn().await;
-        }
+        // Woken by a change with every other held poll, or at the end of a wait that many share: answer in
+        // turn (`held::WakeGate`).
+        _turn = state.wake_gate.turn().await;
     }
     let tag = etag(current);
     if since == current {
