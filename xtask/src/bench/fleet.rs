@@ -409,6 +409,23 @@ fn bench_fleet(
         })
     };
 
+    // One revocation before the edges connect, so each edge's first poll (`since=0`) is answered with a
+    // snapshot at once, as on any store in use, instead of being held until its wait runs out.
+    let seeded = crate::http::post_json(
+        addr,
+        "/api/v1/revocations",
+        &[("authorization", &format!("Bearer {}", fleet.admin_key))],
+        &json!({"subject": format!("fleet-seed-{}", unix_now()), "reason": "fleet bench"})
+            .to_string(),
+    )?;
+    if seeded.status != 201 {
+        bail!(
+            "the seed revocation answered {}: {}",
+            seeded.status,
+            seeded.body
+        );
+    }
+
     // Connect the edges; each takes the snapshot, then holds its long-poll.
     let started = Instant::now();
     let generator = {
@@ -418,6 +435,7 @@ fn bench_fleet(
             .spawn(move || super::fleet_edges::run(edges, addr, &key, &shared))?
     };
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last_progress = Instant::now();
     loop {
         let with_cursor = shared
             .seen
@@ -427,6 +445,13 @@ fn bench_fleet(
         let held = shared.held.load(Ordering::Relaxed);
         if with_cursor == edges && held == edges {
             break;
+        }
+        if last_progress.elapsed() >= Duration::from_secs(5) {
+            last_progress = Instant::now();
+            println!(
+                "    {:.0?}: {with_cursor} of {edges} edges have a snapshot, {held} polls outstanding",
+                started.elapsed()
+            );
         }
         if Instant::now() > deadline {
             bail!(
