@@ -961,13 +961,19 @@ async fn writer(
         }
         let started = std::time::Instant::now();
         let result = if group.len() == 1 && rows > max_rows {
-            store_in_parts(&db, &bus, &feed, &group[0].prepared, max_rows)
-                .await
-                .map(|parts| {
-                    stats
-                        .transactions
-                        .fetch_add(parts.saturating_sub(1) as u64, Ordering::Relaxed);
-                })
+            store_in_parts(
+                &db,
+                &bus,
+                &feed,
+                &group[0].prepared,
+                max_rows.min(PART_ROWS),
+            )
+            .await
+            .map(|parts| {
+                stats
+                    .transactions
+                    .fetch_add(parts.saturating_sub(1) as u64, Ordering::Relaxed);
+            })
         } else {
             let batches: Vec<&Prepared> = group.iter().map(|j| &j.prepared).collect();
             store_group(&db, &bus, &feed, &batches, None).await
@@ -1001,6 +1007,13 @@ async fn writer(
 fn rows_of(p: &Prepared) -> usize {
     p.ingested.counts.len() + p.ingested.failures.len() + p.addresses.len() + p.used.len() + 1
 }
+
+/// Rows per part at most when one batch is too large for a transaction and is stored in parts: a flood of
+/// batches at the documented limits is then written in transactions of ~10 ms, and a revocation waiting
+/// at SQLite's lock waits for one of those (admin abuse bench, SQLite, two interleaved runs each against
+/// parts of 2,000 rows: revocation p50 45/35 -> 19/11 ms, p99 171/118 -> 139/97 ms, flood batches stored
+/// 30/34 -> 25/34). Groups of small batches keep the larger bound, for throughput.
+const PART_ROWS: usize = 500;
 
 /// Batches the detector examines together at most: its window queries and anomaly writes are made once
 /// per group, which is what lets detection keep up with the writer.
