@@ -10,7 +10,7 @@
 //! The load generator drives every edge from one thread with an event loop (`fleet_edges.rs`), on the
 //! same 2 cores as the service; its CPU is printed beside the replica's.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -246,64 +246,6 @@ impl Shared {
     }
 }
 
-/// Reads one response (content-length or chunked framing): status, `ETag`, body.
-fn read_reply(
-    reader: &mut BufReader<TcpStream>,
-) -> std::result::Result<(u16, Option<String>, Vec<u8>), String> {
-    let mut line = String::new();
-    let e = |e: std::io::Error| e.to_string();
-    if reader.read_line(&mut line).map_err(e)? == 0 {
-        return Err("the replica closed the connection".into());
-    }
-    let status = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line `{}`", line.trim()))?;
-    let (mut length, mut chunked, mut etag) = (0usize, false, None);
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).map_err(e)? == 0 {
-            return Err("closed inside the headers".into());
-        }
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            let value = value.trim();
-            match name.trim().to_ascii_lowercase().as_str() {
-                "content-length" => length = value.parse().unwrap_or(0),
-                "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
-                "etag" => etag = Some(value.to_string()),
-                _ => {}
-            }
-        }
-    }
-    let mut body = Vec::new();
-    if status == 304 {
-    } else if chunked {
-        loop {
-            line.clear();
-            reader.read_line(&mut line).map_err(e)?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                .map_err(|_| format!("bad chunk size `{}`", line.trim()))?;
-            let start = body.len();
-            body.resize(start + size, 0);
-            reader.read_exact(&mut body[start..]).map_err(e)?;
-            let mut crlf = [0u8; 2];
-            reader.read_exact(&mut crlf).map_err(e)?;
-            if size == 0 {
-                break;
-            }
-        }
-    } else {
-        body.resize(length, 0);
-        reader.read_exact(&mut body).map_err(e)?;
-    }
-    Ok((status, etag, body))
-}
-
 /// The replica's resident memory (MB) and open descriptors.
 fn sample(pid: u32) -> (f64, usize) {
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -319,27 +261,29 @@ fn sample(pid: u32) -> (f64, usize) {
     (rss, fds)
 }
 
-/// One `GET /healthz` on a fresh connection.
+/// One `GET /healthz` on a fresh connection (closed by the replica after its answer).
 fn healthz(addr: SocketAddr) -> std::result::Result<Duration, String> {
     let started = Instant::now();
-    let stream =
+    let mut stream =
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut reader = BufReader::new(stream);
-    reader
-        .get_mut()
+    stream
         .write_all(
             format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n")
                 .as_bytes(),
         )
         .map_err(|e| e.to_string())?;
-    match read_reply(&mut reader)? {
-        (200, _, _) => Ok(started.elapsed()),
-        (status, _, body) => Err(format!(
-            "/healthz answered {status}: {}",
-            String::from_utf8_lossy(&body)
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).map_err(|e| e.to_string())?;
+    match super::fleet_edges::parse_reply(&answer)? {
+        Some(reply) if reply.status == 200 => Ok(started.elapsed()),
+        Some(reply) => Err(format!(
+            "/healthz answered {}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
         )),
+        None => Err("/healthz: the replica closed the connection mid-answer".into()),
     }
 }
 

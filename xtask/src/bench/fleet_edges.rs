@@ -287,14 +287,14 @@ fn fail(
 }
 
 /// One parsed answer.
-struct Reply {
-    status: u16,
+pub(super) struct Reply {
+    pub(super) status: u16,
     etag: Option<String>,
-    body: Vec<u8>,
+    pub(super) body: Vec<u8>,
 }
 
 /// Parses a whole answer from `input` (content-length or chunked framing), or `None` if more must come.
-fn parse_reply(input: &[u8]) -> Result<Option<Reply>, String> {
+pub(super) fn parse_reply(input: &[u8]) -> Result<Option<Reply>, String> {
     let Some(head_end) = find(input, b"\r\n\r\n") else {
         return Ok(None);
     };
