@@ -274,6 +274,9 @@ impl Db {
         }
         let options = AnyPoolOptions::new()
             .max_connections(if kind == DbKind::Sqlite { 8 } else { 16 })
+            // A connection to a local SQLite file does not go stale, and the check before each use is a
+            // round trip to the connection's worker thread: one more thread hop on every query.
+            .test_before_acquire(kind != DbKind::Sqlite)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
