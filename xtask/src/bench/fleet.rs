@@ -580,7 +580,7 @@ fn report(results: &[FleetResult]) -> String {
         );
         let _ = writeln!(
             out,
-            "           every edge has it: p50 {:.0?}  p99 {:.0?}  max {:.0?}  missed {}   target p99 < {:?}: {}",
+            "           every edge has it: p50 {:.2?}  p99 {:.2?}  max {:.2?}  missed {}   target p99 < {:?}: {}",
             quantile(&r.arrivals, 0.5),
             p99,
             r.arrivals.last().copied().unwrap_or_default(),
