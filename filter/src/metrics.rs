@@ -43,6 +43,12 @@ pub enum Stat {
     RevocationUpdate,
     /// A token let through while the revocation state was stale, because `on_stale` is `allow`.
     RevocationStaleAllowed,
+    /// A wake-up the polling VM put on another VM's queue after a change.
+    RevocationWakeSent,
+    /// A listed VM whose wake queue the polling VM could not find or fill (that VM waits for its tick).
+    RevocationWakeLost,
+    /// A wake-up a following VM took from its queue and caught up on.
+    RevocationWakeReceived,
     /// A usage batch the admin API accepted.
     UsageReport,
     /// A usage batch that failed to send (kept and retried) or was refused (dropped).
@@ -85,6 +91,9 @@ const FIXED: &[(Stat, &str)] = &[
     (Stat::RevocationPollFailure, "revocation_poll_failures"),
     (Stat::RevocationUpdate, "revocation_updates"),
     (Stat::RevocationStaleAllowed, "revocation_stale_allowed"),
+    (Stat::RevocationWakeSent, "revocation_wakes_sent"),
+    (Stat::RevocationWakeLost, "revocation_wakes_lost"),
+    (Stat::RevocationWakeReceived, "revocation_wakes_received"),
     (Stat::UsageReport, "usage_reports"),
     (Stat::UsageReportFailure, "usage_report_failures"),
     (Stat::UsageDropped, "usage_dropped"),

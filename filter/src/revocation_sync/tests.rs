@@ -758,6 +758,13 @@ impl wake::Queues for FakeQueues {
 }
 
 impl FakeQueues {
+    /// Forgets every queue, as proxy-wasm does when the last VM of a VM id goes.
+    fn forget_all(&self) {
+        let mut world = self.0.borrow_mut();
+        world.names.clear();
+        world.values.clear();
+    }
+
     /// Takes the `on_queue_ready` calls owed so far.
     fn take_ready(&self) -> Vec<u32> {
         std::mem::take(&mut self.0.borrow_mut().ready)
@@ -813,6 +820,9 @@ fn a_published_change_wakes_every_follower_at_once_without_a_tick() {
         woken, 2,
         "one wake-up for each follower, none for the poller"
     );
+    assert_eq!(host_a.counted(Stat::RevocationWakeSent), 2);
+    assert_eq!(host_a.counted(Stat::RevocationWakeLost), 0);
+    assert_eq!(host_b.counted(Stat::RevocationWakeReceived), 1);
     assert!(revoked(&b, "j1") && revoked(&c, "j1"));
     assert!(control(&b).revocation.borrow().stale(NOW).is_none());
 
@@ -867,6 +877,34 @@ fn a_vm_shutting_down_or_lapsed_is_no_longer_woken_and_a_dropped_one_lists_itsel
     answer_waking(&mut host_a, &mut queues, &a, &ok(feed(3, false, &["j3"])));
     deliver(&mut queues, &mut [(&mut host_a, &a), (&mut host_b, &b)]);
     assert!(revoked(&b, "j3"));
+}
+
+#[test]
+fn a_queue_the_host_forgot_is_registered_again_when_the_entry_is_renewed() {
+    let (a, b) = (vm(11, json!({})), vm(22, json!({})));
+    let mut host_a = FakeHost::new();
+    let mut host_b = host_a.sibling();
+    let mut queues = FakeQueues::default();
+    tick_waking(&mut host_a, &mut queues, &a);
+    tick_waking(&mut host_b, &mut queues, &b);
+    queues.forget_all();
+    answer_waking(&mut host_a, &mut queues, &a, &ok(feed(1, true, &["j1"])));
+    assert!(queues.take_ready().is_empty());
+    assert_eq!(
+        host_a.counted(Stat::RevocationWakeLost),
+        1,
+        "a listed VM whose queue is gone is counted"
+    );
+
+    // Half an entry's life later b renews its entry, and its queue with it: it is woken again.
+    host_a.advance_ms(wake::ENTRY_MS / 2 + 1);
+    host_b.now_ms = host_a.now_ms;
+    tick_waking(&mut host_a, &mut queues, &a);
+    tick_waking(&mut host_b, &mut queues, &b);
+    answer_waking(&mut host_a, &mut queues, &a, &ok(feed(2, false, &["j2"])));
+    let woken = deliver(&mut queues, &mut [(&mut host_a, &a), (&mut host_b, &b)]);
+    assert_eq!(woken, 1);
+    assert!(revoked(&b, "j2"));
 }
 
 #[test]

@@ -8,6 +8,7 @@ use proxy_wasm::hostcalls;
 
 use super::{follow, Role};
 use crate::host::Host;
+use crate::metrics::Stat;
 use crate::state::Control;
 
 /// How long a registry entry lasts without renewal; a VM renews its own when less than half is left, so a
@@ -113,6 +114,14 @@ pub fn keep_registered(
     if fresh {
         return;
     }
+    // Registering again is idempotent (same id, queued wake-ups kept) and brings back a queue the host dropped:
+    // proxy-wasm forgets every queue of a VM id when the last VM of that id goes, however briefly.
+    if registered {
+        match queues.register(&name) {
+            Some(queue) => control.sync.borrow_mut().wake_queue = Some(queue),
+            None => return,
+        }
+    }
     entries.retain(|&(id, expires)| id != me && expires > now_ms);
     if entries.len() >= MAX_ENTRIES {
         // Keep the entries renewed last; the ones about to lapse belong to VMs most likely gone.
@@ -172,9 +181,14 @@ pub fn wake_followers(
             continue;
         }
         let name = control.sync.borrow().keys.wake(id);
-        if let Some(queue) = queues.resolve(&name) {
-            queues.enqueue(queue, &message);
-        }
+        let sent = queues
+            .resolve(&name)
+            .is_some_and(|queue| queues.enqueue(queue, &message));
+        host.count(if sent {
+            Stat::RevocationWakeSent
+        } else {
+            Stat::RevocationWakeLost
+        });
     }
 }
 
@@ -195,6 +209,7 @@ pub fn on_queue_ready(
         }
     }
     if control.sync.borrow().role == Role::Follower {
+        host.count(Stat::RevocationWakeReceived);
         follow(host, control);
     }
     true

@@ -48,6 +48,8 @@ struct Workers {
     child: Child,
     listener: SocketAddr,
     log: PathBuf,
+    /// Where Envoy writes its admin address (port 0: Envoy picks one).
+    admin_address: PathBuf,
     /// Keeps no idle connection, so every request opens a fresh one.
     client: reqwest::Client,
 }
@@ -74,12 +76,15 @@ impl Workers {
         )
         .expect("write the envoy config");
         let log = dir.join("envoy.log");
+        let admin_address = dir.join("admin-address");
         let out = std::fs::File::create(&log).expect("create the envoy log");
         let child = Command::new(envoy_bin())
             .arg("-c")
             .arg(&config)
             .args(["--concurrency", &WORKERS.to_string(), "-l", "warning"])
             .arg("--disable-hot-restart")
+            .arg("--admin-address-path")
+            .arg(&admin_address)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("clone log handle"))
             .stderr(out)
@@ -105,6 +110,7 @@ impl Workers {
             child,
             listener,
             log,
+            admin_address,
             client,
         }
     }
@@ -124,6 +130,27 @@ impl Workers {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The filter's wake and poll counters from Envoy's admin `/stats`, for a failure message.
+    async fn sync_stats(&self) -> String {
+        let Ok(address) = std::fs::read_to_string(&self.admin_address) else {
+            return "no admin address".to_string();
+        };
+        let stats = match self
+            .client
+            .get(format!("http://{}/stats?filter=edgewarden", address.trim()))
+            .send()
+            .await
+        {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(e) => return format!("admin /stats failed: {e}"),
+        };
+        stats
+            .lines()
+            .filter(|l| l.contains("revocation_wakes") || l.contains("revocation_polls"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -212,9 +239,18 @@ async fn a_revocation_reaches_every_worker_without_waiting_for_a_tick() {
     }
     everywhere.sort();
     let median = everywhere[ROUNDS / 2];
+    // Counters lag by one tick: wait for one so a failure shows what the wake-ups did.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let stats = envoy.sync_stats().await;
     assert!(
         median < MEDIAN_BOUND,
-        "every worker refused a revoked token after a median of {median:?} (bound {MEDIAN_BOUND:?}): {rounds:#?}"
+        "every worker refused a revoked token after a median of {median:?} (bound {MEDIAN_BOUND:?}): {rounds:#?}\n{stats}\nenvoy log: {}",
+        envoy.log()
     );
+    assert!(
+        stats.contains("revocation_wakes_sent") && !stats.contains("revocation_wakes_sent: 0"),
+        "the poller counted no wake-up sent: {stats}"
+    );
+    eprintln!("{stats}");
     eprintln!("{WORKERS} workers: {rounds:#?}");
 }
