@@ -94,37 +94,45 @@ impl EdgeWardenRoot {
     }
 }
 
-/// A number that tells this VM apart from the other VMs of the same Envoy (the poller lease, the wake queues): a
-/// sequence number no other VM of this plugin took (a counter in shared data, bumped by compare-and-swap) mixed
-/// with the host clock in nanoseconds and the root context id. The clock alone is not enough: Envoy configures its
-/// workers' VMs on their own threads at the same moment, and a host clock may be coarser than a nanosecond; two VMs
-/// with one id would share a wake queue and a lease. std's random source is avoided because a host without
-/// `random_get` would make it panic.
+/// A number that tells this VM apart from the other VMs of the same Envoy (the poller lease, the wake queues, the
+/// instance the admin API sees): 64 random bits from the host (WASI `random_get`), mixed with a sequence number no
+/// other VM of this plugin took (a counter in shared data, bumped by compare-and-swap), the host clock in
+/// nanoseconds and the root context id. The clock alone is not enough: Envoy configures its workers' VMs on their
+/// own threads at the same moment, and a host clock may be coarser than a nanosecond; two VMs with one id would
+/// share a wake queue and a lease, and both would poll. The `getrandom` crate is used rather than std's random
+/// source, which panics on a host without `random_get`; here a failure only leaves the other ingredients.
 fn vm_identity(context_id: u32) -> u64 {
     let nanos = hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos() as u64);
-    let sequence = vm_sequence();
-    // SplitMix64's finaliser: spreads the bits so nearby clocks give unrelated ids.
-    let mut z = nanos ^ (u64::from(context_id) << 32) ^ 0x9e37_79b9_7f4a_7c15;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    // Mixed again with the sequence number, so two VMs that read the same nanosecond still differ.
-    z ^= sequence.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (z ^ (z >> 31)).max(1)
+    let mut random = [0u8; 8];
+    if getrandom::getrandom(&mut random).is_err() {
+        random = [0; 8];
+    }
+    let ingredients = [
+        nanos ^ (u64::from(context_id) << 32),
+        vm_sequence(),
+        u64::from_le_bytes(random),
+    ];
+    let mut z = 0x9e37_79b9_7f4a_7c15_u64;
+    for ingredient in ingredients {
+        // SplitMix64's finaliser after each: spreads the bits so nearby clocks give unrelated ids.
+        z ^= ingredient;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+    }
+    z.max(1)
 }
 
 /// Shared-data key of the VM counter [`vm_sequence`] bumps.
 const VM_SEQUENCE_KEY: &str = "edgewarden.vm_sequence";
 
 /// Takes the next number of a counter every VM of this plugin shares, by compare-and-swap (a few tries; 0 if the
-/// host keeps refusing, which leaves the clock to tell VMs apart). Envoy's compare-and-swap does not guard a key
-/// that does not exist yet, so the first VM creates it unconditionally; two VMs racing to create it may both take
-/// 1, which the clock in [`vm_identity`] still separates.
+/// host keeps refusing). Envoy's compare-and-swap does not guard a key that does not exist yet, so the first VM
+/// creates it unconditionally; two VMs racing to create it may both take 1, which the random bits in
+/// [`vm_identity`] still separate.
 fn vm_sequence() -> u64 {
     for _ in 0..32 {
         match hostcalls::get_shared_data(VM_SEQUENCE_KEY) {
