@@ -175,6 +175,12 @@ impl AppState {
         if db.kind == DbKind::Postgres {
             tasks.push(listen_loop(&db, keys.clone(), feed.clone(), events.clone()).await?);
         }
+        let feed_cache = Arc::new(feed_cache::FeedCache::default());
+        tasks.push(snapshot::spawn_keeper(
+            db.clone(),
+            feed.clone(),
+            feed_cache.clone(),
+        ));
         let argon = config.argon2.clone();
         let dummy_hash = tokio::task::spawn_blocking(move || secrets::dummy_hash(&argon)).await?;
         Ok(AppState(Arc::new(AppShared {
@@ -184,7 +190,7 @@ impl AppState {
             ))),
             login_limiter: Arc::new(RateLimiter::new(config.login_rate_limit)),
             token_limiter: Arc::new(RateLimiter::new(config.token_rate_limit)),
-            feed_cache: Arc::new(feed_cache::FeedCache::default()),
+            feed_cache,
             cursor_marks,
             held_credentials: Arc::new(held::HeldCredentials::default()),
             held_requests: Arc::new(tokio::sync::Semaphore::new(

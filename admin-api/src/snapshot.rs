@@ -6,8 +6,12 @@
 //! `x-edgewarden-edge`, if it sends the header). The answer is `application/vnd.edgewarden.snapshot`: one
 //! page, whose header carries the version, the cursor it is consistent with, the snapshot's id, the page
 //! index and count, the entry counts, and a checksum. Pages hold at most about 1 MiB of entries.
-//! - Without parameters: page 0 of a snapshot at the current cursor (built once for every edge that asks
-//!   within a minute while the cursor stays put).
+//! - Without parameters: page 0 of a recent snapshot: the newest this replica holds, if it is at most
+//!   [`REUSE_CHANGES`] changes behind the current cursor and at most [`REUSE_FOR`] old (the edge then takes the
+//!   changes after it from the feed, as after any snapshot), else one built now at the current cursor (once for
+//!   every edge that asks within a minute while the cursor stays put). The replica keeps one ready: it builds
+//!   one when it starts with revocations in the store, and again in the background when the newest falls half
+//!   that far behind ([`spawn_keeper`]), so a cold edge rarely waits for a read of the whole store.
 //! - `?page=<n>&id=<hex>&cursor=<c>&now=<t>` (what the previous page's header says): page `n` of that
 //!   snapshot. A replica that does not hold it rebuilds it from the rows with `seq <= c` unexpired at `t`;
 //!   should that give another id (rows were pruned meanwhile), the answer is `409`: start again at page 0.
@@ -42,8 +46,16 @@ use crate::AppState;
 
 /// How long a snapshot's page 0 is handed to every edge that asks while the cursor stays put.
 pub const FRESH_FOR: Duration = Duration::from_secs(60);
-/// Snapshots kept at once (the newest, and one an edge may still be paging through).
-const KEPT: usize = 2;
+/// Snapshots kept at once (the newest, one being built, and one an edge may still be paging through).
+const KEPT: usize = 3;
+/// How many changes (feed cursor steps) a snapshot handed out as page 0 may be behind the current cursor: the
+/// edge takes them from the JSON feed right after (one or a few pages). A snapshot further behind is never
+/// handed out, so an old one (an empty store's, before a large import) cannot stand in for a current one.
+pub const REUSE_CHANGES: i64 = 5_000;
+/// How old a snapshot handed out as page 0 may be.
+pub const REUSE_FOR: Duration = Duration::from_secs(600);
+/// How often the keeper looks at the cursor.
+const KEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// One built snapshot: its pages, ready to send.
 #[derive(Debug)]
@@ -90,8 +102,31 @@ impl SnapshotCache {
         (key, slot)
     }
 
-    /// The snapshot at `cursor` built with clock `now` (page 0 passes `None`: a recent one at that cursor,
-    /// or one built now).
+    /// The newest built snapshot that may stand in for one at `current`: at most [`REUSE_CHANGES`] behind it
+    /// and at most [`REUSE_FOR`] old.
+    pub fn recent(&self, current: i64) -> Option<Arc<Built>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter()
+            .filter(|((c, _), at, _)| {
+                (0..=REUSE_CHANGES).contains(&(current - c)) && at.elapsed() < REUSE_FOR
+            })
+            .filter_map(|(_, _, slot)| slot.get().cloned())
+            .max_by_key(|built| built.cursor)
+    }
+
+    /// The cursor of the newest built snapshot and how long ago its build started.
+    fn newest(&self) -> Option<(i64, Duration)> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter()
+            .filter(|(_, _, slot)| slot.initialized())
+            .map(|((c, _), at, _)| (*c, at.elapsed()))
+            .max_by_key(|(c, _)| *c)
+    }
+
+    /// The snapshot at `cursor` built with clock `now` (`None`: one at that cursor built within
+    /// [`FRESH_FOR`], or one built now).
     pub async fn get(
         &self,
         db: &Db,
@@ -167,6 +202,38 @@ pub async fn build(db: &Db, cursor: i64, now: i64) -> Result<Built, sqlx::Error>
     })
 }
 
+/// Keeps a snapshot ready for cold edges: builds one at start-up when the store holds revocations, then, every
+/// [`KEEP_EVERY`], builds a new one in the background when the newest is more than half of [`REUSE_CHANGES`]
+/// behind the cursor, or more than half of [`REUSE_FOR`] old and behind at all. A failed build is logged and
+/// tried again at the next look; edges build on demand meanwhile, as without the keeper.
+pub fn spawn_keeper(
+    db: Db,
+    feed: Arc<crate::revocations::Feed>,
+    cache: Arc<crate::feed_cache::FeedCache>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(KEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let current = feed.current();
+            let due = match cache.snapshots.newest() {
+                None => current > 0,
+                Some((cursor, age)) => {
+                    current - cursor > REUSE_CHANGES / 2
+                        || (current != cursor && age > REUSE_FOR / 2)
+                }
+            };
+            if !due {
+                continue;
+            }
+            if let Err(e) = cache.snapshots.get(&db, current, None).await {
+                tracing::warn!(error = %e, cursor = current, "could not build the edge snapshot ahead; edges build it when they ask");
+            }
+        }
+    })
+}
+
 /// The route of the snapshot.
 pub fn router() -> Router<AppState> {
     // The path written out, as every router does: the openapi test reads routes from the sources.
@@ -202,11 +269,16 @@ async fn snapshot(
     let page = q.page.unwrap_or(0);
     let built = if page == 0 && q.id.is_none() && q.cursor.is_none() && q.now.is_none() {
         let cursor = db_cursor(&state.db).await?;
-        state
-            .feed_cache
-            .snapshots
-            .get(&state.db, cursor, None)
-            .await?
+        match state.feed_cache.snapshots.recent(cursor) {
+            Some(built) => built,
+            None => {
+                state
+                    .feed_cache
+                    .snapshots
+                    .get(&state.db, cursor, None)
+                    .await?
+            }
+        }
     } else {
         let (Some(id), Some(cursor), Some(at)) = (q.id.as_deref(), q.cursor, q.now) else {
             return Err(ApiError::field(
@@ -265,4 +337,65 @@ async fn snapshot(
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built(cursor: i64) -> Arc<Built> {
+        Arc::new(Built {
+            cursor,
+            now: 1_767_000_000,
+            id: cursor as u64,
+            pages: Vec::new(),
+        })
+    }
+
+    /// A cache holding built snapshots at `cursors`, each made `age` ago.
+    fn cache(cursors: &[i64], age: Duration) -> SnapshotCache {
+        let cache = SnapshotCache::default();
+        let made = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        cache
+            .entries
+            .lock()
+            .unwrap()
+            .extend(cursors.iter().map(|&c| {
+                (
+                    (c, 1_767_000_000),
+                    made,
+                    Arc::new(OnceCell::new_with(Some(built(c)))),
+                )
+            }));
+        cache
+    }
+
+    #[test]
+    fn the_newest_snapshot_within_the_bounds_stands_in_and_no_other() {
+        let c = cache(&[100, 4_000], Duration::ZERO);
+        assert_eq!(c.recent(4_000).map(|b| b.cursor), Some(4_000));
+        assert_eq!(c.recent(4_001).map(|b| b.cursor), Some(4_000));
+        assert_eq!(
+            c.recent(4_000 + REUSE_CHANGES).map(|b| b.cursor),
+            Some(4_000)
+        );
+        assert!(
+            c.recent(4_001 + REUSE_CHANGES).is_none(),
+            "too far behind: an old snapshot (an empty store's, before an import) never stands in"
+        );
+        // Only the older one is within reach of a cursor before the newer one.
+        assert_eq!(c.recent(3_999).map(|b| b.cursor), Some(100));
+        assert!(c.recent(99).is_none(), "never one ahead of the cursor");
+        assert_eq!(c.newest().map(|(cursor, _)| cursor), Some(4_000));
+    }
+
+    #[test]
+    fn an_old_snapshot_does_not_stand_in_and_one_being_built_is_not_newest() {
+        let old = cache(&[10], REUSE_FOR + Duration::from_secs(1));
+        assert!(old.recent(10).is_none());
+        let building = SnapshotCache::default();
+        building.slot(50, None);
+        assert!(building.recent(50).is_none());
+        assert!(building.newest().is_none());
+    }
 }
