@@ -63,6 +63,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::events::{self, Event, EventBus, StoredEvent};
 use crate::extract::{parse_json, Json, Query};
 use crate::revocations::{page_params, Feed, Page};
+use crate::feed_marks::row_placeholders;
 use crate::secrets::random_id;
 use crate::AppState;
 pub use edgewarden_api_types::{Failure, Point, Series, Timeline, TimelineToken, TokenUsage};
@@ -1202,7 +1203,7 @@ async fn store_group(
         let sql = format!(
             "INSERT INTO usage_counts (bucket, edge, token, subject, client_id, route, reason, count) VALUES {} \
              ON CONFLICT (bucket, edge, token, subject, client_id, route, reason) DO UPDATE SET count = usage_counts.count + excluded.count",
-            placeholders(chunk.len(), 8, 0)
+            row_placeholders(db.kind, chunk.len(), 8)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for ((bucket, edge, (token, subject, client, route, reason)), count) in chunk {
@@ -1231,7 +1232,7 @@ async fn store_group(
         let sql = format!(
             "INSERT INTO usage_hourly (hour, edge, reason, count) VALUES {} \
              ON CONFLICT (hour, edge, reason) DO UPDATE SET count = usage_hourly.count + excluded.count",
-            placeholders(chunk.len(), 4, 0)
+            row_placeholders(db.kind, chunk.len(), 4)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for ((hour, edge, reason), n) in chunk {
@@ -1249,7 +1250,7 @@ async fn store_group(
     for chunk in failures.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO usage_failures (id, edge, at, received_at, jti, subject, client_id, route, reason, client_address, iat, nbf) VALUES {}",
-            placeholders(chunk.len(), 12, 0)
+            row_placeholders(db.kind, chunk.len(), 12)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (edge, f) in chunk {
@@ -1274,7 +1275,7 @@ async fn store_group(
         let sql = format!(
             "INSERT INTO token_addresses (token, address, first_seen, last_seen) VALUES {} \
              ON CONFLICT (token, address) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > token_addresses.last_seen THEN excluded.last_seen ELSE token_addresses.last_seen END",
-            placeholders(chunk.len(), 4, 0)
+            row_placeholders(db.kind, chunk.len(), 4)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for ((token, addr), at) in chunk {
@@ -1290,7 +1291,7 @@ async fn store_group(
         let sql = format!(
             "UPDATE tokens SET first_used_at = v.column2 FROM (VALUES {}) AS v \
              WHERE tokens.jti = v.column1 AND tokens.first_used_at IS NULL RETURNING jti, subject, client_id",
-            placeholders(chunk.len(), 2, 0)
+            row_placeholders(db.kind, chunk.len(), 2)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (jti, (_, _, first)) in chunk {
@@ -1303,7 +1304,7 @@ async fn store_group(
             "UPDATE tokens SET use_count = use_count + v.column2, \
              last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < v.column3 THEN v.column3 ELSE last_used_at END \
              FROM (VALUES {}) AS v WHERE tokens.jti = v.column1",
-            placeholders(chunk.len(), 3, 0)
+            row_placeholders(db.kind, chunk.len(), 3)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (jti, (uses, last, _)) in chunk {
