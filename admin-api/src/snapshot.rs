@@ -6,12 +6,13 @@
 //! `x-edgewarden-edge`, if it sends the header). The answer is `application/vnd.edgewarden.snapshot`: one
 //! page, whose header carries the version, the cursor it is consistent with, the snapshot's id, the page
 //! index and count, the entry counts, and a checksum. Pages hold at most about 1 MiB of entries.
-//! - Without parameters: page 0 of a recent snapshot: the newest this replica holds, if it is at most
-//!   [`REUSE_CHANGES`] changes behind the current cursor and at most [`REUSE_FOR`] old (the edge then takes the
-//!   changes after it from the feed, as after any snapshot), else one built now at the current cursor (once for
-//!   every edge that asks within a minute while the cursor stays put). The replica keeps one ready: it builds
-//!   one when it starts with revocations in the store, and again in the background when the newest falls half
-//!   that far behind ([`spawn_keeper`]), so a cold edge rarely waits for a read of the whole store.
+//! - Without parameters: page 0 of a snapshot at the current cursor: one this replica built at that cursor
+//!   within [`REUSE_FOR`], else one built now (once for every edge that asks while the cursor stays put). A
+//!   snapshot behind the cursor is never handed out: an edge loading it would count itself synced without the
+//!   changes after it, and let a token revoked meanwhile through until its next poll. The replica keeps one
+//!   ready ([`spawn_keeper`]): it builds one when it starts with revocations in the store, and again in the
+//!   background once the cursor has moved and stayed put for [`KEEP_EVERY`], so a cold edge rarely waits
+//!   for a read of the whole store.
 //! - `?page=<n>&id=<hex>&cursor=<c>&now=<t>` (what the previous page's header says): page `n` of that
 //!   snapshot. A replica that does not hold it rebuilds it from the rows with `seq <= c` unexpired at `t`;
 //!   should that give another id (rows were pruned meanwhile), the answer is `409`: start again at page 0.
@@ -48,11 +49,8 @@ use crate::AppState;
 pub const FRESH_FOR: Duration = Duration::from_secs(60);
 /// Snapshots kept at once (the newest, one being built, and one an edge may still be paging through).
 const KEPT: usize = 3;
-/// How many changes (feed cursor steps) a snapshot handed out as page 0 may be behind the current cursor: the
-/// edge takes them from the JSON feed right after (one or a few pages). A snapshot further behind is never
-/// handed out, so an old one (an empty store's, before a large import) cannot stand in for a current one.
-pub const REUSE_CHANGES: i64 = 5_000;
-/// How old a snapshot handed out as page 0 may be.
+/// How old a snapshot at the current cursor may be and still be handed out as page 0 (entries that expired
+/// since it was built are pruned by the edge).
 pub const REUSE_FOR: Duration = Duration::from_secs(600);
 /// How often the keeper looks at the cursor.
 const KEEP_EVERY: Duration = Duration::from_secs(10);
@@ -102,17 +100,14 @@ impl SnapshotCache {
         (key, slot)
     }
 
-    /// The newest built snapshot that may stand in for one at `current`: at most [`REUSE_CHANGES`] behind it
-    /// and at most [`REUSE_FOR`] old.
+    /// A built snapshot at exactly `current`, at most [`REUSE_FOR`] old.
     pub fn recent(&self, current: i64) -> Option<Arc<Built>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .iter()
-            .filter(|((c, _), at, _)| {
-                (0..=REUSE_CHANGES).contains(&(current - c)) && at.elapsed() < REUSE_FOR
-            })
+            .filter(|((c, _), at, _)| *c == current && at.elapsed() < REUSE_FOR)
             .filter_map(|(_, _, slot)| slot.get().cloned())
-            .max_by_key(|built| built.cursor)
+            .max_by_key(|built| built.now)
     }
 
     /// The cursor of the newest built snapshot and how long ago its build started.
@@ -202,10 +197,11 @@ pub async fn build(db: &Db, cursor: i64, now: i64) -> Result<Built, sqlx::Error>
     })
 }
 
-/// Keeps a snapshot ready for cold edges: builds one at start-up when the store holds revocations, then, every
-/// [`KEEP_EVERY`], builds a new one in the background when the newest is more than half of [`REUSE_CHANGES`]
-/// behind the cursor, or more than half of [`REUSE_FOR`] old and behind at all. A failed build is logged and
-/// tried again at the next look; edges build on demand meanwhile, as without the keeper.
+/// Keeps a snapshot ready for cold edges: builds one at start-up when the store holds revocations, then looks
+/// every [`KEEP_EVERY`] and builds a new one in the background when the cursor has moved since the newest and
+/// did not move during the last look (a burst of revocations is built once, after it), or when the newest is
+/// more than half of [`REUSE_FOR`] old. A failed build is logged and tried again at the next look; edges build
+/// on demand meanwhile, as without the keeper.
 pub fn spawn_keeper(
     db: Db,
     feed: Arc<crate::revocations::Feed>,
@@ -214,15 +210,14 @@ pub fn spawn_keeper(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(KEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_seen = None;
         loop {
             tick.tick().await;
             let current = feed.current();
+            let settled = last_seen.replace(current).is_none_or(|c| c == current);
             let due = match cache.snapshots.newest() {
                 None => current > 0,
-                Some((cursor, age)) => {
-                    current - cursor > REUSE_CHANGES / 2
-                        || (current != cursor && age > REUSE_FOR / 2)
-                }
+                Some((cursor, age)) => (current != cursor && settled) || age > REUSE_FOR / 2,
             };
             if !due {
                 continue;
@@ -371,21 +366,15 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_snapshot_within_the_bounds_stands_in_and_no_other() {
+    fn only_a_snapshot_at_the_current_cursor_is_handed_out() {
         let c = cache(&[100, 4_000], Duration::ZERO);
         assert_eq!(c.recent(4_000).map(|b| b.cursor), Some(4_000));
-        assert_eq!(c.recent(4_001).map(|b| b.cursor), Some(4_000));
-        assert_eq!(
-            c.recent(4_000 + REUSE_CHANGES).map(|b| b.cursor),
-            Some(4_000)
-        );
+        assert_eq!(c.recent(100).map(|b| b.cursor), Some(100));
         assert!(
-            c.recent(4_001 + REUSE_CHANGES).is_none(),
-            "too far behind: an old snapshot (an empty store's, before an import) never stands in"
+            c.recent(4_001).is_none(),
+            "one change behind: an edge loading it would let the newest revocation through"
         );
-        // Only the older one is within reach of a cursor before the newer one.
-        assert_eq!(c.recent(3_999).map(|b| b.cursor), Some(100));
-        assert!(c.recent(99).is_none(), "never one ahead of the cursor");
+        assert!(c.recent(3_999).is_none());
         assert_eq!(c.newest().map(|(cursor, _)| cursor), Some(4_000));
     }
 
