@@ -6,8 +6,8 @@
 //! `x-edgewarden-edge`, if it sends the header). The answer is `application/vnd.edgewarden.snapshot`: one
 //! page, whose header carries the version, the cursor it is consistent with, the snapshot's id, the page
 //! index and count, the entry counts, and a checksum. Pages hold at most about 1 MiB of entries.
-//! - Without parameters: page 0 of a snapshot at the current cursor: one this replica built at that cursor
-//!   within [`REUSE_FOR`], else one built now (once for every edge that asks while the cursor stays put). A
+//! - Without parameters: page 0 of a snapshot at the current cursor: one this replica built (or is building)
+//!   at that cursor within [`FRESH_FOR`], else one built now, shared by every edge that asks meanwhile. A
 //!   snapshot behind the cursor is never handed out: an edge loading it would count itself synced without the
 //!   changes after it, and let a token revoked meanwhile through until its next poll. The replica keeps one
 //!   ready ([`spawn_keeper`]): it builds one when it starts with revocations in the store, and again in the
@@ -45,13 +45,11 @@ use crate::extract::Query;
 use crate::revocations::{db_cursor, EDGE_HEADER, EXPIRED_GRACE_SECONDS};
 use crate::AppState;
 
-/// How long a snapshot's page 0 is handed to every edge that asks while the cursor stays put.
-pub const FRESH_FOR: Duration = Duration::from_secs(60);
+/// How long a snapshot's page 0 is handed to every edge that asks while the cursor stays put (entries that
+/// expired since it was built are pruned by the edge).
+pub const FRESH_FOR: Duration = Duration::from_secs(600);
 /// Snapshots kept at once (the newest, one being built, and one an edge may still be paging through).
 const KEPT: usize = 3;
-/// How old a snapshot at the current cursor may be and still be handed out as page 0 (entries that expired
-/// since it was built are pruned by the edge).
-pub const REUSE_FOR: Duration = Duration::from_secs(600);
 /// How often the keeper looks at the cursor.
 const KEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -98,16 +96,6 @@ impl SnapshotCache {
             entries.remove(0);
         }
         (key, slot)
-    }
-
-    /// A built snapshot at exactly `current`, at most [`REUSE_FOR`] old.
-    pub fn recent(&self, current: i64) -> Option<Arc<Built>> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .iter()
-            .filter(|((c, _), at, _)| *c == current && at.elapsed() < REUSE_FOR)
-            .filter_map(|(_, _, slot)| slot.get().cloned())
-            .max_by_key(|built| built.now)
     }
 
     /// The cursor of the newest built snapshot and how long ago its build started.
@@ -200,7 +188,7 @@ pub async fn build(db: &Db, cursor: i64, now: i64) -> Result<Built, sqlx::Error>
 /// Keeps a snapshot ready for cold edges: builds one at start-up when the store holds revocations, then looks
 /// every [`KEEP_EVERY`] and builds a new one in the background when the cursor has moved since the newest and
 /// did not move during the last look (a burst of revocations is built once, after it), or when the newest is
-/// more than half of [`REUSE_FOR`] old. A failed build is logged and tried again at the next look; edges build
+/// [`FRESH_FOR`] old, so edges no longer get it. A failed build is logged and tried again at the next look; edges build
 /// on demand meanwhile, as without the keeper.
 pub fn spawn_keeper(
     db: Db,
@@ -217,7 +205,7 @@ pub fn spawn_keeper(
             let settled = last_seen.replace(current).is_none_or(|c| c == current);
             let due = match cache.snapshots.newest() {
                 None => current > 0,
-                Some((cursor, age)) => (current != cursor && settled) || age > REUSE_FOR / 2,
+                Some((cursor, age)) => (current != cursor && settled) || age >= FRESH_FOR,
             };
             if !due {
                 continue;
@@ -264,16 +252,11 @@ async fn snapshot(
     let page = q.page.unwrap_or(0);
     let built = if page == 0 && q.id.is_none() && q.cursor.is_none() && q.now.is_none() {
         let cursor = db_cursor(&state.db).await?;
-        match state.feed_cache.snapshots.recent(cursor) {
-            Some(built) => built,
-            None => {
-                state
-                    .feed_cache
-                    .snapshots
-                    .get(&state.db, cursor, None)
-                    .await?
-            }
-        }
+        state
+            .feed_cache
+            .snapshots
+            .get(&state.db, cursor, None)
+            .await?
     } else {
         let (Some(id), Some(cursor), Some(at)) = (q.id.as_deref(), q.cursor, q.now) else {
             return Err(ApiError::field(
@@ -365,26 +348,32 @@ mod tests {
         cache
     }
 
+    /// The cursor of the snapshot page 0 gets at `current`: an existing one's, or a new slot's.
+    fn page0(cache: &SnapshotCache, current: i64) -> (i64, bool) {
+        let ((cursor, _), slot) = cache.slot(current, None);
+        (cursor, slot.initialized())
+    }
+
     #[test]
     fn only_a_snapshot_at_the_current_cursor_is_handed_out() {
         let c = cache(&[100, 4_000], Duration::ZERO);
-        assert_eq!(c.recent(4_000).map(|b| b.cursor), Some(4_000));
-        assert_eq!(c.recent(100).map(|b| b.cursor), Some(100));
-        assert!(
-            c.recent(4_001).is_none(),
+        assert_eq!(page0(&c, 4_000), (4_000, true));
+        assert_eq!(page0(&c, 100), (100, true));
+        assert_eq!(
+            page0(&c, 4_001),
+            (4_001, false),
             "one change behind: an edge loading it would let the newest revocation through"
         );
-        assert!(c.recent(3_999).is_none());
         assert_eq!(c.newest().map(|(cursor, _)| cursor), Some(4_000));
     }
 
     #[test]
-    fn an_old_snapshot_does_not_stand_in_and_one_being_built_is_not_newest() {
-        let old = cache(&[10], REUSE_FOR + Duration::from_secs(1));
-        assert!(old.recent(10).is_none());
+    fn an_old_snapshot_is_built_again_and_one_being_built_is_not_newest() {
+        let old = cache(&[10], FRESH_FOR + Duration::from_secs(1));
+        assert_eq!(page0(&old, 10), (10, false));
         let building = SnapshotCache::default();
         building.slot(50, None);
-        assert!(building.recent(50).is_none());
+        assert_eq!(page0(&building, 50), (50, false), "joined, not built twice");
         assert!(building.newest().is_none());
     }
 }
