@@ -188,8 +188,8 @@ pub async fn build(db: &Db, cursor: i64, now: i64) -> Result<Built, sqlx::Error>
 /// Keeps a snapshot ready for cold edges: builds one at start-up when the store holds revocations, then looks
 /// every [`KEEP_EVERY`] and builds a new one in the background when the cursor has moved since the newest and
 /// did not move during the last look (a burst of revocations is built once, after it), or when the newest is
-/// [`FRESH_FOR`] old, so edges no longer get it. A failed build is logged and tried again at the next look; edges build
-/// on demand meanwhile, as without the keeper.
+/// [`FRESH_FOR`] old, so edges no longer get it. A failed build is logged and tried again at the next look;
+/// edges build on demand meanwhile, as without the keeper.
 pub fn spawn_keeper(
     db: Db,
     feed: Arc<crate::revocations::Feed>,
