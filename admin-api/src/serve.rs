@@ -14,6 +14,9 @@
 //! Idle and busy time are both bounded otherwise: hyper cuts a header not complete within the header
 //! timeout (its timer also runs while a keep-alive connection waits for its next request), a request
 //! body not complete within the body timeout fails, and a connection idle past the idle timeout is closed.
+//!
+//! Connections are accepted on a thread of their own, which also answers health checks; everything else
+//! is served on the main runtime ([`Acceptor`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -39,6 +42,9 @@ use crate::config::ServeLimits;
 
 /// Serves `router` on `listener` within `limits` until `shutdown` completes, then lets open requests
 /// finish for up to ten seconds. Requests carry `ConnectInfo<SocketAddr>` like `axum::serve`'s.
+///
+/// Connections are accepted on a thread of their own (see [`Acceptor`]), so neither accepting nor a
+/// health check waits behind the work queued on this runtime; every other connection is served here.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -46,44 +52,36 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let registry = Arc::new(Registry::default());
+    // Dropping `stop_tx` (this future dropped with its runtime, as in tests) stops the accept thread too.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut last_refusal_log: Option<Instant> = None;
+    let acceptor = Acceptor {
+        router,
+        limits,
+        registry: registry.clone(),
+        main: tokio::runtime::Handle::current(),
+        stop: stop_rx,
+    };
+    let listener = listener.into_std()?;
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
+    std::thread::Builder::new()
+        .name("edgewarden-accept".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|runtime| runtime.block_on(acceptor.run(listener)));
+            let _ = ended_tx.send(result);
+        })?;
     tokio::pin!(shutdown);
-    loop {
-        let (stream, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of descriptors or a connection reset before accept: wait rather than spin.
-                    tracing::warn!(error = %e, "accept error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        if registry.len() >= limits.max_connections.max(1) && !registry.evict_longest_idle() {
-            // Every connection is answering a request: refuse this one rather than exceed the bound.
-            if last_refusal_log.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
-                tracing::warn!(
-                    max_connections = limits.max_connections,
-                    "connection bound reached with every connection busy, refusing connections"
-                );
-                last_refusal_log = Some(Instant::now());
-            }
-            drop(stream);
-            continue;
+    tokio::select! {
+        () = &mut shutdown => {}
+        // The accept loop ends only on `stop`; ending before it is a failure to start.
+        ended = ended_rx => {
+            return match ended {
+                Ok(Err(e)) => Err(e),
+                _ => Err(std::io::Error::other("the accept thread ended")),
+            };
         }
-        let conn = registry.add();
-        tokio::spawn(serve_connection(
-            stream,
-            addr,
-            router.clone(),
-            limits.clone(),
-            conn,
-            registry.clone(),
-            stop_rx.clone(),
-        ));
     }
     let _ = stop_tx.send(true);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -91,6 +89,107 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// Accepts connections on its own thread and runtime, and serves health checks there.
+///
+/// Why: each revocation wakes every held feed poll, and ten thousand edges then poll again within half
+/// a second; on the main runtime a new connection (accepted by a task among those ten thousand) and its
+/// request waited in the run queue behind them, and `/healthz` took 150-290 ms at p99 with or without its
+/// database check (the fleet bench, issue 12). Here the accept loop runs on a thread of its own; it reads
+/// nothing, but peeks at a new connection's first bytes: a connection that opens with `GET /healthz` (or
+/// `HEAD`) is served on this thread, one request and closed, so it cannot become a way onto the thread
+/// for other work; every other connection is handed to the main runtime (`into_std` / `from_std`, once
+/// per connection: edges keep theirs alive). A connection whose first bytes do not settle it (a client
+/// sending a byte at a time) goes to the main runtime, where the header timeout applies as before.
+struct Acceptor {
+    router: Router,
+    limits: ServeLimits,
+    registry: Arc<Registry>,
+    main: tokio::runtime::Handle,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Acceptor {
+    async fn run(self, listener: std::net::TcpListener) -> std::io::Result<()> {
+        let listener = TcpListener::from_std(listener)?;
+        let this = Arc::new(self);
+        let mut stop = this.stop.clone();
+        let mut last_refusal_log: Option<Instant> = None;
+        loop {
+            let (stream, addr) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of descriptors or a connection reset before accept: wait rather than spin.
+                        tracing::warn!(error = %e, "accept error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                // Told to stop, or the serving future is gone.
+                _ = stop.changed() => break,
+            };
+            let registry = &this.registry;
+            if registry.len() >= this.limits.max_connections.max(1)
+                && !registry.evict_longest_idle()
+            {
+                // Every connection is answering a request: refuse this one rather than exceed the bound.
+                if last_refusal_log.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(
+                        max_connections = this.limits.max_connections,
+                        "connection bound reached with every connection busy, refusing connections"
+                    );
+                    last_refusal_log = Some(Instant::now());
+                }
+                drop(stream);
+                continue;
+            }
+            let conn = Registered::new(registry.clone());
+            tokio::spawn(this.clone().route(stream, addr, conn));
+        }
+        Ok(())
+    }
+
+    /// Waits for the connection's first bytes, then serves it here (a health check) or on the main
+    /// runtime. Until then it is idle: evictable at the bound, cut at the header timeout.
+    async fn route(self: Arc<Self>, stream: TcpStream, addr: SocketAddr, conn: Registered) {
+        let mut head = [0u8; 16];
+        let mut stop = self.stop.clone();
+        let health_check = tokio::select! {
+            peeked = stream.peek(&mut head) => match peeked {
+                Ok(0) => return,
+                Ok(n) => is_health_check(&head[..n]),
+                // Let the connection fail where it is served.
+                Err(_) => false,
+            },
+            () = conn.0.evict.notified() => return,
+            () = tokio::time::sleep(self.limits.header_timeout) => return,
+            _ = stop.changed() => return,
+        };
+        if health_check {
+            serve_connection(stream, addr, &self, conn, false).await;
+            return;
+        }
+        let Ok(stream) = stream.into_std() else {
+            return;
+        };
+        let this = self.clone();
+        self.main.spawn(async move {
+            // `from_std` registers the socket with the main runtime's reactor.
+            if let Ok(stream) = TcpStream::from_std(stream) {
+                serve_connection(stream, addr, &this, conn, true).await;
+            }
+        });
+    }
+}
+
+/// True when a connection's first bytes are a health check's request line: `GET /healthz` or
+/// `HEAD /healthz`, then a space or a query.
+fn is_health_check(head: &[u8]) -> bool {
+    [&b"GET /healthz"[..], &b"HEAD /healthz"[..]]
+        .iter()
+        .any(|line| head.starts_with(line) && matches!(head.get(line.len()), Some(b' ' | b'?')))
 }
 
 /// Descriptors kept for everything but client connections: the database pool, the listener, files,
@@ -134,15 +233,19 @@ pub fn fit_descriptor_limit(limits: &mut ServeLimits) {
     }
 }
 
+/// Serves one connection's requests until it closes, idles out, is evicted or the server stops;
+/// `keep_alive: false` serves one request.
 async fn serve_connection(
     stream: TcpStream,
     addr: SocketAddr,
-    router: Router,
-    limits: ServeLimits,
-    conn: Arc<Conn>,
-    registry: Arc<Registry>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    acceptor: &Acceptor,
+    registered: Registered,
+    keep_alive: bool,
 ) {
+    let conn = registered.0.clone();
+    let limits = &acceptor.limits;
+    let router = acceptor.router.clone();
+    let mut stop = acceptor.stop.clone();
     let _ = stream.set_nodelay(true);
     let body_timeout = limits.body_timeout;
     let service_conn = conn.clone();
@@ -162,7 +265,8 @@ async fn serve_connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(keep_alive);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let mut stopping = false;
@@ -199,7 +303,22 @@ async fn serve_connection(
             }
         }
     }
-    registry.remove(conn.id);
+}
+
+/// A connection counted in the registry until this is dropped, however its task ends (also when the
+/// accept thread's runtime drops a health check in progress at shutdown).
+struct Registered(Arc<Conn>, Arc<Registry>);
+
+impl Registered {
+    fn new(registry: Arc<Registry>) -> Registered {
+        Registered(registry.add(), registry)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.1.remove(self.0.id);
+    }
 }
 
 /// One open connection, as the accept loop, its task and its requests' guards share it.
@@ -373,5 +492,33 @@ impl HttpBody for DeadlineBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_health_check;
+
+    #[test]
+    fn only_a_health_check_request_line_is_a_health_check() {
+        for yes in [
+            &b"GET /healthz HTTP/1.1\r\n"[..],
+            b"GET /healthz?verbose HTTP/1.1",
+            b"HEAD /healthz HTTP/1.1",
+        ] {
+            assert!(is_health_check(yes), "{}", String::from_utf8_lossy(yes));
+        }
+        for no in [
+            &b""[..],
+            b"GET /healthz",
+            b"GET /healthzz HTTP/1.1",
+            b"GET /healthz/x HTTP/1.1",
+            b"POST /healthz HTTP/1.1",
+            b"GET /api/v1/revocations/feed HTTP/1.1",
+            b"get /healthz HTTP/1.1",
+            b"G",
+        ] {
+            assert!(!is_health_check(no), "{}", String::from_utf8_lossy(no));
+        }
     }
 }

@@ -34,6 +34,7 @@ both_backends!(
     held_feed_poll_ends_when_its_api_key_is_deleted,
     answers_carrying_a_secret_are_not_stored,
     head_is_answered_like_get_without_a_body,
+    healthz_answers_while_the_runtime_is_saturated,
 );
 
 /// Grace on top of a timeout before a test calls it missed.
@@ -564,4 +565,73 @@ async fn held_requests_never_fill_the_connection_bound(backend: Backend) {
         .unwrap();
     assert_eq!(stream.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(stream.headers().contains_key(header::RETRY_AFTER));
+}
+
+async fn healthz_answers_while_the_runtime_is_saturated(backend: Backend) {
+    let (_app, addr) = app_with(backend, limits(10, 10, 60, 1000)).await;
+    assert!(
+        healthz_answers(addr).await,
+        "/healthz did not answer at rest"
+    );
+    // What ten thousand woken feed polls do to the runtime (the fleet bench, issue 12): thousands of
+    // ready tasks, each taking a slice of CPU. A task spawned now waits about a second for its turn.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut herd = Vec::new();
+    for _ in 0..2_000 {
+        let stop = stop.clone();
+        herd.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let until = std::time::Instant::now() + Duration::from_millis(1);
+                while std::time::Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Asked from a thread of its own, so the answer's time is not the test's runtime's.
+    let times = tokio::task::spawn_blocking(move || {
+        (0..5)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                let answered = blocking_healthz(addr);
+                (answered, started.elapsed())
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("probe");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in herd {
+        let _ = task.await;
+    }
+    for (answered, took) in &times {
+        assert!(
+            answered,
+            "/healthz did not answer with the runtime saturated: {times:?}"
+        );
+        // Behind the herd it took 1-2 s; on the accept thread a few milliseconds (loaded CI: tens).
+        assert!(
+            *took < Duration::from_millis(400),
+            "/healthz waited behind the runtime's queue: {times:?}"
+        );
+    }
+}
+
+fn blocking_healthz(addr: SocketAddr) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(GRACE));
+    if stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut got = Vec::new();
+    let _ = stream.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200")
 }
