@@ -192,6 +192,21 @@ fn is_health_check(head: &[u8]) -> bool {
         .any(|line| head.starts_with(line) && matches!(head.get(line.len()), Some(b' ' | b'?')))
 }
 
+/// A listening socket on `addr` with room for `backlog` connections not yet accepted (capped by the
+/// kernel at `net.core.somaxconn`). `TcpListener::bind`'s 1,024 overflowed when ten thousand edges
+/// connected at once: a dropped SYN is retried after a second, and a health check waited that long
+/// (the fleet bench, issue 12).
+pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog.max(1024))
+}
+
 /// Descriptors kept for everything but client connections: the database pool, the listener, files,
 /// outgoing webhook and JWKS connections.
 const RESERVED_DESCRIPTORS: u64 = 256;
