@@ -217,12 +217,18 @@ pub fn afl() -> Result<()> {
     let fuzz_bin = afl_runtime_dir()?.join("afl/bin/afl-fuzz");
     let right_version = installed.as_deref().is_some_and(|v| v.starts_with(&pinned));
     if right_version && fuzz_bin.is_file() {
-        println!("    {} already installed", installed.unwrap_or_default().trim());
+        println!(
+            "    {} already installed",
+            installed.unwrap_or_default().trim()
+        );
         return Ok(());
     }
     if !right_version {
         if let Some(other) = &installed {
-            println!("    found {}; replacing it with {AFL_VERSION}", other.trim());
+            println!(
+                "    found {}; replacing it with {AFL_VERSION}",
+                other.trim()
+            );
         }
         println!("    compiling cargo-afl {AFL_VERSION} from crates.io, which builds AFL++ from the sources it ships (about 90 s)");
         util::run(Command::new(&cargo).args([
@@ -245,7 +251,10 @@ pub fn afl() -> Result<()> {
             fuzz_bin.display()
         );
     }
-    println!("    installed cargo-afl {AFL_VERSION} and {}", fuzz_bin.display());
+    println!(
+        "    installed cargo-afl {AFL_VERSION} and {}",
+        fuzz_bin.display()
+    );
     Ok(())
 }
 

@@ -339,8 +339,13 @@ fn unknown_kid_pauses_fetches_jwks_and_resumes_every_waiting_request() {
     assert_eq!(host.shared.borrow().len(), 1);
     // The encryption key was left out, and the log says so.
     assert!(
-        host.logs.borrow().iter().any(|(level, line)| *level == LogLevel::Info
-            && line.contains(r#"installed 1 keys (left out: keys[1] (kid "enc-1"): use is "enc""#)),
+        host.logs
+            .borrow()
+            .iter()
+            .any(|(level, line)| *level == LogLevel::Info
+                && line.contains(
+                    r#"installed 1 keys (left out: keys[1] (kid "enc-1"): use is "enc""#
+                )),
         "{:?}",
         host.logs.borrow()
     );
