@@ -3,10 +3,11 @@
 //! A revocation moves every edge's cursor, so each edge's next poll used to write its own mark before
 //! its long-poll was held: ten thousand edges meant ten thousand single-row writes in the second after
 //! every revocation, competing with the next revocation for SQLite's one writer (a revocation took 8 s
-//! in the fleet bench). Marks are now kept in memory and written by one task, every [`FLUSH_EVERY`], as
+//! in the fleet bench). Marks are now kept in memory and written by one task once they stop arriving, as
 //! multi-row upserts, a short transaction each in a bulk writer's turn (revocations go first). The earliest time
 //! seen wins, in memory and in the table (replicas write the same rows), so a mark is at most
-//! [`FLUSH_EVERY`] late to appear and never wrong. Marks still pending when the process stops are lost;
+//! [`MAX_DEFER`] late to appear on another replica (this one writes what is pending before it answers the
+//! propagation view) and never wrong. Marks still pending when the process stops are lost;
 //! they describe the past only and the next change writes new ones.
 
 use std::collections::HashMap;
@@ -44,6 +45,16 @@ impl CursorMarks {
             self.dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// Marks waiting to be written.
+    pub fn len(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// True when no mark waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn take(&self) -> Vec<(String, i64, i64)> {
@@ -112,17 +123,87 @@ pub(crate) fn row_placeholders(kind: DbKind, rows: usize, width: usize) -> Strin
     sql
 }
 
-/// Starts the task that writes pending marks every [`FLUSH_EVERY`]; a failed write is logged and its
-/// marks are lost (the next change writes new ones).
+/// Longest a mark waits to be written while marks keep arriving.
+pub const MAX_DEFER: Duration = Duration::from_secs(2);
+
+/// Starts the task that writes pending marks: at the first [`FLUSH_EVERY`] tick at which no mark arrived
+/// since the last one, or once the oldest waited [`MAX_DEFER`]. A revocation wakes every held poll at
+/// once, and each edge's next poll records a mark; writing them while the wave was still being answered
+/// took a fifth of the replica's CPU on SQLite (ten thousand rows, twenty transactions) away from the
+/// answers (the fleet bench, issue 12). Waiting for the wave to pass writes the same rows, after it. A
+/// failed write is logged and its marks are lost (the next change writes new ones).
 pub fn spawn_flusher(db: Db, marks: Arc<CursorMarks>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut deferral = Deferral::default();
         loop {
             tick.tick().await;
+            if !deferral.due(marks.len(), std::time::Instant::now()) {
+                continue;
+            }
             if let Err(e) = marks.flush(&db).await {
                 tracing::warn!(error = %e, "cannot write the edges' cursor marks");
             }
         }
     })
+}
+
+/// When the flusher writes: marks pending, and none arrived since the last tick or the oldest has waited
+/// [`MAX_DEFER`].
+#[derive(Debug, Default)]
+struct Deferral {
+    /// Pending marks at the last tick.
+    seen: usize,
+    /// When marks were first seen pending since the last write.
+    since: Option<std::time::Instant>,
+}
+
+impl Deferral {
+    /// Whether to write now, given the marks pending at this tick; a `true` starts a new deferral.
+    fn due(&mut self, pending: usize, now: std::time::Instant) -> bool {
+        if pending == 0 {
+            *self = Deferral::default();
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        let arriving = pending > self.seen;
+        self.seen = pending;
+        if arriving && now.duration_since(since) < MAX_DEFER {
+            return false;
+        }
+        *self = Deferral::default();
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn marks_are_written_once_they_stop_arriving_or_after_the_longest_deferral() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut d = Deferral::default();
+        assert!(!d.due(0, at(0)), "nothing pending");
+        assert!(!d.due(100, at(250)), "marks arriving");
+        assert!(!d.due(5_000, at(500)), "still arriving");
+        assert!(d.due(5_000, at(750)), "none arrived for a tick: write");
+        // A steady stream is written every MAX_DEFER at the latest.
+        let mut writes = Vec::new();
+        for tick in 1..=20u64 {
+            if d.due(tick as usize * 10, at(750 + tick * 250)) {
+                writes.push(tick * 250);
+            }
+        }
+        assert!(!writes.is_empty(), "a steady stream was never written");
+        for pair in writes.windows(2) {
+            assert!(
+                pair[1] - pair[0] <= MAX_DEFER.as_millis() as u64 + 250,
+                "{writes:?}"
+            );
+        }
+    }
 }
