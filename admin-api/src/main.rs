@@ -484,7 +484,7 @@ async fn serve(config: Config, listen: SocketAddr) -> anyhow::Result<()> {
             }
         }
     }
-    let listener = edgewarden_admin::serve::listen(listen, config_backlog(&state))
+    let listener = edgewarden_admin::serve::listen(listen, &state.config.serve)
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, kid = %state.keys.active_kid(), "edgewarden admin api serving");
     let limits = state.config.serve.clone();
@@ -493,12 +493,6 @@ async fn serve(config: Config, listen: SocketAddr) -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
-}
-
-/// The listen backlog: room for a fleet's edges reconnecting at once (the kernel caps it at
-/// `net.core.somaxconn`).
-fn config_backlog(state: &edgewarden_admin::AppState) -> u32 {
-    u32::try_from(state.config.serve.max_connections).unwrap_or(u32::MAX)
 }
 
 /// Where `serve` puts the first admin's one-time password, in the data directory.

@@ -192,11 +192,11 @@ fn is_health_check(head: &[u8]) -> bool {
         .any(|line| head.starts_with(line) && matches!(head.get(line.len()), Some(b' ' | b'?')))
 }
 
-/// A listening socket on `addr` with room for `backlog` connections not yet accepted (capped by the
-/// kernel at `net.core.somaxconn`). `TcpListener::bind`'s 1,024 overflowed when ten thousand edges
-/// connected at once: a dropped SYN is retried after a second, and a health check waited that long
-/// (the fleet bench, issue 12).
-pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+/// A listening socket on `addr` with room for as many connections not yet accepted as `limits` lets be
+/// open (at least 1,024; the kernel caps it at `net.core.somaxconn`). `TcpListener::bind`'s 1,024
+/// overflowed when ten thousand edges connected at once: a dropped SYN is retried after a second, and a
+/// health check waited that long (the fleet bench, issue 12).
+pub fn listen(addr: SocketAddr, limits: &ServeLimits) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -204,6 +204,7 @@ pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
+    let backlog = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     socket.listen(backlog.max(1024))
 }
 
