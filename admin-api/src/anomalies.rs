@@ -316,9 +316,15 @@ impl Detector {
     /// 4. per edge, one `anomalies_suppressed` refresh adding every batch's suppressed findings, with the
     ///    last such batch's counts per kind as evidence.
     ///
-    /// The caller holds the write turn, and this replica's detector task is the only one raising, so
-    /// nothing opens an anomaly between the reads here and the writes.
-    async fn flush(&self, batches: &[&Ingested], findings: Findings) -> Result<(), sqlx::Error> {
+    /// The caller holds the write turn (handed to a waiting revocation between two statements, which
+    /// opens no anomaly), and this replica's detector task is the only one raising, so nothing opens an
+    /// anomaly between the reads here and the writes.
+    async fn flush(
+        &self,
+        batches: &[&Ingested],
+        findings: Findings,
+        turn: &mut crate::db::BulkTurn<'_>,
+    ) -> Result<(), sqlx::Error> {
         let pending: Vec<(Key, Finding)> = findings.pending.into_iter().collect();
         let now = now();
         let mut refreshed: BTreeSet<Key> = BTreeSet::new();
@@ -331,6 +337,7 @@ impl Detector {
                 crate::usage::placeholders(chunk.len(), 5, 1)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            turn.give_way().await;
             for ((kind, subject_kind, subject), f) in chunk {
                 query = query
                     .bind(kind)
@@ -407,6 +414,7 @@ impl Detector {
             }
         }
         if !order.is_empty() {
+            turn.give_way().await;
             let mut tx = self.db.pool.begin().await?;
             for chunk in order.chunks(100) {
                 let sql = format!(
@@ -456,6 +464,7 @@ impl Detector {
             e.1 = kinds;
         }
         for (edge, (n, kinds)) in per_edge {
+            turn.give_way().await;
             let evidence = json!({"suppressed": kinds, "cap": self.config.edge_cap, "window_seconds": self.config.edge_cap_window_seconds,
             "hint": "this edge's reports raised more new anomalies than the cap; occurrences counts the findings not opened"});
             self.raise(SUPPRESSED_KIND, "medium", "edge", edge, evidence, n)
@@ -618,8 +627,9 @@ impl Detector {
         // The findings' writes take SQLite's write turn like every other writer: outside it they met a
         // revocation holding the turn at SQLite's lock, and its busy handler's back-off kept the revocation
         // waiting seconds during a usage flood (tests/flood.rs). A bulk turn: waiting revocations go first.
-        let _turn = self.db.bulk_write_turn().await;
-        self.flush(batches, findings).await
+        // It gives way to a waiting revocation between two of its statements.
+        let mut turn = self.db.bulk_turn().await;
+        self.flush(batches, findings, &mut turn).await
     }
 
     async fn detect_into(

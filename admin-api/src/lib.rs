@@ -190,6 +190,7 @@ impl AppState {
             tracing::warn!(error = %e, "the database did not answer the first health probe");
         }
         tasks.push(health::spawn_prober(db.clone(), health.clone()));
+        tasks.extend(db.spawn_checkpointer());
         let argon = config.argon2.clone();
         let dummy_hash = tokio::task::spawn_blocking(move || secrets::dummy_hash(&argon)).await?;
         Ok(AppState(Arc::new(AppShared {

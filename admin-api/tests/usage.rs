@@ -966,3 +966,80 @@ async fn a_waiting_revocation_goes_before_queued_bulk_writers_at_the_sqlite_lock
     );
     assert_eq!(order.len(), 3, "{order:?}");
 }
+
+/// A bulk writer that writes in several statements (the anomaly detector's refreshes) hands its turn to
+/// a revocation that starts waiting between two of them, so the revocation waits for one statement, not
+/// the whole flush (issue 13: the detector held the turn 35-120 ms under a usage flood); with no one
+/// waiting it keeps the turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_statement_bulk_writer_gives_way_to_a_waiting_revocation() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    let app = TestApp::start(Backend::Sqlite).await;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut turn = app.state.db.bulk_turn().await;
+    // Nobody waits: giving way keeps the turn (a priority writer arriving now must still wait).
+    turn.give_way().await;
+    order.lock().expect("order").push("statement 1");
+    let revocation = {
+        let (db, order) = (app.state.db.clone(), order.clone());
+        tokio::spawn(async move {
+            let _turn = db.write_turn().await;
+            order.lock().expect("order").push("revocation");
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        *order.lock().expect("order"),
+        ["statement 1"],
+        "the revocation waits while the bulk writer holds its turn"
+    );
+    // Between two statements: the waiting revocation goes, then the bulk writer continues.
+    tokio::time::timeout(Duration::from_secs(10), turn.give_way())
+        .await
+        .expect("the bulk writer gets its turn back");
+    order.lock().expect("order").push("statement 2");
+    drop(turn);
+    revocation.await.expect("revocation task");
+    assert_eq!(
+        *order.lock().expect("order"),
+        ["statement 1", "revocation", "statement 2"]
+    );
+}
+
+/// No SQLite commit checkpoints the WAL (a revocation committing during a usage flood paid for the
+/// flood's pages): every connection has the automatic checkpoint off, and the replica's checkpointer
+/// task folds the WAL into the database file within a couple of seconds of a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpointer_folds_the_wal_instead_of_a_commit() {
+    use std::time::{Duration, Instant};
+    let app = TestApp::start(Backend::Sqlite).await;
+    let pool = &app.state.db.pool;
+    for _ in 0..3 {
+        let pages: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+            .fetch_one(pool)
+            .await
+            .expect("pragma");
+        assert_eq!(
+            pages, 0,
+            "automatic checkpoints are off on every connection"
+        );
+    }
+    // With WAL a commit appends to the WAL alone: the database file changes only when a checkpoint
+    // copies pages into it.
+    let file = app.db.dir.path().join("edgewarden.db");
+    let counter = || std::fs::read(&file).expect("database file");
+    let before = counter();
+    sqlx::query("INSERT INTO usage_parts (batch, done, at) VALUES ('checkpoint-test', 1, 0)")
+        .execute(pool)
+        .await
+        .expect("write");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counter() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the WAL was not checkpointed into the database file within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
