@@ -137,8 +137,9 @@ pub fn poll_headers(
     headers
 }
 
-/// Reads the admin API's hint on a poll's answer (`hint` is the raw `x-edgewarden-config` value, if any) and
-/// posts the configuration when it is `unknown` and no upload is in flight or was made too recently.
+/// Reads the admin API's hint on a feed poll's or usage report's answer (`hint` is the raw
+/// `x-edgewarden-config` value, if any) and posts the configuration when it is `unknown` and no upload
+/// is in flight or was made too recently.
 pub fn on_poll_hint(host: &mut dyn Host, control: &Control, hint: Option<&[u8]>, now_ms: u64) {
     let Some(hint) = hint else {
         return;
@@ -171,7 +172,7 @@ pub fn on_poll_hint(host: &mut dyn Host, control: &Control, hint: Option<&[u8]>,
             host.log(
                 LogLevel::Warn,
                 &format!(
-                    "edgewarden: the feed answer's {CONFIG_HINT_HEADER} header is {shown:?}, expected \"unknown\"; ignored (is the admin API newer than this filter?)"
+                    "edgewarden: the admin API's {CONFIG_HINT_HEADER} header on a feed or usage answer is {shown:?}, expected \"unknown\"; ignored (is the admin API newer than this filter?)"
                 ),
             );
         }
