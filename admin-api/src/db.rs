@@ -97,6 +97,45 @@ impl BulkTurn<'_> {
     }
 }
 
+/// Runs `work` every `every` (a late tick waits for the next period) and logs its failures once, not
+/// every period: `failed` at `level` with the error when they start, `recovered` when it succeeds again.
+pub(crate) fn spawn_repeating<F, Fut>(
+    every: Duration,
+    level: tracing::Level,
+    failed: &'static str,
+    recovered: &'static str,
+    mut work: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            match work().await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("{recovered}");
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    if level == tracing::Level::ERROR {
+                        tracing::error!(error = %e, "{failed}");
+                    } else {
+                        tracing::warn!(error = %e, "{failed}");
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    })
+}
+
 /// How often the checkpointer folds SQLite's WAL into the database file.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
@@ -362,29 +401,22 @@ impl Db {
             return None;
         }
         let pool = self.pool.clone();
-        Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut failing = false;
-            loop {
-                tick.tick().await;
-                match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .execute(&pool)
-                    .await
-                {
-                    Ok(_) if failing => {
-                        failing = false;
-                        tracing::info!("SQLite WAL checkpoints succeed again");
-                    }
-                    Ok(_) => {}
-                    Err(e) if !failing => {
-                        failing = true;
-                        tracing::warn!(error = %e, "cannot checkpoint SQLite's WAL; retrying every second");
-                    }
-                    Err(_) => {}
+        Some(spawn_repeating(
+            CHECKPOINT_EVERY,
+            tracing::Level::WARN,
+            "cannot checkpoint SQLite's WAL; retrying every second",
+            "SQLite WAL checkpoints succeed again",
+            move || {
+                let pool = pool.clone();
+                async move {
+                    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                        .execute(&pool)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
                 }
-            }
-        }))
+            },
+        ))
     }
 
     /// Waits for this process's turn to write to SQLite (see `write_turn`), ahead of any bulk writer

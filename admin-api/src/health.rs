@@ -58,26 +58,16 @@ impl Health {
 /// Starts the task that probes the database every [`PROBE_EVERY`]; a failure is logged when it starts and
 /// when it ends, not every second.
 pub fn spawn_prober(db: Db, health: std::sync::Arc<Health>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(PROBE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut failing = false;
-        loop {
-            tick.tick().await;
-            match health.probe(&db).await {
-                Ok(()) if failing => {
-                    failing = false;
-                    tracing::info!("the database answers health probes again");
-                }
-                Ok(()) => {}
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::error!(error = %e, "health probe failed: the database does not answer");
-                }
-                Err(_) => {}
-            }
-        }
-    })
+    crate::db::spawn_repeating(
+        PROBE_EVERY,
+        tracing::Level::ERROR,
+        "health probe failed: the database does not answer",
+        "the database answers health probes again",
+        move || {
+            let (db, health) = (db.clone(), health.clone());
+            async move { health.probe(&db).await }
+        },
+    )
 }
 
 #[cfg(test)]
