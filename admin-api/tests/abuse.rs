@@ -174,6 +174,17 @@ async fn streams_and_long_polls_outlive_the_timeouts_and_the_bound(backend: Back
         &format!("GET /api/v1/revocations/feed?since={since}&wait=3 HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {key}\r\n\r\n"),
     )
     .await;
+    // The long-poll is held before the bound fills: until the main runtime has parsed its request a
+    // connection counts as idle and may be evicted like any other (a race this test is not about).
+    let free = app.state.held_requests.available_permits();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while app.state.held_requests.available_permits() == free {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long-poll was not held within 3 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // Fill the bound with half-sent requests: they, not the stream or the long-poll, are evicted.
     let mut held = Vec::new();
     for _ in 0..8 {
