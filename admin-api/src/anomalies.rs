@@ -9,6 +9,7 @@
 //! Refresh-token reuse is raised by `oauth.rs` at the moment it happens.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -181,6 +182,49 @@ pub struct Detector {
     db: Db,
     events: Arc<EventBus>,
     config: AnomalyConfig,
+    /// Time spent per stage, microseconds, in the order of [`DETECT_STAGES`].
+    pub stages: Arc<[AtomicU64; DETECT_STAGES.len()]>,
+    /// Refreshes of open anomalies held back (see [`Detector::coalescing`]); `None` writes each at once.
+    coalesce: Option<std::sync::Mutex<Coalesced>>,
+}
+
+/// The stages of a detector run, as the ingestion log line names them: the window queries of each
+/// detector, then the findings' writes (refreshes of open anomalies, new anomalies, suppressed counts).
+pub const DETECT_STAGES: [&str; 9] = [
+    "addresses",
+    "subjects",
+    "revoked",
+    "revoked_allowed",
+    "clients",
+    "spread",
+    "refresh",
+    "open",
+    "suppressed",
+];
+
+/// How long refreshes of one open anomaly are held back and summed, at most (see
+/// [`Detector::coalescing`]).
+pub const COALESCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A refresh of an open anomaly held back: what the findings since its last write add up to.
+#[derive(Debug)]
+struct Held {
+    severity: String,
+    /// Evidence of the last finding.
+    evidence: Value,
+    /// Findings since the last write.
+    occurrences: i64,
+    /// Edge of the last batch that found it (charged if the anomaly closed meanwhile and opens again).
+    edge: String,
+}
+
+/// The refreshes a coalescing detector holds back, and when it last wrote each key.
+#[derive(Debug, Default)]
+struct Coalesced {
+    /// When this detector last refreshed or opened each key (entries older than [`COALESCE`] are dropped).
+    written: std::collections::HashMap<Key, std::time::Instant>,
+    /// Refreshes held back, per key.
+    held: BTreeMap<Key, Held>,
 }
 
 /// A finding's key: (kind, subject kind, subject); at most one open or acknowledged anomaly per key.
@@ -252,12 +296,262 @@ impl Detector {
 
     /// A detector over `db` recording to `events` with thresholds `config`.
     pub fn new(db: Db, events: Arc<EventBus>, config: AnomalyConfig) -> Detector {
-        Detector { db, events, config }
+        Detector {
+            db,
+            events,
+            config,
+            stages: Arc::default(),
+            coalesce: None,
+        }
+    }
+
+    /// This detector, holding back refreshes of an anomaly it refreshed or opened less than [`COALESCE`]
+    /// ago: their occurrences are summed and written with the last evidence in one refresh once that
+    /// long has passed, or at once by [`Detector::write_held`] (which the usage pipeline calls whenever
+    /// no other batch is in flight). Under a flood, a token seen by many edges is found by nearly every
+    /// batch; each finding was one row rewritten in `anomalies`, more than half of detection's time.
+    /// New anomalies are never held back. The sums and last evidence come out as without holding back;
+    /// a crash loses at most [`COALESCE`] of refreshes of anomalies that are open and stay open.
+    pub fn coalescing(mut self) -> Detector {
+        self.coalesce = Some(std::sync::Mutex::default());
+        self
+    }
+
+    /// Adds the time since `*mark` to stage `stage` and moves the mark.
+    fn lap(&self, stage: usize, mark: &mut std::time::Instant) {
+        let now = std::time::Instant::now();
+        self.stages[stage].fetch_add((now - *mark).as_micros() as u64, Ordering::Relaxed);
+        *mark = now;
+    }
+
+    /// Writes every refresh held back now (a coalescing detector; nothing otherwise).
+    pub async fn write_held(&self) -> Result<(), sqlx::Error> {
+        let mut mark = std::time::Instant::now();
+        let mut turn = self.db.bulk_turn().await;
+        let written = self.write_due(true, &mut turn).await;
+        self.lap(6, &mut mark);
+        written
+    }
+
+    /// Writes the refreshes held back for [`COALESCE`] or longer (all with `all`): one multi-row update
+    /// per 100; a key whose anomaly was resolved meanwhile opens a new one, charged to the edge of the
+    /// last batch that found it (this bypasses the edge cap, for the few anomalies an admin closed while
+    /// edges still report them).
+    async fn write_due(
+        &self,
+        all: bool,
+        turn: &mut crate::db::BulkTurn<'_>,
+    ) -> Result<(), sqlx::Error> {
+        let Some(coalesce) = &self.coalesce else {
+            return Ok(());
+        };
+        let due: Vec<(Key, Held)> = {
+            let Ok(mut c) = coalesce.lock() else {
+                return Ok(());
+            };
+            let now = std::time::Instant::now();
+            let c = &mut *c;
+            c.written.retain(|_, at| now.duration_since(*at) < COALESCE);
+            let keys: Vec<Key> = c
+                .held
+                .keys()
+                .filter(|k| all || !c.written.contains_key(*k))
+                .cloned()
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| c.held.remove(&k).map(|h| (k, h)))
+                .collect()
+        };
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut due = due;
+        let written = match self
+            .fill_samples(due.iter_mut().map(|(k, h)| (&*k, &mut h.evidence)))
+            .await
+        {
+            Ok(()) => self.write_refreshes(&due, turn).await,
+            Err(e) => Err(e),
+        };
+        if written.is_err() {
+            // Kept for the next try, summed with what was held back meanwhile.
+            if let Ok(mut c) = coalesce.lock() {
+                for (key, held) in due {
+                    match c.held.entry(key) {
+                        std::collections::btree_map::Entry::Vacant(v) => {
+                            v.insert(held);
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut o) => {
+                            o.get_mut().occurrences += held.occurrences;
+                        }
+                    }
+                }
+            }
+        }
+        written
+    }
+
+    /// Writes refreshes held back; those whose anomaly is no longer open open a new one.
+    async fn write_refreshes(
+        &self,
+        due: &[(Key, Held)],
+        turn: &mut crate::db::BulkTurn<'_>,
+    ) -> Result<(), sqlx::Error> {
+        let rows: Vec<(&Key, &Value, i64)> = due
+            .iter()
+            .map(|(k, h)| (k, &h.evidence, h.occurrences))
+            .collect();
+        let refreshed = self.refresh(&rows, turn).await?;
+        for (key, held) in due {
+            if refreshed.contains(key) {
+                continue;
+            }
+            let (kind, subject_kind, subject) = key;
+            turn.give_way().await;
+            self.raise(
+                kind,
+                &held.severity,
+                subject_kind,
+                subject,
+                held.evidence.clone(),
+                held.occurrences,
+                Some(&held.edge),
+            )
+            .await?;
+            self.note_written(std::iter::once(key));
+        }
+        Ok(())
+    }
+
+    /// Whether a coalescing detector would hold back a finding of `key` now.
+    fn holds(&self, key: &Key) -> bool {
+        let Some(Ok(c)) = self.coalesce.as_ref().map(|c| c.lock()) else {
+            return false;
+        };
+        c.held.contains_key(key) || c.written.get(key).is_some_and(|at| at.elapsed() < COALESCE)
+    }
+
+    /// Reads the address samples of `token_many_addresses` evidence left without one (a finding that was
+    /// to be held back, see `detect_into`) before it is written.
+    async fn fill_samples<'a>(
+        &self,
+        rows: impl Iterator<Item = (&'a Key, &'a mut Value)>,
+    ) -> Result<(), sqlx::Error> {
+        let missing: Vec<(&Key, &mut Value)> = rows
+            .filter(|(k, e)| k.0 == "token_many_addresses" && e.get("sample") == Some(&Value::Null))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let tokens: Vec<&str> = missing.iter().map(|(k, _)| k.2.as_str()).collect();
+        let samples =
+            address_samples(&self.db, &tokens, now() - self.config.window_seconds).await?;
+        for (k, evidence) in missing {
+            evidence["sample"] = json!(samples.get(&k.2).cloned().unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// Whether refreshes are held back, to be written by [`Detector::write_held`].
+    pub fn holding(&self) -> bool {
+        self.coalesce
+            .as_ref()
+            .and_then(|c| c.lock().ok())
+            .is_some_and(|c| !c.held.is_empty())
+    }
+
+    /// Refreshes the open or acknowledged anomalies of `rows` (key, evidence, occurrences to add) in one
+    /// multi-row update per 100, giving way to a waiting revocation before each; returns the keys that
+    /// were open and are now refreshed (and notes them as written, for a coalescing detector).
+    async fn refresh(
+        &self,
+        rows: &[(&Key, &Value, i64)],
+        turn: &mut crate::db::BulkTurn<'_>,
+    ) -> Result<BTreeSet<Key>, sqlx::Error> {
+        let now = now();
+        let mut refreshed: BTreeSet<Key> = BTreeSet::new();
+        for chunk in rows.chunks(100) {
+            // VALUES columns are column1, column2, ... on both engines; only placeholders are interpolated.
+            let sql = format!(
+                "UPDATE anomalies SET evidence = v.column4, occurrences = occurrences + v.column5, last_seen = $1, updated_at = $1 \
+                 FROM (VALUES {}) AS v WHERE anomalies.kind = v.column1 AND anomalies.subject_kind = v.column2 \
+                 AND anomalies.subject = v.column3 AND anomalies.state IN ('open', 'acknowledged') RETURNING kind, subject_kind, subject",
+                crate::usage::placeholders(chunk.len(), 5, 1)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            turn.give_way().await;
+            for ((kind, subject_kind, subject), evidence, occurrences) in chunk {
+                query = query
+                    .bind(kind)
+                    .bind(subject_kind)
+                    .bind(subject)
+                    .bind(evidence.to_string())
+                    .bind(*occurrences);
+            }
+            for row in query.fetch_all(&self.db.bulk).await? {
+                refreshed.insert((
+                    row.try_get("kind")?,
+                    row.try_get("subject_kind")?,
+                    row.try_get("subject")?,
+                ));
+            }
+        }
+        self.note_written(refreshed.iter());
+        Ok(refreshed)
+    }
+
+    /// Notes that `keys` were written now (a coalescing detector holds their next findings back).
+    fn note_written<'k>(&self, keys: impl Iterator<Item = &'k Key>) {
+        if let Some(Ok(mut c)) = self.coalesce.as_ref().map(|c| c.lock()) {
+            let now = std::time::Instant::now();
+            for key in keys {
+                c.written.insert(key.clone(), now);
+            }
+        }
+    }
+
+    /// Takes out of `findings` those a coalescing detector holds back: keys it wrote less than
+    /// [`COALESCE`] ago, or already holds. Their occurrences add to what is held; the evidence and edge
+    /// are the last batch's.
+    fn hold_back(&self, batches: &[&Ingested], findings: &mut Findings) {
+        let Some(Ok(mut c)) = self.coalesce.as_ref().map(|c| c.lock()) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let c = &mut *c;
+        let keys: Vec<Key> = findings
+            .pending
+            .keys()
+            .filter(|k| {
+                c.held.contains_key(*k)
+                    || c.written
+                        .get(*k)
+                        .is_some_and(|at| now.duration_since(*at) < COALESCE)
+            })
+            .cloned()
+            .collect();
+        for key in keys {
+            let Some(f) = findings.pending.remove(&key) else {
+                continue;
+            };
+            let last = f.seen.last().map_or(0, |(b, _)| *b);
+            let edge = batches.get(last).map_or("", |b| b.edge.as_str());
+            let held = c.held.entry(key).or_insert_with(|| Held {
+                severity: f.severity.clone(),
+                evidence: Value::Null,
+                occurrences: 0,
+                edge: String::new(),
+            });
+            held.occurrences += f.seen.iter().map(|(_, n)| n).sum::<i64>();
+            held.evidence = f.evidence;
+            held.edge = edge.to_owned();
+        }
     }
 
     /// Raises (or refreshes) an anomaly that no cap applies to: updates the open or acknowledged one
     /// with the same kind and subject (adding `occurrences`), else opens a new one and records an
-    /// `anomaly.opened` event.
+    /// `anomaly.opened` event; a new one is charged to `edge` (counted against its cap).
+    #[allow(clippy::too_many_arguments)]
     async fn raise(
         &self,
         kind: &str,
@@ -266,6 +560,7 @@ impl Detector {
         subject: &str,
         evidence: Value,
         occurrences: i64,
+        edge: Option<&str>,
     ) -> Result<(), sqlx::Error> {
         let now = now();
         // The common case, an anomaly already open, costs one statement and no transaction.
@@ -287,8 +582,8 @@ impl Detector {
         let mut tx = self.db.pool.begin().await?;
         let id = random_id("anm_");
         sqlx::query(
-            "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, state, created_at, updated_at, occurrences, last_seen) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7, $8, $7)",
+            "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, state, created_at, updated_at, occurrences, last_seen, edge) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7, $8, $7, $9)",
         )
         .bind(&id)
         .bind(kind)
@@ -298,6 +593,7 @@ impl Detector {
         .bind(evidence.to_string())
         .bind(now)
         .bind(occurrences)
+        .bind(edge)
         .execute(&mut *tx)
         .await?;
         let event = opened_event(&id, kind, severity, subject_kind, subject);
@@ -325,35 +621,25 @@ impl Detector {
         findings: Findings,
         turn: &mut crate::db::BulkTurn<'_>,
     ) -> Result<(), sqlx::Error> {
+        let mut mark = std::time::Instant::now();
+        let mut findings = findings;
+        self.hold_back(batches, &mut findings);
+        self.fill_samples(
+            findings
+                .pending
+                .iter_mut()
+                .map(|(k, f)| (k, &mut f.evidence)),
+        )
+        .await?;
         let pending: Vec<(Key, Finding)> = findings.pending.into_iter().collect();
         let now = now();
-        let mut refreshed: BTreeSet<Key> = BTreeSet::new();
-        for chunk in pending.chunks(100) {
-            // VALUES columns are column1, column2, ... on both engines; only placeholders are interpolated.
-            let sql = format!(
-                "UPDATE anomalies SET evidence = v.column4, occurrences = occurrences + v.column5, last_seen = $1, updated_at = $1 \
-                 FROM (VALUES {}) AS v WHERE anomalies.kind = v.column1 AND anomalies.subject_kind = v.column2 \
-                 AND anomalies.subject = v.column3 AND anomalies.state IN ('open', 'acknowledged') RETURNING kind, subject_kind, subject",
-                crate::usage::placeholders(chunk.len(), 5, 1)
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-            turn.give_way().await;
-            for ((kind, subject_kind, subject), f) in chunk {
-                query = query
-                    .bind(kind)
-                    .bind(subject_kind)
-                    .bind(subject)
-                    .bind(f.evidence.to_string())
-                    .bind(f.seen.iter().map(|(_, n)| n).sum::<i64>());
-            }
-            for row in query.fetch_all(&self.db.pool).await? {
-                refreshed.insert((
-                    row.try_get("kind")?,
-                    row.try_get("subject_kind")?,
-                    row.try_get("subject")?,
-                ));
-            }
-        }
+        let rows: Vec<(&Key, &Value, i64)> = pending
+            .iter()
+            .map(|(k, f)| (k, &f.evidence, f.seen.iter().map(|(_, n)| n).sum::<i64>()))
+            .collect();
+        let refreshed = self.refresh(&rows, turn).await?;
+        self.write_due(false, turn).await?;
+        self.lap(6, &mut mark);
         // The new findings of each batch, in key order (as one batch's raising walks them).
         let mut by_batch: Vec<Vec<usize>> = vec![Vec::new(); batches.len()];
         for (i, (key, f)) in pending.iter().enumerate() {
@@ -415,7 +701,7 @@ impl Detector {
         }
         if !order.is_empty() {
             turn.give_way().await;
-            let mut tx = self.db.pool.begin().await?;
+            let mut tx = self.db.begin_bulk().await?;
             for chunk in order.chunks(100) {
                 let sql = format!(
                     "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, occurrences, edge, state, created_at, updated_at, last_seen) \
@@ -450,7 +736,9 @@ impl Detector {
                 events::record(&self.events, &self.db, &mut tx, event).await?;
             }
             tx.commit().await?;
+            self.note_written(order.iter().map(|&i| &pending[i].0));
         }
+        self.lap(7, &mut mark);
         // Per edge: suppressed findings of all its batches, and the last such batch's counts per kind.
         let mut per_edge: BTreeMap<&str, (i64, &BTreeMap<&str, i64>)> = BTreeMap::new();
         for (b, kinds) in suppressed.iter().enumerate() {
@@ -467,9 +755,10 @@ impl Detector {
             turn.give_way().await;
             let evidence = json!({"suppressed": kinds, "cap": self.config.edge_cap, "window_seconds": self.config.edge_cap_window_seconds,
             "hint": "this edge's reports raised more new anomalies than the cap; occurrences counts the findings not opened"});
-            self.raise(SUPPRESSED_KIND, "medium", "edge", edge, evidence, n)
+            self.raise(SUPPRESSED_KIND, "medium", "edge", edge, evidence, n, None)
                 .await?;
         }
+        self.lap(8, &mut mark);
         Ok(())
     }
 }
@@ -552,6 +841,34 @@ async fn window_counts(
         }
     }
     Ok(out)
+}
+
+/// Up to 20 addresses (the first in order) each of `tokens` was seen from since `since`, in one query per
+/// 200 tokens.
+async fn address_samples(
+    db: &Db,
+    tokens: &[&str],
+    since: i64,
+) -> Result<BTreeMap<String, Vec<String>>, sqlx::Error> {
+    let mut samples: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for chunk in tokens.chunks(GROUP_CHUNK) {
+        let sql = format!(
+            "SELECT token, address FROM (SELECT token, address, ROW_NUMBER() OVER (PARTITION BY token ORDER BY address) AS rn \
+             FROM token_addresses WHERE last_seen >= $1 AND token IN ({})) AS t WHERE rn <= 20 ORDER BY token, address",
+            in_list(2, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(since);
+        for token in chunk {
+            query = query.bind(*token);
+        }
+        for row in query.fetch_all(&db.pool).await? {
+            samples
+                .entry(row.try_get("token")?)
+                .or_default()
+                .push(row.try_get("address")?);
+        }
+    }
+    Ok(samples)
 }
 
 /// The union of each batch's candidates, for one window query over the whole group.
@@ -643,6 +960,7 @@ impl Detector {
         // Buckets are whole minutes, so the window starts at the minute containing its start.
         let since = (now - cfg.window_seconds) - (now - cfg.window_seconds).rem_euclid(60);
 
+        let mut mark = std::time::Instant::now();
         // Repeated failures from one address (failure samples carry the address).
         let addresses: Vec<Vec<&str>> = batches
             .iter()
@@ -685,6 +1003,7 @@ impl Detector {
             }
         }
 
+        self.lap(0, &mut mark);
         let candidates: Vec<Candidates<'_>> = batches.iter().map(|b| candidates(b)).collect();
 
         let subjects: Vec<Vec<&str>> = candidates.iter().map(|c| c.subjects.clone()).collect();
@@ -701,6 +1020,7 @@ impl Detector {
             }
         }
 
+        self.lap(1, &mut mark);
         let tokens: Vec<Vec<&str>> = candidates
             .iter()
             .map(|c| c.revoked_tokens.keys().copied().take(1000).collect())
@@ -723,6 +1043,7 @@ impl Detector {
             }
         }
 
+        self.lap(2, &mut mark);
         // An edge allowed a token revoked well before the interval: revocations are not reaching it.
         let jtis: BTreeSet<&str> = candidates
             .iter()
@@ -768,6 +1089,7 @@ impl Detector {
             }
         }
 
+        self.lap(3, &mut mark);
         let client_bursts = [
             (
                 candidates
@@ -821,6 +1143,7 @@ impl Detector {
             }
         }
 
+        self.lap(4, &mut mark);
         let tokens: Vec<Vec<&str>> = batches
             .iter()
             .map(|batch| {
@@ -845,37 +1168,32 @@ impl Detector {
             .into_iter()
             .filter(|(_, n)| *n >= cfg.token_addresses)
             .collect();
-        // Up to 20 addresses of each such token, in one query per 200 tokens.
-        let mut samples: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let wide: Vec<&String> = spread.keys().collect();
-        for chunk in wide.chunks(GROUP_CHUNK) {
-            let sql = format!(
-                "SELECT token, address FROM (SELECT token, address, ROW_NUMBER() OVER (PARTITION BY token ORDER BY address) AS rn \
-                 FROM token_addresses WHERE last_seen >= $1 AND token IN ({})) AS t WHERE rn <= 20 ORDER BY token, address",
-                in_list(2, chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now - cfg.window_seconds);
-            for token in chunk {
-                query = query.bind(*token);
-            }
-            for row in query.fetch_all(&db.pool).await? {
-                samples
-                    .entry(row.try_get("token")?)
-                    .or_default()
-                    .push(row.try_get("address")?);
-            }
-        }
+        // Up to 20 addresses of each such token, in one query per 200 tokens; none for a token whose
+        // finding a coalescing detector holds back: its sample is read when the refresh is written.
+        let wide: Vec<&str> = spread
+            .keys()
+            .map(String::as_str)
+            .filter(|t| !self.holds(&("token_many_addresses".into(), "token".into(), (*t).into())))
+            .collect();
+        let samples = address_samples(db, &wide, now - cfg.window_seconds).await?;
+        let wide: BTreeSet<&str> = wide.into_iter().collect();
         for (b, batch) in batches.iter().enumerate() {
             for token in &tokens[b] {
                 let Some(&n) = spread.get(*token) else {
                     continue;
                 };
-                let sample = samples.get(*token).cloned().unwrap_or_default();
+                // Null: to be read when the refresh held back is written (`fill_samples`).
+                let sample = match samples.get(*token) {
+                    Some(s) => json!(s),
+                    None if !wide.contains(token) => Value::Null,
+                    None => json!([]),
+                };
                 found.add(b, "token_many_addresses", "high", "token", token,
                 json!({"addresses": n, "window_seconds": cfg.window_seconds, "threshold": cfg.token_addresses, "sample": sample, "edge": batch.edge}));
             }
         }
 
+        self.lap(5, &mut mark);
         // Clock skew: tokens minted in the future (the issuer's or client's clock), and edges whose clock
         // runs ahead. Read from the batch alone.
         for (b, batch) in batches.iter().enumerate() {

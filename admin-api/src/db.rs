@@ -26,8 +26,17 @@ pub enum DbKind {
 /// A connected, migrated database.
 #[derive(Clone, Debug)]
 pub struct Db {
-    /// The pool every query runs on.
+    /// The pool every query runs on, but the bulk writers'.
     pub pool: AnyPool,
+    /// The pool of the bulk writers (usage ingestion and the detector's findings). With SQLite, two
+    /// connections that commit without syncing the WAL to disk (`synchronous = NORMAL`): a commit
+    /// survives a crash of the process (the WAL is in the operating system's hands) and is on disk at
+    /// the next checkpoint (every second, which syncs the WAL first), so a power loss can lose the last
+    /// second of usage, never a revocation or an issued token, which commit on `pool` (`synchronous =
+    /// FULL`, synced at each commit, which also syncs every bulk commit before it). With PostgreSQL,
+    /// the same pool as `pool`; bulk transactions turn `synchronous_commit` off for themselves
+    /// ([`Db::begin_bulk`]).
+    pub bulk: AnyPool,
     /// The engine behind it.
     pub kind: DbKind,
     /// The URL it was opened with (PostgreSQL LISTEN needs it for its own connection).
@@ -305,7 +314,59 @@ impl<'s> MigrationSource<'s> for Embedded {
     }
 }
 
+/// The options of a pool of at most `connections` connections; `bulk` SQLite connections commit without
+/// syncing the WAL (see [`Db::bulk`]).
+fn pool_options(kind: DbKind, connections: u32, bulk: bool) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(connections)
+        // A connection to a local SQLite file does not go stale, and the check before each use is a
+        // round trip to the connection's worker thread: one more thread hop on every query.
+        .test_before_acquire(kind != DbKind::Sqlite)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if kind == DbKind::Sqlite {
+                    // A writer that finds SQLite's write lock taken waits for it (up to this long)
+                    // instead of failing with "database is locked". Usage ingestion holds the lock
+                    // for one short transaction at a time, so revocations wait milliseconds.
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "PRAGMA busy_timeout = {}",
+                        SQLITE_BUSY_TIMEOUT.as_millis()
+                    )))
+                    .execute(&mut *conn)
+                    .await?;
+                    // No commit checkpoints the WAL into the database file: the checkpointer task
+                    // does (`Db::spawn_checkpointer`). SQLite's automatic checkpoint runs inside the
+                    // commit that crosses 1,000 WAL pages, so a revocation committing during a usage
+                    // flood paid for copying the flood's pages and syncing the file.
+                    sqlx::query("PRAGMA wal_autocheckpoint = 0")
+                        .execute(&mut *conn)
+                        .await?;
+                    if bulk {
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+}
+
 impl Db {
+    /// A transaction on the bulk writers' pool ([`Db::bulk`]); with PostgreSQL, one whose commit does not
+    /// wait for the server's WAL flush (`SET LOCAL synchronous_commit = off`: a crash of the PostgreSQL
+    /// server, not of this replica, can lose its last few hundred milliseconds of usage).
+    pub async fn begin_bulk(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        let mut tx = self.bulk.begin().await?;
+        if self.kind == DbKind::Postgres {
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
     /// Opens the database the configuration names (creating the SQLite file and data directory if
     /// missing) and runs the migrations.
     pub async fn connect(config: &Config) -> anyhow::Result<Db> {
@@ -341,36 +402,7 @@ impl Db {
                 );
             }
         }
-        let options = AnyPoolOptions::new()
-            .max_connections(if kind == DbKind::Sqlite { 8 } else { 16 })
-            // A connection to a local SQLite file does not go stale, and the check before each use is a
-            // round trip to the connection's worker thread: one more thread hop on every query.
-            .test_before_acquire(kind != DbKind::Sqlite)
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if kind == DbKind::Sqlite {
-                        // A writer that finds SQLite's write lock taken waits for it (up to this long)
-                        // instead of failing with "database is locked". Usage ingestion holds the lock
-                        // for one short transaction at a time, so revocations wait milliseconds.
-                        sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "PRAGMA busy_timeout = {}",
-                            SQLITE_BUSY_TIMEOUT.as_millis()
-                        )))
-                        .execute(&mut *conn)
-                        .await?;
-                        // No commit checkpoints the WAL into the database file: the checkpointer task
-                        // does (`Db::spawn_checkpointer`). SQLite's automatic checkpoint runs inside the
-                        // commit that crosses 1,000 WAL pages, so a revocation committing during a usage
-                        // flood paid for copying the flood's pages and syncing the file.
-                        sqlx::query("PRAGMA wal_autocheckpoint = 0")
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                    Ok(())
-                })
-            });
-        let pool = options
+        let pool = pool_options(kind, if kind == DbKind::Sqlite { 8 } else { 16 }, false)
             .connect(&url)
             .await
             .with_context(|| format!("cannot open database {}", redact(&url)))?;
@@ -381,8 +413,17 @@ impl Db {
                 .await
                 .context("cannot enable WAL mode")?;
         }
+        let bulk = if kind == DbKind::Sqlite {
+            pool_options(kind, 2, true)
+                .connect(&url)
+                .await
+                .with_context(|| format!("cannot open database {}", redact(&url)))?
+        } else {
+            pool.clone()
+        };
         let db = Db {
             pool,
+            bulk,
             kind,
             url,
             write_turn: Default::default(),

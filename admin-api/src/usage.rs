@@ -611,9 +611,12 @@ async fn store_in_parts(
     feed: &Feed,
     p: &Prepared,
     max_rows: usize,
+    stats: Option<&IngestStats>,
 ) -> Result<usize, sqlx::Error> {
     let Some(digest) = p.digest.as_deref() else {
-        return store_group(db, bus, feed, &[p], None).await.map(|()| 1);
+        return store_group(db, bus, feed, &[p], None, stats)
+            .await
+            .map(|()| 1);
     };
     let pieces = split(p, max_rows);
     let done: Option<i64> = sqlx::query_scalar("SELECT done FROM usage_parts WHERE batch = $1")
@@ -622,7 +625,7 @@ async fn store_in_parts(
         .await?;
     let done = done.unwrap_or(0).max(0) as usize;
     for (k, piece) in pieces.iter().enumerate().skip(done) {
-        store_group(db, bus, feed, &[piece], Some((digest, k as i64 + 1))).await?;
+        store_group(db, bus, feed, &[piece], Some((digest, k as i64 + 1)), stats).await?;
     }
     Ok(pieces.len().saturating_sub(done))
 }
@@ -747,12 +750,45 @@ pub struct IngestStats {
     pub write_micros: AtomicU64,
     /// Time spent detecting, microseconds.
     pub detect_micros: AtomicU64,
+    /// Time the writer spent in each stage of its transactions, microseconds, in the order of
+    /// [`WRITE_STAGES`].
+    pub write_stages: [AtomicU64; WRITE_STAGES.len()],
+    /// `write_stages` when the last log line was written.
+    stages_before: [AtomicU64; WRITE_STAGES.len()],
+    /// The detector's stage times when the last log line was written.
+    detect_before: [AtomicU64; crate::anomalies::DETECT_STAGES.len()],
+}
+
+/// The stages of a usage write transaction, as the ingestion log line names them: waiting for the write
+/// turn and a connection, the count upserts, the hourly rollup, the failure samples, the (token,
+/// address) pairs, the tokens' first and last use, and the edges' rows with the commit.
+pub const WRITE_STAGES: [&str; 7] = [
+    "turn",
+    "counts",
+    "hourly",
+    "failures",
+    "addresses",
+    "tokens",
+    "commit",
+];
+
+/// Adds the time since `*mark` to stage `stage` of `stats` (if any) and moves the mark.
+fn lap(stats: Option<&IngestStats>, stage: usize, mark: &mut std::time::Instant) {
+    let now = std::time::Instant::now();
+    if let Some(stats) = stats {
+        stats.write_stages[stage].fetch_add((now - *mark).as_micros() as u64, Ordering::Relaxed);
+    }
+    *mark = now;
 }
 
 impl IngestStats {
     /// The counters as one log line's figures: batches, transactions, detector runs, and the write and
     /// detection time per batch since `before` (a snapshot taken with this function's second value).
-    fn since(&self, before: [u64; 5]) -> (String, [u64; 5]) {
+    fn since(
+        &self,
+        before: [u64; 5],
+        detect_stages: &[AtomicU64; crate::anomalies::DETECT_STAGES.len()],
+    ) -> (String, [u64; 5]) {
         let now = [
             self.stored.load(Ordering::Relaxed),
             self.transactions.load(Ordering::Relaxed),
@@ -762,9 +798,33 @@ impl IngestStats {
         ];
         let d: Vec<u64> = now.iter().zip(before).map(|(a, b)| a - b).collect();
         let per = |micros: u64| micros as f64 / 1000.0 / d[0].max(1) as f64;
+        let stages: Vec<u64> = self
+            .write_stages
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .collect();
+        let mut split = String::new();
+        for (i, name) in WRITE_STAGES.iter().enumerate() {
+            let spent = stages[i] - self.stages_before[i].swap(stages[i], Ordering::Relaxed);
+            split.push_str(&format!(
+                "{}{name} {:.2}",
+                if i == 0 { "" } else { ", " },
+                per(spent)
+            ));
+        }
+        let mut detect_split = String::new();
+        for (i, name) in crate::anomalies::DETECT_STAGES.iter().enumerate() {
+            let now = detect_stages[i].load(Ordering::Relaxed);
+            let spent = now - self.detect_before[i].swap(now, Ordering::Relaxed);
+            detect_split.push_str(&format!(
+                "{}{name} {:.2}",
+                if i == 0 { "" } else { ", " },
+                per(spent)
+            ));
+        }
         (
             format!(
-                "{} batches in {} transactions and {} detector runs; per batch: write {:.2} ms, detection {:.2} ms; {} refused busy, {} detection failures",
+                "{} batches in {} transactions and {} detector runs; per batch: write {:.2} ms ({split}), detection {:.2} ms ({detect_split}); {} refused busy, {} detection failures",
                 d[0],
                 d[1],
                 d[2],
@@ -843,16 +903,18 @@ impl Ingestor {
             stats.clone(),
             rate.clone(),
         ));
+        let room = Arc::new(tokio::sync::Semaphore::new(capacity as usize));
         let detector = tokio::spawn(detector(
-            crate::anomalies::Detector::new(db, bus, config.anomalies.clone()),
+            crate::anomalies::Detector::new(db, bus, config.anomalies.clone()).coalescing(),
             metrics,
             detect_rx,
             stats.clone(),
+            (room.clone(), capacity as usize),
         ));
         (
             Ingestor {
                 jobs,
-                room: Arc::new(tokio::sync::Semaphore::new(capacity as usize)),
+                room,
                 capacity,
                 rate,
                 parsers: Parsers::start(
@@ -968,6 +1030,7 @@ async fn writer(
                 &feed,
                 &group[0].prepared,
                 max_rows.min(PART_ROWS),
+                Some(&stats),
             )
             .await
             .map(|parts| {
@@ -977,7 +1040,7 @@ async fn writer(
             })
         } else {
             let batches: Vec<&Prepared> = group.iter().map(|j| &j.prepared).collect();
-            store_group(&db, &bus, &feed, &batches, None).await
+            store_group(&db, &bus, &feed, &batches, None, Some(&stats)).await
         };
         stats
             .write_micros
@@ -1034,14 +1097,35 @@ const DETECT_GROUP: usize = 64;
 /// The detector task: every stored batch, in order, through the anomaly detectors (a failure is retried,
 /// never skipped silently), then the batch is answered. The groups stored while it was busy are examined
 /// together ([`crate::anomalies::Detector::detect_group`], the same result as one batch at a time).
+/// Refreshes of open anomalies are held back while other batches are in flight (`room`, with the queue's
+/// capacity, says how many entries are: parsed, queued, stored or being detected) and written when none
+/// is, or [`crate::anomalies::COALESCE`] after the last write (see
+/// [`crate::anomalies::Detector::coalescing`]), so a batch that arrives alone is answered with every
+/// finding written.
 async fn detector(
     detector: crate::anomalies::Detector,
     metrics: Arc<crate::metrics::Metrics>,
     mut rx: tokio::sync::mpsc::Receiver<Vec<Job>>,
     stats: Arc<IngestStats>,
+    (room, capacity): (Arc<tokio::sync::Semaphore>, usize),
 ) {
     let mut logged = (std::time::Instant::now(), [0; 5]);
-    while let Some(mut group) = rx.recv().await {
+    loop {
+        let next = if detector.holding() {
+            match tokio::time::timeout(crate::anomalies::COALESCE, rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    write_held(&detector, &stats).await;
+                    continue;
+                }
+            }
+        } else {
+            rx.recv().await
+        };
+        let Some(mut group) = next else {
+            write_held(&detector, &stats).await;
+            return;
+        };
         while group.len() < DETECT_GROUP {
             match rx.try_recv() {
                 Ok(more) => group.extend(more),
@@ -1067,6 +1151,11 @@ async fn detector(
                 }
             }
         }
+        // Nothing in flight but this group: the refreshes held back are written before it is answered.
+        let own: usize = group.iter().map(|j| j._room.num_permits()).sum();
+        if capacity.saturating_sub(room.available_permits()) <= own && detector.holding() {
+            write_held(&detector, &stats).await;
+        }
         stats
             .detect_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -1085,11 +1174,26 @@ async fn detector(
         }
         // Where the time goes, every 5 s while batches arrive (the admin bench prints these lines).
         if logged.0.elapsed() >= Duration::from_secs(5) {
-            let (line, now) = stats.since(logged.1);
+            let (line, now) = stats.since(logged.1, &detector.stages);
             tracing::info!("usage ingestion: {line}");
             logged = (std::time::Instant::now(), now);
         }
     }
+}
+
+/// Writes the anomaly refreshes `detector` holds back (retried like detection; a failure is logged).
+async fn write_held(detector: &crate::anomalies::Detector, stats: &IngestStats) {
+    for attempt in 1..=5u64 {
+        match detector.write_held().await {
+            Ok(()) => return,
+            Err(e) => {
+                stats.detect_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, attempt, "cannot write the anomaly refreshes held back; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+        }
+    }
+    tracing::error!("the anomaly refreshes held back could not be written five times; they are kept for the next try");
 }
 
 async fn ingest(
@@ -1177,6 +1281,7 @@ async fn store_group(
     feed: &Feed,
     group: &[&Prepared],
     ledger: Option<(&str, i64)>,
+    stats: Option<&IngestStats>,
 ) -> Result<(), sqlx::Error> {
     let now = now();
     type RowKey<'a> = (i64, &'a str, &'a CountKey);
@@ -1207,8 +1312,10 @@ async fn store_group(
         e.2 = &p.address;
     }
     // A bulk writer: a revocation waiting for SQLite's lock goes first.
+    let mut mark = std::time::Instant::now();
     let _turn = db.bulk_write_turn().await;
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_bulk().await?;
+    lap(stats, 0, &mut mark);
     let rows: Vec<(&RowKey<'_>, &i64)> = counts.iter().collect();
     for chunk in rows.chunks(CHUNK) {
         let sql = format!(
@@ -1230,6 +1337,7 @@ async fn store_group(
         }
         query.execute(&mut *tx).await?;
     }
+    lap(stats, 1, &mut mark);
     // The hourly rollup the pages read, summed here per (hour, edge, reason): one multi-row upsert per
     // group instead of a trigger firing per inserted row (a third of the write's time with the trigger).
     let mut hourly: BTreeMap<(i64, &str, &str), i64> = BTreeMap::new();
@@ -1251,6 +1359,7 @@ async fn store_group(
         }
         query.execute(&mut *tx).await?;
     }
+    lap(stats, 2, &mut mark);
     let failures: Vec<(&str, &FailureEntry)> = group
         .iter()
         .flat_map(|j| {
@@ -1281,6 +1390,7 @@ async fn store_group(
         }
         query.execute(&mut *tx).await?;
     }
+    lap(stats, 3, &mut mark);
     let pairs: Vec<(&(&str, &str), &i64)> = pairs.iter().collect();
     for chunk in pairs.chunks(CHUNK) {
         let sql = format!(
@@ -1294,6 +1404,7 @@ async fn store_group(
         }
         query.execute(&mut *tx).await?;
     }
+    lap(stats, 4, &mut mark);
     let used: Vec<(&&str, &(i64, i64, usize))> = used.iter().collect();
     for chunk in used.chunks(CHUNK) {
         // First use: only rows still without one are claimed, so each token gets one event even
@@ -1342,6 +1453,7 @@ async fn store_group(
             events::record(bus, db, &mut tx, event).await?;
         }
     }
+    lap(stats, 5, &mut mark);
     // The edge's poll as this replica saw it rides along, so a report also refreshes the poll columns.
     let polls = feed.edges();
     for (edge, (reports, decisions, address)) in &edges {
@@ -1375,8 +1487,10 @@ async fn store_group(
         .await?;
     }
     tx.commit().await?;
+    lap(stats, 6, &mut mark);
     Ok(())
 }
+
 /// Writes the edges' polls this replica saw (newer than what it last wrote) to the `edges` table.
 pub async fn flush_edges(
     db: &Db,

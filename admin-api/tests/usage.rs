@@ -25,6 +25,7 @@ both_backends!(
     last_use_is_recorded_once_after_the_token_expires,
     usage_timeseries_buckets_by_minute_and_hour_with_filters,
     detecting_a_group_of_batches_equals_detecting_each_in_turn,
+    a_coalescing_detector_writes_the_same_anomalies_once_it_writes_what_it_held,
 );
 
 /// An app whose detectors fire on small numbers, so tests stay short.
@@ -918,6 +919,111 @@ async fn detecting_a_group_of_batches_equals_detecting_each_in_turn(backend: Bac
         one_by_one.0
     );
     assert_eq!(grouped, one_by_one);
+}
+
+/// Issue 14: a coalescing detector (the usage pipeline's) holds back refreshes of anomalies it wrote less
+/// than a second ago; what it holds is summed, and once written the store says what a detector writing
+/// every refresh at once says. A held refresh whose anomaly was resolved meanwhile opens a new one.
+async fn a_coalescing_detector_writes_the_same_anomalies_once_it_writes_what_it_held(
+    backend: Backend,
+) {
+    let app = sensitive(backend).await;
+    let at = now() - 5;
+    // Each batch: the same failing address and revoked tokens, from two edges in turn.
+    let batches: Vec<edgewarden_admin::usage::Ingested> = (0..6)
+        .map(|b| {
+            let counts: Vec<Value> = (0..3)
+                .map(|k| json!({"jti": format!("held-{k}"), "subject": "mallory", "route": "/api/orders",
+                                "reason": "revoked", "count": 2, "addresses": [format!("10.9.{b}.{k}")]}))
+                .collect();
+            let failures: Vec<Value> = (0..3)
+                .map(|i| json!({"reason": "bad_signature", "client_address": "198.51.100.7", "at": at - i}))
+                .collect();
+            let body = batch(["edge-a", "edge-b"][b % 2], Value::from(counts), Value::from(failures));
+            edgewarden_admin::usage::ingested(serde_json::from_value(body).unwrap())
+        })
+        .collect();
+    // The window sums the detectors read: the batches' rows, stored through the API.
+    for b in 0..6 {
+        let counts: Vec<Value> = (0..3)
+            .map(|k| json!({"jti": format!("held-{k}"), "subject": "mallory", "route": "/api/orders",
+                            "reason": "revoked", "count": 2, "addresses": [format!("10.9.{b}.{k}")]}))
+            .collect();
+        let failures: Vec<Value> = (0..3)
+            .map(|i| json!({"reason": "bad_signature", "client_address": "198.51.100.7", "at": at - i}))
+            .collect();
+        app.post(
+            "/api/v1/usage",
+            Some(&app.admin_key),
+            batch(
+                ["edge-a", "edge-b"][b % 2],
+                Value::from(counts),
+                Value::from(failures),
+            ),
+        )
+        .await
+        .expect(StatusCode::ACCEPTED);
+    }
+    let new = |coalescing: bool| {
+        let d = edgewarden_admin::anomalies::Detector::new(
+            app.state.db.clone(),
+            app.state.events.clone(),
+            app.state.config.anomalies.clone(),
+        );
+        if coalescing {
+            d.coalescing()
+        } else {
+            d
+        }
+    };
+    forget_anomalies(&app).await;
+    let plain = new(false);
+    for b in &batches {
+        plain.detect(b).await.unwrap();
+    }
+    let at_once = detected(&app).await;
+    assert!(
+        at_once.0.iter().any(|a| a.3 >= 5),
+        "findings repeat across the batches: {:?}",
+        at_once.0
+    );
+    forget_anomalies(&app).await;
+    let coalescing = new(true);
+    for b in &batches {
+        coalescing.detect(b).await.unwrap();
+    }
+    assert!(coalescing.holding(), "refreshes within a second are held");
+    let holding = detected(&app).await;
+    assert_eq!(holding.1, at_once.1, "new anomalies are never held back");
+    assert_ne!(
+        holding.0, at_once.0,
+        "the held refreshes are not written yet"
+    );
+    coalescing.write_held().await.unwrap();
+    assert!(!coalescing.holding());
+    assert_eq!(detected(&app).await, at_once);
+
+    // Held while an admin resolves the anomaly: written as a new one, charged to the last edge.
+    for b in &batches[..2] {
+        coalescing.detect(b).await.unwrap();
+    }
+    assert!(coalescing.holding());
+    sqlx::query("UPDATE anomalies SET state = 'resolved' WHERE kind = 'address_failures'")
+        .execute(&app.state.db.pool)
+        .await
+        .unwrap();
+    coalescing.write_held().await.unwrap();
+    let reopened: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+        "SELECT state, occurrences, edge FROM anomalies WHERE kind = 'address_failures' ORDER BY created_at, state",
+    )
+    .fetch_all(&app.state.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(reopened.len(), 2, "{reopened:?}");
+    assert!(
+        reopened.contains(&("open".into(), 2, Some("edge-b".into()))),
+        "{reopened:?}"
+    );
 }
 
 /// With SQLite, a revocation waiting for the write lock goes before every bulk writer (usage ingestion,
