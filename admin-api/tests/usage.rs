@@ -930,7 +930,7 @@ async fn a_coalescing_detector_writes_the_same_anomalies_once_it_writes_what_it_
     let app = sensitive(backend).await;
     let at = now() - 5;
     // Each batch: the same failing address and revoked tokens, from two edges in turn.
-    let batches: Vec<edgewarden_admin::usage::Ingested> = (0..6)
+    let bodies: Vec<Value> = (0..6)
         .map(|b| {
             let counts: Vec<Value> = (0..3)
                 .map(|k| json!({"jti": format!("held-{k}"), "subject": "mallory", "route": "/api/orders",
@@ -939,31 +939,19 @@ async fn a_coalescing_detector_writes_the_same_anomalies_once_it_writes_what_it_
             let failures: Vec<Value> = (0..3)
                 .map(|i| json!({"reason": "bad_signature", "client_address": "198.51.100.7", "at": at - i}))
                 .collect();
-            let body = batch(["edge-a", "edge-b"][b % 2], Value::from(counts), Value::from(failures));
-            edgewarden_admin::usage::ingested(serde_json::from_value(body).unwrap())
+            batch(["edge-a", "edge-b"][b % 2], Value::from(counts), Value::from(failures))
         })
         .collect();
     // The window sums the detectors read: the batches' rows, stored through the API.
-    for b in 0..6 {
-        let counts: Vec<Value> = (0..3)
-            .map(|k| json!({"jti": format!("held-{k}"), "subject": "mallory", "route": "/api/orders",
-                            "reason": "revoked", "count": 2, "addresses": [format!("10.9.{b}.{k}")]}))
-            .collect();
-        let failures: Vec<Value> = (0..3)
-            .map(|i| json!({"reason": "bad_signature", "client_address": "198.51.100.7", "at": at - i}))
-            .collect();
-        app.post(
-            "/api/v1/usage",
-            Some(&app.admin_key),
-            batch(
-                ["edge-a", "edge-b"][b % 2],
-                Value::from(counts),
-                Value::from(failures),
-            ),
-        )
-        .await
-        .expect(StatusCode::ACCEPTED);
+    for body in &bodies {
+        app.post("/api/v1/usage", Some(&app.admin_key), body.clone())
+            .await
+            .expect(StatusCode::ACCEPTED);
     }
+    let batches: Vec<edgewarden_admin::usage::Ingested> = bodies
+        .iter()
+        .map(|b| edgewarden_admin::usage::ingested(serde_json::from_value(b.clone()).unwrap()))
+        .collect();
     let new = |coalescing: bool| {
         let d = edgewarden_admin::anomalies::Detector::new(
             app.state.db.clone(),
