@@ -9,7 +9,7 @@
 //! Refresh-token reuse is raised by `oauth.rs` at the moment it happens.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -319,9 +319,7 @@ impl Detector {
 
     /// Adds the time since `*mark` to stage `stage` and moves the mark.
     fn lap(&self, stage: usize, mark: &mut std::time::Instant) {
-        let now = std::time::Instant::now();
-        self.stages[stage].fetch_add((now - *mark).as_micros() as u64, Ordering::Relaxed);
-        *mark = now;
+        crate::usage::lap(Some(&self.stages[..]), stage, mark);
     }
 
     /// Writes every refresh held back now (a coalescing detector; nothing otherwise).

@@ -772,13 +772,33 @@ pub const WRITE_STAGES: [&str; 7] = [
     "commit",
 ];
 
-/// Adds the time since `*mark` to stage `stage` of `stats` (if any) and moves the mark.
-fn lap(stats: Option<&IngestStats>, stage: usize, mark: &mut std::time::Instant) {
+/// Adds the time since `*mark` to stage `stage` of `stages` (if any) and moves the mark.
+pub(crate) fn lap(stages: Option<&[AtomicU64]>, stage: usize, mark: &mut std::time::Instant) {
     let now = std::time::Instant::now();
-    if let Some(stats) = stats {
-        stats.write_stages[stage].fetch_add((now - *mark).as_micros() as u64, Ordering::Relaxed);
+    if let Some(spent) = stages.and_then(|s| s.get(stage)) {
+        spent.fetch_add((now - *mark).as_micros() as u64, Ordering::Relaxed);
     }
     *mark = now;
+}
+
+/// `name ms, name ms, ...`: each stage's time since the last line (`before`, moved to now), in ms per
+/// batch (`per`).
+fn stage_line(
+    names: &[&str],
+    stages: &[AtomicU64],
+    before: &[AtomicU64],
+    per: impl Fn(u64) -> f64,
+) -> String {
+    let mut line = String::new();
+    for ((name, spent), before) in names.iter().zip(stages).zip(before) {
+        let now = spent.load(Ordering::Relaxed);
+        let spent = now - before.swap(now, Ordering::Relaxed);
+        if !line.is_empty() {
+            line.push_str(", ");
+        }
+        line.push_str(&format!("{name} {:.2}", per(spent)));
+    }
+    line
 }
 
 impl IngestStats {
@@ -798,30 +818,13 @@ impl IngestStats {
         ];
         let d: Vec<u64> = now.iter().zip(before).map(|(a, b)| a - b).collect();
         let per = |micros: u64| micros as f64 / 1000.0 / d[0].max(1) as f64;
-        let stages: Vec<u64> = self
-            .write_stages
-            .iter()
-            .map(|s| s.load(Ordering::Relaxed))
-            .collect();
-        let mut split = String::new();
-        for (i, name) in WRITE_STAGES.iter().enumerate() {
-            let spent = stages[i] - self.stages_before[i].swap(stages[i], Ordering::Relaxed);
-            split.push_str(&format!(
-                "{}{name} {:.2}",
-                if i == 0 { "" } else { ", " },
-                per(spent)
-            ));
-        }
-        let mut detect_split = String::new();
-        for (i, name) in crate::anomalies::DETECT_STAGES.iter().enumerate() {
-            let now = detect_stages[i].load(Ordering::Relaxed);
-            let spent = now - self.detect_before[i].swap(now, Ordering::Relaxed);
-            detect_split.push_str(&format!(
-                "{}{name} {:.2}",
-                if i == 0 { "" } else { ", " },
-                per(spent)
-            ));
-        }
+        let split = stage_line(&WRITE_STAGES, &self.write_stages, &self.stages_before, per);
+        let detect_split = stage_line(
+            &crate::anomalies::DETECT_STAGES,
+            detect_stages,
+            &self.detect_before,
+            per,
+        );
         (
             format!(
                 "{} batches in {} transactions and {} detector runs; per batch: write {:.2} ms ({split}), detection {:.2} ms ({detect_split}); {} refused busy, {} detection failures",
@@ -1315,7 +1318,7 @@ async fn store_group(
     let mut mark = std::time::Instant::now();
     let _turn = db.bulk_write_turn().await;
     let mut tx = db.begin_bulk().await?;
-    lap(stats, 0, &mut mark);
+    lap(stats.map(|s| &s.write_stages[..]), 0, &mut mark);
     let rows: Vec<(&RowKey<'_>, &i64)> = counts.iter().collect();
     for chunk in rows.chunks(CHUNK) {
         let sql = format!(
@@ -1337,7 +1340,7 @@ async fn store_group(
         }
         query.execute(&mut *tx).await?;
     }
-    lap(stats, 1, &mut mark);
+    lap(stats.map(|s| &s.write_stages[..]), 1, &mut mark);
     // The hourly rollup the pages read, summed here per (hour, edge, reason): one multi-row upsert per
     // group instead of a trigger firing per inserted row (a third of the write's time with the trigger).
     let mut hourly: BTreeMap<(i64, &str, &str), i64> = BTreeMap::new();
@@ -1359,7 +1362,7 @@ async fn store_group(
         }
         query.execute(&mut *tx).await?;
     }
-    lap(stats, 2, &mut mark);
+    lap(stats.map(|s| &s.write_stages[..]), 2, &mut mark);
     let failures: Vec<(&str, &FailureEntry)> = group
         .iter()
         .flat_map(|j| {
@@ -1390,7 +1393,7 @@ async fn store_group(
         }
         query.execute(&mut *tx).await?;
     }
-    lap(stats, 3, &mut mark);
+    lap(stats.map(|s| &s.write_stages[..]), 3, &mut mark);
     let pairs: Vec<(&(&str, &str), &i64)> = pairs.iter().collect();
     for chunk in pairs.chunks(CHUNK) {
         let sql = format!(
@@ -1404,7 +1407,7 @@ async fn store_group(
         }
         query.execute(&mut *tx).await?;
     }
-    lap(stats, 4, &mut mark);
+    lap(stats.map(|s| &s.write_stages[..]), 4, &mut mark);
     let used: Vec<(&&str, &(i64, i64, usize))> = used.iter().collect();
     for chunk in used.chunks(CHUNK) {
         // First use: only rows still without one are claimed, so each token gets one event even
@@ -1453,7 +1456,7 @@ async fn store_group(
             events::record(bus, db, &mut tx, event).await?;
         }
     }
-    lap(stats, 5, &mut mark);
+    lap(stats.map(|s| &s.write_stages[..]), 5, &mut mark);
     // The edge's poll as this replica saw it rides along, so a report also refreshes the poll columns.
     let polls = feed.edges();
     for (edge, (reports, decisions, address)) in &edges {
@@ -1487,7 +1490,7 @@ async fn store_group(
         .await?;
     }
     tx.commit().await?;
-    lap(stats, 6, &mut mark);
+    lap(stats.map(|s| &s.write_stages[..]), 6, &mut mark);
     Ok(())
 }
 
