@@ -1899,6 +1899,23 @@ async fn timeline(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_stage_line_gives_each_stage_since_the_last_line_per_batch() {
+        let spent: Vec<AtomicU64> = [3000, 500, 0].into_iter().map(AtomicU64::new).collect();
+        let before: Vec<AtomicU64> = [1000, 500, 0].into_iter().map(AtomicU64::new).collect();
+        let per_batch = |micros: u64| micros as f64 / 1000.0 / 2.0;
+        let line = stage_line(&["turn", "counts", "hourly"], &spent, &before, per_batch);
+        assert_eq!(line, "turn 1.00, counts 0.00, hourly 0.00");
+        // The next line starts from these.
+        spent[1].fetch_add(4000, Ordering::Relaxed);
+        let line = stage_line(&["turn", "counts", "hourly"], &spent, &before, per_batch);
+        assert_eq!(line, "turn 0.00, counts 2.00, hourly 0.00");
+        let mut mark = std::time::Instant::now() - Duration::from_millis(5);
+        lap(Some(&spent[..]), 2, &mut mark);
+        assert!(spent[2].load(Ordering::Relaxed) >= 5000);
+        assert!(mark.elapsed() < Duration::from_millis(5));
+    }
+
     fn failure(n: usize) -> FailureEntry {
         FailureEntry {
             jti: None,
