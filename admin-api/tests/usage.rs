@@ -830,6 +830,23 @@ async fn detected(app: &TestApp) -> (Vec<(String, String, String, i64, String, S
     (rows, events)
 }
 
+/// Posts `bodies` (so the window sums the detectors read hold their rows) and returns what the detectors
+/// see of each.
+async fn store_and_prepare(
+    app: &TestApp,
+    bodies: &[Value],
+) -> Vec<edgewarden_admin::usage::Ingested> {
+    for body in bodies {
+        app.post("/api/v1/usage", Some(&app.admin_key), body.clone())
+            .await
+            .expect(StatusCode::ACCEPTED);
+    }
+    bodies
+        .iter()
+        .map(|b| edgewarden_admin::usage::ingested(serde_json::from_value(b.clone()).unwrap()))
+        .collect()
+}
+
 async fn forget_anomalies(app: &TestApp) {
     for sql in [
         "DELETE FROM anomalies",
@@ -867,15 +884,7 @@ async fn detecting_a_group_of_batches_equals_detecting_each_in_turn(backend: Bac
             batch(edge, Value::from(counts), Value::from(failures))
         })
         .collect();
-    for body in &bodies {
-        app.post("/api/v1/usage", Some(&app.admin_key), body.clone())
-            .await
-            .expect(StatusCode::ACCEPTED);
-    }
-    let batches: Vec<edgewarden_admin::usage::Ingested> = bodies
-        .iter()
-        .map(|b| edgewarden_admin::usage::ingested(serde_json::from_value(b.clone()).unwrap()))
-        .collect();
+    let batches = store_and_prepare(&app, &bodies).await;
     let detector = edgewarden_admin::anomalies::Detector::new(
         app.state.db.clone(),
         app.state.events.clone(),
@@ -942,16 +951,7 @@ async fn a_coalescing_detector_writes_the_same_anomalies_once_it_writes_what_it_
             batch(["edge-a", "edge-b"][b % 2], Value::from(counts), Value::from(failures))
         })
         .collect();
-    // The window sums the detectors read: the batches' rows, stored through the API.
-    for body in &bodies {
-        app.post("/api/v1/usage", Some(&app.admin_key), body.clone())
-            .await
-            .expect(StatusCode::ACCEPTED);
-    }
-    let batches: Vec<edgewarden_admin::usage::Ingested> = bodies
-        .iter()
-        .map(|b| edgewarden_admin::usage::ingested(serde_json::from_value(b.clone()).unwrap()))
-        .collect();
+    let batches = store_and_prepare(&app, &bodies).await;
     let new = |coalescing: bool| {
         let d = edgewarden_admin::anomalies::Detector::new(
             app.state.db.clone(),
