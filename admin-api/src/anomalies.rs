@@ -308,8 +308,8 @@ impl Detector {
     /// This detector, holding back refreshes of an anomaly it refreshed or opened less than [`COALESCE`]
     /// ago: their occurrences are summed and written with the last evidence in one refresh once that
     /// long has passed, or at once by [`Detector::write_held`] (which the usage pipeline calls whenever
-    /// no other batch is in flight). Under a flood, a token seen by many edges is found by nearly every
-    /// batch; each finding was one row rewritten in `anomalies`, more than half of detection's time.
+    /// no other batch is in flight). Under a flood, an address, subject or revoked token that keeps
+    /// failing is found by nearly every batch; each finding was one row rewritten in `anomalies`, more than half of detection's time.
     /// New anomalies are never held back. The sums and last evidence come out as without holding back;
     /// a crash loses at most [`COALESCE`] of refreshes of anomalies that are open and stay open.
     pub fn coalescing(mut self) -> Detector {
@@ -363,14 +363,7 @@ impl Detector {
         if due.is_empty() {
             return Ok(());
         }
-        let mut due = due;
-        let written = match self
-            .fill_samples(due.iter_mut().map(|(k, h)| (&*k, &mut h.evidence)))
-            .await
-        {
-            Ok(()) => self.write_refreshes(&due, turn).await,
-            Err(e) => Err(e),
-        };
+        let written = self.write_refreshes(&due, turn).await;
         if written.is_err() {
             // Kept for the next try, summed with what was held back meanwhile.
             if let Ok(mut c) = coalesce.lock() {
@@ -417,35 +410,6 @@ impl Detector {
             )
             .await?;
             self.note_written(std::iter::once(key));
-        }
-        Ok(())
-    }
-
-    /// Whether a coalescing detector would hold back a finding of `key` now.
-    fn holds(&self, key: &Key) -> bool {
-        let Some(Ok(c)) = self.coalesce.as_ref().map(|c| c.lock()) else {
-            return false;
-        };
-        c.held.contains_key(key) || c.written.get(key).is_some_and(|at| at.elapsed() < COALESCE)
-    }
-
-    /// Reads the address samples of `token_many_addresses` evidence left without one (a finding that was
-    /// to be held back, see `detect_into`) before it is written.
-    async fn fill_samples<'a>(
-        &self,
-        rows: impl Iterator<Item = (&'a Key, &'a mut Value)>,
-    ) -> Result<(), sqlx::Error> {
-        let missing: Vec<(&Key, &mut Value)> = rows
-            .filter(|(k, e)| k.0 == "token_many_addresses" && e.get("sample") == Some(&Value::Null))
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let tokens: Vec<&str> = missing.iter().map(|(k, _)| k.2.as_str()).collect();
-        let samples =
-            address_samples(&self.db, &tokens, now() - self.config.window_seconds).await?;
-        for (k, evidence) in missing {
-            evidence["sample"] = json!(samples.get(&k.2).cloned().unwrap_or_default());
         }
         Ok(())
     }
@@ -616,19 +580,11 @@ impl Detector {
     async fn flush(
         &self,
         batches: &[&Ingested],
-        findings: Findings,
+        mut findings: Findings,
         turn: &mut crate::db::BulkTurn<'_>,
     ) -> Result<(), sqlx::Error> {
         let mut mark = std::time::Instant::now();
-        let mut findings = findings;
         self.hold_back(batches, &mut findings);
-        self.fill_samples(
-            findings
-                .pending
-                .iter_mut()
-                .map(|(k, f)| (k, &mut f.evidence)),
-        )
-        .await?;
         let pending: Vec<(Key, Finding)> = findings.pending.into_iter().collect();
         let now = now();
         let rows: Vec<(&Key, &Value, i64)> = pending
@@ -1166,26 +1122,15 @@ impl Detector {
             .into_iter()
             .filter(|(_, n)| *n >= cfg.token_addresses)
             .collect();
-        // Up to 20 addresses of each such token, in one query per 200 tokens; none for a token whose
-        // finding a coalescing detector holds back: its sample is read when the refresh is written.
-        let wide: Vec<&str> = spread
-            .keys()
-            .map(String::as_str)
-            .filter(|t| !self.holds(&("token_many_addresses".into(), "token".into(), (*t).into())))
-            .collect();
+        // Up to 20 addresses of each such token, in one query per 200 tokens.
+        let wide: Vec<&str> = spread.keys().map(String::as_str).collect();
         let samples = address_samples(db, &wide, now - cfg.window_seconds).await?;
-        let wide: BTreeSet<&str> = wide.into_iter().collect();
         for (b, batch) in batches.iter().enumerate() {
             for token in &tokens[b] {
                 let Some(&n) = spread.get(*token) else {
                     continue;
                 };
-                // Null: to be read when the refresh held back is written (`fill_samples`).
-                let sample = match samples.get(*token) {
-                    Some(s) => json!(s),
-                    None if !wide.contains(token) => Value::Null,
-                    None => json!([]),
-                };
+                let sample = samples.get(*token).cloned().unwrap_or_default();
                 found.add(b, "token_many_addresses", "high", "token", token,
                 json!({"addresses": n, "window_seconds": cfg.window_seconds, "threshold": cfg.token_addresses, "sample": sample, "edge": batch.edge}));
             }
