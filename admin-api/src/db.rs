@@ -148,6 +148,13 @@ where
 /// How often the checkpointer folds SQLite's WAL into the database file.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// WAL frames (of one 4 KiB page each) past which the checkpointer restarts the log
+/// ([`Db::spawn_checkpointer`]): 16 MiB, a few hundred usage transactions.
+pub const WAL_RESTART_FRAMES: i64 = 4_096;
+
+/// Longest the checkpointer's restart waits for readers to leave the WAL while it holds the write turn.
+const WAL_RESTART_WAIT: Duration = Duration::from_millis(20);
+
 /// Rows one retention statement deletes at most, so pruning never holds SQLite's write lock for long.
 const PRUNE_CHUNK: i64 = 5_000;
 
@@ -437,27 +444,79 @@ impl Db {
     /// for readers), off every writer's commit; `None` with PostgreSQL. Connections have SQLite's
     /// automatic checkpoint turned off, so without this task the WAL would only be folded in when the
     /// last connection closes.
+    ///
+    /// A passive checkpoint never lets the WAL start over while writes go on: the log restarts from its
+    /// beginning only at a write after a checkpoint that copied every frame, and under a steady stream of
+    /// usage transactions a frame always arrives after the checkpoint began. The WAL then grew without end
+    /// (2 GB in a 30 s usage bench), and every commit wrote to new blocks of the file, which the kernel
+    /// zeroes first (7-13% of the service's CPU in the usage bench). So when a passive checkpoint leaves
+    /// more than [`WAL_RESTART_FRAMES`] frames in the log, the checkpointer takes a bulk write turn (a
+    /// waiting revocation goes first) and runs `wal_checkpoint(RESTART)`, which copies the few frames
+    /// written since and waits up to [`WAL_RESTART_WAIT`] for readers to leave the log, so the next commit
+    /// writes the WAL from its start again, into blocks the file already has (usage bench, SQLite: the
+    /// WAL stays under about 100 MB, and batches per second rose from 153-160 to 192).
     pub fn spawn_checkpointer(&self) -> Option<tokio::task::JoinHandle<()>> {
         if self.kind != DbKind::Sqlite {
             return None;
         }
-        let pool = self.pool.clone();
+        let db = self.clone();
         Some(spawn_repeating(
             CHECKPOINT_EVERY,
             tracing::Level::WARN,
             "cannot checkpoint SQLite's WAL; retrying every second",
             "SQLite WAL checkpoints succeed again",
             move || {
-                let pool = pool.clone();
+                let db = db.clone();
                 async move {
-                    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                        .execute(&pool)
+                    db.checkpoint(WAL_RESTART_FRAMES)
                         .await
                         .map(drop)
                         .map_err(|e| e.to_string())
                 }
             },
         ))
+    }
+
+    /// One round of the checkpointer ([`Db::spawn_checkpointer`], which passes [`WAL_RESTART_FRAMES`]):
+    /// a passive checkpoint, then a restarting one under a bulk write turn when the WAL still holds more
+    /// than `restart_over` frames. Returns the frames in the log at the passive checkpoint and whether
+    /// the log was restarted. SQLite only.
+    pub async fn checkpoint(&self, restart_over: i64) -> Result<(i64, bool), sqlx::Error> {
+        // (busy, frames in the log, frames copied into the database file)
+        let (_, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&self.pool)
+            .await?;
+        if log <= restart_over {
+            return Ok((log, false));
+        }
+        let _turn = self.bulk_write_turn().await;
+        // The write turn is held, so readers are what a restart waits for: it waits at most
+        // `WAL_RESTART_WAIT` for them (the turn keeps revocations waiting meanwhile), and if they stay it
+        // copies what it can, like a passive checkpoint, and the next round tries again.
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PRAGMA busy_timeout = {}",
+            WAL_RESTART_WAIT.as_millis()
+        )))
+        .execute(&mut *conn)
+        .await?;
+        let restart: Result<(i64, i64, i64), sqlx::Error> =
+            sqlx::query_as("PRAGMA wal_checkpoint(RESTART)")
+                .fetch_one(&mut *conn)
+                .await;
+        let restored = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PRAGMA busy_timeout = {}",
+            SQLITE_BUSY_TIMEOUT.as_millis()
+        )))
+        .execute(&mut *conn)
+        .await;
+        if restored.is_err() {
+            // Never hand a connection with the short wait back to the pool.
+            conn.close_on_drop();
+        }
+        let (busy, _, _) = restart?;
+        restored?;
+        Ok((log, busy == 0))
     }
 
     /// Waits for this process's turn to write to SQLite (see `write_turn`), ahead of any bulk writer

@@ -21,6 +21,75 @@ both_backends!(
     oversized_batch_is_stored_in_parts_and_counted_once_when_resent,
 );
 
+/// SQLite's WAL starts over under a steady stream of writes and reads (the checkpointer's restart):
+/// passive checkpoints alone never let it, so it grew by every write (2 GB in a 30 s usage bench).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_starts_over_under_a_steady_stream_of_writes() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = edgewarden_admin::db::Db::connect(&db.config())
+        .await
+        .expect("connect");
+    sqlx::query("CREATE TABLE wal_test (id INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A bulk writer committing a page or two at a time, and a reader, both without pause.
+    let writer = tokio::spawn({
+        let (store, stop) = (store.clone(), stop.clone());
+        async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _turn = store.bulk_write_turn().await;
+                let mut tx = store.begin_bulk().await.unwrap();
+                sqlx::query("INSERT INTO wal_test (v) VALUES (zeroblob(3000))")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            }
+        }
+    });
+    let reader = tokio::spawn({
+        let (store, stop) = (store.clone(), stop.clone());
+        async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sqlx::query("SELECT MAX(id) FROM wal_test")
+                    .fetch_one(&store.pool)
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    // (rows written, frames in the log, restarted) at each round of the checkpointer.
+    let mut rounds: Vec<(i64, i64, bool)> = Vec::new();
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let rows: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM wal_test")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        let (log, restarted) = store.checkpoint(64).await.expect("checkpoint");
+        rounds.push((rows.unwrap_or(0), log, restarted));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    reader.await.unwrap();
+    // Frames per row written: in the first round the log holds every frame so far, in the last one only
+    // the frames since the round before when the log started over (about twelve times more without).
+    let (first, last, before) = (rounds[0], rounds[11], rounds[10]);
+    assert!(
+        first.0 > 10 && last.0 - before.0 > 10,
+        "the writer barely wrote: {rounds:?}"
+    );
+    let per_row_first = first.1 as f64 / first.0 as f64;
+    let per_row_last = last.1 as f64 / (last.0 - before.0) as f64;
+    assert!(
+        per_row_last < 3.0 * per_row_first,
+        "the WAL did not start over: {per_row_last:.1} frames per row written since the last round, \
+         {per_row_first:.1} in the first; (rows, frames in the log, restarted) per round: {rounds:?}"
+    );
+}
+
 /// Longest a revocation or an issuance may take during the flood (a debug build on a loaded machine;
 /// before the ingestion writer they failed with "database is locked" after 5 s or more).
 const WRITE_BOUND: Duration = Duration::from_secs(3);
