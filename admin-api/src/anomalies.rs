@@ -798,6 +798,34 @@ async fn window_counts(
     Ok(out)
 }
 
+/// Failures per client address since `since` (a whole minute), from the per-minute rollup the ingestion
+/// writer keeps (`address_failure_minutes`), in one query per 200 addresses.
+async fn address_failures(
+    db: &Db,
+    addresses: &[&str],
+    since: i64,
+) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    let mut out = BTreeMap::new();
+    for chunk in addresses.chunks(GROUP_CHUNK) {
+        let sql = format!(
+            "SELECT address AS k, CAST(SUM(failures) AS BIGINT) AS n FROM address_failure_minutes \
+             WHERE minute >= $1 AND address IN ({}) GROUP BY address",
+            in_list(2, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(since);
+        for v in chunk {
+            query = query.bind(*v);
+        }
+        for row in query.fetch_all(&db.pool).await? {
+            out.insert(
+                row.try_get("k")?,
+                row.try_get::<Option<i64>, _>("n")?.unwrap_or(0),
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// Up to 20 addresses (the first in order) each of `tokens` was seen from since `since`, in one query per
 /// 200 tokens.
 async fn address_samples(
@@ -916,7 +944,8 @@ impl Detector {
         let since = (now - cfg.window_seconds) - (now - cfg.window_seconds).rem_euclid(60);
 
         let mut mark = std::time::Instant::now();
-        // Repeated failures from one address (failure samples carry the address).
+        // Repeated failures from one address (failure samples carry the address; the writer sums them per
+        // address and minute).
         let addresses: Vec<Vec<&str>> = batches
             .iter()
             .map(|batch| {
@@ -929,15 +958,7 @@ impl Detector {
                 a.into_iter().collect()
             })
             .collect();
-        let counts = window_counts(
-            db,
-            "usage_failures",
-            "client_address",
-            "at",
-            &union(&addresses),
-            now - cfg.window_seconds,
-        )
-        .await?;
+        let counts = address_failures(db, &union(&addresses), since).await?;
         for (b, batch) in batches.iter().enumerate() {
             let edge = batch.edge.as_str();
             for address in &addresses[b] {

@@ -245,6 +245,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "usage_rollup_in_writer",
         include_str!("../migrations/sqlite/0009_usage_rollup_in_writer.sql"),
     ),
+    (
+        10,
+        "address_failure_minutes",
+        include_str!("../migrations/sqlite/0010_address_failure_minutes.sql"),
+    ),
 ];
 /// (version, name, sql) of each PostgreSQL migration.
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -292,6 +297,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "usage_rollup_in_writer",
         include_str!("../migrations/postgres/0009_usage_rollup_in_writer.sql"),
+    ),
+    (
+        10,
+        "address_failure_minutes",
+        include_str!("../migrations/postgres/0010_address_failure_minutes.sql"),
     ),
 ];
 

@@ -125,7 +125,7 @@ impl Default for UsageConfig {
             edge_flush_seconds: 10,
             last_use_grace_seconds: 120,
             queue_entries: 200_000,
-            max_rows_per_transaction: 2_000,
+            max_rows_per_transaction: 4_000,
             prune_interval_seconds: 60,
         }
     }
@@ -159,11 +159,13 @@ pub struct UsageArgs {
     /// Retry-After.
     #[arg(long, env = "EDGEWARDEN_USAGE_QUEUE", default_value_t = 200_000)]
     pub usage_queue: usize,
-    /// Rows one usage write transaction holds at most (bounds how long SQLite's write lock is held).
+    /// Rows one usage write transaction holds at most (bounds how long SQLite's write lock is held). The
+    /// usage bench (SQLite, 60 s): 2,000 stored 176 batches/s with revocation p99 20 ms, 4,000 stored 211
+    /// with revocation p99 30 ms.
     #[arg(
         long,
         env = "EDGEWARDEN_USAGE_TRANSACTION_ROWS",
-        default_value_t = 2_000
+        default_value_t = 4_000
     )]
     pub usage_transaction_rows: usize,
     /// Seconds between writes of the edges' last polls to the database (shown by GET /api/v1/edges).
@@ -1393,6 +1395,26 @@ async fn store_group(
         }
         query.execute(&mut *tx).await?;
     }
+    // The repeated-failures detector's rollup: failures per client address and minute (migration 0010).
+    let mut per_address: BTreeMap<(&str, i64), i64> = BTreeMap::new();
+    for (_, f) in &failures {
+        *per_address
+            .entry((f.client_address.as_str(), f.at - f.at.rem_euclid(60)))
+            .or_default() += 1;
+    }
+    let per_address: Vec<(&(&str, i64), &i64)> = per_address.iter().collect();
+    for chunk in per_address.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO address_failure_minutes (address, minute, failures) VALUES {} \
+             ON CONFLICT (address, minute) DO UPDATE SET failures = address_failure_minutes.failures + excluded.failures",
+            row_placeholders(db.kind, chunk.len(), 3)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for ((address, minute), n) in chunk {
+            query = query.bind(*address).bind(*minute).bind(**n);
+        }
+        query.execute(&mut *tx).await?;
+    }
     lap(stats.map(|s| &s.write_stages[..]), 3, &mut mark);
     let pairs: Vec<(&(&str, &str), &i64)> = pairs.iter().collect();
     for chunk in pairs.chunks(CHUNK) {
@@ -1596,6 +1618,18 @@ pub async fn prune(db: &Db, config: &UsageConfig) -> Result<(), sqlx::Error> {
     if let Some(cut) = cut {
         db::delete_in_chunks(db, "usage_failures", "at <= $1", cut).await?;
     }
+    // The per-address rollup covers what the samples still cover: minutes before the oldest one kept.
+    let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(at) FROM usage_failures")
+        .fetch_one(&db.pool)
+        .await?;
+    let oldest = oldest.unwrap_or(now - config.failure_retention_seconds);
+    db::delete_in_chunks(
+        db,
+        "address_failure_minutes",
+        "minute < $1",
+        oldest - oldest.rem_euclid(60),
+    )
+    .await?;
     db::delete_in_chunks(db, "token_addresses", "last_seen < $1", now - 7 * 86_400).await?;
     // A split batch is resent within minutes if at all; a day of its ledger is plenty.
     db::delete_in_chunks(db, "usage_parts", "at < $1", now - 86_400).await?;

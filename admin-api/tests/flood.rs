@@ -385,6 +385,11 @@ async fn retention_prunes_usage_events_and_resolved_anomalies(backend: Backend) 
             .execute(&db.pool)
             .await
             .expect("failure");
+        sqlx::query("INSERT INTO address_failure_minutes (address, minute, failures) VALUES ('10.0.0.1', $1, 1)")
+            .bind(at - at.rem_euclid(60))
+            .execute(&db.pool)
+            .await
+            .expect("failure rollup");
     }
     for (id, at) in [
         ("evt_00000000000001old", now - 40 * day),
@@ -425,6 +430,12 @@ async fn retention_prunes_usage_events_and_resolved_anomalies(backend: Backend) 
     };
     assert_eq!(ids("usage_counts", "token").await, ["fresh"]);
     assert_eq!(ids("usage_failures", "id").await, ["uf_new"]);
+    // The per-address failure rollup covers what the samples still cover.
+    let minutes: Vec<i64> = sqlx::query_scalar("SELECT minute FROM address_failure_minutes")
+        .fetch_all(&db.pool)
+        .await
+        .expect("rollup minutes");
+    assert_eq!(minutes, [(now - 60) - (now - 60).rem_euclid(60)]);
     assert_eq!(
         ids("events", "id").await,
         ["evt_00000000000002new"],
