@@ -731,6 +731,36 @@ fn in_list(first: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// `k` -> `n` of a grouped query run once per 200 of `values`: `sql` gets the placeholders of a chunk's
+/// values (after `$1`, bound to `since`, and `$2`, bound to `second` when given).
+async fn per_value(
+    db: &Db,
+    values: &[&str],
+    since: i64,
+    second: Option<&str>,
+    sql: impl Fn(String) -> String,
+) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    let mut out = BTreeMap::new();
+    let first = if second.is_some() { 3 } else { 2 };
+    for chunk in values.chunks(GROUP_CHUNK) {
+        let mut query =
+            sqlx::query(sqlx::AssertSqlSafe(sql(in_list(first, chunk.len())))).bind(since);
+        if let Some(second) = second {
+            query = query.bind(second);
+        }
+        for v in chunk {
+            query = query.bind(*v);
+        }
+        for row in query.fetch_all(&db.pool).await? {
+            out.insert(
+                row.try_get("k")?,
+                row.try_get::<Option<i64>, _>("n")?.unwrap_or(0),
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// Window sums of stored usage counts per value of `column`, for `reason` (or every refusal):
 /// one grouped query per 200 values instead of one query per value.
 async fn window_sums(
@@ -740,7 +770,6 @@ async fn window_sums(
     reason: Option<&str>,
     since: i64,
 ) -> Result<BTreeMap<String, i64>, sqlx::Error> {
-    let mut out = BTreeMap::new();
     // `column` is one of a few constants below, never input. Every reason asked for is a refusal; the
     // refusal condition is written out as the partial indexes on subject and client state it, so both
     // engines read those small indexes instead of every decision (migration 0009).
@@ -748,54 +777,30 @@ async fn window_sums(
         Some(_) => "reason NOT IN ('allowed', 'anonymous') AND reason = $2",
         None => "reason NOT IN ('allowed', 'anonymous') AND $2 = $2",
     };
-    for chunk in values.chunks(GROUP_CHUNK) {
-        let sql = format!(
+    per_value(db, values, since, Some(reason.unwrap_or("")), |list| {
+        format!(
             "SELECT {column} AS k, CAST(SUM(count) AS BIGINT) AS n FROM usage_counts \
-             WHERE bucket >= $1 AND {reason_clause} AND {column} IN ({}) GROUP BY {column}",
-            in_list(3, chunk.len())
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(since)
-            .bind(reason.unwrap_or(""));
-        for v in chunk {
-            query = query.bind(*v);
-        }
-        for row in query.fetch_all(&db.pool).await? {
-            out.insert(
-                row.try_get("k")?,
-                row.try_get::<Option<i64>, _>("n")?.unwrap_or(0),
-            );
-        }
-    }
-    Ok(out)
+             WHERE bucket >= $1 AND {reason_clause} AND {column} IN ({list}) GROUP BY {column}"
+        )
+    })
+    .await
 }
 
-/// Rows per value of `column` in `table` since `since` (a Unix-seconds `time_column`, an expression of
-/// it where an index on it must not be used), grouped.
-async fn window_counts(
+/// Addresses per token seen since `since`, read by the primary key: `last_seen + 0` is served by no
+/// index, so PostgreSQL, with statistics a flood made stale, does not read the whole window through the
+/// `last_seen` index instead (7.6-26 ms per batch in the usage bench instead of about 1).
+async fn token_spread(
     db: &Db,
-    table: &'static str,
-    column: &'static str,
-    time_column: &'static str,
-    values: &[&str],
+    tokens: &[&str],
     since: i64,
 ) -> Result<BTreeMap<String, i64>, sqlx::Error> {
-    let mut out = BTreeMap::new();
-    for chunk in values.chunks(GROUP_CHUNK) {
-        // Table and column names are constants from the callers below, never input.
-        let sql = format!(
-            "SELECT {column} AS k, COUNT(*) AS n FROM {table} WHERE {time_column} >= $1 AND {column} IN ({}) GROUP BY {column}",
-            in_list(2, chunk.len())
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(since);
-        for v in chunk {
-            query = query.bind(*v);
-        }
-        for row in query.fetch_all(&db.pool).await? {
-            out.insert(row.try_get("k")?, row.try_get("n")?);
-        }
-    }
-    Ok(out)
+    per_value(db, tokens, since, None, |list| {
+        format!(
+            "SELECT token AS k, COUNT(*) AS n FROM token_addresses \
+             WHERE last_seen + 0 >= $1 AND token IN ({list}) GROUP BY token"
+        )
+    })
+    .await
 }
 
 /// Failures per client address since `since` (a whole minute), from the per-minute rollup the ingestion
@@ -805,25 +810,13 @@ async fn address_failures(
     addresses: &[&str],
     since: i64,
 ) -> Result<BTreeMap<String, i64>, sqlx::Error> {
-    let mut out = BTreeMap::new();
-    for chunk in addresses.chunks(GROUP_CHUNK) {
-        let sql = format!(
+    per_value(db, addresses, since, None, |list| {
+        format!(
             "SELECT address AS k, CAST(SUM(failures) AS BIGINT) AS n FROM address_failure_minutes \
-             WHERE minute >= $1 AND address IN ({}) GROUP BY address",
-            in_list(2, chunk.len())
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(since);
-        for v in chunk {
-            query = query.bind(*v);
-        }
-        for row in query.fetch_all(&db.pool).await? {
-            out.insert(
-                row.try_get("k")?,
-                row.try_get::<Option<i64>, _>("n")?.unwrap_or(0),
-            );
-        }
-    }
-    Ok(out)
+             WHERE minute >= $1 AND address IN ({list}) GROUP BY address"
+        )
+    })
+    .await
 }
 
 /// Up to 20 addresses (the first in order) each of `tokens` was seen from since `since`, in one query per
@@ -1131,18 +1124,7 @@ impl Detector {
                     .collect()
             })
             .collect();
-        // `last_seen + 0`: no index can serve it, so both engines read each token's few addresses by the
-        // primary key. PostgreSQL, with statistics a flood made stale, otherwise read the whole window
-        // through the `last_seen` index: 7.6-26 ms per batch in the usage bench instead of about 1.
-        let spread = window_counts(
-            db,
-            "token_addresses",
-            "token",
-            "last_seen + 0",
-            &union(&tokens),
-            now - cfg.window_seconds,
-        )
-        .await?;
+        let spread = token_spread(db, &union(&tokens), now - cfg.window_seconds).await?;
         let spread: BTreeMap<String, i64> = spread
             .into_iter()
             .filter(|(_, n)| *n >= cfg.token_addresses)
