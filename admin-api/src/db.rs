@@ -499,10 +499,10 @@ impl Db {
         if log <= restart_over {
             return Ok((log, false));
         }
-        let _turn = self.bulk_write_turn().await;
-        // The write turn is held, so readers are what a restart waits for: it waits at most
+        // With the write turn held, readers are what a restart waits for: it waits at most
         // `WAL_RESTART_WAIT` for them (the turn keeps revocations waiting meanwhile), and if they stay it
-        // copies what it can, like a passive checkpoint, and the next round tries again.
+        // copies what it can, like a passive checkpoint, and the next round tries again. The connection
+        // is ready before the turn is taken, so no revocation waits for the pool behind it.
         let mut conn = self.pool.acquire().await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "PRAGMA busy_timeout = {}",
@@ -510,10 +510,12 @@ impl Db {
         )))
         .execute(&mut *conn)
         .await?;
+        let turn = self.bulk_write_turn().await;
         let restart: Result<(i64, i64, i64), sqlx::Error> =
             sqlx::query_as("PRAGMA wal_checkpoint(RESTART)")
                 .fetch_one(&mut *conn)
                 .await;
+        drop(turn);
         let restored = sqlx::query(sqlx::AssertSqlSafe(format!(
             "PRAGMA busy_timeout = {}",
             SQLITE_BUSY_TIMEOUT.as_millis()
