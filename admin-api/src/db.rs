@@ -303,6 +303,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "address_failure_minutes",
         include_str!("../migrations/postgres/0010_address_failure_minutes.sql"),
     ),
+    (
+        11,
+        "usage_fillfactor",
+        include_str!("../migrations/postgres/0011_usage_fillfactor.sql"),
+    ),
 ];
 
 /// Migrations compiled into the binary, so it runs from any directory.
