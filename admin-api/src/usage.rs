@@ -106,6 +106,8 @@ pub struct UsageConfig {
     /// each its own transaction, with a ledger so a resent batch is not counted twice), which bounds how
     /// long it holds SQLite's write lock.
     pub max_rows_per_transaction: usize,
+    /// Writer tasks storing queued batches at once with PostgreSQL (SQLite has one write lock: one).
+    pub writers: usize,
     /// How often retention runs.
     pub prune_interval_seconds: u64,
 }
@@ -126,6 +128,7 @@ impl Default for UsageConfig {
             last_use_grace_seconds: 120,
             queue_entries: 200_000,
             max_rows_per_transaction: 4_000,
+            writers: 2,
             prune_interval_seconds: 60,
         }
     }
@@ -168,6 +171,10 @@ pub struct UsageArgs {
         default_value_t = 4_000
     )]
     pub usage_transaction_rows: usize,
+    /// Usage writer tasks with PostgreSQL, each storing its own group of queued batches in its own
+    /// transaction on its own connection (with SQLite, one: its write lock takes one writer at a time).
+    #[arg(long, env = "EDGEWARDEN_USAGE_WRITERS", default_value_t = 2)]
+    pub usage_writers: usize,
     /// Seconds between writes of the edges' last polls to the database (shown by GET /api/v1/edges).
     #[arg(long, env = "EDGEWARDEN_EDGE_FLUSH", default_value_t = 10)]
     pub edge_flush: u64,
@@ -186,6 +193,7 @@ impl UsageArgs {
             anomaly_retention_seconds: self.anomaly_retention_days.max(1) * 86_400,
             queue_entries: self.usage_queue.max(1),
             max_rows_per_transaction: self.usage_transaction_rows.max(100),
+            writers: self.usage_writers.clamp(1, 16),
             edge_flush_seconds: self.edge_flush.max(1),
             ..UsageConfig::default()
         }
@@ -846,8 +854,8 @@ impl IngestStats {
 /// The usage ingestion pipeline of one replica: handlers take room in the queue (bounded by entries, not
 /// batches, so memory stays bounded whatever the batch sizes; taken before parsing, so a flood past the
 /// bound costs no parsing), validate and prepare batches on low-priority parser threads and queue them;
-/// one writer task
-/// stores whole queued batches together in short transactions (group commit, at most
+/// a writer task (with PostgreSQL [`UsageConfig::writers`] of them, each gathering its own group from the
+/// queue; with SQLite one) stores whole queued batches together in short transactions (group commit, at most
 /// [`UsageConfig::max_rows_per_transaction`] rows; a larger batch is stored alone in parts of that size,
 /// each its own transaction, see `store_in_parts`); one detector task runs
 /// the anomaly detectors over every stored batch, the groups stored while it was busy together; each batch
@@ -898,24 +906,33 @@ impl Ingestor {
             .min(u32::MAX as usize / 2) as u32;
         let stats = Arc::new(IngestStats::default());
         let rate = Arc::new(AtomicU64::new(0));
-        let writer = tokio::spawn(writer(
-            db.clone(),
-            bus.clone(),
-            feed,
-            config.usage.max_rows_per_transaction,
-            rx,
-            detect_tx,
-            stats.clone(),
-            rate.clone(),
-        ));
+        let writers = match db.kind {
+            db::DbKind::Sqlite => 1,
+            db::DbKind::Postgres => config.usage.writers.max(1),
+        };
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let mut tasks: Vec<JoinHandle<()>> = (0..writers)
+            .map(|_| {
+                tokio::spawn(writer(
+                    db.clone(),
+                    bus.clone(),
+                    feed.clone(),
+                    config.usage.max_rows_per_transaction,
+                    rx.clone(),
+                    detect_tx.clone(),
+                    stats.clone(),
+                    rate.clone(),
+                ))
+            })
+            .collect();
         let room = Arc::new(tokio::sync::Semaphore::new(capacity as usize));
-        let detector = tokio::spawn(detector(
+        tasks.push(tokio::spawn(detector(
             crate::anomalies::Detector::new(db, bus, config.anomalies.clone()).coalescing(),
             metrics,
             detect_rx,
             stats.clone(),
             (room.clone(), capacity as usize),
-        ));
+        )));
         (
             Ingestor {
                 jobs,
@@ -927,7 +944,7 @@ impl Ingestor {
                 ),
                 stats,
             },
-            vec![writer, detector],
+            tasks,
         )
     }
 
@@ -997,7 +1014,7 @@ async fn writer(
     bus: Arc<EventBus>,
     feed: Arc<Feed>,
     max_rows: usize,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<JobBox>,
+    rx: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<JobBox>>>,
     detect: tokio::sync::mpsc::Sender<Vec<Job>>,
     stats: Arc<IngestStats>,
     rate: Arc<AtomicU64>,
@@ -1006,25 +1023,29 @@ async fn writer(
     loop {
         let first = match next.take() {
             Some(job) => job,
-            None => match rx.recv().await {
+            None => match rx.lock().await.recv().await {
                 Some(JobBox(job)) => *job,
                 None => return,
             },
         };
         let mut rows = rows_of(&first.prepared);
         let mut group = vec![first];
-        while rows < max_rows {
-            match rx.try_recv() {
-                Ok(JobBox(job)) => {
-                    let r = rows_of(&job.prepared);
-                    if rows + r > max_rows {
-                        next = Some(*job);
-                        break;
+        // What else is queued joins the group, unless another writer holds the queue: it is waiting
+        // for the next batch (so nothing is queued) or gathering its own group.
+        if let Ok(mut queue) = rx.try_lock() {
+            while rows < max_rows {
+                match queue.try_recv() {
+                    Ok(JobBox(job)) => {
+                        let r = rows_of(&job.prepared);
+                        if rows + r > max_rows {
+                            next = Some(*job);
+                            break;
+                        }
+                        rows += r;
+                        group.push(*job);
                     }
-                    rows += r;
-                    group.push(*job);
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
         }
         let started = std::time::Instant::now();
@@ -1501,15 +1522,28 @@ async fn store_group(
         .await?;
     }
     if let Some((digest, done)) = ledger {
-        sqlx::query(
-            "INSERT INTO usage_parts (batch, done, at) VALUES ($1, $2, $3) \
-             ON CONFLICT (batch) DO UPDATE SET done = excluded.done, at = excluded.at",
-        )
+        // The part is claimed only if it is the next one: the same batch sent again while this one was
+        // being stored (by an edge that gave up waiting, to another writer or another replica) found the
+        // same parts missing, and whichever commits second finds the ledger moved on and stores nothing.
+        let claimed = if done == 1 {
+            sqlx::query(
+                "INSERT INTO usage_parts (batch, done, at) VALUES ($1, $2, $3) ON CONFLICT (batch) DO NOTHING",
+            )
+        } else {
+            sqlx::query("UPDATE usage_parts SET done = $2, at = $3 WHERE batch = $1 AND done = $2 - 1")
+        }
         .bind(digest)
         .bind(done)
         .bind(now)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            tx.rollback().await?;
+            return Err(sqlx::Error::Protocol(format!(
+                "part {done} of this batch was stored meanwhile by the same batch sent again"
+            )));
+        }
     }
     tx.commit().await?;
     lap(stats.map(|s| &s.write_stages[..]), 6, &mut mark);

@@ -19,6 +19,7 @@ both_backends!(
     flood_of_findings_opens_deduplicated_anomalies_within_the_edge_cap,
     retention_prunes_usage_events_and_resolved_anomalies,
     oversized_batch_is_stored_in_parts_and_counted_once_when_resent,
+    same_oversized_batch_sent_twice_at_once_is_counted_once,
 );
 
 /// SQLite's WAL starts over under a steady stream of writes and reads (the checkpointer's restart):
@@ -533,4 +534,56 @@ async fn oversized_batch_is_stored_in_parts_and_counted_once_when_resent(backend
         .await
         .expect("edge");
     assert_eq!(reports, 1, "the parts are one report");
+}
+
+/// An edge that gave up waiting sends its batch again while the first copy is still being stored: with
+/// PostgreSQL the two go to different writers (or replicas) at once, each finds the same parts missing,
+/// and the parts ledger lets only one store each part. Whatever each copy is answered (202, or 503 to
+/// resend, which the edge does), the batch is counted once.
+async fn same_oversized_batch_sent_twice_at_once_is_counted_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    config.usage.max_rows_per_transaction = 2_000;
+    config.usage.writers = 2;
+    let app = TestApp::with_config(config, db).await;
+    let (body, total) = full_batch("twice-edge", 11);
+    let (a, b) = tokio::join!(
+        app.post("/api/v1/usage", Some(&app.admin_key), body.clone()),
+        app.post("/api/v1/usage", Some(&app.admin_key), body.clone()),
+    );
+    for answer in [a, b] {
+        if answer.status != StatusCode::ACCEPTED {
+            assert_eq!(
+                answer.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "a copy is stored or refused to be resent: {}",
+                answer.body
+            );
+            app.post("/api/v1/usage", Some(&app.admin_key), body.clone())
+                .await
+                .expect(StatusCode::ACCEPTED);
+        }
+    }
+    let sum: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(SUM(count) AS BIGINT) FROM usage_counts WHERE edge = 'twice-edge'",
+    )
+    .fetch_one(&app.state.db.pool)
+    .await
+    .expect("sum");
+    assert_eq!(
+        sum,
+        Some(total),
+        "the batch sent twice at once is counted once"
+    );
+    let failures: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM usage_failures WHERE edge = 'twice-edge'")
+            .fetch_one(&app.state.db.pool)
+            .await
+            .expect("failures");
+    assert_eq!(failures, 1_000, "its failure samples are stored once");
+    let reports: i64 = sqlx::query_scalar("SELECT reports FROM edges WHERE name = 'twice-edge'")
+        .fetch_one(&app.state.db.pool)
+        .await
+        .expect("edge");
+    assert_eq!(reports, 1, "the two copies are one report");
 }
