@@ -515,6 +515,18 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
             crate::encode_shared(&some),
         );
     }
+    // shared_state: a wake registry listing the poller, this follower with an entry about to lapse, and a
+    // VM gone.
+    let mut listed = published.clone();
+    listed.insert(
+        crate::shared_key(crate::WAKERS_SLOT),
+        edgewarden_filter::revocation_sync::wake::encode_registry(&[
+            (1, NOW * 1000 + 30_000),
+            (2, NOW * 1000 + 1_000),
+            (7, NOW * 1000 - 1),
+        ]),
+    );
+    add("shared_state", "wakers", crate::encode_shared(&listed));
     // headers: serialised maps like Envoy's, with the filter's header cases.
     let token = &tokens[2].1;
     let bearer = format!("Bearer {token}");

@@ -14,9 +14,11 @@ use edgewarden_core::revocation::RevocationSet;
 use edgewarden_filter::flow::{self, Outcome};
 use edgewarden_filter::headers::HeaderMap;
 use edgewarden_filter::host::CallResponse;
+use edgewarden_filter::host::Host as _;
 use edgewarden_filter::jwks_fetch::{self, Trigger};
 use edgewarden_filter::metrics::Metrics;
 use edgewarden_filter::revocation_sync;
+use edgewarden_filter::revocation_sync::wake::{self, Queues as _};
 use edgewarden_filter::state::VmState;
 use edgewarden_filter::usage;
 use serde_json::{json, Value};
@@ -515,7 +517,13 @@ pub fn feed_binary(data: &[u8]) {
 }
 
 /// The highest slot [`shared_key`] names (slots 11 to 74 are the delta ring).
-pub const LAST_SHARED_SLOT: u8 = 75;
+pub const LAST_SHARED_SLOT: u8 = 76;
+
+/// The slot of the Envoy instance id.
+const INSTANCE_SLOT: u8 = 75;
+
+/// The slot of the registry of VMs to wake after a change.
+pub const WAKERS_SLOT: u8 = 76;
 
 /// The shared-data keys the filter uses for the fixed control plane (`cp`, default feed path); checked
 /// against what a real poller writes by [`check_shared_keys`].
@@ -527,7 +535,9 @@ pub fn shared_key(slot: u8) -> String {
         2 => format!("{base}snapshot"),
         3..=10 => format!("{base}snapshot.part.{}", slot - 3),
         // The Envoy instance id the first VM of a process publishes for every VM to report.
-        LAST_SHARED_SLOT => "edgewarden.instance".to_string(),
+        INSTANCE_SLOT => "edgewarden.instance".to_string(),
+        // The VMs listed to be woken on their shared queues after the poller publishes.
+        WAKERS_SLOT => format!("{base}wakers"),
         _ => format!(
             "{base}delta.{}",
             u64::from(slot - 11) % revocation_sync::RING
@@ -588,8 +598,9 @@ pub fn encode_shared(entries: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
 
 /// `shared_state`: the proxy-wasm shared data another worker VM wrote (lease, mark, snapshot manifest and
 /// parts, delta ring), as described by [`shared_entries`]. A follower VM runs two timer ticks on it (catching
-/// up, or taking the lease over and republishing), decides a request with the state it ended with, and
-/// hands the lease back as a VM that shuts down does.
+/// up, or taking the lease over and republishing), lists itself in the wake registry and takes a wake-up
+/// ([`wake_registry`]), decides a request with the state it ended with, and hands the lease back and leaves
+/// the registry as a VM that shuts down does.
 pub fn shared_state(data: &[u8]) {
     static CHECKED: std::sync::Once = std::sync::Once::new();
     CHECKED.call_once(check_shared_keys);
@@ -597,7 +608,7 @@ pub fn shared_state(data: &[u8]) {
     for (key, value) in shared_entries(data) {
         host.shared.borrow_mut().insert(key, (value, 1));
     }
-    let vm = vm_with(fixtures::engine().clone(), 2, false);
+    let vm = vm_with(fixtures::engine().clone(), VM_ID, false);
     let Some(control) = &vm.control else {
         panic!("the fixed configuration has no control plane");
     };
@@ -606,6 +617,7 @@ pub fn shared_state(data: &[u8]) {
     host.now_ms += 100;
     let now_ms = host.now_ms;
     revocation_sync::on_tick(&mut host, control, now_ms);
+    wake_registry(&mut host, control);
     let bearer = format!("Bearer {}", fixture_token());
     host.headers = HeaderMap::from_pairs(&[
         (":method", "GET"),
@@ -614,6 +626,79 @@ pub fn shared_state(data: &[u8]) {
     ]);
     flow::process(&mut host, &vm, 1, false);
     revocation_sync::release(&mut host, control);
+    wake::unregister(&mut host, control);
+    if let Some((bytes, _)) = host.get_shared(&shared_key(WAKERS_SLOT)) {
+        assert!(
+            wake::decode_registry(&bytes)
+                .iter()
+                .all(|&(id, _)| id != VM_ID),
+            "a VM shutting down is still listed to be woken"
+        );
+    }
+}
+
+/// The VM id of the `shared_state` follower.
+const VM_ID: u64 = 2;
+
+/// Shared queues for [`wake_registry`]: every name resolves (each other VM listed has registered its
+/// queue), and what is enqueued where is recorded.
+#[derive(Default)]
+struct FuzzQueues {
+    ids: HashMap<String, u32>,
+    queued: HashMap<u32, Vec<Vec<u8>>>,
+}
+
+impl wake::Queues for FuzzQueues {
+    fn register(&mut self, name: &str) -> Option<u32> {
+        self.resolve(name)
+    }
+    fn resolve(&mut self, name: &str) -> Option<u32> {
+        let next = self.ids.len() as u32 + 1;
+        Some(*self.ids.entry(name.to_string()).or_insert(next))
+    }
+    fn enqueue(&mut self, queue: u32, value: &[u8]) -> bool {
+        self.queued.entry(queue).or_default().push(value.to_vec());
+        true
+    }
+    fn dequeue(&mut self, queue: u32) -> Option<Vec<u8>> {
+        self.queued.get_mut(&queue)?.pop()
+    }
+}
+
+/// The wake registry another VM wrote (slot [`WAKERS_SLOT`]): this VM lists itself with a fresh entry
+/// within the bound, wakes no queue of its own, takes only its own queue's `on_queue_ready`.
+fn wake_registry(host: &mut FuzzHost, control: &edgewarden_filter::state::Control) {
+    let now = host.now_ms;
+    let mut queues = FuzzQueues::default();
+    wake::keep_registered(host, &mut queues, control, now);
+    let Some((bytes, _)) = host.get_shared(&shared_key(WAKERS_SLOT)) else {
+        panic!("the VM did not list itself to be woken");
+    };
+    let entries = wake::decode_registry(&bytes);
+    assert!(
+        entries.len() <= wake::MAX_ENTRIES
+            && entries
+                .iter()
+                .any(|&(id, expires)| id == VM_ID
+                    && expires.saturating_sub(now) > wake::ENTRY_MS / 2),
+        "after registering, the registry does not list this VM with a fresh entry: {entries:?}"
+    );
+    let Some(&own) = queues.ids.values().next() else {
+        panic!("the VM registered no queue");
+    };
+    wake::wake_followers(host, &mut queues, control, now);
+    assert!(
+        !queues.queued.contains_key(&own),
+        "the VM woke its own queue"
+    );
+    queues.enqueue(own, &1u64.to_le_bytes());
+    assert!(wake::on_queue_ready(host, &mut queues, control, own));
+    assert!(!wake::on_queue_ready(
+        host,
+        &mut queues,
+        control,
+        own + 1000
+    ));
 }
 
 /// `headers`: the request-header buffer as Envoy serialises it (`proxy_get_header_map_pairs`, the buffer the
