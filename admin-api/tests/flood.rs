@@ -509,31 +509,48 @@ async fn oversized_batch_is_stored_in_parts_and_counted_once_when_resent(backend
     app.post("/api/v1/usage", Some(&app.admin_key), body)
         .await
         .expect(StatusCode::ACCEPTED);
-    let sum: Option<i64> = sqlx::query_scalar(
-        "SELECT CAST(SUM(count) AS BIGINT) FROM usage_counts WHERE edge = 'big-edge'",
-    )
-    .fetch_one(&app.state.db.pool)
-    .await
-    .expect("sum");
-    assert_eq!(sum, Some(total), "the resent batch is counted once");
-    let failures: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM usage_failures WHERE edge = 'big-edge'")
-            .fetch_one(&app.state.db.pool)
-            .await
-            .expect("failures");
-    assert_eq!(failures, 1_000);
-    let hourly: i64 = sqlx::query_scalar(
-        "SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM usage_hourly WHERE edge = 'big-edge'",
-    )
-    .fetch_one(&app.state.db.pool)
-    .await
-    .expect("hourly");
-    assert_eq!(hourly, total, "the rollup counts the batch once too");
-    let reports: i64 = sqlx::query_scalar("SELECT reports FROM edges WHERE name = 'big-edge'")
-        .fetch_one(&app.state.db.pool)
-        .await
-        .expect("edge");
-    assert_eq!(reports, 1, "the parts are one report");
+    let stored = Stored::of(&app, "big-edge").await;
+    assert_eq!(stored.counts, total, "the resent batch is counted once");
+    assert_eq!(stored.failures, 1_000);
+    assert_eq!(stored.hourly, total, "the rollup counts the batch once too");
+    assert_eq!(stored.reports, 1, "the parts are one report");
+}
+
+/// What the store holds of one edge's usage.
+struct Stored {
+    /// Decisions in the per-minute counts.
+    counts: i64,
+    /// Failure samples.
+    failures: i64,
+    /// Decisions in the hourly rollup.
+    hourly: i64,
+    /// Reports counted for the edge.
+    reports: i64,
+}
+
+impl Stored {
+    async fn of(app: &TestApp, edge: &str) -> Stored {
+        let pool = &app.state.db.pool;
+        let scalar = |sql: &'static str| async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(edge)
+                .fetch_one(pool)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        };
+        Stored {
+            counts: scalar(
+                "SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM usage_counts WHERE edge = $1",
+            )
+            .await,
+            failures: scalar("SELECT COUNT(*) FROM usage_failures WHERE edge = $1").await,
+            hourly: scalar(
+                "SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM usage_hourly WHERE edge = $1",
+            )
+            .await,
+            reports: scalar("SELECT reports FROM edges WHERE name = $1").await,
+        }
+    }
 }
 
 /// An edge that gave up waiting sends its batch again while the first copy is still being stored: with
@@ -564,26 +581,15 @@ async fn same_oversized_batch_sent_twice_at_once_is_counted_once(backend: Backen
                 .expect(StatusCode::ACCEPTED);
         }
     }
-    let sum: Option<i64> = sqlx::query_scalar(
-        "SELECT CAST(SUM(count) AS BIGINT) FROM usage_counts WHERE edge = 'twice-edge'",
-    )
-    .fetch_one(&app.state.db.pool)
-    .await
-    .expect("sum");
+    let stored = Stored::of(&app, "twice-edge").await;
     assert_eq!(
-        sum,
-        Some(total),
+        stored.counts, total,
         "the batch sent twice at once is counted once"
     );
-    let failures: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM usage_failures WHERE edge = 'twice-edge'")
-            .fetch_one(&app.state.db.pool)
-            .await
-            .expect("failures");
-    assert_eq!(failures, 1_000, "its failure samples are stored once");
-    let reports: i64 = sqlx::query_scalar("SELECT reports FROM edges WHERE name = 'twice-edge'")
-        .fetch_one(&app.state.db.pool)
-        .await
-        .expect("edge");
-    assert_eq!(reports, 1, "the two copies are one report");
+    assert_eq!(
+        stored.failures, 1_000,
+        "its failure samples are stored once"
+    );
+    assert_eq!(stored.hourly, total, "the rollup counts it once too");
+    assert_eq!(stored.reports, 1, "the two copies are one report");
 }
