@@ -622,7 +622,7 @@ async fn store_in_parts(
     p: &Prepared,
     max_rows: usize,
     stats: Option<&IngestStats>,
-) -> Result<usize, sqlx::Error> {
+) -> Result<usize, StoreError> {
     let Some(digest) = p.digest.as_deref() else {
         return store_group(db, bus, feed, &[p], None, stats)
             .await
@@ -869,8 +869,8 @@ pub struct Ingestor {
     jobs: tokio::sync::mpsc::UnboundedSender<JobBox>,
     room: Arc<tokio::sync::Semaphore>,
     capacity: u32,
-    /// Entries per second the writer managed lately (for `Retry-After`).
-    rate: Arc<AtomicU64>,
+    /// How fast the pipeline drained the queue lately (for `Retry-After`).
+    rate: Arc<DrainRate>,
     /// The threads that parse and prepare batches, at a lower CPU priority than the rest of the service.
     parsers: Parsers,
     /// Counters.
@@ -905,14 +905,14 @@ impl Ingestor {
             .max(config.usage.max_counts + config.usage.max_failures)
             .min(u32::MAX as usize / 2) as u32;
         let stats = Arc::new(IngestStats::default());
-        let rate = Arc::new(AtomicU64::new(0));
         let writers = match db.kind {
             db::DbKind::Sqlite => 1,
             db::DbKind::Postgres => config.usage.writers.max(1),
         };
+        let rate = Arc::new(DrainRate::new(writers));
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let mut tasks: Vec<JoinHandle<()>> = (0..writers)
-            .map(|_| {
+            .map(|index| {
                 tokio::spawn(writer(
                     db.clone(),
                     bus.clone(),
@@ -921,7 +921,7 @@ impl Ingestor {
                     rx.clone(),
                     detect_tx.clone(),
                     stats.clone(),
-                    rate.clone(),
+                    (rate.clone(), index),
                 ))
             })
             .collect();
@@ -932,6 +932,7 @@ impl Ingestor {
             detect_rx,
             stats.clone(),
             (room.clone(), capacity as usize),
+            rate.clone(),
         )));
         (
             Ingestor {
@@ -952,7 +953,7 @@ impl Ingestor {
     fn refusal(&self) -> Refusal {
         self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
         let queued = u64::from(self.capacity) - self.room.available_permits() as u64;
-        let rate = self.rate.load(Ordering::Relaxed).max(1);
+        let rate = self.rate.per_second();
         Refusal {
             retry_after: (queued / rate).clamp(1, 30),
             message: format!(
@@ -998,6 +999,74 @@ impl Ingestor {
     }
 }
 
+/// Why a group of batches was not stored.
+#[derive(Debug, thiserror::Error)]
+enum StoreError {
+    /// The database failed; nothing of the group was committed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// Another copy of the same batch (sent again before its first answer) stored this part first; this
+    /// copy rolled back and stored nothing.
+    #[error("part {part} of this batch was stored meanwhile by the same batch sent again")]
+    CopyStoredMeanwhile {
+        /// The part the other copy stored.
+        part: i64,
+    },
+}
+
+/// How fast this replica's pipeline drains its queue while busy, in queue entries per second, for
+/// `Retry-After`: each writer's rate over its last transaction (the writers work side by side, so their
+/// rates add up) and the detector's over its last run; the slower of the two stages bounds the drain.
+#[derive(Debug)]
+struct DrainRate {
+    writers: Vec<AtomicU64>,
+    detector: AtomicU64,
+}
+
+impl DrainRate {
+    fn new(writers: usize) -> Self {
+        Self {
+            writers: (0..writers).map(|_| AtomicU64::new(0)).collect(),
+            detector: AtomicU64::new(0),
+        }
+    }
+
+    /// Queue entries per second of `elapsed`.
+    fn of(entries: usize, elapsed: Duration) -> u64 {
+        (entries as f64 / elapsed.as_secs_f64().max(0.000_1)) as u64
+    }
+
+    /// Writer `index` stored `entries` queue entries in `elapsed`.
+    fn writer_took(&self, index: usize, entries: usize, elapsed: Duration) {
+        if let Some(slot) = self.writers.get(index) {
+            slot.store(Self::of(entries, elapsed), Ordering::Relaxed);
+        }
+    }
+
+    /// The detector examined `entries` queue entries in `elapsed`.
+    fn detector_took(&self, entries: usize, elapsed: Duration) {
+        self.detector
+            .store(Self::of(entries, elapsed), Ordering::Relaxed);
+    }
+
+    /// Entries per second the queue drains at, at least 1.
+    fn per_second(&self) -> u64 {
+        let writers: u64 = self.writers.iter().map(|w| w.load(Ordering::Relaxed)).sum();
+        let detector = self.detector.load(Ordering::Relaxed);
+        match (writers, detector) {
+            (0, d) => d,
+            (w, 0) => w,
+            (w, d) => w.min(d),
+        }
+        .max(1)
+    }
+}
+
+/// The room in the queue a group of jobs holds, in entries.
+fn queued_entries(group: &[Job]) -> usize {
+    group.iter().map(|j| j._room.num_permits()).sum()
+}
+
 fn stopped() -> Refusal {
     Refusal {
         retry_after: 5,
@@ -1017,7 +1086,7 @@ async fn writer(
     rx: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<JobBox>>>,
     detect: tokio::sync::mpsc::Sender<Vec<Job>>,
     stats: Arc<IngestStats>,
-    rate: Arc<AtomicU64>,
+    (rate, index): (Arc<DrainRate>, usize),
 ) {
     let mut next: Option<Job> = None;
     loop {
@@ -1071,8 +1140,7 @@ async fn writer(
         stats
             .write_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let elapsed = started.elapsed().as_secs_f64().max(0.000_1);
-        rate.store((rows as f64 / elapsed) as u64, Ordering::Relaxed);
+        rate.writer_took(index, queued_entries(&group), started.elapsed());
         stats.transactions.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(()) => {
@@ -1080,7 +1148,18 @@ async fn writer(
                     return;
                 }
             }
-            Err(e) => {
+            Err(StoreError::CopyStoredMeanwhile { part }) => {
+                // Not a fault: an edge sent this batch again while its first copy was being stored, and
+                // that copy stored the part first. The resend finds every stored part in the ledger.
+                tracing::info!(part, "a usage batch sent twice at once: the other copy stored part {part} first; this copy is told to resend");
+                for job in group {
+                    let _ = job.reply.send(Err(Refusal {
+                        retry_after: 1,
+                        message: format!("the same usage batch is being stored by another request (it was sent again before the first answer); this copy stored nothing: resend it, and the parts already stored will not be counted twice (part {part} was stored meanwhile)"),
+                    }));
+                }
+            }
+            Err(StoreError::Database(e)) => {
                 tracing::error!(error = %e, batches = group.len(), rows, "cannot store usage batches; their edges are told to resend");
                 for job in group {
                     let _ = job.reply.send(Err(Refusal {
@@ -1134,6 +1213,7 @@ async fn detector(
     mut rx: tokio::sync::mpsc::Receiver<Vec<Job>>,
     stats: Arc<IngestStats>,
     (room, capacity): (Arc<tokio::sync::Semaphore>, usize),
+    rate: Arc<DrainRate>,
 ) {
     let mut logged = (std::time::Instant::now(), [0; 5]);
     loop {
@@ -1178,10 +1258,11 @@ async fn detector(
             }
         }
         // Nothing in flight but this group: the refreshes held back are written before it is answered.
-        let own: usize = group.iter().map(|j| j._room.num_permits()).sum();
+        let own = queued_entries(&group);
         if capacity.saturating_sub(room.available_permits()) <= own && detector.holding() {
             write_held(&detector, &stats).await;
         }
+        rate.detector_took(queued_entries(&group), started.elapsed());
         stats
             .detect_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -1308,7 +1389,7 @@ async fn store_group(
     group: &[&Prepared],
     ledger: Option<(&str, i64)>,
     stats: Option<&IngestStats>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), StoreError> {
     let now = now();
     type RowKey<'a> = (i64, &'a str, &'a CountKey);
     let mut counts: BTreeMap<RowKey<'_>, i64> = BTreeMap::new();
@@ -1540,9 +1621,7 @@ async fn store_group(
         .rows_affected();
         if claimed == 0 {
             tx.rollback().await?;
-            return Err(sqlx::Error::Protocol(format!(
-                "part {done} of this batch was stored meanwhile by the same batch sent again"
-            )));
+            return Err(StoreError::CopyStoredMeanwhile { part: done });
         }
     }
     tx.commit().await?;
@@ -2053,5 +2132,29 @@ mod tests {
         assert_eq!(token_key(&Some("j".into()), &Some("f".into())), "j");
         assert_eq!(token_key(&None, &Some("f".into())), "fp:f");
         assert_eq!(token_key(&None, &None), "");
+    }
+
+    #[test]
+    fn the_drain_rate_adds_the_writers_up_and_is_bounded_by_the_detector() {
+        let rate = DrainRate::new(2);
+        assert_eq!(rate.per_second(), 1, "nothing measured yet");
+        rate.writer_took(0, 1_000, Duration::from_millis(100));
+        assert_eq!(rate.per_second(), 10_000);
+        rate.writer_took(1, 2_000, Duration::from_millis(100));
+        assert_eq!(rate.per_second(), 30_000, "two writers store side by side");
+        rate.detector_took(1_000, Duration::from_millis(50));
+        assert_eq!(
+            rate.per_second(),
+            20_000,
+            "the detector is the slower stage"
+        );
+        rate.detector_took(10_000, Duration::from_millis(100));
+        assert_eq!(
+            rate.per_second(),
+            30_000,
+            "the writers are the slower stage"
+        );
+        rate.writer_took(7, 1, Duration::from_secs(1));
+        assert_eq!(rate.per_second(), 30_000, "no such writer: ignored");
     }
 }
