@@ -1,4 +1,4 @@
-//! `cargo xtask fuzz [target] [--minutes N | --seconds N] [--merge] [--seeds]`: coverage-guided fuzzing of
+//! `cargo xtask fuzz [target] [--minutes N | --seconds N] [--plateau M] [--merge] [--seeds]`: coverage-guided fuzzing of
 //! every parser that reads outside bytes, with AFL++ through `cargo-afl` (stable Rust; libFuzzer needs
 //! nightly). The targets are in `fuzz/` (its own workspace), built with AFL++ instrumentation into
 //! `target/afl`. Each run first replays the target's corpus (`fuzz/corpus/<target>/`) with the instrumented
@@ -63,6 +63,7 @@ fn cargo() -> String {
 pub fn run(args: &[String]) -> Result<()> {
     let mut targets: Vec<&str> = Vec::new();
     let mut seconds = 10 * 60;
+    let mut plateau: Option<u64> = None;
     let mut merge = false;
     let mut seeds = false;
     let mut rest = args.iter();
@@ -74,12 +75,18 @@ pub fn run(args: &[String]) -> Result<()> {
                 };
                 seconds = if arg == "--minutes" { value * 60 } else { value };
             }
+            "--plateau" => {
+                let Some(value) = rest.next().and_then(|v| v.parse::<u64>().ok()).filter(|v| *v > 0) else {
+                    bail!("--plateau needs a whole number of minutes without a new path, for example `--plateau 5`");
+                };
+                plateau = Some(value * 60);
+            }
             "--merge" => merge = true,
             "--seeds" => seeds = true,
             name => match TARGETS.iter().find(|t| **t == name) {
                 Some(t) => targets.push(t),
                 None => bail!(
-                    "unknown fuzz target or option `{name}`: the targets are {}; options --minutes N, --seconds N, --merge, --seeds",
+                    "unknown fuzz target or option `{name}`: the targets are {}; options --minutes N, --seconds N, --plateau M, --merge, --seeds",
                     TARGETS.join(", ")
                 ),
             },
@@ -96,7 +103,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut reports = Vec::new();
     for target in &targets {
         replay(target)?;
-        let report = fuzz(target, seconds)?;
+        let report = fuzz(target, seconds, plateau)?;
         if merge {
             merge_queue(target)?;
         }
@@ -116,7 +123,7 @@ pub fn smoke() -> Result<()> {
     let mut reports = Vec::new();
     for target in TARGETS.iter().filter(|t| **t != "admin") {
         replay(target)?;
-        reports.push(fuzz(target, SMOKE_SECONDS)?);
+        reports.push(fuzz(target, SMOKE_SECONDS, None)?);
     }
     summarize(&reports)
 }
@@ -237,11 +244,30 @@ struct Report {
     crashes: u64,
     hangs: u64,
     last_find: u64,
+    /// Seconds AFL ran (shorter than `seconds` when it stopped at a plateau).
+    run_time: u64,
+    /// The plateau asked for (seconds without a new path), if any.
+    plateau: Option<u64>,
 }
 
-/// Runs afl-fuzz on `target` for `seconds` from its corpus into a fresh `target/afl/out/<target>`.
-fn fuzz(target: &str, seconds: u64) -> Result<Report> {
-    util::step(&format!("{target}: AFL++ for {seconds} s"));
+impl Report {
+    /// Whether the run ended with no new path for the plateau's length: AFL stopped early for it, or the
+    /// last new path came that long before the end.
+    fn at_plateau(&self) -> Option<bool> {
+        self.plateau
+            .map(|quiet| self.run_time.saturating_sub(self.last_find) >= quiet.saturating_sub(1))
+    }
+}
+
+/// Runs afl-fuzz on `target` for `seconds` from its corpus into a fresh `target/afl/out/<target>`; with
+/// `plateau`, it stops earlier once that many seconds pass without a new path (AFL++'s `AFL_EXIT_ON_TIME`).
+fn fuzz(target: &str, seconds: u64, plateau: Option<u64>) -> Result<Report> {
+    match plateau {
+        Some(quiet) => util::step(&format!(
+            "{target}: AFL++ until {quiet} s pass without a new path, at most {seconds} s"
+        )),
+        None => util::step(&format!("{target}: AFL++ for {seconds} s")),
+    }
     let out = output_dir(target);
     if out.exists() {
         std::fs::remove_dir_all(&out)?;
@@ -263,10 +289,14 @@ fn fuzz(target: &str, seconds: u64) -> Result<Report> {
         // Two cores shared with builds and other runs: calibrate quickly, and do not stop on a slow seed.
         .env("AFL_FAST_CAL", "1")
         .env("AFL_NO_CRASH_README", "1");
+    if let Some(quiet) = plateau {
+        cmd.env("AFL_EXIT_ON_TIME", quiet.to_string());
+    }
     let status = cmd
         .status()
         .map_err(|e| util::Error::msg(format!("cannot start cargo afl fuzz: {e}")))?;
-    let report = read_stats(target, seconds, &out.join("default/fuzzer_stats"))?;
+    let mut report = read_stats(target, seconds, &out.join("default/fuzzer_stats"))?;
+    report.plateau = plateau;
     if !status.success() {
         bail!("afl-fuzz failed on {target} with {status} (its output above says why)");
     }
@@ -302,6 +332,8 @@ fn read_stats(target: &str, seconds: u64, path: &Path) -> Result<Report> {
         crashes: int("saved_crashes"),
         hangs: int("saved_hangs"),
         last_find: last_find.saturating_sub(start),
+        run_time: int("run_time"),
+        plateau: None,
     })
 }
 
@@ -352,7 +384,7 @@ fn merge_queue(target: &str) -> Result<()> {
 fn summarize(reports: &[Report]) -> Result<()> {
     util::step("fuzzing figures");
     println!(
-        "    {:<16} {:>6} {:>12} {:>9} {:>7} {:>15} {:>10} {:>7} {:>6}",
+        "    {:<16} {:>6} {:>12} {:>9} {:>7} {:>15} {:>10} {:>8} {:>7} {:>6}",
         "target",
         "secs",
         "executions",
@@ -360,19 +392,30 @@ fn summarize(reports: &[Report]) -> Result<()> {
         "corpus",
         "edges",
         "last find",
+        "plateau",
         "crashes",
         "hangs"
     );
     for r in reports {
+        let plateau = match r.at_plateau() {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "-",
+        };
         println!(
-            "    {:<16} {:>6} {:>12} {:>9.0} {:>7} {:>15} {:>9}s {:>7} {:>6}",
+            "    {:<16} {:>6} {:>12} {:>9.0} {:>7} {:>15} {:>9}s {:>8} {:>7} {:>6}",
             r.target,
-            r.seconds,
+            if r.run_time > 0 {
+                r.run_time
+            } else {
+                r.seconds
+            },
             r.execs,
             r.execs_per_sec,
             r.corpus,
             format!("{}/{}", r.edges, r.total_edges),
             r.last_find,
+            plateau,
             r.crashes,
             r.hangs
         );

@@ -47,6 +47,7 @@ commands:
             the plugin configuration, the revocation feed (JSON and binary), shared state, header maps, admin API
             bodies; replays fuzz/corpus/<target> first; prints executions, corpus, edges, crashes and hangs
             usage: cargo xtask fuzz [target] [--minutes <per target, default 10>] [--seconds <n>]
+                   [--plateau <m>: stop a target once m minutes pass without a new path]
                    [--merge: add inputs with new coverage to fuzz/corpus] [--seeds: rewrite the seed corpora]
   bench     compare Envoy without auth, Envoy's native jwt_authn and EdgeWarden (ES256 and RS256), then
             the admin API's feed and usage ingestion on SQLite and PostgreSQL (100,000 revocations, 1,000 edges) and 10,000 edges long-polling one replica,
