@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use edgewarden_core::cache::CacheOutcome;
 use edgewarden_core::challenge;
-use edgewarden_core::config::{strip_cookie, strip_query_param, StripAction};
+use edgewarden_core::config::{strip_cookie, strip_query_param, DecisionProperties, StripAction};
 use edgewarden_core::decision::{Decision, Reason, Verdict};
 use edgewarden_core::engine::Request;
 use edgewarden_core::revocation::{NoRevocations, RevocationView};
@@ -180,28 +180,75 @@ pub const DECISION_PROPERTIES: [&str; 5] = [
     "edgewarden.jti",
 ];
 
+/// The one property `"decision_properties": "one"` sets: every field as logfmt `key=value` pairs.
+pub const DECISION_PROPERTY: &str = "edgewarden.decision";
+
 /// Longest claim value published as a property; longer ones are cut (at a character boundary).
 pub const MAX_PROPERTY_BYTES: usize = 256;
 
-/// Publishes the decision for the access log and later filters: one property per field, so each costs one host
-/// call and an access log or RBAC rule reads each alone. Only claims of a verified token are published, never
-/// the token itself, and a claim is cut to [`MAX_PROPERTY_BYTES`] without control characters (an access log
-/// line must not be split by a claim).
+/// Publishes the decision for the access log and later filters as `decision_properties` says: one property per
+/// field (each one host call, and an access log or RBAC rule reads each alone), or all of them in one, or none.
+/// Only claims of a verified token are published, never the token itself, and a claim is cut to
+/// [`MAX_PROPERTY_BYTES`] without control characters (an access log line must not be split by a claim).
 fn publish_decision(host: &mut dyn Host, settings: &Settings, decision: &Decision) {
     let [reason, rule, sub, client_id, jti] = DECISION_PROPERTIES;
-    host.set_request_property(reason, decision.reason.as_str());
-    host.set_request_property(rule, settings.route_label(decision.rule));
-    if let Some(token) = &decision.token {
-        for (name, value) in [
+    let claims = decision.token.as_ref().map(|token| {
+        [
             (sub, &token.sub),
             (client_id, &token.client_id),
             (jti, &token.jti),
-        ] {
-            if let Some(value) = value {
-                host.set_request_property(name, &loggable(value));
+        ]
+    });
+    match settings.decision_properties {
+        DecisionProperties::None => {}
+        DecisionProperties::Each => {
+            host.set_request_property(reason, decision.reason.as_str());
+            host.set_request_property(rule, settings.route_label(decision.rule));
+            for (name, value) in claims.iter().flatten() {
+                if let Some(value) = value {
+                    host.set_request_property(name, &loggable(value));
+                }
             }
         }
+        DecisionProperties::One => {
+            let mut line = String::with_capacity(256);
+            logfmt_pair(&mut line, reason, decision.reason.as_str());
+            logfmt_pair(&mut line, rule, settings.route_label(decision.rule));
+            for (name, value) in claims.iter().flatten() {
+                if let Some(value) = value {
+                    logfmt_pair(&mut line, name, &loggable(value));
+                }
+            }
+            host.set_request_property(DECISION_PROPERTY, &line);
+        }
     }
+}
+
+/// Appends ` key=value` (no leading space for the first pair), `key` being the property name without its
+/// `edgewarden.` prefix; a value that is empty or holds a space, `=`, `"` or a backslash is quoted, with `"` and
+/// backslashes escaped, as logfmt parsers expect.
+fn logfmt_pair(line: &mut String, property: &str, value: &str) {
+    if !line.is_empty() {
+        line.push(' ');
+    }
+    line.push_str(property.strip_prefix("edgewarden.").unwrap_or(property));
+    line.push('=');
+    let special = |b: &u8| matches!(b, b' ' | b'=' | b'"' | b'\\');
+    if !value.is_empty() && !value.as_bytes().iter().any(special) {
+        line.push_str(value);
+        return;
+    }
+    line.push('"');
+    // Split at the ASCII bytes to escape: every other byte, multi-byte characters included, is copied as it is.
+    let mut rest = value;
+    while let Some(at) = rest.bytes().position(|b| b == b'"' || b == b'\\') {
+        line.push_str(&rest[..at]);
+        line.push('\\');
+        line.push_str(&rest[at..=at]);
+        rest = &rest[at + 1..];
+    }
+    line.push_str(rest);
+    line.push('"');
 }
 
 /// `value` without control characters, at most [`MAX_PROPERTY_BYTES`] long; borrowed when it already is.

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use edgewarden_core::cache::TokenCache;
+use edgewarden_core::config::DecisionProperties;
 use edgewarden_core::config::RuleConfig;
 use edgewarden_core::config::TokenSource;
 use edgewarden_core::engine::Engine;
@@ -35,6 +36,8 @@ pub struct Settings {
     pub realm: String,
     /// The route label usage reports carry for each rule (its `prefix` or `path`); [`DEFAULT_ROUTE`] for none.
     pub route_labels: Vec<String>,
+    /// How each decision is published as request properties.
+    pub decision_properties: DecisionProperties,
 }
 
 /// The route label of requests that match no rule (they need a valid token, the secure default).
@@ -108,6 +111,7 @@ impl VmState {
             report_only: config.report_only,
             realm: config.realm.clone(),
             route_labels: config.rules.iter().map(route_label).collect(),
+            decision_properties: config.decision_properties,
         };
         let control = config.control_plane.as_ref().map(|cp| Control {
             revocation: RefCell::new(EdgeRevocationState::from_config(config)),

@@ -73,6 +73,11 @@ impl Host for FuzzHost {
     }
 
     fn set_request_property(&mut self, name: &str, value: &str) {
+        // An access log line must never be split by a published claim.
+        assert!(
+            !value.chars().any(char::is_control),
+            "request property {name} holds a control character: {value:?}"
+        );
         std::hint::black_box((name, value));
     }
 

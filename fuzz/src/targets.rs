@@ -136,6 +136,7 @@ pub fn generated_config(o: &[u8; 8]) -> Value {
         .collect();
     let roles_claim = ["roles", "realm_access.roles", "groups"][usize::from(o[5] % 3)];
     let max_token_bytes = [8192, 512, 4096, 16384][usize::from(o[5] >> 2 & 3)];
+    let decision_properties = ["each", "one", "none", "each"][usize::from(o[5] >> 4 & 3)];
     let mut config = json!({
         "issuers": [
             {"issuer": fixtures::ISSUER, "audiences": audiences(o[3]), "jwks": fixtures::inline_jwks()},
@@ -150,6 +151,7 @@ pub fn generated_config(o: &[u8; 8]) -> Value {
         "clock_skew_seconds": u64::from(o[2] % 31) * 10,
         "roles_claim": roles_claim,
         "max_token_bytes": max_token_bytes,
+        "decision_properties": decision_properties,
     });
     if bit(o[1], 3) {
         config["allowed_typ"] = json!(["at+jwt", "application/jwt"]);

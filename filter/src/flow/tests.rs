@@ -731,6 +731,47 @@ fn every_decision_is_published_as_request_properties_never_the_token() {
 }
 
 #[test]
+fn one_decision_property_holds_every_field_as_logfmt_and_none_sets_nothing() {
+    let mut c = claims("alice smith", NOW + 3600);
+    c["jti"] = json!("jti-1");
+    c["client_id"] = json!("a\"b\\c=d");
+    let token = mint(&keypair(1), "k1", c);
+
+    let one = vm(json!({"decision_properties": "one"}));
+    let mut host = FakeHost::new();
+    host.request(2, "/api/orders", &[("authorization", &bearer(&token))]);
+    assert_eq!(process(&mut host, &one, 2, true), Outcome::Continue);
+    assert_eq!(
+        host.properties.get(&2).cloned().unwrap_or_default(),
+        [(
+            "edgewarden.decision".to_string(),
+            r#"reason=allowed rule=* sub="alice smith" client_id="a\"b\\c=d" jti=jti-1"#
+                .to_string()
+        )]
+    );
+    // A refusal before verification: the reason and the rule only.
+    host.request(3, "/public/x", &[("authorization", "Bearer not-a-token")]);
+    process(&mut host, &one, 3, true);
+    assert_eq!(
+        host.property(3, "edgewarden.decision").as_deref(),
+        Some("reason=malformed rule=/public")
+    );
+    assert_eq!(host.property(3, "edgewarden.reason"), None);
+
+    let none = vm(json!({"decision_properties": "none"}));
+    let mut host = FakeHost::new();
+    host.request(2, "/api/orders", &[("authorization", &bearer(&token))]);
+    assert_eq!(process(&mut host, &none, 2, true), Outcome::Continue);
+    host.request(3, "/api/orders", &[]);
+    assert_eq!(process(&mut host, &none, 3, true), Outcome::Denied);
+    assert!(
+        host.properties.values().all(Vec::is_empty),
+        "{:?}",
+        host.properties
+    );
+}
+
+#[test]
 fn published_claims_lose_control_characters_and_are_bounded() {
     let vm = vm(json!({}));
     let mut host = FakeHost::new();

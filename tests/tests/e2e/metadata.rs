@@ -2,7 +2,8 @@
 //! `envoy/demo.yaml` ships (taken from the file, so the demo cannot drift from what is tested) writes every
 //! request's `%DYNAMIC_METADATA(edgewarden:...)%` (reason, rule, sub, client_id, jti) to an access log file, read
 //! back here: allowed and refused requests alike, only claims of verified tokens, never the token.
-//! The filter's own filter state (`%FILTER_STATE(wasm.edgewarden.reason:PLAIN)%`) is checked beside it.
+//! The filter's own filter state (`%FILTER_STATE(wasm.edgewarden.reason:PLAIN)%`) is checked beside it, and with
+//! `"decision_properties": "one"` the single logfmt property `wasm.edgewarden.decision` instead.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -54,9 +55,15 @@ async fn stack() -> (Stack, PathBuf) {
     );
     format["json_format"]["filter_state_reason"] =
         json!("%FILTER_STATE(wasm.edgewarden.reason:PLAIN)%");
+    logged_stack(base_config(), format, Some(lua)).await
+}
+
+/// Envoy with EdgeWarden configured by `config`, its access log in `format` written to `access.log` in a fresh
+/// directory, and `lua` after EdgeWarden if given.
+async fn logged_stack(config: Value, format: Value, lua: Option<Value>) -> (Stack, PathBuf) {
     let log_path = Arc::new(Mutex::new(PathBuf::new()));
     let written = Arc::clone(&log_path);
-    let stack = Stack::start_customised(base_config(), json!({"keys": []}), &[], move |bootstrap, dir| {
+    let stack = Stack::start_customised(config, json!({"keys": []}), &[], move |bootstrap, dir| {
         let path = dir.join("access.log");
         *written.lock().expect("path lock") = path.clone();
         let manager = &mut bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
@@ -69,10 +76,12 @@ async fn stack() -> (Stack, PathBuf) {
                 "log_format": format
             }
         }]);
-        manager["http_filters"]
-            .as_array_mut()
-            .expect("http_filters")
-            .insert(1, lua);
+        if let Some(lua) = lua {
+            manager["http_filters"]
+                .as_array_mut()
+                .expect("http_filters")
+                .insert(1, lua);
+        }
     })
     .await;
     let path = log_path.lock().expect("path lock").clone();
@@ -84,6 +93,28 @@ fn lines(text: &str) -> Vec<Value> {
     text.lines()
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect()
+}
+
+/// The access log's text once it has `n` lines (Envoy writes its access log files out every 10 s, its default
+/// flush interval).
+async fn log_lines(log: &Path, n: usize) -> String {
+    let (text, _) = eventually(
+        &format!("an access log line for each of the {n} requests"),
+        Duration::from_secs(30),
+        || {
+            let log = log.to_path_buf();
+            async move {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if lines(&text).len() >= n {
+                    Ok(text)
+                } else {
+                    Err(format!("{} lines so far: {text}", lines(&text).len()))
+                }
+            }
+        },
+    )
+    .await;
+    text
 }
 
 #[tokio::test]
@@ -121,23 +152,7 @@ async fn every_decision_reaches_the_access_log_through_dynamic_metadata() {
         let answer = request.send().await.expect("request through envoy");
         assert_eq!(answer.status(), status, "{path}");
     }
-    // Envoy writes its access log files out every 10 s (its default flush interval).
-    let (text, _) = eventually(
-        "an access log line for each of the five requests",
-        Duration::from_secs(30),
-        || {
-            let log = log.clone();
-            async move {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if lines(&text).len() >= 5 {
-                    Ok(text)
-                } else {
-                    Err(format!("{} lines so far: {text}", lines(&text).len()))
-                }
-            }
-        },
-    )
-    .await;
+    let text = log_lines(&log, 5).await;
     for token in [&allowed, &expired, &forged] {
         let signature = token.rsplit('.').next().unwrap_or_default();
         assert!(
@@ -227,4 +242,66 @@ async fn every_decision_reaches_the_access_log_through_dynamic_metadata() {
         assert_eq!(fields(&line), want.to_vec(), "{path}: {line}");
     }
     assert_eq!(by_path("/read/expired")["status"], json!(401));
+}
+
+#[tokio::test]
+async fn one_decision_property_reaches_the_access_log_as_logfmt() {
+    let mut config = base_config();
+    config["decision_properties"] = json!("one");
+    let format = json!({"json_format": {
+        "path": "%REQ(:PATH)%",
+        "decision": "%FILTER_STATE(wasm.edgewarden.decision:PLAIN)%",
+        "reason": "%FILTER_STATE(wasm.edgewarden.reason:PLAIN)%"
+    }});
+    let (stack, log) = logged_stack(config, format, None).await;
+    let allowed = TokenBuilder::new(TestKey::Es256A)
+        .subject("meta carol")
+        .claim("client_id", "billing")
+        .claim("jti", "jti-meta-3")
+        .scope("read")
+        .sign();
+    let forged = TokenBuilder::new(TestKey::Rs256A)
+        .header("kid", TestKey::Es256A.kid())
+        .header("alg", "ES256")
+        .subject("meta-mallory")
+        .sign();
+    for (path, token, status) in [
+        ("/read/one-allowed", &allowed, 200),
+        ("/read/one-forged", &forged, 401),
+    ] {
+        let answer = stack
+            .get_with_token(path, token)
+            .send()
+            .await
+            .expect("request through envoy");
+        assert_eq!(answer.status(), status, "{path}");
+    }
+    let text = log_lines(&log, 2).await;
+    let got: Vec<(Value, Value, Value)> = lines(&text)
+        .into_iter()
+        .map(|l| {
+            (
+                l["path"].clone(),
+                l["decision"].clone(),
+                l["reason"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                json!("/read/one-allowed"),
+                json!(
+                    "reason=allowed rule=/read sub=\"meta carol\" client_id=billing jti=jti-meta-3"
+                ),
+                Value::Null
+            ),
+            (
+                json!("/read/one-forged"),
+                json!("reason=bad_signature rule=/read"),
+                Value::Null
+            ),
+        ]
+    );
 }

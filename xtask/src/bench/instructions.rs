@@ -64,7 +64,30 @@ enum Proxy {
         demo: bool,
         cache: bool,
         build: usize,
+        props: Props,
     },
+}
+
+/// EdgeWarden's `decision_properties`: what publishing the decision costs per request.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Props {
+    /// The default, one property per field.
+    Each,
+    /// `"one"`: every field in one property.
+    One,
+    /// `"none"`.
+    None,
+}
+
+impl Props {
+    /// The plugin configuration field that selects it (the default sets nothing).
+    fn field(self) -> &'static str {
+        match self {
+            Props::Each => "",
+            Props::One => r#""decision_properties": "one", "#,
+            Props::None => r#""decision_properties": "none", "#,
+        }
+    }
 }
 
 impl Proxy {
@@ -74,13 +97,23 @@ impl Proxy {
             Proxy::Floor => "proxy-wasm floor".to_string(),
             Proxy::JwtAuthn { cache: true } => "jwt_authn".to_string(),
             Proxy::JwtAuthn { cache: false } => "jwt_authn (no cache)".to_string(),
-            Proxy::EdgeWarden { demo, cache, build } => {
+            Proxy::EdgeWarden {
+                demo,
+                cache,
+                build,
+                props,
+            } => {
                 let mut s = "edgewarden".to_string();
                 if build > 0 {
                     let _ = write!(s, " --against #{build}");
                 }
                 if demo {
                     s.push_str(" demo config");
+                }
+                match props {
+                    Props::Each => {}
+                    Props::One => s.push_str(" one property"),
+                    Props::None => s.push_str(" no properties"),
                 }
                 if !cache {
                     s.push_str(" (no cache)");
@@ -123,6 +156,7 @@ fn plan(against: usize) -> Vec<(Proxy, Vec<Pool>)> {
                 demo: false,
                 cache: true,
                 build,
+                props: Props::Each,
             },
             both.clone(),
         ));
@@ -131,8 +165,21 @@ fn plan(against: usize) -> Vec<(Proxy, Vec<Pool>)> {
                 demo: true,
                 cache: true,
                 build,
+                props: Props::Each,
             },
             both.clone(),
+        ));
+    }
+    // What `decision_properties` saves, on the pool with the default configuration otherwise.
+    for props in [Props::One, Props::None] {
+        plan.push((
+            Proxy::EdgeWarden {
+                demo: false,
+                cache: true,
+                build: 0,
+                props,
+            },
+            vec![Pool::Distinct],
         ));
     }
     plan.push((Proxy::JwtAuthn { cache: false }, vec![Pool::Distinct]));
@@ -142,6 +189,7 @@ fn plan(against: usize) -> Vec<(Proxy, Vec<Pool>)> {
                 demo: false,
                 cache: false,
                 build,
+                props: Props::Each,
             },
             vec![Pool::Distinct],
         ));
@@ -317,11 +365,12 @@ impl Counted {
         let mut values = BTreeMap::new();
         values.insert("listener_port", listener_port.to_string());
         values.insert("admin_port", admin_port.to_string());
-        let (template, demo) = match proxy {
-            Proxy::None => ("bench-none.yaml", false),
+        let mut fields = String::new();
+        let template = match proxy {
+            Proxy::None => "bench-none.yaml",
             Proxy::Floor => {
                 values.insert("wasm_path", wasm.display().to_string());
-                ("bench-floor.yaml", false)
+                "bench-floor.yaml"
             }
             Proxy::JwtAuthn { cache } => {
                 values.insert("jwks", jwks.to_string());
@@ -333,29 +382,35 @@ impl Counted {
                         "# jwt_cache_config left out: no cache".to_string()
                     },
                 );
-                ("bench-jwt-authn.yaml", false)
+                "bench-jwt-authn.yaml"
             }
-            Proxy::EdgeWarden { demo, cache, .. } => {
+            Proxy::EdgeWarden {
+                demo, cache, props, ..
+            } => {
                 values.insert("jwks", jwks.to_string());
                 values.insert("wasm_path", wasm.display().to_string());
                 values.insert(
                     "cache_entries",
                     if cache { "10000" } else { "0" }.to_string(),
                 );
-                ("bench-edgewarden.yaml", demo)
+                if demo {
+                    fields.push_str(DEMO_FIELDS);
+                }
+                fields.push_str(props.field());
+                "bench-edgewarden.yaml"
             }
         };
         let path = util::project_root().join("envoy").join(template);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| util::Error::msg(format!("cannot read {}: {e}", path.display())))?;
         let mut config = util::render(&text, &values, template)?;
-        if demo {
-            // The demo's fields go in front of the bench configuration's own `cache` field.
+        if !fields.is_empty() {
+            // The scenario's fields go in front of the bench configuration's own `cache` field.
             let anchor = "\"cache\":";
             if config.matches(anchor).count() != 1 {
-                bail!("{template}: expected exactly one `{anchor}` in the plugin configuration to put the demo's fields before");
+                bail!("{template}: expected exactly one `{anchor}` in the plugin configuration to put the scenario's fields before");
             }
-            config = config.replacen(anchor, &format!("{DEMO_FIELDS}{anchor}"), 1);
+            config = config.replacen(anchor, &format!("{fields}{anchor}"), 1);
         }
         let name = format!(
             "instructions-{}-{}",
