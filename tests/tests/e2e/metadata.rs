@@ -117,6 +117,15 @@ async fn log_lines(log: &Path, n: usize) -> String {
     text
 }
 
+/// A token signed by a key the issuer does not have under that kid: never verified, so nothing of it is published.
+fn forged() -> String {
+    TokenBuilder::new(TestKey::Rs256A)
+        .header("kid", TestKey::Es256A.kid())
+        .header("alg", "ES256")
+        .subject("meta-mallory")
+        .sign()
+}
+
 #[tokio::test]
 async fn every_decision_reaches_the_access_log_through_dynamic_metadata() {
     let (stack, log) = stack().await;
@@ -131,12 +140,7 @@ async fn every_decision_reaches_the_access_log_through_dynamic_metadata() {
         .claim("jti", "jti-meta-2")
         .expires_in(-3600)
         .sign();
-    // Signed by a key the issuer does not have under that kid: never verified, so nothing of it is published.
-    let forged = TokenBuilder::new(TestKey::Rs256A)
-        .header("kid", TestKey::Es256A.kid())
-        .header("alg", "ES256")
-        .subject("meta-mallory")
-        .sign();
+    let forged = forged();
     let requests: [(&str, Option<&str>, u16); 5] = [
         ("/read/allowed", Some(&allowed), 200),
         ("/admin/needs-scope", Some(&allowed), 403),
@@ -260,11 +264,7 @@ async fn one_decision_property_reaches_the_access_log_as_logfmt() {
         .claim("jti", "jti-meta-3")
         .scope("read")
         .sign();
-    let forged = TokenBuilder::new(TestKey::Rs256A)
-        .header("kid", TestKey::Es256A.kid())
-        .header("alg", "ES256")
-        .subject("meta-mallory")
-        .sign();
+    let forged = forged();
     for (path, token, status) in [
         ("/read/one-allowed", &allowed, 200),
         ("/read/one-forged", &forged, 401),
