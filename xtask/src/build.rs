@@ -56,6 +56,48 @@ fn build_wasm(package: &str, artifact: PathBuf) -> Result<PathBuf> {
     Ok(artifact)
 }
 
+/// Builds `edgewarden-core`'s unit tests for wasm32-wasip1 with [`WASM_RUSTFLAGS`], as the filter is built
+/// (release, SIMD), and returns the test module's path. Cargo's progress goes to the terminal; its JSON messages,
+/// which name the module, are read from its output.
+pub fn core_tests_wasm() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(util::project_root()).args([
+        "test",
+        "--release",
+        "--target",
+        "wasm32-wasip1",
+        "--config",
+        WASM_RUSTFLAGS,
+        "-p",
+        "edgewarden-core",
+        "--lib",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    println!("    $ {}", util::show(&cmd));
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| util::Error::msg(format!("cannot start cargo: {e}")))?;
+    if !out.status.success() {
+        bail!("building edgewarden-core's unit tests for wasm32-wasip1 failed (cargo's errors are above)");
+    }
+    let module = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| {
+            message["reason"] == "compiler-artifact" && message["profile"]["test"] == true
+        })
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from));
+    match module {
+        Some(module) if module.is_file() => Ok(module),
+        _ => bail!(
+            "cargo built edgewarden-core's unit tests for wasm32-wasip1 but named no test module"
+        ),
+    }
+}
+
 /// `cargo xtask build`: the filter, the dashboard, then the admin API release binary with the dashboard embedded.
 pub fn all() -> Result<()> {
     let wasm = run()?;

@@ -63,12 +63,32 @@ pub fn run(extra: &[String]) -> Result<()> {
             .env("EDGEWARDEN_REGISTRY_BIN", install::REGISTRY_BIN)
             .env("EDGEWARDEN_SKOPEO_BIN", install::SKOPEO_BIN),
     )?;
-    // The fuzz smoke runs with the whole suite, not with a filtered run (`cargo xtask test -p ... -- name`).
+    // The fuzz smoke and core in V8 run with the whole suite, not with a filtered run (`cargo xtask test -p ... -- name`).
     if extra.is_empty() {
+        core_in_v8()?;
         fuzz::smoke()?;
     }
     println!("\ntest: every test passed");
     Ok(())
+}
+
+/// `edgewarden-core`'s unit tests once more, built for wasm32-wasip1 with SIMD as the filter is and run in V8
+/// (Node's WASI): the SIMD kernels of the RS256 arithmetic exist only there, so the native run cannot test them
+/// against the portable code and the reference crates, and the filter's 32-bit `usize` is checked on the way.
+fn core_in_v8() -> Result<()> {
+    util::step(
+        "edgewarden-core's unit tests in V8 (wasm32-wasip1 with simd128, under Node's WASI)",
+    );
+    if !util::have("node") {
+        bail!("node is needed to run edgewarden-core's unit tests in V8: install Node.js (on Debian `apt-get install nodejs`, or from https://nodejs.org), then run `cargo xtask test` again");
+    }
+    let module = build::core_tests_wasm()?;
+    util::run(
+        Command::new("node")
+            .current_dir(util::project_root())
+            .arg("core/examples/run_wasi.mjs")
+            .arg(&module),
+    )
 }
 
 /// The PostgreSQL server the admin API tests use: `EDGEWARDEN_TEST_POSTGRES_URL` or the local default.

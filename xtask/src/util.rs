@@ -115,7 +115,8 @@ pub fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn show(cmd: &Command) -> String {
+/// A command as it would be typed, for progress lines and error messages.
+pub fn show(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
         s.push(' ');

@@ -388,7 +388,7 @@ fn limb_conversion_round_trips_and_limbs_stay_below_2_to_the_28() {
 
 /// Column sums are dot products: the kernel in use (SIMD on wasm32 with simd128) against the
 /// portable one and exact 128-bit sums, at the largest limbs and at every length a 4096-bit
-/// modulus produces (multiples of four, up to 148).
+/// modulus produces (multiples of four, up to 148), one column at a time and two.
 #[test]
 fn dot_product_kernel_matches_the_portable_one() {
     let mut rng = ChaCha20Rng::seed_from_u64(7);
@@ -415,6 +415,23 @@ fn dot_product_kernel_matches_the_portable_one() {
         assert_eq!(u128::from(kernel::dot(&x, &y)), exact(&x, &y));
         assert_eq!(kernel::dot2(&x, &y, &m, &n), portable::dot2(&x, &y, &m, &n));
         assert_eq!(kernel::dot2(&x, &y, max, max).1, kernel::dot(max, max));
+        // Two neighbouring columns: y and n one limb longer, column i reading them from the
+        // second limb, column i + 1 from the first.
+        let (y_long, n_long) = ([&y[..], &[rng.next_u32() & LIMB_MASK]].concat(), {
+            let mut n_long = vec![rng.next_u32() & LIMB_MASK];
+            n_long.extend_from_slice(&n);
+            n_long
+        });
+        let both = kernel::dot2x2(&x, &y_long, &m, &n_long);
+        assert_eq!(both, portable::dot2x2(&x, &y_long, &m, &n_long));
+        let this = portable::dot2(&x, &y_long[1..], &m, &n_long[1..]);
+        let next = portable::dot2(&x, &y_long[..len], &m, &n_long[..len]);
+        assert_eq!(both, [this.0, this.1, next.0, next.1]);
+        let max_long = vec![LIMB_MASK; len + 1];
+        let all_max = kernel::dot2x2(max, &max_long, max, &max_long);
+        assert!(all_max
+            .iter()
+            .all(|&sum| u128::from(sum) == exact(max, max)));
     }
 }
 

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | 0..4 | magic `EWSN` |
 //! | 4 | [`SNAPSHOT_VERSION`] |
-//! | 5 | key format: [`FORMAT_VERSION`](FORMAT_VERSION) (how keys are hashed and folded) |
+//! | 5 | key format: [`FORMAT_VERSION`] (how keys are hashed and folded) |
 //! | 6..8 | reserved, zero |
 //! | 8..16 | feed cursor the snapshot is consistent with (send it as `since` next) |
 //! | 16..24 | the admin API's clock when it was built (Unix seconds) |
