@@ -226,15 +226,83 @@ impl Rs256Verifier {
         self.mont_product(a, b_reversed, &mut work.factors, out);
     }
 
-    /// Montgomery squaring `out = a^2 * R^-1 mod n` for `a < n`: [`Self::mont_mul`] of `a` by
-    /// itself. Computing each cross product `a_i * a_j` once and doubling it saves a quarter of
-    /// the limb products but needs a second dot product per column, and in V8 that column work
-    /// cost more than the products it saved (1.19M instructions per verify against 1.10M).
+    /// Montgomery squaring `out = a^2 * R^-1 mod n` for `a < n`.
     fn mont_sqr(&self, a: &[u32], out: &mut [u32], work: &mut Workspace) {
         for (slot, &limb) in work.reversed.iter_mut().zip(a.iter().rev()) {
             *slot = limb;
         }
-        self.mont_product(a, &work.reversed, &mut work.factors, out);
+        if self.n.len() % 2 == 0 {
+            self.mont_square(a, &work.reversed, &mut work.factors, out);
+        } else {
+            // An odd number of limbs (4096-bit moduli have 147) puts a pair of columns across
+            // the middle, which [`Self::mont_square`] does not take: square as a product.
+            self.mont_product(a, &work.reversed, &mut work.factors, out);
+        }
+    }
+
+    /// Body of [`Self::mont_sqr`] for an even number of limbs (2048 and 3072 bits), with
+    /// `a_reversed` and the reduction factors' buffer `m` ([`padded`]).
+    ///
+    /// As [`Self::mont_product`], two columns a pass, but each cross product `a_j * a_l`
+    /// (`j < l`) is summed once and doubled, and the square `a_(i/2)^2` added: a quarter fewer
+    /// limb products. Column `i`'s cross pairs are `j < i - j`, from the lowest `j` with a
+    /// partner below `k`; the pass for columns `i` and `i + 1` takes `j < ceil(i / 2)`, widened
+    /// downwards to a multiple of four (below, either `a_j` is leading padding or its partner
+    /// lies past the top limb, in `a_reversed`'s padding), and column `i + 1` gets its one
+    /// further pair, `a_(i/2) * a_(i/2 + 1)` for even `i`, afterwards. A second pass sums the
+    /// reduction of both columns.
+    fn mont_square(&self, a: &[u32], a_reversed: &[u32], m: &mut [u32], out: &mut [u32]) {
+        let n_reversed = self.n_reversed.as_slice();
+        let k = self.n.len();
+        let n0 = u64::from(self.n.first().copied().unwrap_or(0));
+        let n1 = u64::from(self.n.get(1).copied().unwrap_or(0));
+        m.fill(0);
+        let limb = |j: usize| u64::from(a.get(PAD + j).copied().unwrap_or(0));
+        let mut carry = 0u64;
+        for i in (0..2 * k).step_by(2) {
+            let mid = i.div_ceil(2);
+            let start = (i + 1).saturating_sub(k);
+            let width = (mid - start.min(mid)).next_multiple_of(4);
+            // Column i's partner of pair j is at a_reversed[PAD + k - 1 - i + j]; column i + 1's
+            // one lower. Both stay at or above index 0: j >= start - 3, and start >= i + 1 - k.
+            let from = (PAD + mid) - width;
+            let partners = (PAD + k + mid) - (2 + i + width);
+            let [cross, cross_next] = dot1x2(
+                a.get(from..from + width),
+                a_reversed.get(partners..partners + width + 1),
+            );
+            // i is even: column i has the square a_(i/2)^2, column i + 1 the further pair.
+            let half = limb(i / 2);
+            let products = 2 * cross + half * half;
+            let products_next = 2 * (cross_next + half * limb(i / 2 + 1));
+            if i < k {
+                let width = (i + 2).next_multiple_of(4);
+                let offset = PAD + k - 2 - i;
+                let [reduction, reduction_next] = dot1x2(
+                    m.get(PAD..PAD + width),
+                    n_reversed.get(offset..offset + width + 1),
+                );
+                let (m_i, c) = reduce(m, self.n0_inv, n0, i, products, reduction, carry);
+                // Column i + 1 lacks m_i * n_1: m_i was still zero in the pass.
+                let reduction_next = reduction_next + m_i * n1;
+                (_, carry) = reduce(m, self.n0_inv, n0, i + 1, products_next, reduction_next, c);
+            } else {
+                let start = PAD + i + 1 - k;
+                let width = (2 * k - 1 - i).next_multiple_of(4);
+                let [reduction, reduction_next] = dot1x2(
+                    m.get(start..start + width),
+                    n_reversed.get(PAD - 1..PAD + width),
+                );
+                carry = output(out, k, i, products, reduction, carry);
+                carry = output(out, k, i + 1, products_next, reduction_next, carry);
+            }
+        }
+        // The result (with `carry` as an extra top limb) is below 2n.
+        if let Some(result) = out.get_mut(PAD..PAD + k) {
+            if carry != 0 || !less_than(result, &self.n) {
+                sub_in_place(result, &self.n);
+            }
+        }
     }
 
     /// Body of [`Self::mont_mul`], with the reduction factors' buffer `m` ([`padded`]).
@@ -252,7 +320,8 @@ impl Rs256Verifier {
     /// into 28-bit halves before they meet the carry. The columns below `k` and those above are
     /// two loops, each with its own simple ranges. In V8 (Node, callgrind, per RS256-2048 verify)
     /// this took the products from 1.27M instructions to 1.08M (the two loops, squarings as plain
-    /// products) and 0.95M (two columns a pass). The result is below `2n`.
+    /// products) and 0.95M (two columns a pass); squarings by [`Self::mont_square`], 0.91M. The
+    /// result is below `2n`.
     fn mont_product(&self, a: &[u32], b_reversed: &[u32], m: &mut [u32], out: &mut [u32]) {
         let n_reversed = self.n_reversed.as_slice();
         let k = self.n.len();
@@ -260,26 +329,6 @@ impl Rs256Verifier {
         let n1 = u64::from(self.n.get(1).copied().unwrap_or(0));
         m.fill(0);
         let mut carry = 0u64;
-        // A column's sums (products, reduction) and the carry in: its low limb and what carries.
-        let split = |products: u64, reduction: u64, carry: u64| -> (u64, u64) {
-            let mask = u64::from(LIMB_MASK);
-            let low = (products & mask) + (reduction & mask) + (carry & mask);
-            let high = (products >> LIMB_BITS) + (reduction >> LIMB_BITS) + (carry >> LIMB_BITS);
-            (low, high)
-        };
-        // Columns below k: choose m_i so that column i's low limb becomes zero, then drop it.
-        let n0_inv = self.n0_inv;
-        let reduce = |m: &mut [u32], i: usize, products: u64, reduction: u64, carry: u64| {
-            let (low, high) = split(products, reduction, carry);
-            let m_i = (low as u32).wrapping_mul(n0_inv) & LIMB_MASK;
-            if let Some(slot) = m.get_mut(PAD + i) {
-                *slot = m_i;
-            }
-            (
-                u64::from(m_i),
-                high + ((low + u64::from(m_i) * n0) >> LIMB_BITS),
-            )
-        };
         // Columns 0..k, two at a time: pairs (j, i - j) for j in 0..=i, widened to a multiple of
         // four into the trailing padding of the reversed operands (and factors m_j not chosen
         // yet, zero). Column i + 1 reads the reversed operands one limb lower than column i.
@@ -293,9 +342,9 @@ impl Rs256Verifier {
                 m.get(PAD..PAD + width),
                 n_reversed.get(offset..offset + width + 1),
             );
-            let (m_i, c) = reduce(m, i, p, r, carry);
+            let (m_i, c) = reduce(m, self.n0_inv, n0, i, p, r, carry);
             // Column i + 1 lacks m_i * n_1: m_i was still zero in the pass.
-            (_, carry) = reduce(m, i + 1, p_next, r_next + m_i * n1, c);
+            (_, carry) = reduce(m, self.n0_inv, n0, i + 1, p_next, r_next + m_i * n1, c);
             i += 2;
         }
         if i < k {
@@ -307,18 +356,11 @@ impl Rs256Verifier {
                 m.get(PAD..PAD + width),
                 n_reversed.get(offset..offset + width),
             );
-            (_, carry) = reduce(m, i, p, r, carry);
+            (_, carry) = reduce(m, self.n0_inv, n0, i, p, r, carry);
         }
         // Columns k..2k, the result's limbs (column 2k - 1 has no pair: what carries into it
         // is the top limb): pairs (j, i - j) for j in i-k+1..k, widened into the trailing
         // padding of `a` and of the factors. Two at a time after the first when k is odd.
-        let mut output = |i: usize, products: u64, reduction: u64, carry: u64| -> u64 {
-            let (low, high) = split(products, reduction, carry);
-            if let Some(slot) = out.get_mut(PAD + i - k) {
-                *slot = low as u32 & LIMB_MASK;
-            }
-            high + (low >> LIMB_BITS)
-        };
         let mut i = k;
         if k % 2 == 1 {
             let start = PAD + 1;
@@ -329,7 +371,7 @@ impl Rs256Verifier {
                 m.get(start..start + width),
                 n_reversed.get(PAD..PAD + width),
             );
-            carry = output(i, p, r, carry);
+            carry = output(out, k, i, p, r, carry);
             i += 1;
         }
         while i < 2 * k {
@@ -341,8 +383,8 @@ impl Rs256Verifier {
                 m.get(start..start + width),
                 n_reversed.get(PAD - 1..PAD + width),
             );
-            carry = output(i, p, r, carry);
-            carry = output(i + 1, p_next, r_next, carry);
+            carry = output(out, k, i, p, r, carry);
+            carry = output(out, k, i + 1, p_next, r_next, carry);
             i += 2;
         }
         // The result (with `carry` as an extra top limb) is below 2n.
@@ -352,6 +394,49 @@ impl Rs256Verifier {
             }
         }
     }
+}
+
+/// A column's two sums and the carry into it: its low limb (below 2^30) and what carries on.
+#[inline(always)]
+fn split(products: u64, reduction: u64, carry: u64) -> (u64, u64) {
+    let mask = u64::from(LIMB_MASK);
+    let low = (products & mask) + (reduction & mask) + (carry & mask);
+    let high = (products >> LIMB_BITS) + (reduction >> LIMB_BITS) + (carry >> LIMB_BITS);
+    (low, high)
+}
+
+/// Column `i < k` of a Montgomery product: chooses `m_i` (stored in `m`) so that the column's
+/// low limb becomes zero, and returns `m_i` and the carry out of the column without it.
+#[inline(always)]
+fn reduce(
+    m: &mut [u32],
+    n0_inv: u32,
+    n0: u64,
+    i: usize,
+    products: u64,
+    reduction: u64,
+    carry: u64,
+) -> (u64, u64) {
+    let (low, high) = split(products, reduction, carry);
+    let m_i = (low as u32).wrapping_mul(n0_inv) & LIMB_MASK;
+    if let Some(slot) = m.get_mut(PAD + i) {
+        *slot = m_i;
+    }
+    (
+        u64::from(m_i),
+        high + ((low + u64::from(m_i) * n0) >> LIMB_BITS),
+    )
+}
+
+/// Column `i >= k` of a Montgomery product: writes its low limb to the result's limb `i - k`
+/// and returns the carry out.
+#[inline(always)]
+fn output(out: &mut [u32], k: usize, i: usize, products: u64, reduction: u64, carry: u64) -> u64 {
+    let (low, high) = split(products, reduction, carry);
+    if let Some(slot) = out.get_mut(PAD + i - k) {
+        *slot = low as u32 & LIMB_MASK;
+    }
+    high + (low >> LIMB_BITS)
 }
 
 /// Zero limbs on each side of every Montgomery operand: ranges of pairs are widened to a
@@ -433,6 +518,16 @@ fn dot2x2(x: Option<&[u32]>, y: Option<&[u32]>, m: Option<&[u32]>, n: Option<&[u
     }
 }
 
+/// [`dot`] of `x, y[1..]` and of `x, y[..len]` in one pass (`y` one limb longer than `x`).
+/// Zeros if a slice is missing or of the wrong length.
+#[inline(always)]
+fn dot1x2(x: Option<&[u32]>, y: Option<&[u32]>) -> [u64; 2] {
+    match (x, y) {
+        (Some(x), Some(y)) if y.len() == x.len() + 1 => kernel::dot1x2(x, y),
+        _ => [0; 2],
+    }
+}
+
 /// The portable dot products, one product at a time: what every target but wasm32 with
 /// simd128 runs, and what the tests compare the SIMD kernel with.
 #[cfg_attr(
@@ -453,6 +548,16 @@ mod portable {
     #[inline(always)]
     pub(super) fn dot2(x: &[u32], y: &[u32], m: &[u32], n: &[u32]) -> (u64, u64) {
         (dot(x, y), dot(m, n))
+    }
+
+    /// `dot(x, y[1..])` and `dot(x, y[..len])`.
+    #[inline(always)]
+    pub(super) fn dot1x2(x: &[u32], y: &[u32]) -> [u64; 2] {
+        let len = x.len();
+        [
+            dot(x, y.get(1..).unwrap_or(&[])),
+            dot(x, y.get(..len).unwrap_or(&[])),
+        ]
     }
 
     /// `dot2(x, y[1..], m, n[1..])` and `dot2(x, y[..len], m, n[..len])`.
@@ -526,6 +631,23 @@ mod kernel {
             reduction = mul_add(reduction, load(m), load(n));
         }
         (total(products), total(reduction))
+    }
+
+    /// `dot(x, y[1..])` and `dot(x, y[..len])` in one loop: `x` is loaded once for both.
+    #[inline(always)]
+    pub(super) fn dot1x2(x: &[u32], y: &[u32]) -> [u64; 2] {
+        let len = x.len();
+        let (Some(y_this), Some(y_next)) = (y.get(1..), y.get(..len)) else {
+            return [0; 2];
+        };
+        let mut sums = [u64x2_splat(0); 2];
+        let pairs = y_this.chunks_exact(4).zip(y_next.chunks_exact(4));
+        for (x, (y_this, y_next)) in x.chunks_exact(4).zip(pairs) {
+            let x = load(x);
+            sums[0] = mul_add(sums[0], x, load(y_this));
+            sums[1] = mul_add(sums[1], x, load(y_next));
+        }
+        sums.map(total)
     }
 
     /// `dot2(x, y[1..], m, n[1..])` and `dot2(x, y[..len], m, n[..len])` in one loop: `x` and

@@ -427,6 +427,9 @@ fn dot_product_kernel_matches_the_portable_one() {
         let this = portable::dot2(&x, &y_long[1..], &m, &n_long[1..]);
         let next = portable::dot2(&x, &y_long[..len], &m, &n_long[..len]);
         assert_eq!(both, [this.0, this.1, next.0, next.1]);
+        let pair = kernel::dot1x2(&x, &y_long);
+        assert_eq!(pair, portable::dot1x2(&x, &y_long));
+        assert_eq!(pair, [both[0], both[2]]);
         let max_long = vec![LIMB_MASK; len + 1];
         let all_max = kernel::dot2x2(max, &max_long, max, &max_long);
         assert!(all_max
