@@ -29,12 +29,13 @@ pub fn floor() -> Result<PathBuf> {
 /// rebuild the other's dependencies.
 const WASM_RUSTFLAGS: &str = r#"target.wasm32-wasip1.rustflags=["-C", "target-feature=+simd128"]"#;
 
-/// `cargo build --release --target wasm32-wasip1 -p <package>` with [`WASM_RUSTFLAGS`], then checks `artifact` is
-/// there.
-fn build_wasm(package: &str, artifact: PathBuf) -> Result<PathBuf> {
+/// `cargo <subcommand> --release --target wasm32-wasip1 --config <WASM_RUSTFLAGS> -p <package>`, run from the
+/// project root: how the filter, the floor and core's tests for V8 are built, with the same flags.
+fn wasm_cargo(subcommand: &str, package: &str) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    util::run(Command::new(cargo).current_dir(util::project_root()).args([
-        "build",
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(util::project_root()).args([
+        subcommand,
         "--release",
         "--target",
         "wasm32-wasip1",
@@ -42,7 +43,14 @@ fn build_wasm(package: &str, artifact: PathBuf) -> Result<PathBuf> {
         WASM_RUSTFLAGS,
         "-p",
         package,
-    ]))?;
+    ]);
+    cmd
+}
+
+/// `cargo build --release --target wasm32-wasip1 -p <package>` with [`WASM_RUSTFLAGS`], then checks `artifact` is
+/// there.
+fn build_wasm(package: &str, artifact: PathBuf) -> Result<PathBuf> {
+    util::run(&mut wasm_cargo("build", package))?;
     if !artifact.is_file() {
         bail!(
             "the build succeeded but {} is missing: does {package}'s Cargo.toml still build a cdylib of that name?",
@@ -60,17 +68,8 @@ fn build_wasm(package: &str, artifact: PathBuf) -> Result<PathBuf> {
 /// (release, SIMD), and returns the test module's path. Cargo's progress goes to the terminal; its JSON messages,
 /// which name the module, are read from its output.
 pub fn core_tests_wasm() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(util::project_root()).args([
-        "test",
-        "--release",
-        "--target",
-        "wasm32-wasip1",
-        "--config",
-        WASM_RUSTFLAGS,
-        "-p",
-        "edgewarden-core",
+    let mut cmd = wasm_cargo("test", "edgewarden-core");
+    cmd.args([
         "--lib",
         "--no-run",
         "--message-format=json-render-diagnostics",
