@@ -1,15 +1,16 @@
 //! Edges: every Envoy that polls the revocation feed or reports usage, grouped by edge name, with its last
 //! poll, how far behind the feed it is, and its last usage report; stale and silent edges stand out.
 //! Under each name every Envoy instance is listed apart, with the configuration it reported (issuers,
-//! audiences, leeway, rules in order, token source, report-only mode, revocation settings, read by the
-//! engine's own parser), and an edge whose instances run different configurations is flagged.
+//! audiences, leeway, rules in order, token source, report-only mode, revocation settings, decision
+//! properties, read by the engine's own parser), and an edge whose instances run different
+//! configurations is flagged.
 
 use std::collections::{BTreeMap, HashMap};
 
 use edgewarden_api_types::{
     Edge, EdgeConfig, EdgeInstance, EDGE_SILENT_AFTER_SECONDS, EDGE_STALE_AFTER_SECONDS,
 };
-use edgewarden_core::config::{Config, TokenSource};
+use edgewarden_core::config::{Config, DecisionProperties, TokenSource};
 use leptos::prelude::*;
 
 use crate::api;
@@ -125,6 +126,21 @@ fn describe(config: &Config) -> Rows {
             }],
         ),
         ("Revocation", vec![revocation]),
+        (
+            "Decision properties",
+            vec![match config.decision_properties {
+                DecisionProperties::Each => {
+                    "each: edgewarden.reason, .rule, .sub, .client_id and .jti, for access logs and later filters"
+                        .to_owned()
+                }
+                DecisionProperties::One => {
+                    "one: edgewarden.decision, every field as key=value pairs".to_owned()
+                }
+                DecisionProperties::None => {
+                    "none: decisions are only counted in stats and usage reports".to_owned()
+                }
+            }],
+        ),
     ]
 }
 

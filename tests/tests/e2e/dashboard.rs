@@ -887,7 +887,7 @@ async fn every_page_passes_axe_and_is_screenshotted() {
             // Both instances listed under the one name, each configuration shown, the leeway marked as differing.
             let seen = browser
                 .execute(
-                    "return { rows: document.querySelectorAll('section.edge-detail table.instances tbody tr').length, configs: document.querySelectorAll('section.edge-detail .edge-config').length, differs: Array.from(document.querySelectorAll('section.edge-detail dt')).filter(dt => dt.textContent.includes('differs')).map(dt => dt.textContent), leeways: Array.from(document.querySelectorAll('section.edge-detail dd.differs-value')).map(dd => dd.textContent) };",
+                    "return { rows: document.querySelectorAll('section.edge-detail table.instances tbody tr').length, configs: document.querySelectorAll('section.edge-detail .edge-config').length, differs: Array.from(document.querySelectorAll('section.edge-detail dt')).filter(dt => dt.textContent.includes('differs')).map(dt => dt.textContent), properties: Array.from(document.querySelectorAll('section.edge-detail dt')).filter(dt => dt.textContent.includes('Decision properties')).map(dt => dt.nextElementSibling ? dt.nextElementSibling.textContent : ''), leeways: Array.from(document.querySelectorAll('section.edge-detail dd.differs-value')).map(dd => dd.textContent) };",
                     vec![],
                 )
                 .await;
@@ -900,6 +900,19 @@ async fn every_page_passes_axe_and_is_screenshotted() {
                 seen["differs"],
                 json!(["Leeway differs", "Leeway differs"]),
                 "only the leeway is marked as differing, in both configurations: {seen}"
+            );
+            // Each configuration says how the edge publishes its decisions (the default, one property per field).
+            let properties = seen["properties"].as_array().cloned().unwrap_or_default();
+            assert_eq!(
+                properties.len(),
+                2,
+                "a decision properties row per configuration: {seen}"
+            );
+            assert!(
+                properties.iter().all(|p| p
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("each: edgewarden.reason"))),
+                "the default decision properties, named: {seen}"
             );
             let leeways = seen["leeways"].to_string();
             assert!(
