@@ -297,12 +297,7 @@ impl Rs256Verifier {
                 carry = output(out, k, i + 1, products_next, reduction_next, carry);
             }
         }
-        // The result (with `carry` as an extra top limb) is below 2n.
-        if let Some(result) = out.get_mut(PAD..PAD + k) {
-            if carry != 0 || !less_than(result, &self.n) {
-                sub_in_place(result, &self.n);
-            }
-        }
+        self.reduce_below_n(out, carry);
     }
 
     /// Body of [`Self::mont_mul`], with the reduction factors' buffer `m` ([`padded`]).
@@ -376,7 +371,7 @@ impl Rs256Verifier {
         }
         while i < 2 * k {
             let start = PAD + i + 1 - k;
-            let width = (2 * k - 1 - i).next_multiple_of(4).max(4);
+            let width = (2 * k - 1 - i).next_multiple_of(4);
             let [p, r, p_next, r_next] = dot2x2(
                 a.get(start..start + width),
                 b_reversed.get(PAD - 1..PAD + width),
@@ -387,8 +382,13 @@ impl Rs256Verifier {
             carry = output(out, k, i + 1, p_next, r_next, carry);
             i += 2;
         }
-        // The result (with `carry` as an extra top limb) is below 2n.
-        if let Some(result) = out.get_mut(PAD..PAD + k) {
+        self.reduce_below_n(out, carry);
+    }
+
+    /// The last step of a Montgomery product: the result in `out` (with `carry` as an extra top
+    /// limb) is below `2n`; subtracts `n` once if it is not below `n`.
+    fn reduce_below_n(&self, out: &mut [u32], carry: u64) {
+        if let Some(result) = out.get_mut(PAD..PAD + self.n.len()) {
             if carry != 0 || !less_than(result, &self.n) {
                 sub_in_place(result, &self.n);
             }
