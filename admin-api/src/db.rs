@@ -250,6 +250,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "address_failure_minutes",
         include_str!("../migrations/sqlite/0010_address_failure_minutes.sql"),
     ),
+    (
+        12,
+        "usage_journal",
+        include_str!("../migrations/sqlite/0012_usage_journal.sql"),
+    ),
 ];
 /// (version, name, sql) of each PostgreSQL migration.
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -307,6 +312,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "usage_fillfactor",
         include_str!("../migrations/postgres/0011_usage_fillfactor.sql"),
+    ),
+    (
+        12,
+        "usage_journal",
+        include_str!("../migrations/postgres/0012_usage_journal.sql"),
     ),
 ];
 

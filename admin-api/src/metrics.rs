@@ -296,6 +296,16 @@ async fn metrics(State(state): State<AppState>, principal: Principal) -> ApiResu
         "edgewarden_usage_batches_total {}",
         m.usage_batches.load(Ordering::Relaxed)
     );
+    family(
+        &mut out,
+        "edgewarden_usage_journal_batches",
+        "gauge",
+        "Usage batches acknowledged and waiting in the usage journal to be stored and examined (all replicas; serve --usage-journal).",
+    );
+    let waiting: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_journal")
+        .fetch_one(&state.db.pool)
+        .await?;
+    let _ = writeln!(out, "edgewarden_usage_journal_batches {waiting}");
 
     family(
         &mut out,

@@ -52,7 +52,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use edgewarden_core::decision::Reason;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::Row as _;
 use tokio::task::JoinHandle;
@@ -67,6 +67,8 @@ use crate::revocations::{page_params, Feed, Page};
 use crate::secrets::random_id;
 use crate::AppState;
 pub use edgewarden_api_types::{Failure, Point, Series, Timeline, TimelineToken, TokenUsage};
+
+pub mod journal;
 
 /// Largest usage batch body accepted.
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -110,6 +112,15 @@ pub struct UsageConfig {
     pub writers: usize,
     /// How often retention runs.
     pub prune_interval_seconds: u64,
+    /// Acknowledge a batch once it is in the usage journal, and store and examine it afterwards in large
+    /// groups ([`journal`]).
+    pub journal: bool,
+    /// Rows (as [`UsageConfig::max_rows_per_transaction`] counts them) one journal fold stores at most;
+    /// `None`: that bound with SQLite, [`journal::POSTGRES_FOLD_ROWS`] with PostgreSQL.
+    pub fold_rows: Option<usize>,
+    /// Failure samples stored per edge and minute at most by journal folds; the counts and the per-address
+    /// failure rollup still count every failure.
+    pub failure_samples_per_minute: usize,
 }
 
 impl Default for UsageConfig {
@@ -130,6 +141,9 @@ impl Default for UsageConfig {
             max_rows_per_transaction: 4_000,
             writers: 2,
             prune_interval_seconds: 60,
+            journal: false,
+            fold_rows: None,
+            failure_samples_per_minute: 600,
         }
     }
 }
@@ -178,6 +192,23 @@ pub struct UsageArgs {
     /// Seconds between writes of the edges' last polls to the database (shown by GET /api/v1/edges).
     #[arg(long, env = "EDGEWARDEN_EDGE_FLUSH", default_value_t = 10)]
     pub edge_flush: u64,
+    /// Answer a usage batch once it is written to the usage journal (a table in the same database, so a
+    /// 202 still survives a crash) and store and examine it afterwards, in large groups folded from the
+    /// journal by any replica: fewer, larger writes, and batches answered in milliseconds.
+    #[arg(long, env = "EDGEWARDEN_USAGE_JOURNAL")]
+    pub usage_journal: bool,
+    /// Rows one journal fold stores at most (default: --usage-transaction-rows with SQLite, 100000 with
+    /// PostgreSQL, which no revocation waits behind).
+    #[arg(long, env = "EDGEWARDEN_USAGE_FOLD_ROWS")]
+    pub usage_fold_rows: Option<usize>,
+    /// Failure samples stored per edge and minute at most with --usage-journal (every failure is still
+    /// counted).
+    #[arg(
+        long,
+        env = "EDGEWARDEN_USAGE_FAILURE_SAMPLES_PER_MINUTE",
+        default_value_t = 600
+    )]
+    pub usage_failure_samples_per_minute: usize,
 }
 
 impl UsageArgs {
@@ -195,6 +226,9 @@ impl UsageArgs {
             max_rows_per_transaction: self.usage_transaction_rows.max(100),
             writers: self.usage_writers.clamp(1, 16),
             edge_flush_seconds: self.edge_flush.max(1),
+            journal: self.usage_journal,
+            fold_rows: self.usage_fold_rows.map(|r| r.max(100)),
+            failure_samples_per_minute: self.usage_failure_samples_per_minute,
             ..UsageConfig::default()
         }
     }
@@ -245,7 +279,7 @@ pub struct CountEntry {
 }
 
 /// One refused request.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailureEntry {
     /// Token id, if the token was readable.
@@ -442,7 +476,7 @@ fn validate(batch: &UsageBatch) -> ApiResult<()> {
 pub type CountKey = (String, String, String, String, String);
 
 /// What the detectors need to know about an ingested batch.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct Ingested {
     /// Edge name.
     pub edge: String,
@@ -484,8 +518,8 @@ pub(crate) fn placeholders(rows: usize, width: usize, skip: usize) -> String {
 }
 
 /// What the handler prepared from a validated batch, off the writer's path: summed counts, the
-/// (token, address) pairs, the uses per jti.
-#[derive(Debug)]
+/// (token, address) pairs, the uses per jti. The usage journal stores it as it is ([`journal`]).
+#[derive(Debug, Deserialize, Serialize)]
 struct Prepared {
     ingested: Ingested,
     bucket: i64,
@@ -739,6 +773,8 @@ fn unavailable(refusal: Refusal) -> Response {
 /// One batch waiting for the writer, with the slot it holds in the queue and where its answer goes.
 struct Job {
     prepared: Prepared,
+    /// Its journal record, with `--usage-journal`.
+    journal: Option<journal::Entry>,
     _room: tokio::sync::OwnedSemaphorePermit,
     reply: tokio::sync::oneshot::Sender<Result<(), Refusal>>,
 }
@@ -760,6 +796,10 @@ pub struct IngestStats {
     pub write_micros: AtomicU64,
     /// Time spent detecting, microseconds.
     pub detect_micros: AtomicU64,
+    /// Batches written to the usage journal.
+    pub journaled: AtomicU64,
+    /// Time spent writing to the usage journal, microseconds.
+    pub journal_micros: AtomicU64,
     /// Time the writer spent in each stage of its transactions, microseconds, in the order of
     /// [`WRITE_STAGES`].
     pub write_stages: [AtomicU64; WRITE_STAGES.len()],
@@ -873,6 +913,8 @@ pub struct Ingestor {
     rate: Arc<DrainRate>,
     /// The threads that parse and prepare batches, at a lower CPU priority than the rest of the service.
     parsers: Parsers,
+    /// With `--usage-journal`: the journal and the fold's limits.
+    journal: Option<(Arc<journal::Journal>, journal::Limits)>,
     /// Counters.
     pub stats: Arc<IngestStats>,
 }
@@ -911,8 +953,41 @@ impl Ingestor {
         };
         let rate = Arc::new(DrainRate::new(writers));
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let mut tasks: Vec<JoinHandle<()>> = (0..writers)
-            .map(|index| {
+        let room = Arc::new(tokio::sync::Semaphore::new(capacity as usize));
+        let detector_of = |db: Db, bus: Arc<EventBus>| {
+            crate::anomalies::Detector::new(db, bus, config.anomalies.clone()).coalescing()
+        };
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        let journal = if config.usage.journal {
+            let limits = journal::Limits {
+                fold_rows: config.usage.fold_rows.unwrap_or(match db.kind {
+                    db::DbKind::Sqlite => config.usage.max_rows_per_transaction,
+                    db::DbKind::Postgres => journal::POSTGRES_FOLD_ROWS,
+                }),
+                part_rows: config.usage.max_rows_per_transaction.min(PART_ROWS),
+            };
+            let shared = Arc::new(journal::Journal::default());
+            tasks.push(tokio::spawn(journal::writer(
+                db.clone(),
+                rx.clone(),
+                shared.clone(),
+                stats.clone(),
+            )));
+            tasks.push(tokio::spawn(journal::folder(journal::Folder {
+                db: db.clone(),
+                bus: bus.clone(),
+                feed,
+                detector: detector_of(db.clone(), bus),
+                metrics,
+                journal: shared.clone(),
+                stats: stats.clone(),
+                rate: rate.clone(),
+                limits,
+                samples_per_minute: config.usage.failure_samples_per_minute,
+            })));
+            Some((shared, limits))
+        } else {
+            tasks.extend((0..writers).map(|index| {
                 tokio::spawn(writer(
                     db.clone(),
                     bus.clone(),
@@ -923,17 +998,17 @@ impl Ingestor {
                     stats.clone(),
                     (rate.clone(), index),
                 ))
-            })
-            .collect();
-        let room = Arc::new(tokio::sync::Semaphore::new(capacity as usize));
-        tasks.push(tokio::spawn(detector(
-            crate::anomalies::Detector::new(db, bus, config.anomalies.clone()).coalescing(),
-            metrics,
-            detect_rx,
-            stats.clone(),
-            (room.clone(), capacity as usize),
-            rate.clone(),
-        )));
+            }));
+            tasks.push(tokio::spawn(detector(
+                detector_of(db, bus),
+                metrics,
+                detect_rx,
+                stats.clone(),
+                (room.clone(), capacity as usize),
+                rate.clone(),
+            )));
+            None
+        };
         (
             Ingestor {
                 jobs,
@@ -943,6 +1018,7 @@ impl Ingestor {
                 parsers: Parsers::start(
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
                 ),
+                journal,
                 stats,
             },
             tasks,
@@ -952,7 +1028,8 @@ impl Ingestor {
     /// The refusal for a batch that finds the queue full.
     fn refusal(&self) -> Refusal {
         self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-        let queued = u64::from(self.capacity) - self.room.available_permits() as u64;
+        let queued = u64::from(self.capacity) - self.room.available_permits() as u64
+            + self.journal.as_ref().map_or(0, |(j, _)| j.backlog() as u64);
         let rate = self.rate.per_second();
         Refusal {
             retry_after: (queued / rate).clamp(1, 30),
@@ -974,6 +1051,12 @@ impl Ingestor {
         let most = (bytes / MIN_ENTRY_BYTES + 1)
             .min(limits.max_counts + limits.max_failures)
             .min(self.capacity as usize) as u32;
+        // With the journal, what waits in it counts against the same bound.
+        if let Some((journal, _)) = &self.journal {
+            if journal.backlog() + i64::from(most) > i64::from(self.capacity) {
+                return Err(self.refusal());
+            }
+        }
         self.room
             .clone()
             .try_acquire_many_owned(most.max(1))
@@ -984,11 +1067,13 @@ impl Ingestor {
     async fn submit(
         &self,
         prepared: Prepared,
+        journal: Option<journal::Entry>,
         room: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<(), Refusal> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job {
             prepared,
+            journal,
             _room: room,
             reply,
         };
@@ -1240,23 +1325,7 @@ async fn detector(
         }
         let batches: Vec<&Ingested> = group.iter().map(|j| &j.prepared.ingested).collect();
         let started = std::time::Instant::now();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match detector.detect_group(&batches).await {
-                Ok(()) => break,
-                Err(e) => {
-                    stats.detect_failures.fetch_add(1, Ordering::Relaxed);
-                    if attempt >= 5 {
-                        // Stored but not fully examined: said loudly, counted, never silent.
-                        tracing::error!(error = %e, batches = batches.len(), "anomaly detection failed five times for stored usage batches; giving up on them");
-                        break;
-                    }
-                    tracing::warn!(error = %e, batches = batches.len(), attempt, "anomaly detection failed for usage batches; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                }
-            }
-        }
+        detect_retrying(&detector, &batches, &stats).await;
         // Nothing in flight but this group: the refreshes held back are written before it is answered.
         let own = queued_entries(&group);
         if capacity.saturating_sub(room.available_permits()) <= own && detector.holding() {
@@ -1284,6 +1353,31 @@ async fn detector(
             let (line, now) = stats.since(logged.1, &detector.stages);
             tracing::info!("usage ingestion: {line}");
             logged = (std::time::Instant::now(), now);
+        }
+    }
+}
+
+/// Runs the detectors over stored batches; a failure is retried (five times), then said loudly and counted.
+async fn detect_retrying(
+    detector: &crate::anomalies::Detector,
+    batches: &[&Ingested],
+    stats: &IngestStats,
+) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match detector.detect_group(batches).await {
+            Ok(()) => return,
+            Err(e) => {
+                stats.detect_failures.fetch_add(1, Ordering::Relaxed);
+                if attempt >= 5 {
+                    // Stored but not fully examined: said loudly, counted, never silent.
+                    tracing::error!(error = %e, batches = batches.len(), "anomaly detection failed five times for stored usage batches; giving up on them");
+                    return;
+                }
+                tracing::warn!(error = %e, batches = batches.len(), attempt, "anomaly detection failed for usage batches; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
         }
     }
 }
@@ -1319,6 +1413,7 @@ async fn ingest(
     };
     let usage = state.usage.clone();
     let limits = state.config.usage.clone();
+    let journal_limits = usage.journal.as_ref().map(|(_, limits)| *limits);
     // Room in the queue first: what cannot be queued is refused before any CPU goes into parsing it.
     let mut room = match usage.reserve(body.len(), &limits) {
         Ok(room) => room,
@@ -1348,11 +1443,23 @@ async fn ingest(
                 digest: Some(digest),
                 ..prepare(batch, address)
             };
-            Ok(Ok((prepared, shape)))
+            let (prepared, record) = match journal_limits {
+                None => (prepared, None),
+                Some(limits) => {
+                    let (record, prepared) = journal::Entry::new(prepared, shape.3, limits)
+                        .map_err(|e| {
+                            ApiError::Internal(anyhow::anyhow!(
+                                "cannot encode a usage batch for the journal: {e}"
+                            ))
+                        })?;
+                    (prepared, Some(record))
+                }
+            };
+            Ok(Ok((prepared, record, shape)))
         })
         .await
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("usage batch parser stopped")))??;
-    let (prepared, (accepted_counts, accepted_failures, bucket, size)) = match parsed {
+    let (prepared, record, (accepted_counts, accepted_failures, bucket, size)) = match parsed {
         Ok(parsed) => parsed,
         Err(response) => return Ok(response),
     };
@@ -1372,7 +1479,7 @@ async fn ingest(
             Err(_) => return Ok(unavailable(usage.refusal())),
         }
     }
-    if let Err(refusal) = usage.submit(prepared, room).await {
+    if let Err(refusal) = usage.submit(prepared, record, room).await {
         return Ok(unavailable(refusal));
     }
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"accepted_counts": accepted_counts, "accepted_failures": accepted_failures, "bucket": bucket}))).into_response())
@@ -1390,6 +1497,52 @@ async fn store_group(
     ledger: Option<(&str, i64)>,
     stats: Option<&IngestStats>,
 ) -> Result<(), StoreError> {
+    // A bulk writer: a revocation waiting for SQLite's lock goes first.
+    let mut mark = std::time::Instant::now();
+    let _turn = db.bulk_write_turn().await;
+    let mut tx = db.begin_bulk().await?;
+    lap(stats.map(|s| &s.write_stages[..]), 0, &mut mark);
+    write_group(db, bus, feed, &mut tx, group, None, stats, &mut mark).await?;
+    if let Some((digest, done)) = ledger {
+        // The part is claimed only if it is the next one: the same batch sent again while this one was
+        // being stored (by an edge that gave up waiting, to another writer or another replica) found the
+        // same parts missing, and whichever commits second finds the ledger moved on and stores nothing.
+        let claimed = if done == 1 {
+            sqlx::query(
+                "INSERT INTO usage_parts (batch, done, at) VALUES ($1, $2, $3) ON CONFLICT (batch) DO NOTHING",
+            )
+        } else {
+            sqlx::query("UPDATE usage_parts SET done = $2, at = $3 WHERE batch = $1 AND done = $2 - 1")
+        }
+        .bind(digest)
+        .bind(done)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            tx.rollback().await?;
+            return Err(StoreError::CopyStoredMeanwhile { part: done });
+        }
+    }
+    tx.commit().await?;
+    lap(stats.map(|s| &s.write_stages[..]), 6, &mut mark);
+    Ok(())
+}
+
+/// Writes a group of prepared batches into `tx` (see [`store_group`]), without committing: counts summed
+/// per key across the group, the hourly rollup, failures, address pairs, token first/last use and the
+/// edges' rows. `mark` times the stages.
+async fn write_group(
+    db: &Db,
+    bus: &EventBus,
+    feed: &Feed,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    group: &[&Prepared],
+    samples: Option<&[Vec<FailureEntry>]>,
+    stats: Option<&IngestStats>,
+    mark: &mut std::time::Instant,
+) -> Result<(), sqlx::Error> {
     let now = now();
     type RowKey<'a> = (i64, &'a str, &'a CountKey);
     let mut counts: BTreeMap<RowKey<'_>, i64> = BTreeMap::new();
@@ -1418,11 +1571,6 @@ async fn store_group(
         e.1 += p.total;
         e.2 = &p.address;
     }
-    // A bulk writer: a revocation waiting for SQLite's lock goes first.
-    let mut mark = std::time::Instant::now();
-    let _turn = db.bulk_write_turn().await;
-    let mut tx = db.begin_bulk().await?;
-    lap(stats.map(|s| &s.write_stages[..]), 0, &mut mark);
     let rows: Vec<(&RowKey<'_>, &i64)> = counts.iter().collect();
     for chunk in rows.chunks(CHUNK) {
         let sql = format!(
@@ -1442,9 +1590,9 @@ async fn store_group(
                 .bind(reason)
                 .bind(**count);
         }
-        query.execute(&mut *tx).await?;
+        query.execute(&mut **tx).await?;
     }
-    lap(stats.map(|s| &s.write_stages[..]), 1, &mut mark);
+    lap(stats.map(|s| &s.write_stages[..]), 1, mark);
     // The hourly rollup the pages read, summed here per (hour, edge, reason): one multi-row upsert per
     // group instead of a trigger firing per inserted row (a third of the write's time with the trigger).
     let mut hourly: BTreeMap<(i64, &str, &str), i64> = BTreeMap::new();
@@ -1464,9 +1612,9 @@ async fn store_group(
         for ((hour, edge, reason), n) in chunk {
             query = query.bind(*hour).bind(*edge).bind(*reason).bind(**n);
         }
-        query.execute(&mut *tx).await?;
+        query.execute(&mut **tx).await?;
     }
-    lap(stats.map(|s| &s.write_stages[..]), 2, &mut mark);
+    lap(stats.map(|s| &s.write_stages[..]), 2, mark);
     let failures: Vec<(&str, &FailureEntry)> = group
         .iter()
         .flat_map(|j| {
@@ -1474,7 +1622,19 @@ async fn store_group(
             j.ingested.failures.iter().map(move |f| (edge, f))
         })
         .collect();
-    for chunk in failures.chunks(CHUNK) {
+    // The samples stored: every one, or those a journal fold keeps (its per-edge quota).
+    let stored: Vec<(&str, &FailureEntry)> = match samples {
+        None => failures.clone(),
+        Some(samples) => group
+            .iter()
+            .zip(samples)
+            .flat_map(|(j, kept)| {
+                let edge = j.ingested.edge.as_str();
+                kept.iter().map(move |f| (edge, f))
+            })
+            .collect(),
+    };
+    for chunk in stored.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO usage_failures (id, edge, at, received_at, jti, subject, client_id, route, reason, client_address, iat, nbf) VALUES {}",
             row_placeholders(db.kind, chunk.len(), 12)
@@ -1495,7 +1655,7 @@ async fn store_group(
                 .bind(f.iat)
                 .bind(f.nbf);
         }
-        query.execute(&mut *tx).await?;
+        query.execute(&mut **tx).await?;
     }
     // The repeated-failures detector's rollup: failures per client address and minute (migration 0010).
     let mut per_address: BTreeMap<(&str, i64), i64> = BTreeMap::new();
@@ -1515,9 +1675,9 @@ async fn store_group(
         for ((address, minute), n) in chunk {
             query = query.bind(*address).bind(*minute).bind(**n);
         }
-        query.execute(&mut *tx).await?;
+        query.execute(&mut **tx).await?;
     }
-    lap(stats.map(|s| &s.write_stages[..]), 3, &mut mark);
+    lap(stats.map(|s| &s.write_stages[..]), 3, mark);
     let pairs: Vec<(&(&str, &str), &i64)> = pairs.iter().collect();
     for chunk in pairs.chunks(CHUNK) {
         let sql = format!(
@@ -1529,9 +1689,9 @@ async fn store_group(
         for ((token, addr), at) in chunk {
             query = query.bind(*token).bind(*addr).bind(**at).bind(**at);
         }
-        query.execute(&mut *tx).await?;
+        query.execute(&mut **tx).await?;
     }
-    lap(stats.map(|s| &s.write_stages[..]), 4, &mut mark);
+    lap(stats.map(|s| &s.write_stages[..]), 4, mark);
     let used: Vec<(&&str, &(i64, i64, usize))> = used.iter().collect();
     for chunk in used.chunks(CHUNK) {
         // First use: only rows still without one are claimed, so each token gets one event even
@@ -1548,7 +1708,7 @@ async fn store_group(
                 .bind(**jti)
                 .bind(group[*first].ingested.interval_start);
         }
-        let first_uses = query.fetch_all(&mut *tx).await?;
+        let first_uses = query.fetch_all(&mut **tx).await?;
         let sql = format!(
             "UPDATE tokens SET use_count = use_count + v.column2, \
              last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < v.column3 THEN v.column3 ELSE last_used_at END \
@@ -1559,7 +1719,7 @@ async fn store_group(
         for (jti, (uses, last, _)) in chunk {
             query = query.bind(**jti).bind(*uses).bind(*last);
         }
-        query.execute(&mut *tx).await?;
+        query.execute(&mut **tx).await?;
         for row in first_uses {
             let jti: String = row.try_get("jti")?;
             let Some((_, (_, _, first))) = chunk.iter().find(|(j, _)| ***j == jti) else {
@@ -1577,10 +1737,10 @@ async fn store_group(
                 .client(row.try_get::<String, _>("client_id")?)
                 .details(json!({"edge": p.ingested.edge, "at": p.ingested.interval_start, "addresses": seen_from}))
                 .jti(jti);
-            events::record(bus, db, &mut tx, event).await?;
+            events::record(bus, db, &mut *tx, event).await?;
         }
     }
-    lap(stats.map(|s| &s.write_stages[..]), 5, &mut mark);
+    lap(stats.map(|s| &s.write_stages[..]), 5, mark);
     // The edge's poll as this replica saw it rides along, so a report also refreshes the poll columns.
     let polls = feed.edges();
     for (edge, (reports, decisions, address)) in &edges {
@@ -1599,33 +1759,9 @@ async fn store_group(
         .bind(now)
         .bind(*reports)
         .bind(*decisions)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
-    if let Some((digest, done)) = ledger {
-        // The part is claimed only if it is the next one: the same batch sent again while this one was
-        // being stored (by an edge that gave up waiting, to another writer or another replica) found the
-        // same parts missing, and whichever commits second finds the ledger moved on and stores nothing.
-        let claimed = if done == 1 {
-            sqlx::query(
-                "INSERT INTO usage_parts (batch, done, at) VALUES ($1, $2, $3) ON CONFLICT (batch) DO NOTHING",
-            )
-        } else {
-            sqlx::query("UPDATE usage_parts SET done = $2, at = $3 WHERE batch = $1 AND done = $2 - 1")
-        }
-        .bind(digest)
-        .bind(done)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if claimed == 0 {
-            tx.rollback().await?;
-            return Err(StoreError::CopyStoredMeanwhile { part: done });
-        }
-    }
-    tx.commit().await?;
-    lap(stats.map(|s| &s.write_stages[..]), 6, &mut mark);
     Ok(())
 }
 
