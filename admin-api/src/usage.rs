@@ -197,7 +197,7 @@ pub struct UsageArgs {
     /// journal by any replica: fewer, larger writes, and batches answered in milliseconds.
     #[arg(long, env = "EDGEWARDEN_USAGE_JOURNAL")]
     pub usage_journal: bool,
-    /// Rows one journal fold stores at most (default: --usage-transaction-rows with SQLite, 100000 with
+    /// Rows one journal fold stores at most (default: --usage-transaction-rows with SQLite, 1000000 with
     /// PostgreSQL, which no revocation waits behind).
     #[arg(long, env = "EDGEWARDEN_USAGE_FOLD_ROWS")]
     pub usage_fold_rows: Option<usize>,
@@ -800,6 +800,8 @@ pub struct IngestStats {
     pub journaled: AtomicU64,
     /// Time spent writing to the usage journal, microseconds.
     pub journal_micros: AtomicU64,
+    /// Bytes of the records written to the usage journal.
+    pub journal_bytes: AtomicU64,
     /// Time the writer spent in each stage of its transactions, microseconds, in the order of
     /// [`WRITE_STAGES`].
     pub write_stages: [AtomicU64; WRITE_STAGES.len()],

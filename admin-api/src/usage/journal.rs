@@ -39,10 +39,10 @@ use crate::feed_marks::row_placeholders;
 use crate::revocations::Feed;
 
 /// Rows one fold stores at most with PostgreSQL, where no revocation waits for a usage transaction.
-pub const POSTGRES_FOLD_ROWS: usize = 100_000;
+pub const POSTGRES_FOLD_ROWS: usize = 1_000_000;
 
 /// Journaled batches one fold reads at most.
-const FOLD_BATCHES: usize = 1024;
+const FOLD_BATCHES: usize = 256;
 
 /// Batches one journal append commits together at most.
 const APPEND_BATCHES: usize = 256;
@@ -59,8 +59,12 @@ struct Record {
     prepared: Prepared,
 }
 
-/// The record format written by this build.
+/// The record format written by this build: postcard, compressed with LZ4 (block format, the plain size
+/// first as four little-endian bytes).
 const VERSION: u32 = 1;
+
+/// The largest plain record a batch within the documented limits makes (4 MiB of JSON prepares into less).
+const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
 
 /// What the handler prepares for the journal writer.
 #[derive(Debug)]
@@ -95,7 +99,8 @@ impl Entry {
             version: VERSION,
             prepared,
         };
-        let body = postcard::to_allocvec(&record).map_err(|e| e.to_string())?;
+        let plain = postcard::to_allocvec(&record).map_err(|e| e.to_string())?;
+        let body = lz4_flex::compress_prepend_size(&plain);
         Ok((
             Entry {
                 body,
@@ -109,7 +114,17 @@ impl Entry {
 }
 
 fn decode(body: &[u8]) -> Result<Prepared, String> {
-    let record: Record = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+    // The size the record claims is checked against what a batch can take before anything is allocated.
+    let claimed = body
+        .get(..4)
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    if claimed > MAX_RECORD_BYTES {
+        return Err(format!(
+            "record claims {claimed} bytes, more than any batch takes"
+        ));
+    }
+    let plain = lz4_flex::decompress_size_prepended(body).map_err(|e| e.to_string())?;
+    let record: Record = postcard::from_bytes(&plain).map_err(|e| e.to_string())?;
     if record.version != VERSION {
         return Err(format!(
             "record version {} (this build reads {VERSION})",
@@ -166,6 +181,14 @@ pub(super) async fn writer(
         match appended {
             Ok(entries) => {
                 journal.backlog.fetch_add(entries, Ordering::Relaxed);
+                let bytes: usize = group
+                    .iter()
+                    .filter_map(|j| j.journal.as_ref())
+                    .map(|e| e.body.len())
+                    .sum();
+                stats
+                    .journal_bytes
+                    .fetch_add(bytes as u64, Ordering::Relaxed);
                 stats
                     .journaled
                     .fetch_add(group.len() as u64, Ordering::Relaxed);
@@ -332,9 +355,11 @@ pub(super) async fn folder(f: Folder) {
         }
         if logged.0.elapsed() >= Duration::from_secs(5) && folded > 0 {
             let (line, now) = f.stats.since(logged.1, &f.detector.stages);
+            let appended = f.stats.journaled.load(Ordering::Relaxed);
             tracing::info!(
-                "usage ingestion: {line}; journal: {} appended, {} entries waiting",
-                f.stats.journaled.load(Ordering::Relaxed),
+                "usage ingestion: {line}; journal: {appended} appended ({} bytes each, {:.2} ms per append), {} entries waiting",
+                f.stats.journal_bytes.load(Ordering::Relaxed) / appended.max(1),
+                f.stats.journal_micros.load(Ordering::Relaxed) as f64 / 1000.0 / appended.max(1) as f64,
                 f.journal.backlog()
             );
             logged = (Instant::now(), now);
@@ -629,11 +654,17 @@ mod tests {
         assert_eq!((entry.entries, entry.parts), (2, 1));
         let back = decode(&entry.body).unwrap();
         assert_eq!(format!("{back:?}"), format!("{prepared:?}"));
-        // Another version is refused, not misread.
-        let mut other = entry.body.clone();
+        // Another version is refused, not misread; a damaged record is an error, not a panic.
+        let plain = lz4_flex::decompress_size_prepended(&entry.body).unwrap();
+        let mut other = plain.clone();
         other[0] = 2;
+        let other = lz4_flex::compress_prepend_size(&other);
         assert!(decode(&other).unwrap_err().contains("version 2"));
         assert!(decode(&entry.body[..entry.body.len() - 1]).is_err());
+        assert!(decode(&[0xff, 0xff, 0xff, 0x7f, 0])
+            .unwrap_err()
+            .contains("claims"));
+        assert!(decode(&[]).is_err());
     }
 
     #[test]
