@@ -960,6 +960,7 @@ impl Ingestor {
             crate::anomalies::Detector::new(db, bus, config.anomalies.clone()).coalescing()
         };
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        let parsers = Parsers::start(std::thread::available_parallelism().map_or(2, |n| n.get()));
         let journal = if config.usage.journal {
             let limits = journal::Limits {
                 fold_rows: config.usage.fold_rows.unwrap_or(match db.kind {
@@ -985,7 +986,10 @@ impl Ingestor {
                 stats: stats.clone(),
                 rate: rate.clone(),
                 limits,
-                samples_per_minute: config.usage.failure_samples_per_minute,
+                parsers: parsers.clone(),
+                quota: Arc::new(std::sync::Mutex::new(journal::SampleQuota::new(
+                    config.usage.failure_samples_per_minute,
+                ))),
             })));
             Some((shared, limits))
         } else {
@@ -1017,9 +1021,7 @@ impl Ingestor {
                 room,
                 capacity,
                 rate,
-                parsers: Parsers::start(
-                    std::thread::available_parallelism().map_or(2, |n| n.get()),
-                ),
+                parsers,
                 journal,
                 stats,
             },
@@ -1499,12 +1501,13 @@ async fn store_group(
     ledger: Option<(&str, i64)>,
     stats: Option<&IngestStats>,
 ) -> Result<(), StoreError> {
+    let agg = aggregate(group, None);
     // A bulk writer: a revocation waiting for SQLite's lock goes first.
     let mut mark = std::time::Instant::now();
     let _turn = db.bulk_write_turn().await;
     let mut tx = db.begin_bulk().await?;
     lap(stats.map(|s| &s.write_stages[..]), 0, &mut mark);
-    write_group(db, bus, feed, &mut tx, group, None, stats, &mut mark).await?;
+    write_group(db, bus, feed, &mut tx, group, &agg, stats, &mut mark).await?;
     if let Some((digest, done)) = ledger {
         // The part is claimed only if it is the next one: the same batch sent again while this one was
         // being stored (by an edge that gave up waiting, to another writer or another replica) found the
@@ -1532,27 +1535,38 @@ async fn store_group(
     Ok(())
 }
 
-/// Writes a group of prepared batches into `tx` (see [`store_group`]), without committing: counts summed
-/// per key across the group, the hourly rollup, failures, address pairs, token first/last use and the
-/// edges' rows. `mark` times the stages.
-async fn write_group(
-    db: &Db,
-    bus: &EventBus,
-    feed: &Feed,
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    group: &[&Prepared],
-    samples: Option<&[Vec<FailureEntry>]>,
-    stats: Option<&IngestStats>,
-    mark: &mut std::time::Instant,
-) -> Result<(), sqlx::Error> {
+/// What a group of batches writes, summed per row and sorted by key (every table is written in key
+/// order, so two writers cannot deadlock). Built by [`aggregate`] without the database: a journal fold
+/// builds it on the parser threads, away from the async workers that answer revocations.
+#[derive(Debug, Default)]
+struct Aggregate {
+    /// When it was summed: address pairs are seen at most then, samples received then.
+    now: i64,
+    /// (minute, edge, key) -> decisions.
+    counts: Vec<((i64, String, CountKey), i64)>,
+    /// (hour, edge, reason) -> decisions: the rollup the pages read.
+    hourly: Vec<((i64, String, String), i64)>,
+    /// (edge, sample) of the failure samples stored.
+    samples: Vec<(String, FailureEntry)>,
+    /// (address, minute) -> failures: every failure, for the repeated-failures detector.
+    per_address: Vec<((String, i64), i64)>,
+    /// (token, address) -> last seen.
+    pairs: Vec<((String, String), i64)>,
+    /// jti -> (uses, last seen, index in the group of the first batch that used it).
+    used: Vec<(String, (i64, i64, usize))>,
+    /// edge -> (reports, decisions, address).
+    edges: Vec<(String, (i64, i64, String))>,
+}
+
+/// Sums a group of prepared batches into the rows they write; `samples` are the failure samples stored
+/// per batch (all of them without).
+fn aggregate(group: &[&Prepared], samples: Option<&[Vec<FailureEntry>]>) -> Aggregate {
     let now = now();
-    type RowKey<'a> = (i64, &'a str, &'a CountKey);
-    let mut counts: BTreeMap<RowKey<'_>, i64> = BTreeMap::new();
+    let mut counts: BTreeMap<(i64, &str, &CountKey), i64> = BTreeMap::new();
     let mut pairs: BTreeMap<(&str, &str), i64> = BTreeMap::new();
-    // jti -> (uses, last seen, index of the first batch that used it)
     let mut used: BTreeMap<&str, (i64, i64, usize)> = BTreeMap::new();
-    // edge -> (reports, decisions, address)
     let mut edges: BTreeMap<&str, (i64, i64, &str)> = BTreeMap::new();
+    let mut per_address: BTreeMap<(&str, i64), i64> = BTreeMap::new();
     for (i, p) in group.iter().enumerate() {
         let edge = p.ingested.edge.as_str();
         for (key, n) in &p.ingested.counts {
@@ -1572,9 +1586,73 @@ async fn write_group(
         e.0 += p.reports;
         e.1 += p.total;
         e.2 = &p.address;
+        for f in &p.ingested.failures {
+            *per_address
+                .entry((f.client_address.as_str(), f.at - f.at.rem_euclid(60)))
+                .or_default() += 1;
+        }
     }
-    let rows: Vec<(&RowKey<'_>, &i64)> = counts.iter().collect();
-    for chunk in rows.chunks(CHUNK) {
+    let mut hourly: BTreeMap<(i64, &str, &str), i64> = BTreeMap::new();
+    for ((bucket, edge, (_, _, _, _, reason)), n) in &counts {
+        *hourly
+            .entry((bucket - bucket.rem_euclid(3600), edge, reason.as_str()))
+            .or_default() += n;
+    }
+    // The samples stored: every one, or those a journal fold keeps (its per-edge quota).
+    let samples = group
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| {
+            let kept = match samples {
+                None => &p.ingested.failures[..],
+                Some(samples) => samples.get(i).map_or(&[][..], |s| &s[..]),
+            };
+            kept.iter().map(|f| (p.ingested.edge.clone(), f.clone()))
+        })
+        .collect();
+    Aggregate {
+        now,
+        counts: counts
+            .into_iter()
+            .map(|((b, e, k), n)| ((b, e.to_owned(), k.clone()), n))
+            .collect(),
+        hourly: hourly
+            .into_iter()
+            .map(|((h, e, r), n)| ((h, e.to_owned(), r.to_owned()), n))
+            .collect(),
+        samples,
+        per_address: per_address
+            .into_iter()
+            .map(|((a, m), n)| ((a.to_owned(), m), n))
+            .collect(),
+        pairs: pairs
+            .into_iter()
+            .map(|((t, a), at)| ((t.to_owned(), a.to_owned()), at))
+            .collect(),
+        used: used.into_iter().map(|(j, u)| (j.to_owned(), u)).collect(),
+        edges: edges
+            .into_iter()
+            .map(|(e, (r, d, a))| (e.to_owned(), (r, d, a.to_owned())))
+            .collect(),
+    }
+}
+
+/// Writes the rows of `agg`, summed from `group`, into `tx` (see [`store_group`]), without committing:
+/// the counts, the hourly rollup, failures, address pairs, token first/last use (one `token.first_use`
+/// event per token) and the edges' rows. `mark` times the stages.
+#[allow(clippy::too_many_arguments)]
+async fn write_group(
+    db: &Db,
+    bus: &EventBus,
+    feed: &Feed,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    group: &[&Prepared],
+    agg: &Aggregate,
+    stats: Option<&IngestStats>,
+    mark: &mut std::time::Instant,
+) -> Result<(), sqlx::Error> {
+    let now = agg.now;
+    for chunk in agg.counts.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO usage_counts (bucket, edge, token, subject, client_id, route, reason, count) VALUES {} \
              ON CONFLICT (bucket, edge, token, subject, client_id, route, reason) DO UPDATE SET count = usage_counts.count + excluded.count",
@@ -1584,27 +1662,20 @@ async fn write_group(
         for ((bucket, edge, (token, subject, client, route, reason)), count) in chunk {
             query = query
                 .bind(*bucket)
-                .bind(*edge)
-                .bind(token)
-                .bind(subject)
-                .bind(client)
-                .bind(route)
-                .bind(reason)
-                .bind(**count);
+                .bind(edge.as_str())
+                .bind(token.as_str())
+                .bind(subject.as_str())
+                .bind(client.as_str())
+                .bind(route.as_str())
+                .bind(reason.as_str())
+                .bind(*count);
         }
         query.execute(&mut **tx).await?;
     }
     lap(stats.map(|s| &s.write_stages[..]), 1, mark);
-    // The hourly rollup the pages read, summed here per (hour, edge, reason): one multi-row upsert per
-    // group instead of a trigger firing per inserted row (a third of the write's time with the trigger).
-    let mut hourly: BTreeMap<(i64, &str, &str), i64> = BTreeMap::new();
-    for ((bucket, edge, (_, _, _, _, reason)), n) in &counts {
-        *hourly
-            .entry((bucket - bucket.rem_euclid(3600), edge, reason.as_str()))
-            .or_default() += n;
-    }
-    let hourly: Vec<(&(i64, &str, &str), &i64)> = hourly.iter().collect();
-    for chunk in hourly.chunks(CHUNK) {
+    // The hourly rollup the pages read, summed per (hour, edge, reason): one multi-row upsert per group
+    // instead of a trigger firing per inserted row (a third of the write's time with the trigger).
+    for chunk in agg.hourly.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO usage_hourly (hour, edge, reason, count) VALUES {} \
              ON CONFLICT (hour, edge, reason) DO UPDATE SET count = usage_hourly.count + excluded.count",
@@ -1612,31 +1683,16 @@ async fn write_group(
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for ((hour, edge, reason), n) in chunk {
-            query = query.bind(*hour).bind(*edge).bind(*reason).bind(**n);
+            query = query
+                .bind(*hour)
+                .bind(edge.as_str())
+                .bind(reason.as_str())
+                .bind(*n);
         }
         query.execute(&mut **tx).await?;
     }
     lap(stats.map(|s| &s.write_stages[..]), 2, mark);
-    let failures: Vec<(&str, &FailureEntry)> = group
-        .iter()
-        .flat_map(|j| {
-            let edge = j.ingested.edge.as_str();
-            j.ingested.failures.iter().map(move |f| (edge, f))
-        })
-        .collect();
-    // The samples stored: every one, or those a journal fold keeps (its per-edge quota).
-    let stored: Vec<(&str, &FailureEntry)> = match samples {
-        None => failures.clone(),
-        Some(samples) => group
-            .iter()
-            .zip(samples)
-            .flat_map(|(j, kept)| {
-                let edge = j.ingested.edge.as_str();
-                kept.iter().map(move |f| (edge, f))
-            })
-            .collect(),
-    };
-    for chunk in stored.chunks(CHUNK) {
+    for chunk in agg.samples.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO usage_failures (id, edge, at, received_at, jti, subject, client_id, route, reason, client_address, iat, nbf) VALUES {}",
             row_placeholders(db.kind, chunk.len(), 12)
@@ -1645,7 +1701,7 @@ async fn write_group(
         for (edge, f) in chunk {
             query = query
                 .bind(random_id("uf_"))
-                .bind(*edge)
+                .bind(edge.as_str())
                 .bind(f.at)
                 .bind(now)
                 .bind(&f.jti)
@@ -1660,14 +1716,7 @@ async fn write_group(
         query.execute(&mut **tx).await?;
     }
     // The repeated-failures detector's rollup: failures per client address and minute (migration 0010).
-    let mut per_address: BTreeMap<(&str, i64), i64> = BTreeMap::new();
-    for (_, f) in &failures {
-        *per_address
-            .entry((f.client_address.as_str(), f.at - f.at.rem_euclid(60)))
-            .or_default() += 1;
-    }
-    let per_address: Vec<(&(&str, i64), &i64)> = per_address.iter().collect();
-    for chunk in per_address.chunks(CHUNK) {
+    for chunk in agg.per_address.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO address_failure_minutes (address, minute, failures) VALUES {} \
              ON CONFLICT (address, minute) DO UPDATE SET failures = address_failure_minutes.failures + excluded.failures",
@@ -1675,13 +1724,12 @@ async fn write_group(
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for ((address, minute), n) in chunk {
-            query = query.bind(*address).bind(*minute).bind(**n);
+            query = query.bind(address.as_str()).bind(*minute).bind(*n);
         }
         query.execute(&mut **tx).await?;
     }
     lap(stats.map(|s| &s.write_stages[..]), 3, mark);
-    let pairs: Vec<(&(&str, &str), &i64)> = pairs.iter().collect();
-    for chunk in pairs.chunks(CHUNK) {
+    for chunk in agg.pairs.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO token_addresses (token, address, first_seen, last_seen) VALUES {} \
              ON CONFLICT (token, address) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > token_addresses.last_seen THEN excluded.last_seen ELSE token_addresses.last_seen END",
@@ -1689,13 +1737,16 @@ async fn write_group(
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for ((token, addr), at) in chunk {
-            query = query.bind(*token).bind(*addr).bind(**at).bind(**at);
+            query = query
+                .bind(token.as_str())
+                .bind(addr.as_str())
+                .bind(*at)
+                .bind(*at);
         }
         query.execute(&mut **tx).await?;
     }
     lap(stats.map(|s| &s.write_stages[..]), 4, mark);
-    let used: Vec<(&&str, &(i64, i64, usize))> = used.iter().collect();
-    for chunk in used.chunks(CHUNK) {
+    for chunk in agg.used.chunks(CHUNK) {
         // First use: only rows still without one are claimed, so each token gets one event even
         // when replicas ingest reports for it at the same moment. VALUES columns are column1,
         // column2 on both engines (SQLite has no column aliases there).
@@ -1706,9 +1757,8 @@ async fn write_group(
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (jti, (_, _, first)) in chunk {
-            query = query
-                .bind(**jti)
-                .bind(group[*first].ingested.interval_start);
+            let started = group.get(*first).map_or(now, |p| p.ingested.interval_start);
+            query = query.bind(jti.as_str()).bind(started);
         }
         let first_uses = query.fetch_all(&mut **tx).await?;
         let sql = format!(
@@ -1719,15 +1769,18 @@ async fn write_group(
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (jti, (uses, last, _)) in chunk {
-            query = query.bind(**jti).bind(*uses).bind(*last);
+            query = query.bind(jti.as_str()).bind(*uses).bind(*last);
         }
         query.execute(&mut **tx).await?;
         for row in first_uses {
             let jti: String = row.try_get("jti")?;
-            let Some((_, (_, _, first))) = chunk.iter().find(|(j, _)| ***j == jti) else {
+            let Some(p) = chunk
+                .iter()
+                .find(|(j, _)| *j == jti)
+                .and_then(|(_, (_, _, first))| group.get(*first))
+            else {
                 continue;
             };
-            let p = group[*first];
             let seen_from: Vec<&String> = p
                 .addresses
                 .iter()
@@ -1745,7 +1798,7 @@ async fn write_group(
     lap(stats.map(|s| &s.write_stages[..]), 5, mark);
     // The edge's poll as this replica saw it rides along, so a report also refreshes the poll columns.
     let polls = feed.edges();
-    for (edge, (reports, decisions, address)) in &edges {
+    for (edge, (reports, decisions, address)) in &agg.edges {
         let poll = polls.iter().find(|e| e.name == *edge);
         sqlx::query(
             "INSERT INTO edges (name, address, last_poll, feed_cursor, last_report, reports, events, first_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $5) \
@@ -1754,8 +1807,8 @@ async fn write_group(
              last_poll = CASE WHEN edges.last_poll IS NULL OR excluded.last_poll > edges.last_poll THEN excluded.last_poll ELSE edges.last_poll END, \
              feed_cursor = CASE WHEN edges.last_poll IS NULL OR excluded.last_poll > edges.last_poll THEN excluded.feed_cursor ELSE edges.feed_cursor END",
         )
-        .bind(*edge)
-        .bind(*address)
+        .bind(edge.as_str())
+        .bind(address.as_str())
         .bind(poll.map(|p| p.last_poll))
         .bind(poll.map(|p| p.cursor))
         .bind(now)

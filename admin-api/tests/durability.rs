@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 both_backends!(
     revocation_acknowledged_before_sigkill_survives_restart,
     usage_acknowledged_before_sigkill_is_stored_whole,
+    journaled_usage_acknowledged_before_sigkill_is_stored_after_restart,
 );
 
 const MASTER_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -40,14 +41,23 @@ fn free_port() -> u16 {
 // The caller kills and waits for the returned child; the failure path here does the same.
 #[allow(clippy::zombie_processes)]
 async fn start(db: &TestDb, port: u16) -> Child {
+    start_with(db, port, &[]).await
+}
+
+// The caller kills and waits for the returned child; the failure path here does the same.
+#[allow(clippy::zombie_processes)]
+async fn start_with(db: &TestDb, port: u16, extra: &[&str]) -> Child {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "serve",
+        "--listen",
+        &listen,
+        "--issuer",
+        "https://issuer.test",
+    ];
+    args.extend_from_slice(extra);
     let mut child = command(db)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--issuer",
-            "https://issuer.test",
-        ])
+        .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -201,10 +211,21 @@ fn usage_batch(edge: &str, n: usize) -> (Value, i64) {
 }
 
 async fn usage_acknowledged_before_sigkill_is_stored_whole(backend: Backend) {
+    usage_acknowledged_before_sigkill(backend, false).await;
+}
+
+/// With `--usage-journal` a 202 means the batch is in the journal: after the SIGKILL the replica is started
+/// again, folds what the journal holds, and every acknowledged batch is then stored whole, once.
+async fn journaled_usage_acknowledged_before_sigkill_is_stored_after_restart(backend: Backend) {
+    usage_acknowledged_before_sigkill(backend, true).await;
+}
+
+async fn usage_acknowledged_before_sigkill(backend: Backend, journal: bool) {
     let db = TestDb::new(backend).await;
     let key = cli_key(&db);
     let port = free_port();
-    let mut server = start(&db, port).await;
+    let extra: &[&str] = if journal { &["--usage-journal"] } else { &[] };
+    let mut server = start_with(&db, port, extra).await;
     let url = format!("http://127.0.0.1:{port}/api/v1/usage");
     // Eight edges post batches back to back, each on a fresh connection (the kill closes every
     // connection; a reused one would fail the next request for the wrong reason).
@@ -246,6 +267,32 @@ async fn usage_acknowledged_before_sigkill_is_stored_whole(backend: Backend) {
     server.kill().expect("sigkill");
     server.wait().expect("reaped");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if journal {
+        // Started again, the replica folds every batch the journal holds.
+        let mut server = start_with(&db, port, extra).await;
+        let store = edgewarden_admin::db::Db::connect(&db.config())
+            .await
+            .expect("open the store");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let waiting: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM usage_journal WHERE done < parts")
+                    .fetch_one(&store.pool)
+                    .await
+                    .expect("journal");
+            if waiting == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{waiting} journaled batches were not stored within 60 s of the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        store.pool.close().await;
+        server.kill().expect("stop");
+        server.wait().expect("reaped");
+    }
 
     let store = edgewarden_admin::db::Db::connect(&db.config())
         .await

@@ -20,6 +20,8 @@ both_backends!(
     retention_prunes_usage_events_and_resolved_anomalies,
     oversized_batch_is_stored_in_parts_and_counted_once_when_resent,
     same_oversized_batch_sent_twice_at_once_is_counted_once,
+    journaled_batch_heavier_than_a_fold_is_stored_in_parts_once,
+    journal_finds_the_anomalies_the_pipeline_without_it_finds,
 );
 
 /// SQLite's WAL starts over under a steady stream of writes and reads (the checkpointer's restart):
@@ -592,4 +594,133 @@ async fn same_oversized_batch_sent_twice_at_once_is_counted_once(backend: Backen
     );
     assert_eq!(stored.hourly, total, "the rollup counts it once too");
     assert_eq!(stored.reports, 1, "the two copies are one report");
+}
+
+/// Waits until the usage journal is empty: every batch answered is stored and examined.
+async fn journal_folded(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_journal")
+            .fetch_one(&app.state.db.pool)
+            .await
+            .expect("journal");
+        if waiting == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} batches still in the usage journal after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// With `--usage-journal`, a batch heavier than one fold (about 31,000 rows against 2,000) is answered at
+/// once, then stored in parts, each claimed in the transaction that stores it, and counted once; failure
+/// samples beyond the per-edge quota are not stored, but every failure is counted in the per-address
+/// rollup the detectors read.
+async fn journaled_batch_heavier_than_a_fold_is_stored_in_parts_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    config.usage.journal = true;
+    config.usage.max_rows_per_transaction = 2_000;
+    config.usage.fold_rows = Some(2_000);
+    config.usage.failure_samples_per_minute = 300;
+    let app = TestApp::with_config(config, db).await;
+    let (body, total) = full_batch("journal-edge", 5);
+    app.post("/api/v1/usage", Some(&app.admin_key), body)
+        .await
+        .expect(StatusCode::ACCEPTED);
+    journal_folded(&app).await;
+    let transactions = app
+        .state
+        .usage
+        .stats
+        .transactions
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        transactions >= 30,
+        "a batch of ~31,000 rows in parts of 500: {transactions} transactions"
+    );
+    let stored = Stored::of(&app, "journal-edge").await;
+    assert_eq!(stored.counts, total, "counted once");
+    assert_eq!(stored.hourly, total, "the rollup counts it once too");
+    assert_eq!(stored.reports, 1, "the parts are one report");
+    assert_eq!(stored.failures, 300, "samples within the quota");
+    let failures: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(failures), 0) AS BIGINT) FROM address_failure_minutes",
+    )
+    .fetch_one(&app.state.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(failures, 1_000, "every failure counted for the detectors");
+}
+
+/// A sequence of batches that crosses several detectors' thresholds (failures from one address, a
+/// revoked token used, a token from many addresses, refusals for one subject) opens the same anomalies
+/// with the journal as without it.
+async fn journal_finds_the_anomalies_the_pipeline_without_it_finds(backend: Backend) {
+    let batches: Vec<Value> = (0..12)
+        .map(|b| {
+            let now = now();
+            let counts: Vec<Value> = (0..40)
+                .map(|i| {
+                    let reason = match i % 8 {
+                        0 => "revoked",
+                        1 => "expired",
+                        _ => "allowed",
+                    };
+                    json!({"jti": format!("tok-{}", i % 10), "subject": format!("user-{}", i % 3),
+                           "client_id": "billing", "route": "/api/orders", "reason": reason, "count": 3,
+                           "addresses": [format!("10.0.{}.{}", b, i % 4)]})
+                })
+                .collect();
+            let failures: Vec<Value> = (0..5)
+                .map(|i| json!({"reason": "bad_signature", "client_address": "203.0.113.9", "at": now - i,
+                                "jti": "tok-1", "subject": "user-1"}))
+                .collect();
+            json!({"edge": format!("edge-{}", b % 2), "interval_start": now - 10, "interval_end": now,
+                   "counts": counts, "failures": failures})
+        })
+        .collect();
+    let mut opened: Vec<Vec<(String, String, String)>> = Vec::new();
+    for journal in [false, true] {
+        let db = TestDb::new(backend).await;
+        let mut config = db.config();
+        config.usage.journal = journal;
+        let app = TestApp::with_config(config, db).await;
+        for batch in &batches {
+            app.post("/api/v1/usage", Some(&app.admin_key), batch.clone())
+                .await
+                .expect(StatusCode::ACCEPTED);
+        }
+        if journal {
+            journal_folded(&app).await;
+        }
+        let rows = sqlx::query(
+            "SELECT kind, subject_kind, subject FROM anomalies ORDER BY kind, subject_kind, subject",
+        )
+        .fetch_all(&app.state.db.pool)
+        .await
+        .unwrap();
+        opened.push(
+            rows.iter()
+                .map(|r| {
+                    use sqlx::Row as _;
+                    (r.get("kind"), r.get("subject_kind"), r.get("subject"))
+                })
+                .collect(),
+        );
+    }
+    let kinds: std::collections::BTreeSet<&str> =
+        opened[0].iter().map(|(k, _, _)| k.as_str()).collect();
+    for kind in [
+        "address_failures",
+        "revoked_token_use",
+        "token_many_addresses",
+        "subject_failures",
+    ] {
+        assert!(kinds.contains(kind), "{kind} is opened: {:?}", opened[0]);
+    }
+    assert_eq!(opened[1], opened[0], "the journal opens the same anomalies");
 }

@@ -32,7 +32,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
 
-use super::{lap, split, write_group, DrainRate, IngestStats, Job, JobBox, Prepared, Refusal};
+use super::{
+    aggregate, lap, split, write_group, DrainRate, FailureEntry, IngestStats, Job, JobBox, Parsers,
+    Prepared, Refusal,
+};
 use crate::db::{now, Db, DbKind};
 use crate::events::EventBus;
 use crate::feed_marks::row_placeholders;
@@ -245,12 +248,19 @@ async fn append(db: &Db, group: &[Job]) -> Result<i64, sqlx::Error> {
 
 /// At most so many failure samples per edge and minute stored by this replica's folds.
 #[derive(Debug)]
-struct SampleQuota {
+pub(super) struct SampleQuota {
     per_minute: usize,
     used: HashMap<(String, i64), usize>,
 }
 
 impl SampleQuota {
+    pub(super) fn new(per_minute: usize) -> SampleQuota {
+        SampleQuota {
+            per_minute,
+            used: HashMap::new(),
+        }
+    }
+
     /// Whether a sample of `edge` at `at` is stored (and counts it).
     fn take(&mut self, edge: &str, at: i64) -> bool {
         let minute = at - at.rem_euclid(60);
@@ -268,7 +278,7 @@ impl SampleQuota {
     }
 
     /// The failure samples of `batch` within the quota (the detectors see them all).
-    fn kept(&mut self, batch: &Prepared) -> Vec<super::FailureEntry> {
+    fn kept(&mut self, batch: &Prepared) -> Vec<FailureEntry> {
         let edge = batch.ingested.edge.as_str();
         batch
             .ingested
@@ -291,7 +301,9 @@ pub(super) struct Folder {
     pub stats: Arc<IngestStats>,
     pub rate: Arc<DrainRate>,
     pub limits: Limits,
-    pub samples_per_minute: usize,
+    /// Where records are decoded and summed, away from the async workers.
+    pub parsers: Parsers,
+    pub quota: Arc<std::sync::Mutex<SampleQuota>>,
 }
 
 /// A journal row read by a fold.
@@ -329,10 +341,6 @@ fn id_list(kind: DbKind, n: usize) -> String {
 /// The fold task: folds while the journal holds batches, examines rows left behind every so often, and
 /// writes the anomaly refreshes held back once the journal is empty.
 pub(super) async fn folder(f: Folder) {
-    let mut quota = SampleQuota {
-        per_minute: f.samples_per_minute,
-        used: HashMap::new(),
-    };
     let mut logged = (Instant::now(), [0; 5]);
     let mut left_checked: Option<Instant> = None;
     loop {
@@ -342,7 +350,7 @@ pub(super) async fn folder(f: Folder) {
                 tracing::warn!(error = %e, "cannot examine the usage journal's rows left behind; retrying later");
             }
         }
-        let folded = match fold(&f, &mut quota).await {
+        let folded = match fold(&f).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot fold the usage journal; retrying");
@@ -390,63 +398,97 @@ async fn refresh_backlog(f: &Folder) -> Result<(), sqlx::Error> {
 }
 
 /// Folds one group: stores up to [`FOLD_BATCHES`] journaled batches (at most the fold's rows) in one
-/// transaction that also marks them stored, runs the detectors over them and deletes their rows. A first
-/// batch heavier than a fold is stored in parts. Returns the batches folded.
-async fn fold(f: &Folder, quota: &mut SampleQuota) -> Result<usize, sqlx::Error> {
+/// transaction that also marks them stored, runs the detectors over them and deletes their rows. The
+/// records are decoded and summed on the parser threads before the write turn is taken. A first batch
+/// heavier than a fold is stored in parts. Returns the batches folded.
+async fn fold(f: &Folder) -> Result<usize, sqlx::Error> {
     let db = &f.db;
     let stages = Some(&f.stats.write_stages[..]);
     let started = Instant::now();
-    let mut mark = started;
-    let turn = db.bulk_write_turn().await;
-    let mut tx = db.begin_bulk().await?;
-    lap(stages, 0, &mut mark);
-    let lock = match db.kind {
-        DbKind::Postgres => " FOR UPDATE SKIP LOCKED",
-        DbKind::Sqlite => "",
+    // With PostgreSQL the rows are claimed in the fold's transaction (other replicas skip them); SQLite has
+    // one replica and one fold, and reads them before its transaction, which takes the write lock.
+    let select = format!(
+        "SELECT id, entries, weight, parts, done, body FROM usage_journal WHERE done < parts ORDER BY id LIMIT {FOLD_BATCHES}{}",
+        match db.kind {
+            DbKind::Postgres => " FOR UPDATE SKIP LOCKED",
+            DbKind::Sqlite => "",
+        }
+    );
+    let (claim, rows) = match db.kind {
+        DbKind::Postgres => {
+            let mut tx = db.begin_bulk().await?;
+            let rows = sqlx::query(sqlx::AssertSqlSafe(select))
+                .fetch_all(&mut *tx)
+                .await?;
+            (Some(tx), rows)
+        }
+        DbKind::Sqlite => (
+            None,
+            sqlx::query(sqlx::AssertSqlSafe(select))
+                .fetch_all(&db.pool)
+                .await?,
+        ),
     };
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT id, entries, weight, parts, done, body FROM usage_journal WHERE done < parts ORDER BY id LIMIT {FOLD_BATCHES}{lock}"
-    )))
-    .fetch_all(&mut *tx)
-    .await?;
     let mut rows = rows.iter().map(row).collect::<Result<Vec<_>, _>>()?;
     let Some(first) = rows.first() else {
-        tx.rollback().await?;
         return Ok(0);
     };
     if first.parts > 1 || first.done > 0 {
-        tx.rollback().await?;
-        drop(turn);
+        drop(claim);
         let first = rows.swap_remove(0);
         return fold_in_parts(f, first).await.map(|()| 1);
     }
-    let mut group: Vec<(i64, i64, Prepared)> = Vec::new();
-    let mut unreadable: Vec<i64> = Vec::new();
+    let mut picked = Vec::new();
     let mut weight = 0;
     for r in rows {
         if r.parts > 1 || r.done > 0 {
             break;
         }
-        if !group.is_empty() && weight + r.weight as usize > f.limits.fold_rows {
+        if !picked.is_empty() && weight + r.weight as usize > f.limits.fold_rows {
             break;
         }
         weight += r.weight as usize;
-        match decode(&r.body) {
-            Ok(p) => group.push((r.id, r.entries, p)),
-            Err(e) => {
-                tracing::error!(id = r.id, error = %e, "a usage journal row cannot be read by this build; it is left in the journal");
-                unreadable.push(r.id);
-            }
-        }
+        picked.push(r);
     }
+    let quota = f.quota.clone();
+    let summed = f
+        .parsers
+        .run(move || {
+            let mut group = Vec::with_capacity(picked.len());
+            for r in picked {
+                match decode(&r.body) {
+                    Ok(p) => group.push((r.id, r.entries, p)),
+                    Err(e) => {
+                        tracing::error!(id = r.id, error = %e, "a usage journal row cannot be read by this build; it is left in the journal");
+                    }
+                }
+            }
+            // The detectors see every failure sample; the table keeps the quota.
+            let samples: Vec<Vec<FailureEntry>> = match quota.lock() {
+                Ok(mut quota) => group.iter().map(|(_, _, p)| quota.kept(p)).collect(),
+                Err(_) => Vec::new(),
+            };
+            let refs: Vec<&Prepared> = group.iter().map(|(_, _, p)| p).collect();
+            let agg = aggregate(&refs, Some(&samples));
+            (group, agg)
+        })
+        .await;
+    let Some((group, agg)) = summed else {
+        return Err(sqlx::Error::Protocol(
+            "the usage parser threads stopped".into(),
+        ));
+    };
     if group.is_empty() {
-        // Only rows this build cannot read: left for a build that can, and not folded again by this one.
-        tx.rollback().await?;
+        // Only rows this build cannot read: left for a build that can.
         return Ok(0);
     }
-    // The detectors see every failure sample; the table keeps the quota.
-    let samples: Vec<Vec<super::FailureEntry>> =
-        group.iter().map(|(_, _, p)| quota.kept(p)).collect();
+    let mut mark = Instant::now();
+    let turn = db.bulk_write_turn().await;
+    let mut tx = match claim {
+        Some(tx) => tx,
+        None => db.begin_bulk().await?,
+    };
+    lap(stages, 0, &mut mark);
     let refs: Vec<&Prepared> = group.iter().map(|(_, _, p)| p).collect();
     write_group(
         db,
@@ -454,29 +496,36 @@ async fn fold(f: &Folder, quota: &mut SampleQuota) -> Result<usize, sqlx::Error>
         &f.feed,
         &mut tx,
         &refs,
-        Some(&samples),
+        &agg,
         Some(&f.stats),
         &mut mark,
     )
     .await?;
     let ids: Vec<i64> = group.iter().map(|(id, _, _)| *id).collect();
     let now = now();
+    let mut marked = 0;
     for chunk in ids.chunks(500) {
+        let list = id_list(db.kind, chunk.len() + 1);
         let sql = match db.kind {
             DbKind::Sqlite => format!(
-                "UPDATE usage_journal SET done = parts, stored_at = ? WHERE {}",
+                "UPDATE usage_journal SET done = parts, stored_at = ? WHERE done < parts AND {}",
                 id_list(db.kind, chunk.len())
             ),
             DbKind::Postgres => format!(
-                "UPDATE usage_journal SET done = parts, stored_at = $1 WHERE {}",
-                id_list(db.kind, chunk.len() + 1).replacen("$1, ", "", 1)
+                "UPDATE usage_journal SET done = parts, stored_at = $1 WHERE done < parts AND {}",
+                list.replacen("$1, ", "", 1)
             ),
         };
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
         for id in chunk {
             query = query.bind(*id);
         }
-        query.execute(&mut *tx).await?;
+        marked += query.execute(&mut *tx).await?.rows_affected();
+    }
+    if marked != ids.len() as u64 {
+        // Some of them were stored meanwhile by another fold: nothing of this one is kept.
+        tx.rollback().await?;
+        return Ok(0);
     }
     tx.commit().await?;
     lap(stages, 6, &mut mark);
@@ -487,8 +536,7 @@ async fn fold(f: &Folder, quota: &mut SampleQuota) -> Result<usize, sqlx::Error>
         .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     f.stats.transactions.fetch_add(1, Ordering::Relaxed);
     f.rate.writer_took(0, entries as usize, started.elapsed());
-    let batches: Vec<&Prepared> = group.iter().map(|(_, _, p)| p).collect();
-    examined(f, &ids, entries, &batches).await?;
+    examined(f, &ids, entries, &refs).await?;
     Ok(group.len())
 }
 
@@ -525,13 +573,18 @@ async fn fold_in_parts(f: &Folder, r: Row) -> Result<(), sqlx::Error> {
             tx.rollback().await?;
             return Ok(());
         }
+        let samples = match f.quota.lock() {
+            Ok(mut quota) => vec![quota.kept(piece)],
+            Err(_) => Vec::new(),
+        };
+        let agg = aggregate(&[piece], Some(&samples));
         write_group(
             db,
             &f.bus,
             &f.feed,
             &mut tx,
             &[piece],
-            None,
+            &agg,
             Some(&f.stats),
             &mut mark,
         )
@@ -688,10 +741,7 @@ mod tests {
 
     #[test]
     fn failure_samples_beyond_the_quota_are_not_stored() {
-        let mut quota = SampleQuota {
-            per_minute: 2,
-            used: HashMap::new(),
-        };
+        let mut quota = SampleQuota::new(2);
         assert!(quota.take("e1", 60));
         assert!(quota.take("e1", 119));
         assert!(!quota.take("e1", 100));
