@@ -116,7 +116,7 @@ pub struct UsageConfig {
     /// groups ([`journal`]).
     pub journal: bool,
     /// Rows (as [`UsageConfig::max_rows_per_transaction`] counts them) one journal fold stores at most;
-    /// `None`: that bound with SQLite, [`journal::POSTGRES_FOLD_ROWS`] with PostgreSQL.
+    /// `None`: [`journal::SQLITE_FOLD_ROWS`] or [`journal::POSTGRES_FOLD_ROWS`].
     pub fold_rows: Option<usize>,
     /// Failure samples stored per edge and minute at most by journal folds; the counts and the per-address
     /// failure rollup still count every failure.
@@ -197,8 +197,8 @@ pub struct UsageArgs {
     /// journal by any replica: fewer, larger writes, and batches answered in milliseconds.
     #[arg(long, env = "EDGEWARDEN_USAGE_JOURNAL")]
     pub usage_journal: bool,
-    /// Rows one journal fold stores at most (default: --usage-transaction-rows with SQLite, 1000000 with
-    /// PostgreSQL, which no revocation waits behind).
+    /// Rows one journal fold stores at most (default: 20000 with SQLite, where a revocation waits for the
+    /// fold in progress; 1000000 with PostgreSQL, where none does).
     #[arg(long, env = "EDGEWARDEN_USAGE_FOLD_ROWS")]
     pub usage_fold_rows: Option<usize>,
     /// Failure samples stored per edge and minute at most with --usage-journal (every failure is still
@@ -964,7 +964,7 @@ impl Ingestor {
         let journal = if config.usage.journal {
             let limits = journal::Limits {
                 fold_rows: config.usage.fold_rows.unwrap_or(match db.kind {
-                    db::DbKind::Sqlite => config.usage.max_rows_per_transaction,
+                    db::DbKind::Sqlite => journal::SQLITE_FOLD_ROWS,
                     db::DbKind::Postgres => journal::POSTGRES_FOLD_ROWS,
                 }),
                 part_rows: config.usage.max_rows_per_transaction.min(PART_ROWS),
@@ -976,21 +976,30 @@ impl Ingestor {
                 shared.clone(),
                 stats.clone(),
             )));
-            tasks.push(tokio::spawn(journal::folder(journal::Folder {
-                db: db.clone(),
-                bus: bus.clone(),
-                feed,
-                detector: detector_of(db.clone(), bus),
-                metrics,
-                journal: shared.clone(),
-                stats: stats.clone(),
-                rate: rate.clone(),
-                limits,
-                parsers: parsers.clone(),
-                quota: Arc::new(std::sync::Mutex::new(journal::SampleQuota::new(
-                    config.usage.failure_samples_per_minute,
-                ))),
-            })));
+            // With PostgreSQL, as many folds side by side as writers (each claims its own rows); with
+            // SQLite one, since its write lock takes one writer at a time.
+            let quota = Arc::new(std::sync::Mutex::new(journal::SampleQuota::new(
+                config.usage.failure_samples_per_minute,
+            )));
+            // The folds' detectors add up their stage times in one place, for the log line.
+            let stages = detector_of(db.clone(), bus.clone()).stages;
+            for index in 0..writers {
+                let mut detector = detector_of(db.clone(), bus.clone());
+                detector.stages = stages.clone();
+                tasks.push(tokio::spawn(journal::folder(journal::Folder {
+                    db: db.clone(),
+                    bus: bus.clone(),
+                    feed: feed.clone(),
+                    detector,
+                    metrics: metrics.clone(),
+                    journal: shared.clone(),
+                    stats: stats.clone(),
+                    rate: (rate.clone(), index),
+                    limits,
+                    parsers: parsers.clone(),
+                    quota: quota.clone(),
+                })));
+            }
             Some((shared, limits))
         } else {
             tasks.extend((0..writers).map(|index| {
