@@ -368,8 +368,7 @@ pub(super) async fn folder(f: Folder) {
         if let Err(e) = refresh_backlog(&f).await {
             tracing::warn!(error = %e, "cannot read the usage journal's backlog");
         }
-        // One fold writes the log line, for all of them (they share the counters).
-        if f.rate.1 == 0 && logged.0.elapsed() >= Duration::from_secs(5) && folded > 0 {
+        if logged.0.elapsed() >= Duration::from_secs(5) && folded > 0 {
             let (line, now) = f.stats.since(logged.1, &f.detector.stages);
             let appended = f.stats.journaled.load(Ordering::Relaxed);
             tracing::info!(
