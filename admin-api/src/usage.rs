@@ -39,7 +39,9 @@
 //!   strings; `iat` and `nbf` optional Unix seconds from the refused token (for clock-skew detection).
 //! - Unknown fields are refused. Bad input is a 400 naming the field (`counts[3].reason`).
 //!
-//! Answer: `202 {"accepted_counts": n, "accepted_failures": m, "bucket": <minute>}`.
+//! Answer: `202 {"accepted_counts": n, "accepted_failures": m, "bucket": <minute>}`, once the batch is
+//! stored and examined; with `serve --usage-journal`, once it is committed to the usage journal, to be
+//! stored and examined by the next fold ([`journal`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1432,8 +1434,11 @@ async fn ingest(
         .parsers
         .run(move || -> ApiResult<Result<_, Response>> {
             let batch: UsageBatch = parse_json(&body)?;
-            // The parts ledger's key, should the batch be too large for one transaction.
-            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+            // The parts ledger's key, should the batch be too large for one transaction (the journal
+            // claims parts on the batch's own row instead).
+            let digest = journal_limits
+                .is_none()
+                .then(|| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)));
             drop(body);
             if let Some(message) = oversized(&batch, &limits) {
                 return Ok(Err(too_large(message)));
@@ -1446,7 +1451,7 @@ async fn ingest(
                 entries(&batch),
             );
             let prepared = Prepared {
-                digest: Some(digest),
+                digest,
                 ..prepare(batch, address)
             };
             let (prepared, record) = match journal_limits {

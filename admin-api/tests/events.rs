@@ -551,9 +551,21 @@ async fn metrics_count_requests_feed_polls_tokens_and_usage(backend: Backend) {
 /// `(method, path)` of every route registered with `.route("...", get(..).post(..))` in the sources.
 fn routes_in_source() -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    for entry in std::fs::read_dir(src).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+    // Every source file, in `src/` and its module directories.
+    let mut files = Vec::new();
+    let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    for file in files {
+        let text = std::fs::read_to_string(file).unwrap();
         for piece in text.split(".route(").skip(1) {
             // rustfmt may put the path on the next line.
             let Some(piece) = piece.trim_start().strip_prefix('"') else {

@@ -8,10 +8,11 @@
 //! (minute, edge, token, route, reason) reported by many batches becomes one upsert, and the detectors'
 //! window queries run once for the union of many batches' tokens, subjects and clients.
 //!
-//! What a 202 means: the batch is durable (a plain commit, not the usage tables' asynchronous one, so it
-//! survives a crash of the replica and of PostgreSQL) and will be counted exactly once: a fold stores a
-//! group and marks its rows stored in one transaction, and the anomaly detectors run over the group before
-//! its rows are deleted. Counts and anomalies appear when the fold has run, normally within a second.
+//! What a 202 means: the batch is durable (with PostgreSQL a commit that waits for the WAL flush, not the
+//! usage tables' asynchronous one; with SQLite the bulk connections' `synchronous = NORMAL`, which survives
+//! a crash of the replica) and will be counted exactly once: a fold stores a group and marks its rows
+//! stored in one transaction, and the anomaly detectors run over the group before its rows are deleted.
+//! Counts and anomalies appear when the fold has run, normally within a second.
 //! - Any replica folds any row (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so the rows of a replica that
 //!   died are folded by the others, or by itself after a restart.
 //! - A row stored whose detectors did not run (the replica died in between) is examined by a later fold
