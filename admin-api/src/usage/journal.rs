@@ -302,8 +302,6 @@ pub(super) struct Folder {
     pub db: Db,
     pub bus: Arc<EventBus>,
     pub feed: Arc<Feed>,
-    pub detector: crate::anomalies::Detector,
-    pub metrics: Arc<crate::metrics::Metrics>,
     pub journal: Arc<Journal>,
     pub stats: Arc<IngestStats>,
     /// The drain rate and this fold's slot in it.
@@ -312,6 +310,28 @@ pub(super) struct Folder {
     /// Where records are decoded and summed, away from the async workers.
     pub parsers: Parsers,
     pub quota: Arc<std::sync::Mutex<SampleQuota>>,
+    /// Where stored groups go to be examined: the next fold is read and summed meanwhile.
+    pub examine: tokio::sync::mpsc::Sender<Stored>,
+    /// The detectors' stage times, for the log line.
+    pub detect_stages: Arc<[std::sync::atomic::AtomicU64; crate::anomalies::DETECT_STAGES.len()]>,
+}
+
+/// The examining task's parts: the detectors run over each stored group in the order the folds stored
+/// them, then the group's rows are deleted.
+pub(super) struct Examiner {
+    pub db: Db,
+    pub detector: crate::anomalies::Detector,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub journal: Arc<Journal>,
+    pub stats: Arc<IngestStats>,
+    pub rate: Arc<DrainRate>,
+}
+
+/// A group stored by a fold, on its way to the detectors.
+pub(super) struct Stored {
+    ids: Vec<i64>,
+    entries: i64,
+    batches: Vec<Prepared>,
 }
 
 /// A journal row read by a fold.
@@ -346,18 +366,10 @@ fn id_list(kind: DbKind, n: usize) -> String {
     format!("id IN ({})", marks.join(", "))
 }
 
-/// The fold task: folds while the journal holds batches, examines rows left behind every so often, and
-/// writes the anomaly refreshes held back once the journal is empty.
+/// The fold task: folds while the journal holds batches, and waits for the next append otherwise.
 pub(super) async fn folder(f: Folder) {
     let mut logged = (Instant::now(), [0; 5]);
-    let mut left_checked: Option<Instant> = None;
     loop {
-        if left_checked.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-            left_checked = Some(Instant::now());
-            if let Err(e) = examine_left_behind(&f).await {
-                tracing::warn!(error = %e, "cannot examine the usage journal's rows left behind; retrying later");
-            }
-        }
         let folded = match fold(&f).await {
             Ok(n) => n,
             Err(e) => {
@@ -370,7 +382,7 @@ pub(super) async fn folder(f: Folder) {
             tracing::warn!(error = %e, "cannot read the usage journal's backlog");
         }
         if logged.0.elapsed() >= Duration::from_secs(5) && folded > 0 {
-            let (line, now) = f.stats.since(logged.1, &f.detector.stages);
+            let (line, now) = f.stats.since(logged.1, &f.detect_stages);
             let appended = f.stats.journaled.load(Ordering::Relaxed);
             tracing::info!(
                 "usage ingestion: {line}; journal: {appended} appended ({} bytes each, {:.2} ms per append), {} entries waiting",
@@ -380,15 +392,55 @@ pub(super) async fn folder(f: Folder) {
             );
             logged = (Instant::now(), now);
         }
+        if f.examine.is_closed() {
+            return;
+        }
         if folded > 0 {
             continue;
-        }
-        if f.detector.holding() {
-            super::write_held(&f.detector, &f.stats).await;
         }
         tokio::select! {
             _ = f.journal.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// The examining task: runs the detectors over each stored group, examines rows left behind every ten
+/// seconds, and writes the anomaly refreshes held back once nothing waits.
+pub(super) async fn examiner(e: Examiner, mut rx: tokio::sync::mpsc::Receiver<Stored>) {
+    let mut left_checked: Option<Instant> = None;
+    loop {
+        if left_checked.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            left_checked = Some(Instant::now());
+            if let Err(err) = examine_left_behind(&e).await {
+                tracing::warn!(error = %err, "cannot examine the usage journal's rows left behind; retrying later");
+            }
+        }
+        let wait = if e.detector.holding() {
+            crate::anomalies::COALESCE
+        } else {
+            Duration::from_secs(1)
+        };
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(stored)) => {
+                let refs: Vec<&Prepared> = stored.batches.iter().collect();
+                if let Err(err) = examined(&e, &stored.ids, stored.entries, &refs).await {
+                    // The rows stay marked stored: they are examined again as left behind.
+                    tracing::warn!(error = %err, "cannot delete examined usage journal rows; they are examined again later");
+                }
+                if rx.is_empty() && e.journal.backlog() == 0 && e.detector.holding() {
+                    super::write_held(&e.detector, &e.stats).await;
+                }
+            }
+            Ok(None) => {
+                super::write_held(&e.detector, &e.stats).await;
+                return;
+            }
+            Err(_) => {
+                if e.detector.holding() {
+                    super::write_held(&e.detector, &e.stats).await;
+                }
+            }
         }
     }
 }
@@ -586,8 +638,18 @@ async fn fold(f: &Folder) -> Result<usize, sqlx::Error> {
     f.rate
         .0
         .writer_took(f.rate.1, entries as usize, started.elapsed());
-    examined(f, &ids, entries, &refs).await?;
-    Ok(group.len())
+    drop(refs);
+    let folded = group.len();
+    let stored = Stored {
+        ids,
+        entries,
+        batches: group.into_iter().map(|(_, _, p)| p).collect(),
+    };
+    f.examine
+        .send(stored)
+        .await
+        .map_err(|_| sqlx::Error::Protocol("the usage examiner stopped".into()))?;
+    Ok(folded)
 }
 
 /// Stores a batch heavier than one fold in parts, each claimed (`done`) in the transaction that stores it,
@@ -646,13 +708,20 @@ async fn fold_in_parts(f: &Folder, r: Row) -> Result<(), sqlx::Error> {
     f.stats
         .write_micros
         .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-    examined(f, &[r.id], r.entries, &[&p]).await
+    f.examine
+        .send(Stored {
+            ids: vec![r.id],
+            entries: r.entries,
+            batches: vec![p],
+        })
+        .await
+        .map_err(|_| sqlx::Error::Protocol("the usage examiner stopped".into()))
 }
 
 /// Runs the detectors over stored batches (retried like the pipeline without the journal), then deletes
 /// their rows and counts them.
 async fn examined(
-    f: &Folder,
+    f: &Examiner,
     ids: &[i64],
     entries: i64,
     batches: &[&Prepared],
@@ -660,7 +729,7 @@ async fn examined(
     let started = Instant::now();
     let ingested: Vec<&super::Ingested> = batches.iter().map(|p| &p.ingested).collect();
     super::detect_retrying(&f.detector, &ingested, &f.stats).await;
-    f.rate.0.detector_took(entries as usize, started.elapsed());
+    f.rate.detector_took(entries as usize, started.elapsed());
     f.stats
         .detect_micros
         .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -697,7 +766,7 @@ async fn remove(db: &Db, ids: &[i64]) -> Result<(), sqlx::Error> {
 
 /// Runs the detectors over rows stored at least [`LEFT_BEHIND_SECONDS`] ago whose detectors never ran (the
 /// replica that stored them died first), then deletes them.
-async fn examine_left_behind(f: &Folder) -> Result<(), sqlx::Error> {
+async fn examine_left_behind(f: &Examiner) -> Result<(), sqlx::Error> {
     loop {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT id, entries, weight, parts, done, body FROM usage_journal WHERE done >= parts AND stored_at < $1 ORDER BY id LIMIT {FOLD_BATCHES}"
