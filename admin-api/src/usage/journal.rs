@@ -297,6 +297,19 @@ impl SampleQuota {
     }
 }
 
+/// `head WHERE id IN (...)` with `ids` bound (only placeholders are interpolated).
+fn with_ids<'q>(
+    kind: DbKind,
+    head: &str,
+    ids: &'q [i64],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let sql = format!("{head} WHERE {}", id_list(kind, ids.len()));
+    ids.iter()
+        .fold(sqlx::query(sqlx::AssertSqlSafe(sql)), |query, id| {
+            query.bind(*id)
+        })
+}
+
 /// The fold task's parts.
 pub(super) struct Folder {
     pub db: Db,
@@ -526,14 +539,7 @@ async fn fold(f: &Folder) -> Result<usize, sqlx::Error> {
     let ids: Vec<i64> = picked.iter().map(|r| r.id).collect();
     let mut bodies: HashMap<i64, Vec<u8>> = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
-        let sql = format!(
-            "SELECT id, body FROM usage_journal WHERE {}",
-            id_list(db.kind, chunk.len())
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            query = query.bind(*id);
-        }
+        let query = with_ids(db.kind, "SELECT id, body FROM usage_journal", chunk);
         let found = match claim.as_mut() {
             Some(tx) => query.fetch_all(&mut **tx).await?,
             None => query.fetch_all(&db.pool).await?,
@@ -751,15 +757,9 @@ async fn examined(
 async fn remove(db: &Db, ids: &[i64]) -> Result<(), sqlx::Error> {
     let _turn = db.bulk_write_turn().await;
     for chunk in ids.chunks(500) {
-        let sql = format!(
-            "DELETE FROM usage_journal WHERE {}",
-            id_list(db.kind, chunk.len())
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            query = query.bind(*id);
-        }
-        query.execute(&db.bulk).await?;
+        with_ids(db.kind, "DELETE FROM usage_journal", chunk)
+            .execute(&db.bulk)
+            .await?;
     }
     Ok(())
 }
