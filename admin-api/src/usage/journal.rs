@@ -357,14 +357,19 @@ struct Row {
     body: Vec<u8>,
 }
 
-fn row(r: &sqlx::any::AnyRow) -> Result<Row, sqlx::Error> {
+/// A journal row as read, with its body when the query read it.
+fn row(r: &sqlx::any::AnyRow, with_body: bool) -> Result<Row, sqlx::Error> {
     Ok(Row {
         id: r.try_get("id")?,
         entries: r.try_get("entries")?,
         weight: r.try_get("weight")?,
         parts: r.try_get("parts")?,
         done: r.try_get("done")?,
-        body: r.try_get("body")?,
+        body: if with_body {
+            r.try_get("body")?
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -505,16 +510,7 @@ async fn fold(f: &Folder) -> Result<usize, sqlx::Error> {
     };
     let rows = rows
         .iter()
-        .map(|r| -> Result<Row, sqlx::Error> {
-            Ok(Row {
-                id: r.try_get("id")?,
-                entries: r.try_get("entries")?,
-                weight: r.try_get("weight")?,
-                parts: r.try_get("parts")?,
-                done: r.try_get("done")?,
-                body: Vec::new(),
-            })
-        })
+        .map(|r| row(r, false))
         .collect::<Result<Vec<_>, _>>()?;
     let Some(first) = rows.first() else {
         return Ok(0);
@@ -777,7 +773,10 @@ async fn examine_left_behind(f: &Examiner) -> Result<(), sqlx::Error> {
         if rows.is_empty() {
             return Ok(());
         }
-        let rows = rows.iter().map(row).collect::<Result<Vec<_>, _>>()?;
+        let rows = rows
+            .iter()
+            .map(|r| row(r, true))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut ids = Vec::new();
         let mut entries = 0;
         let mut batches = Vec::new();
