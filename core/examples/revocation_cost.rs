@@ -45,6 +45,7 @@ fn token(jti: String, sub: String) -> VerifiedToken {
         typ: None,
         claims: serde_json::Map::new(),
         fingerprint: 0,
+        forwarded: Vec::new(),
     }
 }
 

@@ -292,6 +292,7 @@ mod tests {
             typ: None,
             claims: serde_json::Map::new(),
             fingerprint: fp,
+            forwarded: Vec::new(),
         })
     }
 

@@ -194,11 +194,18 @@ pub struct Decision {
     /// `Some(issuer index)` when the token named an unknown `kid`: the filter refetches that issuer's JWKS
     /// (rate-limited) and evaluates again.
     pub refetch_jwks: Option<usize>,
-    /// Request headers to set on the way to the upstream (`forward_claims`, `forward_payload_header`); only on allow with a token.
-    pub headers_to_set: Vec<(String, String)>,
 }
 
 impl Decision {
+    /// Request headers to set on the way to the upstream (`forward_claims`, `forward_payload_header`): the verified
+    /// token's, on allow only.
+    pub fn headers_to_set(&self) -> &[(String, String)] {
+        match (&self.verdict, &self.token) {
+            (Verdict::Allow, Some(token)) => &token.forwarded,
+            _ => &[],
+        }
+    }
+
     /// A deny decision built from a rejection, for the rule `rule`.
     pub fn from_rejection(
         rejection: Rejection,
@@ -215,7 +222,6 @@ impl Decision {
             rule,
             cache,
             refetch_jwks: rejection.refetch_jwks,
-            headers_to_set: Vec::new(),
         }
     }
 

@@ -201,7 +201,7 @@ impl Engine {
             ));
         }
         let extracted = token::extract(&parsed.claims, &self.config.roles_claim)?;
-        let verified = VerifiedToken {
+        let mut verified = VerifiedToken {
             issuer_index,
             iss: iss.to_string(),
             sub: extracted.sub,
@@ -218,8 +218,10 @@ impl Engine {
             typ: parsed.typ,
             claims: parsed.claims,
             fingerprint,
+            forwarded: Vec::new(),
         };
         self.check_static_claims(&verified)?;
+        verified.forwarded = self.forward_headers(&verified, text);
         Ok(verified)
     }
 
@@ -443,7 +445,6 @@ impl Engine {
                     rule: rule_index,
                     cache: CacheOutcome::Bypass,
                     refetch_jwks: None,
-                    headers_to_set: Vec::new(),
                 },
                 _ => Decision::from_rejection(
                     Rejection::new(Reason::MissingToken, "no token presented"),
@@ -499,7 +500,6 @@ impl Engine {
             rule: rule_index,
             cache: outcome,
             refetch_jwks: None,
-            headers_to_set: Vec::new(),
         };
         if let Err(rejection) = self.check_time(&token, now) {
             return deny(rejection.reason, rejection.description, None);
@@ -520,7 +520,6 @@ impl Engine {
             Some(_) => "token accepted",
             None => "token accepted, no expiry",
         });
-        let headers_to_set = self.forward_headers(&token, text);
         Decision {
             verdict: Verdict::Allow,
             reason: Reason::Allowed,
@@ -531,7 +530,6 @@ impl Engine {
             rule: rule_index,
             cache: outcome,
             refetch_jwks: None,
-            headers_to_set,
         }
     }
 

@@ -988,6 +988,7 @@ mod tests {
                 typ: None,
                 claims: serde_json::Map::new(),
                 fingerprint: 0,
+                forwarded: Vec::new(),
             }
         };
         #[rustfmt::skip]

@@ -41,6 +41,9 @@ pub struct VerifiedToken {
     pub claims: serde_json::Map<String, serde_json::Value>,
     /// Fast non-cryptographic hash of the token text (see [`fingerprint`]): a cache and usage key, never the token itself.
     pub fingerprint: u64,
+    /// The request headers `forward_claims` and `forward_payload_header` set when this token is let through, built
+    /// once when it is verified: a cache hit sets them without looking claims up or copying them again.
+    pub forwarded: Vec<(String, String)>,
 }
 
 /// Why a token was refused; `reason` is machine-readable, `description` human with figures.

@@ -253,7 +253,13 @@ fn logfmt_pair(line: &mut String, property: &str, value: &str) {
 
 /// `value` without control characters, at most [`MAX_PROPERTY_BYTES`] long; borrowed when it already is.
 fn loggable(value: &str) -> Cow<'_, str> {
-    if value.len() <= MAX_PROPERTY_BYTES && !value.chars().any(char::is_control) {
+    // Bytes, not characters, on the path every request takes: C0 controls and DEL are single bytes, and every C1
+    // control (U+0080..U+009F) is encoded with the lead byte 0xC2, so a value without any of these bytes has no
+    // control character. One with a 0xC2 (`é` is 0xC3, but `§` is 0xC2 0xA7) takes the exact check.
+    let suspect = |b: &u8| *b < 0x20 || *b == 0x7f || *b == 0xc2;
+    if value.len() <= MAX_PROPERTY_BYTES
+        && (!value.as_bytes().iter().any(suspect) || !value.chars().any(char::is_control))
+    {
         return Cow::Borrowed(value);
     }
     let mut out = String::with_capacity(value.len().min(MAX_PROPERTY_BYTES));
@@ -288,7 +294,7 @@ pub fn apply(
     }
     match decision.verdict {
         Verdict::Allow => {
-            for (name, value) in &decision.headers_to_set {
+            for (name, value) in decision.headers_to_set() {
                 host.set_request_header(name, value);
             }
             strip_credential(host, settings, headers);

@@ -244,6 +244,9 @@ struct Report {
     crashes: u64,
     hangs: u64,
     last_find: u64,
+    /// Seconds into the run of the last new edge (from AFL's `plot_data`; `None` when it has no edge column).
+    /// A new path may be only a new hit count on a known edge; a new edge is new code reached.
+    last_edge: Option<u64>,
     /// Seconds AFL ran (shorter than `seconds` when it stopped at a plateau).
     run_time: u64,
     /// The plateau asked for (seconds without a new path), if any.
@@ -297,6 +300,9 @@ fn fuzz(target: &str, seconds: u64, plateau: Option<u64>) -> Result<Report> {
         .map_err(|e| util::Error::msg(format!("cannot start cargo afl fuzz: {e}")))?;
     let mut report = read_stats(target, seconds, &out.join("default/fuzzer_stats"))?;
     report.plateau = plateau;
+    report.last_edge = std::fs::read_to_string(out.join("default/plot_data"))
+        .ok()
+        .and_then(|text| last_new_edge(&text));
     if !status.success() {
         bail!("afl-fuzz failed on {target} with {status} (its output above says why)");
     }
@@ -332,9 +338,38 @@ fn read_stats(target: &str, seconds: u64, path: &Path) -> Result<Report> {
         crashes: int("saved_crashes"),
         hangs: int("saved_hangs"),
         last_find: last_find.saturating_sub(start),
+        last_edge: None,
         run_time: int("run_time"),
         plateau: None,
     })
+}
+
+/// When the edge count in AFL's `plot_data` (a `#`-headed CSV with `relative_time` and `edges_found` columns,
+/// one row every few seconds) last rose: seconds into the run, or `None` without those columns.
+fn last_new_edge(plot_data: &str) -> Option<u64> {
+    let mut lines = plot_data.lines();
+    let header: Vec<&str> = lines
+        .next()?
+        .trim_start_matches('#')
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let time = header.iter().position(|c| *c == "relative_time")?;
+    let edges = header.iter().position(|c| *c == "edges_found")?;
+    let mut best: Option<(u64, u64)> = None;
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        let (Some(t), Some(e)) = (
+            cells.get(time).and_then(|c| c.parse::<u64>().ok()),
+            cells.get(edges).and_then(|c| c.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        if best.is_none_or(|(_, most)| e > most) {
+            best = Some((t, e));
+        }
+    }
+    best.map(|(t, _)| t)
 }
 
 /// Most inputs one `--merge` adds to a corpus, and the largest it adds: the corpora stay small enough to keep
@@ -384,7 +419,7 @@ fn merge_queue(target: &str) -> Result<()> {
 fn summarize(reports: &[Report]) -> Result<()> {
     util::step("fuzzing figures");
     println!(
-        "    {:<16} {:>6} {:>12} {:>9} {:>7} {:>15} {:>10} {:>8} {:>7} {:>6}",
+        "    {:<16} {:>6} {:>12} {:>9} {:>7} {:>15} {:>10} {:>10} {:>8} {:>7} {:>6}",
         "target",
         "secs",
         "executions",
@@ -392,6 +427,7 @@ fn summarize(reports: &[Report]) -> Result<()> {
         "corpus",
         "edges",
         "last find",
+        "last edge",
         "plateau",
         "crashes",
         "hangs"
@@ -403,7 +439,7 @@ fn summarize(reports: &[Report]) -> Result<()> {
             None => "-",
         };
         println!(
-            "    {:<16} {:>6} {:>12} {:>9.0} {:>7} {:>15} {:>9}s {:>8} {:>7} {:>6}",
+            "    {:<16} {:>6} {:>12} {:>9.0} {:>7} {:>15} {:>9}s {:>10} {:>8} {:>7} {:>6}",
             r.target,
             if r.run_time > 0 {
                 r.run_time
@@ -415,6 +451,7 @@ fn summarize(reports: &[Report]) -> Result<()> {
             r.corpus,
             format!("{}/{}", r.edges, r.total_edges),
             r.last_find,
+            r.last_edge.map_or("-".to_string(), |t| format!("{t}s")),
             plateau,
             r.crashes,
             r.hangs
@@ -441,4 +478,22 @@ fn summarize(reports: &[Report]) -> Result<()> {
         }
     }
     Err(util::Error::msg(message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_new_edge;
+
+    #[test]
+    fn last_new_edge_is_when_the_edge_count_last_rose() {
+        let plot = "# relative_time, cycles_done, cur_item, corpus_count, pending_total, pending_favs, map_size, saved_crashes, saved_hangs, max_depth, execs_per_sec, total_execs, edges_found\n\
+            0, 0, 0, 10, 10, 1, 1.00%, 0, 0, 1, 100.0, 500, 300\n\
+            5, 0, 3, 14, 9, 1, 1.10%, 0, 0, 2, 110.0, 1000, 320\n\
+            10, 0, 5, 17, 8, 1, 1.10%, 0, 0, 2, 110.0, 1500, 320\n\
+            15, 1, 6, 18, 7, 0, 1.20%, 0, 0, 3, 110.0, 2000, 331\n\
+            20, 1, 7, 19, 6, 0, 1.20%, 0, 0, 3, 110.0, 2500, 331\n";
+        assert_eq!(last_new_edge(plot), Some(15));
+        assert_eq!(last_new_edge("# relative_time, corpus_count\n0, 1\n"), None);
+        assert_eq!(last_new_edge(""), None);
+    }
 }

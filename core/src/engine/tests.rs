@@ -1627,8 +1627,8 @@ fn forwarded_claims_become_headers_on_allow_only() {
     );
     let payload = token.split('.').nth(1).unwrap().to_string();
     assert_eq!(
-        d.headers_to_set,
-        vec![
+        d.headers_to_set(),
+        [
             ("x-jwt-sub".to_string(), "alice".to_string()),
             ("x-jwt-roles".to_string(), "user,dev".to_string()),
             ("x-jwt-exp".to_string(), (NOW + 3600).to_string()),
@@ -1647,7 +1647,9 @@ fn forwarded_claims_become_headers_on_allow_only() {
         &NoRevocations,
         NOW,
     );
-    assert!(denied.headers_to_set.is_empty());
+    assert!(denied.headers_to_set().is_empty());
+    // A denial keeps the verified token (for the usage report) but sets none of its headers.
+    assert!(denied.token.is_some_and(|t| !t.forwarded.is_empty()));
 }
 
 #[test]

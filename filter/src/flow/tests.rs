@@ -788,3 +788,20 @@ fn published_claims_lose_control_characters_and_are_bounded() {
     assert_eq!(jti, "é".repeat(128));
     assert!(jti.len() <= super::MAX_PROPERTY_BYTES);
 }
+
+#[test]
+fn loggable_drops_every_control_character_and_keeps_everything_else() {
+    use super::loggable;
+    use std::borrow::Cow;
+    // Kept as they are, without a copy: ASCII, other scripts, and 0xC2-led characters that are not controls.
+    for value in ["user-123", "é ü 東京", "§ ¢ \u{a0}nbsp", ""] {
+        assert!(
+            matches!(loggable(value), Cow::Borrowed(v) if v == value),
+            "{value:?}"
+        );
+    }
+    // C0 controls, DEL and C1 controls (U+0080..U+009F, encoded 0xC2 0x80..0x9F) go; the rest stays.
+    assert_eq!(loggable("a\tb\r\nc\u{7f}d"), "abcd");
+    assert_eq!(loggable("a\u{85}b\u{9f}c§"), "abc§");
+    assert_eq!(loggable("\u{0}"), "");
+}

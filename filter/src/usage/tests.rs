@@ -48,6 +48,7 @@ fn token(jti: Option<&str>, sub: &str, fingerprint: u64) -> Arc<VerifiedToken> {
         typ: None,
         claims: serde_json::Map::new(),
         fingerprint,
+        forwarded: Vec::new(),
     })
 }
 
@@ -66,7 +67,6 @@ fn decision(reason: Reason, token: Option<Arc<VerifiedToken>>) -> Decision {
         rule: Some(0),
         cache: CacheOutcome::Bypass,
         refetch_jwks: None,
-        headers_to_set: vec![],
     }
 }
 

@@ -337,6 +337,7 @@ fn start(
         Proxy::None => "bench-none.yaml",
         Proxy::Floor => {
             values.insert("wasm_path", wasm.display().to_string());
+            values.insert("floor_configuration", String::new());
             "bench-floor.yaml"
         }
         Proxy::JwtAuthn { cache } => {

@@ -56,6 +56,12 @@ const DEMO_FIELDS: &str = r#""rules": [
 enum Proxy {
     None,
     Floor,
+    /// The floor making, with no work of its own, the host calls EdgeWarden makes on its cached path in the
+    /// configuration `demo` and `props` name (`filter/floor`'s script): what Envoy spends answering them.
+    FloorCalls {
+        demo: bool,
+        props: Props,
+    },
     JwtAuthn {
         cache: bool,
     },
@@ -95,6 +101,18 @@ impl Proxy {
         match self {
             Proxy::None => "no auth".to_string(),
             Proxy::Floor => "proxy-wasm floor".to_string(),
+            Proxy::FloorCalls { demo, props } => {
+                let mut s = "floor + edgewarden's host calls".to_string();
+                if demo {
+                    s.push_str(" demo config");
+                }
+                match props {
+                    Props::Each => {}
+                    Props::One => s.push_str(" one property"),
+                    Props::None => s.push_str(" no properties"),
+                }
+                s
+            }
             Proxy::JwtAuthn { cache: true } => "jwt_authn".to_string(),
             Proxy::JwtAuthn { cache: false } => "jwt_authn (no cache)".to_string(),
             Proxy::EdgeWarden {
@@ -124,6 +142,55 @@ impl Proxy {
     }
 }
 
+/// The EdgeWarden configurations whose host calls the floor also makes alone (`Proxy::FloorCalls`).
+const MIRRORED: [(bool, Props); 4] = [
+    (false, Props::Each),
+    (true, Props::Each),
+    (false, Props::One),
+    (false, Props::None),
+];
+
+/// The floor's script (`filter/floor`) for the host calls EdgeWarden makes on the cached path when it lets a
+/// bench token (`sub` user-N, `client_id` demo-client, `jti` user-N-iat, scope `read`) through in the configuration
+/// `demo` and `props` name, in the order it makes them: the header map and the clock, the decision published, the
+/// claims forwarded and the token stripped (`filter/src/flow.rs`, `apply`).
+fn floor_script(demo: bool, props: Props) -> String {
+    let rule = if demo { "/api/read" } else { "*" };
+    let (sub, client_id, jti) = ("user-123", "demo-client", "user-123-1764950000");
+    let mut script = String::from("headers\nclock\n");
+    match props {
+        Props::Each => {
+            for (name, value) in [
+                ("reason", "allowed"),
+                ("rule", rule),
+                ("sub", sub),
+                ("client_id", client_id),
+                ("jti", jti),
+            ] {
+                let _ = writeln!(script, "property edgewarden.{name} {value}");
+            }
+        }
+        Props::One => {
+            let _ = writeln!(
+                script,
+                "property edgewarden.decision reason=allowed rule={rule} sub={sub} client_id={client_id} jti={jti}"
+            );
+        }
+        Props::None => {}
+    }
+    if demo {
+        for (header, value) in [
+            ("x-edgewarden-sub", sub),
+            ("x-edgewarden-scope", "read"),
+            ("x-edgewarden-client-id", client_id),
+        ] {
+            let _ = writeln!(script, "set {header} {value}");
+        }
+        script.push_str("remove authorization\n");
+    }
+    script
+}
+
 /// Which tokens a scenario sends.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Pool {
@@ -148,8 +215,11 @@ fn plan(against: usize) -> Vec<(Proxy, Vec<Pool>)> {
     let mut plan = vec![
         (Proxy::None, vec![Pool::Distinct]),
         (Proxy::Floor, vec![Pool::Distinct]),
-        (Proxy::JwtAuthn { cache: true }, both.clone()),
     ];
+    for (demo, props) in MIRRORED {
+        plan.push((Proxy::FloorCalls { demo, props }, vec![Pool::Distinct]));
+    }
+    plan.push((Proxy::JwtAuthn { cache: true }, both.clone()));
     for build in 0..=against {
         plan.push((
             Proxy::EdgeWarden {
@@ -280,7 +350,7 @@ pub fn run(options: &Options) -> Result<()> {
         let mut rows: BTreeMap<(Proxy, Pool), Counts> = BTreeMap::new();
         for (proxy, pools) in selected {
             let module = match proxy {
-                Proxy::Floor => floor.clone(),
+                Proxy::Floor | Proxy::FloorCalls { .. } => floor.clone(),
                 Proxy::EdgeWarden { build: 0, .. } => wasm.clone(),
                 Proxy::EdgeWarden { build, .. } => options
                     .against
@@ -370,6 +440,19 @@ impl Counted {
             Proxy::None => "bench-none.yaml",
             Proxy::Floor => {
                 values.insert("wasm_path", wasm.display().to_string());
+                values.insert("floor_configuration", String::new());
+                "bench-floor.yaml"
+            }
+            Proxy::FloorCalls { demo, props } => {
+                values.insert("wasm_path", wasm.display().to_string());
+                // A YAML string: JSON quoting is valid YAML.
+                values.insert(
+                    "floor_configuration",
+                    format!(
+                        "configuration: {{ \"@type\": type.googleapis.com/google.protobuf.StringValue, value: {} }}",
+                        serde_json::to_string(&floor_script(demo, props))?
+                    ),
+                );
                 "bench-floor.yaml"
             }
             Proxy::JwtAuthn { cache } => {
@@ -415,7 +498,9 @@ impl Counted {
         let name = format!(
             "instructions-{}-{}",
             alg.to_ascii_lowercase(),
-            proxy.label().replace([' ', '(', ')', '-', '+', '#'], "")
+            proxy
+                .label()
+                .replace([' ', '(', ')', '-', '+', '#', '\''], "")
         );
         let dir = util::target_dir().join("bench/instructions");
         std::fs::create_dir_all(&dir)?;
@@ -626,6 +711,45 @@ fn table(alg: &str, rows: &BTreeMap<(Proxy, Pool), Counts>, batches: usize) -> S
                     "not met"
                 }
             );
+        }
+        // Split of the work over the floor: what Envoy spends answering EdgeWarden's host calls (the floor making
+        // the same calls with no work of its own) and what is left for EdgeWarden's own code in the VM.
+        let mut split = String::new();
+        for ((proxy, pool), counts) in rows {
+            let Proxy::EdgeWarden {
+                demo,
+                cache: true,
+                props,
+                ..
+            } = *proxy
+            else {
+                continue;
+            };
+            let Some(calls) = rows
+                .get(&(Proxy::FloorCalls { demo, props }, Pool::Distinct))
+                .map(Counts::median)
+            else {
+                continue;
+            };
+            let host = calls - f;
+            let vm = counts.median() - calls;
+            let _ = writeln!(
+                split,
+                "    {:<40} {:<16} host calls {:>7.0} ({:>5.1}%), own code in the VM {:>7.0} ({:>5.1}%)",
+                proxy.label(),
+                pool.label(),
+                host,
+                100.0 * host / f,
+                vm,
+                100.0 * vm / f
+            );
+        }
+        if !split.is_empty() {
+            let _ = writeln!(
+                out,
+                "over the floor, split (share of the floor): Envoy answering the same host calls from a filter that does nothing else, and the rest"
+            );
+            out.push_str(&split);
         }
     }
     if let (Some(none), Some(native)) = (
