@@ -94,6 +94,18 @@ impl Props {
             Props::None => r#""decision_properties": "none", "#,
         }
     }
+
+    /// What a scenario's label says about the configuration: ` demo config` and the properties (none for the default).
+    fn describe(demo: bool, props: Props) -> &'static str {
+        match (demo, props) {
+            (false, Props::Each) => "",
+            (false, Props::One) => " one property",
+            (false, Props::None) => " no properties",
+            (true, Props::Each) => " demo config",
+            (true, Props::One) => " demo config one property",
+            (true, Props::None) => " demo config no properties",
+        }
+    }
 }
 
 impl Proxy {
@@ -102,16 +114,10 @@ impl Proxy {
             Proxy::None => "no auth".to_string(),
             Proxy::Floor => "proxy-wasm floor".to_string(),
             Proxy::FloorCalls { demo, props } => {
-                let mut s = "floor + edgewarden's host calls".to_string();
-                if demo {
-                    s.push_str(" demo config");
-                }
-                match props {
-                    Props::Each => {}
-                    Props::One => s.push_str(" one property"),
-                    Props::None => s.push_str(" no properties"),
-                }
-                s
+                format!(
+                    "floor + edgewarden's host calls{}",
+                    Props::describe(demo, props)
+                )
             }
             Proxy::JwtAuthn { cache: true } => "jwt_authn".to_string(),
             Proxy::JwtAuthn { cache: false } => "jwt_authn (no cache)".to_string(),
@@ -125,14 +131,7 @@ impl Proxy {
                 if build > 0 {
                     let _ = write!(s, " --against #{build}");
                 }
-                if demo {
-                    s.push_str(" demo config");
-                }
-                match props {
-                    Props::Each => {}
-                    Props::One => s.push_str(" one property"),
-                    Props::None => s.push_str(" no properties"),
-                }
+                s.push_str(Props::describe(demo, props));
                 if !cache {
                     s.push_str(" (no cache)");
                 }
