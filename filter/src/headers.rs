@@ -89,10 +89,16 @@ impl HeaderMap {
     /// The first value of header `name` (compared case-insensitively).
     pub fn get(&self, name: &str) -> Option<&str> {
         // Names compared as bytes (ASCII case folding is all the comparison does; a name that is not UTF-8 can
-        // never equal an ASCII one); a value is only turned into text once its name matched.
+        // never equal an ASCII one); a value is only turned into text once its name matched. Envoy hands names over
+        // lowercased and callers ask in lowercase, so an exact compare (a `memcmp`) settles nearly every name; the
+        // byte-by-byte case fold, about 14 instructions a byte, runs only where the exact compare failed.
+        let wanted = name.as_bytes();
         self.entries
             .iter()
-            .find(|(k, _)| self.bytes(k).eq_ignore_ascii_case(name.as_bytes()))
+            .find(|(k, _)| {
+                let key = self.bytes(k);
+                key.len() == wanted.len() && (key == wanted || key.eq_ignore_ascii_case(wanted))
+            })
             .map(|(_, v)| self.str(v))
     }
 
