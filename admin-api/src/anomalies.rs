@@ -524,43 +524,58 @@ impl Detector {
         occurrences: i64,
         edge: Option<&str>,
     ) -> Result<(), sqlx::Error> {
-        let now = now();
-        // The common case, an anomaly already open, costs one statement and no transaction.
-        let existing: Option<String> = sqlx::query_scalar(
-            "UPDATE anomalies SET evidence = $1, occurrences = occurrences + $6, last_seen = $2, updated_at = $2 \
-             WHERE kind = $3 AND subject_kind = $4 AND subject = $5 AND state IN ('open', 'acknowledged') RETURNING id",
-        )
-        .bind(evidence.to_string())
-        .bind(now)
-        .bind(kind)
-        .bind(subject_kind)
-        .bind(subject)
-        .bind(occurrences)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        if existing.is_some() {
+        let evidence = evidence.to_string();
+        // Twice at most: a refresh that finds no live anomaly, then an insert that another replica's insert of
+        // the same kind and subject beat (the partial unique index `anomalies_live` refuses a second live one),
+        // then a refresh of the one it opened.
+        for _ in 0..2 {
+            let now = now();
+            // The common case, an anomaly already open, costs one statement and no transaction.
+            let existing: Option<String> = sqlx::query_scalar(
+                "UPDATE anomalies SET evidence = $1, occurrences = occurrences + $6, last_seen = $2, updated_at = $2 \
+                 WHERE kind = $3 AND subject_kind = $4 AND subject = $5 AND state IN ('open', 'acknowledged') RETURNING id",
+            )
+            .bind(&evidence)
+            .bind(now)
+            .bind(kind)
+            .bind(subject_kind)
+            .bind(subject)
+            .bind(occurrences)
+            .fetch_optional(&self.db.pool)
+            .await?;
+            if existing.is_some() {
+                return Ok(());
+            }
+            let mut tx = self.db.pool.begin().await?;
+            let id = random_id("anm_");
+            let opened: Option<String> = sqlx::query_scalar(
+                "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, state, created_at, updated_at, occurrences, last_seen, edge) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7, $8, $7, $9) \
+                 ON CONFLICT (kind, subject_kind, subject) WHERE state IN ('open', 'acknowledged') DO NOTHING RETURNING id",
+            )
+            .bind(&id)
+            .bind(kind)
+            .bind(severity)
+            .bind(subject_kind)
+            .bind(subject)
+            .bind(&evidence)
+            .bind(now)
+            .bind(occurrences)
+            .bind(edge)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if opened.is_none() {
+                tx.rollback().await?;
+                continue;
+            }
+            let event = opened_event(&id, kind, severity, subject_kind, subject);
+            events::record(&self.events, &self.db, &mut tx, event).await?;
+            tx.commit().await?;
             return Ok(());
         }
-        let mut tx = self.db.pool.begin().await?;
-        let id = random_id("anm_");
-        sqlx::query(
-            "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, state, created_at, updated_at, occurrences, last_seen, edge) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7, $8, $7, $9)",
-        )
-        .bind(&id)
-        .bind(kind)
-        .bind(severity)
-        .bind(subject_kind)
-        .bind(subject)
-        .bind(evidence.to_string())
-        .bind(now)
-        .bind(occurrences)
-        .bind(edge)
-        .execute(&mut *tx)
-        .await?;
-        let event = opened_event(&id, kind, severity, subject_kind, subject);
-        events::record(&self.events, &self.db, &mut tx, event).await?;
-        tx.commit().await?;
+        // Opened and resolved by others between each of our statements: what this finding adds is lost to
+        // an anomaly already triaged, and the next finding opens a new one.
+        tracing::warn!(kind, subject_kind, subject, "an anomaly was opened and resolved elsewhere while this replica raised it; this finding is not recorded");
         Ok(())
     }
 
@@ -656,10 +671,15 @@ impl Detector {
         if !order.is_empty() {
             turn.give_way().await;
             let mut tx = self.db.begin_bulk().await?;
+            let mut inserted: BTreeSet<String> = BTreeSet::new();
             for chunk in order.chunks(100) {
+                // Another replica may have opened one of them since the refresh above: the partial unique index
+                // `anomalies_live` turns that insert into nothing, and the finding refreshes that one below.
+                // (`WHERE true` keeps SQLite from reading `ON CONFLICT` as part of the SELECT's join.)
                 let sql = format!(
                     "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, occurrences, edge, state, created_at, updated_at, last_seen) \
-                     SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, 'open', $1, $1, $1 FROM (VALUES {}) AS v",
+                     SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, 'open', $1, $1, $1 FROM (VALUES {}) AS v \
+                     WHERE true ON CONFLICT (kind, subject_kind, subject) WHERE state IN ('open', 'acknowledged') DO NOTHING RETURNING id",
                     crate::usage::placeholders(chunk.len(), 8, 1)
                 );
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
@@ -682,15 +702,42 @@ impl Detector {
                         .bind(occurrences)
                         .bind(batches[*b].edge.as_str());
                 }
-                query.execute(&mut *tx).await?;
+                for row in query.fetch_all(&mut *tx).await? {
+                    inserted.insert(row.try_get("id")?);
+                }
             }
             for &i in &order {
                 let ((kind, subject_kind, subject), f) = &pending[i];
-                let event = opened_event(&opened[&i].1, kind, &f.severity, subject_kind, subject);
-                events::record(&self.events, &self.db, &mut tx, event).await?;
+                if inserted.contains(&opened[&i].1) {
+                    let event =
+                        opened_event(&opened[&i].1, kind, &f.severity, subject_kind, subject);
+                    events::record(&self.events, &self.db, &mut tx, event).await?;
+                }
             }
             tx.commit().await?;
-            self.note_written(order.iter().map(|&i| &pending[i].0));
+            self.note_written(
+                order
+                    .iter()
+                    .filter(|&&i| inserted.contains(&opened[&i].1))
+                    .map(|&i| &pending[i].0),
+            );
+            // Opened by another replica meanwhile: these findings refresh that anomaly, as if the refresh
+            // above had found it (all of the group's occurrences, the last evidence).
+            let beaten: Vec<(&Key, &Value, i64)> = order
+                .iter()
+                .filter(|&&i| !inserted.contains(&opened[&i].1))
+                .map(|&i| {
+                    let (key, f) = &pending[i];
+                    (key, &f.evidence, f.seen.iter().map(|(_, n)| n).sum::<i64>())
+                })
+                .collect();
+            if !beaten.is_empty() {
+                tracing::info!(
+                    findings = beaten.len(),
+                    "anomalies opened by another replica meanwhile; these findings refresh them"
+                );
+                self.refresh(&beaten, turn).await?;
+            }
         }
         self.lap(7, &mut mark);
         // Per edge: suppressed findings of all its batches, and the last such batch's counts per kind.
@@ -1337,12 +1384,23 @@ async fn update(
     let before = find(&state, &id).await?;
     let now = now();
     let mut tx = state.db.pool.begin().await?;
-    sqlx::query("UPDATE anomalies SET state = $1, updated_at = $2 WHERE id = $3")
+    let changed = sqlx::query("UPDATE anomalies SET state = $1, updated_at = $2 WHERE id = $3")
         .bind(&new_state)
         .bind(now)
         .bind(&id)
         .execute(&mut *tx)
-        .await?;
+        .await;
+    match changed {
+        Err(e) if crate::auth::is_unique_violation(&e) => {
+            return Err(ApiError::Conflict(format!(
+                "anomaly {id:?} cannot be {new_state} again: another anomaly of kind {:?} for {} {:?} is open or acknowledged, and new findings add to that one; triage it instead (GET /api/v1/anomalies?state=open&kind={})",
+                before.kind, before.subject_kind, before.subject, before.kind
+            )));
+        }
+        other => {
+            other?;
+        }
+    }
     let event = Event::new("anomaly.updated", principal.actor()).details(
         json!({"anomaly_id": id, "kind": before.kind, "from": before.state, "to": new_state}),
     );

@@ -255,6 +255,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "usage_journal",
         include_str!("../migrations/sqlite/0012_usage_journal.sql"),
     ),
+    (
+        13,
+        "one_live_anomaly",
+        include_str!("../migrations/sqlite/0013_one_live_anomaly.sql"),
+    ),
 ];
 /// (version, name, sql) of each PostgreSQL migration.
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -317,6 +322,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         12,
         "usage_journal",
         include_str!("../migrations/postgres/0012_usage_journal.sql"),
+    ),
+    (
+        13,
+        "one_live_anomaly",
+        include_str!("../migrations/postgres/0013_one_live_anomaly.sql"),
     ),
 ];
 

@@ -399,7 +399,9 @@ async fn reuse_detected(
     });
     sqlx::query(
         "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, state, created_at, updated_at) \
-         VALUES ($1, 'refresh_token_reuse', 'high', 'subject', $2, $3, 'open', $4, $4)",
+         VALUES ($1, 'refresh_token_reuse', 'high', 'subject', $2, $3, 'open', $4, $4) \
+         ON CONFLICT (kind, subject_kind, subject) WHERE state IN ('open', 'acknowledged') \
+         DO UPDATE SET evidence = excluded.evidence, occurrences = anomalies.occurrences + 1, last_seen = excluded.updated_at, updated_at = excluded.updated_at",
     )
     .bind(crate::secrets::random_id("anm_"))
     .bind(subject)

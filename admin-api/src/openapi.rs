@@ -1182,6 +1182,13 @@ pub fn document() -> Value {
         let error_schema = if oauth { "OAuthError" } else { "Error" };
         let error =
             json!({"content": {"application/json": {"schema": schemas.named(error_schema)}}});
+        if op.path == "/api/v1/anomalies/{id}" && op.method == "patch" {
+            let mut e = error.clone();
+            e["description"] = Value::String(
+                "reopening it would make a second live anomaly of its kind and subject; triage the live one".into(),
+            );
+            responses.insert("409".into(), e);
+        }
         if op.path == "/api/v1/usage" {
             let mut e = error.clone();
             e["description"] = Value::String("batch too large".into());

@@ -854,6 +854,31 @@ async fn refresh_token_reuse_revokes_the_family_and_raises_an_anomaly(backend: B
         .await
         .unwrap();
     assert_eq!(kinds, vec!["refresh_token_reuse".to_owned()]);
+    // A second family of the same subject reused while that anomaly is live adds to it (one live anomaly
+    // per kind and subject), and its family is revoked all the same.
+    let other = app.issue("alice", "billing", &["read"], true).await;
+    let spent = other["refresh_token"].as_str().unwrap().to_owned();
+    for expected in [StatusCode::OK, StatusCode::BAD_REQUEST] {
+        app.form(
+            "/oauth/token",
+            Some(&basic("billing", &secret)),
+            &[("grant_type", "refresh_token"), ("refresh_token", &spent)],
+        )
+        .await
+        .expect(expected);
+    }
+    assert_eq!(
+        app.introspect(other["access_token"].as_str().unwrap())
+            .await["active"],
+        false
+    );
+    let live: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, occurrences FROM anomalies WHERE kind = 'refresh_token_reuse'",
+    )
+    .fetch_all(&app.state.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(live, vec![("open".to_owned(), 2)]);
 }
 
 async fn oauth_revoke_of_a_refresh_token_revokes_the_access_tokens_it_produced(backend: Backend) {

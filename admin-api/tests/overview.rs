@@ -122,7 +122,7 @@ async fn overview_counts_tokens_decisions_anomalies_and_edges(backend: Backend) 
     ] {
         sqlx::query(
             "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, state, created_at, updated_at) \
-             VALUES ($1, 'failure_burst', $2, 'address', '10.0.0.1', '{}', $3, $4, $4)",
+             VALUES ($1, 'failure_burst', $2, 'address', $1, '{}', $3, $4, $4)",
         )
         .bind(id)
         .bind(severity)

@@ -26,6 +26,8 @@ both_backends!(
     usage_timeseries_buckets_by_minute_and_hour_with_filters,
     detecting_a_group_of_batches_equals_detecting_each_in_turn,
     a_coalescing_detector_writes_the_same_anomalies_once_it_writes_what_it_held,
+    two_replicas_raising_the_same_findings_at_once_open_each_anomaly_once,
+    migration_0013_resolves_duplicate_live_anomalies_keeping_the_oldest,
 );
 
 /// An app whose detectors fire on small numbers, so tests stay short.
@@ -604,6 +606,22 @@ async fn anomalies_are_triaged_by_admins_and_a_resolved_one_reopens_as_new(backe
         "a resolved anomaly is not reopened silently"
     );
     assert_eq!(anomalies(&app, "state=resolved").await.len(), 1);
+    // The resolved one cannot be reopened beside the new one: findings would have two places to go.
+    let refused = app
+        .json(
+            Method::PATCH,
+            &uri,
+            Some(&app.admin_key),
+            Some(json!({"state": "open"})),
+        )
+        .await
+        .expect(StatusCode::CONFLICT);
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("revoked_token_use") && message.contains("triage it instead"),
+        "{message}"
+    );
+    assert_eq!(anomalies(&app, "state=resolved").await.len(), 1);
     let page = app
         .get("/api/v1/anomalies?limit=1&offset=1", Some(&app.admin_key))
         .await
@@ -1136,4 +1154,138 @@ async fn the_checkpointer_folds_the_wal_instead_of_a_commit() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Two replicas (two detectors on one database) raising the same findings at the same moment: every kind
+/// and subject has one live anomaly holding both replicas' occurrences, and one `anomaly.opened` event.
+/// Before migration 0013 both could find none live and each open one.
+async fn two_replicas_raising_the_same_findings_at_once_open_each_anomaly_once(backend: Backend) {
+    let app = sensitive(backend).await;
+    let at = now() - 5;
+    let bodies: Vec<Value> = (0..4)
+        .map(|b| {
+            let counts: Vec<Value> = (0..6)
+                .map(|k| json!({"jti": format!("raced-{k}"), "subject": format!("user-{k}"), "route": "/api/orders",
+                                "reason": "revoked", "count": 2, "addresses": [format!("10.7.{b}.{k}")]}))
+                .collect();
+            let failures: Vec<Value> = (0..6)
+                .map(|i| json!({"reason": "bad_signature", "client_address": format!("198.51.100.{}", i % 2), "at": at - i}))
+                .collect();
+            batch(["edge-a", "edge-b"][b % 2], Value::from(counts), Value::from(failures))
+        })
+        .collect();
+    let batches = store_and_prepare(&app, &bodies).await;
+    let group: Vec<&edgewarden_admin::usage::Ingested> = batches.iter().collect();
+    let replica = || {
+        edgewarden_admin::anomalies::Detector::new(
+            app.state.db.clone(),
+            app.state.events.clone(),
+            app.state.config.anomalies.clone(),
+        )
+    };
+    forget_anomalies(&app).await;
+    replica().detect_group(&group).await.unwrap();
+    let (alone, alone_events) = detected(&app).await;
+    assert!(alone.len() >= 4, "findings to race on: {alone:?}");
+    for round in 0..6 {
+        forget_anomalies(&app).await;
+        let (a, b) = (replica(), replica());
+        let (ra, rb) = tokio::join!(a.detect_group(&group), b.detect_group(&group));
+        ra.unwrap();
+        rb.unwrap();
+        let (raced, events) = detected(&app).await;
+        let keys = |rows: &[(String, String, String, i64, String, String)]| -> Vec<(String, String, String)> {
+            rows.iter().map(|r| (r.0.clone(), r.1.clone(), r.2.clone())).collect()
+        };
+        assert_eq!(
+            keys(&raced),
+            keys(&alone),
+            "round {round}: one anomaly per kind and subject"
+        );
+        assert_eq!(
+            events, alone_events,
+            "round {round}: one anomaly.opened each"
+        );
+        for (r, one) in raced.iter().zip(&alone) {
+            assert_eq!(
+                r.3,
+                2 * one.3,
+                "round {round}: both replicas' occurrences on {r:?}"
+            );
+        }
+    }
+}
+
+/// A store that two replicas gave two live anomalies of one kind and subject before migration 0013: the
+/// migration resolves all but the oldest live one, leaves other rows alone, and from then on the database
+/// refuses a second live one.
+async fn migration_0013_resolves_duplicate_live_anomalies_keeping_the_oldest(backend: Backend) {
+    let migration = match backend {
+        Backend::Sqlite => include_str!("../migrations/sqlite/0013_one_live_anomaly.sql"),
+        Backend::Postgres => include_str!("../migrations/postgres/0013_one_live_anomaly.sql"),
+    };
+    let app = TestApp::start(backend).await;
+    let pool = &app.state.db.pool;
+    // The store as it was before the migration: no unique index.
+    sqlx::query("DROP INDEX anomalies_live")
+        .execute(pool)
+        .await
+        .unwrap();
+    let rows = [
+        ("anm_b", "open", 100, "10.0.0.1"),
+        ("anm_a", "acknowledged", 100, "10.0.0.1"),
+        ("anm_c", "open", 50, "10.0.0.1"),
+        ("anm_d", "open", 200, "10.0.0.1"),
+        ("anm_e", "resolved", 10, "10.0.0.1"),
+        ("anm_f", "open", 300, "10.0.0.2"),
+    ];
+    for (id, state, at, subject) in rows {
+        sqlx::query(
+            "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, state, created_at, updated_at) \
+             VALUES ($1, 'address_failures', 'medium', 'address', $2, '{}', $3, $4, $4)",
+        )
+        .bind(id)
+        .bind(subject)
+        .bind(state)
+        .bind(at as i64)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(migration))
+        .execute(pool)
+        .await
+        .unwrap();
+    let states: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, state FROM anomalies ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let states: Vec<(&str, &str)> = states
+        .iter()
+        .map(|(id, state)| (id.as_str(), state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("anm_a", "resolved"),
+            ("anm_b", "resolved"),
+            ("anm_c", "open"),
+            ("anm_d", "resolved"),
+            ("anm_e", "resolved"),
+            ("anm_f", "open"),
+        ],
+        "the oldest live one of 10.0.0.1 (anm_c) stays, and 10.0.0.2's own"
+    );
+    let second = sqlx::query(
+        "INSERT INTO anomalies (id, kind, severity, subject_kind, subject, evidence, state, created_at, updated_at) \
+         VALUES ('anm_g', 'address_failures', 'medium', 'address', '10.0.0.2', '{}', 'acknowledged', 400, 400)",
+    )
+    .execute(pool)
+    .await
+    .expect_err("a second live anomaly of one kind and subject");
+    assert!(
+        edgewarden_admin::auth::is_unique_violation(&second),
+        "{second}"
+    );
 }
