@@ -1392,9 +1392,21 @@ async fn update(
         .await;
     match changed {
         Err(e) if crate::auth::is_unique_violation(&e) => {
+            drop(tx);
+            let live: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM anomalies WHERE kind = $1 AND subject_kind = $2 AND subject = $3 AND state IN ('open', 'acknowledged')",
+            )
+            .bind(&before.kind)
+            .bind(&before.subject_kind)
+            .bind(&before.subject)
+            .fetch_optional(&state.db.pool)
+            .await?;
             return Err(ApiError::Conflict(format!(
-                "anomaly {id:?} cannot be {new_state} again: another anomaly of kind {:?} for {} {:?} is open or acknowledged, and new findings add to that one; triage it instead (GET /api/v1/anomalies?state=open&kind={})",
-                before.kind, before.subject_kind, before.subject, before.kind
+                "anomaly {id} cannot be made {new_state} again: anomaly {} of the same kind ({}) and {} ({}) is open or acknowledged, and new findings add to that one; triage it instead",
+                live.as_deref().unwrap_or("(another)"),
+                before.kind,
+                before.subject_kind,
+                before.subject
             )));
         }
         other => {

@@ -618,7 +618,9 @@ async fn anomalies_are_triaged_by_admins_and_a_resolved_one_reopens_as_new(backe
         .expect(StatusCode::CONFLICT);
     let message = refused.body["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("revoked_token_use") && message.contains("triage it instead"),
+        message.contains("revoked_token_use")
+            && message.contains(open[0]["id"].as_str().unwrap())
+            && message.contains("triage it instead"),
         "{message}"
     );
     assert_eq!(anomalies(&app, "state=resolved").await.len(), 1);
