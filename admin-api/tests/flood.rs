@@ -22,6 +22,7 @@ both_backends!(
     same_oversized_batch_sent_twice_at_once_is_counted_once,
     journaled_batch_heavier_than_a_fold_is_stored_in_parts_once,
     journal_finds_the_anomalies_the_pipeline_without_it_finds,
+    unreadable_journal_rows_hold_up_no_batch_behind_them,
 );
 
 /// SQLite's WAL starts over under a steady stream of writes and reads (the checkpointer's restart):
@@ -723,4 +724,71 @@ async fn journal_finds_the_anomalies_the_pipeline_without_it_finds(backend: Back
         assert!(kinds.contains(kind), "{kind} is opened: {:?}", opened[0]);
     }
     assert_eq!(opened[1], opened[0], "the journal opens the same anomalies");
+}
+
+/// Journal rows this build cannot read (a record of another build's version, a damaged body) are left in
+/// the journal for a build that can, and hold up nothing: neither one too heavy for a fold at its head
+/// (the fold tried it again without pause) nor more of them than one fold reads (the fold read only
+/// them, and stopped).
+async fn unreadable_journal_rows_hold_up_no_batch_behind_them(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    config.usage.journal = true;
+    let app = TestApp::with_config(config, db).await;
+    let pool = &app.state.db.pool;
+    let mut tx = pool.begin().await.unwrap();
+    // A heavy one first (three parts), then more light ones than a fold takes (1,024).
+    for (i, parts) in std::iter::once(3_i64)
+        .chain(std::iter::repeat_n(1, 1_100))
+        .enumerate()
+    {
+        let body: Vec<u8> = vec![0x10, 0, 0, 0, 0xff, (i % 251) as u8, 0x7f];
+        sqlx::query(
+            "INSERT INTO usage_journal (received_at, entries, weight, parts, done, body) VALUES ($1, 1, 1, $2, 0, $3)",
+        )
+        .bind(now())
+        .bind(parts)
+        .bind(body)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let body = revoked_uses("behind-edge", 0..20);
+    app.post("/api/v1/usage", Some(&app.admin_key), body)
+        .await
+        .expect(StatusCode::ACCEPTED);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let counted: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM usage_counts WHERE edge = 'behind-edge'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if counted == 60 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the batch behind 1,101 unreadable journal rows is not stored after 30 s: {counted} decisions counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(Stored::of(&app, "behind-edge").await.reports, 1);
+    // Its own row goes once its detectors ran; the unreadable rows stay for a build that can read them.
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_journal")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if left == 1_101 {
+            break;
+        }
+        assert!(
+            left == 1_102 && Instant::now() < deadline,
+            "{left} journal rows: the 1,101 unreadable ones stay, the stored batch's goes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -387,8 +387,9 @@ fn id_list(kind: DbKind, n: usize) -> String {
 /// The fold task: folds while the journal holds batches, and waits for the next append otherwise.
 pub(super) async fn folder(f: Folder) {
     let mut logged = (Instant::now(), [0; 5]);
+    let mut unreadable = PassedOver::default();
     loop {
-        let folded = match fold(&f).await {
+        let folded = match fold(&f, &mut unreadable).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot fold the usage journal; retrying");
@@ -413,7 +414,7 @@ pub(super) async fn folder(f: Folder) {
         if f.examine.is_closed() {
             return;
         }
-        if folded > 0 {
+        if folded > 0 || unreadable.advanced {
             continue;
         }
         tokio::select! {
@@ -475,19 +476,71 @@ async fn refresh_backlog(f: &Folder) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Journal rows this build cannot read (a record version of another build, or a damaged body) are left in
+/// the journal for a build that can, and passed over: the fold reads after the last of them at the head of
+/// the journal, so however many gather there (more than one fold takes, or one too heavy for a fold) the
+/// batches behind them are folded. Every minute it reads from the start again, in case a row it passed
+/// over was only held back by another replica's fold.
+#[derive(Debug)]
+struct PassedOver {
+    /// The fold reads rows after this id.
+    after: i64,
+    /// When `after` last went back to the start.
+    since: Instant,
+    /// The last fold moved `after` on (so the next one has rows to read without waiting for an append).
+    advanced: bool,
+}
+
+impl Default for PassedOver {
+    fn default() -> PassedOver {
+        PassedOver {
+            after: 0,
+            since: Instant::now(),
+            advanced: false,
+        }
+    }
+}
+
+impl PassedOver {
+    /// Before a fold: back to the start once a minute.
+    fn start_fold(&mut self) {
+        self.advanced = false;
+        if self.since.elapsed() >= Duration::from_secs(60) {
+            self.after = 0;
+            self.since = Instant::now();
+        }
+    }
+
+    /// After decoding the rows a fold read (`order`, by id): passes over those at its head this build
+    /// cannot read.
+    fn pass_over(&mut self, order: &[i64], unreadable: &[i64]) {
+        for id in order {
+            if !unreadable.contains(id) {
+                break;
+            }
+            if *id > self.after {
+                self.after = *id;
+                self.advanced = true;
+            }
+        }
+    }
+}
+
 /// Folds one group: stores up to [`FOLD_BATCHES`] journaled batches (at most the fold's rows) in one
 /// transaction that also marks them stored, runs the detectors over them and deletes their rows. The
 /// records are decoded and summed on the parser threads before the write turn is taken. A first batch
 /// heavier than a fold is stored in parts. Returns the batches folded.
-async fn fold(f: &Folder) -> Result<usize, sqlx::Error> {
+async fn fold(f: &Folder, unreadable: &mut PassedOver) -> Result<usize, sqlx::Error> {
     let db = &f.db;
+    unreadable.start_fold();
     let stages = Some(&f.stats.write_stages[..]);
     let started = Instant::now();
     // With PostgreSQL the rows are claimed in the fold's transaction (other replicas skip them); SQLite has
     // one replica and one fold, and reads them before its transaction, which takes the write lock. The
     // bodies are read only for the rows the fold takes.
     let select = format!(
-        "SELECT id, entries, weight, parts, done FROM usage_journal WHERE done < parts ORDER BY id LIMIT {FOLD_BATCHES}{}",
+        "SELECT id, entries, weight, parts, done FROM usage_journal WHERE done < parts AND id > {} ORDER BY id LIMIT {FOLD_BATCHES}{}",
+        unreadable.after,
         match db.kind {
             DbKind::Postgres => " FOR UPDATE SKIP LOCKED",
             DbKind::Sqlite => "",
@@ -550,18 +603,28 @@ async fn fold(f: &Folder) -> Result<usize, sqlx::Error> {
     if heavy {
         drop(claim);
         let first = picked.swap_remove(0);
-        return fold_in_parts(f, first).await.map(|()| 1);
+        let id = first.id;
+        return match fold_in_parts(f, first).await? {
+            true => Ok(1),
+            false => {
+                unreadable.pass_over(&[id], &[id]);
+                Ok(0)
+            }
+        };
     }
+    let order: Vec<i64> = picked.iter().map(|r| r.id).collect();
     let quota = f.quota.clone();
     let summed = f
         .parsers
         .run(move || {
             let mut group = Vec::with_capacity(picked.len());
+            let mut unreadable = Vec::new();
             for r in picked {
                 match decode(&r.body) {
                     Ok(p) => group.push((r.id, r.entries, p)),
                     Err(e) => {
-                        tracing::error!(id = r.id, error = %e, "a usage journal row cannot be read by this build; it is left in the journal");
+                        tracing::error!(id = r.id, error = %e, "a usage journal row cannot be read by this build; it is left in the journal and passed over");
+                        unreadable.push(r.id);
                     }
                 }
             }
@@ -572,14 +635,15 @@ async fn fold(f: &Folder) -> Result<usize, sqlx::Error> {
             };
             let refs: Vec<&Prepared> = group.iter().map(|(_, _, p)| p).collect();
             let agg = aggregate(&refs, Some(&samples));
-            (group, agg)
+            (group, agg, unreadable)
         })
         .await;
-    let Some((group, agg)) = summed else {
+    let Some((group, agg, passed_over)) = summed else {
         return Err(sqlx::Error::Protocol(
             "the usage parser threads stopped".into(),
         ));
     };
+    unreadable.pass_over(&order, &passed_over);
     if group.is_empty() {
         // Only rows this build cannot read: left for a build that can.
         return Ok(0);
@@ -655,14 +719,14 @@ async fn fold(f: &Folder) -> Result<usize, sqlx::Error> {
 }
 
 /// Stores a batch heavier than one fold in parts, each claimed (`done`) in the transaction that stores it,
-/// then runs the detectors over it and deletes its row.
-async fn fold_in_parts(f: &Folder, r: Row) -> Result<(), sqlx::Error> {
+/// then runs the detectors over it and deletes its row. False when this build cannot read the row.
+async fn fold_in_parts(f: &Folder, r: Row) -> Result<bool, sqlx::Error> {
     let db = &f.db;
     let p = match decode(&r.body) {
         Ok(p) => p,
         Err(e) => {
-            tracing::error!(id = r.id, error = %e, "a usage journal row cannot be read by this build; it is left in the journal");
-            return Ok(());
+            tracing::error!(id = r.id, error = %e, "a usage journal row cannot be read by this build; it is left in the journal and passed over");
+            return Ok(false);
         }
     };
     let pieces = split(&p, f.limits.part_rows);
@@ -685,7 +749,7 @@ async fn fold_in_parts(f: &Folder, r: Row) -> Result<(), sqlx::Error> {
         if claimed == 0 {
             // Another fold stored this part meanwhile; it goes on with the rest.
             tx.rollback().await?;
-            return Ok(());
+            return Ok(true);
         }
         let samples = match f.quota.lock() {
             Ok(mut quota) => vec![quota.kept(piece)],
@@ -717,7 +781,8 @@ async fn fold_in_parts(f: &Folder, r: Row) -> Result<(), sqlx::Error> {
             batches: vec![p],
         })
         .await
-        .map_err(|_| sqlx::Error::Protocol("the usage examiner stopped".into()))
+        .map_err(|_| sqlx::Error::Protocol("the usage examiner stopped".into()))?;
+    Ok(true)
 }
 
 /// Runs the detectors over stored batches (retried like the pipeline without the journal), then deletes
@@ -763,11 +828,15 @@ async fn remove(db: &Db, ids: &[i64]) -> Result<(), sqlx::Error> {
 /// Runs the detectors over rows stored at least [`LEFT_BEHIND_SECONDS`] ago whose detectors never ran (the
 /// replica that stored them died first), then deletes them.
 async fn examine_left_behind(f: &Examiner) -> Result<(), sqlx::Error> {
+    // Rows this build cannot read stay for a build that can; each pass reads after the last row read, so
+    // they hold up none behind them.
+    let mut after = 0;
     loop {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT id, entries, weight, parts, done, body FROM usage_journal WHERE done >= parts AND stored_at < $1 ORDER BY id LIMIT {FOLD_BATCHES}"
+            "SELECT id, entries, weight, parts, done, body FROM usage_journal WHERE done >= parts AND stored_at < $1 AND id > $2 ORDER BY id LIMIT {FOLD_BATCHES}"
         )))
         .bind(now() - LEFT_BEHIND_SECONDS)
+        .bind(after)
         .fetch_all(&f.db.pool)
         .await?;
         if rows.is_empty() {
@@ -777,6 +846,7 @@ async fn examine_left_behind(f: &Examiner) -> Result<(), sqlx::Error> {
             .iter()
             .map(|r| row(r, true))
             .collect::<Result<Vec<_>, _>>()?;
+        after = rows.iter().map(|r| r.id).max().unwrap_or(after);
         let mut ids = Vec::new();
         let mut entries = 0;
         let mut batches = Vec::new();
@@ -793,7 +863,7 @@ async fn examine_left_behind(f: &Examiner) -> Result<(), sqlx::Error> {
             }
         }
         if ids.is_empty() {
-            return Ok(());
+            continue;
         }
         tracing::info!(
             batches = ids.len(),
