@@ -476,6 +476,20 @@ async fn refresh_backlog(f: &Folder) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Logs the journal rows (`ids`) a fold or the examiner could not read, in one line: a fold reads them
+/// again every minute, and a line per row would be a thousand lines a minute for a thousand rows.
+fn log_unreadable(ids: &[i64], first_error: Option<&str>) {
+    if let (Some(first), Some(last)) = (ids.first(), ids.last()) {
+        tracing::error!(
+            rows = ids.len(),
+            first_id = first,
+            last_id = last,
+            error = first_error.unwrap_or_default(),
+            "usage journal rows this build cannot read (the error is the first row's): left in the journal for a build that can, and passed over"
+        );
+    }
+}
+
 /// Journal rows this build cannot read (a record version of another build, or a damaged body) are left in
 /// the journal for a build that can, and passed over: the fold reads after the last of them at the head of
 /// the journal, so however many gather there (more than one fold takes, or one too heavy for a fold) the
@@ -619,15 +633,17 @@ async fn fold(f: &Folder, unreadable: &mut PassedOver) -> Result<usize, sqlx::Er
         .run(move || {
             let mut group = Vec::with_capacity(picked.len());
             let mut unreadable = Vec::new();
+            let mut first_error = None;
             for r in picked {
                 match decode(&r.body) {
                     Ok(p) => group.push((r.id, r.entries, p)),
                     Err(e) => {
-                        tracing::error!(id = r.id, error = %e, "a usage journal row cannot be read by this build; it is left in the journal and passed over");
+                        first_error.get_or_insert(e);
                         unreadable.push(r.id);
                     }
                 }
             }
+            log_unreadable(&unreadable, first_error.as_deref());
             // The detectors see every failure sample; the table keeps the quota.
             let samples: Vec<Vec<FailureEntry>> = match quota.lock() {
                 Ok(mut quota) => group.iter().map(|(_, _, p)| quota.kept(p)).collect(),
@@ -725,7 +741,7 @@ async fn fold_in_parts(f: &Folder, r: Row) -> Result<bool, sqlx::Error> {
     let p = match decode(&r.body) {
         Ok(p) => p,
         Err(e) => {
-            tracing::error!(id = r.id, error = %e, "a usage journal row cannot be read by this build; it is left in the journal and passed over");
+            log_unreadable(&[r.id], Some(&e));
             return Ok(false);
         }
     };
@@ -850,6 +866,8 @@ async fn examine_left_behind(f: &Examiner) -> Result<(), sqlx::Error> {
         let mut ids = Vec::new();
         let mut entries = 0;
         let mut batches = Vec::new();
+        let mut unreadable = Vec::new();
+        let mut first_error = None;
         for r in &rows {
             match decode(&r.body) {
                 Ok(p) => {
@@ -858,10 +876,12 @@ async fn examine_left_behind(f: &Examiner) -> Result<(), sqlx::Error> {
                     batches.push(p);
                 }
                 Err(e) => {
-                    tracing::error!(id = r.id, error = %e, "a usage journal row cannot be read by this build; it is left in the journal");
+                    first_error.get_or_insert(e);
+                    unreadable.push(r.id);
                 }
             }
         }
+        log_unreadable(&unreadable, first_error.as_deref());
         if ids.is_empty() {
             continue;
         }
