@@ -629,13 +629,35 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     out
 }
 
-/// Writes every seed to `corpus/<target>/seed-<name>` under `dir`, replacing older seeds of the same name.
+/// Writes every seed to `corpus/<target>/seed-<name>` under `dir`, replacing older seeds of the same name,
+/// except one that differs from the new seed only in the signature that ends it: PS256 and the Ed25519
+/// signer put fresh randomness in every signature, and the signature on disk is as good, so the corpus stays
+/// as it is committed.
 pub fn write_all(dir: &Path) -> std::io::Result<usize> {
     let seeds = all();
     for (target, name, bytes) in &seeds {
         let folder = dir.join(target);
         std::fs::create_dir_all(&folder)?;
-        std::fs::write(folder.join(format!("seed-{name}")), bytes)?;
+        let path = folder.join(format!("seed-{name}"));
+        if std::fs::read(&path).is_ok_and(|old| differs_only_in_signature(&old, bytes)) {
+            continue;
+        }
+        std::fs::write(path, bytes)?;
     }
     Ok(seeds.len())
+}
+
+/// True when `old` and `new` are the same up to their last `.`, and what follows it in each is a Base64url
+/// text of the same length (a JWS signature; a JSON or other text ending after a `.` is never one).
+fn differs_only_in_signature(old: &[u8], new: &[u8]) -> bool {
+    let split = |bytes: &[u8]| {
+        let dot = bytes.iter().rposition(|&b| b == b'.')?;
+        let (head, tail) = bytes.split_at(dot + 1);
+        let signature = !tail.is_empty()
+            && tail
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        signature.then_some((head, tail.len()))
+    };
+    matches!((split(old), split(new)), (Some(a), Some(b)) if a == b)
 }
