@@ -650,14 +650,16 @@ pub fn write_all(dir: &Path) -> std::io::Result<usize> {
 /// True when `old` and `new` are the same up to their last `.`, and what follows it in each is a Base64url
 /// text of the same length (a JWS signature; a JSON or other text ending after a `.` is never one).
 fn differs_only_in_signature(old: &[u8], new: &[u8]) -> bool {
-    let split = |bytes: &[u8]| {
-        let dot = bytes.iter().rposition(|&b| b == b'.')?;
-        let (head, tail) = bytes.split_at(dot + 1);
-        let signature = !tail.is_empty()
-            && tail
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        signature.then_some((head, tail.len()))
-    };
-    matches!((split(old), split(new)), (Some(a), Some(b)) if a == b)
+    matches!((signed_head(old), signed_head(new)), (Some(a), Some(b)) if a == b)
+}
+
+/// What a text ending in a JWS signature holds before it, and the signature's length.
+fn signed_head(bytes: &[u8]) -> Option<(&[u8], usize)> {
+    let dot = bytes.iter().rposition(|&b| b == b'.')?;
+    let (head, tail) = bytes.split_at(dot + 1);
+    let signature = !tail.is_empty()
+        && tail
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    signature.then_some((head, tail.len()))
 }
