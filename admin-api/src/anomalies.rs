@@ -726,10 +726,7 @@ impl Detector {
             let beaten: Vec<(&Key, &Value, i64)> = order
                 .iter()
                 .filter(|&&i| !inserted.contains(&opened[&i].1))
-                .map(|&i| {
-                    let (key, f) = &pending[i];
-                    (key, &f.evidence, f.seen.iter().map(|(_, n)| n).sum::<i64>())
-                })
+                .map(|&i| rows[i])
                 .collect();
             if !beaten.is_empty() {
                 tracing::info!(
