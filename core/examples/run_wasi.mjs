@@ -6,6 +6,7 @@
 // the program's.
 import { readFile } from "node:fs/promises";
 import { basename } from "node:path";
+import { setFlagsFromString } from "node:v8";
 import { WASI } from "node:wasi";
 
 const CLOCK_MONOTONIC = 1;
@@ -20,6 +21,11 @@ if (process.argv.includes("--cpu-clock")) {
   const clockTimeGet = preview1.clock_time_get;
   preview1.clock_time_get = (id, precision, out) =>
     clockTimeGet(id === CLOCK_MONOTONIC ? CLOCK_THREAD_CPUTIME : id, precision, out);
+}
+// The filter is built with relaxed SIMD, which V8 ships from 11.4 (Node 21); Node 20 has it behind a flag.
+const [v8Major, v8Minor] = process.versions.v8.split(".").map(Number);
+if (v8Major < 11 || (v8Major === 11 && v8Minor < 4)) {
+  setFlagsFromString("--experimental-wasm-relaxed-simd");
 }
 const module = await WebAssembly.compile(await readFile(file));
 const instance = await WebAssembly.instantiate(module, imports);

@@ -24,10 +24,12 @@ pub fn floor() -> Result<PathBuf> {
     build_wasm("edgewarden-floor", floor_wasm())
 }
 
-/// Code generation for the filter and the floor: WebAssembly SIMD (simd128), which Envoy's V8 runs; the RS256
-/// arithmetic uses it (`core/src/fastverify/rs256.rs`). Both modules get the same flags, so building one does not
-/// rebuild the other's dependencies.
-const WASM_RUSTFLAGS: &str = r#"target.wasm32-wasip1.rustflags=["-C", "target-feature=+simd128"]"#;
+/// Code generation for the filter and the floor: WebAssembly SIMD (simd128) and relaxed SIMD, which Envoy's V8 runs
+/// (relaxed SIMD since V8 11.4); the RS256 arithmetic uses them (`core/src/fastverify/rs256.rs` and its fused
+/// multiply-add in `rs256_wide.rs`). Both modules get the same flags, so building one does not rebuild the other's
+/// dependencies.
+const WASM_RUSTFLAGS: &str =
+    r#"target.wasm32-wasip1.rustflags=["-C", "target-feature=+simd128,+relaxed-simd"]"#;
 
 /// `cargo <subcommand> --release --target wasm32-wasip1 --config <WASM_RUSTFLAGS> -p <package>`, run from the
 /// project root: how the filter, the floor and core's tests for V8 are built, with the same flags.

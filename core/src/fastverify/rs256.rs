@@ -73,6 +73,9 @@ pub struct Rs256Verifier {
     modulus_len: usize,
     /// Bit length of the modulus.
     modulus_bits: usize,
+    /// The modulus' constants for 50-bit limbs ([`wide`]), which verify where the host has a
+    /// fused multiply-add.
+    wide: wide::Wide,
 }
 
 impl std::fmt::Debug for Rs256Verifier {
@@ -122,6 +125,7 @@ impl Rs256Verifier {
             e,
             modulus_len: n.len(),
             modulus_bits: bits,
+            wide: wide::Wide::new(n, bits),
         })
     }
 
@@ -137,6 +141,7 @@ impl Rs256Verifier {
             + self.r_squared.capacity()
             + self.r_squared_reversed.capacity())
             * 4
+            + self.wide.heap_bytes()
     }
 
     /// Checks a JWS RS256 signature over `signing_input`.
@@ -151,7 +156,12 @@ impl Rs256Verifier {
         if signature.len() != self.modulus_len {
             return false;
         }
-        let Some(encoded) = self.public_op(signature) else {
+        let encoded = if wide::available() {
+            self.wide.public_op(signature, self.e)
+        } else {
+            self.public_op(signature)
+        };
+        let Some(encoded) = encoded else {
             return false;
         };
         let Some(expected) = self.expected_encoding(digest) else {
@@ -774,6 +784,9 @@ fn r_squared_mod(n: &[u32], bits: usize) -> Vec<u32> {
     }
     x
 }
+
+#[path = "rs256_wide.rs"]
+mod wide;
 
 #[cfg(test)]
 #[path = "rs256_tests.rs"]

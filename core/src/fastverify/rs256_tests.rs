@@ -463,3 +463,202 @@ fn random_key_parameters_and_signatures_never_panic() {
         "some random odd moduli of 2048..=4096 bits are accepted"
     );
 }
+
+/// The 50-bit arithmetic ([`wide`]) against `BigUint::modpow`, whichever of the two the
+/// verifier uses on this host (the test above checks the one it uses).
+#[test]
+fn wide_limb_exponentiation_matches_biguint_modpow_on_random_values() {
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    for der in [RSA2048, RSA3072, RSA4096, RSA2048_E3] {
+        let key = private_key(der);
+        let verifier = verifier_for(&key.to_public_key());
+        let n = key.n().clone();
+        let k = key.size();
+        let e = verifier.e;
+        let mut samples: Vec<BigUint> = vec![
+            BigUint::from(0u32),
+            BigUint::from(1u32),
+            BigUint::from(2u32),
+            &n - 1u32,
+            &n - 2u32,
+            (BigUint::from(1u32) << (8 * k - 1)) % &n,
+        ];
+        for _ in 0..300 {
+            let mut bytes = vec![0u8; k];
+            rng.fill_bytes(&mut bytes);
+            samples.push(BigUint::from_bytes_be(&bytes) % &n);
+        }
+        for s in samples {
+            let mut s_bytes = s.to_bytes_be();
+            while s_bytes.len() < k {
+                s_bytes.insert(0, 0);
+            }
+            let got = verifier
+                .wide
+                .public_op(&s_bytes, e)
+                .expect("s < n is accepted");
+            assert_eq!(BigUint::from_bytes_be(&got), s.modpow(key.e(), &n));
+            assert_eq!(got.len(), k);
+        }
+        // Not below the modulus, or of another length: refused.
+        let n_bytes = n.to_bytes_be();
+        assert!(verifier.wide.public_op(&n_bytes, e).is_none());
+        assert!(verifier.wide.public_op(&[0xff; 1][..], e).is_none());
+        assert!(verifier.wide.public_op(&vec![0xff; k], e).is_none());
+        assert!(verifier.wide.public_op(&vec![0; k + 1], e).is_none());
+    }
+}
+
+/// Moduli whose bit length is a multiple of 50 (so `2n` exceeds `R` and a Montgomery product
+/// can carry into a limb above the top one), and moduli just above and below one.
+#[test]
+fn wide_limb_exponentiation_handles_moduli_filling_their_top_limb() {
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    for bits in [2100usize, 2099, 2101, 2049, 2050, 2051, 2048, 4050, 4096] {
+        let mut bytes = vec![0u8; bits.div_ceil(8)];
+        rng.fill_bytes(&mut bytes);
+        let excess = bytes.len() * 8 - bits;
+        bytes[0] &= 0xff >> excess;
+        bytes[0] |= 0x80 >> excess;
+        *bytes.last_mut().expect("not empty") |= 1;
+        let n = BigUint::from_bytes_be(&bytes);
+        assert_eq!(n.bits(), bits);
+        let wide = wide::Wide::new(&bytes, bits);
+        // Signatures not below the modulus are refused, also when what is above the modulus'
+        // bit length would be dropped by too few limbs (2^(8 * len - 1) + 1 > n).
+        let mut above = vec![0u8; bytes.len()];
+        above[0] = 0x80;
+        above[bytes.len() - 1] = 1;
+        if bits % 8 != 0 {
+            assert!(wide.public_op(&above, 65537).is_none(), "{bits} bits");
+        }
+        assert!(wide.public_op(&bytes, 65537).is_none(), "{bits} bits");
+        for _ in 0..40 {
+            let mut s_bytes = vec![0u8; bytes.len()];
+            rng.fill_bytes(&mut s_bytes);
+            let s = BigUint::from_bytes_be(&s_bytes) % &n;
+            let mut s_bytes = s.to_bytes_be();
+            while s_bytes.len() < bytes.len() {
+                s_bytes.insert(0, 0);
+            }
+            for e in [3u64, 65537, (1 << 40) + 1] {
+                let got = wide.public_op(&s_bytes, e).expect("s < n");
+                assert_eq!(
+                    BigUint::from_bytes_be(&got),
+                    s.modpow(&BigUint::from(e), &n),
+                    "{bits}-bit modulus, e = {e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn wide_limb_constants_and_conversions_are_consistent() {
+    for n0 in [
+        1u64,
+        3,
+        u64::MAX,
+        0x8000_0000_0000_0001,
+        0x1234_5678_9abc_def1,
+    ] {
+        assert_eq!(n0.wrapping_mul(wide::neg_inverse_mod_2_64(n0)), u64::MAX);
+    }
+    let mut rng = ChaCha20Rng::seed_from_u64(10);
+    for len in [1usize, 6, 7, 13, 255, 256, 384, 512] {
+        let mut bytes = vec![0u8; len];
+        rng.fill_bytes(&mut bytes);
+        let limbs = wide::be_bytes_to_limbs(&bytes, (len * 8).div_ceil(wide::LIMB_BITS as usize));
+        assert!(limbs.iter().all(|&limb| limb <= wide::MASK));
+        assert_eq!(wide::limbs_to_be_bytes(&limbs, len), bytes);
+    }
+    for der in [RSA2048, RSA3072, RSA4096] {
+        let key = private_key(der).to_public_key();
+        let n_bytes = key.n().to_bytes_be();
+        let bits = key.n().bits();
+        let k = bits.div_ceil(wide::LIMB_BITS as usize);
+        let limbs = wide::be_bytes_to_limbs(&n_bytes, k);
+        let r2 = wide::pow2_mod(&limbs, bits, 2 * wide::LIMB_BITS as usize * k);
+        let expected = (BigUint::from(1u32) << (2 * wide::LIMB_BITS as usize * k)) % key.n();
+        assert_eq!(
+            BigUint::from_bytes_be(&wide::limbs_to_be_bytes(&r2, n_bytes.len())),
+            expected
+        );
+    }
+}
+
+/// The 50-bit dot products: the kernel in use (relaxed SIMD on wasm32 built with it, where the
+/// multiply-add is fused) against exact 128-bit sums, at the largest limbs and at every even
+/// length up to a 4096-bit modulus' 82 limbs.
+#[test]
+fn wide_dot_product_kernel_matches_exact_sums() {
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let exact = |x: &[f64], y: &[f64]| -> i128 {
+        x.iter()
+            .zip(y)
+            .map(|(&a, &b)| (a as u64 as i128) * (b as u64 as i128))
+            .sum()
+    };
+    let combined = |(low, high): (i64, i64)| i128::from(low) + (i128::from(high) << 50);
+    if !wide::available() {
+        return;
+    }
+    for len in (0..=84).step_by(2) {
+        let max = vec![wide::MASK as f64; len];
+        assert_eq!(combined(wide::kernel::dot(&max, &max)), exact(&max, &max));
+        assert_eq!(
+            combined(wide::kernel::dot(&max, &max)),
+            combined(wide::portable::dot(&max, &max))
+        );
+        for _ in 0..20 {
+            let random = |rng: &mut ChaCha20Rng| -> Vec<f64> {
+                (0..len)
+                    .map(|_| {
+                        // Mostly full limbs, some small, some zero (padding) and some maximal.
+                        match rng.next_u32() % 8 {
+                            0 => 0.0,
+                            1 => (rng.next_u64() & 0xffff) as f64,
+                            2 => wide::MASK as f64,
+                            _ => (rng.next_u64() & wide::MASK) as f64,
+                        }
+                    })
+                    .collect()
+            };
+            let (x, y) = (random(&mut rng), random(&mut rng));
+            let (low, high) = wide::kernel::dot(&x, &y);
+            assert_eq!(combined((low, high)), exact(&x, &y));
+            let (m, n) = (random(&mut rng), random(&mut rng));
+            let both = wide::kernel::dot2(&x, &y, &m, &n);
+            assert_eq!(combined(both), exact(&x, &y) + exact(&m, &n));
+            // The split into low and high parts may differ between the kernels, the value not.
+            assert_eq!(
+                combined(both),
+                combined(wide::portable::dot2(&x, &y, &m, &n))
+            );
+            // Low parts are below 2^50 in magnitude each, high parts at most 2^50.
+            assert!(low.unsigned_abs() <= (len as u64) << 50);
+            assert!(high >= 0 && high as u64 <= (len as u64) << 50);
+        }
+    }
+}
+
+#[test]
+fn wide_split_products_match_u128() {
+    let mut rng = ChaCha20Rng::seed_from_u64(12);
+    let cases = (0..10_000).map(|_| (rng.next_u64() & wide::MASK, rng.next_u64() & wide::MASK));
+    for (a, b) in cases.chain([
+        (0, 0),
+        (wide::MASK, wide::MASK),
+        (1, wide::MASK),
+        (wide::MASK, 1),
+    ]) {
+        let product = u128::from(a) * u128::from(b);
+        let (low, high) = wide::mul_split(a, b);
+        assert_eq!(
+            u128::from(low),
+            product & u128::from(wide::MASK),
+            "{a} * {b}"
+        );
+        assert_eq!(u128::from(high), product >> wide::LIMB_BITS, "{a} * {b}");
+    }
+}

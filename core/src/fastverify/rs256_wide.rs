@@ -1,0 +1,521 @@
+//! RSA's public operation with 50-bit limbs: about a third as many limb products as 28-bit
+//! limbs (41 limbs instead of 74 for 2048 bits, so 1,681 products per product of two numbers
+//! instead of 5,476).
+//!
+//! WebAssembly has no 64x64->128-bit multiply (wide-arithmetic is a proposal V8 does not ship),
+//! but relaxed SIMD's `f64x2.relaxed_madd` is a fused multiply-add where the hardware has one
+//! (every x86-64 CPU since 2013 and every AArch64 CPU), and a fused multiply-add splits the
+//! product of two integers below 2^50 exactly into a high and a low part (Dekker's product,
+//! as GPU RSA codes use it):
+//!
+//! - `h = fma(a, b, 2^102)`: in `[2^102, 2^103)` the spacing of doubles is 2^50, so `h` is
+//!   `2^102 + H * 2^50` with `H = round(a * b / 2^50)`, and the bits of `h` as an integer are
+//!   the bits of 2^102 plus `H`;
+//! - `l = fma(a, b, (2^102 + 1.5 * 2^52) - h)`: the addend is exactly `1.5 * 2^52 - H * 2^50`,
+//!   so `l = 1.5 * 2^52 + L` with `L = a * b - H * 2^50` in `[-2^49, 2^49]`; in `[2^52, 2^53)`
+//!   doubles are the integers, so `l` is exact and its bits are those of `1.5 * 2^52` plus `L`.
+//!
+//! Both are summed as 64-bit integers (`i64x2.add` on the same vector), two products per
+//! instruction, and the constant bits are subtracted once per column. Column sums then go
+//! through a product-scanning Montgomery product as in `rs256.rs`, in 64-bit integers.
+//!
+//! Whether `relaxed_madd` is fused is up to the host; [`available`] checks it once per VM on a
+//! product whose low part an unfused multiply-add loses, and the verifier keeps the 28-bit
+//! arithmetic for hosts where it is not. Natively this file multiplies in `u128`, which the
+//! tests compare with the SIMD kernel in V8. Only public data is handled, so none of it is
+//! constant-time.
+
+/// Bits per limb.
+pub(super) const LIMB_BITS: u32 = 50;
+/// Mask of one limb's bits.
+pub(super) const MASK: u64 = (1 << LIMB_BITS) - 1;
+/// Zero limbs on each side of every operand: ranges of pairs widen to a multiple of two (one
+/// SIMD step) into them.
+const PAD: usize = 2;
+
+/// The modulus and its Montgomery constants for 50-bit limbs.
+#[derive(Clone)]
+pub(super) struct Wide {
+    /// Limbs of the modulus, little-endian.
+    n: Vec<u64>,
+    /// The modulus' limbs most significant first, [`padded`].
+    n_reversed: Vec<f64>,
+    /// `-n^-1 mod 2^50`.
+    n_inv: u64,
+    /// `R^2 mod n` for `R = 2^(50 * k)`, most significant limb first, [`padded`].
+    r_squared_reversed: Vec<f64>,
+    /// Modulus length in bytes.
+    modulus_len: usize,
+}
+
+impl Wide {
+    /// Prepares the constants for a modulus given big-endian without leading zeros, of `bits`
+    /// bits (odd, at least 2 bits: the caller checked it is an RSA modulus).
+    pub(super) fn new(n: &[u8], bits: usize) -> Self {
+        // Enough limbs for every bit of a signature as long as the modulus (which has up to
+        // seven bits more than the modulus), so that none is dropped before `s < n` is checked.
+        let k = (n.len() * 8)
+            .div_ceil(LIMB_BITS as usize)
+            .max(bits.div_ceil(LIMB_BITS as usize));
+        let limbs = be_bytes_to_limbs(n, k);
+        let n_inv = neg_inverse_mod_2_64(limbs.first().copied().unwrap_or(1)) & MASK;
+        let r_squared = pow2_mod(&limbs, bits, 2 * LIMB_BITS as usize * k);
+        Self {
+            n_reversed: padded_reversed(&limbs),
+            n: limbs,
+            n_inv,
+            r_squared_reversed: padded_reversed(&r_squared),
+            modulus_len: n.len(),
+        }
+    }
+
+    /// Heap bytes held.
+    pub(super) fn heap_bytes(&self) -> usize {
+        (self.n.capacity() + self.n_reversed.capacity() + self.r_squared_reversed.capacity()) * 8
+    }
+
+    /// `s^e mod n` as a big-endian block of the modulus' length, or `None` if `s >= n` or `s`
+    /// is not exactly as long as the modulus. `e` is odd and above 1.
+    pub(super) fn public_op(&self, signature: &[u8], e: u64) -> Option<Vec<u8>> {
+        let k = self.n.len();
+        if signature.len() != self.modulus_len {
+            return None;
+        }
+        let s = be_bytes_to_limbs(signature, k);
+        if !less_than(&s, &self.n) {
+            return None;
+        }
+        let zeros = vec![0.0; k + 2 * PAD];
+        let (mut m, mut reversed, mut acc, mut tmp) =
+            (zeros.clone(), zeros.clone(), zeros.clone(), zeros);
+        // s * R mod n, the Montgomery form of s, and its limbs reversed as a fixed multiplicand.
+        self.mont_product(&padded(&s), &self.r_squared_reversed, &mut m, &mut acc);
+        let s_mont_reversed = reverse(&acc);
+        let top_bit = 63 - e.leading_zeros();
+        // Left to right over the bits between the top and the lowest one, as in `rs256.rs`.
+        for bit in (1..top_bit).rev() {
+            reverse_into(&acc, &mut reversed);
+            self.mont_product(&acc, &reversed, &mut m, &mut tmp);
+            std::mem::swap(&mut acc, &mut tmp);
+            if (e >> bit) & 1 == 1 {
+                self.mont_product(&acc, &s_mont_reversed, &mut m, &mut tmp);
+                std::mem::swap(&mut acc, &mut tmp);
+            }
+        }
+        // Lowest bit: square, then multiply by plain s, which also leaves the Montgomery domain.
+        reverse_into(&acc, &mut reversed);
+        self.mont_product(&acc, &reversed, &mut m, &mut tmp);
+        self.mont_product(&tmp, &padded_reversed(&s), &mut m, &mut acc);
+        let limbs: Vec<u64> = unpadded(&acc).iter().map(|&limb| limb as u64).collect();
+        Some(limbs_to_be_bytes(&limbs, self.modulus_len))
+    }
+
+    /// Montgomery product `out = a * b * R^-1 mod n` for `a, b < n`, with `b` given most
+    /// significant limb first. Operands, `m` (scratch for the reduction factors) and `out` are
+    /// [`padded`] buffers of this modulus' limb count.
+    ///
+    /// Product scanning as in `rs256.rs`, one column a pass: column `i` sums `a_j * b_(i-j)` and
+    /// `m_j * n_(i-j)` as dot products of forward slices in one loop ([`kernel::dot2`]), as the
+    /// sum of the products' low parts (they stay in the column) and of their high parts (they go
+    /// to the next one). A pass runs before `m_i` is chosen, with `m_i` still zero; `m_i * n_0`
+    /// is added exactly afterwards. Sums stay below 2^59 in magnitude for up to 82 limbs (4096
+    /// bits); low parts may be negative, so columns and carries are signed. Squarings come here
+    /// too: in V8 (Node, callgrind, per RS256-2048 verify) this measured 0.57M instructions,
+    /// two columns a pass 0.62M (twice the accumulators, for low and high parts, spill), and a
+    /// squaring that sums each cross product once (against the doubled operand, in a second
+    /// loop per column) 0.70M: the work around each loop grows more than the products shrink.
+    fn mont_product(&self, a: &[f64], b_reversed: &[f64], m: &mut [f64], out: &mut [f64]) {
+        let k = self.n.len();
+        let n_reversed = self.n_reversed.as_slice();
+        m.fill(0.0);
+        let mut carry = 0i64;
+        let mut high = 0i64;
+        for i in 0..k {
+            // Pairs (j, i - j) for j in 0..=i, widened by one into the padding past b's and n's
+            // lowest limb.
+            let width = (i + 1).next_multiple_of(2);
+            let offset = PAD + k - 1 - i;
+            let (low, next_high) = dot2(
+                a.get(PAD..PAD + width),
+                b_reversed.get(offset..offset + width),
+                m.get(PAD..PAD + width),
+                n_reversed.get(offset..offset + width),
+            );
+            carry = self.reduce(m, i, low + high + carry);
+            high = next_high;
+        }
+        for i in k..2 * k {
+            // Pairs (j, i - j) for j in i-k+1..k, widened by one into the padding past a's and
+            // the factors' top limb.
+            let start = PAD + i + 1 - k;
+            let width = (2 * k - 1 - i).next_multiple_of(2);
+            let (low, next_high) = dot2(
+                a.get(start..start + width),
+                b_reversed.get(PAD..PAD + width),
+                m.get(start..start + width),
+                n_reversed.get(PAD..PAD + width),
+            );
+            carry = output(out, i - k, low + high + carry);
+            high = next_high;
+        }
+        self.reduce_below_n(out, carry + high);
+    }
+
+    /// Column `i < k` of a Montgomery product, all of it summed but `m_i * n_0`: chooses `m_i`
+    /// (stored in `m`) so that the column's low limb becomes zero, and returns the carry out.
+    #[inline(always)]
+    fn reduce(&self, m: &mut [f64], i: usize, column: i64) -> i64 {
+        let m_i = ((column as u64 & MASK).wrapping_mul(self.n_inv)) & MASK;
+        if let Some(slot) = m.get_mut(PAD + i) {
+            *slot = m_i as i64 as f64;
+        }
+        // column + m_i * n_0 is a multiple of 2^50 (that is what m_i is for).
+        let (low, high) = mul_split(m_i, self.n.first().copied().unwrap_or(0));
+        ((column + low as i64) >> LIMB_BITS) + high as i64
+    }
+
+    /// The last step of a Montgomery product: the result in `out` (with `top` above its top
+    /// limb, 0 or 1, as the result is below `2n < 2R`) subtracts `n` once if it is not below `n`.
+    fn reduce_below_n(&self, out: &mut [f64], top: i64) {
+        let k = self.n.len();
+        if let Some(result) = out.get_mut(PAD..PAD + k) {
+            if top != 0 || !less_than_f64(result, &self.n) {
+                sub_in_place(result, &self.n);
+            }
+        }
+    }
+}
+
+/// Column `k + index` of a Montgomery product, the result's limb `index`: stores its low limb and
+/// returns the carry out.
+#[inline(always)]
+fn output(out: &mut [f64], index: usize, column: i64) -> i64 {
+    if let Some(slot) = out.get_mut(PAD + index) {
+        *slot = (column as u64 & MASK) as i64 as f64;
+    }
+    column >> LIMB_BITS
+}
+
+/// Whether this host's `f64x2.relaxed_madd` is fused, checked once per VM: natively (no SIMD)
+/// and in Wasm builds without relaxed SIMD the answer is fixed.
+pub(super) fn available() -> bool {
+    #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+    {
+        static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *FUSED.get_or_init(kernel::fused)
+    }
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "relaxed-simd")))]
+    {
+        false
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        true
+    }
+}
+
+/// The sums of `x[t] * y[t] + m[t] * n[t]` ([`kernel::dot2`]): low parts, high parts. Zeros
+/// if a slice is missing or the lengths differ.
+#[inline(always)]
+fn dot2(x: Option<&[f64]>, y: Option<&[f64]>, m: Option<&[f64]>, n: Option<&[f64]>) -> (i64, i64) {
+    match (x, y, m, n) {
+        (Some(x), Some(y), Some(m), Some(n))
+            if x.len() == y.len() && m.len() == x.len() && n.len() == x.len() =>
+        {
+            kernel::dot2(x, y, m, n)
+        }
+        _ => (0, 0),
+    }
+}
+
+/// `a * b` for `a, b < 2^50` as its low 50 bits and the rest, in 64-bit arithmetic (a `u128`
+/// product is a call into compiler-builtins on wasm32).
+#[inline(always)]
+pub(super) fn mul_split(a: u64, b: u64) -> (u64, u64) {
+    const HALF: u32 = LIMB_BITS / 2;
+    const HALF_MASK: u64 = (1 << HALF) - 1;
+    let (a1, a0) = (a >> HALF, a & HALF_MASK);
+    let (b1, b0) = (b >> HALF, b & HALF_MASK);
+    let middle = a1 * b0 + a0 * b1;
+    let low = a0 * b0 + ((middle & HALF_MASK) << HALF);
+    (low & MASK, a1 * b1 + (middle >> HALF) + (low >> LIMB_BITS))
+}
+
+/// The dot products in `u128`, one product at a time: what every target but wasm32 with
+/// relaxed SIMD runs, and what the tests compare the SIMD kernel with.
+#[cfg_attr(
+    all(target_arch = "wasm32", target_feature = "relaxed-simd"),
+    allow(dead_code)
+)]
+pub(super) mod portable {
+    use super::{LIMB_BITS, MASK};
+
+    /// `(sum of low parts, sum of high parts)` of `x[t] * y[t]`, split at bit 50.
+    #[inline(always)]
+    pub(in super::super) fn dot(x: &[f64], y: &[f64]) -> (i64, i64) {
+        let mut low = 0i64;
+        let mut high = 0i64;
+        for (&a, &b) in x.iter().zip(y) {
+            let product = u128::from(a as u64) * u128::from(b as u64);
+            low += (product as u64 & MASK) as i64;
+            high += (product >> LIMB_BITS) as i64;
+        }
+        (low, high)
+    }
+
+    /// `dot(x, y)` plus `dot(m, n)`.
+    #[inline(always)]
+    pub(in super::super) fn dot2(x: &[f64], y: &[f64], m: &[f64], n: &[f64]) -> (i64, i64) {
+        let (low, high) = dot(x, y);
+        let (more_low, more_high) = dot(m, n);
+        (low + more_low, high + more_high)
+    }
+}
+
+#[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
+pub(super) use portable as kernel;
+
+/// The dot products with relaxed SIMD: two products per pair of `f64x2.relaxed_madd`.
+#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+pub(super) mod kernel {
+    use core::arch::wasm32::{
+        f64x2, f64x2_relaxed_madd, f64x2_splat, f64x2_sub, u64x2_add, u64x2_extract_lane,
+        u64x2_splat, v128,
+    };
+
+    /// 2^102: adding a product below 2^100 to it rounds the product to a multiple of 2^50.
+    const HIGH_BASE: f64 = f64::from_bits((1023 + 102) << 52);
+    /// 2^102 + 1.5 * 2^52 (exactly representable: 52 significant bits).
+    const LOW_ADDEND: f64 = f64::from_bits(((1023 + 102) << 52) | 0b110);
+    /// The bits of [`HIGH_BASE`], in every high part.
+    const HIGH_BIAS: u64 = HIGH_BASE.to_bits();
+    /// The bits of 1.5 * 2^52, in every low part.
+    const LOW_BIAS: u64 = ((1023 + 52) << 52) | (1 << 51);
+
+    #[inline(always)]
+    fn load(pair: &[f64]) -> v128 {
+        match pair {
+            &[a, b] => f64x2(a, b),
+            _ => f64x2_splat(0.0),
+        }
+    }
+
+    /// Adds the low and the high parts of the two products `x * y` (lane-wise) to `sums`.
+    #[inline(always)]
+    fn mul_add(sums: &mut [v128; 2], constants: [v128; 2], x: v128, y: v128) {
+        let high = f64x2_relaxed_madd(x, y, constants[0]);
+        let low = f64x2_relaxed_madd(x, y, f64x2_sub(constants[1], high));
+        sums[0] = u64x2_add(sums[0], low);
+        sums[1] = u64x2_add(sums[1], high);
+    }
+
+    /// [`HIGH_BASE`] and [`LOW_ADDEND`] in both lanes.
+    #[inline(always)]
+    fn constants() -> [v128; 2] {
+        [f64x2_splat(HIGH_BASE), f64x2_splat(LOW_ADDEND)]
+    }
+
+    /// The sums' lanes added, less the constant bits of `count` products.
+    #[inline(always)]
+    fn totals(sums: [v128; 2], count: u64) -> (i64, i64) {
+        let total = |sum: v128, bias: u64| {
+            u64x2_extract_lane::<0>(sum)
+                .wrapping_add(u64x2_extract_lane::<1>(sum))
+                .wrapping_sub(count.wrapping_mul(bias)) as i64
+        };
+        (total(sums[0], LOW_BIAS), total(sums[1], HIGH_BIAS))
+    }
+
+    /// `(sum of L, sum of H)` over `x[t] * y[t] = H * 2^50 + L` (limbs below 2^50, `|L| <=
+    /// 2^49`); a last odd element is ignored (callers pass even lengths).
+    #[inline(always)]
+    pub(in super::super) fn dot(x: &[f64], y: &[f64]) -> (i64, i64) {
+        let mut sums = [u64x2_splat(0); 2];
+        let constants = constants();
+        let mut count = 0u64;
+        for (x, y) in x.chunks_exact(2).zip(y.chunks_exact(2)) {
+            mul_add(&mut sums, constants, load(x), load(y));
+            count += 2;
+        }
+        totals(sums, count)
+    }
+
+    /// `dot(x, y)` plus `dot(m, n)` in one loop (all four of the same even length).
+    #[inline(always)]
+    pub(in super::super) fn dot2(x: &[f64], y: &[f64], m: &[f64], n: &[f64]) -> (i64, i64) {
+        let constants = constants();
+        let mut sums = [u64x2_splat(0); 2];
+        let mut count = 0u64;
+        let pairs = x.chunks_exact(2).zip(y.chunks_exact(2));
+        for ((x, y), (m, n)) in pairs.zip(m.chunks_exact(2).zip(n.chunks_exact(2))) {
+            mul_add(&mut sums, constants, load(x), load(y));
+            mul_add(&mut sums, constants, load(m), load(n));
+            count += 4;
+        }
+        totals(sums, count)
+    }
+
+    /// Whether `relaxed_madd` is fused here: `(2^50 - 1) * (2^50 - 3)` is `(2^50 - 4) * 2^50 +
+    /// 3`, and an unfused multiply-add rounds the product to 53 bits first, losing the 3.
+    pub(super) fn fused() -> bool {
+        let a = std::hint::black_box([((1u64 << 50) - 1) as f64, 0.0]);
+        let b = std::hint::black_box([((1u64 << 50) - 3) as f64, 0.0]);
+        dot(&a, &b) == (3, (1 << 50) - 4)
+    }
+}
+
+/// Little-endian `limbs` as doubles, with [`PAD`] zeros on each side.
+fn padded(limbs: &[u64]) -> Vec<f64> {
+    let mut out = vec![0.0; limbs.len() + 2 * PAD];
+    for (slot, &limb) in out.iter_mut().skip(PAD).zip(limbs) {
+        *slot = limb as f64;
+    }
+    out
+}
+
+/// [`padded`] with the limbs in reverse order.
+fn padded_reversed(limbs: &[u64]) -> Vec<f64> {
+    let mut out = vec![0.0; limbs.len() + 2 * PAD];
+    for (slot, &limb) in out.iter_mut().skip(PAD).zip(limbs.iter().rev()) {
+        *slot = limb as f64;
+    }
+    out
+}
+
+/// The value limbs of a [`padded`] buffer.
+fn unpadded(buffer: &[f64]) -> &[f64] {
+    buffer
+        .get(PAD..buffer.len().saturating_sub(PAD))
+        .unwrap_or(&[])
+}
+
+/// A [`padded`] buffer with its value limbs in reverse order.
+fn reverse(buffer: &[f64]) -> Vec<f64> {
+    let mut out = vec![0.0; buffer.len()];
+    reverse_into(buffer, &mut out);
+    out
+}
+
+/// Writes `buffer`'s value limbs into `out` (same length) in reverse order.
+fn reverse_into(buffer: &[f64], out: &mut [f64]) {
+    let limbs = unpadded(buffer);
+    let end = out.len().saturating_sub(PAD);
+    if let Some(slots) = out.get_mut(PAD..end) {
+        for (slot, &limb) in slots.iter_mut().zip(limbs.iter().rev()) {
+            *slot = limb;
+        }
+    }
+}
+
+/// Big-endian bytes to `k` little-endian 50-bit limbs; bits beyond `50 * k` are dropped.
+pub(super) fn be_bytes_to_limbs(bytes: &[u8], k: usize) -> Vec<u64> {
+    let mut out = Vec::with_capacity(k);
+    // At most 49 + 8 bits wait in `pending`.
+    let (mut pending, mut bits) = (0u64, 0u32);
+    for &byte in bytes.iter().rev() {
+        pending |= u64::from(byte) << bits;
+        bits += 8;
+        if bits >= LIMB_BITS {
+            out.push(pending & MASK);
+            pending >>= LIMB_BITS;
+            bits -= LIMB_BITS;
+        }
+    }
+    out.push(pending);
+    out.resize(k, 0);
+    out
+}
+
+/// Little-endian 50-bit limbs to exactly `len` big-endian bytes (the value must fit).
+pub(super) fn limbs_to_be_bytes(limbs: &[u64], len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let mut slots = out.iter_mut().rev();
+    // At most 7 + 50 bits wait in `pending`.
+    let (mut pending, mut bits) = (0u64, 0u32);
+    for &limb in limbs {
+        pending |= limb << bits;
+        bits += LIMB_BITS;
+        while bits >= 8 {
+            match slots.next() {
+                Some(slot) => *slot = pending as u8,
+                None => return out,
+            }
+            pending >>= 8;
+            bits -= 8;
+        }
+    }
+    if let Some(slot) = slots.next() {
+        *slot = pending as u8;
+    }
+    out
+}
+
+/// `a < b` for equal-length little-endian limb slices.
+fn less_than(a: &[u64], b: &[u64]) -> bool {
+    for (x, y) in a.iter().rev().zip(b.iter().rev()) {
+        if x != y {
+            return x < y;
+        }
+    }
+    false
+}
+
+/// [`less_than`] with `a`'s limbs held as doubles.
+fn less_than_f64(a: &[f64], b: &[u64]) -> bool {
+    for (&x, &y) in a.iter().rev().zip(b.iter().rev()) {
+        let x = x as u64;
+        if x != y {
+            return x < y;
+        }
+    }
+    false
+}
+
+/// `a -= b` modulo `2^(50 * len)`, `a`'s limbs held as doubles.
+fn sub_in_place(a: &mut [f64], b: &[u64]) {
+    let mut borrow = 0u64;
+    for (x, &y) in a.iter_mut().zip(b) {
+        let diff = (*x as u64).wrapping_sub(y).wrapping_sub(borrow);
+        *x = (diff & MASK) as f64;
+        borrow = diff >> 63;
+    }
+}
+
+/// `-n0^-1 mod 2^64` for odd `n0`, by Newton iteration (each step doubles the correct bits).
+pub(super) fn neg_inverse_mod_2_64(n0: u64) -> u64 {
+    // n0 * n0 == 1 mod 8, so n0 is its own inverse to 3 bits.
+    let mut inverse = n0;
+    for _ in 0..5 {
+        inverse = inverse.wrapping_mul(2u64.wrapping_sub(n0.wrapping_mul(inverse)));
+    }
+    inverse.wrapping_neg()
+}
+
+/// `2^exponent mod n` for an odd modulus of `bits` bits, by doubling from `2^(bits - 1) < n`;
+/// key-load time only (about 4,100 doublings of 41 limbs for a 2048-bit key).
+pub(super) fn pow2_mod(n: &[u64], bits: usize, exponent: usize) -> Vec<u64> {
+    let limb_bits = LIMB_BITS as usize;
+    let mut x = vec![0u64; n.len()];
+    let top = bits.saturating_sub(1);
+    if let Some(limb) = x.get_mut(top / limb_bits) {
+        *limb = 1 << (top % limb_bits);
+    }
+    for _ in top..exponent {
+        // x = 2x mod n, with x < n before and after; 2x may carry out of the top limb.
+        let mut carry = 0u64;
+        for limb in x.iter_mut() {
+            let doubled = (*limb << 1) | carry;
+            *limb = doubled & MASK;
+            carry = doubled >> LIMB_BITS;
+        }
+        if carry != 0 || !less_than(&x, n) {
+            let mut borrow = 0u64;
+            for (limb, &y) in x.iter_mut().zip(n) {
+                let diff = limb.wrapping_sub(y).wrapping_sub(borrow);
+                *limb = diff & MASK;
+                borrow = diff >> 63;
+            }
+        }
+    }
+    x
+}
