@@ -125,8 +125,49 @@ impl Wide {
     /// squaring that sums each cross product once (against the doubled operand, in a second
     /// loop per column) 0.70M: the work around each loop grows more than the products shrink.
     fn mont_product(&self, a: &[f64], b_reversed: &[f64], m: &mut [f64], out: &mut [f64]) {
-        let k = self.n.len();
-        let n_reversed = self.n_reversed.as_slice();
+        // The usual key sizes get the product compiled for their limb count, so that the
+        // bounds are constants: 0.54M instructions per RS256-2048 verify in V8 against 0.57M.
+        match self.n.len() {
+            41 => self.mont_product_sized::<{ 41 + 2 * PAD }>(a, b_reversed, m, out),
+            62 => self.mont_product_sized::<{ 62 + 2 * PAD }>(a, b_reversed, m, out),
+            82 => self.mont_product_sized::<{ 82 + 2 * PAD }>(a, b_reversed, m, out),
+            k => self.mont_product_for(k, &self.n_reversed, a, b_reversed, m, out),
+        }
+    }
+
+    /// [`Self::mont_product`] on buffers of `L` limbs (`L - 2 * PAD` limbs of the modulus):
+    /// nothing happens if they are not.
+    #[inline(never)]
+    fn mont_product_sized<const L: usize>(
+        &self,
+        a: &[f64],
+        b_reversed: &[f64],
+        m: &mut [f64],
+        out: &mut [f64],
+    ) {
+        if let (Ok(n_reversed), Ok(a), Ok(b_reversed), Ok(m), Ok(out)) = (
+            <&[f64; L]>::try_from(self.n_reversed.as_slice()),
+            <&[f64; L]>::try_from(a),
+            <&[f64; L]>::try_from(b_reversed),
+            <&mut [f64; L]>::try_from(m),
+            <&mut [f64; L]>::try_from(out),
+        ) {
+            self.mont_product_for(L - 2 * PAD, n_reversed, a, b_reversed, m, out);
+        }
+    }
+
+    /// [`Self::mont_product`] for `k` limbs, the modulus' count, with `n_reversed` the modulus'
+    /// reversed limbs.
+    #[inline(always)]
+    fn mont_product_for(
+        &self,
+        k: usize,
+        n_reversed: &[f64],
+        a: &[f64],
+        b_reversed: &[f64],
+        m: &mut [f64],
+        out: &mut [f64],
+    ) {
         m.fill(0.0);
         let mut carry = 0i64;
         let mut high = 0i64;
