@@ -29,9 +29,9 @@
 pub(super) const LIMB_BITS: u32 = 50;
 /// Mask of one limb's bits.
 pub(super) const MASK: u64 = (1 << LIMB_BITS) - 1;
-/// Zero limbs on each side of every operand: ranges of pairs widen to a multiple of two (one
-/// SIMD step) into them.
-const PAD: usize = 2;
+/// Zero limbs on each side of every operand: ranges of pairs widen into them, to a multiple of
+/// two (one SIMD step) and, in a squaring, by up to two limbs more on either side.
+const PAD: usize = 4;
 
 /// The modulus and its Montgomery constants for 50-bit limbs.
 #[derive(Clone)]
@@ -94,8 +94,7 @@ impl Wide {
         let top_bit = 63 - e.leading_zeros();
         // Left to right over the bits between the top and the lowest one, as in `rs256.rs`.
         for bit in (1..top_bit).rev() {
-            reverse_into(&acc, &mut reversed);
-            self.mont_product(&acc, &reversed, &mut m, &mut tmp);
+            self.mont_square(&acc, &mut reversed, &mut m, &mut tmp);
             std::mem::swap(&mut acc, &mut tmp);
             if (e >> bit) & 1 == 1 {
                 self.mont_product(&acc, &s_mont_reversed, &mut m, &mut tmp);
@@ -103,8 +102,7 @@ impl Wide {
             }
         }
         // Lowest bit: square, then multiply by plain s, which also leaves the Montgomery domain.
-        reverse_into(&acc, &mut reversed);
-        self.mont_product(&acc, &reversed, &mut m, &mut tmp);
+        self.mont_square(&acc, &mut reversed, &mut m, &mut tmp);
         self.mont_product(&tmp, &padded_reversed(&s), &mut m, &mut acc);
         let limbs: Vec<u64> = unpadded(&acc).iter().map(|&limb| limb as u64).collect();
         Some(limbs_to_be_bytes(&limbs, self.modulus_len))
@@ -128,7 +126,7 @@ impl Wide {
         // The usual key sizes get the product compiled for their limb count, so that the
         // bounds are constants: 0.54M instructions per RS256-2048 verify in V8 against 0.57M.
         match self.n.len() {
-            41 => self.mont_product_sized::<{ 41 + 2 * PAD }>(a, b_reversed, m, out),
+            41 => self.mont_product_unrolled_41(a, b_reversed, m, out),
             62 => self.mont_product_sized::<{ 62 + 2 * PAD }>(a, b_reversed, m, out),
             82 => self.mont_product_sized::<{ 82 + 2 * PAD }>(a, b_reversed, m, out),
             k => self.mont_product_for(k, &self.n_reversed, a, b_reversed, m, out),
@@ -154,6 +152,104 @@ impl Wide {
         ) {
             self.mont_product_for(L - 2 * PAD, n_reversed, a, b_reversed, m, out);
         }
+    }
+
+    /// Montgomery squaring `out = a^2 * R^-1 mod n` for `a < n`, with `scratch` for the reversed
+    /// (or doubled and reversed) operand; buffers as for [`Self::mont_product`].
+    fn mont_square(&self, a: &[f64], scratch: &mut [f64], m: &mut [f64], out: &mut [f64]) {
+        if self.n.len() == 41 {
+            doubled_reverse_into(a, scratch);
+            self.mont_square_unrolled_41(a, scratch, m, out);
+        } else {
+            reverse_into(a, scratch);
+            self.mont_product(a, scratch, m, out);
+        }
+    }
+
+    /// Squaring for 41 limbs with every column's range a constant, `a_doubled_reversed` the
+    /// limbs of `2a` most significant first ([`doubled_reverse_into`]). Each cross product
+    /// `a_j * a_l` (`j < l`) is summed once, as `a_j * 2a_l` (below 2^101, which the split still
+    /// takes: see [`kernel`]), and the square `a_(i/2)^2` added; [`square_column`] has the
+    /// ranges.
+    #[inline(never)]
+    fn mont_square_unrolled_41(
+        &self,
+        a: &[f64],
+        a_doubled_reversed: &[f64],
+        m: &mut [f64],
+        out: &mut [f64],
+    ) {
+        const L: usize = 41 + 2 * PAD;
+        let (Ok(n), Ok(a), Ok(a2), Ok(m), Ok(out)) = (
+            <&[f64; L]>::try_from(self.n_reversed.as_slice()),
+            <&[f64; L]>::try_from(a),
+            <&[f64; L]>::try_from(a_doubled_reversed),
+            <&mut [f64; L]>::try_from(m),
+            <&mut [f64; L]>::try_from(out),
+        ) else {
+            return;
+        };
+        m.fill(0.0);
+        let mut carry = 0i64;
+        let mut high = 0i64;
+        macro_rules! low_columns {
+            ($($i:literal)*) => {$(
+                let (low, next_high) = square_column::<$i, L>(a, a2, m, n);
+                carry = self.reduce(m, $i, low + high + carry);
+                high = next_high;
+            )*};
+        }
+        macro_rules! high_columns {
+            ($($i:literal)*) => {$(
+                let (low, next_high) = square_column::<$i, L>(a, a2, m, n);
+                carry = output(out, $i - 41, low + high + carry);
+                high = next_high;
+            )*};
+        }
+        low_columns!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40);
+        high_columns!(41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81);
+        self.reduce_below_n(out, carry + high);
+    }
+
+    /// [`Self::mont_product`] for 41 limbs with every column's range a constant.
+    #[inline(never)]
+    fn mont_product_unrolled_41(
+        &self,
+        a: &[f64],
+        b_reversed: &[f64],
+        m: &mut [f64],
+        out: &mut [f64],
+    ) {
+        const L: usize = 41 + 2 * PAD;
+        let (Ok(n), Ok(a), Ok(b), Ok(m), Ok(out)) = (
+            <&[f64; L]>::try_from(self.n_reversed.as_slice()),
+            <&[f64; L]>::try_from(a),
+            <&[f64; L]>::try_from(b_reversed),
+            <&mut [f64; L]>::try_from(m),
+            <&mut [f64; L]>::try_from(out),
+        ) else {
+            return;
+        };
+        m.fill(0.0);
+        let mut carry = 0i64;
+        let mut high = 0i64;
+        macro_rules! low_columns {
+            ($($i:literal)*) => {$(
+                let (low, next_high) = low_column::<$i, L>(a, b, m, n);
+                carry = self.reduce(m, $i, low + high + carry);
+                high = next_high;
+            )*};
+        }
+        macro_rules! high_columns {
+            ($($i:literal)*) => {$(
+                let (low, next_high) = high_column::<$i, L>(a, b, m, n);
+                carry = output(out, $i - 41, low + high + carry);
+                high = next_high;
+            )*};
+        }
+        low_columns!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40);
+        high_columns!(41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81);
+        self.reduce_below_n(out, carry + high);
     }
 
     /// [`Self::mont_product`] for `k` limbs, the modulus' count, with `n_reversed` the modulus'
@@ -227,6 +323,92 @@ impl Wide {
     }
 }
 
+/// Column `I < k` of a Montgomery product of `L - 2 * PAD` limbs, its ranges constants.
+#[inline(always)]
+fn low_column<const I: usize, const L: usize>(
+    a: &[f64; L],
+    b: &[f64; L],
+    m: &[f64; L],
+    n: &[f64; L],
+) -> (i64, i64) {
+    let k = L - 2 * PAD;
+    let width = (I + 1).next_multiple_of(2);
+    let offset = PAD + k - 1 - I;
+    dot2(
+        a.get(PAD..PAD + width),
+        b.get(offset..offset + width),
+        m.get(PAD..PAD + width),
+        n.get(offset..offset + width),
+    )
+}
+
+/// Column `I` of a squaring of `L - 2 * PAD` limbs, its ranges constants: the sums of its cross
+/// pairs against the doubled operand, its reduction pairs, and the square of `a_(I/2)`.
+///
+/// The pairs `(j, I - j)` with both below `k` run from `start` to below `top`; the cross pairs
+/// (`j < I - j`) end at `mid`. One loop of `width` pairs around `mid` takes all of them
+/// ([`kernel::dot3`]): the cross pairs and the reduction's below `mid`, which share their
+/// partners' positions in the reversed operands, and the reduction's from `mid` up. `width`
+/// covers both ranges rounded up to a SIMD step, so the loop starts at most two pairs below
+/// `start` (at or above index `PAD - 2`, as `mid - width >= start - 2 >= I - k - 1`), and every
+/// pair it adds has a zero on one side: padding, or a reduction factor not chosen yet.
+#[inline(always)]
+fn square_column<const I: usize, const L: usize>(
+    a: &[f64; L],
+    a_doubled_reversed: &[f64; L],
+    m: &[f64; L],
+    n: &[f64; L],
+) -> (i64, i64) {
+    let k = L - 2 * PAD;
+    let start = (I + 1).saturating_sub(k);
+    let top = if I < k { I + 1 } else { k };
+    let mid = if I.div_ceil(2) > start {
+        I.div_ceil(2)
+    } else {
+        start
+    };
+    let width = if mid - start > top - mid {
+        mid - start
+    } else {
+        top - mid
+    }
+    .next_multiple_of(2);
+    let from = PAD + mid - width;
+    let partner = PAD + k + mid - (1 + I + width);
+    let (low, high) = dot3(
+        a.get(from..from + width),
+        a_doubled_reversed.get(partner..partner + width),
+        m.get(from..from + 2 * width),
+        n.get(partner..partner + 2 * width),
+    );
+    if I % 2 == 0 {
+        let limb = a.get(PAD + I / 2).map_or(0, |&limb| limb_value(limb));
+        let (square_low, square_high) = mul_split(limb, limb);
+        (low + square_low as i64, high + square_high as i64)
+    } else {
+        (low, high)
+    }
+}
+
+/// Column `I >= k` of a Montgomery product of `L - 2 * PAD` limbs, its ranges constants.
+#[inline(always)]
+fn high_column<const I: usize, const L: usize>(
+    a: &[f64; L],
+    b: &[f64; L],
+    m: &[f64; L],
+    n: &[f64; L],
+) -> (i64, i64) {
+    let k = L - 2 * PAD;
+    let start = PAD + I + 1 - k;
+    let width = (2 * k - 1 - I).next_multiple_of(2);
+    dot2(
+        a.get(start..start + width),
+        b.get(PAD..PAD + width),
+        m.get(start..start + width),
+        n.get(PAD..PAD + width),
+    )
+}
+
 /// Column `k + index` of a Montgomery product, the result's limb `index`: stores its low limb and
 /// returns the carry out.
 #[inline(always)]
@@ -269,6 +451,21 @@ fn dot2(x: Option<&[f64]>, y: Option<&[f64]>, m: Option<&[f64]>, n: Option<&[f64
     }
 }
 
+/// The sums of `x[t] * y[t] + m[t] * n[t] + m[w + t] * n[w + t]` for `t < w`, the length of `x`
+/// and `y` ([`kernel::dot3`]): low parts, high parts. Zeros if a slice is missing or the
+/// lengths do not fit.
+#[inline(always)]
+fn dot3(x: Option<&[f64]>, y: Option<&[f64]>, m: Option<&[f64]>, n: Option<&[f64]>) -> (i64, i64) {
+    match (x, y, m, n) {
+        (Some(x), Some(y), Some(m), Some(n))
+            if y.len() == x.len() && m.len() == 2 * x.len() && n.len() == m.len() =>
+        {
+            kernel::dot3(x, y, m, n)
+        }
+        _ => (0, 0),
+    }
+}
+
 /// `a * b` for `a, b < 2^50` as its low 50 bits and the rest, in 64-bit arithmetic (a `u128`
 /// product is a call into compiler-builtins on wasm32).
 #[inline(always)]
@@ -302,6 +499,12 @@ pub(super) mod portable {
             high += (product >> LIMB_BITS) as i64;
         }
         (low, high)
+    }
+
+    /// `dot(x, y)` plus `dot(m, n)` (`m` and `n` twice as long as `x`).
+    #[inline(always)]
+    pub(in super::super) fn dot3(x: &[f64], y: &[f64], m: &[f64], n: &[f64]) -> (i64, i64) {
+        dot2(x, y, m, n)
     }
 
     /// `dot(x, y)` plus `dot(m, n)`.
@@ -396,6 +599,30 @@ pub(super) mod kernel {
         totals(sums, count)
     }
 
+    /// `dot(x, y) + dot(m, n)` for `m` and `n` twice as long as `x`, in one loop of `x`'s
+    /// length: each step takes a pair of `x, y`, one of the first halves of `m, n` and one of
+    /// their second halves.
+    #[inline(always)]
+    pub(in super::super) fn dot3(x: &[f64], y: &[f64], m: &[f64], n: &[f64]) -> (i64, i64) {
+        let width = x.len();
+        let (Some((m_low, m_high)), Some((n_low, n_high))) =
+            (m.split_at_checked(width), n.split_at_checked(width))
+        else {
+            return (0, 0);
+        };
+        let constants = constants();
+        let mut sums = [u64x2_splat(0); 2];
+        let pairs = x.chunks_exact(2).zip(y.chunks_exact(2));
+        let lower = m_low.chunks_exact(2).zip(n_low.chunks_exact(2));
+        let upper = m_high.chunks_exact(2).zip(n_high.chunks_exact(2));
+        for ((x, y), ((m, n), (m_high, n_high))) in pairs.zip(lower.zip(upper)) {
+            mul_add(&mut sums, constants, load(x), load(y));
+            mul_add(&mut sums, constants, load(m), load(n));
+            mul_add(&mut sums, constants, load(m_high), load(n_high));
+        }
+        totals(sums, 3 * (width / 2 * 2) as u64)
+    }
+
     /// Whether `relaxed_madd` is fused here: `(2^50 - 1) * (2^50 - 3)` is `(2^50 - 4) * 2^50 +
     /// 3`, and an unfused multiply-add rounds the product to 53 bits first, losing the 3.
     pub(super) fn fused() -> bool {
@@ -444,6 +671,26 @@ fn reverse_into(buffer: &[f64], out: &mut [f64]) {
     if let Some(slots) = out.get_mut(PAD..end) {
         for (slot, &limb) in slots.iter_mut().zip(limbs.iter().rev()) {
             *slot = limb;
+        }
+    }
+}
+
+/// A limb held as a double (an integer below 2^53) as an integer: adding 2^52 puts it in the
+/// binade where the bits count units. Cheaper in V8 than `as u64`, which checks the range.
+#[inline(always)]
+fn limb_value(limb: f64) -> u64 {
+    const TWO_52: f64 = 4_503_599_627_370_496.0;
+    (limb + TWO_52).to_bits() - TWO_52.to_bits()
+}
+
+/// Writes twice `buffer`'s value limbs into `out` (same length) in reverse order: each below
+/// 2^51, exact as a double.
+fn doubled_reverse_into(buffer: &[f64], out: &mut [f64]) {
+    let limbs = unpadded(buffer);
+    let end = out.len().saturating_sub(PAD);
+    if let Some(slots) = out.get_mut(PAD..end) {
+        for (slot, &limb) in slots.iter_mut().zip(limbs.iter().rev()) {
+            *slot = 2.0 * limb;
         }
     }
 }
