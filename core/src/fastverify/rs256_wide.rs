@@ -44,6 +44,8 @@ pub(super) struct Wide {
     n_inv: u64,
     /// `R^2 mod n` for `R = 2^(50 * k)`, most significant limb first, [`padded`].
     r_squared_reversed: Vec<f64>,
+    /// The modulus' lowest limb, as a double.
+    n0: f64,
     /// Modulus length in bytes.
     modulus_len: usize,
 }
@@ -61,6 +63,7 @@ impl Wide {
         let n_inv = neg_inverse_mod_2_64(limbs.first().copied().unwrap_or(1)) & MASK;
         let r_squared = pow2_mod(&limbs, bits, 2 * LIMB_BITS as usize * k);
         Self {
+            n0: limbs.first().map_or(0.0, |&limb| limb as i64 as f64),
             n_reversed: padded_reversed(&limbs),
             n: limbs,
             n_inv,
@@ -303,12 +306,14 @@ impl Wide {
     #[inline(always)]
     fn reduce(&self, m: &mut [f64], i: usize, column: i64) -> i64 {
         let m_i = ((column as u64 & MASK).wrapping_mul(self.n_inv)) & MASK;
+        let factor = m_i as i64 as f64;
         if let Some(slot) = m.get_mut(PAD + i) {
-            *slot = m_i as i64 as f64;
+            *slot = factor;
         }
-        // column + m_i * n_0 is a multiple of 2^50 (that is what m_i is for).
-        let (low, high) = mul_split(m_i, self.n.first().copied().unwrap_or(0));
-        ((column + low as i64) >> LIMB_BITS) + high as i64
+        // column + m_i * n_0 is a multiple of 2^50 (that is what m_i is for), and so is
+        // column + low for any split m_i * n_0 = high * 2^50 + low.
+        let (low, high) = kernel::split(factor, self.n0);
+        ((column + low) >> LIMB_BITS) + high
     }
 
     /// The last step of a Montgomery product: the result in `out` (with `top` above its top
@@ -501,6 +506,13 @@ pub(super) mod portable {
         (low, high)
     }
 
+    /// `a * b` for limbs `a, b` (below 2^50, as doubles) as `high * 2^50 + low`.
+    #[inline(always)]
+    pub(in super::super) fn split(a: f64, b: f64) -> (i64, i64) {
+        let (low, high) = super::mul_split(a as u64, b as u64);
+        (low as i64, high as i64)
+    }
+
     /// `dot(x, y)` plus `dot(m, n)` (`m` and `n` twice as long as `x`).
     #[inline(always)]
     pub(in super::super) fn dot3(x: &[f64], y: &[f64], m: &[f64], n: &[f64]) -> (i64, i64) {
@@ -621,6 +633,16 @@ pub(super) mod kernel {
             mul_add(&mut sums, constants, load(m_high), load(n_high));
         }
         totals(sums, 3 * (width / 2 * 2) as u64)
+    }
+
+    /// `a * b` for limbs `a, b` (below 2^50, as doubles) as `high * 2^50 + low`, `|low| <=
+    /// 2^49`: one lane of [`mul_add`]'s split.
+    #[inline(always)]
+    pub(in super::super) fn split(a: f64, b: f64) -> (i64, i64) {
+        let mut sums = [u64x2_splat(0); 2];
+        mul_add(&mut sums, constants(), f64x2_splat(a), f64x2_splat(b));
+        let lane = |sum: v128, bias: u64| u64x2_extract_lane::<0>(sum).wrapping_sub(bias) as i64;
+        (lane(sums[0], LOW_BIAS), lane(sums[1], HIGH_BIAS))
     }
 
     /// Whether `relaxed_madd` is fused here: `(2^50 - 1) * (2^50 - 3)` is `(2^50 - 4) * 2^50 +
