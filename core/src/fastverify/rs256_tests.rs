@@ -606,6 +606,17 @@ fn wide_dot_product_kernel_matches_exact_sums() {
     for len in (0..=84).step_by(2) {
         let max = vec![wide::MASK as f64; len];
         assert_eq!(combined(wide::kernel::dot(&max, &max)), exact(&max, &max));
+        let doubled_max = vec![2.0 * wide::MASK as f64; len];
+        let max_twice = vec![wide::MASK as f64; 2 * len];
+        assert_eq!(
+            combined(wide::kernel::dot3(
+                &max,
+                &doubled_max,
+                &max_twice,
+                &max_twice
+            )),
+            exact(&max, &doubled_max) + exact(&max_twice, &max_twice)
+        );
         assert_eq!(
             combined(wide::kernel::dot(&max, &max)),
             combined(wide::portable::dot(&max, &max))
@@ -635,6 +646,16 @@ fn wide_dot_product_kernel_matches_exact_sums() {
                 combined(both),
                 combined(wide::portable::dot2(&x, &y, &m, &n))
             );
+            // A squaring's three-way loop: y doubled (limbs up to 2^51), m and n twice as long.
+            let doubled: Vec<f64> = y.iter().map(|&limb| 2.0 * limb).collect();
+            let (m2, n2) = (
+                [&m[..], &random(&mut rng)].concat(),
+                [&n[..], &random(&mut rng)].concat(),
+            );
+            assert_eq!(
+                combined(wide::kernel::dot3(&x, &doubled, &m2, &n2)),
+                exact(&x, &doubled) + exact(&m2, &n2)
+            );
             // Low parts are below 2^50 in magnitude each, high parts at most 2^50.
             assert!(low.unsigned_abs() <= (len as u64) << 50);
             assert!(high >= 0 && high as u64 <= (len as u64) << 50);
@@ -644,6 +665,17 @@ fn wide_dot_product_kernel_matches_exact_sums() {
 
 #[test]
 fn wide_split_products_match_u128() {
+    // The kernel's split of one product (fused multiply-add in V8, u128 natively).
+    let mut rng = ChaCha20Rng::seed_from_u64(13);
+    if wide::available() {
+        let cases = (0..10_000).map(|_| (rng.next_u64() & wide::MASK, rng.next_u64() & wide::MASK));
+        for (a, b) in cases.chain([(0, 0), (wide::MASK, wide::MASK), (1, wide::MASK)]) {
+            let (low, high) = wide::kernel::split(a as f64, b as f64);
+            let value = i128::from(high) * (1 << wide::LIMB_BITS) + i128::from(low);
+            assert_eq!(value, i128::from(a) * i128::from(b), "{a} * {b}");
+            assert!(low.unsigned_abs() < 1 << wide::LIMB_BITS);
+        }
+    }
     let mut rng = ChaCha20Rng::seed_from_u64(12);
     let cases = (0..10_000).map(|_| (rng.next_u64() & wide::MASK, rng.next_u64() & wide::MASK));
     for (a, b) in cases.chain([
