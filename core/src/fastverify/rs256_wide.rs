@@ -37,6 +37,50 @@ pub(super) const MASK: u64 = (1 << LIMB_BITS) - 1;
 /// two (one SIMD step) and, in a squaring, by up to two limbs more on either side.
 const PAD: usize = 4;
 
+/// A [`padded`] buffer of a 2048-bit modulus' 41 limbs.
+const LIMBS_41: usize = 41 + 2 * PAD;
+
+/// The modulus reversed, `a`, `b` (reversed), the reduction factors and the result of a 41-limb
+/// product ([`Wide::arrays_41`]).
+type Arrays41<'a> = (
+    &'a [f64; LIMBS_41],
+    &'a [f64; LIMBS_41],
+    &'a [f64; LIMBS_41],
+    &'a mut [f64; LIMBS_41],
+    &'a mut [f64; LIMBS_41],
+);
+
+/// The 82 columns of a 41-limb Montgomery product or squaring, each one call of `$low` (columns
+/// below 41, which choose a reduction factor) or `$high` (the result's limbs) with the column as
+/// a const generic, so that every range in it is a constant; then the final subtraction.
+macro_rules! columns_41 {
+    ($self:ident, $a:ident, $b:ident, $m:ident, $n:ident, $out:ident, $low:ident, $high:ident) => {
+        columns_41!(
+            @run $self, $a, $b, $m, $n, $out, $low, $high,
+            [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40],
+            [41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81]
+        )
+    };
+    (
+        @run $self:ident, $a:ident, $b:ident, $m:ident, $n:ident, $out:ident, $low:ident,
+        $high:ident, [$($i:literal)*], [$($j:literal)*]
+    ) => {{
+        let mut carry = 0i64;
+        let mut high = 0i64;
+        $(
+            let (low, next_high) = $low::<$i, LIMBS_41>($a, $b, $m, $n);
+            carry = $self.reduce($m, $i, low + high + carry);
+            high = next_high;
+        )*
+        $(
+            let (low, next_high) = $high::<$j, LIMBS_41>($a, $b, $m, $n);
+            carry = output($out, $j - 41, low + high + carry);
+            high = next_high;
+        )*
+        $self.reduce_below_n($out, carry + high);
+    }};
+}
+
 /// The modulus and its Montgomery constants for 50-bit limbs.
 #[derive(Clone)]
 pub(super) struct Wide {
@@ -187,36 +231,9 @@ impl Wide {
         m: &mut [f64],
         out: &mut [f64],
     ) {
-        const L: usize = 41 + 2 * PAD;
-        let (Ok(n), Ok(a), Ok(a2), Ok(m), Ok(out)) = (
-            <&[f64; L]>::try_from(self.n_reversed.as_slice()),
-            <&[f64; L]>::try_from(a),
-            <&[f64; L]>::try_from(a_doubled_reversed),
-            <&mut [f64; L]>::try_from(m),
-            <&mut [f64; L]>::try_from(out),
-        ) else {
-            return;
-        };
-        m.fill(0.0);
-        let mut carry = 0i64;
-        let mut high = 0i64;
-        macro_rules! low_columns {
-            ($($i:literal)*) => {$(
-                let (low, next_high) = square_column::<$i, L>(a, a2, m, n);
-                carry = self.reduce(m, $i, low + high + carry);
-                high = next_high;
-            )*};
+        if let Some((n, a, a2, m, out)) = self.arrays_41(a, a_doubled_reversed, m, out) {
+            columns_41!(self, a, a2, m, n, out, square_column, square_column);
         }
-        macro_rules! high_columns {
-            ($($i:literal)*) => {$(
-                let (low, next_high) = square_column::<$i, L>(a, a2, m, n);
-                carry = output(out, $i - 41, low + high + carry);
-                high = next_high;
-            )*};
-        }
-        low_columns!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40);
-        high_columns!(41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81);
-        self.reduce_below_n(out, carry + high);
     }
 
     /// [`Self::mont_product`] for 41 limbs with every column's range a constant.
@@ -228,36 +245,29 @@ impl Wide {
         m: &mut [f64],
         out: &mut [f64],
     ) {
-        const L: usize = 41 + 2 * PAD;
-        let (Ok(n), Ok(a), Ok(b), Ok(m), Ok(out)) = (
-            <&[f64; L]>::try_from(self.n_reversed.as_slice()),
-            <&[f64; L]>::try_from(a),
-            <&[f64; L]>::try_from(b_reversed),
-            <&mut [f64; L]>::try_from(m),
-            <&mut [f64; L]>::try_from(out),
-        ) else {
-            return;
-        };
+        if let Some((n, a, b, m, out)) = self.arrays_41(a, b_reversed, m, out) {
+            columns_41!(self, a, b, m, n, out, low_column, high_column);
+        }
+    }
+
+    /// The modulus reversed and the four buffers of a 41-limb product as arrays (so that
+    /// constant ranges in them need no bounds checks), with the reduction factors zeroed.
+    fn arrays_41<'a>(
+        &'a self,
+        a: &'a [f64],
+        b: &'a [f64],
+        m: &'a mut [f64],
+        out: &'a mut [f64],
+    ) -> Option<Arrays41<'a>> {
+        let m: &mut [f64; LIMBS_41] = m.try_into().ok()?;
         m.fill(0.0);
-        let mut carry = 0i64;
-        let mut high = 0i64;
-        macro_rules! low_columns {
-            ($($i:literal)*) => {$(
-                let (low, next_high) = low_column::<$i, L>(a, b, m, n);
-                carry = self.reduce(m, $i, low + high + carry);
-                high = next_high;
-            )*};
-        }
-        macro_rules! high_columns {
-            ($($i:literal)*) => {$(
-                let (low, next_high) = high_column::<$i, L>(a, b, m, n);
-                carry = output(out, $i - 41, low + high + carry);
-                high = next_high;
-            )*};
-        }
-        low_columns!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40);
-        high_columns!(41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81);
-        self.reduce_below_n(out, carry + high);
+        Some((
+            self.n_reversed.as_slice().try_into().ok()?,
+            a.try_into().ok()?,
+            b.try_into().ok()?,
+            m,
+            out.try_into().ok()?,
+        ))
     }
 
     /// [`Self::mont_product`] for `k` limbs, the modulus' count, with `n_reversed` the modulus'
