@@ -79,6 +79,34 @@ fn valid_signatures_verify_for_2048_3072_4096_and_e3_keys() {
     }
 }
 
+/// Bases below `n` for exponentiation tests, each with its `k`-byte big-endian form: the edges
+/// (0, 1, 2, `n - 1`, `n - 2`, `2^(8k - 1) mod n`) and 300 random ones.
+fn bases(n: &BigUint, k: usize, rng: &mut ChaCha20Rng) -> Vec<(BigUint, Vec<u8>)> {
+    let mut bases: Vec<BigUint> = vec![
+        BigUint::from(0u32),
+        BigUint::from(1u32),
+        BigUint::from(2u32),
+        n - 1u32,
+        n - 2u32,
+        (BigUint::from(1u32) << (8 * k - 1)) % n,
+    ];
+    for _ in 0..300 {
+        let mut bytes = vec![0u8; k];
+        rng.fill_bytes(&mut bytes);
+        bases.push(BigUint::from_bytes_be(&bytes) % n);
+    }
+    bases
+        .into_iter()
+        .map(|s| {
+            let mut s_bytes = s.to_bytes_be();
+            while s_bytes.len() < k {
+                s_bytes.insert(0, 0);
+            }
+            (s, s_bytes)
+        })
+        .collect()
+}
+
 #[test]
 fn modular_exponentiation_matches_biguint_modpow_on_random_values() {
     let mut rng = ChaCha20Rng::seed_from_u64(2);
@@ -87,23 +115,7 @@ fn modular_exponentiation_matches_biguint_modpow_on_random_values() {
         let verifier = verifier_for(&key.to_public_key());
         let n = key.n().clone();
         let k = key.size();
-        let mut samples: Vec<BigUint> = vec![
-            BigUint::from(0u32),
-            BigUint::from(1u32),
-            BigUint::from(2u32),
-            &n - 1u32,
-            &n - 2u32,
-        ];
-        for _ in 0..300 {
-            let mut bytes = vec![0u8; k];
-            rng.fill_bytes(&mut bytes);
-            samples.push(BigUint::from_bytes_be(&bytes) % &n);
-        }
-        for s in samples {
-            let mut s_bytes = s.to_bytes_be();
-            while s_bytes.len() < k {
-                s_bytes.insert(0, 0);
-            }
+        for (s, s_bytes) in bases(&n, k, &mut rng) {
             let expected = s.modpow(key.e(), &n);
             let got = verifier.public_op(&s_bytes).expect("s < n is accepted");
             assert_eq!(BigUint::from_bytes_be(&got), expected);
@@ -475,24 +487,7 @@ fn wide_limb_exponentiation_matches_biguint_modpow_on_random_values() {
         let n = key.n().clone();
         let k = key.size();
         let e = verifier.e;
-        let mut samples: Vec<BigUint> = vec![
-            BigUint::from(0u32),
-            BigUint::from(1u32),
-            BigUint::from(2u32),
-            &n - 1u32,
-            &n - 2u32,
-            (BigUint::from(1u32) << (8 * k - 1)) % &n,
-        ];
-        for _ in 0..300 {
-            let mut bytes = vec![0u8; k];
-            rng.fill_bytes(&mut bytes);
-            samples.push(BigUint::from_bytes_be(&bytes) % &n);
-        }
-        for s in samples {
-            let mut s_bytes = s.to_bytes_be();
-            while s_bytes.len() < k {
-                s_bytes.insert(0, 0);
-            }
+        for (s, s_bytes) in bases(&n, k, &mut rng) {
             let got = verifier
                 .wide
                 .public_op(&s_bytes, e)

@@ -50,30 +50,30 @@ type Arrays41<'a> = (
     &'a mut [f64; LIMBS_41],
 );
 
-/// The 82 columns of a 41-limb Montgomery product or squaring, each one call of `$low` (columns
-/// below 41, which choose a reduction factor) or `$high` (the result's limbs) with the column as
-/// a const generic, so that every range in it is a constant; then the final subtraction.
+/// The 82 columns of a 41-limb Montgomery product or squaring, each one call of `$column` with
+/// the column as a const generic, so that every range in it is a constant: columns below 41
+/// choose a reduction factor, the others are the result's limbs; then the final subtraction.
 macro_rules! columns_41 {
-    ($self:ident, $a:ident, $b:ident, $m:ident, $n:ident, $out:ident, $low:ident, $high:ident) => {
+    ($self:ident, $a:ident, $b:ident, $m:ident, $n:ident, $out:ident, $column:ident) => {
         columns_41!(
-            @run $self, $a, $b, $m, $n, $out, $low, $high,
+            @run $self, $a, $b, $m, $n, $out, $column,
             [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40],
             [41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81]
         )
     };
     (
-        @run $self:ident, $a:ident, $b:ident, $m:ident, $n:ident, $out:ident, $low:ident,
-        $high:ident, [$($i:literal)*], [$($j:literal)*]
+        @run $self:ident, $a:ident, $b:ident, $m:ident, $n:ident, $out:ident, $column:ident,
+        [$($i:literal)*], [$($j:literal)*]
     ) => {{
         let mut carry = 0i64;
         let mut high = 0i64;
         $(
-            let (low, next_high) = $low::<$i, LIMBS_41>($a, $b, $m, $n);
+            let (low, next_high) = $column::<$i, LIMBS_41>($a, $b, $m, $n);
             carry = $self.reduce($m, $i, low + high + carry);
             high = next_high;
         )*
         $(
-            let (low, next_high) = $high::<$j, LIMBS_41>($a, $b, $m, $n);
+            let (low, next_high) = $column::<$j, LIMBS_41>($a, $b, $m, $n);
             carry = output($out, $j - 41, low + high + carry);
             high = next_high;
         )*
@@ -232,7 +232,7 @@ impl Wide {
         out: &mut [f64],
     ) {
         if let Some((n, a, a2, m, out)) = self.arrays_41(a, a_doubled_reversed, m, out) {
-            columns_41!(self, a, a2, m, n, out, square_column, square_column);
+            columns_41!(self, a, a2, m, n, out, square_column);
         }
     }
 
@@ -246,7 +246,7 @@ impl Wide {
         out: &mut [f64],
     ) {
         if let Some((n, a, b, m, out)) = self.arrays_41(a, b_reversed, m, out) {
-            columns_41!(self, a, b, m, n, out, low_column, high_column);
+            columns_41!(self, a, b, m, n, out, product_column_sized);
         }
     }
 
@@ -286,30 +286,12 @@ impl Wide {
         let mut carry = 0i64;
         let mut high = 0i64;
         for i in 0..k {
-            // Pairs (j, i - j) for j in 0..=i, widened by one into the padding past b's and n's
-            // lowest limb.
-            let width = (i + 1).next_multiple_of(2);
-            let offset = PAD + k - 1 - i;
-            let (low, next_high) = dot2(
-                a.get(PAD..PAD + width),
-                b_reversed.get(offset..offset + width),
-                m.get(PAD..PAD + width),
-                n_reversed.get(offset..offset + width),
-            );
+            let (low, next_high) = product_column(k, i, [a, b_reversed, m, n_reversed]);
             carry = self.reduce(m, i, low + high + carry);
             high = next_high;
         }
         for i in k..2 * k {
-            // Pairs (j, i - j) for j in i-k+1..k, widened by one into the padding past a's and
-            // the factors' top limb.
-            let start = PAD + i + 1 - k;
-            let width = (2 * k - 1 - i).next_multiple_of(2);
-            let (low, next_high) = dot2(
-                a.get(start..start + width),
-                b_reversed.get(PAD..PAD + width),
-                m.get(start..start + width),
-                n_reversed.get(PAD..PAD + width),
-            );
+            let (low, next_high) = product_column(k, i, [a, b_reversed, m, n_reversed]);
             carry = output(out, i - k, low + high + carry);
             high = next_high;
         }
@@ -343,23 +325,34 @@ impl Wide {
     }
 }
 
-/// Column `I < k` of a Montgomery product of `L - 2 * PAD` limbs, its ranges constants.
+/// Column `i` of a Montgomery product of `k` limbs: the sums of its pairs `a_j * b_(i-j)` and
+/// `m_j * n_(i-j)` from `[a, b reversed, m, n reversed]`. Below `k` the pairs are `j` in `0..=i`,
+/// widened by one into the padding past `b`'s and `n`'s lowest limb; from `k` on they are `j` in
+/// `i-k+1..k`, widened by one into the padding past `a`'s and the factors' top limb.
 #[inline(always)]
-fn low_column<const I: usize, const L: usize>(
+fn product_column(k: usize, i: usize, [a, b, m, n]: [&[f64]; 4]) -> (i64, i64) {
+    let (from, partner, width) = if i < k {
+        (PAD, PAD + k - 1 - i, (i + 1).next_multiple_of(2))
+    } else {
+        (PAD + i + 1 - k, PAD, (2 * k - 1 - i).next_multiple_of(2))
+    };
+    dot2(
+        a.get(from..from + width),
+        b.get(partner..partner + width),
+        m.get(from..from + width),
+        n.get(partner..partner + width),
+    )
+}
+
+/// [`product_column`] `I` of `L - 2 * PAD` limbs, its ranges constants.
+#[inline(always)]
+fn product_column_sized<const I: usize, const L: usize>(
     a: &[f64; L],
     b: &[f64; L],
     m: &[f64; L],
     n: &[f64; L],
 ) -> (i64, i64) {
-    let k = L - 2 * PAD;
-    let width = (I + 1).next_multiple_of(2);
-    let offset = PAD + k - 1 - I;
-    dot2(
-        a.get(PAD..PAD + width),
-        b.get(offset..offset + width),
-        m.get(PAD..PAD + width),
-        n.get(offset..offset + width),
-    )
+    product_column(L - 2 * PAD, I, [a, b, m, n])
 }
 
 /// Column `I` of a squaring of `L - 2 * PAD` limbs, its ranges constants: the sums of its cross
@@ -408,25 +401,6 @@ fn square_column<const I: usize, const L: usize>(
     } else {
         (low, high)
     }
-}
-
-/// Column `I >= k` of a Montgomery product of `L - 2 * PAD` limbs, its ranges constants.
-#[inline(always)]
-fn high_column<const I: usize, const L: usize>(
-    a: &[f64; L],
-    b: &[f64; L],
-    m: &[f64; L],
-    n: &[f64; L],
-) -> (i64, i64) {
-    let k = L - 2 * PAD;
-    let start = PAD + I + 1 - k;
-    let width = (2 * k - 1 - I).next_multiple_of(2);
-    dot2(
-        a.get(start..start + width),
-        b.get(PAD..PAD + width),
-        m.get(start..start + width),
-        n.get(PAD..PAD + width),
-    )
 }
 
 /// Column `k + index` of a Montgomery product, the result's limb `index`: stores its low limb and
