@@ -730,8 +730,8 @@ fn limbs_to_be_bytes(limbs: &[u32], len: usize) -> Vec<u8> {
     out
 }
 
-/// `a < b` for equal-length little-endian limb slices.
-fn less_than(a: &[u32], b: &[u32]) -> bool {
+/// `a < b` for equal-length little-endian limb slices (28-bit limbs here, 50-bit in [`wide`]).
+fn less_than<T: Ord>(a: &[T], b: &[T]) -> bool {
     for (x, y) in a.iter().rev().zip(b.iter().rev()) {
         if x != y {
             return x < y;

@@ -133,7 +133,7 @@ impl Wide {
             return None;
         }
         let s = be_bytes_to_limbs(signature, k);
-        if !less_than(&s, &self.n) {
+        if !super::less_than(&s, &self.n) {
             return None;
         }
         let zeros = vec![0.0; k + 2 * PAD];
@@ -749,17 +749,7 @@ pub(super) fn limbs_to_be_bytes(limbs: &[u64], len: usize) -> Vec<u8> {
     out
 }
 
-/// `a < b` for equal-length little-endian limb slices.
-fn less_than(a: &[u64], b: &[u64]) -> bool {
-    for (x, y) in a.iter().rev().zip(b.iter().rev()) {
-        if x != y {
-            return x < y;
-        }
-    }
-    false
-}
-
-/// [`less_than`] with `a`'s limbs held as doubles.
+/// [`super::less_than`] with `a`'s limbs held as doubles.
 fn less_than_f64(a: &[f64], b: &[u64]) -> bool {
     for (&x, &y) in a.iter().rev().zip(b.iter().rev()) {
         let x = x as u64;
@@ -807,7 +797,7 @@ pub(super) fn pow2_mod(n: &[u64], bits: usize, exponent: usize) -> Vec<u64> {
             *limb = doubled & MASK;
             carry = doubled >> LIMB_BITS;
         }
-        if carry != 0 || !less_than(&x, n) {
+        if carry != 0 || !super::less_than(&x, n) {
             let mut borrow = 0u64;
             for (limb, &y) in x.iter_mut().zip(n) {
                 let diff = limb.wrapping_sub(y).wrapping_sub(borrow);
