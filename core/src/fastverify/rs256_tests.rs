@@ -536,7 +536,8 @@ fn wide_limb_exponentiation_handles_moduli_filling_their_top_limb() {
             while s_bytes.len() < bytes.len() {
                 s_bytes.insert(0, 0);
             }
-            for e in [3u64, 65537, (1 << 40) + 1] {
+            // Exponents with and without bits between the top and the lowest one.
+            for e in [3u64, 65537, (1 << 40) + 1, 43, 0xffff_ffff] {
                 let got = wide.public_op(&s_bytes, e).expect("s < n");
                 assert_eq!(
                     BigUint::from_bytes_be(&got),

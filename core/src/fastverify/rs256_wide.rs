@@ -139,10 +139,16 @@ impl Wide {
         let zeros = vec![0.0; k + 2 * PAD];
         let (mut m, mut reversed, mut acc, mut tmp) =
             (zeros.clone(), zeros.clone(), zeros.clone(), zeros);
-        // s * R mod n, the Montgomery form of s, and its limbs reversed as a fixed multiplicand.
+        // s * R mod n, the Montgomery form of s, and its limbs reversed as a fixed multiplicand
+        // for the bits between the top and the lowest one (65537 has none).
         self.mont_product(&padded(&s), &self.r_squared_reversed, &mut m, &mut acc);
-        let s_mont_reversed = reverse(&acc);
         let top_bit = 63 - e.leading_zeros();
+        let middle_bits = e & !(1 | 1 << top_bit);
+        let s_mont_reversed = if middle_bits != 0 {
+            reverse(&acc)
+        } else {
+            Vec::new()
+        };
         // Left to right over the bits between the top and the lowest one, as in `rs256.rs`.
         for bit in (1..top_bit).rev() {
             self.mont_square(&acc, &mut reversed, &mut m, &mut tmp);
@@ -171,8 +177,8 @@ impl Wide {
     /// bits); low parts may be negative, so columns and carries are signed. Two columns a pass
     /// measured slower in V8 (twice the accumulators, for low and high parts, spill). 2048-bit
     /// moduli (41 limbs) run [`Self::mont_product_unrolled_41`], every range a constant; the
-    /// other usual sizes this code compiled for their limb count, and squarings of those sizes
-    /// come here too ([`Self::mont_square`]).
+    /// other usual sizes run this code compiled for their limb count, and their squarings come
+    /// here too ([`Self::mont_square`]).
     fn mont_product(&self, a: &[f64], b_reversed: &[f64], m: &mut [f64], out: &mut [f64]) {
         // The usual key sizes get the product compiled for their limb count, so that the
         // bounds are constants (0.57M -> 0.54M instructions per RS256-2048 verify in Node's V8
