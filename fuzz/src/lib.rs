@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod checksum;
+pub mod dict;
 pub mod fixtures;
 pub mod host;
 pub mod seeds;
@@ -30,3 +31,20 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("shared_state", targets::shared_state),
     ("headers", targets::headers),
 ];
+
+/// Runs `run` on each of `target`'s seeds when the process runs under AFL++ (which sets `__AFL_SHM_ID`),
+/// before `afl::fuzz!` starts the fork server: everything built once and kept (the fixture engine and feed,
+/// the ES256 fixed-base table, the fused multiply-add check, the panic machinery) is then built in the
+/// parent, and no input's coverage depends on being the first one a child runs. Without it AFL++ saw the
+/// edges of that one-time work only in the first run of the first input it calibrated, marked them all
+/// variable and ignored them from then on (stability 56 % for `jwks`, 60 % for `feed`, 70 % for `token`).
+pub fn warm_up(target: &str, run: fn(&[u8])) {
+    if std::env::var_os("__AFL_SHM_ID").is_none() {
+        return;
+    }
+    for (name, _, bytes) in seeds::all() {
+        if name == target {
+            run(&bytes);
+        }
+    }
+}

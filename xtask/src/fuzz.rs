@@ -42,6 +42,12 @@ fn corpus_dir(target: &str) -> PathBuf {
     fuzz_dir().join("corpus").join(target)
 }
 
+/// The target's AFL++ dictionary (`fuzz/src/dict.rs` makes them from the seeds), for the targets that have one.
+fn dictionary(target: &str) -> Option<PathBuf> {
+    let path = fuzz_dir().join("dict").join(format!("{target}.dict"));
+    path.is_file().then_some(path)
+}
+
 /// Where the instrumented build goes: its RUSTFLAGS differ from every other build's.
 fn afl_target_dir() -> PathBuf {
     util::target_dir().join("afl")
@@ -142,10 +148,15 @@ fn build(admin: bool) -> Result<()> {
     util::run(&mut cmd)
 }
 
-/// Writes the seed corpora (`fuzz/src/seeds.rs`) into `fuzz/corpus`.
+/// Writes the seed corpora (`fuzz/src/seeds.rs`) into `fuzz/corpus` and the dictionaries made from them
+/// (`fuzz/src/dict.rs`) into `fuzz/dict`.
 fn write_seeds() -> Result<()> {
-    util::step("seed corpora");
-    util::run(Command::new(binary("fuzz-seeds")).arg(fuzz_dir().join("corpus")))
+    util::step("seed corpora and dictionaries");
+    util::run(
+        Command::new(binary("fuzz-seeds"))
+            .arg(fuzz_dir().join("corpus"))
+            .arg(fuzz_dir().join("dict")),
+    )
 }
 
 fn corpus_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -281,7 +292,11 @@ fn fuzz(target: &str, seconds: u64, plateau: Option<u64>) -> Result<Report> {
         .arg(corpus_dir(target))
         .arg("-o")
         .arg(&out)
-        .args(["-V", &seconds.to_string(), "-t", &HANG_MS.to_string(), "--"])
+        .args(["-V", &seconds.to_string(), "-t", &HANG_MS.to_string()]);
+    if let Some(dict) = dictionary(target) {
+        cmd.arg("-x").arg(dict);
+    }
+    cmd.arg("--")
         .arg(binary(target))
         // No curses screen (CI has no terminal): a status line now and then instead.
         .env("AFL_NO_UI", "1")

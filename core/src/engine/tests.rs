@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::cache::{CacheOutcome, TokenCache};
+use crate::config::Config;
 use crate::decision::{Reason, Verdict};
 use crate::engine::{Engine, Request};
 use crate::revocation::{NoRevocations, RevocationView};
@@ -1785,4 +1786,82 @@ fn mutated_and_truncated_tokens_never_pass_and_never_panic() {
     }
     let multibyte = format!("{token}é");
     assert!(verify(&engine, &multibyte).is_err());
+}
+
+#[test]
+fn an_engine_built_reusing_keys_takes_only_the_keys_whose_source_is_unchanged() {
+    let mut old = engine(json!({}));
+    let remote_jwks = json!({"keys": [public_jwk("ec_b", None)]}).to_string();
+    old.set_remote_jwks(1, remote_jwks.as_bytes()).unwrap();
+    let inline = es256_token(&claims());
+    let remote = sign(
+        &header("ES256", "ec-2"),
+        &claims_with(json!({"iss": REMOTE_ISSUER})),
+        Signer::Es256("ec_b"),
+    );
+    let same_keys = |a: &Engine, b: &Engine, issuer: usize| {
+        let keys = |e: &Engine| {
+            (
+                e.inline_keys(issuer).map(|k| k.keys().as_ptr()),
+                e.remote_keys(issuer).map(|k| k.keys().as_ptr()),
+            )
+        };
+        keys(a) == keys(b)
+    };
+
+    // Rules and options changed, both key sources kept: the prepared keys are the old engine's own.
+    let rules = json!({"rules": [{"match": {"prefix": "/admin"}, "require_scopes": ["admin"]}],
+                       "clock_skew_seconds": 0});
+    let new = Engine::reusing_keys(config(rules.clone()), &old).unwrap();
+    assert!(same_keys(&old, &new, 0) && same_keys(&old, &new, 1));
+    assert!(new.has_remote_keys(1));
+    assert!(verify(&new, &inline).is_ok() && verify(&new, &remote).is_ok());
+    assert_eq!(new.match_rule("GET", "/admin/x"), Some(0));
+    assert_ne!(new.generation(), old.generation());
+
+    // The issuers listed the other way round: found by issuer, not by position.
+    let mut swapped = config_json(json!({}));
+    let issuers = swapped["issuers"].as_array_mut().unwrap();
+    issuers.reverse();
+    let swapped = Engine::reusing_keys(
+        Config::from_json(swapped.to_string().as_bytes()).unwrap(),
+        &old,
+    )
+    .unwrap();
+    assert!(swapped.has_remote_keys(0));
+    assert!(verify(&swapped, &inline).is_ok() && verify(&swapped, &remote).is_ok());
+
+    // A changed inline set is prepared again and only its keys verify; a changed remote source starts
+    // without keys (they were fetched from somewhere else).
+    let mut changed = config_json(json!({}));
+    changed["issuers"][0]["jwks"] = json!({"keys": [public_jwk("ec_b", None)]});
+    changed["issuers"][1]["remote_jwks"]["path"] = json!("/other-jwks");
+    let changed = Engine::reusing_keys(
+        Config::from_json(changed.to_string().as_bytes()).unwrap(),
+        &old,
+    )
+    .unwrap();
+    assert!(!same_keys(&old, &changed, 0));
+    assert!(!changed.has_remote_keys(1));
+    assert_eq!(reason_of(&changed, &inline), Reason::UnknownKid);
+    assert_eq!(reason_of(&changed, &remote), Reason::UnknownKid);
+
+    // Another issuer with the same inline set does not take its keys.
+    let mut renamed = config_json(json!({}));
+    renamed["issuers"][0]["issuer"] = json!("https://other.example");
+    let renamed = Engine::reusing_keys(
+        Config::from_json(renamed.to_string().as_bytes()).unwrap(),
+        &old,
+    )
+    .unwrap();
+    assert!(!same_keys(&old, &renamed, 0));
+
+    // What `new` refuses, `reusing_keys` refuses the same way.
+    let mut bad = config_json(json!({}));
+    bad["issuers"][0]["jwks"] = json!({"keys": "none"});
+    let bad = Config::from_json(bad.to_string().as_bytes()).unwrap();
+    let fresh = Engine::new(bad.clone()).unwrap_err();
+    let reused = Engine::reusing_keys(bad, &old).unwrap_err();
+    assert_eq!(reused.to_string(), fresh.to_string());
+    assert!(reused.to_string().contains("issuers[0].jwks"), "{reused}");
 }
