@@ -1,4 +1,4 @@
-//! `cargo xtask fuzz [target] [--minutes N | --seconds N] [--plateau M] [--merge] [--seeds]`: coverage-guided fuzzing of
+//! `cargo xtask fuzz [target] [--minutes N | --seconds N] [--plateau M] [--merge | --merge-only] [--seeds]`: coverage-guided fuzzing of
 //! every parser that reads outside bytes, with AFL++ through `cargo-afl` (stable Rust; libFuzzer needs
 //! nightly). The targets are in `fuzz/` (its own workspace), built with AFL++ instrumentation into
 //! `target/afl`. Each run first replays the target's corpus (`fuzz/corpus/<target>/`) with the instrumented
@@ -71,6 +71,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut seconds = 10 * 60;
     let mut plateau: Option<u64> = None;
     let mut merge = false;
+    let mut merge_only = false;
     let mut seeds = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
@@ -88,11 +89,12 @@ pub fn run(args: &[String]) -> Result<()> {
                 plateau = Some(value * 60);
             }
             "--merge" => merge = true,
+            "--merge-only" => merge_only = true,
             "--seeds" => seeds = true,
             name => match TARGETS.iter().find(|t| **t == name) {
                 Some(t) => targets.push(t),
                 None => bail!(
-                    "unknown fuzz target or option `{name}`: the targets are {}; options --minutes N, --seconds N, --plateau M, --merge, --seeds",
+                    "unknown fuzz target or option `{name}`: the targets are {}; options --minutes N, --seconds N, --plateau M, --merge, --merge-only, --seeds",
                     TARGETS.join(", ")
                 ),
             },
@@ -105,6 +107,19 @@ pub fn run(args: &[String]) -> Result<()> {
     build(targets.contains(&"admin"))?;
     if seeds {
         write_seeds()?;
+    }
+    if merge_only {
+        // What an earlier run left in target/afl/out (one stopped with Ctrl-C before its merge, for instance).
+        for target in &targets {
+            if !output_dir(target).join("default/queue").is_dir() {
+                bail!(
+                    "no AFL queue for {target} in {}: run `cargo xtask fuzz {target}` first",
+                    output_dir(target).display()
+                );
+            }
+            merge_queue(target)?;
+        }
+        return Ok(());
     }
     let mut reports = Vec::new();
     for target in &targets {
@@ -387,47 +402,95 @@ fn last_new_edge(plot_data: &str) -> Option<u64> {
     best.map(|(t, _)| t)
 }
 
-/// Most inputs one `--merge` adds to a corpus, and the largest it adds: the corpora stay small enough to keep
-/// in the repository and to replay in seconds.
-const MERGE_MAX_INPUTS: usize = 60;
+/// The largest input one `--merge` adds: the corpora stay small enough to keep in the repository and to
+/// replay in seconds.
 const MERGE_MAX_BYTES: u64 = 2048;
 
-/// Adds to `fuzz/corpus/<target>/`, as `id-<hash>` files, the inputs AFL kept because they reached new edges
-/// (`+cov` in their queue name), smallest first, at most [`MERGE_MAX_INPUTS`] of at most [`MERGE_MAX_BYTES`].
-/// (`afl-cmin` would minimise better, but records no edges from these persistent-mode binaries.)
+/// Adds to `fuzz/corpus/<target>/`, as `id-<hash>` files, what AFL's queue needs beside the corpus to keep
+/// every edge the run reached: `afl-cmin -e` minimises the corpus and the queue together (inputs of at most
+/// [`MERGE_MAX_BYTES`]) for edge coverage, and the queue inputs it keeps are added. The next run then starts
+/// from every edge found so far, so runs add up across sessions. Hit counts are left out (`-e`): keeping every
+/// hit-count bucket would take about twice the inputs for paths a run finds again in its first minutes.
 fn merge_queue(target: &str) -> Result<()> {
     util::step(&format!(
-        "{target}: merge new coverage into {}",
+        "{target}: merge the queue's new edges into {}",
         corpus_dir(target).display()
     ));
-    let queue = output_dir(target).join("default/queue");
-    let mut found: Vec<(u64, PathBuf)> = corpus_files(&queue)?
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().contains("+cov"))
-        })
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.len(), p)))
-        .filter(|(len, _)| (1..=MERGE_MAX_BYTES).contains(len))
-        .collect();
-    found.sort();
-    let mut added = 0;
-    for (_, file) in found {
-        if added == MERGE_MAX_INPUTS {
-            break;
+    let staging = afl_target_dir().join("merge").join(target);
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    let (input, output) = (staging.join("in"), staging.join("out"));
+    std::fs::create_dir_all(&input)?;
+    let small =
+        |p: &PathBuf| std::fs::metadata(p).is_ok_and(|m| (1..=MERGE_MAX_BYTES).contains(&m.len()));
+    let corpus = corpus_files(&corpus_dir(target))?;
+    let mut known = std::collections::HashSet::new();
+    for (i, file) in corpus.iter().enumerate() {
+        known.insert(content_name(&std::fs::read(file)?));
+        if small(file) {
+            std::fs::copy(file, input.join(format!("corpus-{i}")))?;
         }
-        let bytes = std::fs::read(&file)?;
-        use sha2::Digest as _;
-        let hash = sha2::Sha256::digest(&bytes);
-        let name: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        let dest = corpus_dir(target).join(format!("id-{name}"));
-        if !dest.exists() {
-            std::fs::write(dest, &bytes)?;
+    }
+    let queue = corpus_files(&output_dir(target).join("default/queue"))?;
+    for (i, file) in queue.iter().enumerate() {
+        if small(file) {
+            std::fs::copy(file, input.join(format!("queue-{i}")))?;
+        }
+    }
+    println!(
+        "    afl-cmin -e over {} corpus and {} queue inputs",
+        corpus.len(),
+        queue.len()
+    );
+    let log = staging.join("cmin.log");
+    let status = Command::new(cargo())
+        .args(["afl", "cmin", "-e", "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .args(["-t", &HANG_MS.to_string(), "--"])
+        .arg(binary(target))
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(staging.join("cmin.err"))?)
+        .status()
+        .map_err(|e| util::Error::msg(format!("cannot start cargo afl cmin: {e}")))?;
+    if !status.success() {
+        bail!(
+            "afl-cmin failed on {target} with {status}: see {} and {}",
+            log.display(),
+            staging.join("cmin.err").display()
+        );
+    }
+    let kept = corpus_files(&output)?;
+    let mut added = 0;
+    for file in &kept {
+        let from_queue = file
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("queue-"));
+        if !from_queue {
+            continue;
+        }
+        let bytes = std::fs::read(file)?;
+        let name = content_name(&bytes);
+        if known.insert(name.clone()) {
+            std::fs::write(corpus_dir(target).join(name), &bytes)?;
             added += 1;
         }
     }
-    println!("    added {added} inputs");
+    println!(
+        "    {} inputs keep every edge; added {added} from the queue",
+        kept.len()
+    );
     Ok(())
+}
+
+/// A corpus file's name from its content: `id-` and the first 8 bytes of its SHA-256 in hex.
+fn content_name(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(bytes);
+    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("id-{hex}")
 }
 
 /// Prints the table of figures and fails on any crash or hang.

@@ -48,7 +48,9 @@ commands:
             bodies; replays fuzz/corpus/<target> first; prints executions, corpus, edges, crashes and hangs
             usage: cargo xtask fuzz [target] [--minutes <per target, default 10>] [--seconds <n>]
                    [--plateau <m>: stop a target once m minutes pass without a new path]
-                   [--merge: add inputs with new coverage to fuzz/corpus] [--seeds: rewrite the seed corpora]
+                   [--merge: add to fuzz/corpus what keeps every new edge (afl-cmin -e)]
+                   [--merge-only: merge the queue the last run left in target/afl/out, without fuzzing]
+                   [--seeds: rewrite the seed corpora and dictionaries]
   bench     compare Envoy without auth, Envoy's native jwt_authn and EdgeWarden (ES256 and RS256), then
             the admin API's feed and usage ingestion on SQLite and PostgreSQL (100,000 revocations, 1,000 edges) and 10,000 edges long-polling one replica,
             then revocation propagation (admin API's 201 to the edge's first 401 and to every worker's, 100 rounds)
