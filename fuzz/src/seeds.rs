@@ -629,13 +629,12 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     out
 }
 
-/// Writes every seed to `corpus/<target>/seed-<name>` under `dir`, replacing older seeds of the same name,
-/// except one that differs from the new seed only in the signature that ends it: PS256 and the Ed25519
-/// signer put fresh randomness in every signature, and the signature on disk is as good, so the corpus stays
-/// as it is committed.
-pub fn write_all(dir: &Path) -> std::io::Result<usize> {
-    let seeds = all();
-    for (target, name, bytes) in &seeds {
+/// Writes every seed (as [`all`] makes them) to `<target>/seed-<name>` under `dir`, replacing older seeds
+/// of the same name, except one that differs from the new seed only in the signature that ends it: PS256
+/// and the Ed25519 signer put fresh randomness in every signature, and the signature on disk is as good, so
+/// the corpus stays as it is committed.
+pub fn write_all(seeds: &[(&'static str, String, Vec<u8>)], dir: &Path) -> std::io::Result<usize> {
+    for (target, name, bytes) in seeds {
         let folder = dir.join(target);
         std::fs::create_dir_all(&folder)?;
         let path = folder.join(format!("seed-{name}"));

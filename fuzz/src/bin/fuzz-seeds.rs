@@ -3,35 +3,40 @@
 //! (`edgewarden_fuzz::dict`) under the second (`fuzz/dict`), after checking the fuzz crate's copies of the
 //! product's formats (record checksum, shared-data keys) against the product itself.
 
+use std::path::Path;
+
 fn main() {
     let (Some(dir), Some(dict_dir)) = (std::env::args_os().nth(1), std::env::args_os().nth(2))
     else {
         eprintln!("usage: fuzz-seeds <corpus directory> <dictionary directory>");
         std::process::exit(2);
     };
-    let dict_dir = std::path::Path::new(&dict_dir);
-    match edgewarden_fuzz::dict::write_all(&edgewarden_fuzz::seeds::all(), dict_dir) {
-        Ok(n) => println!("wrote {n} dictionary words under {}", dict_dir.display()),
-        Err(e) => {
-            eprintln!(
-                "cannot write dictionaries under {}: {e}",
-                dict_dir.display()
-            );
-            std::process::exit(1);
-        }
-    }
     edgewarden_fuzz::checksum::check_against_core();
     edgewarden_fuzz::check_shared_keys();
-    match edgewarden_fuzz::seeds::write_all(std::path::Path::new(&dir)) {
-        Ok(n) => println!(
-            "wrote {n} seeds under {}",
-            std::path::Path::new(&dir).display()
-        ),
+    let seeds = edgewarden_fuzz::seeds::all();
+    let (dir, dict_dir) = (Path::new(&dir), Path::new(&dict_dir));
+    let written = edgewarden_fuzz::seeds::write_all(&seeds, dir)
+        .map(|n| format!("wrote {n} seeds under {}", dir.display()))
+        .map_err(|e| format!("cannot write seeds under {}: {e}", dir.display()))
+        .and_then(|seeds_line| {
+            edgewarden_fuzz::dict::write_all(&seeds, dict_dir)
+                .map(|n| {
+                    format!(
+                        "{seeds_line}\nwrote {n} dictionary words under {}",
+                        dict_dir.display()
+                    )
+                })
+                .map_err(|e| {
+                    format!(
+                        "cannot write dictionaries under {}: {e}",
+                        dict_dir.display()
+                    )
+                })
+        });
+    match written {
+        Ok(lines) => println!("{lines}"),
         Err(e) => {
-            eprintln!(
-                "cannot write seeds under {}: {e}",
-                std::path::Path::new(&dir).display()
-            );
+            eprintln!("{e}");
             std::process::exit(1);
         }
     }
