@@ -169,30 +169,25 @@ pub fn smoke() -> Result<()> {
 /// other's programs.
 fn build(admin: bool) -> Result<()> {
     util::step("build the fuzz targets with AFL++ instrumentation (target/afl; the first build takes a few minutes)");
-    util::run(
-        Command::new(cargo())
-            .current_dir(fuzz_dir())
-            .args(["afl", "build", "--release", "--locked", "--bins"])
-            .env("CARGO_TARGET_DIR", afl_target_dir()),
-    )?;
-    if !admin {
-        return Ok(());
+    afl_build(&afl_target_dir(), &["--bins"])?;
+    if admin {
+        util::step("build the admin target with AFL++ instrumentation (target/afl-admin; the first build takes about 15 minutes)");
+        afl_build(
+            &afl_admin_target_dir(),
+            &["--bin", "admin", "--features", "admin"],
+        )?;
     }
-    util::step("build the admin target with AFL++ instrumentation (target/afl-admin; the first build takes about 15 minutes)");
+    Ok(())
+}
+
+/// `cargo afl build --release --locked` in `fuzz/` with `what` (bins and features) into `target_dir`.
+fn afl_build(target_dir: &Path, what: &[&str]) -> Result<()> {
     util::run(
         Command::new(cargo())
             .current_dir(fuzz_dir())
-            .args([
-                "afl",
-                "build",
-                "--release",
-                "--locked",
-                "--bin",
-                "admin",
-                "--features",
-                "admin",
-            ])
-            .env("CARGO_TARGET_DIR", afl_admin_target_dir()),
+            .args(["afl", "build", "--release", "--locked"])
+            .args(what)
+            .env("CARGO_TARGET_DIR", target_dir),
     )
 }
 
