@@ -15,29 +15,20 @@ fn main() {
     edgewarden_fuzz::check_shared_keys();
     let seeds = edgewarden_fuzz::seeds::all();
     let (dir, dict_dir) = (Path::new(&dir), Path::new(&dict_dir));
-    let written = edgewarden_fuzz::seeds::write_all(&seeds, dir)
-        .map(|n| format!("wrote {n} seeds under {}", dir.display()))
-        .map_err(|e| format!("cannot write seeds under {}: {e}", dir.display()))
-        .and_then(|seeds_line| {
-            edgewarden_fuzz::dict::write_all(&seeds, dict_dir)
-                .map(|n| {
-                    format!(
-                        "{seeds_line}\nwrote {n} dictionary words under {}",
-                        dict_dir.display()
-                    )
-                })
-                .map_err(|e| {
-                    format!(
-                        "cannot write dictionaries under {}: {e}",
-                        dict_dir.display()
-                    )
-                })
-        });
-    match written {
-        Ok(lines) => println!("{lines}"),
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(1);
-        }
+    match edgewarden_fuzz::seeds::write_all(&seeds, dir) {
+        Ok(n) => println!("wrote {n} seeds under {}", dir.display()),
+        Err(e) => fail(format!("cannot write seeds under {}: {e}", dir.display())),
     }
+    match edgewarden_fuzz::dict::write_all(&seeds, dict_dir) {
+        Ok(n) => println!("wrote {n} dictionary words under {}", dict_dir.display()),
+        Err(e) => fail(format!(
+            "cannot write dictionaries under {}: {e}",
+            dict_dir.display()
+        )),
+    }
+}
+
+fn fail(message: String) -> ! {
+    eprintln!("{message}");
+    std::process::exit(1);
 }
