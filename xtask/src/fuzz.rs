@@ -480,7 +480,9 @@ fn merge_queue(target: &str) -> Result<()> {
         queue.len()
     );
     let log = staging.join("cmin.log");
+    let map_size = cmin_map_size(&binary(target))?;
     let status = Command::new(cargo())
+        .env("AFL_MAP_SIZE", map_size.to_string())
         .args(["afl", "cmin", "-e", "-i"])
         .arg(&input)
         .arg("-o")
@@ -499,6 +501,13 @@ fn merge_queue(target: &str) -> Result<()> {
         );
     }
     let kept = corpus_files(&output)?;
+    if kept.is_empty() && !corpus.is_empty() {
+        bail!(
+            "afl-cmin kept none of the {} inputs of {target}, so it read no coverage from them: see {}",
+            corpus.len() + queue.len(),
+            log.display()
+        );
+    }
     let mut added = 0;
     for file in &kept {
         let from_queue = file
@@ -519,6 +528,28 @@ fn merge_queue(target: &str) -> Result<()> {
         kept.len()
     );
     Ok(())
+}
+
+/// AFL++'s own map is 64 KiB; `afl-showmap` in the batch mode `afl-cmin` drives (`-I` file list, AFL++ 4.40c)
+/// writes an empty trace for every input when `AFL_MAP_SIZE` is below that, which `afl-cmin` sets to the
+/// binary's own map size when that is not given. `feed_binary`'s map is 60,895 entries, so its merges kept
+/// nothing. The map size for `afl-cmin`: the binary's (`AFL_DUMP_MAP_SIZE`), at least 64 KiB.
+fn cmin_map_size(binary: &Path) -> Result<u64> {
+    const AFL_MAP: u64 = 1 << 16;
+    let output = Command::new(binary)
+        .env("AFL_DUMP_MAP_SIZE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| util::Error::msg(format!("cannot start {}: {e}", binary.display())))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let size: u64 = text.trim().parse().map_err(|_| {
+        util::Error::msg(format!(
+            "{} printed `{}` for AFL_DUMP_MAP_SIZE, not a map size: is it an AFL++ build (`cargo afl build`)?",
+            binary.display(),
+            text.trim()
+        ))
+    })?;
+    Ok(size.max(AFL_MAP))
 }
 
 /// A corpus file's name from its content: `id-` and the first 8 bytes of its SHA-256 in hex.
