@@ -501,10 +501,10 @@ fn merge_queue(target: &str) -> Result<()> {
         );
     }
     let kept = corpus_files(&output)?;
-    if kept.is_empty() && !corpus.is_empty() {
+    let given = corpus_files(&input)?.len();
+    if kept.is_empty() && given > 0 {
         bail!(
-            "afl-cmin kept none of the {} inputs of {target}, so it read no coverage from them: see {}",
-            corpus.len() + queue.len(),
+            "afl-cmin kept none of the {given} inputs of {target}, so it read no coverage from them: see {}",
             log.display()
         );
     }
