@@ -1,8 +1,10 @@
-//! `cargo xtask fuzz [target] [--minutes N | --seconds N] [--plateau M] [--merge | --merge-only] [--seeds]`: coverage-guided fuzzing of
-//! every parser that reads outside bytes, with AFL++ through `cargo-afl` (stable Rust; libFuzzer needs
-//! nightly). The targets are in `fuzz/` (its own workspace), built with AFL++ instrumentation into
-//! `target/afl`. Each run first replays the target's corpus (`fuzz/corpus/<target>/`) with the instrumented
-//! binary outside AFL, so a known crashing input fails at once with its file name, then fuzzes it.
+//! `cargo xtask fuzz [target] [--minutes N | --seconds N] [--plateau M] [--merge | --merge-only] [--seeds] [--bytes-only]`:
+//! coverage-guided fuzzing of every parser that reads outside bytes, with AFL++ through `cargo-afl` (stable
+//! Rust; libFuzzer needs nightly). The targets are in `fuzz/` (its own workspace), built with AFL++
+//! instrumentation into `target/afl`. Each run first replays the target's corpus (`fuzz/corpus/<target>/`)
+//! with the instrumented binary outside AFL, so a known crashing input fails at once with its file name, then
+//! fuzzes it. The targets that read JSON also get the structure-aware mutator of `fuzz/mutator` beside AFL's
+//! byte mutations (`--bytes-only` leaves it out, to compare).
 //! `cargo xtask test` calls [`smoke`]: every target, its corpus replayed and a short bounded AFL run.
 
 use std::path::{Path, PathBuf};
@@ -29,6 +31,10 @@ pub const TARGETS: [&str; 10] = [
 /// The target that compiles the admin API (feature `admin`): built in its own directory and left out of the
 /// smoke.
 const ADMIN: &str = "admin";
+
+/// The targets whose inputs are JSON (behind `admin`'s selector byte): afl-fuzz loads the structure-aware
+/// mutator (`fuzz/mutator`, `AFL_CUSTOM_MUTATOR_LIBRARY`) for them.
+const JSON_TARGETS: [&str; 4] = ["config", "jwks", "feed", ADMIN];
 
 /// Seconds of AFL per target in `cargo xtask test`: enough to run the corpus and a few hundred thousand
 /// mutations, short enough that ten targets add about three and a half minutes.
@@ -92,6 +98,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut merge = false;
     let mut merge_only = false;
     let mut seeds = false;
+    let mut bytes_only = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
@@ -110,10 +117,11 @@ pub fn run(args: &[String]) -> Result<()> {
             "--merge" => merge = true,
             "--merge-only" => merge_only = true,
             "--seeds" => seeds = true,
+            "--bytes-only" => bytes_only = true,
             name => match TARGETS.iter().find(|t| **t == name) {
                 Some(t) => targets.push(t),
                 None => bail!(
-                    "unknown fuzz target or option `{name}`: the targets are {}; options --minutes N, --seconds N, --plateau M, --merge, --merge-only, --seeds",
+                    "unknown fuzz target or option `{name}`: the targets are {}; options --minutes N, --seconds N, --plateau M, --merge, --merge-only, --seeds, --bytes-only",
                     TARGETS.join(", ")
                 ),
             },
@@ -140,10 +148,15 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         return Ok(());
     }
+    let mutator = if bytes_only || !targets.iter().any(|t| JSON_TARGETS.contains(t)) {
+        None
+    } else {
+        Some(build_mutator()?)
+    };
     let mut reports = Vec::new();
     for target in &targets {
         replay(target)?;
-        let report = fuzz(target, seconds, plateau)?;
+        let report = fuzz(target, seconds, plateau, mutator.as_deref())?;
         if merge {
             merge_queue(target)?;
         }
@@ -160,10 +173,11 @@ pub fn run(args: &[String]) -> Result<()> {
 pub fn smoke() -> Result<()> {
     install::afl()?;
     build(false)?;
+    let mutator = build_mutator()?;
     let mut reports = Vec::new();
     for target in TARGETS.iter().filter(|t| **t != ADMIN) {
         replay(target)?;
-        reports.push(fuzz(target, SMOKE_SECONDS, None)?);
+        reports.push(fuzz(target, SMOKE_SECONDS, None, Some(&mutator))?);
     }
     summarize(&reports)
 }
@@ -193,6 +207,30 @@ fn afl_build(target_dir: &Path, what: &[&str]) -> Result<()> {
             .args(what)
             .env("CARGO_TARGET_DIR", target_dir),
     )
+}
+
+/// Builds the JSON mutator (`fuzz/mutator`, a member of the main workspace) as the shared library afl-fuzz
+/// loads, without AFL's instrumentation (an instrumented library would not load outside a target), and
+/// returns its path.
+fn build_mutator() -> Result<PathBuf> {
+    util::step("build the JSON mutator (fuzz/mutator) that afl-fuzz loads for the JSON targets");
+    util::run(
+        Command::new(cargo())
+            .current_dir(util::project_root())
+            .args(["build", "--locked", "-p", "edgewarden-fuzz-mutator"]),
+    )?;
+    let library = util::target_dir().join("debug").join(format!(
+        "{}edgewarden_fuzz_mutator{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    if !library.is_file() {
+        bail!(
+            "cargo built edgewarden-fuzz-mutator but {} is missing: is its crate-type still cdylib?",
+            library.display()
+        );
+    }
+    Ok(library)
 }
 
 /// Writes the seed corpora (`fuzz/src/seeds.rs`) into `fuzz/corpus` and the dictionaries made from them
@@ -309,6 +347,47 @@ struct Report {
     run_time: u64,
     /// The plateau asked for (seconds without a new path), if any.
     plateau: Option<u64>,
+    /// Who found the run's new paths, when the JSON mutator ran beside AFL's own mutations.
+    finds: Option<Finds>,
+}
+
+/// The new paths of a run (queue entries that are not the corpus it started from) and how many of them the
+/// JSON mutator made, read from AFL++'s queue file names: `id:…,src:…,time:…,execs:…,<operation>[,+cov]`,
+/// where the operation is the mutator's own name (`json-graft`, see `fuzz/mutator`) for its finds and
+/// `+cov` marks a path that reached a new edge, not only a new hit count.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Finds {
+    paths: u64,
+    edges: u64,
+    mutator_paths: u64,
+    mutator_edges: u64,
+}
+
+impl Finds {
+    fn count(queue: &Path) -> Finds {
+        let names = std::fs::read_dir(queue)
+            .map(|dir| {
+                dir.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        Finds::from_names(names.iter().map(String::as_str))
+    }
+
+    fn from_names<'a>(names: impl Iterator<Item = &'a str>) -> Finds {
+        let mut finds = Finds::default();
+        for name in names.filter(|n| n.starts_with("id:") && !n.contains(",orig:")) {
+            let fields: Vec<&str> = name.split(',').collect();
+            let new_edge = fields.contains(&"+cov");
+            let ours = fields.iter().any(|f| f.starts_with("json-"));
+            finds.paths += 1;
+            finds.edges += u64::from(new_edge);
+            finds.mutator_paths += u64::from(ours);
+            finds.mutator_edges += u64::from(ours && new_edge);
+        }
+        finds
+    }
 }
 
 impl Report {
@@ -322,7 +401,13 @@ impl Report {
 
 /// Runs afl-fuzz on `target` for `seconds` from its corpus into a fresh `target/afl/out/<target>`; with
 /// `plateau`, it stops earlier once that many seconds pass without a new path (AFL++'s `AFL_EXIT_ON_TIME`).
-fn fuzz(target: &str, seconds: u64, plateau: Option<u64>) -> Result<Report> {
+/// A JSON target gets `mutator` (the library [`build_mutator`] made) beside AFL's own mutations.
+fn fuzz(
+    target: &str,
+    seconds: u64,
+    plateau: Option<u64>,
+    mutator: Option<&Path>,
+) -> Result<Report> {
     match plateau {
         Some(quiet) => util::step(&format!(
             "{target}: AFL++ until {quiet} s pass without a new path, at most {seconds} s"
@@ -357,6 +442,16 @@ fn fuzz(target: &str, seconds: u64, plateau: Option<u64>) -> Result<Report> {
     if let Some(quiet) = plateau {
         cmd.env("AFL_EXIT_ON_TIME", quiet.to_string());
     }
+    let mutator = mutator.filter(|_| JSON_TARGETS.contains(&target));
+    if let Some(library) = mutator {
+        println!("    with the JSON mutator {}", library.display());
+        cmd.env("AFL_CUSTOM_MUTATOR_LIBRARY", library);
+        // AFL++ 4.40c's frameshift stage tracks where byte mutations insert and delete, and patches the length
+        // fields it found at those offsets in whatever the next mutation returns: in the mutator's output, a
+        // different document, those offsets are past its end (afl-fuzz died with a corrupt heap in its first
+        // minute). JSON has no length fields for it to find.
+        cmd.env("AFL_FRAMESHIFT_DISABLE", "1");
+    }
     let status = cmd
         .status()
         .map_err(|e| util::Error::msg(format!("cannot start cargo afl fuzz: {e}")))?;
@@ -365,6 +460,9 @@ fn fuzz(target: &str, seconds: u64, plateau: Option<u64>) -> Result<Report> {
     report.last_edge = std::fs::read_to_string(out.join("default/plot_data"))
         .ok()
         .and_then(|text| last_new_edge(&text));
+    if mutator.is_some() {
+        report.finds = Some(Finds::count(&out.join("default/queue")));
+    }
     if !status.success() {
         bail!("afl-fuzz failed on {target} with {status} (its output above says why)");
     }
@@ -403,6 +501,7 @@ fn read_stats(target: &str, seconds: u64, path: &Path) -> Result<Report> {
         last_edge: None,
         run_time: int("run_time"),
         plateau: None,
+        finds: None,
     })
 }
 
@@ -602,6 +701,14 @@ fn summarize(reports: &[Report]) -> Result<()> {
             r.hangs
         );
     }
+    for r in reports {
+        if let Some(f) = r.finds {
+            println!(
+                "    {}: the JSON mutator made {} of the run's {} new paths, {} of the {} with a new edge",
+                r.target, f.mutator_paths, f.paths, f.mutator_edges, f.edges
+            );
+        }
+    }
     let failed: Vec<&Report> = reports.iter().filter(|r| r.crashes + r.hangs > 0).collect();
     if failed.is_empty() {
         return Ok(());
@@ -627,7 +734,31 @@ fn summarize(reports: &[Report]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::last_new_edge;
+    use super::{last_new_edge, Finds};
+
+    #[test]
+    fn finds_tell_the_json_mutators_paths_from_afls() {
+        // File names as AFL++ 4.40c writes them (`describe_op` in afl-fuzz-bitmap.c).
+        let names = [
+            "id:000000,time:0,execs:0,orig:id-00015778448b0036",
+            "id:000001,time:0,execs:0,orig:id-0021f5fd6821a833,+cov",
+            "id:000002,src:000000,time:12,execs:3401,op:havoc,rep:4,+cov",
+            "id:000003,src:000001+000000,time:40,execs:9120,json-graft,+cov",
+            "id:000004,src:000001+000002,time:41,execs:9130,json-add-member",
+            "id:000005,src:000002,time:90,execs:19120,op:flip1,pos:3",
+            "README.txt",
+            ".state",
+        ];
+        assert_eq!(
+            Finds::from_names(names.into_iter()),
+            Finds {
+                paths: 4,
+                edges: 2,
+                mutator_paths: 2,
+                mutator_edges: 1,
+            }
+        );
+    }
 
     #[test]
     fn last_new_edge_is_when_the_edge_count_last_rose() {
