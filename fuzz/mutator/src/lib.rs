@@ -152,35 +152,38 @@ fn get_mut<'a>(value: &'a mut Value, path: &[Step]) -> Option<&'a mut Value> {
     })
 }
 
-/// What the two inputs hold, for replacing values with ones the target already reads.
+/// What the two inputs hold, for replacing values with ones the target already reads: borrowed, so gathering
+/// them copies nothing (copying every member's subtree took most of a mutation's time).
 #[derive(Debug, Default)]
-struct Pools {
-    keys: Vec<String>,
-    strings: Vec<String>,
-    numbers: Vec<Number>,
+struct Pools<'a> {
+    keys: Vec<&'a str>,
+    strings: Vec<&'a str>,
+    numbers: Vec<&'a Number>,
     /// `(key, value)` of every object member, for moving a member into another object.
-    members: Vec<(String, Value)>,
+    members: Vec<(&'a str, &'a Value)>,
 }
 
-impl Pools {
-    fn gather(&mut self, value: &Value) {
+impl<'a> Pools<'a> {
+    fn gather(&mut self, value: &'a Value) {
         match value {
             Value::Object(map) => {
                 for (key, child) in map {
-                    if self.keys.len() < MAX_POOL && !self.keys.contains(key) {
-                        self.keys.push(key.clone());
+                    if self.keys.len() < MAX_POOL && !self.keys.contains(&key.as_str()) {
+                        self.keys.push(key);
                     }
                     if self.members.len() < MAX_POOL {
-                        self.members.push((key.clone(), child.clone()));
+                        self.members.push((key, child));
                     }
                     self.gather(child);
                 }
             }
             Value::Array(items) => items.iter().for_each(|v| self.gather(v)),
-            Value::String(s) if self.strings.len() < MAX_POOL && !self.strings.contains(s) => {
-                self.strings.push(s.clone());
+            Value::String(s)
+                if self.strings.len() < MAX_POOL && !self.strings.contains(&s.as_str()) =>
+            {
+                self.strings.push(s);
             }
-            Value::Number(n) if self.numbers.len() < MAX_POOL => self.numbers.push(n.clone()),
+            Value::Number(n) if self.numbers.len() < MAX_POOL => self.numbers.push(n),
             _ => {}
         }
     }
@@ -361,7 +364,7 @@ fn apply(op: Op, value: &mut Value, donor: &Value, pools: &Pools, rng: &mut Rng)
             else {
                 return false;
             };
-            let (to, key, member) = ((*to).clone(), key.clone(), member.clone());
+            let (to, key, member) = ((*to).clone(), key.to_string(), (*member).clone());
             match get_mut(value, &to).and_then(Value::as_object_mut) {
                 Some(map) => {
                     map.insert(key, member);
@@ -411,8 +414,12 @@ fn apply(op: Op, value: &mut Value, donor: &Value, pools: &Pools, rng: &mut Rng)
                 return false;
             };
             let new = match rng.below(3) {
-                0 => rng.pick(&pools.strings).cloned().map(Value::String),
-                1 => rng.pick(&pools.numbers).cloned().map(Value::Number),
+                0 => rng
+                    .pick(&pools.strings)
+                    .map(|s| Value::String(s.to_string())),
+                1 => rng
+                    .pick(&pools.numbers)
+                    .map(|n| Value::Number((*n).clone())),
                 _ => None,
             }
             .unwrap_or_else(|| edge_value(rng));
@@ -469,7 +476,7 @@ fn apply(op: Op, value: &mut Value, donor: &Value, pools: &Pools, rng: &mut Rng)
             let Some(path) = rng.pick(&objects).map(|p| (*p).clone()) else {
                 return false;
             };
-            let new_key = rng.pick(&pools.keys).cloned();
+            let new_key = rng.pick(&pools.keys).map(|k| k.to_string());
             let Some(map) = get_mut(value, &path).and_then(Value::as_object_mut) else {
                 return false;
             };
@@ -491,7 +498,10 @@ fn apply(op: Op, value: &mut Value, donor: &Value, pools: &Pools, rng: &mut Rng)
             let Some(path) = rng.pick(&nodes).cloned() else {
                 return false;
             };
-            let key = rng.pick(&pools.keys).cloned().unwrap_or_default();
+            let key = rng
+                .pick(&pools.keys)
+                .map(|k| k.to_string())
+                .unwrap_or_default();
             let choice = rng.below(4);
             let Some(slot) = get_mut(value, &path) else {
                 return false;
@@ -560,9 +570,10 @@ pub fn mutate(
     let donor = other
         .and_then(parse)
         .map_or_else(|| value.clone(), |f| f.value);
+    let original = value.clone();
     let mut pools = Pools::default();
     pools.gather(&donor);
-    pools.gather(&value);
+    pools.gather(&original);
     let mut first = None;
     let stacked = 1 + rng.below(4);
     let mut applied = 0;

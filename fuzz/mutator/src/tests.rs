@@ -116,9 +116,10 @@ fn every_mutation_is_valid_json_behind_the_same_prefix() {
 #[test]
 fn every_operation_applies_and_keeps_the_root_a_container() {
     let donor = json!({"donor_only": {"kty": "oct", "k": "c2VjcmV0"}, "list": [1, "two", null]});
+    let config = issuer_config();
     let mut pools = Pools::default();
     pools.gather(&donor);
-    pools.gather(&issuer_config());
+    pools.gather(&config);
     for op in Op::ALL {
         let mut rng = Rng::new(op as u64);
         let mut applied = 0;
