@@ -336,6 +336,20 @@ fn edit_number(n: &Number, rng: &mut Rng) -> Value {
     }
 }
 
+/// A random node of `value` (among `nodes`, its paths) that `wanted` accepts.
+fn pick_node(
+    value: &Value,
+    nodes: &[Path],
+    rng: &mut Rng,
+    wanted: impl Fn(&Value) -> bool,
+) -> Option<Path> {
+    let matching: Vec<&Path> = nodes
+        .iter()
+        .filter(|p| get(value, p).is_some_and(&wanted))
+        .collect();
+    rng.pick(&matching).map(|p| (*p).clone())
+}
+
 /// Applies `op` to `value` once; `false` when it does not apply (no array to duplicate in, ...).
 fn apply(op: Op, value: &mut Value, donor: &Value, pools: &Pools, rng: &mut Rng) -> bool {
     let nodes = paths(value);
@@ -360,15 +374,11 @@ fn apply(op: Op, value: &mut Value, donor: &Value, pools: &Pools, rng: &mut Rng)
             }
         }
         Op::AddMember => {
-            let objects: Vec<&Path> = nodes
-                .iter()
-                .filter(|p| get(value, p).is_some_and(Value::is_object))
-                .collect();
-            let (Some(to), Some((key, member))) = (rng.pick(&objects), rng.pick(&pools.members))
-            else {
+            let to = pick_node(value, &nodes, rng, Value::is_object);
+            let (Some(to), Some((key, member))) = (to, rng.pick(&pools.members)) else {
                 return false;
             };
-            let (to, key, member) = ((*to).clone(), key.to_string(), (*member).clone());
+            let (key, member) = (key.to_string(), (*member).clone());
             match get_mut(value, &to).and_then(Value::as_object_mut) {
                 Some(map) => {
                     map.insert(key, member);
@@ -394,15 +404,8 @@ fn apply(op: Op, value: &mut Value, donor: &Value, pools: &Pools, rng: &mut Rng)
             }
         }
         Op::Duplicate => {
-            let arrays: Vec<&Path> = nodes
-                .iter()
-                .filter(|p| {
-                    get(value, p)
-                        .and_then(Value::as_array)
-                        .is_some_and(|a| !a.is_empty())
-                })
-                .collect();
-            let Some(path) = rng.pick(&arrays).map(|p| (*p).clone()) else {
+            let non_empty = |v: &Value| v.as_array().is_some_and(|a| !a.is_empty());
+            let Some(path) = pick_node(value, &nodes, rng, non_empty) else {
                 return false;
             };
             let Some(items) = get_mut(value, &path).and_then(Value::as_array_mut) else {
@@ -436,11 +439,7 @@ fn apply(op: Op, value: &mut Value, donor: &Value, pools: &Pools, rng: &mut Rng)
             }
         }
         Op::EditString => {
-            let strings: Vec<&Path> = nodes
-                .iter()
-                .filter(|p| get(value, p).is_some_and(Value::is_string))
-                .collect();
-            let Some(path) = rng.pick(&strings).map(|p| (*p).clone()) else {
+            let Some(path) = pick_node(value, &nodes, rng, Value::is_string) else {
                 return false;
             };
             let Some(slot) = get_mut(value, &path) else {
@@ -451,11 +450,7 @@ fn apply(op: Op, value: &mut Value, donor: &Value, pools: &Pools, rng: &mut Rng)
             true
         }
         Op::EditNumber => {
-            let numbers: Vec<&Path> = nodes
-                .iter()
-                .filter(|p| get(value, p).is_some_and(Value::is_number))
-                .collect();
-            let Some(path) = rng.pick(&numbers).map(|p| (*p).clone()) else {
+            let Some(path) = pick_node(value, &nodes, rng, Value::is_number) else {
                 return false;
             };
             let Some(slot) = get_mut(value, &path) else {
@@ -469,15 +464,8 @@ fn apply(op: Op, value: &mut Value, donor: &Value, pools: &Pools, rng: &mut Rng)
             true
         }
         Op::RenameKey => {
-            let objects: Vec<&Path> = nodes
-                .iter()
-                .filter(|p| {
-                    get(value, p)
-                        .and_then(Value::as_object)
-                        .is_some_and(|m| !m.is_empty())
-                })
-                .collect();
-            let Some(path) = rng.pick(&objects).map(|p| (*p).clone()) else {
+            let non_empty = |v: &Value| v.as_object().is_some_and(|m| !m.is_empty());
+            let Some(path) = pick_node(value, &nodes, rng, non_empty) else {
                 return false;
             };
             let new_key = rng.pick(&pools.keys).map(|k| k.to_string());
@@ -526,15 +514,12 @@ fn apply(op: Op, value: &mut Value, donor: &Value, pools: &Pools, rng: &mut Rng)
             true
         }
         Op::Swap => {
-            let containers: Vec<&Path> = nodes
-                .iter()
-                .filter(|p| match get(value, p) {
-                    Some(Value::Array(a)) => a.len() > 1,
-                    Some(Value::Object(m)) => m.len() > 1,
-                    _ => false,
-                })
-                .collect();
-            let Some(path) = rng.pick(&containers).map(|p| (*p).clone()) else {
+            let several = |v: &Value| match v {
+                Value::Array(a) => a.len() > 1,
+                Value::Object(m) => m.len() > 1,
+                _ => false,
+            };
+            let Some(path) = pick_node(value, &nodes, rng, several) else {
                 return false;
             };
             let (a, b) = (rng.next() as usize, rng.next() as usize);
