@@ -365,13 +365,11 @@ struct Finds {
 
 impl Finds {
     fn count(queue: &Path) -> Finds {
-        let names = std::fs::read_dir(queue)
-            .map(|dir| {
-                dir.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
+        let names: Vec<String> = corpus_files(queue)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
         Finds::from_names(names.iter().map(String::as_str))
     }
 

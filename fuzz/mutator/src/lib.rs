@@ -556,13 +556,15 @@ pub fn mutate(
     rng: &mut Rng,
 ) -> Option<(Vec<u8>, Op)> {
     let Framed { prefix, mut value } = parse(input)?;
-    let donor = other
-        .and_then(parse)
-        .map_or_else(|| value.clone(), |f| f.value);
+    // The input as it came is the pools' source and, when the other entry is not JSON, the donor too.
     let original = value.clone();
+    let other = other.and_then(parse).map(|f| f.value);
     let mut pools = Pools::default();
-    pools.gather(&donor);
     pools.gather(&original);
+    if let Some(other) = &other {
+        pools.gather(other);
+    }
+    let donor = other.as_ref().unwrap_or(&original);
     let mut first = None;
     let stacked = 1 + rng.below(4);
     let mut applied = 0;
@@ -571,7 +573,7 @@ pub fn mutate(
             break;
         }
         let op = Op::ALL[rng.below(Op::ALL.len())];
-        if apply(op, &mut value, &donor, &pools, rng) {
+        if apply(op, &mut value, donor, &pools, rng) {
             first.get_or_insert(op);
             applied += 1;
         }
