@@ -1,4 +1,5 @@
-//! `cargo xtask fuzz [target] [--minutes N | --seconds N] [--plateau M] [--merge | --merge-only] [--seeds] [--bytes-only]`:
+//! `cargo xtask fuzz [target] [--minutes N | --seconds N] [--plateau M] [--merge | --merge-only] [--seeds] [--bytes-only]
+//! [--explain]`:
 //! coverage-guided fuzzing of every parser that reads outside bytes, with AFL++ through `cargo-afl` (stable
 //! Rust; libFuzzer needs nightly). The targets are in `fuzz/` (its own workspace), built with AFL++
 //! instrumentation into `target/afl`. Each run first replays the target's corpus (`fuzz/corpus/<target>/`)
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::fuzz_explain;
 use crate::install;
 use crate::util::{self, bail, Result};
 
@@ -99,6 +101,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut merge_only = false;
     let mut seeds = false;
     let mut bytes_only = false;
+    let mut explain = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
@@ -118,10 +121,11 @@ pub fn run(args: &[String]) -> Result<()> {
             "--merge-only" => merge_only = true,
             "--seeds" => seeds = true,
             "--bytes-only" => bytes_only = true,
+            "--explain" => explain = true,
             name => match TARGETS.iter().find(|t| **t == name) {
                 Some(t) => targets.push(t),
                 None => bail!(
-                    "unknown fuzz target or option `{name}`: the targets are {}; options --minutes N, --seconds N, --plateau M, --merge, --merge-only, --seeds, --bytes-only",
+                    "unknown fuzz target or option `{name}`: the targets are {}; options --minutes N, --seconds N, --plateau M, --merge, --merge-only, --seeds, --bytes-only, --explain",
                     TARGETS.join(", ")
                 ),
             },
@@ -134,6 +138,17 @@ pub fn run(args: &[String]) -> Result<()> {
     build(targets.contains(&ADMIN))?;
     if seeds {
         write_seeds()?;
+    }
+    if explain {
+        // Where the new edges of the run each target's output directory holds are: EdgeWarden's code or a dependency's.
+        for target in &targets {
+            fuzz_explain::explain(
+                target,
+                &output_dir(target).join("default/queue"),
+                &binary(target),
+            )?;
+        }
+        return Ok(());
     }
     if merge_only {
         // What an earlier run left in target/afl/out (one stopped with Ctrl-C before its merge, for instance).

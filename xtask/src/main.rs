@@ -11,6 +11,7 @@ mod demo;
 mod demo_upstream;
 mod envoy;
 mod fuzz;
+mod fuzz_explain;
 mod http;
 mod install;
 mod package;
@@ -50,7 +51,10 @@ commands:
                    [--plateau <m>: stop a target once m minutes pass without a new path]
                    [--merge: add to fuzz/corpus what keeps every new edge (afl-cmin -e)]
                    [--merge-only: merge the queue the last run left in target/afl/out, without fuzzing]
+                   [--explain: for each new-edge path of the last run, the source lines it ran that its parent
+                    did not, by crate (callgrind): is a late edge EdgeWarden's code or a dependency's?]
                    [--seeds: rewrite the seed corpora and dictionaries]
+                   [--bytes-only: leave out the JSON mutator (fuzz/mutator) that config, jwks, feed and admin load]
   bench     compare Envoy without auth, Envoy's native jwt_authn and EdgeWarden (ES256 and RS256), then
             the admin API's feed and usage ingestion on SQLite and PostgreSQL (100,000 revocations, 1,000 edges) and 10,000 edges long-polling one replica,
             then revocation propagation (admin API's 201 to the edge's first 401 and to every worker's, 100 rounds)
