@@ -139,27 +139,26 @@ pub fn run(args: &[String]) -> Result<()> {
     if seeds {
         write_seeds()?;
     }
-    if explain {
-        // Where the new edges of the run each target's output directory holds are: EdgeWarden's code or a dependency's.
+    if merge_only || explain {
+        // What an earlier run left in target/afl/out (one stopped with Ctrl-C before its merge, for instance): merge
+        // it, or say where its new edges are (EdgeWarden's code or a dependency's).
         for target in &targets {
-            fuzz_explain::explain(
-                target,
-                &output_dir(target).join("default/queue"),
-                &binary(target),
-            )?;
-        }
-        return Ok(());
-    }
-    if merge_only {
-        // What an earlier run left in target/afl/out (one stopped with Ctrl-C before its merge, for instance).
-        for target in &targets {
-            if !output_dir(target).join("default/queue").is_dir() {
+            let queue = output_dir(target).join("default/queue");
+            if !queue.is_dir() {
                 bail!(
                     "no AFL queue for {target} in {}: run `cargo xtask fuzz {target}` first",
                     output_dir(target).display()
                 );
             }
-            merge_queue(target)?;
+            if explain {
+                let names = corpus_files(&queue)?
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect();
+                fuzz_explain::explain(target, &queue, names, &binary(target))?;
+            } else {
+                merge_queue(target)?;
+            }
         }
         return Ok(());
     }

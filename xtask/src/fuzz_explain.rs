@@ -19,12 +19,12 @@ use crate::util::{self, bail, Result};
 /// A source line: the file as the binary's line table names it, and the line number.
 type Line = (String, u32);
 
-/// Explains every new-edge path in `queue` (AFL++'s `default/queue`) of `binary`, the target as AFL ran it.
-pub fn explain(target: &str, queue: &Path, binary: &Path) -> Result<()> {
+/// Explains every new-edge path in `queue` (AFL++'s `default/queue`, whose file `names` are given sorted) of
+/// `binary`, the target as AFL ran it.
+pub fn explain(target: &str, queue: &Path, names: Vec<String>, binary: &Path) -> Result<()> {
     if !util::have("valgrind") {
         bail!("--explain runs each input under callgrind: install valgrind (Debian: `apt-get install valgrind`)");
     }
-    let names = queue_names(queue)?;
     let finds: Vec<&String> = names
         .iter()
         .filter(|n| !n.contains(",orig:") && n.split(',').any(|f| f == "+cov"))
@@ -101,24 +101,6 @@ pub fn explain(target: &str, queue: &Path, binary: &Path) -> Result<()> {
         if unexplained > 0 { format!("; {unexplained} could not be explained") } else { String::new() }
     );
     Ok(())
-}
-
-/// The queue's file names, sorted.
-fn queue_names(queue: &Path) -> Result<Vec<String>> {
-    let Ok(entries) = std::fs::read_dir(queue) else {
-        bail!(
-            "no AFL queue in {}: run `cargo xtask fuzz <target>` first, then --explain reads what it left",
-            queue.display()
-        );
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("id:"))
-        .collect();
-    names.sort();
-    Ok(names)
 }
 
 /// The value after `key` in a queue name's comma-separated fields (`time:1787995` -> 1787995).
