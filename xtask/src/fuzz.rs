@@ -151,11 +151,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 );
             }
             if explain {
-                let names = corpus_files(&queue)?
-                    .iter()
-                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                    .collect();
-                fuzz_explain::explain(target, &queue, names, &binary(target))?;
+                fuzz_explain::explain(target, &queue, queue_names(&queue)?, &binary(target))?;
             } else {
                 merge_queue(target)?;
             }
@@ -256,6 +252,14 @@ fn write_seeds() -> Result<()> {
             .arg(fuzz_dir().join("corpus"))
             .arg(fuzz_dir().join("dict")),
     )
+}
+
+/// The file names in AFL's queue directory, sorted (`id:000001,src:…,+cov`): what [`Finds`] and `--explain` read.
+fn queue_names(queue: &Path) -> Result<Vec<String>> {
+    Ok(corpus_files(queue)?
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect())
 }
 
 fn corpus_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -379,11 +383,7 @@ struct Finds {
 
 impl Finds {
     fn count(queue: &Path) -> Finds {
-        let names: Vec<String> = corpus_files(queue)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .collect();
+        let names = queue_names(queue).unwrap_or_default();
         Finds::from_names(names.iter().map(String::as_str))
     }
 
